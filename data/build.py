@@ -1,0 +1,328 @@
+"""Build the shipped evaluation sets (real benchmark file layouts) and the sentencepiece tokenizer.
+
+Commands (from the repo root, venv active):
+  python data/build.py                    # everything: data/eval/** + data/eval/SHA256SUMS + data/tokenizer/*
+  python data/build.py --eval             # only the eval sets
+  python data/build.py --tokenizer        # only the tokenizer (--vocab-size 1000 by default)
+  python data/build.py --check            # verify data/eval/SHA256SUMS against the files on disk
+  cd data/eval && sha256sum -c SHA256SUMS # same check with coreutils
+
+Output is byte-identical on re-run with the same Pillow/zlib/sentencepiece versions (pinned in the venv).
+
+Seeds: training code must draw sample seeds from [0, 10**9). The eval sets use seeds
+EVAL_SEED + 10**6 * task_index + i (>= 10**9, task order as in TASKS). The tokenizer corpus uses train
+seeds [0, --corpus-per-kind).
+
+Layout under data/eval/ (paths inside each json are relative to the task folder, as in the real sets):
+  docvqa/val_v1.0.json                  DocVQA RRC envelope; images documents/<ucsf_id>_<page>.png
+  infovqa/infographicsVQA_val_v1.0_withQT.json   images infographicsvqa_images/<name>.png
+  chartqa/test/test_human.json, test/test_augmented.json   images test/png/<imgname>
+  textvqa/TextVQA_0.5.1_val.json        images train_images/<image_id>.jpg (JPEG, as the real loaders expect)
+  ocrbench/OCRBench.json                images via image_path (images/<name>.png)
+  <task>/reasoning.json                 multi-fact questions, same format as the task file plus "rationale"
+  <task>/samples.jsonl                  one line per image: path + words/chars boxes, transcription, qa, reasoning
+All extractive questions go to the main file; reasoning questions only to reasoning.json, so they can be
+reported separately. OCRBench "dataset"/"dataset_name" are synth-* labels (never "HME100k").
+
+Tokenizer (data/tokenizer/, InternVL2 folder layout): sentencepiece BPE, byte_fallback, split_digits,
+identity normalisation, no whitespace collapsing, add_dummy_prefix=False (so encode/decode round-trips and
+"\\n" becomes the byte piece <0x0A>). Ids: 0 <unk>, 1 <s>, 2 </s>, 3..8 the six chat tokens (user-defined
+pieces), no pad piece; the nine InternVL tokens (<img> ... </box>) are NOT in the sp model: they are added
+tokens at ids vocab_size+0..8 (added_tokens.json) that the loader must split out before calling sentencepiece.
+"""
+import argparse, hashlib, io, json, os, random, re, shutil, sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from data.synth import Config, KINDS, make_sample, meta  # noqa: E402
+
+EVAL_DIR, TOK_DIR = ROOT / "data" / "eval", ROOT / "data" / "tokenizer"
+EVAL_SEED = 10 ** 9
+TASKS = ("docvqa", "chartqa", "infovqa", "textvqa", "ocrbench")
+SYSTEM = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
+PROMPT = "Answer the question using a single word or phrase."
+KIE_SUFFIX = " Answer this question using the text in the image directly."
+CHAT_TOKENS = ["<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>", "<|im_end|>", "<|im_start|>"]
+IMG_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
+EVAL_CFG = Config()  # built-in font only (truetype=False): machine-independent
+
+
+def write_bytes(path, data):
+    """Atomic write: tmp file in the same folder, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_json(path, obj):
+    write_bytes(path, json.dumps(obj, ensure_ascii=False).encode())
+
+
+def write_jsonl(path, rows):
+    write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+
+
+def save_image(path, img, fmt="PNG"):
+    b = io.BytesIO()
+    if fmt == "PNG":
+        img.save(b, "PNG", optimize=True)
+    else:  # 4:4:4 keeps small text sharp
+        img.save(b, "JPEG", quality=90, subsampling=0)
+    write_bytes(path, b.getvalue())
+
+
+def samples(task, kinds, n):
+    """n samples for a task, cycling through kinds; seeds are the documented eval range."""
+    base = EVAL_SEED + 10 ** 6 * TASKS.index(task)
+    for i in range(n):
+        yield i, make_sample(kinds[i % len(kinds)], base + i, EVAL_CFG)
+
+
+def pick(rng, qa, k):
+    return rng.sample(qa, min(k, len(qa)))
+
+
+def sidecar(rel, s):
+    return {"image": rel, **meta(s)}
+
+
+# ---------------------------------------------------------------- one writer per benchmark
+def build_docvqa(out, n=64, q_per=4):
+    rng, data, reas, side = random.Random("docvqa"), [], [], []
+    for i, s in samples("docvqa", ["doc", "table"], n):
+        ucsf, page = f"syn{i:04d}", "1"
+        rel = f"documents/{ucsf}_{page}.png"
+        save_image(out / rel, s["image"])
+        side.append(sidecar(rel, s))
+        common = {"image": rel, "docId": i, "ucsf_document_id": ucsf, "ucsf_document_page_no": page}
+        for q in pick(rng, s["qa"], q_per):
+            data.append({"questionId": 100000 + len(data), "question": q["question"], "question_types": [q["type"]],
+                         **common, "answers": [q["answer"]], "data_split": "val"})
+        for q in s["reasoning"][:1]:
+            reas.append({"questionId": 900000 + len(reas), "question": q["question"], "question_types": ["reasoning"],
+                         **common, "answers": [q["answer"]], "data_split": "val", "rationale": q["rationale"]})
+    env = {"dataset_name": "docvqa", "dataset_split": "val", "dataset_version": "1.0"}
+    write_json(out / "val_v1.0.json", {**env, "data": data})
+    write_json(out / "reasoning.json", {**env, "data": reas})
+    write_jsonl(out / "samples.jsonl", side)
+
+
+INFO_OPS = {"sum": ["arithmetic"], "difference": ["arithmetic"], "comparison": ["sorting"]}
+
+
+def build_infovqa(out, n=60, q_per=4):
+    rng, data, reas, side = random.Random("infovqa"), [], [], []
+    for i, s in samples("infovqa", ["info"], n):
+        name = f"{50000 + i}.png"
+        save_image(out / "infographicsvqa_images" / name, s["image"])
+        side.append(sidecar("infographicsvqa_images/" + name, s))
+        for q in pick(rng, s["qa"], q_per):
+            data.append({"questionId": 200000 + len(data), "question": q["question"], "image_local_name": name,
+                         "answers": [q["answer"]], "data_split": "val", "answer_type": ["single span"],
+                         "evidence": ["text" if q["type"] == "text" else "figure"], "operation/reasoning": []})
+        for q in s["reasoning"]:
+            reas.append({"questionId": 920000 + len(reas), "question": q["question"], "image_local_name": name,
+                         "answers": [q["answer"]], "data_split": "val",
+                         "answer_type": ["single span" if q["op"] == "comparison" else "non-extractive"],
+                         "evidence": ["figure"], "operation/reasoning": INFO_OPS[q["op"]], "rationale": q["rationale"]})
+    env = {"dataset_name": "infographicsvqa", "dataset_split": "val", "dataset_version": "1.0"}
+    write_json(out / "infographicsVQA_val_v1.0_withQT.json", {**env, "data": data})
+    write_json(out / "reasoning.json", {**env, "data": reas})
+    write_jsonl(out / "samples.jsonl", side)
+
+
+def build_chartqa(out, n=64, q_per=4):
+    rng, splits, reas, side = random.Random("chartqa"), {"human": [], "augmented": []}, [], []
+    for i, s in samples("chartqa", ["chart"], n):
+        name = f"syn_{i:05d}.png"
+        save_image(out / "test" / "png" / name, s["image"])
+        side.append(sidecar("test/png/" + name, s))
+        split = splits["augmented" if i % 2 == 0 else "human"]  # alternate images between the two files
+        split += [{"imgname": name, "query": q["question"], "label": q["answer"]} for q in pick(rng, s["qa"], q_per)]
+        reas += [{"imgname": name, "query": q["question"], "label": q["answer"], "rationale": q["rationale"]} for q in s["reasoning"]]
+    for k, v in splits.items():
+        write_json(out / "test" / f"test_{k}.json", v)
+    write_json(out / "reasoning.json", reas)
+    write_jsonl(out / "samples.jsonl", side)
+
+
+def human_answers(a):
+    """10 'annotator' answers: mostly exact, a few case variants (all equal after VQA normalisation)."""
+    return [a] * 7 + [a.lower()] * 2 + [a.title()]
+
+
+def textvqa_item(q, iid, s, qid):
+    return {"question": q["question"], "question_id": qid, "image_id": iid, "image_classes": ["Street sign", "Traffic sign"],
+            "flickr_original_url": "", "flickr_300k_url": "", "image_width": s["width"], "image_height": s["height"],
+            "answers": human_answers(q["answer"]), "question_tokens": re.findall(r"[a-z0-9']+", q["question"].lower()),
+            "set_name": "val"}
+
+
+def build_textvqa(out, n=84, q_per=3):
+    rng, data, reas, side = random.Random("textvqa"), [], [], []
+    for i, s in samples("textvqa", ["scene"], n):
+        iid = hashlib.sha256(f"textvqa{i}".encode()).hexdigest()[:16]  # real ids are 16 hex chars
+        save_image(out / "train_images" / f"{iid}.jpg", s["image"], "JPEG")
+        side.append(sidecar(f"train_images/{iid}.jpg", s))
+        data += [textvqa_item(q, iid, s, 300000 + len(data) + j) for j, q in enumerate(pick(rng, s["qa"], q_per))]
+        reas += [{**textvqa_item(q, iid, s, 930000 + len(reas)), "rationale": q["rationale"]} for q in s["reasoning"]]
+    env = {"dataset_type": "val", "dataset_name": "textvqa", "dataset_version": "0.5.1"}
+    write_json(out / "TextVQA_0.5.1_val.json", {**env, "data": data})
+    write_json(out / "reasoning.json", {**env, "data": reas})
+    write_jsonl(out / "samples.jsonl", side)
+
+
+def crop_run(s, rng, pad=4):
+    """Crop one word (padded) that no other character touches: a Regular Text Recognition image."""
+    W, H = s["width"], s["height"]
+    for w in rng.sample(s["words"], len(s["words"])):
+        b = [max(0, w["box"][0] - pad), max(0, w["box"][1] - pad), min(W, w["box"][2] + pad), min(H, w["box"][3] + pad)]
+        inside = [c for c in s["chars"] if c["box"][0] < b[2] and c["box"][2] > b[0] and c["box"][1] < b[3] and c["box"][3] > b[1]]
+        if len(w["text"]) >= 3 and len(inside) == len(w["text"]):
+            return w["text"], s["image"].crop(b)
+    return None
+
+
+OCRB_TYPES = [  # (type, dataset label, kinds, questions per image)
+    ("Regular Text Recognition", "synth-words", ["doc", "table", "scene", "info"], 1),
+    ("Doc-oriented VQA", "synth-docs", ["doc", "chart", "info"], 2),
+    ("Key Information Extraction", "synth-receipts", ["table", "doc"], 2),
+    ("Scene Text-centric VQA", "synth-scenes", ["scene"], 2),
+]
+
+
+def build_ocrbench(out, per_type=60):
+    rng, items, reas, side, j = random.Random("ocrbench"), [], [], [], 0
+    for typ, ds, kinds, q_per in OCRB_TYPES:
+        got = 0
+        while got < per_type:
+            s = make_sample(kinds[j % len(kinds)], EVAL_SEED + 10 ** 6 * TASKS.index("ocrbench") + j, EVAL_CFG)
+            name, j = f"images/{j:05d}.png", j + 1
+            if typ == "Regular Text Recognition":
+                r = crop_run(s, rng)
+                if r is None:
+                    continue
+                qs = [{"question": "what is written in the image?", "answer": r[0]}]
+                save_image(out / name, r[1])
+                side.append({"image": name, "kind": s["kind"], "seed": s["seed"], "crop_of_word": r[0]})
+            else:
+                qs = [dict(q, question=q["question"] + (KIE_SUFFIX if typ.startswith("Key") else "")) for q in pick(rng, s["qa"], q_per)]
+                save_image(out / name, s["image"])
+                side.append(sidecar(name, s))
+                reas += [{"id": 90000 + len(reas), "dataset_name": ds, "dataset": ds, "image_path": name, "question": q["question"],
+                          "answers": [q["answer"]], "type": "Reasoning", "rationale": q["rationale"]} for q in s["reasoning"][:1]]
+            qs = qs[:per_type - got]
+            items += [{"id": len(items) + k, "dataset_name": ds, "dataset": ds, "image_path": name, "question": q["question"],
+                       "answers": [q["answer"]], "type": typ} for k, q in enumerate(qs)]
+            got += len(qs)
+    write_json(out / "OCRBench.json", items)
+    write_json(out / "reasoning.json", reas)
+    write_jsonl(out / "samples.jsonl", side)
+
+
+def sha256sums(d):
+    files = sorted(p for p in Path(d).rglob("*") if p.is_file() and p.name != "SHA256SUMS")
+    return "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(d).as_posix()}\n" for p in files)
+
+
+def build_eval():
+    tmp, old = EVAL_DIR.with_name("eval.tmp"), EVAL_DIR.with_name("eval.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for t in TASKS:
+        globals()["build_" + t](tmp / t)
+        print(f"built {t}")
+    write_bytes(tmp / "SHA256SUMS", sha256sums(tmp).encode())
+    shutil.rmtree(old, ignore_errors=True)  # swap folders so a crash never leaves a half-written data/eval
+    if EVAL_DIR.exists():
+        os.replace(EVAL_DIR, old)
+    os.replace(tmp, EVAL_DIR)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def check_eval():
+    want = (EVAL_DIR / "SHA256SUMS").read_text()
+    return want == sha256sums(EVAL_DIR)
+
+
+# ---------------------------------------------------------------- tokenizer
+def corpus(per_kind):
+    """Sentences from training-seed samples plus the fixed chat text, repeated so BPE merges it into a
+    few pieces (system message -> 8 pieces at vocab 1000; 50 repeats left it at 48)."""
+    lines = [SYSTEM, PROMPT, "system", "user", "assistant", "what is written in the image?", KIE_SUFFIX.strip()] * 1000
+    for kind in KINDS:
+        for seed in range(per_kind):
+            s = make_sample(kind, seed)
+            lines += s["transcription"].split("\n")
+            for q in s["qa"] + s["reasoning"]:
+                lines += [q["question"], q["answer"]] + ([q["rationale"]] if "rationale" in q else [])
+    return lines
+
+
+def train_sp(lines, vocab_size):
+    import sentencepiece as spm
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=buf,  # no file paths end up in the model proto
+        model_type="bpe", vocab_size=vocab_size, byte_fallback=True, split_digits=True, character_coverage=1.0,
+        user_defined_symbols=CHAT_TOKENS, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>",
+        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
+        num_threads=1, input_sentence_size=0, shuffle_input_sentence=False, minloglevel=2)
+    return buf.getvalue()
+
+
+def tokenizer_files(model_bytes):
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_proto=model_bytes)
+    V = sp.get_piece_size()
+    added = {t: V + i for i, t in enumerate(IMG_TOKENS)}
+    spec = {"special": True, "lstrip": False, "rstrip": False, "normalized": False, "single_word": False}
+    dec = {str(i): {"content": sp.id_to_piece(i), **spec} for i in (0, 1, 2)}
+    dec.update({str(sp.piece_to_id(t)): {"content": t, **spec} for t in CHAT_TOKENS})
+    dec.update({str(i): {"content": t, **spec} for t, i in added.items()})
+    extra = CHAT_TOKENS[::-1] + IMG_TOKENS  # InternVL2 order: <|im_start|> first
+    cfg = {"added_tokens_decoder": dec, "additional_special_tokens": extra, "bos_token": "<s>", "eos_token": "</s>",
+           "unk_token": "<unk>", "pad_token": "</s>", "add_bos_token": True, "add_eos_token": False,
+           "clean_up_tokenization_spaces": False, "model_max_length": 4096, "tokenizer_class": "InternLM2Tokenizer"}
+    stm = {"additional_special_tokens": extra, "bos_token": "<s>", "eos_token": "</s>", "pad_token": "</s>", "unk_token": "<unk>"}
+    dump = lambda o: (json.dumps(o, ensure_ascii=False, indent=2) + "\n").encode()
+    return {"tokenizer.model": model_bytes, "added_tokens.json": dump(added), "tokenizer_config.json": dump(cfg),
+            "special_tokens_map.json": dump(stm)}
+
+
+def build_tokenizer(vocab_size, per_kind):
+    lines = corpus(per_kind)
+    a = train_sp(lines, vocab_size)
+    if train_sp(lines, vocab_size) != a:  # determinism guard: two trainings must give the same bytes
+        sys.exit("error: sentencepiece training is not deterministic here")
+    for name, data in tokenizer_files(a).items():
+        write_bytes(TOK_DIR / name, data)
+    print(f"tokenizer: {len(a)} bytes, sp vocab {vocab_size} + {len(IMG_TOKENS)} added -> {TOK_DIR}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="build data/eval and data/tokenizer")
+    ap.add_argument("--eval", action="store_true", help="only the eval sets")
+    ap.add_argument("--tokenizer", action="store_true", help="only the tokenizer")
+    ap.add_argument("--check", action="store_true", help="verify data/eval/SHA256SUMS")
+    ap.add_argument("--vocab-size", type=int, default=1000)
+    ap.add_argument("--corpus-per-kind", type=int, default=400)
+    a = ap.parse_args(argv)
+    if a.vocab_size < 300 or a.corpus_per_kind < 1:
+        sys.exit("error: --vocab-size must be >= 300 (256 byte pieces + specials) and --corpus-per-kind >= 1")
+    if a.check:
+        ok = (EVAL_DIR / "SHA256SUMS").exists() and check_eval()
+        print("SHA256SUMS ok" if ok else "SHA256SUMS MISMATCH")
+        sys.exit(0 if ok else 1)
+    both = not (a.eval or a.tokenizer)
+    if a.eval or both:
+        build_eval()
+    if a.tokenizer or both:
+        build_tokenizer(a.vocab_size, a.corpus_per_kind)
+
+
+if __name__ == "__main__":
+    main()

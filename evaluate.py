@@ -1,0 +1,448 @@
+"""
+Evaluate an InternVL2-style model (optionally with compressed visual tokens) on DocVQA, ChartQA,
+InfoVQA, TextVQA and OCRBench with InternVL2's official protocol and metrics.
+
+    python evaluate.py --task docvqa                       # shipped synthetic set, checkpoints/tiny
+    python evaluate.py --task chartqa --model checkpoints/internvl2-2b --device cuda \
+        --data "/data/ChartQA Dataset/test" --batch-size 8
+    python evaluate.py --task textvqa --method pool --ratio 0.5     # needs compress.py
+    python evaluate.py --task docvqa --data /data/docvqa/test_v1.0.json  # no answers: submission
+    python -m pytest tests/test_evaluate.py -q
+
+Predictions go to results/<task>[_<method><ratio>].jsonl as they are produced; rerunning with the
+same --out skips finished questions. Scores go to the .json beside it. Metrics copy InternVL's eval
+scripts (which produced the InternVL2 numbers), quirks included (metrics-and-formats.md, section 3).
+--limit N takes the first N questions of the annotation file (and of a shipped reasoning.json, whose
+multi-fact questions are scored apart from the main score).
+"""
+import argparse, json, os, re, resource, sys, time
+from dataclasses import dataclass
+from typing import Callable
+
+# ----------------------------------------------------------------------------- metrics
+
+def levenshtein(a, b):
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+def anls(prediction, answers, threshold=0.5):
+    """InfographicsVQA script: distance on normalised strings over the max RAW length."""
+    norm = lambda s: ' '.join(s.strip().lower().split())
+    values = []
+    for a in [answers] if isinstance(answers, str) else answers:
+        length = max(len(a.upper()), len(prediction.upper()))  # .upper() as in the script
+        values.append(0.0 if length == 0 else levenshtein(norm(a), norm(prediction)) / length)
+    score = 1 - min(values)
+    return 0.0 if score < threshold else score  # NL exactly 0.5 keeps 0.5
+
+def _to_float(text):
+    try:
+        return float(text.rstrip('%')) / 100.0 if text.endswith('%') else float(text)
+    except ValueError:
+        return None
+
+def _relaxed_correct(target, prediction, max_relative_change=0.05):
+    p, t = _to_float(prediction), _to_float(target)
+    if p is not None and t:  # t == 0 (or non-numeric) falls back to the string match
+        return abs(p - t) / abs(t) <= max_relative_change
+    return prediction.lower() == target.lower()
+
+def relaxed_accuracy(prediction, answers, gt_denominator=False):
+    """ChartQA 5% tolerance, max over answers. InternVL calls relaxed_correctness(pred, ann)
+    against a (target, prediction) signature, so the MODEL answer is the denominator; pass
+    gt_denominator=True for lmms-eval / VLMEvalKit behaviour."""
+    prediction = prediction.strip()
+    answers = [answers] if isinstance(answers, str) else answers
+    return float(max(_relaxed_correct(a, prediction) if gt_denominator
+                     else _relaxed_correct(prediction, a) for a in answers))
+
+# EvalAI answer processor (m4c_evaluator.py), tables and typos inherited verbatim for parity
+_CONTRACTIONS = dict(kv.split(':') for kv in """aint:ain't arent:aren't cant:can't couldve:could've couldnt:couldn't
+couldn'tve:couldn't've couldnt've:couldn't've didnt:didn't doesnt:doesn't dont:don't hadnt:hadn't hadnt've:hadn't've
+hadn'tve:hadn't've hasnt:hasn't havent:haven't hed:he'd hed've:he'd've he'dve:he'd've hes:he's howd:how'd howll:how'll
+hows:how's Id've:I'd've I'dve:I'd've Im:I'm Ive:I've isnt:isn't itd:it'd itd've:it'd've it'dve:it'd've itll:it'll
+let's:let's maam:ma'am mightnt:mightn't mightnt've:mightn't've mightn'tve:mightn't've mightve:might've mustnt:mustn't
+mustve:must've neednt:needn't notve:not've oclock:o'clock oughtnt:oughtn't ow's'at:'ow's'at 'ows'at:'ow's'at
+'ow'sat:'ow's'at shant:shan't shed've:she'd've she'dve:she'd've she's:she's shouldve:should've shouldnt:shouldn't
+shouldnt've:shouldn't've shouldn'tve:shouldn't've somebody'd:somebodyd somebodyd've:somebody'd've
+somebody'dve:somebody'd've somebodyll:somebody'll somebodys:somebody's someoned:someone'd someoned've:someone'd've
+someone'dve:someone'd've someonell:someone'll someones:someone's somethingd:something'd somethingd've:something'd've
+something'dve:something'd've somethingll:something'll thats:that's thered:there'd thered've:there'd've
+there'dve:there'd've therere:there're theres:there's theyd:they'd theyd've:they'd've they'dve:they'd've theyll:they'll
+theyre:they're theyve:they've twas:'twas wasnt:wasn't wed've:we'd've we'dve:we'd've weve:we've werent:weren't
+whatll:what'll whatre:what're whats:what's whatve:what've whens:when's whered:where'd wheres:where's whereve:where've
+whod:who'd whod've:who'd've who'dve:who'd've wholl:who'll whos:who's whove:who've whyll:why'll whyre:why're whys:why's
+wont:won't wouldve:would've wouldnt:wouldn't wouldnt've:wouldn't've wouldn'tve:wouldn't've yall:y'all yall'll:y'all'll
+y'allll:y'all'll yall'd've:y'all'd've y'alld've:y'all'd've y'all'dve:y'all'd've youd:you'd youd've:you'd've
+you'dve:you'd've youll:you'll youre:you're youve:you've""".split())
+_NUMBERS = dict(none='0', zero='0', one='1', two='2', three='3', four='4', five='5', six='6',
+                seven='7', eight='8', nine='9', ten='10')
+_PUNCT = [';', '/', '[', ']', '"', '{', '}', '(', ')', '=', '+', '\\', '_', '-', '>', '<', '@',
+          '`', ',', '?', '!']
+_PERIOD_STRIP = re.compile(r'(?!<=\d)(\.)(?!\d)')  # typo'd lookbehind: "5." loses its period
+_COMMA_STRIP = re.compile(r'(?<=\d)(\,)+(?=\d)')
+
+def vqa_normalize(s):
+    s = s.lower().replace(',', '').replace('?', '').replace("'s", " 's").strip()  # word_tokenize
+    s = s.replace('\n', ' ').replace('\t', ' ').strip()
+    out = s
+    for p in _PUNCT:
+        if p + ' ' in s or ' ' + p in s or _COMMA_STRIP.search(s) is not None:
+            out = out.replace(p, '')
+        else:
+            out = out.replace(p, ' ')
+    out = _PERIOD_STRIP.sub('', out, count=32)  # the original passes re.UNICODE (=32) as count
+    words = [_NUMBERS.get(w, w) for w in out.lower().split()]
+    return ' '.join(_CONTRACTIONS.get(w, w) for w in words if w not in ('a', 'an', 'the'))
+
+def vqa_accuracy(prediction, answers):
+    """Mean over the leave-one-out subsets of min(1, matches among the others / 3)."""
+    gts, pred = [vqa_normalize(a) for a in answers], vqa_normalize(prediction)
+    k = sum(g == pred for g in gts)
+    return 0.0 if k == 0 else sum(min(1, (k - (g == pred)) / 3) for g in gts) / len(gts)
+
+HME = ('HME100k', 'Handwritten Mathematical Expression Recognition')
+
+def ocrbench_hit(prediction, answers, category):
+    """VLMEvalKit OCRBench: any answer is a substring of the prediction."""
+    if category in HME:  # formulas: drop spaces and newlines, keep case
+        norm = lambda s: s.strip().replace('\n', ' ').replace(' ', '')
+    else:
+        norm = lambda s: s.lower().strip().replace('\n', ' ')
+    p = norm(prediction)
+    return int(any(norm(a) in p for a in ([answers] if isinstance(answers, str) else answers)))
+
+# ----------------------------------------------------------------------------- readers
+
+class EvalError(Exception):
+    """Bad input: main() prints it as one line and exits with code 2."""
+
+def _load(path):
+    try:
+        with open(path, encoding='utf-8') as f:
+            if path.endswith('.jsonl'):
+                return [json.loads(line) for line in f if line.strip()]
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise EvalError(f"{path}: cannot read annotation ({e}); pass --data with a valid file")
+
+def _records(path, envelope):
+    data = _load(path)
+    if envelope:  # RRC / TextVQA files: {"dataset_name": ..., "data": [...]}
+        if not isinstance(data, dict) or not isinstance(data.get('data'), list):
+            raise EvalError(f"{path}: expected a JSON object with a 'data' list; "
+                            f"is this the right annotation file for the task?")
+        data = data['data']
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise EvalError(f"{path}: expected a list of JSON objects; is this the right file?")
+    return data
+
+def _rows(path, envelope):
+    """(index, record, get) per item; get(key) fails with a message naming the file and item."""
+    for i, r in enumerate(_records(path, envelope)):
+        def get(key, i=i, r=r):
+            if key not in r:
+                raise EvalError(f"{path}: item {i} has no '{key}' (keys: {sorted(r)}); "
+                                f"fix the item or use the original annotation file")
+            return r[key]
+        yield i, r, get
+
+def _answers(a, path, i):
+    a = [a] if isinstance(a, (str, int, float)) else a  # OCRBench/ChartQA: a bare string
+    if a is not None and (not isinstance(a, list) or not a):
+        raise EvalError(f"{path}: item {i} has malformed answers {a!r}; expected a non-empty list")
+    return None if a is None else [str(x) for x in a]
+
+def _image(images, rels, path, i):
+    """First existing candidate under --images; the error names the first one."""
+    for rel in rels:
+        p = os.path.abspath(os.path.join(images, str(rel)))
+        if os.path.isfile(p):
+            return p
+    raise EvalError(f"{path}: item {i}: image {os.path.join(images, str(rels[0]))} not found; "
+                    f"pass --images DIR (the folder the annotation's image paths are relative to)")
+
+def _item(qid, image, question, answers, **extra):
+    return dict(qid=qid, image=image, question=str(question), answers=answers, extra=extra)
+
+def read_docvqa(path, images, image_key='image'):
+    """RRC envelope {"data": [{questionId, question, image, answers}]}; no answers on test."""
+    out = []
+    for i, r, get in _rows(path, envelope=True):
+        img = get(image_key)
+        out.append(_item(get('questionId'), _image(images, [img, f'infographicsvqa_images/{img}'], path, i),
+                         get('question'), _answers(r.get('answers'), path, i),
+                         reasoning=bool(r.get('reasoning') or r.get('operation/reasoning'))))
+    return out
+
+def read_infovqa(path, images):  # same envelope, the image under image_local_name
+    return read_docvqa(path, images, 'image_local_name')
+
+def read_chartqa(path, images):
+    """Raw ChartQA: a folder with test_human.json + test_augmented.json (images under png/), or one
+    such json, or InternVL's jsonl {image, question, answer}. The split comes from the file name."""
+    if os.path.isdir(path):
+        files = [os.path.join(path, f'test_{s}.json') for s in ('human', 'augmented')]
+        if not all(map(os.path.isfile, files)):
+            raise EvalError(f"{path}: needs test_human.json and test_augmented.json; "
+                            f"pass --data with the ChartQA test folder or one of its files")
+        return read_chartqa(files[0], images) + read_chartqa(files[1], images)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    split = 'human' if 'human' in stem else 'augmented' if 'augmented' in stem else stem
+    out = []
+    for i, r, get in _rows(path, envelope=False):
+        img, q, a = (get('imgname'), get('query'), get('label')) if 'imgname' in r else \
+            (get('image'), get('question'), get('answer'))
+        image = _image(images, [f'png/{img}', img, f'test/png/{img}'], path, i)
+        out.append(_item(f"{split}_{r.get('question_id', i)}", image, q, _answers(a, path, i), split=split,
+                         reasoning=bool(r.get('reasoning'))))
+    return out
+
+def read_textvqa(path, images):
+    """Envelope with 10 answers per question; image <image_id>.jpg under train_images/."""
+    out = []
+    for i, r, get in _rows(path, envelope=True):
+        cands = [f'{d}{get("image_id")}.{ext}' for d in ('train_images/', '') for ext in ('jpg', 'png')]
+        out.append(_item(get('question_id'), _image(images, cands, path, i), get('question'),
+                         _answers(get('answers'), path, i), reasoning=bool(r.get('reasoning'))))
+    return out
+
+def read_ocrbench(path, images):
+    """A list of {image_path, question, answers, type, dataset_name}."""
+    out = []
+    for i, r, get in _rows(path, envelope=False):
+        cat = r.get('type', r.get('question_type')) or get('type')
+        out.append(_item(r.get('id', i), _image(images, [get('image_path')], path, i), get('question'),
+                         _answers(get('answers'), path, i), category=cat, reasoning=bool(r.get('reasoning')),
+                         dataset=r.get('dataset', r.get('dataset_name', ''))))
+    return out
+
+# ----------------------------------------------------------------------------- protocol
+
+PROMPT = 'Answer the question using a single word or phrase.'
+HERE = os.path.dirname(os.path.abspath(__file__))  # defaults (shipped sets, embedded model) live beside this file
+
+@dataclass
+class Task:
+    metric: str
+    read: Callable
+    files: tuple          # real annotation names, looked up under data/eval/<task>/
+    max_num: int          # dynamic tiles (+ thumbnail)
+    max_new_tokens: int
+    suffix: str = ' ' + PROMPT  # InternVL repo: a space; VLMEvalKit (OCRBench): a newline
+
+TASKS = {
+    'docvqa': Task('anls', read_docvqa, ('val_v1.0.json', 'test_v1.0.json'), 18, 100),
+    'chartqa': Task('relaxed_accuracy', read_chartqa, ('test', 'test_human.json'), 12, 100),
+    'infovqa': Task('anls', read_infovqa, ('infographicsVQA_val_v1.0_withQT.json',
+                                           'infographicsVQA_test_v1.0.json'), 24, 100),
+    'textvqa': Task('vqa_accuracy', read_textvqa, ('TextVQA_0.5.1_val.json',), 6, 10),
+    'ocrbench': Task('ocrbench', read_ocrbench, ('OCRBench.json', 'ocrbench.json'), 24, 1024,
+                     '\n' + PROMPT),  # 1024 is VLMEvalKit's value; generation stops at <|im_end|>
+}
+OCR_GROUPS = {'Text Recognition': ('Regular Text Recognition', 'Irregular Text Recognition',
+              'Artistic Text Recognition', 'Handwriting Recognition', 'Digit String Recognition',
+              'Non-Semantic Text Recognition'), 'HMER': HME}
+
+def find_annotation(task, data):
+    if os.path.isfile(data) or (task == 'chartqa' and os.path.isdir(data)
+                                and os.path.isfile(os.path.join(data, 'test_human.json'))):
+        return data
+    if not os.path.isdir(data):
+        raise EvalError(f"--data {data} does not exist; pass the annotation file or its folder")
+    for name in TASKS[task].files:
+        if os.path.exists(os.path.join(data, name)):
+            return find_annotation(task, os.path.join(data, name))
+    found = [f for f in sorted(os.listdir(data)) if f.endswith('.json') and f != 'reasoning.json']
+    if len(found) == 1:  # e.g. a renamed OCRBench json
+        return os.path.join(data, found[0])
+    raise EvalError(f"no annotation file in {data} (looked for {', '.join(TASKS[task].files)}); "
+                    f"pass --data FILE")
+
+def item_score(metric, pred, it):
+    a, ex = it['answers'], it['extra']
+    if metric == 'ocrbench':  # the MultimodalOCR script keys formulas on the source dataset
+        return ocrbench_hit(pred, a, 'HME100k' if ex['dataset'] == 'HME100k' else ex['category'])
+    return dict(anls=anls, relaxed_accuracy=relaxed_accuracy, vqa_accuracy=vqa_accuracy)[metric](pred, a)
+
+def score_items(task, items, preds):
+    """The score and sub-scores the papers report, on the main set; reasoning-flagged items (incl.
+    a shipped reasoning.json, which stays out of the main score) also get a score of their own."""
+    every = [item_score(task.metric, preds[str(it['qid'])], it) for it in items]
+    mean = lambda xs: 100 * sum(xs) / len(xs)
+    flagged = [x for x, it in zip(every, items) if it['extra'].get('reasoning')]
+    s, items = zip(*[(x, it) for x, it in zip(every, items) if not it['extra'].get('reasoning_file')])
+    res = dict(score=mean(s), n=len(s), sub_scores={})
+    if task.metric == 'relaxed_accuracy':  # papers report the mean of the two splits
+        for sp in sorted({it['extra']['split'] for it in items}):
+            res['sub_scores'][sp] = mean([x for x, it in zip(s, items) if it['extra']['split'] == sp])
+        res['score'] = sum(res['sub_scores'].values()) / len(res['sub_scores'])
+    if task.metric == 'ocrbench':  # a count of hits out of 1000
+        cats = {}
+        for x, it in zip(s, items):
+            cats[it['extra']['category']] = cats.get(it['extra']['category'], 0) + x
+        groups = {g: sum(cats.get(c, 0) for c in cs) for g, cs in OCR_GROUPS.items()}
+        res.update(score=sum(s), sub_scores={**cats, **groups})
+    if flagged:  # OCRBench too: percent correct, not a count
+        res['reasoning'] = dict(score=mean(flagged), n=len(flagged))
+    return res
+
+# ----------------------------------------------------------------------------- generation
+
+def load_done(path):
+    """qid -> prediction record of an earlier (maybe killed) run with the same --out."""
+    if not os.path.exists(path):
+        return {}
+    with open(path, 'rb') as f:
+        data = f.read()
+    if data and not data.endswith(b'\n'):  # killed mid-write: drop the cut line, redo that question
+        data = data[:data.rfind(b'\n') + 1]
+        os.truncate(path, len(data))
+    try:
+        return {str(r['qid']): r for r in map(json.loads, data.decode('utf-8').splitlines())}
+    except (ValueError, KeyError, TypeError) as e:
+        raise EvalError(f"{path}: not a predictions file ({e}); delete it or pass another --out")
+
+def load_model(args):
+    if not os.path.isdir(args.model):
+        raise EvalError(f"model folder {args.model} not found; build or download one, or pass --model PATH")
+    if args.method != 'none':  # seam for the compression variants; fail before the slow load
+        try:
+            import compress
+        except ImportError:
+            raise EvalError("compression methods come with compress.py; use --method none for now")
+    import torch, model as M
+    args.device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    args.dtype = args.dtype or ('bfloat16' if args.device.startswith('cuda') else 'float32')
+    try:
+        model = M.load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+        tok = M.load_tokenizer(args.model)
+    except M.ModelLoadError as e:
+        raise EvalError(str(e))
+    if args.method != 'none':
+        compress.apply(model, method=args.method, ratio=args.ratio)
+    return M, model, tok
+
+STATS = ('visual_tokens', 'prefill_s', 'decode_tokens', 'decode_s')
+
+def generate(args, task, todo, out_path):
+    """Greedy answers appended to out_path, flushed per batch. Returns (peak MB, what was measured)."""
+    M, model, tok = load_model(args)  # checks the folder before the slow torch import
+    import torch
+    from tqdm import tqdm
+    os.makedirs(os.path.dirname(out_path) or '.', exist_ok=True)
+    with open(out_path, 'a', encoding='utf-8') as f:
+        for b in tqdm(range(0, len(todo), args.batch_size), desc=args.task, unit='batch'):
+            batch, pixels = todo[b:b + args.batch_size], []
+            for it in batch:
+                try:
+                    pv = M.load_image(it['image'], max_num=args.max_num or task.max_num,
+                                      image_size=model.config.force_image_size)
+                except (ValueError, OSError) as e:
+                    raise EvalError(f"{e if it['image'] in str(e) else it['image'] + ': ' + str(e)}; "
+                                    f"replace the file or remove question {it['qid']} from the annotation")
+                pixels.append(pv.to(args.device, getattr(torch, args.dtype)))
+            stats = {}
+            answers = model.batch_chat(tok, pixels, [it['question'] + task.suffix for it in batch],
+                                       max_new_tokens=args.max_new_tokens or task.max_new_tokens,
+                                       min_new_tokens=1, stats=stats)  # min_new_tokens=1 as InternVL's eval
+            for it, a in zip(batch, answers):  # each item's share of the batch stats: resume re-sums
+                rec = dict(qid=it['qid'], answer=a, **{k: stats.get(k, 0) / len(batch) for k in STATS})
+                f.write(json.dumps(rec, ensure_ascii=False) + '\n')
+            f.flush()
+    if args.device.startswith('cuda'):
+        return torch.cuda.max_memory_allocated() / 2**20, 'cuda max_memory_allocated'
+
+def write_json(path, obj):
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False)
+    os.replace(path + '.tmp', path)  # atomic: a kill never leaves half a results file
+
+def run(args):
+    task = TASKS[args.task]
+    data = args.data or os.path.join(HERE, 'data', 'eval', args.task)
+    ann = find_annotation(args.task, data)
+    items = task.read(ann, args.images or (ann if os.path.isdir(ann) else os.path.dirname(ann)))[:args.limit or None]
+    if not items:
+        raise EvalError(f"{ann}: no questions in the annotation; pass --data with a non-empty file")
+    # the shipped sets keep multi-fact questions in <task>/reasoning.json (same format): scored apart
+    rfile = os.path.join(data if os.path.isdir(data) else os.path.dirname(data), 'reasoning.json')
+    if os.path.isfile(rfile) and os.path.abspath(rfile) != os.path.abspath(ann):
+        for it in task.read(rfile, args.images or os.path.dirname(rfile))[:args.limit or None]:
+            it['extra'].update(reasoning=True, reasoning_file=True)
+            items.append(it)
+    if len({str(it['qid']) for it in items}) < len(items):
+        raise EvalError(f"{ann}: question ids are not unique; resuming needs unique ids")
+    tag = f"_{args.method}{args.ratio:g}" if args.method != 'none' else ''
+    out = args.out or os.path.join('results', f'{args.task}{tag}.jsonl')
+    todo = [it for it in items if str(it['qid']) not in load_done(out)]
+    t0 = time.time()
+    mem = generate(args, task, todo, out) if todo else None
+    if mem is None:  # CPU (or nothing generated): ru_maxrss is KiB on Linux
+        mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'cpu peak RSS'
+    done = load_done(out)
+    recs = [done[str(it['qid'])] for it in items]
+    tot = {k: sum(r.get(k, 0) for r in recs) for k in STATS}
+    res = dict(task=args.task, metric=task.metric, model=args.model, data=ann, method=args.method,
+               ratio=args.ratio, max_num=args.max_num or task.max_num, device=args.device, dtype=args.dtype,
+               max_new_tokens=args.max_new_tokens or task.max_new_tokens, n=len(items), new_predictions=len(todo),
+               predictions=out, wall_s=round(time.time() - t0, 2),
+               visual_tokens_per_image=round(tot['visual_tokens'] / len(recs), 1),
+               prefill_ms_per_image=round(1000 * tot['prefill_s'] / len(recs), 2),
+               decode_tokens_per_s=round(tot['decode_tokens'] / tot['decode_s'], 2) if tot['decode_s'] else None,
+               peak_memory_mb=round(mem[0], 1), peak_memory_kind=mem[1])
+    preds = {str(it['qid']): done[str(it['qid'])]['answer'] for it in items}
+    if all(it['answers'] is not None for it in items):
+        res.update(score_items(task, items, preds))
+    else:  # test split: the answers live on the RRC server
+        res.update(score=None, submission=os.path.splitext(out)[0] + '_submission.json')
+        write_json(res['submission'], [dict(questionId=int(it['qid']), answer=preds[str(it['qid'])])
+                                       for it in items if not it['extra'].get('reasoning_file')])
+    write_json(os.path.splitext(out)[0] + '.json', res)
+    score = f"submission {res['submission']}" if res['score'] is None else f"ocrbench {res['score']}/{res['n']}" \
+        if task.metric == 'ocrbench' else f"{task.metric} {res['score']:.2f}"
+    if res.get('reasoning'):
+        score += f" (reasoning {res['reasoning']['score']:.2f} on {res['reasoning']['n']})"
+    tps = '-' if res['decode_tokens_per_s'] is None else f"{res['decode_tokens_per_s']:.1f}"
+    print(f"{args.task}: {score} | n={res['n']}, {len(todo)} generated | {res['visual_tokens_per_image']:.0f} "
+          f"visual tok/img | prefill {res['prefill_ms_per_image']:.1f} ms/img | decode {tps} tok/s | "
+          f"peak {mem[0]:.0f} MB {mem[1]} -> {os.path.splitext(out)[0] + '.json'}")
+    return res
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit code 2, like every other input error
+        raise EvalError(f"{message} (see python evaluate.py --help)")
+
+def main(argv=None):
+    p = _Parser(description=__doc__.split('\n\n')[0].strip())
+    p.add_argument('--task', required=True, choices=sorted(TASKS))
+    p.add_argument('--model', default=os.path.join(HERE, 'checkpoints', 'tiny'))
+    p.add_argument('--data', help='annotation file or folder (default: data/eval/<task>/)')
+    p.add_argument('--images', help="image root (default: the annotation file's folder)")
+    p.add_argument('--max-num', type=int, help='max dynamic tiles (default: per-task protocol)')
+    p.add_argument('--max-new-tokens', type=int, help='default: per-task protocol')
+    p.add_argument('--limit', type=int, help='first N questions only')
+    p.add_argument('--batch-size', type=int, default=1)
+    p.add_argument('--out', help='predictions jsonl (default: results/<task>[_<method><ratio>].jsonl)')
+    p.add_argument('--device', help='cpu | cuda (default: cuda if available)')
+    p.add_argument('--dtype', choices=['float32', 'bfloat16', 'float16'],
+                   help='default: bfloat16 on cuda (the official setting), float32 on cpu')
+    p.add_argument('--method', default='none', help='visual-token compression method (compress.py)')
+    p.add_argument('--ratio', type=float, default=1.0, help='compression ratio for --method')
+    try:
+        run(p.parse_args(argv))
+    except EvalError as e:
+        print(f"evaluate.py: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("evaluate.py: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,804 @@
+"""
+InternVL2 from scratch in plain PyTorch: InternViT, pixel shuffle, the mlp1 projector, the
+InternLM2 / Qwen2 / Llama language models, loading and saving the released safetensors layout,
+the tokenizer, the chat template, dynamic tiling and greedy generation with a KV cache.
+
+This file imports nothing from this repository: copy it into your project as it is.
+
+    python model.py --model /path/to/InternVL2-2B --image page.png --question "What is the total?"
+    python model.py --model /path/to/InternVL2-8B --device cuda --dtype bfloat16 --image page.png --question "..."
+
+In Python:
+    model = load_model(path, device="cpu", dtype=torch.float32)
+    tok = load_tokenizer(path)
+    pixel_values = load_image("page.png", max_num=12, image_size=model.config.force_image_size)
+    print(model.chat(tok, pixel_values, "What is the total?"))
+
+Supported: InternVL2-1B (Qwen2; its byte-level BPE tokenizer is not, see load_tokenizer),
+InternVL2-2B and -8B (InternLM2), and the Llama-based 40B/76B layouts. Not supported: the 4B (Phi-3).
+"""
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
+SYSTEM_MESSAGE = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
+LLM_ARCHS = ("InternLM2ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM")
+
+
+class ModelLoadError(Exception):
+    """A checkpoint or tokenizer folder that cannot be used; the message says what to fix."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Config: the fields of the released config.json we use, with InternVL2's values as defaults.
+
+@dataclass
+class VisionConfig:
+    image_size: int = 448
+    patch_size: int = 14
+    hidden_size: int = 1024
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    intermediate_size: int = 4096
+    layer_norm_eps: float = 1e-6
+    norm_type: str = "layer_norm"  # "rms_norm" in InternViT-6B
+    qkv_bias: bool = True
+    qk_normalization: bool = False
+    hidden_act: str = "gelu"
+
+
+@dataclass
+class LLMConfig:
+    architecture: str = "InternLM2ForCausalLM"
+    vocab_size: int = 92553
+    hidden_size: int = 2048
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 8
+    intermediate_size: int = 8192
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 1e6
+    rope_scaling: dict | None = None  # {"type": "dynamic" | "linear", "factor": f}
+    max_position_embeddings: int = 32768
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False  # Qwen2 has q/k/v biases ("bias" in InternLM2 configs)
+    hidden_act: str = "silu"
+
+
+@dataclass
+class InternVLConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    force_image_size: int = 448
+    downsample_ratio: float = 0.5
+    select_layer: int = -1
+    ps_version: str = "v2"
+    template: str = "internlm2-chat"
+    min_dynamic_patch: int = 1
+    max_dynamic_patch: int = 12
+    use_thumbnail: bool = True
+    source: dict = field(default_factory=dict, repr=False)  # the config.json read; fields we don't model survive a save
+
+
+def _pick(cls, d):
+    return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+def config_from_dict(d):
+    """Parse a released InternVLChatModel config.json (vision_config + llm_config)."""
+    if "vision_config" not in d or "llm_config" not in d:
+        raise ModelLoadError("config.json has no vision_config/llm_config: not an InternVL2 (InternVLChatModel) checkpoint")
+    lc = d["llm_config"]
+    arch = (lc.get("architectures") or ["?"])[0]
+    if arch not in LLM_ARCHS:
+        raise ModelLoadError(f"unknown language model architecture {arch!r} in config.json; supported: {', '.join(LLM_ARCHS)}")
+    llm = _pick(LLMConfig, lc)
+    llm.architecture = arch
+    llm.qkv_bias = arch == "Qwen2ForCausalLM" or bool(lc.get("bias", False))
+    if "rope_theta" not in lc and "rope_parameters" in lc:  # configs written by transformers 5
+        llm.rope_theta = lc["rope_parameters"].get("rope_theta", llm.rope_theta)
+    if d.get("ps_version", "v2") != "v2":
+        raise ModelLoadError("ps_version v1 is not supported (InternVL2 uses v2)")
+    top = _pick(InternVLConfig, {k: v for k, v in d.items() if k != "source"})
+    top.vision, top.llm, top.source = _pick(VisionConfig, d["vision_config"]), llm, d
+    if top.vision.norm_type not in ("layer_norm", "rms_norm"):
+        raise ModelLoadError(f"unknown vision norm_type {top.vision.norm_type!r}")
+    return top
+
+
+def config_to_dict(cfg):
+    """The inverse of config_from_dict, in the layout the original InternVL code reads."""
+    src = cfg.source
+    top = {k: v for k, v in asdict(cfg).items() if k not in ("vision", "llm", "source")}
+    vision = dict(src.get("vision_config", {}), architectures=["InternVisionModel"], model_type="intern_vit_6b",
+                  num_channels=3, **asdict(cfg.vision))
+    llm = dict(src.get("llm_config", {}), **{k: v for k, v in asdict(cfg.llm).items() if k not in ("architecture", "qkv_bias")})
+    model_type = {"InternLM2ForCausalLM": "internlm2", "Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
+    llm.update(architectures=[cfg.llm.architecture], model_type=model_type[cfg.llm.architecture])
+    if cfg.llm.architecture == "InternLM2ForCausalLM":
+        llm["bias"] = cfg.llm.qkv_bias
+    return dict(src, **top, architectures=["InternVLChatModel"], model_type="internvl_chat", dynamic_image_size=True,
+                vision_config=vision, llm_config=llm)
+
+
+def tiny_config(vocab_size=512, image_size=56):
+    """A few-hundred-thousand-parameter model of the same architecture, for tests."""
+    return InternVLConfig(
+        vision=VisionConfig(image_size=image_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64),
+        llm=LLMConfig(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=128, max_position_embeddings=4096),
+        force_image_size=image_size, max_dynamic_patch=6)
+
+
+# ----------------------------------------------------------------------------------------------
+# InternViT
+
+class RMSNorm(nn.Module):
+    """Normalise in fp32, scale in the input dtype (InternLM2 / InternViT-6B)."""
+
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.weight, self.eps = nn.Parameter(torch.ones(dim)), eps
+
+    def forward(self, x):
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def vit_norm(cfg, dim):
+    return RMSNorm(dim, cfg.layer_norm_eps) if cfg.norm_type == "rms_norm" else nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+
+
+class VisionEmbeddings(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        C, self.grid = cfg.hidden_size, cfg.image_size // cfg.patch_size
+        self.class_embedding = nn.Parameter(torch.zeros(1, 1, C))
+        self.patch_embedding = nn.Conv2d(3, C, cfg.patch_size, cfg.patch_size)
+        self.position_embedding = nn.Parameter(torch.zeros(1, 1 + self.grid ** 2, C))
+
+    def forward(self, pixel_values):
+        x = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))  # [B, C, h, w]
+        B, C, h, w = x.shape
+        x = torch.cat([self.class_embedding.expand(B, 1, C).to(x.dtype), x.flatten(2).transpose(1, 2)], dim=1)
+        pos = self.position_embedding[:, 1:]
+        if (h, w) != (self.grid, self.grid):  # other image sizes: bicubic in fp32, as the original
+            pos = pos.float().reshape(1, self.grid, self.grid, C).permute(0, 3, 1, 2)
+            pos = F.interpolate(pos, size=(h, w), mode="bicubic", align_corners=False)
+            pos = pos.flatten(2).transpose(1, 2).to(x.dtype)
+        return x + torch.cat([self.position_embedding[:, :1].to(x.dtype), pos], dim=1)
+
+
+class VisionAttention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        C, self.n_heads = cfg.hidden_size, cfg.num_attention_heads
+        self.qkv = nn.Linear(C, 3 * C, bias=cfg.qkv_bias)  # rows [q; k; v]
+        self.proj = nn.Linear(C, C)
+        if cfg.qk_normalization:  # over the full width, before the head split (InternViT-6B)
+            self.q_norm, self.k_norm = RMSNorm(C, cfg.layer_norm_eps), RMSNorm(C, cfg.layer_norm_eps)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=-1)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.view(B, N, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v)  # bidirectional
+        return self.proj(y.transpose(1, 2).reshape(B, N, C))
+
+
+class VisionMLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(cfg.hidden_size, cfg.intermediate_size), nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class VisionBlock(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.norm1, self.attn = vit_norm(cfg, cfg.hidden_size), VisionAttention(cfg)
+        self.norm2, self.mlp = vit_norm(cfg, cfg.hidden_size), VisionMLP(cfg)
+        self.ls1, self.ls2 = nn.Parameter(torch.ones(cfg.hidden_size)), nn.Parameter(torch.ones(cfg.hidden_size))
+
+    def forward(self, x):
+        x = x + self.ls1 * self.attn(self.norm1(x))
+        return x + self.ls2 * self.mlp(self.norm2(x))
+
+
+class VisionEncoder(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.layers = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.num_hidden_layers))
+
+
+class InternViT(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.embeddings, self.encoder = VisionEmbeddings(cfg), VisionEncoder(cfg)
+
+    def forward(self, pixel_values, select_layer=-1):
+        """Hidden states after layer `select_layer` (-1: the last; there is no final norm)."""
+        n = len(self.encoder.layers)
+        x = self.embeddings(pixel_values)
+        for block in self.encoder.layers[: n + 1 + select_layer if select_layer < 0 else select_layer]:
+            x = block(x)
+        return x
+
+
+def pixel_shuffle(x, scale=0.5):
+    """[N, h, w, C] -> [N, h*s, w*s, C/s^2]: each r x r block becomes one token, channels in
+    row-major order (TL, TR, BL, BR for r=2). Equal to InternVL's ps_version v2."""
+    N, h, w, C = x.shape
+    r = round(1 / scale)
+    if h % r or w % r:
+        raise ValueError(f"pixel_shuffle needs a patch grid divisible by {r}, got {h}x{w}")
+    x = x.view(N, h // r, r, w // r, r, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(N, h // r, w // r, r * r * C)
+
+
+# ----------------------------------------------------------------------------------------------
+# The language model, in InternLM2's layout: q/k/v packed into one wqkv whose rows are grouped
+# per kv head as [q_{hG}, ..., q_{hG+G-1}, k_h, v_h]. Qwen2/Llama checkpoints are packed at load.
+
+def rope_cos_sin(cfg, position_ids, seq_len, dtype):
+    """Rotary cos/sin for position_ids [B, L]. seq_len is the full length (cache included),
+    which dynamic NTK scaling compares with max_position_embeddings."""
+    d = cfg.hidden_size // cfg.num_attention_heads
+    base, pos, scaling = cfg.rope_theta, position_ids.float(), cfg.rope_scaling or {}
+    kind, factor = scaling.get("type", scaling.get("rope_type")), scaling.get("factor", 1.0)
+    if kind == "dynamic" and seq_len > cfg.max_position_embeddings:
+        base = base * (factor * seq_len / cfg.max_position_embeddings - (factor - 1)) ** (d / (d - 2))
+    elif kind == "linear":
+        pos = pos / factor
+    inv_freq = 1.0 / base ** (torch.arange(0, d, 2, device=pos.device, dtype=torch.float32) / d)
+    freqs = pos[..., None] * inv_freq  # [B, L, d/2]
+    emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # [B, 1, L, d]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class KVCache:
+    """A preallocated per-layer cache [B, n_kv, max_len, d]; the filled prefix is attended."""
+
+    def __init__(self, batch, n_kv, max_len, head_dim, dtype, device):
+        self.k = torch.zeros(batch, n_kv, max_len, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.length = 0
+
+    def update(self, k, v):
+        end = self.length + k.shape[2]
+        self.k[:, :, self.length:end], self.v[:, :, self.length:end] = k, v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim, self.group = cfg.hidden_size // self.n_heads, self.n_heads // self.n_kv
+        self.wqkv = nn.Linear(cfg.hidden_size, (self.n_heads + 2 * self.n_kv) * self.head_dim, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
+
+    def forward(self, x, cos, sin, mask, cache):
+        B, L, _ = x.shape
+        qkv = self.wqkv(x).view(B, L, self.n_kv, self.group + 2, self.head_dim)
+        q = qkv[:, :, :, :self.group].reshape(B, L, self.n_heads, self.head_dim).transpose(1, 2)
+        k, v = qkv[:, :, :, -2].transpose(1, 2), qkv[:, :, :, -1].transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(k, v)
+        # query head i reads kv head i // group: the order wqkv's grouping gives
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and L > 1, enable_gqa=True)
+        return self.wo(y.transpose(1, 2).reshape(B, L, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)  # gate
+        self.w3 = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)  # up
+        self.w2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)  # down
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.attention, self.feed_forward = Attention(cfg), FeedForward(cfg)
+        self.attention_norm, self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps), RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mask, cache):
+        x = x + self.attention(self.attention_norm(x), cos, sin, mask, cache)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.config, self.model = cfg, Decoder(cfg)
+        self.output = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.output.weight = self.model.tok_embeddings.weight
+
+    def forward(self, embeds, position_ids, mask=None, caches=None, last_only=False):
+        seq_len = (caches[0].length if caches else 0) + embeds.shape[1]
+        cos, sin = rope_cos_sin(self.config, position_ids, seq_len, embeds.dtype)
+        x = embeds
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, mask, caches[i] if caches else None)
+        x = self.model.norm(x[:, -1:] if last_only else x)
+        return self.output(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# InternVL2: ViT -> pixel shuffle -> mlp1 -> image tokens spliced into the LLM's input embeddings
+
+class InternVLChat(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.vision_model = InternViT(config.vision)
+        width = config.vision.hidden_size * round(1 / config.downsample_ratio) ** 2
+        D = config.llm.hidden_size
+        self.mlp1 = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, D), nn.GELU(), nn.Linear(D, D))
+        self.language_model = LanguageModel(config.llm)
+        self.img_context_token_id = None  # set by load_model from the folder's tokenizer files
+
+    @property
+    def num_image_token(self):
+        """Visual tokens per tile handed to the LLM (256 for InternVL2 at 448 px)."""
+        grid = self.config.force_image_size // self.config.vision.patch_size
+        return int(grid * self.config.downsample_ratio) ** 2
+
+    def extract_feature(self, pixel_values):
+        """[tiles, 3, S, S] -> [tiles, num_image_token, llm_hidden]."""
+        x = self.vision_model(pixel_values, self.config.select_layer)[:, 1:]  # drop the class token
+        g = math.isqrt(x.shape[1])
+        x = pixel_shuffle(x.reshape(x.shape[0], g, g, -1), self.config.downsample_ratio)
+        return self.mlp1(x.flatten(1, 2))
+
+    def forward(self, pixel_values, input_ids, attention_mask=None, position_ids=None, caches=None, last_only=False):
+        """Logits [B, L, V]. IMG_CONTEXT positions take the image features in order: tiles of the
+        first sample, then the second, ... attention_mask [B, T] marks real tokens (left or right
+        padding); with caches it covers the cache too."""
+        embeds = self.language_model.model.tok_embeddings(input_ids)
+        if pixel_values is not None:
+            if self.img_context_token_id is None:
+                raise ValueError("model.img_context_token_id is not set: load the model from a folder with tokenizer files")
+            is_img = input_ids == self.img_context_token_id
+            feats = self.extract_feature(pixel_values)
+            if is_img.sum() != feats.shape[0] * feats.shape[1]:
+                raise ValueError(f"{int(is_img.sum())} <IMG_CONTEXT> tokens but {feats.shape[0]} tiles x "
+                                 f"{feats.shape[1]} features: build the prompt with model.num_image_token per tile")
+            embeds = embeds.masked_scatter(is_img[..., None], feats.to(embeds.dtype))
+        B, L = input_ids.shape
+        past = caches[0].length if caches else 0
+        if position_ids is None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -L:] if attention_mask is not None \
+                else torch.arange(past, past + L, device=input_ids.device).expand(B, L)
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            keys = torch.arange(attention_mask.shape[1], device=input_ids.device)
+            queries = keys[-L:, None] if caches is None else past + torch.arange(L, device=keys.device)[:, None]
+            mask = (keys <= queries) & attention_mask.bool()[:, None, :]
+            mask = (mask | (keys == queries))[:, None]  # a padded query sees itself: no all-masked row, no NaN
+        return self.language_model(embeds, position_ids, mask, caches, last_only)
+
+    @torch.inference_mode()
+    def generate(self, pixel_values, input_ids, attention_mask=None, max_new_tokens=64, stop_ids=(), min_new_tokens=0,
+                 stats=None):
+        """Greedy decoding with a KV cache for a left-padded batch. Returns the new token ids of
+        each row, stopped before the first stop id."""
+        B, L = input_ids.shape
+        cfg = self.config.llm
+        n_kv, d = cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads
+        dtype = self.language_model.output.weight.dtype
+        caches = [KVCache(B, n_kv, L + max_new_tokens, d, dtype, input_ids.device) for _ in range(cfg.num_hidden_layers)]
+        mask = torch.ones(B, L, dtype=torch.long, device=input_ids.device) if attention_mask is None else attention_mask.long()
+        stop = torch.tensor(list(stop_ids) or [-1], device=input_ids.device)
+        out, done = [], torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+        t0 = _now(input_ids.device)
+        logits = self(pixel_values, input_ids, mask, caches=caches, last_only=True)
+        t1 = _now(input_ids.device)
+        for step in range(max_new_tokens):
+            if step < min_new_tokens:
+                logits[:, -1, stop[stop >= 0]] = float("-inf")
+            token = logits[:, -1].argmax(-1)
+            done |= torch.isin(token, stop)
+            out.append(token)
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=mask.device)], dim=1)
+            logits = self(None, token[:, None], mask, caches=caches)
+        t2 = _now(input_ids.device)
+        ids = torch.stack(out, dim=1).tolist()
+        ids = [row[:next((i for i, t in enumerate(row) if t in stop_ids), len(row))] for row in ids]
+        if stats is not None:
+            stats["prefill_s"] = stats.get("prefill_s", 0.0) + t1 - t0
+            stats["decode_s"] = stats.get("decode_s", 0.0) + t2 - t1
+            stats["decode_tokens"] = stats.get("decode_tokens", 0) + B * (len(out) - 1)
+        return ids
+
+    def batch_chat(self, tok, pixel_values_list, questions, max_new_tokens=64, min_new_tokens=0, history=None, stats=None):
+        """One answer per (image tiles, question) pair, greedy, as InternVL's chat()."""
+        prompts = [chat_prompt(q, None if pv is None else len(pv) * self.num_image_token, self.config.template,
+                               history=history) for pv, q in zip(pixel_values_list, questions)]
+        rows = [tok.encode(p) for p in prompts]
+        L = max(map(len, rows))
+        device = self.language_model.output.weight.device
+        input_ids = torch.tensor([[0] * (L - len(r)) + r for r in rows], device=device)
+        attention_mask = torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows], device=device)
+        tiles = [pv for pv in pixel_values_list if pv is not None]
+        pixel_values = torch.cat(tiles).to(device, self.mlp1[1].weight.dtype) if tiles else None
+        stop_ids = [tok.token_to_id(STOP_TOKEN)]
+        ids = self.generate(pixel_values, input_ids, attention_mask, max_new_tokens, stop_ids, min_new_tokens, stats)
+        if stats is not None:
+            stats["visual_tokens"] = stats.get("visual_tokens", 0) + sum(len(t) for t in tiles) * self.num_image_token
+        return [tok.decode(r).strip() for r in ids]
+
+    def chat(self, tok, pixel_values, question, max_new_tokens=64, history=None):
+        return self.batch_chat(tok, [pixel_values], [question], max_new_tokens, history=history)[0]
+
+
+def _now(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+# ----------------------------------------------------------------------------------------------
+# Chat template: internlm2-chat and Hermes-2 are the same text (note: no newline after <|im_end|>)
+
+TEMPLATES = {"internlm2-chat", "Hermes-2"}
+STOP_TOKEN = "<|im_end|>"  # the template's separator: InternVL's chat() stops on it alone
+
+
+def chat_prompt(question, num_image_tokens=None, template="internlm2-chat", system_message=SYSTEM_MESSAGE, history=None):
+    """The query string InternVL's chat() builds. num_image_tokens: IMG_CONTEXT count for the
+    image (tiles x tokens per tile), or None for a text-only question."""
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown chat template {template!r}; supported: {', '.join(sorted(TEMPLATES))}")
+    if num_image_tokens is not None and "<image>" not in question:
+        question = "<image>\n" + question
+    turns = [*(history or []), (question, None)]
+    prompt = f"<|im_start|>system\n{system_message}<|im_end|>"
+    for q, a in turns:
+        prompt += f"<|im_start|>user\n{q}<|im_end|><|im_start|>assistant\n"
+        if a is not None:
+            prompt += f"{a}<|im_end|>"
+    if num_image_tokens is not None:
+        prompt = prompt.replace("<image>", IMG_START + IMG_CONTEXT * num_image_tokens + IMG_END, 1)
+    return prompt
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer: sentencepiece for the text between special tokens, which are split out first and
+# mapped to their own ids (InternLM2Tokenizer, slow, as InternVL's eval uses it).
+
+class Tokenizer:
+    def __init__(self, folder):
+        import sentencepiece as spm
+        self.sp = spm.SentencePieceProcessor(model_file=os.path.join(folder, "tokenizer.model"))
+        special = {self.sp.id_to_piece(i): i for i in (self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id()) if i >= 0}
+        special.update(added_tokens(folder))
+        self.special = special
+        self.special_ids = set(special.values())
+        self.id_to_special = {i: s for s, i in special.items()}
+        self.add_bos = _read_json(os.path.join(folder, "tokenizer_config.json"), {}).get("add_bos_token", True)
+        self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
+        self.vocab_size = max(self.sp.get_piece_size(), max(self.special_ids) + 1)
+        self._split = re.compile("(" + "|".join(map(re.escape, sorted(special, key=len, reverse=True))) + ")")
+
+    def token_to_id(self, token):
+        if token not in self.special:
+            raise KeyError(f"{token!r} is not a special token of this tokenizer")
+        return self.special[token]
+
+    def encode(self, text, bos=None):
+        ids = [self.bos_id] if (self.add_bos if bos is None else bos) else []
+        for i, chunk in enumerate(self._split.split(text)):
+            if i % 2:
+                ids.append(self.special[chunk])
+            elif chunk:
+                ids.extend(self.sp.encode(chunk))
+        return ids
+
+    def decode(self, ids, skip_special_tokens=True):
+        out, run = [], []
+        for i in ids:
+            if i >= self.vocab_size:  # a model's vocab can be padded past its tokenizer's: nothing to print
+                continue
+            if i in self.special_ids:
+                out.append(self.sp.decode(run))
+                run = []
+                if not skip_special_tokens:
+                    out.append(self.id_to_special[i])
+            else:
+                run.append(i)
+        text = "".join(out) + self.sp.decode(run)
+        # InternLM2Tokenizer.convert_tokens_to_string always applies transformers' clean-up
+        for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                     (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+            text = text.replace(a, b)
+        return text
+
+
+def load_tokenizer(path):
+    """The tokenizer of a checkpoint folder (tokenizer.model + added_tokens.json / tokenizer_config.json)."""
+    if not os.path.isdir(path):
+        raise ModelLoadError(f"tokenizer folder {path} does not exist: pass a checkpoint folder")
+    if not os.path.exists(os.path.join(path, "tokenizer.model")):
+        hint = " (a Qwen2 byte-level BPE tokenizer, which is not supported)" if os.path.exists(os.path.join(path, "merges.txt")) else ""
+        raise ModelLoadError(f"no tokenizer.model in {path}{hint}: copy the checkpoint's sentencepiece tokenizer files there")
+    tok = Tokenizer(path)
+    for needed in (IMG_START, IMG_END, IMG_CONTEXT, "<|im_start|>", "<|im_end|>"):
+        if needed not in tok.special:
+            raise ModelLoadError(f"tokenizer in {path} lacks the special token {needed}: add it to added_tokens.json")
+    return tok
+
+
+def _read_json(path, default=None):
+    if not os.path.exists(path):
+        return default
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{path} is not valid JSON ({e}): restore it from the original checkpoint")
+
+
+# ----------------------------------------------------------------------------------------------
+# Image preprocessing: dynamic tiling with a thumbnail, ImageNet normalisation
+
+def find_grid(width, height, min_num=1, max_num=12, image_size=448):
+    """The (cols, rows) tile grid whose aspect ratio is closest to the image's. On an exact tie the
+    grid with more tiles wins if the image has more than half of its pixels."""
+    grids = sorted({(i, j) for n in range(min_num, max_num + 1) for i in range(1, n + 1) for j in range(1, n + 1)
+                    if min_num <= i * j <= max_num}, key=lambda g: g[0] * g[1])
+    best, best_diff = (1, 1), float("inf")
+    for i, j in grids:
+        diff = abs(width / height - i / j)
+        if diff < best_diff or (diff == best_diff and width * height > 0.5 * image_size * image_size * i * j):
+            best, best_diff = (i, j), diff
+    return best
+
+
+def dynamic_preprocess(image, min_num=1, max_num=12, image_size=448, use_thumbnail=True):
+    """Tiles of the resized image in row-major order, then the whole image as a thumbnail."""
+    cols, rows = find_grid(*image.size, min_num, max_num, image_size)
+    resized = image.resize((cols * image_size, rows * image_size))
+    tiles = [resized.crop((c * image_size, r * image_size, (c + 1) * image_size, (r + 1) * image_size))
+             for r in range(rows) for c in range(cols)]
+    if use_thumbnail and len(tiles) > 1:
+        tiles.append(image.resize((image_size, image_size)))
+    return tiles
+
+
+def to_tensor(image, image_size=448):
+    """PIL image -> normalised [3, S, S] float32 (Resize, ToTensor, Normalize)."""
+    if image.size != (image_size, image_size):
+        image = image.resize((image_size, image_size), Image.BICUBIC)
+    x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255)
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    return (x - mean) / std
+
+
+def load_image(image_or_path, max_num=12, image_size=448, min_num=1, use_thumbnail=True):
+    """A path or PIL image -> pixel_values [tiles, 3, S, S] (the thumbnail last when tiles > 1)."""
+    image = image_or_path
+    if not isinstance(image, Image.Image):
+        try:
+            with Image.open(image_or_path) as f:
+                image = f.convert("RGB")
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read image {image_or_path}: {e}") from None
+    image = image.convert("RGB")
+    tiles = dynamic_preprocess(image, min_num, max_num, image_size, use_thumbnail)
+    return torch.stack([to_tensor(t, image_size) for t in tiles])
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints in the released layout: config.json + model.safetensors (or shards with an index).
+# Our parameter names are the released InternLM2 names; other LLMs are renamed on the way.
+
+QWEN_NAMES = [("model.embed_tokens.", "model.tok_embeddings."), (".self_attn.o_proj.", ".attention.wo."),
+              (".mlp.gate_proj.", ".feed_forward.w1."), (".mlp.up_proj.", ".feed_forward.w3."),
+              (".mlp.down_proj.", ".feed_forward.w2."), (".input_layernorm.", ".attention_norm."),
+              (".post_attention_layernorm.", ".ffn_norm."), ("lm_head.", "output.")]
+QKV_RE = re.compile(r"(language_model\.model\.layers\.\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$")
+
+
+def checkpoint_name(key, arch):
+    """A checkpoint key -> (our parameter name, slot): slot is None, or q/k/v for a projection
+    that is copied into its part of the packed wqkv."""
+    if arch == "InternLM2ForCausalLM" or not key.startswith("language_model."):
+        return key, None
+    m = QKV_RE.match(key)
+    if m:
+        return f"{m[1]}.attention.wqkv.{m[3]}", m[2]
+    for theirs, ours in QWEN_NAMES:
+        key = key.replace(theirs, ours)
+    return key, None
+
+
+def wqkv_part(tensor, slot, cfg):
+    """View of the q, k or v rows inside a packed wqkv weight/bias (rows grouped per kv head)."""
+    n_kv, d = cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads
+    g = cfg.num_attention_heads // n_kv
+    grouped = tensor.view(n_kv, g + 2, d, *tensor.shape[1:])
+    return {"q": grouped[:, :g], "k": grouped[:, g:g + 1], "v": grouped[:, g + 1:]}[slot]
+
+
+def load_model(path, device="cpu", dtype=torch.float32):
+    """Build InternVL2 from a checkpoint folder, streaming tensors shard by shard into the modules."""
+    from safetensors import SafetensorError, safe_open
+    if not os.path.isdir(path):
+        raise ModelLoadError(f"checkpoint folder {path} does not exist")
+    cfg_dict = _read_json(os.path.join(path, "config.json"))
+    if cfg_dict is None:
+        raise ModelLoadError(f"no config.json in {path}: a checkpoint folder holds config.json and model*.safetensors")
+    config = config_from_dict(cfg_dict)
+    index = _read_json(os.path.join(path, "model.safetensors.index.json"))
+    if index is not None:
+        files = sorted(set(index["weight_map"].values()))
+    elif os.path.exists(os.path.join(path, "model.safetensors")):
+        files = ["model.safetensors"]
+    else:
+        raise ModelLoadError(f"no model.safetensors or model.safetensors.index.json in {path}")
+    with torch.device("meta"):
+        model = InternVLChat(config)
+    expected = {k: t.shape for k, t in export_state_dict(model)}  # on meta: costs no memory
+    model = model.to(dtype).to_empty(device=device)  # allocate once, in the target dtype
+    params = dict(model.named_parameters())
+    seen, bad_shape = set(), []
+    for fname in files:
+        fpath = os.path.join(path, fname)
+        if not os.path.exists(fpath):
+            raise ModelLoadError(f"shard {fname} listed in the index is missing from {path}")
+        try:
+            with safe_open(fpath, framework="pt", device="cpu") as f:
+                for key in f.keys():
+                    seen.add(key)
+                    if key not in expected:
+                        continue
+                    t = f.get_tensor(key)
+                    if t.shape != expected[key]:
+                        bad_shape.append(f"{key} {tuple(t.shape)} (expected {tuple(expected[key])})")
+                        continue
+                    name, slot = checkpoint_name(key, config.llm.architecture)
+                    target = params[name].data
+                    if slot is not None:
+                        target = wqkv_part(target, slot, config.llm)
+                    target.copy_(t.view(target.shape))
+        except (SafetensorError, OSError) as e:
+            raise ModelLoadError(f"cannot read {fpath}: {e} (corrupt or truncated file: download it again)") from None
+    problems = []
+    for what, keys in (("missing", sorted(set(expected) - seen)), ("unexpected", sorted(seen - set(expected))),
+                       ("mis-shaped", bad_shape)):
+        if keys:
+            problems.append(f"{len(keys)} {what}: " + ", ".join(keys[:6]) + (", ..." if len(keys) > 6 else ""))
+    if problems:
+        raise ModelLoadError(f"checkpoint {path} does not match its config.json: " + "; ".join(problems))
+    model.img_context_token_id = added_tokens(path).get(IMG_CONTEXT)
+    return model.eval()
+
+
+def added_tokens(path):
+    """content -> id of the tokens added on top of sentencepiece (tokenizer_config.json, added_tokens.json)."""
+    tc = _read_json(os.path.join(path, "tokenizer_config.json"), {})
+    tokens = {v["content"]: int(k) for k, v in tc.get("added_tokens_decoder", {}).items()}
+    tokens.update(_read_json(os.path.join(path, "added_tokens.json"), {}))
+    return tokens
+
+
+def export_state_dict(model):
+    """Our parameters under the checkpoint's own key names (q/k/v unpacked for Qwen2/Llama)."""
+    cfg = model.config.llm
+    for name, t in model.state_dict().items():
+        if cfg.tie_word_embeddings and name == "language_model.output.weight":
+            continue
+        if cfg.architecture == "InternLM2ForCausalLM" or not name.startswith("language_model."):
+            yield name, t
+        elif ".attention.wqkv." in name:
+            layer, kind = name.split(".attention.wqkv.")
+            for slot in "qkv":
+                yield f"{layer}.self_attn.{slot}_proj.{kind}", wqkv_part(t, slot, cfg).flatten(0, 2)
+        else:
+            for theirs, ours in QWEN_NAMES:
+                name = name.replace(ours, theirs)
+            yield name, t
+
+
+def save_model(model, path, max_shard_bytes=5 * 2**30, tokenizer_dir=None):
+    """Write config.json and safetensors (sharded with an index past max_shard_bytes) in the
+    released layout. Each file is written under a temporary name, then renamed."""
+    from safetensors.torch import save_file
+    os.makedirs(path, exist_ok=True)
+    shards, size = [{}], 0
+    for name, t in export_state_dict(model):
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t.detach().to("cpu").contiguous()
+        size += nbytes
+    names = ["model.safetensors"] if len(shards) == 1 else \
+        [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for shard, fname in zip(shards, names):
+        save_file(shard, os.path.join(path, fname + ".tmp"), metadata={"format": "pt"})
+        os.replace(os.path.join(path, fname + ".tmp"), os.path.join(path, fname))
+    cfg = config_to_dict(model.config)
+    cfg["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    files = {"config.json": cfg}
+    if len(shards) > 1:
+        total = sum(t.numel() * t.element_size() for s in shards for t in s.values())
+        files["model.safetensors.index.json"] = {"metadata": {"total_size": total},
+                                                 "weight_map": {k: f for s, f in zip(shards, names) for k in s}}
+    elif os.path.exists(os.path.join(path, "model.safetensors.index.json")):
+        os.remove(os.path.join(path, "model.safetensors.index.json"))
+    for fname, obj in files.items():
+        with open(os.path.join(path, fname + ".tmp"), "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False)
+        os.replace(os.path.join(path, fname + ".tmp"), os.path.join(path, fname))
+    if tokenizer_dir is not None:
+        import shutil
+        for fname in ("tokenizer.model", "tokenizer_config.json", "added_tokens.json", "special_tokens_map.json"):
+            src = os.path.join(tokenizer_dir, fname)
+            if os.path.exists(src) and os.path.abspath(src) != os.path.abspath(os.path.join(path, fname)):
+                shutil.copyfile(src, os.path.join(path, fname))
+
+
+# ----------------------------------------------------------------------------------------------
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Ask InternVL2 a question about an image.")
+    parser.add_argument("--model", required=True, help="checkpoint folder in the released layout")
+    parser.add_argument("--image", required=True)
+    parser.add_argument("--question", required=True)
+    parser.add_argument("--max-num", type=int, default=12, help="most tiles (a thumbnail is added)")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32")
+    args = parser.parse_args()
+    try:
+        model = load_model(args.model, args.device, getattr(torch, args.dtype))
+        tok = load_tokenizer(args.model)
+        pixel_values = load_image(args.image, args.max_num, model.config.force_image_size).to(args.device)
+    except (ModelLoadError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    print(model.chat(tok, pixel_values, args.question, args.max_new_tokens))

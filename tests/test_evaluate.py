@@ -1,0 +1,352 @@
+"""evaluate.py: metric edge cases (docs/metrics-and-formats.md 3.7 and the inherited quirks),
+annotation readers on tiny fixtures in the real formats, CLI errors, and an end-to-end resume run.
+
+    python -m pytest tests/test_evaluate.py -q
+"""
+import json, os, subprocess, sys
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import evaluate as E
+
+approx = pytest.approx
+
+# ----------------------------------------------------------------------------- ANLS
+
+def test_anls_doc_cases():
+    assert E.anls('0.28', ['0.28']) == 1
+    assert E.anls('0.2', ['0.28']) == approx(0.75)  # 1 - 1/4
+    assert E.anls('abc', ['xyz']) == 0
+    assert E.anls('', ['abc']) == 0  # empty prediction
+    assert E.anls('', ['']) == 1  # empty/empty: length 0 -> NL 0
+    assert E.anls('  The   ANSWER ', ['the answer']) == 1  # case + whitespace insensitive
+
+def test_anls_threshold_and_max():
+    assert E.anls('ab', ['ax']) == 0.5  # NL exactly 0.5 is kept (standard ANLS gives 0)
+    assert E.anls('abc', ['axy']) == 0  # 1 - 2/3 < 0.5
+    assert E.anls('abcd', ['zzzz', 'abcx']) == approx(0.75)  # best answer wins
+    assert E.anls('ab', ['ax'], threshold=0.6) == 0
+    assert E.anls('0.2', '0.28') == approx(0.75)  # a bare string answer
+
+def test_anls_raw_length_denominator():
+    # distance on normalised strings (1) but denominator on the RAW lengths (7, not 4)
+    assert E.anls('  0.2  ', ['0.28']) == approx(1 - 1 / 7)
+    assert E.levenshtein('kitten', 'sitting') == 3
+    assert E.levenshtein('', 'abc') == 3 and E.levenshtein('abc', 'abc') == 0
+
+# ----------------------------------------------------------------------------- relaxed accuracy
+
+def test_relaxed_doc_cases():
+    assert E.relaxed_accuracy('10%', ['0.1']) == 1
+    assert E.relaxed_accuracy('104', ['100']) == 1
+    assert E.relaxed_accuracy('106', ['100']) == 0
+    assert E.relaxed_accuracy('0', ['0.0']) == 0  # zero reference -> string path
+    assert E.relaxed_accuracy('Yes', ['yes']) == 1
+    assert E.relaxed_accuracy('1,000', ['1000']) == 0  # no comma stripping
+    assert E.relaxed_accuracy('$5', ['5']) == 0  # no unit stripping
+    assert E.relaxed_accuracy(' 42 \n', '42') == 1  # prediction stripped, bare-string answer
+    assert E.relaxed_accuracy('7', ['3', '7.2']) == 1  # max over answers
+
+def test_relaxed_swapped_denominator_quirk():
+    # InternVL: |pred - gt| / |pred|; lmms-eval / VLMEvalKit: / |gt|
+    assert E.relaxed_accuracy('105.2', ['100']) == 1  # 5.2 / 105.2 = 0.049
+    assert E.relaxed_accuracy('105.2', ['100'], gt_denominator=True) == 0  # 0.052
+    assert E.relaxed_accuracy('95.1', ['100']) == 0  # 4.9 / 95.1 = 0.0515
+    assert E.relaxed_accuracy('95.1', ['100'], gt_denominator=True) == 1
+    assert E.relaxed_accuracy('0', ['0']) == 1  # model answer 0 -> exact string match
+    assert E.relaxed_accuracy('0.001', ['0']) == 0
+
+# ----------------------------------------------------------------------------- VQA accuracy
+
+@pytest.mark.parametrize('k,want', [(0, 0), (1, 0.3), (2, 0.6), (3, 0.9), (4, 1), (10, 1)])
+def test_vqa_leave_one_out(k, want):
+    assert E.vqa_accuracy('Two', ['2'] * k + ['other'] * (10 - k)) == approx(want)
+
+@pytest.mark.parametrize('raw,norm', [
+    ('the cat', 'cat'), ('A dog', 'dog'), ('an apple', 'apple'),  # articles
+    ('Two', '2'), ('none', '0'), ('ten', '10'), ('eleven', 'eleven'),  # number words
+    ('dont', "don't"), ('Isnt', "isn't"), ('yall', "y'all"), ('Im', 'im'),  # table keys are lowercase-matched
+    ("John's", "john 's"), ('Yes?', 'yes'), ('1,000', '1000'),  # word_tokenize
+    ('x-ray', 'x ray'), ('a - b', 'b'), ('(hi)', 'hi'), ('e.g.', 'eg'),  # punctuation
+    ('3.5', '3.5'), ('5.', '5'),  # typo'd lookbehind: "5." loses its period
+    ('.' * 33, '.'),  # re.UNICODE passed as count: only 32 periods go
+    ('line\nbreak\there', 'line break here'),
+])
+def test_vqa_normalize(raw, norm):
+    assert E.vqa_normalize(raw) == norm
+
+def test_vqa_normalised_matching():
+    assert E.vqa_accuracy('The Cat.', ['cat'] * 10) == 1
+    assert E.vqa_accuracy('dont', ["don't"] * 2 + ['no'] * 8) == approx(0.6)
+
+# ----------------------------------------------------------------------------- OCRBench
+
+def test_ocrbench_hit():
+    assert E.ocrbench_hit('the answer is STOP', ['stop'], 'Regular Text Recognition') == 1
+    assert E.ocrbench_hit('go', ['stop', 'GO'], 'Scene Text-centric VQA') == 1
+    assert E.ocrbench_hit('sto', 'stop', 'Doc-oriented VQA') == 0
+    assert E.ocrbench_hit('two\nlines', ['TWO LINES'], 'Key Information Extraction') == 1
+    hme = 'Handwritten Mathematical Expression Recognition'
+    assert E.ocrbench_hit('x + y', ['x+y'], hme) == 1
+    assert E.ocrbench_hit('x +\ny = z', ['x+y=z'], 'HME100k') == 1
+    assert E.ocrbench_hit('X + y', ['x+y'], hme) == 0  # case kept for formulas
+
+# ----------------------------------------------------------------------------- readers
+
+def png(path, size=(64, 48)):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.new('RGB', size, 'white').save(path)
+
+def dump(path, obj):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+        if path.endswith('.jsonl'):
+            f.write(''.join(json.dumps(o) + '\n' for o in obj))
+        else:
+            json.dump(obj, f)
+    return str(path)
+
+def rrc(items, name='docvqa'):
+    return dict(dataset_name=name, dataset_split='val', dataset_version='1.0', data=items)
+
+def docvqa_fixture(root, n=8, answers=True):
+    items = []
+    for i in range(n):
+        png(os.path.join(root, 'documents', f'doc{i % 4}_1.png'))
+        it = dict(questionId=100 + i, question=f'What is field {i}?', question_types=['form'],
+                  image=f'documents/doc{i % 4}_1.png', docId=i % 4, ucsf_document_id=f'doc{i % 4}',
+                  ucsf_document_page_no='1', data_split='val')
+        if answers:
+            it['answers'] = [f'value {i}', f'v{i}']
+        items.append(it)
+    return dump(os.path.join(root, 'val_v1.0.json' if answers else 'test_v1.0.json'), rrc(items))
+
+def test_read_docvqa(tmp_path):
+    path = docvqa_fixture(str(tmp_path), n=3)
+    items = E.read_docvqa(path, str(tmp_path))
+    assert [it['qid'] for it in items] == [100, 101, 102]
+    assert items[0]['answers'] == ['value 0', 'v0'] and items[0]['question'] == 'What is field 0?'
+    assert items[1]['image'] == str(tmp_path / 'documents' / 'doc1_1.png') and os.path.isabs(items[1]['image'])
+    test = E.read_docvqa(docvqa_fixture(str(tmp_path), n=2, answers=False), str(tmp_path))
+    assert test[0]['answers'] is None
+
+def test_read_infovqa(tmp_path):
+    png(str(tmp_path / 'infographicsvqa_images' / '10002.jpeg'))
+    png(str(tmp_path / '10003.jpeg'))
+    path = dump(str(tmp_path / 'infographicsVQA_val_v1.0_withQT.json'), rrc([
+        dict(questionId=65718, question='How many?', image_local_name='10002.jpeg', answers=['3'],
+             answer_type=['single span'], evidence=['figure'], **{'operation/reasoning': ['counting']}),
+        dict(questionId=65719, question='Which?', image_local_name='10003.jpeg', answers=['red'],
+             answer_type=['single span'], evidence=['text'], **{'operation/reasoning': []})], 'infographicVQA'))
+    a, b = E.read_infovqa(path, str(tmp_path))
+    assert a['image'].endswith('infographicsvqa_images/10002.jpeg') and b['image'].endswith('/10003.jpeg')
+    assert a['extra']['reasoning'] and not b['extra']['reasoning']
+
+def chartqa_fixture(root):
+    for split, labels in (('human', ['12', 'Yes']), ('augmented', ['0.5', '40%'])):
+        dump(os.path.join(root, f'test_{split}.json'),
+             [dict(imgname=f'{split}{i}.png', query=f'q{i}?', label=l) for i, l in enumerate(labels)])
+        for i in range(2):
+            png(os.path.join(root, 'png', f'{split}{i}.png'))
+    return root
+
+def test_read_chartqa(tmp_path):
+    root = chartqa_fixture(str(tmp_path / 'test'))
+    items = E.read_chartqa(root, root)
+    assert [it['qid'] for it in items] == ['human_0', 'human_1', 'augmented_0', 'augmented_1']
+    assert items[3]['answers'] == ['40%'] and items[3]['extra']['split'] == 'augmented'
+    assert items[0]['image'] == os.path.join(root, 'png', 'human0.png')
+    assert len(E.read_chartqa(os.path.join(root, 'test_human.json'), root)) == 2  # one split file
+    jl = dump(str(tmp_path / 'test' / 'test_augmented.jsonl'),  # InternVL jsonl variant
+              [dict(image='png/augmented1.png', question='q?', answer='7', question_id=5)])
+    (it,) = E.read_chartqa(jl, root)
+    assert it['qid'] == 'augmented_5' and it['answers'] == ['7'] and it['question'] == 'q?'
+
+def test_read_textvqa(tmp_path):
+    png(str(tmp_path / 'train_images' / 'abc.jpg'))
+    png(str(tmp_path / 'train_images' / 'def.png'))  # png accepted when the jpg is missing
+    items = [dict(question='what?', question_id=34602 + i, image_id=iid, image_classes=['Car'],
+                  flickr_original_url='', flickr_300k_url='', image_width=64, image_height=48,
+                  answers=['nous'] * 10, question_tokens=['what'], set_name='val')
+             for i, iid in enumerate(['abc', 'def'])]
+    path = dump(str(tmp_path / 'TextVQA_0.5.1_val.json'),
+                dict(dataset_type='val', dataset_name='textvqa', dataset_version='0.5.1', data=items))
+    a, b = E.read_textvqa(path, str(tmp_path))
+    assert a['image'].endswith('train_images/abc.jpg') and b['image'].endswith('train_images/def.png')
+    assert a['qid'] == 34602 and len(a['answers']) == 10
+
+def ocrbench_fixture(root):
+    rows = [('Regular Text Recognition', 'IIIT5K', 'STOP', 'stop'),
+            ('Scene Text-centric VQA', 'textVQA', ['cafe', 'café'], 'a cafe'),
+            ('Handwritten Mathematical Expression Recognition', 'HME100k', 'x^{2}+1', 'x ^ { 2 } + 1'),
+            ('Key Information Extraction', 'FUNSD', '12/03', 'nope')]
+    items = []
+    for i, (cat, ds, ans, _) in enumerate(rows):
+        png(os.path.join(root, 'OCRBench_Images', ds, f'{i}.jpg'))
+        items.append(dict(dataset_name=ds, id=i, image_path=f'OCRBench_Images/{ds}/{i}.jpg',
+                          question='what is written?', answers=ans, type=cat))
+    return dump(os.path.join(root, 'OCRBench.json'), items), [r[3] for r in rows]
+
+def test_read_ocrbench(tmp_path):
+    path, _ = ocrbench_fixture(str(tmp_path))
+    items = E.read_ocrbench(path, str(tmp_path))
+    assert items[0]['answers'] == ['STOP'] and items[1]['answers'] == ['cafe', 'café']
+    assert items[2]['extra'] == dict(category='Handwritten Mathematical Expression Recognition',
+                                     dataset='HME100k', reasoning=False)
+
+def test_find_annotation_by_real_names(tmp_path):
+    docvqa_fixture(str(tmp_path / 'docvqa'), n=1)
+    assert E.find_annotation('docvqa', str(tmp_path / 'docvqa')).endswith('val_v1.0.json')
+    chartqa_fixture(str(tmp_path / 'chartqa' / 'test'))
+    assert E.find_annotation('chartqa', str(tmp_path / 'chartqa')) == str(tmp_path / 'chartqa' / 'test')
+    dump(str(tmp_path / 'ocr' / 'my_ocrbench.json'), [])
+    assert E.find_annotation('ocrbench', str(tmp_path / 'ocr')).endswith('my_ocrbench.json')
+
+# ----------------------------------------------------------------------------- CLI
+
+def cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'evaluate.py'), *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
+
+def assert_clean_error(r, *words, progress=False):
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert 'Traceback' not in r.stderr and (progress or len(lines) == 1), r.stderr  # progress: tqdm's bar
+    assert lines[-1].startswith('evaluate.py: error: ') and all(w in lines[-1] for w in words), lines[-1]
+
+def test_cli_bad_inputs(tmp_path):
+    t = str(tmp_path)
+    assert_clean_error(cli('--task', 'mmmu'), 'invalid choice')
+    assert_clean_error(cli('--task', 'docvqa', '--data', t + '/nope.json'), 'nope.json', '--data')
+    dump(t + '/bad/val_v1.0.json', dict(data='oops'))
+    assert_clean_error(cli('--task', 'docvqa', '--data', t + '/bad'), "'data' list")
+    open(t + '/bad/broken.json', 'w').write('{"data": [')
+    assert_clean_error(cli('--task', 'docvqa', '--data', t + '/bad/broken.json'), 'broken.json')
+    png(t + '/bad/x.png')
+    dump(t + '/bad/items.json', rrc([dict(questionId=1, image='x.png', answers=['a'])]))
+    assert_clean_error(cli('--task', 'docvqa', '--data', t + '/bad/items.json'), "item 0", "'question'")
+    dump(t + '/bad/img.json', rrc([dict(questionId=1, question='q', image='documents/x.png', answers=['a'])]))
+    assert_clean_error(cli('--task', 'docvqa', '--data', t + '/bad/img.json'), 'x.png', '--images')
+    docvqa_fixture(t + '/ok', n=1)
+    assert_clean_error(cli('--task', 'docvqa', '--data', t + '/ok', '--model', t + '/nomodel'),
+                       'nomodel', '--model')
+    assert_clean_error(cli('--task', 'docvqa', '--data', t + '/ok', cwd=t), 'checkpoints/tiny')
+    os.makedirs(t + '/m')
+    assert_clean_error(cli('--task', 'docvqa', '--data', t + '/ok', '--model', t + '/m',
+                           '--method', 'pool', '--ratio', '0.5'), 'compress.py')
+
+def prefilled(out, items, answers):
+    dump(out, [dict(qid=it['qid'], answer=a, visual_tokens=256, prefill_s=0.5, decode_tokens=4,
+                    decode_s=0.1) for it, a in zip(items, answers)])
+
+def test_scoring_from_finished_predictions(tmp_path):
+    # every qid already predicted: scoring runs without loading any model
+    t = str(tmp_path)
+    root = chartqa_fixture(t + '/chartqa/test')
+    prefilled(t + '/c.jsonl', E.read_chartqa(root, root), ['12.5', 'no', '0.5', '0.4'])
+    assert cli('--task', 'chartqa', '--data', t + '/chartqa', '--out', t + '/c.jsonl').returncode == 0
+    res = json.load(open(t + '/c.json'))
+    assert res['sub_scores'] == dict(human=50.0, augmented=100.0) and res['score'] == 75.0
+    assert res['visual_tokens_per_image'] == 256 and res['prefill_ms_per_image'] == 500
+    assert res['decode_tokens_per_s'] == approx(40) and res['peak_memory_kind'] == 'cpu peak RSS'
+
+    path, preds = ocrbench_fixture(t + '/ocr')
+    prefilled(t + '/o.jsonl', E.read_ocrbench(path, t + '/ocr'), preds)
+    r = cli('--task', 'ocrbench', '--data', t + '/ocr', '--out', t + '/o.jsonl')
+    res = json.load(open(t + '/o.json'))
+    assert res['score'] == 3 and res['sub_scores']['HMER'] == 1 and res['sub_scores']['Text Recognition'] == 1
+    assert res['sub_scores']['Key Information Extraction'] == 0 and 'ocrbench 3/4 ' in r.stdout
+
+    test = docvqa_fixture(t + '/dtest', n=2, answers=False)
+    prefilled(t + '/d.jsonl', E.read_docvqa(test, t + '/dtest'), ['a', 'b'])
+    assert cli('--task', 'docvqa', '--data', test, '--out', t + '/d.jsonl').returncode == 0
+    assert json.load(open(t + '/d_submission.json')) == [dict(questionId=100, answer='a'),
+                                                        dict(questionId=101, answer='b')]
+    assert json.load(open(t + '/d.json'))['score'] is None
+
+@pytest.mark.parametrize('task', sorted(E.TASKS))
+def test_shipped_sets_with_oracle_answers(tmp_path, task):
+    # the shipped synthetic sets parse, and their own first answers score full marks
+    folder = os.path.join(ROOT, 'data', 'eval', task)
+    if not os.path.isdir(folder):
+        pytest.skip('data/eval not built')
+    ann = E.find_annotation(task, folder)
+    items = E.TASKS[task].read(ann, ann if os.path.isdir(ann) else os.path.dirname(ann))[:10]
+    items += E.TASKS[task].read(os.path.join(folder, 'reasoning.json'), folder)[:10]
+    prefilled(str(tmp_path / 'p.jsonl'), items, [it['answers'][0] for it in items])
+    r = cli('--task', task, '--limit', '10', '--out', str(tmp_path / 'p.jsonl'))
+    res = json.load(open(tmp_path / 'p.json'))
+    assert res['n'] == 10 and res['new_predictions'] == 0 and res['reasoning'] == dict(score=100, n=10), r.stderr
+    assert res['score'] == (10 if task == 'ocrbench' else 100)
+
+def test_corrupt_predictions_file(tmp_path):
+    docvqa_fixture(str(tmp_path), n=1)
+    open(tmp_path / 'p.jsonl', 'w').write('not json\n')
+    assert_clean_error(cli('--task', 'docvqa', '--data', str(tmp_path), '--out', str(tmp_path / 'p.jsonl')),
+                       'p.jsonl', '--out')
+
+# ----------------------------------------------------------------------------- end to end
+
+def toy_tokenizer(path):
+    """A sentencepiece model + added tokens in the InternLM2 layout, when data/tokenizer/ is absent."""
+    import random, sentencepiece as spm
+    rng = random.Random(0)
+    words = 'what is the total date name value field answer question page form invoice number of'.split()
+    corpus = os.path.join(path, 'corpus.txt')
+    with open(corpus, 'w') as f:
+        f.write('\n'.join(' '.join(rng.choice(words) for _ in range(8)) + f' {i}?' for i in range(300)))
+    spm.SentencePieceTrainer.train(input=corpus, model_prefix=os.path.join(path, 'tokenizer'), vocab_size=120,
+                                   model_type='bpe', user_defined_symbols=['<|im_start|>', '<|im_end|>'],
+                                   hard_vocab_limit=False, minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(path, 'tokenizer.model'))
+    added = {t: sp.piece_to_id(t) for t in ('<|im_start|>', '<|im_end|>')}
+    added.update({t: len(sp) + i for i, t in enumerate(['<img>', '</img>', '<IMG_CONTEXT>', '<quad>', '</quad>'])})
+    dump(os.path.join(path, 'added_tokens.json'), added)
+    dump(os.path.join(path, 'tokenizer_config.json'), dict(add_bos_token=True, add_eos_token=False))
+    os.remove(corpus)
+    os.remove(os.path.join(path, 'tokenizer.vocab'))
+
+
+@pytest.fixture(scope='module')
+def tiny_model(tmp_path_factory):
+    import torch
+    import model as M
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp('tiny'))
+    tok_dir = os.path.join(ROOT, 'data', 'tokenizer')
+    if not os.path.isfile(os.path.join(tok_dir, 'tokenizer.model')):
+        tok_dir = str(tmp_path_factory.mktemp('tok'))
+        toy_tokenizer(tok_dir)
+    vocab = M.load_tokenizer(tok_dir).vocab_size  # every generated id decodes
+    M.save_model(M.InternVLChat(M.tiny_config(vocab_size=vocab)), path, tokenizer_dir=tok_dir)
+    return path
+
+def test_end_to_end_resume(tmp_path, tiny_model):
+    t = str(tmp_path)
+    docvqa_fixture(t + '/docvqa', n=8)
+    args = ['--task', 'docvqa', '--model', tiny_model, '--data', t + '/docvqa', '--out', t + '/r.jsonl',
+            '--max-num', '2', '--max-new-tokens', '4', '--batch-size', '2', '--device', 'cpu']
+    r = cli(*args, '--limit', '4')
+    assert r.returncode == 0, r.stderr
+    assert len(open(t + '/r.jsonl').read().splitlines()) == 4
+    with open(t + '/r.jsonl', 'a') as f:
+        f.write('{"qid": 10')  # a kill mid-write leaves a cut line: ignored, redone
+    r = cli(*args, '--limit', '8')
+    assert r.returncode == 0, r.stderr
+    res = json.load(open(t + '/r.json'))
+    assert res['n'] == 8 and res['new_predictions'] == 4 and 0 <= res['score'] <= 100
+    assert sorted(json.loads(l)['qid'] for l in open(t + '/r.jsonl')) == list(range(100, 108))
+    assert res['visual_tokens_per_image'] > 0 and res['decode_tokens_per_s'] > 0
+    assert 'docvqa: anls' in r.stdout.strip().splitlines()[-1]
+
+def test_bad_image_file(tmp_path, tiny_model, capsys):
+    # in-process (torch is loaded already): same main() and exit code as the CLI
+    t = str(tmp_path)
+    docvqa_fixture(t + '/d', n=1)
+    open(t + '/d/documents/doc0_1.png', 'w').write('not a png')
+    rc = E.main(['--task', 'docvqa', '--model', tiny_model, '--data', t + '/d', '--out', t + '/r.jsonl',
+                 '--device', 'cpu'])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and err.startswith('evaluate.py: error: ') and 'doc0_1.png' in err and 'cannot read image' in err

@@ -1,0 +1,460 @@
+"""model.py against transformers as the reference (tiny random weights, fp32, CPU), and the
+checkpoint, tokenizer, preprocessing and error paths.   python -m pytest tests/test_model.py"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import model as M
+
+transformers = pytest.importorskip("transformers")  # test-only dependency (requirements-test.txt)
+from transformers import (InternVLConfig, InternVLForConditionalGeneration, InternVLVisionConfig,  # noqa: E402
+                          InternVLVisionModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMG_CTX = 250  # <IMG_CONTEXT> id of the random-weight models below
+ATOL = 1e-4
+
+
+def randomize(module, seed=0):
+    """Random weights at a trained model's scale (norm weights near 1, matrices ~ 1/sqrt(fan_in)), so
+    activations stay O(1), attention is sharp and a 1e-4 tolerance means something."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            r = torch.randn(p.shape, generator=g)
+            if p.dim() == 1:
+                p.copy_(0.1 * r if name.endswith("bias") else 1 + 0.1 * r)
+            elif "embed" in name or "cls_token" in name:
+                p.copy_(r)
+            else:
+                p.copy_(r / p[0].numel() ** 0.5)
+    return module.eval()
+
+
+def hf_vision_config(image_size=56, **kw):
+    return InternVLVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                image_size=image_size, patch_size=14, attention_bias=True, **kw)
+
+
+def hf_text_config(cls=LlamaConfig, **kw):
+    # GQA with 2 query heads per kv head; rope_theta as InternLM2
+    return cls(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+               intermediate_size=96, rms_norm_eps=1e-5, max_position_embeddings=512, tie_word_embeddings=False,
+               rope_parameters={"rope_type": "default", "rope_theta": 1e6}, **kw)
+
+
+# -- the released InternVL2 layout, written from transformers' weights (the inverse of transformers'
+#    convert_internvl_weights_to_hf.py: qkv concatenated, q/k/v packed per kv head into wqkv)
+
+def vision_to_released(sd, prefix):
+    out = {}
+    for k, v in sd.items():
+        if not k.startswith(prefix):
+            continue
+        k = "vision_model." + k[len(prefix):]
+        for hf, ours in (("embeddings.cls_token", "embeddings.class_embedding"),
+                         ("embeddings.position_embeddings", "embeddings.position_embedding"),
+                         ("patch_embeddings.projection", "patch_embedding"), (".layer.", ".layers."),
+                         ("lambda_1", "ls1"), ("lambda_2", "ls2"), ("attention.projection_layer", "attn.proj"),
+                         ("attention.", "attn."), ("layernorm_before", "norm1"), ("layernorm_after", "norm2")):
+            k = k.replace(hf, ours)
+        out[k] = v
+    for k in [k for k in out if ".attn.q_proj." in k]:
+        out[k.replace("q_proj", "qkv")] = torch.cat([out.pop(k), out.pop(k.replace("q_", "k_")), out.pop(k.replace("q_", "v_"))])
+    return out
+
+
+def llama_to_internlm2(sd, prefix, cfg):
+    g, d = cfg.num_attention_heads // cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads
+    out = {}
+    for k, v in sd.items():
+        if not k.startswith(prefix) or "rotary" in k:
+            continue
+        k = k[len(prefix):]
+        for hf, ours in (("embed_tokens", "tok_embeddings"), ("self_attn.o_proj", "attention.wo"),
+                         ("mlp.gate_proj", "feed_forward.w1"), ("mlp.up_proj", "feed_forward.w3"),
+                         ("mlp.down_proj", "feed_forward.w2"), ("input_layernorm", "attention_norm"),
+                         ("post_attention_layernorm", "ffn_norm")):
+            k = k.replace(hf, ours)
+        out["language_model.model." + k] = v
+    for k in [k for k in out if ".self_attn.q_proj." in k]:
+        q, kk, vv = out.pop(k), out.pop(k.replace("q_proj", "k_proj")), out.pop(k.replace("q_proj", "v_proj"))
+        H = q.shape[1]
+        # rows: for each kv head h: q heads h*g .. h*g+g-1, then k_h, then v_h
+        packed = torch.cat([q.view(-1, g, d, H), kk.view(-1, 1, d, H), vv.view(-1, 1, d, H)], dim=1)
+        out[k.replace("self_attn.q_proj", "attention.wqkv")] = packed.reshape(-1, H)
+    return out
+
+
+def write_checkpoint(folder, tensors, config, added=None, shards=1):
+    os.makedirs(folder, exist_ok=True)
+    keys = sorted(tensors)
+    parts = [keys[i::shards] for i in range(shards)]
+    if shards == 1:
+        save_file({k: tensors[k].contiguous() for k in keys}, os.path.join(folder, "model.safetensors"))
+    else:
+        weight_map = {}
+        for i, part in enumerate(parts):
+            name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+            save_file({k: tensors[k].contiguous() for k in part}, os.path.join(folder, name))
+            weight_map.update({k: name for k in part})
+        json.dump({"metadata": {}, "weight_map": weight_map}, open(os.path.join(folder, "model.safetensors.index.json"), "w"))
+    json.dump(config, open(os.path.join(folder, "config.json"), "w"))
+    json.dump(added or {"<IMG_CONTEXT>": IMG_CTX}, open(os.path.join(folder, "added_tokens.json"), "w"))
+    return folder
+
+
+def released_config(vision_cfg, text_cfg, arch, image_size):
+    return {"architectures": ["InternVLChatModel"], "force_image_size": image_size, "downsample_ratio": 0.5,
+            "ps_version": "v2", "select_layer": -1, "template": "internlm2-chat", "max_dynamic_patch": 12,
+            "vision_config": {"hidden_size": vision_cfg.hidden_size, "num_hidden_layers": vision_cfg.num_hidden_layers,
+                              "num_attention_heads": vision_cfg.num_attention_heads, "image_size": image_size,
+                              "intermediate_size": vision_cfg.intermediate_size, "patch_size": 14, "qkv_bias": True,
+                              "qk_normalization": False, "norm_type": "layer_norm", "layer_norm_eps": 1e-6},
+            "llm_config": {"architectures": [arch], "vocab_size": text_cfg.vocab_size, "hidden_size": text_cfg.hidden_size,
+                           "num_hidden_layers": text_cfg.num_hidden_layers, "intermediate_size": text_cfg.intermediate_size,
+                           "num_attention_heads": text_cfg.num_attention_heads, "rms_norm_eps": text_cfg.rms_norm_eps,
+                           "num_key_value_heads": text_cfg.num_key_value_heads, "rope_theta": 1e6,
+                           "max_position_embeddings": 512, "rope_scaling": {"type": "dynamic", "factor": 2.0},
+                           "tie_word_embeddings": False}}
+
+
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("image_size,input_size,variant", [(56, 56, {}), (56, 84, {}),
+                                                           (56, 56, {"use_qk_norm": True, "norm_type": "rms_norm"})])
+def test_vit_matches_transformers(image_size, input_size, variant):
+    hf = randomize(InternVLVisionModel(hf_vision_config(image_size, **variant)))
+    cfg = M.VisionConfig(image_size=image_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, qk_normalization=bool(variant), norm_type=variant.get("norm_type", "layer_norm"))
+    ours = M.InternViT(cfg)
+    sd = {k.removeprefix("vision_model."): v for k, v in vision_to_released(hf.state_dict(), "").items()}
+    ours.load_state_dict(sd)
+    x = torch.randn(3, 3, input_size, input_size)
+    with torch.no_grad():
+        ref = hf(pixel_values=x).last_hidden_state
+        assert (ours(x) - ref).abs().max() < ATOL
+        # select_layer=-2 stops one block early, as InternVL's hidden_states[-2]
+        ref2 = hf(pixel_values=x, output_hidden_states=True).hidden_states[-2]
+        assert (ours(x, select_layer=-2) - ref2).abs().max() < ATOL
+
+
+def llm_pair(kind):
+    if kind.startswith("internlm2"):
+        dynamic = kind == "internlm2-dynamic-ntk"  # 24 + 20 tokens run past max_position_embeddings=16
+        hf_cfg = hf_text_config()
+        if dynamic:
+            hf_cfg.max_position_embeddings = 16
+            hf_cfg.rope_parameters = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e6}
+        hf = randomize(LlamaForCausalLM(hf_cfg))
+        cfg = M.LLMConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, intermediate_size=96, max_position_embeddings=16 if dynamic else 512,
+                          rope_scaling={"type": "dynamic", "factor": 2.0})
+        sd = llama_to_internlm2(hf.state_dict(), "model.", hf.config)
+        sd["language_model.output.weight"] = hf.state_dict()["lm_head.weight"]
+    else:
+        hf = randomize(Qwen2ForCausalLM(hf_text_config(Qwen2Config)))
+        cfg = M.LLMConfig(architecture="Qwen2ForCausalLM", vocab_size=256, hidden_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, intermediate_size=96, qkv_bias=True,
+                          max_position_embeddings=512)
+        sd = {"language_model." + k: v for k, v in hf.state_dict().items()}
+    ours = M.LanguageModel(cfg).eval()
+    params = dict(ours.named_parameters(prefix="language_model"))
+    with torch.no_grad():  # through the loader's own key mapping and wqkv packing
+        for key, t in sd.items():
+            name, slot = M.checkpoint_name(key, cfg.architecture)
+            target = params[name].data
+            (M.wqkv_part(target, slot, cfg) if slot else target).copy_(t.view((M.wqkv_part(target, slot, cfg) if slot else target).shape))
+    return hf, ours
+
+
+def greedy(ours, ids, n):
+    with torch.no_grad():
+        caches = [M.KVCache(ids.shape[0], ours.config.num_key_value_heads, ids.shape[1] + n, 16, torch.float32, "cpu")
+                  for _ in ours.model.layers]
+        pos = torch.arange(ids.shape[1])[None]
+        logits = ours(ours.model.tok_embeddings(ids), pos, caches=caches)
+        out = []
+        for i in range(n):
+            tok = logits[:, -1].argmax(-1)
+            out.append(tok)
+            logits = ours(ours.model.tok_embeddings(tok[:, None]), torch.tensor([[ids.shape[1] + i]]), caches=caches)
+        return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("kind", ["internlm2", "internlm2-dynamic-ntk", "qwen2"])
+def test_llm_matches_transformers(kind):
+    hf, ours = llm_pair(kind)
+    ids = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = hf(ids).logits
+        got = ours(ours.model.tok_embeddings(ids), torch.arange(24)[None])
+    assert (got - ref).abs().max() < ATOL
+    ref_tokens = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, min_new_tokens=20,
+                             do_sample=False, pad_token_id=0)[:, 24:]
+    assert torch.equal(greedy(ours, ids, 20), ref_tokens)
+
+
+def full_model_pair(tmp_path, text="llama", image_size=56):
+    text_cfg = hf_text_config(Qwen2Config if text == "qwen2" else LlamaConfig)
+    hf = InternVLForConditionalGeneration(InternVLConfig(vision_config=hf_vision_config(image_size), text_config=text_cfg,
+                                                         image_token_id=IMG_CTX, downsample_ratio=0.5,
+                                                         tie_word_embeddings=False))
+    randomize(hf)
+    sd = hf.state_dict()
+    tensors = vision_to_released(sd, "model.vision_tower.")
+    for hf_name, ours in (("layer_norm", "0"), ("linear_1", "1"), ("linear_2", "3")):
+        for p in ("weight", "bias"):
+            tensors[f"mlp1.{ours}.{p}"] = sd[f"model.multi_modal_projector.{hf_name}.{p}"]
+    if text == "qwen2":
+        arch = "Qwen2ForCausalLM"
+        tensors.update({"language_model.model." + k[len("model.language_model."):]: v for k, v in sd.items()
+                        if k.startswith("model.language_model.")})
+        tensors["language_model.lm_head.weight"] = sd["lm_head.weight"]
+    else:
+        arch = "InternLM2ForCausalLM"
+        tensors.update(llama_to_internlm2(sd, "model.language_model.", text_cfg))
+        tensors["language_model.output.weight"] = sd["lm_head.weight"]
+    folder = write_checkpoint(str(tmp_path / f"ckpt-{text}"), tensors, released_config(hf.config.vision_config, text_cfg, arch, image_size))
+    return hf, M.load_model(folder)
+
+
+def image_prompt(tiles, tokens_per_tile, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pre, post = torch.randint(0, 240, (5,), generator=g), torch.randint(0, 240, (9,), generator=g)
+    return torch.cat([pre, torch.full((tiles * tokens_per_tile,), IMG_CTX), post])[None]
+
+
+@pytest.mark.parametrize("text", ["llama", "qwen2"])
+def test_full_model_matches_transformers(tmp_path, text):
+    hf, ours = full_model_pair(tmp_path, text)
+    assert ours.img_context_token_id == IMG_CTX and ours.num_image_token == 4
+    pv = torch.randn(5, 3, 56, 56)  # 4 tiles + thumbnail
+    ids = image_prompt(5, 4)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, pixel_values=pv).logits
+        assert (ours(pv, ids) - ref).abs().max() < ATOL
+    ref_tokens = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pv, max_new_tokens=20,
+                             min_new_tokens=20, do_sample=False, pad_token_id=0)
+    assert ours.generate(pv, ids, max_new_tokens=20) == ref_tokens[:, ids.shape[1]:].tolist()
+
+
+def test_left_padded_batch_equals_one_by_one(tmp_path):
+    _, ours = full_model_pair(tmp_path)
+    a, b = image_prompt(3, 4, seed=1), image_prompt(1, 4, seed=2)
+    pa, pb = torch.randn(3, 3, 56, 56), torch.randn(1, 3, 56, 56)
+    L = a.shape[1]
+    ids = torch.cat([a, torch.cat([torch.zeros(1, L - b.shape[1], dtype=torch.long), b], 1)])
+    mask = torch.ones_like(ids)
+    mask[1, : L - b.shape[1]] = 0
+    both = ours.generate(torch.cat([pa, pb]), ids, mask, max_new_tokens=12)
+    assert both == ours.generate(pa, a, max_new_tokens=12) + ours.generate(pb, b, max_new_tokens=12)
+    # stop ids end a row early; max_new_tokens bounds the rest
+    first = both[0][3]
+    stopped = ours.generate(pa, a, max_new_tokens=12, stop_ids=[first])
+    assert stopped[0] == both[0][: both[0].index(first)]
+
+
+def test_released_key_names_single_and_sharded(tmp_path):
+    """Keys and shapes as listed for InternVL2-2B, scaled down; bf16 on disk as released."""
+    V, D, F, L, G, d, kv, vocab = 32, 64, 96, 2, 2, 16, 2, 300
+    t = {"vision_model.embeddings.class_embedding": [1, 1, V], "vision_model.embeddings.position_embedding": [1, 17, V],
+         "vision_model.embeddings.patch_embedding.weight": [V, 3, 14, 14], "vision_model.embeddings.patch_embedding.bias": [V],
+         "mlp1.0.weight": [4 * V], "mlp1.0.bias": [4 * V], "mlp1.1.weight": [D, 4 * V], "mlp1.1.bias": [D],
+         "mlp1.3.weight": [D, D], "mlp1.3.bias": [D], "language_model.model.tok_embeddings.weight": [vocab, D],
+         "language_model.model.norm.weight": [D], "language_model.output.weight": [vocab, D]}
+    for i in range(2):
+        p = f"vision_model.encoder.layers.{i}."
+        t.update({p + "ls1": [V], p + "ls2": [V], p + "attn.qkv.weight": [3 * V, V], p + "attn.qkv.bias": [3 * V],
+                  p + "attn.proj.weight": [V, V], p + "attn.proj.bias": [V], p + "mlp.fc1.weight": [2 * V, V],
+                  p + "mlp.fc1.bias": [2 * V], p + "mlp.fc2.weight": [V, 2 * V], p + "mlp.fc2.bias": [V],
+                  p + "norm1.weight": [V], p + "norm1.bias": [V], p + "norm2.weight": [V], p + "norm2.bias": [V]})
+    for i in range(L):
+        p = f"language_model.model.layers.{i}."
+        t.update({p + "attention.wqkv.weight": [(kv * G + 2 * kv) * d, D], p + "attention.wo.weight": [D, D],
+                  p + "feed_forward.w1.weight": [F, D], p + "feed_forward.w3.weight": [F, D],
+                  p + "feed_forward.w2.weight": [D, F], p + "attention_norm.weight": [D], p + "ffn_norm.weight": [D]})
+    g = torch.Generator().manual_seed(0)
+    tensors = {k: torch.randn(s, generator=g).to(torch.bfloat16) for k, s in t.items()}
+    cfg = released_config(hf_vision_config(), hf_text_config(), "InternLM2ForCausalLM", 56)
+    cfg["vision_config"]["intermediate_size"], cfg["llm_config"]["vocab_size"] = 2 * V, vocab
+    ids = image_prompt(2, 4)
+    pv = torch.randn(2, 3, 56, 56)
+    logits = []
+    for shards in (1, 3):
+        m = M.load_model(write_checkpoint(str(tmp_path / f"s{shards}"), tensors, dict(cfg, auto_map={"AutoModel": "x"}), shards=shards))
+        state = m.state_dict()
+        assert all(torch.equal(state[k], v.float()) for k, v in tensors.items())
+        logits.append(m(pv, ids))
+        # save then load gives identical logits, single file and sharded, in fp32 and bf16
+        for max_bytes in (2**40, 20_000):
+            out = str(tmp_path / f"re{shards}-{max_bytes}")
+            M.save_model(m, out, max_shard_bytes=max_bytes)
+            json.dump({"<IMG_CONTEXT>": IMG_CTX}, open(os.path.join(out, "added_tokens.json"), "w"))
+            assert os.path.exists(os.path.join(out, "model.safetensors.index.json")) == (max_bytes < 2**40)
+            saved = json.load(open(os.path.join(out, "config.json")))  # fields we don't model survive
+            assert saved["auto_map"] == {"AutoModel": "x"} and saved["llm_config"]["rope_scaling"] == {"type": "dynamic", "factor": 2.0}
+            assert torch.equal(M.load_model(out)(pv, ids), logits[-1])
+    assert torch.equal(logits[0], logits[1])
+    bf16 = M.load_model(str(tmp_path / "s1"), dtype=torch.bfloat16)
+    assert bf16.mlp1[1].weight.dtype == torch.bfloat16 and torch.equal(bf16.mlp1[1].weight, tensors["mlp1.1.weight"])
+
+
+# -- preprocessing
+
+def reference_grid(width, height, min_num, max_num, image_size):
+    """InternVL's find_closest_aspect_ratio and target_ratios, written out as in the original."""
+    aspect_ratio = width / height
+    target_ratios = set((i, j) for n in range(min_num, max_num + 1) for i in range(1, n + 1) for j in range(1, n + 1)
+                        if i * j <= max_num and i * j >= min_num)
+    target_ratios = sorted(target_ratios, key=lambda x: x[0] * x[1])
+    best_ratio_diff, best_ratio, area = float("inf"), (1, 1), width * height
+    for ratio in target_ratios:
+        ratio_diff = abs(aspect_ratio - ratio[0] / ratio[1])
+        if ratio_diff < best_ratio_diff:
+            best_ratio_diff, best_ratio = ratio_diff, ratio
+        elif ratio_diff == best_ratio_diff:
+            if area > 0.5 * image_size * image_size * ratio[0] * ratio[1]:
+                best_ratio = ratio
+    return best_ratio
+
+
+def test_grid_choice_matches_reference():
+    sizes = [(w, h) for w in range(20, 4000, 131) for h in range(20, 4000, 127)] + [(448, 448), (896, 896), (1344, 1344),
+                                                                                  (449, 449), (300, 300), (2000, 1000)]
+    for max_num in (1, 6, 12, 18, 24):
+        for w, h in sizes:
+            assert M.find_grid(w, h, 1, max_num, 448) == reference_grid(w, h, 1, max_num, 448), (w, h, max_num)
+
+
+def test_tiles_row_major_then_thumbnail():
+    img = Image.new("RGB", (200, 100))
+    for x in range(200):  # every column a different red, so each tile is identifiable
+        for y in range(100):
+            img.putpixel((x, y), (x, y, 0))
+    tiles = M.dynamic_preprocess(img, max_num=6, image_size=50)
+    assert M.find_grid(200, 100, 1, 6, 50) == (2, 1) and len(tiles) == 3
+    resized = img.resize((100, 50))
+    assert tiles[0].tobytes() == resized.crop((0, 0, 50, 50)).tobytes()
+    assert tiles[1].tobytes() == resized.crop((50, 0, 100, 50)).tobytes()
+    assert tiles[2].tobytes() == img.resize((50, 50)).tobytes()
+    assert len(M.dynamic_preprocess(Image.new("RGB", (50, 50)), image_size=50)) == 1  # one tile: no thumbnail
+    pv = M.load_image(img, max_num=6, image_size=50)
+    assert pv.shape == (3, 3, 50, 50)
+    px = tiles[0].getpixel((7, 3))  # ToTensor + ImageNet Normalize
+    want = [(px[c] / 255 - M.IMAGENET_MEAN[c]) / M.IMAGENET_STD[c] for c in range(3)]
+    assert torch.allclose(pv[0, :, 3, 7], torch.tensor(want), atol=1e-6)
+
+
+# -- tokenizer and template
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    spm = pytest.importorskip("sentencepiece")
+    d = tmp_path_factory.mktemp("tok")
+    text = ["The total is 42.", "Answer the question using a single word or phrase.", "What is the date?",
+            M.SYSTEM_MESSAGE, "invoice number A7-203 dated 12/05"] * 50
+    (d / "corpus.txt").write_text("\n".join(text), encoding="utf-8")
+    chat = ["<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>", "<|im_end|>", "<|im_start|>"]
+    spm.SentencePieceTrainer.train(input=str(d / "corpus.txt"), model_prefix=str(d / "tokenizer"), vocab_size=400,
+                                   model_type="bpe", byte_fallback=True, character_coverage=1.0, num_threads=1,
+                                   user_defined_symbols=chat, bos_id=1, eos_id=2, unk_id=0, pad_id=-1)
+    sp = spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model"))
+    n = sp.get_piece_size()
+    added = {s: n + i for i, s in enumerate(["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"])}
+    (d / "added_tokens.json").write_text(json.dumps(added))
+    decoder = {str(sp.piece_to_id(s)): {"content": s, "special": True} for s in chat}
+    (d / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": decoder, "add_bos_token": True}))
+    return str(d)
+
+
+def test_tokenizer_splits_special_tokens(tokenizer_dir):
+    import sentencepiece as spm
+    tok = M.load_tokenizer(tokenizer_dir)
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(tokenizer_dir, "tokenizer.model"))
+    n = sp.get_piece_size()
+    assert tok.token_to_id("<IMG_CONTEXT>") == n + 2 and tok.token_to_id("<img>") == n
+    ids = tok.encode("<|im_start|>user\n<img><IMG_CONTEXT><IMG_CONTEXT></img>\nThe total?<|im_end|>")
+    want = [1, sp.piece_to_id("<|im_start|>")] + sp.encode("user\n") + [n, n + 2, n + 2, n + 1] + sp.encode("\nThe total?") \
+        + [sp.piece_to_id("<|im_end|>")]
+    assert ids == want
+    assert tok.decode(sp.encode("The total is 42") + [sp.piece_to_id("<|im_end|>")]) == "The total is 42"
+    assert tok.decode(sp.encode("a .")) == "a."  # InternLM2Tokenizer's clean-up of spaces before punctuation
+
+
+def test_chat_prompt_is_the_internlm2_template():
+    got = M.chat_prompt("What is the total? Answer the question using a single word or phrase.", num_image_tokens=3)
+    want = ("<|im_start|>system\n" + M.SYSTEM_MESSAGE + "<|im_end|><|im_start|>user\n<img><IMG_CONTEXT><IMG_CONTEXT>"
+            "<IMG_CONTEXT></img>\nWhat is the total? Answer the question using a single word or phrase.<|im_end|>"
+            "<|im_start|>assistant\n")
+    assert got == want
+    assert M.chat_prompt("hi", history=[("a", "b")]) == ("<|im_start|>system\n" + M.SYSTEM_MESSAGE + "<|im_end|>"
+                                                       "<|im_start|>user\na<|im_end|><|im_start|>assistant\nb<|im_end|>"
+                                                       "<|im_start|>user\nhi<|im_end|><|im_start|>assistant\n")
+
+
+def test_chat_end_to_end(tmp_path, tokenizer_dir):
+    _, ours = full_model_pair(tmp_path)
+    tok = M.load_tokenizer(tokenizer_dir)
+    ours.img_context_token_id = tok.token_to_id("<IMG_CONTEXT>")
+    ours = randomize(M.InternVLChat(M.tiny_config(vocab_size=tok.vocab_size)))
+    ours.img_context_token_id = tok.token_to_id("<IMG_CONTEXT>")
+    img = Image.new("RGB", (112, 56), "white")
+    pv = M.load_image(img, image_size=56)
+    stats = {}
+    answers = ours.batch_chat(tok, [pv, pv[:1]], ["What is the total?", "Date?"], max_new_tokens=5, stats=stats)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    assert answers[0] == ours.chat(tok, pv, "What is the total?", max_new_tokens=5)
+    assert stats["visual_tokens"] == (3 + 1) * ours.num_image_token and stats["prefill_s"] > 0
+
+
+# -- bad input
+
+def test_bad_checkpoints_give_clear_errors(tmp_path):
+    with pytest.raises(M.ModelLoadError, match="does not exist"):
+        M.load_model(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(M.ModelLoadError, match="no config.json"):
+        M.load_model(str(tmp_path / "empty"))
+    _, ours = full_model_pair(tmp_path)
+    folder = str(tmp_path / "ckpt-llama")
+    cfg = json.load(open(os.path.join(folder, "config.json")))
+    bad = dict(cfg, llm_config=dict(cfg["llm_config"], architectures=["MambaForCausalLM"]))
+    json.dump(bad, open(os.path.join(folder, "config.json"), "w"))
+    with pytest.raises(M.ModelLoadError, match="unknown language model architecture 'MambaForCausalLM'"):
+        M.load_model(folder)
+    bad = dict(cfg, llm_config=dict(cfg["llm_config"], hidden_size=32))  # wrong shapes
+    json.dump(bad, open(os.path.join(folder, "config.json"), "w"))
+    with pytest.raises(M.ModelLoadError, match=r"21 mis-shaped: language_model.model.layers.0.attention.wo.weight \(64, 64\) \(expected \(32, 32\)\)"):
+        M.load_model(folder)
+    json.dump(dict(cfg, llm_config=dict(cfg["llm_config"], num_hidden_layers=3)), open(os.path.join(folder, "config.json"), "w"))
+    with pytest.raises(M.ModelLoadError, match="missing: language_model.model.layers.2"):
+        M.load_model(folder)
+    json.dump(dict(cfg, llm_config=dict(cfg["llm_config"], num_hidden_layers=1)), open(os.path.join(folder, "config.json"), "w"))
+    with pytest.raises(M.ModelLoadError, match="unexpected: language_model.model.layers.1"):
+        M.load_model(folder)
+    json.dump(cfg, open(os.path.join(folder, "config.json"), "w"))
+    weights = os.path.join(folder, "model.safetensors")
+    data = open(weights, "rb").read()
+    open(weights, "wb").write(data[: len(data) // 2])
+    with pytest.raises(M.ModelLoadError, match="corrupt or truncated"):
+        M.load_model(folder)
+    os.remove(weights)
+    with pytest.raises(M.ModelLoadError, match="no model.safetensors"):
+        M.load_model(folder)
+    with pytest.raises(M.ModelLoadError, match="no tokenizer.model"):
+        M.load_tokenizer(folder)
+    with pytest.raises(ValueError, match="cannot read image"):
+        M.load_image(os.path.join(folder, "config.json"))
+
+
+def test_cli_error_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "model.py"), "--model", str(tmp_path / "missing"),
+                        "--image", "x.png", "--question", "hi"], capture_output=True, text=True)
+    assert r.returncode != 0 and r.stderr.strip() == f"error: checkpoint folder {tmp_path / 'missing'} does not exist"
