@@ -341,6 +341,30 @@ def test_end_to_end_resume(tmp_path, tiny_model):
     assert res['visual_tokens_per_image'] > 0 and res['decode_tokens_per_s'] > 0
     assert 'docvqa: anls' in r.stdout.strip().splitlines()[-1]
 
+def test_killed_run_resumes(tmp_path, tiny_model):
+    """SIGKILL a real run once some predictions are on disk; the rerun finishes only the rest."""
+    import signal, subprocess, sys, time
+    t = str(tmp_path)
+    docvqa_fixture(t + '/docvqa', n=24)
+    args = [sys.executable, os.path.join(ROOT, 'evaluate.py'), '--task', 'docvqa', '--model', tiny_model,
+            '--data', t + '/docvqa', '--out', t + '/r.jsonl', '--max-num', '2', '--max-new-tokens', '4',
+            '--device', 'cpu']
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(t + '/r.jsonl') and len(open(t + '/r.jsonl').read().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(open(t + '/r.jsonl').read().splitlines())
+    assert 3 <= done_before < 24, 'the run must be killed halfway'
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    res = json.load(open(t + '/r.json'))
+    assert res['n'] == 24 and res['new_predictions'] == 24 - done_before
+    assert sorted(json.loads(l)['qid'] for l in open(t + '/r.jsonl')) == list(range(100, 124))
+
 def test_bad_image_file(tmp_path, tiny_model, capsys):
     # in-process (torch is loaded already): same main() and exit code as the CLI
     t = str(tmp_path)
