@@ -493,8 +493,8 @@ def chat_prompt(question, num_image_tokens=None, template="internlm2-chat", syst
     image (tiles x tokens per tile), or None for a text-only question."""
     if template not in TEMPLATES:
         raise ValueError(f"unknown chat template {template!r}; supported: {', '.join(sorted(TEMPLATES))}")
-    if num_image_tokens is not None and "<image>" not in question:
-        question = "<image>\n" + question
+    if num_image_tokens is not None and not history and "<image>" not in question:
+        question = "<image>\n" + question  # as InternVL's chat(): with history, the image is in an earlier turn
     turns = [*(history or []), (question, None)]
     prompt = f"<|im_start|>system\n{system_message}<|im_end|>"
     for q, a in turns:

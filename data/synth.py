@@ -28,9 +28,9 @@ KINDS = ("doc", "table", "chart", "info", "scene")
 class Config:
     min_side: int = 224          # canvas sides are drawn from [min_side, max_side] (grown if content needs it)
     max_side: int = 448
-    font_px: tuple = (15, 22)    # body font size; built-in font cap height ~0.7*size -> 10-15 px
-    title_px: tuple = (22, 28)
-    big_px: tuple = (26, 34)     # infographic numbers / sign text
+    font_px: tuple = (20, 28)    # body font size; built-in font cap height ~0.7*size -> 14-20 px, about one 14 px patch per glyph
+    title_px: tuple = (26, 32)
+    big_px: tuple = (30, 38)     # infographic numbers / sign text
     min_items: int = 3           # fields per doc, rows per table, bars per chart, panels per infographic
     max_items: int = 6
     noise: float = 0.5           # 0 = clean; scales speckle density and scene background texture
@@ -422,7 +422,12 @@ def _speckle(img, rng, amount):
 
 
 def _transcribe(runs):
-    """Group runs into lines by vertical centre (top-to-bottom), then left-to-right within a line."""
+    """Group runs into lines by vertical centre (top-to-bottom), then left-to-right within a line.
+    Also returns, for each character of the text, the index of its glyph in the sample's chars
+    (-1 for spaces and newlines): where to look to read it."""
+    start, n = {}, 0
+    for r in runs:
+        start[id(r)], n = n, n + len(r["chars"])
     lines = []
     for r in sorted(runs, key=lambda r: ((r["box"][1] + r["box"][3]) / 2, r["box"][0])):
         yc, h = (r["box"][1] + r["box"][3]) / 2, r["box"][3] - r["box"][1]
@@ -430,7 +435,20 @@ def _transcribe(runs):
             lines[-1][2].append(r)
         else:
             lines.append((yc, h, [r]))
-    return "\n".join(" ".join(r["text"] for r in sorted(L[2], key=lambda r: r["box"][0])) for L in lines)
+    text, index = [], []
+    for L in lines:
+        for j, r in enumerate(sorted(L[2], key=lambda r: r["box"][0])):
+            if j:
+                text.append(" ")
+                index.append(-1)
+            k = start[id(r)]
+            for ch in r["text"]:
+                text.append(ch)
+                index.append(-1 if ch == " " else k)
+                k += ch != " "
+        text.append("\n")
+        index.append(-1)
+    return "".join(text[:-1]), index[:-1]
 
 
 def make_sample(kind, seed, cfg=None):
@@ -442,9 +460,10 @@ def make_sample(kind, seed, cfg=None):
     cv, qa, reas = {"doc": _doc, "table": _table, "chart": _chart, "info": _info, "scene": _scene}[kind](rng, cfg)
     if cfg.noise > 0:
         _speckle(cv.img, rng, cfg.noise)
+    text, char_index = _transcribe(cv.runs)
     return {"kind": kind, "seed": seed, "image": cv.img, "width": cv.img.width, "height": cv.img.height,
             "words": [w for r in cv.runs for w in r["words"]], "chars": [c for r in cv.runs for c in r["chars"]],
-            "transcription": _transcribe(cv.runs), "qa": qa, "reasoning": reas}
+            "transcription": text, "char_index": char_index, "qa": qa, "reasoning": reas}
 
 
 def meta(sample):

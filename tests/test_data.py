@@ -235,3 +235,14 @@ def test_tokenizer_training_deterministic():
     lines = build.corpus(3)
     a, b = build.train_sp(lines, 400), build.train_sp(lines, 400)
     assert a == b
+
+
+@pytest.mark.parametrize("kind", synth.KINDS)
+def test_char_index_points_at_each_transcribed_glyph(kind):
+    """Every transcription character maps to its own glyph box; every glyph is transcribed once."""
+    for seed in range(12):
+        s = synth.make_sample(kind, seed)
+        text, index = s["transcription"], s["char_index"]
+        assert len(text) == len(index)
+        assert all((i == -1) == (c in " \n") and (i == -1 or s["chars"][i]["char"] == c) for c, i in zip(text, index))
+        assert sorted(i for i in index if i >= 0) == list(range(len(s["chars"])))

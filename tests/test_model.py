@@ -397,6 +397,9 @@ def test_chat_prompt_is_the_internlm2_template():
     assert M.chat_prompt("hi", history=[("a", "b")]) == ("<|im_start|>system\n" + M.SYSTEM_MESSAGE + "<|im_end|>"
                                                        "<|im_start|>user\na<|im_end|><|im_start|>assistant\nb<|im_end|>"
                                                        "<|im_start|>user\nhi<|im_end|><|im_start|>assistant\n")
+    # with history the image stays in the turn that holds <image>; the new question gets none
+    two = M.chat_prompt("b?", num_image_tokens=1, history=[("<image>\na?", "A")])
+    assert two.count("<IMG_CONTEXT>") == 1 and "user\n<img><IMG_CONTEXT></img>\na?" in two and "user\nb?" in two
 
 
 def test_chat_end_to_end(tmp_path, tokenizer_dir):

@@ -1,0 +1,517 @@
+"""
+Supervised post-training of InternVL2 on image conversations: the training loop of FCoT-VL (stage II
+and the teacher/distillation scripts build on its pieces).
+
+    # the tiny model from scratch on synthetic documents, tables, charts, infographics and signs
+    python posttrain.py --init tiny --out runs/sft-tiny --steps 300
+    # a released checkpoint on your data in InternVL's fine-tuning format; projector + LLM learn
+    python posttrain.py --init /path/to/InternVL2-2B --data train.jsonl --image-root /data/images \
+        --trainable projector,llm --lr 1e-5 --micro-batch 2 --grad-accum 8 --grad-checkpointing --out runs/sft-2b
+    # several GPUs, or CPU processes (gloo): the global batch is micro-batch x grad-accum x processes
+    torchrun --standalone --nproc_per_node 4 posttrain.py --init tiny --out runs/sft-ddp
+    # continue an interrupted run from OUT/checkpoint/ (same flags plus --resume)
+    python posttrain.py --init tiny --out runs/sft-tiny --steps 300 --resume
+    python -m pytest tests/test_posttrain.py -q
+
+Sample i of a run is the same on any number of processes and after a resume: synth.make_sample(kind,
+seed_offset + i) turned into one conversation (transcription, extractive QA, reasoning with or
+without a rationale), or line i mod N of --data (shuffled per epoch). The loss is next-token
+cross-entropy on the assistant tokens only, summed and divided by the label tokens of the whole
+global batch, so any split into processes and micro-batches takes the same step. OUT/ ends as an
+InternVL2 checkpoint folder (config.json, model.safetensors, tokenizer files) with log.jsonl (the
+loss curve) and checkpoint/ (weights, optimizer, step, RNG: safetensors + JSON, no pickle).
+"""
+import argparse, contextlib, functools, inspect, json, math, os, random, re, shutil, sys, time, warnings
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+import model as M
+from data import synth
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TRANSCRIBE = "Transcribe all the text in the image."
+SHORT = " Answer the question using a single word or phrase."  # the official eval prompt (evaluate.PROMPT)
+COT_SEP = "\nAnswer: "  # a chain-of-thought target is rationale + COT_SEP + answer
+PARTS = {"vision": "vision_model.", "projector": "mlp1.", "llm": "language_model.", "compressor": None}
+
+
+class TrainError(Exception):
+    """A bad flag, path or data line: printed as one line, exit code 2."""
+
+
+@dataclass
+class Config:
+    init: str = "tiny"  # a checkpoint folder, or tiny: tiny_config from scratch
+    tokenizer: str = os.path.join(HERE, "data", "tokenizer")  # tokenizer folder of --init tiny
+    model_config: str = ""  # JSON overriding tiny_config, e.g. {"vision": {"hidden_size": 64}, "llm": {...}}
+    image_size: int = 224  # tile size of --init tiny
+    out: str = "runs/posttrain"  # run folder: the final checkpoint, log.jsonl, checkpoint/
+    data: str = ""  # InternVL fine-tuning JSONL ('': synthetic conversations)
+    image_root: str = ""  # folder the JSONL image paths are relative to ('': the folder of --data)
+    seed_offset: int = 0  # synthetic sample i has seed seed_offset + i (training seeds stay < 10**9)
+    kinds: str = ",".join(synth.KINDS)  # synthetic image kinds, cycled by seed
+    p_transcribe: float = 0.2  # share of transcription conversations (the three shares are normalised)
+    p_qa: float = 0.5  # share of extractive QA, with the official short-answer prompt
+    p_reason: float = 0.3  # share of multi-fact reasoning questions
+    cot_frac: float = 0.5  # share of reasoning answered as rationale + "\nAnswer: " + answer
+    qa_turns: int = 1  # pack up to this many QA turns about one image into a conversation
+    max_num: int = 0  # most dynamic tiles, a thumbnail added (0: the model's max_dynamic_patch)
+    max_len: int = 2048  # longer conversations are cut (counted in the log's "truncated")
+    trainable: str = "all"  # comma list of vision, projector, compressor, llm, all
+    lr: float = 3e-4  # peak learning rate
+    lr_vision: float = 0.0  # peak lr of vision_model (0: --lr)
+    lr_projector: float = 0.0  # of mlp1 (0: --lr)
+    lr_llm: float = 0.0  # of language_model (0: --lr)
+    lr_compressor: float = 0.0  # of parameters named *compressor* (0: --lr)
+    min_lr_frac: float = 0.1  # the cosine ends at this fraction of the peak
+    warmup: int = 20  # linear warmup steps
+    weight_decay: float = 0.05  # AdamW's, not on 1-D tensors (norms, biases)
+    grad_clip: float = 1.0  # clip the global gradient norm (0: off)
+    steps: int = 300  # optimizer steps
+    micro_batch: int = 4  # conversations per forward pass per process
+    grad_accum: int = 1  # micro-batches per step; global batch = micro-batch x grad-accum x processes
+    grad_checkpointing: bool = False  # recompute ViT blocks and decoder layers in the backward pass
+    save_every: int = 50  # steps between checkpoints in OUT/checkpoint (0: only at the end)
+    stop_at: int = 0  # leave after this step with a checkpoint, as a preempted job would
+    resume: bool = False  # continue the run in OUT from its checkpoint
+    seed: int = 0  # model init and the JSONL shuffle
+    device: str = ""  # cpu or cuda ('': cuda if available)
+    threads: int = 0  # CPU threads per process (0: cores / processes on this machine)
+
+# ---------------------------------------------------------------------------------------------- data
+
+def make_conversation(sample, rng, cfg):
+    """A synth sample -> {"image", "conversations": [{"from": "human" | "gpt", "value"}, ...], "sample"}."""
+    r = rng.random() * (cfg.p_transcribe + cfg.p_qa + cfg.p_reason)
+    if r >= cfg.p_transcribe + cfg.p_qa and sample["reasoning"]:
+        q = rng.choice(sample["reasoning"])
+        cot = rng.random() < cfg.cot_frac
+        turns = [(q["question"], q["rationale"] + COT_SEP + q["answer"]) if cot else (q["question"] + SHORT, q["answer"])]
+    elif r >= cfg.p_transcribe and sample["qa"]:
+        qa = rng.sample(sample["qa"], rng.randint(1, min(cfg.qa_turns, len(sample["qa"]))))
+        turns = [(q["question"] + SHORT, q["answer"]) for q in qa]
+    else:
+        turns = [(TRANSCRIBE, sample["transcription"])]
+    turns[0] = ("<image>\n" + turns[0][0], turns[0][1])
+    conv = [{"from": who, "value": text} for q, a in turns for who, text in (("human", q), ("gpt", a))]
+    return {"image": sample["image"], "conversations": conv, "sample": sample}
+
+
+def read_jsonl(path, image_root):
+    """InternVL's fine-tuning format, one object a line: {"image": "rel/path.png", "conversations":
+    [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}, ...]}."""
+    if not os.path.isfile(path):
+        raise TrainError(f"--data {path} does not exist")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path} line {n}"
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TrainError(f"{where} is not valid JSON ({e.msg}): write one JSON object per line") from None
+            if not isinstance(r, dict) or not isinstance(r.get("image"), str):
+                raise TrainError(f'{where} has no "image" path: each line needs {{"image": "rel/path.png", "conversations": [...]}}')
+            turns = r.get("conversations")
+            if not (isinstance(turns, list) and turns and len(turns) % 2 == 0 and all(
+                    isinstance(t, dict) and t.get("from") == ("human", "gpt")[i % 2] and isinstance(t.get("value"), str)
+                    for i, t in enumerate(turns))):
+                raise TrainError(f'{where}: "conversations" must alternate {{"from": "human", "value": ...}} and '
+                                 f'{{"from": "gpt", "value": ...}}, starting with human')
+            image = os.path.join(image_root, r["image"])
+            if not os.path.isfile(image):
+                raise TrainError(f"{where}: image {image} not found: fix the path or --image-root")
+            records.append({"image": image, "conversations": turns, "line": n})
+    if not records:
+        raise TrainError(f"--data {path} holds no conversations")
+    return records
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n, seed, epoch):
+    order = list(range(n))
+    random.Random(f"{seed}:{epoch}").shuffle(order)
+    return order
+
+
+def conversation_at(index, cfg, records=None):
+    """Sample `index` of the run: a function of the index alone (any process, any resume)."""
+    if records is not None:
+        epoch, j = divmod(index, len(records))
+        return records[_epoch_order(len(records), cfg.seed, epoch)[j]]
+    seed = cfg.seed_offset + index
+    kinds = cfg.kinds.split(",")
+    return make_conversation(synth.make_sample(kinds[seed % len(kinds)], seed), random.Random(f"conv:{seed}"), cfg)
+
+
+def next_turn_text(question, template):
+    """What chat_prompt puts between one answer's <|im_end|> and the next answer (the template stays in model.py)."""
+    head = M.chat_prompt("", None, template) + M.STOP_TOKEN
+    return M.chat_prompt(question, None, template, history=[("", "")])[len(head):]
+
+
+def encode_conversation(conv, tok, model, cfg):
+    """-> (ids, labels, pixel_values). The first prompt is chat_prompt's text with tiles x num_image_token
+    IMG_CONTEXT; each answer is encoded on its own plus <|im_end|>: the tokens greedy decoding yields."""
+    try:
+        # a conversation may carry its own tile budget, as InternVL's per-dataset max_dynamic_patch
+        max_num = conv.get("max_num") or cfg.max_num or model.config.max_dynamic_patch
+        pv = M.load_image(conv["image"], max_num, model.config.force_image_size, use_thumbnail=model.config.use_thumbnail)
+    except ValueError as e:
+        raise TrainError(f"{e}: replace the file or drop its line") from None
+    end, turns, template = tok.token_to_id(M.STOP_TOKEN), conv["conversations"], model.config.template
+    ids, labels = [], []
+    for t in range(0, len(turns), 2):
+        q, a = turns[t]["value"], turns[t + 1]["value"]
+        prompt = tok.encode(M.chat_prompt(q, len(pv) * model.num_image_token, template)) if t == 0 \
+            else tok.encode(next_turn_text(q, template), bos=False)
+        answer = tok.encode(a, bos=False) + [end]
+        ids += prompt + answer
+        labels += [-100] * len(prompt) + answer
+    return ids, labels, pv
+
+
+def collate(convs, tok, model, cfg):
+    """Conversations -> a right-padded batch: input_ids, labels (-100 but on answers), attention_mask,
+    pixel_values (all tiles in sample order), num_tiles, n_labels, n_tokens, truncated, convs."""
+    rows, truncated, img = [], 0, model.img_context_token_id
+    for conv in convs:
+        ids, labels, pv = encode_conversation(conv, tok, model, cfg)
+        if len(ids) > cfg.max_len:
+            truncated += 1
+            ids, labels = ids[:cfg.max_len], labels[:cfg.max_len]
+            if ids.count(img) < len(pv) * model.num_image_token:
+                raise TrainError(f"--max-len {cfg.max_len} cuts into the image tokens ({len(pv)} tiles x "
+                                 f"{model.num_image_token}): raise --max-len or lower --max-num")
+        rows.append((ids, labels, pv))
+    L = max(len(r[0]) for r in rows)
+    input_ids = torch.tensor([ids + [0] * (L - len(ids)) for ids, _, _ in rows])
+    labels = torch.tensor([lab + [-100] * (L - len(lab)) for _, lab, _ in rows])
+    attention_mask = torch.tensor([[1] * len(ids) + [0] * (L - len(ids)) for ids, _, _ in rows])
+    return dict(input_ids=input_ids, labels=labels, attention_mask=attention_mask,
+                pixel_values=torch.cat([pv for _, _, pv in rows]), num_tiles=[len(pv) for _, _, pv in rows],
+                n_labels=int((labels != -100).sum()), n_tokens=int(attention_mask.sum()), truncated=truncated,
+                convs=convs)
+
+
+def micro_batches(step, cfg, tok, model, records, rank, world):
+    """This process's micro-batches of optimizer step `step`: global samples step * G + rank * per_rank + ..."""
+    per_rank = cfg.micro_batch * cfg.grad_accum
+    start = (step * world + rank) * per_rank
+    return [collate([conversation_at(start + a * cfg.micro_batch + j, cfg, records) for j in range(cfg.micro_batch)],
+                    tok, model, cfg) for a in range(cfg.grad_accum)]
+
+
+# --------------------------------------------------------------------------------------------- model
+
+def build_model(cfg, device):
+    """-> (model in train mode, tokenizer, tokenizer folder)."""
+    if cfg.init != "tiny":
+        return M.load_model(cfg.init, device).train(), M.load_tokenizer(cfg.init), cfg.init
+    tok = M.load_tokenizer(cfg.tokenizer)
+    mc = M.tiny_config(vocab_size=tok.vocab_size, image_size=cfg.image_size)
+    if cfg.model_config:
+        try:
+            with open(cfg.model_config, encoding="utf-8") as f:
+                overrides = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise TrainError(f"cannot read --model-config {cfg.model_config}: {e}") from None
+        for key, value in overrides.items():
+            nested = key in ("vision", "llm")
+            for k, v in value.items() if nested else [(key, value)]:
+                if not hasattr(getattr(mc, key) if nested else mc, k):
+                    raise TrainError(f"--model-config {cfg.model_config}: unknown field {key + '.' + k if nested else k}")
+                setattr(getattr(mc, key) if nested else mc, k, v)
+    torch.manual_seed(cfg.seed)
+    model = M.InternVLChat(mc)
+    with torch.no_grad():  # GPT-2 style init: matrices N(0, 0.02), biases 0, norms and layer scales 1
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                p.normal_(0.0, 0.02)
+            elif name.endswith(".bias"):
+                p.zero_()
+    model.img_context_token_id = tok.token_to_id(M.IMG_CONTEXT)
+    return model.to(device).train(), tok, cfg.tokenizer
+
+
+def part_of(name):
+    if "compressor" in name:
+        return "compressor"
+    return next((part for part, prefix in PARTS.items() if prefix and name.startswith(prefix)), "other")
+
+
+def set_trainable(model, spec):
+    parts = set(spec.split(","))
+    if parts - set(PARTS) - {"all"}:
+        raise TrainError(f"--trainable {spec}: choose from {', '.join([*PARTS, 'all'])}")
+    for name, p in model.named_parameters():
+        p.requires_grad_("all" in parts or part_of(name) in parts)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise TrainError(f"--trainable {spec} selects no parameter of this model")
+
+
+def build_optimizer(model, cfg):
+    """AdamW over the trainable parameters: a group per (part, decay); no weight decay on 1-D tensors."""
+    groups = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            part, decay = part_of(name), p.ndim >= 2
+            g = groups.setdefault((part, decay), {"params": [], "name": part + ("" if decay else ".no_decay"),
+                                                  "base_lr": getattr(cfg, f"lr_{part}", 0.0) or cfg.lr,
+                                                  "weight_decay": cfg.weight_decay if decay else 0.0})
+            g["params"].append(p)
+    return torch.optim.AdamW(list(groups.values()), lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def lr_at(step, cfg):
+    """Multiplier of each group's base lr at optimizer step `step` (0-based): linear warmup, then cosine to min_lr_frac."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def enable_grad_checkpointing(model):
+    """Recompute each ViT block and decoder layer in the backward pass (model.py stays as it is)."""
+    from torch.utils.checkpoint import checkpoint
+    for block in [*model.vision_model.encoder.layers, *model.language_model.model.layers]:
+        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+
+
+def default_lm_loss(model, batch):
+    """Summed next-token cross-entropy on the label tokens / the label tokens of the whole global batch."""
+    logits = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), reduction="sum")
+    return loss / batch["n_labels_global"], {}
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(path, model, opt, state):
+    """Replace folder `path` atomically: model/optimizer/rng .safetensors + state.json (step, scalars, RNG)."""
+    tmp, old = path + ".tmp", path + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    save_file({k: p.detach().cpu().contiguous() for k, p in model.named_parameters()}, os.path.join(tmp, "model.safetensors"))
+    sd = opt.state_dict()
+    save_file({f"{i}.{k}": v.cpu().contiguous() for i, s in sd["state"].items() for k, v in s.items()},
+              os.path.join(tmp, "optimizer.safetensors"))
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    save_file(rng, os.path.join(tmp, "rng.safetensors"))
+    np_rng = np.random.get_state()
+    state = dict(state, param_groups=sd["param_groups"], python_rng=random.getstate(),
+                 numpy_rng=[np_rng[0], np_rng[1].tolist(), *np_rng[2:]])
+    with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as f:
+        json.dump(state, f)
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(path):
+        os.replace(path, old)
+    os.replace(tmp, path)  # a kill between the two renames leaves path.old, which load_checkpoint takes
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(path, model, opt=None):
+    """Restore weights (and optimizer, RNG) in place; -> the state dict saved with them."""
+    if not os.path.exists(os.path.join(path, "state.json")) and os.path.exists(os.path.join(path + ".old", "state.json")):
+        path += ".old"
+    if not os.path.exists(os.path.join(path, "state.json")):
+        raise TrainError(f"no checkpoint in {path} to resume: drop --resume to start a new run")
+    weights, params = load_file(os.path.join(path, "model.safetensors")), dict(model.named_parameters())
+    if {k: t.shape for k, t in weights.items()} != {k: p.shape for k, p in params.items()}:
+        raise TrainError(f"checkpoint {path} does not match the model built from --init/--model-config: use the run's flags")
+    with torch.no_grad():
+        for k, t in weights.items():
+            params[k].copy_(t)
+    with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
+        state = json.load(f)
+    if opt is not None:
+        flat, st = load_file(os.path.join(path, "optimizer.safetensors")), {}
+        for key, t in flat.items():
+            i, name = key.split(".", 1)
+            st.setdefault(int(i), {})[name] = t
+        try:
+            opt.load_state_dict({"state": st, "param_groups": state["param_groups"]})
+        except ValueError as e:
+            raise TrainError(f"checkpoint {path}: optimizer does not match --trainable ({e})") from None
+    rng = load_file(os.path.join(path, "rng.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(list(rng["cuda"]))
+    v, s, g = state["python_rng"]
+    random.setstate((v, tuple(s), g))
+    n = state["numpy_rng"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
+    return state
+
+
+# --------------------------------------------------------------------------------------------- train
+
+def dist_info():
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def to_device(batch, device):
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):
+    """Run optimizer steps until cfg.steps (or cfg.stop_at); -> the step reached. batches(step) -> this
+    process's micro-batches; loss_fn(model, batch) -> (loss, {name: float}), where the losses of all
+    micro-batches on all processes sum to the step's objective (batch["n_labels_global"] and
+    batch["n_samples_global"] give the global counts) and metrics follow the same rule, same keys.
+    Under torchrun loss_fn gets the DistributedDataParallel wrapper: call it for the forward pass, reach
+    the model's other methods through .module. after_step(step, record), on rank 0 after each step's log
+    line and checkpoint, is where a caller evaluates or logs more."""
+    rank, world = dist_info()
+    device = next(model.parameters()).device
+    set_trainable(model, cfg.trainable)
+    if cfg.grad_checkpointing:
+        enable_grad_checkpointing(model)
+    opt, step = build_optimizer(model, cfg), 0
+    ckpt, log_path = os.path.join(cfg.out, "checkpoint"), os.path.join(cfg.out, "log.jsonl")
+    global_batch = cfg.micro_batch * cfg.grad_accum * world
+    if cfg.resume:
+        state = load_checkpoint(ckpt, model, opt)
+        if state["global_batch"] != global_batch:
+            raise TrainError(f"the checkpoint's global batch is {state['global_batch']}, this run's {global_batch}: "
+                             f"keep micro-batch x grad-accum x processes")
+        step = state["step"]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    # (DDP warns about the grad strides of the [1, 1, C] class embedding: harmless, a copy per step)
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    ddp = torch.nn.parallel.DistributedDataParallel(model, [device.index] if device.type == "cuda" else None) \
+        if world > 1 else model
+    if rank == 0:
+        os.makedirs(cfg.out, exist_ok=True)
+        old = open(log_path, encoding="utf-8").readlines() if cfg.resume and os.path.exists(log_path) else []
+        log = open(log_path, "w", encoding="utf-8")  # a resumed run keeps the curve up to its checkpoint
+        log.writelines(line for line in old if line.endswith("\n") and json.loads(line)["step"] <= step)
+        log.flush()
+    bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0, dynamic_ncols=True, desc="posttrain")
+    last, n_truncated = min(cfg.steps, cfg.stop_at or cfg.steps), 0
+    while step < last:
+        t0 = time.perf_counter()
+        factor = lr_at(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * factor
+        micro = batches(step)
+        counts = torch.tensor([[b["n_labels"], b["n_tokens"], b["truncated"], len(b["convs"])] for b in micro],
+                              dtype=torch.float64).sum(0)
+        if world > 1:
+            dist.all_reduce(counts)
+        total, metrics = 0.0, {}
+        for a, b in enumerate(micro):
+            b = dict(to_device(b, device), n_labels_global=max(1.0, counts[0].item()), n_samples_global=counts[3].item())
+            with ddp.no_sync() if world > 1 and a < len(micro) - 1 else contextlib.nullcontext():
+                with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+                    loss, m = loss_fn(ddp, b)
+                (loss * world).backward()  # DDP averages gradients over processes; the loss is a global sum
+            total += loss.item()
+            for k, v in m.items():
+                metrics[k] = metrics.get(k, 0.0) + float(v)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        sums = torch.tensor([total, *(metrics[k] for k in sorted(metrics))], dtype=torch.float64)
+        if world > 1:
+            dist.all_reduce(sums)
+        dt, n_truncated = time.perf_counter() - t0, n_truncated + int(counts[2])
+        if rank == 0:
+            rec = dict(step=step, loss=sums[0].item(), lr=cfg.lr * factor, grad_norm=grad_norm.item(),
+                       samples_per_s=counts[3].item() / dt, tokens_per_s=counts[1].item() / dt,
+                       label_tokens=int(counts[0]), truncated=int(counts[2]),
+                       **{k: sums[i + 1].item() for i, k in enumerate(sorted(metrics))})
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", samples_s=f"{rec['samples_per_s']:.1f}")
+            bar.update(1)
+            if (cfg.save_every and step % cfg.save_every == 0) or step == last:
+                save_checkpoint(ckpt, model, opt, dict(step=step, global_batch=global_batch, config=asdict(cfg)))
+            if after_step is not None:
+                after_step(step, rec)
+    bar.close()
+    if rank == 0:
+        log.close()
+        if n_truncated:
+            print(f"warning: {n_truncated} conversations were cut to --max-len {cfg.max_len}", file=sys.stderr)
+    return step
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit code 2, like every other input error
+        print(f"posttrain.py: error: {message} (see python posttrain.py --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_args(argv=None):
+    """A flag per Config field (--micro-batch for micro_batch); the help is the field's comment."""
+    p = _Parser(description=__doc__.strip().split("\n\n")[0])
+    notes = dict(re.findall(r"^    (\w+): .*?  # (.+)$", inspect.getsource(Config), re.M))
+    for f in fields(Config):
+        flag, note = "--" + f.name.replace("_", "-"), notes.get(f.name, "").replace("%", "%%")
+        if f.type is bool:
+            p.add_argument(flag, action="store_true", help=note)
+        else:
+            p.add_argument(flag, type=type(f.default), default=f.default, help=f"{note} (default: {f.default!r})".lstrip())
+    return Config(**vars(p.parse_args(argv)))
+
+
+def check(cfg):
+    if min(cfg.steps, cfg.micro_batch, cfg.grad_accum, cfg.qa_turns, cfg.max_len) < 1 or cfg.warmup < 0:
+        raise TrainError("--steps, --micro-batch, --grad-accum, --qa-turns and --max-len must be >= 1, --warmup >= 0")
+    if min(cfg.p_transcribe, cfg.p_qa, cfg.p_reason) < 0 or cfg.p_transcribe + cfg.p_qa + cfg.p_reason <= 0 \
+            or not 0 <= cfg.cot_frac <= 1:
+        raise TrainError("--p-transcribe/--p-qa/--p-reason must be >= 0 with a positive sum, --cot-frac in [0, 1]")
+    if set(cfg.kinds.split(",")) - set(synth.KINDS):
+        raise TrainError(f"--kinds {cfg.kinds}: choose from {','.join(synth.KINDS)}")
+    if not cfg.data and cfg.seed_offset + cfg.steps * cfg.micro_batch * cfg.grad_accum * dist_info()[1] > 10**9:
+        raise TrainError("synthetic training seeds must stay below 10**9 (eval sets use the seeds above): lower --seed-offset")
+    if not cfg.resume and os.path.exists(os.path.join(cfg.out, "checkpoint")):
+        raise TrainError(f"{cfg.out} already holds a run: add --resume to continue it or choose another --out")
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    world, local = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    try:
+        check(cfg)
+        model, tok, tok_dir = build_model(cfg, device)
+        records = read_jsonl(cfg.data, cfg.image_root or os.path.dirname(cfg.data)) if cfg.data else None
+        rank, world = dist_info()
+        step = train(cfg, model, tok, lambda s: micro_batches(s, cfg, tok, model, records, rank, world))
+        if rank == 0 and step >= cfg.steps:
+            M.save_model(model, cfg.out, tokenizer_dir=tok_dir)
+            print(f"saved {cfg.out} (InternVL2 layout; log in {os.path.join(cfg.out, 'log.jsonl')})", file=sys.stderr)
+    except (TrainError, M.ModelLoadError) as e:
+        print(f"posttrain.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

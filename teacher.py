@@ -1,0 +1,321 @@
+"""
+Train the embedded teacher: a tiny model of the InternVL2 architecture that reads the small text of
+multi-tile synthetic pages, on a CPU. A plain question -> answer recipe does not learn to read there
+(../shared/docs/teacher-feasibility.md), so the recipe is staged, with training-only supervision
+that the generator's glyph boxes make possible:
+
+  glyphs: the ViT alone. A per-patch head names the characters whose centres lie in the left and
+          right half of each 14 px patch. Dense, local, cheap: no decoder.
+  read:   the whole model, ViT from the glyph stage and frozen. Transcription and extractive QA, plus
+          a pointer loss: head 0 of the last decoder layers must attend to the visual token that holds
+          the glyph of each answer token it is about to write.
+
+    python teacher.py --stage glyphs --out runs/teacher-glyphs --steps 3000
+    python teacher.py --stage read --vision-from runs/teacher-glyphs --out runs/teacher-read --steps 3000
+    (add --resume to continue an interrupted stage; other flags as posttrain.py's)
+
+Each stage runs posttrain.train (checkpoints, resume, DDP, log.jsonl). The auxiliary head and the
+pointer loss exist only here: what ships is the plain InternVL2 architecture.
+"""
+import json
+import math
+import os
+import random
+import string
+import sys
+from dataclasses import replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+import model as M
+import posttrain as P
+from data.synth import KINDS, make_sample
+
+CHARS = string.printable[:95]  # digits, letters, punctuation, space; class 0 = no glyph centre here
+CHAR_ID = {c: i + 1 for i, c in enumerate(CHARS)}
+TASK_MAX_NUM = {"doc": 18, "table": 18, "chart": 12, "info": 24, "scene": 6}  # the eval protocol of each kind's task
+EVAL_SEEDS = range(10**9 - 2000, 10**9 - 1960)  # held out: training seeds stay below 10**9 - 2000
+S = 112  # tile size
+
+
+def teacher_config(vocab_size):
+    """The embedded teacher: InternViT + pixel shuffle + mlp1 + InternLM2, 16 visual tokens per 112 px tile."""
+    return M.InternVLConfig(
+        vision=M.VisionConfig(image_size=S, hidden_size=192, num_hidden_layers=4, num_attention_heads=3,
+                              intermediate_size=768),
+        llm=M.LLMConfig(vocab_size=vocab_size, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                        num_key_value_heads=2, intermediate_size=704, max_position_embeddings=4096),
+        force_image_size=S, max_dynamic_patch=18)
+
+
+def tile_grid(image, max_num):
+    """(cols, rows, x scale, y scale) of the tile grid dynamic_preprocess resizes the image to."""
+    cols, rows = M.find_grid(*image.size, 1, max_num, S)
+    return cols, rows, cols * S / image.size[0], rows * S / image.size[1]
+
+
+def glyph_centre(box, cols, sx, sy):
+    """(tile, x, y) of a glyph's centre in tile pixels."""
+    x, y = (box[0] + box[2]) / 2 * sx, (box[1] + box[3]) / 2 * sy
+    return int(y // S) * cols + int(x // S), x % S, y % S
+
+
+# ----------------------------------------------------------------------------------------------
+# stage glyphs
+
+def glyph_tiles(seed):
+    """The tiles of one synthetic image that hold text, with two labels per 14 px patch: the characters
+    whose centres lie in its left and right half (glyphs are 8-14 px wide: one label would drop some)."""
+    rng = random.Random(seed)
+    kind = KINDS[seed % len(KINDS)]
+    s = make_sample(kind, seed)
+    image = s["image"].convert("RGB")
+    max_num = rng.choice([6, 12, TASK_MAX_NUM[kind]])
+    tiles = M.dynamic_preprocess(image, max_num=max_num, image_size=S, use_thumbnail=False)  # thumbnail glyphs: too small
+    cols, _, sx, sy = tile_grid(image, max_num)
+    g = S // 14
+    labels = torch.zeros(len(tiles), g * g, 2, dtype=torch.long)
+    for ch in s["chars"]:
+        t, x, y = glyph_centre(ch["box"], cols, sx, sy)
+        if ch["char"] in CHAR_ID and t < len(tiles):
+            labels[t, int(y // 14) * g + int(x // 14), int(x % 14 >= 7)] = CHAR_ID[ch["char"]]
+    keep = [i for i in range(len(tiles)) if labels[i].any()]
+    return torch.stack([M.to_tensor(tiles[i], S) for i in keep]), labels[keep]
+
+
+class GlyphReader(nn.Module):
+    """The ViT plus a training-only linear head on each patch token: [tiles, patches, 2 slots, classes]."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.vision_model = M.InternViT(cfg.vision)
+        self.glyph_head = nn.Linear(cfg.vision.hidden_size, 2 * (len(CHARS) + 1))
+
+    def forward(self, pixel_values):
+        return self.glyph_head(self.vision_model(pixel_values)[:, 1:]).unflatten(-1, (2, len(CHARS) + 1))
+
+
+def glyph_batch(first_seed, n_tiles):
+    xs, ys, seed = [], [], first_seed
+    while sum(len(x) for x in xs) < n_tiles:
+        x, y = glyph_tiles(seed)
+        xs.append(x)
+        ys.append(y)
+        seed += 1
+    x, y = torch.cat(xs)[:n_tiles], torch.cat(ys)[:n_tiles]
+    return dict(pixel_values=x, labels=y, n_labels=int((y > 0).sum()), n_tokens=y.numel(), truncated=0,
+                convs=[None] * len(x))
+
+
+GLYPH_WEIGHT = torch.ones(len(CHARS) + 1)
+GLYPH_WEIGHT[0] = 0.2  # most slots hold no glyph centre: down-weighted so "none" does not win by default
+
+
+def glyph_loss(model, batch):
+    """Weighted CE over all slots; char_acc = glyph slots read right, both / the global glyph count."""
+    logits, y = model(batch["pixel_values"]), batch["labels"]
+    ce = F.cross_entropy(logits.flatten(0, 2), y.flatten(), weight=GLYPH_WEIGHT, reduction="none")
+    n = batch["n_labels_global"]
+    has = y > 0
+    return ce.sum() / n, dict(char_acc=(logits.argmax(-1)[has] == y[has]).sum().item() / n)
+
+
+def glyph_eval(model):
+    held_out = glyph_batch(EVAL_SEEDS[0], 256)
+    with torch.no_grad():
+        pred, y = model(held_out["pixel_values"]).argmax(-1), held_out["labels"]
+    has = y > 0
+    return dict(eval_char_acc=(pred[has] == y[has]).float().mean().item(), eval_none_acc=(pred[~has] == 0).float().mean().item())
+
+
+# ----------------------------------------------------------------------------------------------
+# stage read
+
+def read_conversation(seed, transcribe_frac, qa_turns):
+    """A conversation about one synthetic image, and for each answer the glyph index of each of its
+    characters (-1: a space, or an answer that occurs twice on the page, so where to look is unclear)."""
+    rng = random.Random(seed)
+    kind = KINDS[seed % len(KINDS)]
+    s = make_sample(kind, seed)
+    text, index = s["transcription"], s["char_index"]
+    if rng.random() < transcribe_frac or not s["qa"]:
+        turns = [(P.TRANSCRIBE, text, index)]
+    else:
+        turns = []
+        for qa in rng.sample(s["qa"], min(qa_turns, len(s["qa"]))):
+            a, at = qa["answer"], text.find(qa["answer"])
+            unique = at >= 0 and text.find(a, at + 1) < 0
+            turns.append((qa["question"] + P.SHORT, a, index[at:at + len(a)] if unique else [-1] * len(a)))
+    turns[0] = ("<image>\n" + turns[0][0], *turns[0][1:])
+    return dict(image=s["image"].convert("RGB"), sample=s, max_num=rng.choice([6, 12, TASK_MAX_NUM[kind]]),
+                conversations=[{"from": w, "value": v} for q, a, _ in turns for w, v in (("human", q), ("gpt", a))],
+                glyphs=[g for _, _, g in turns])
+
+
+def piece_spans(tok, ids):
+    """[begin, end) character span of each sentencepiece id in the text it encodes (ASCII text)."""
+    spans, pos = [], 0
+    for i in ids:
+        n = 1 if tok.sp.is_byte(i) else len(tok.sp.id_to_piece(i))
+        spans.append((pos, pos + n))
+        pos += n
+    return spans
+
+
+def pointers(conv, ids, labels, tok, img_context):
+    """(query position, key position) pairs: the position that predicts an answer token, and the visual
+    token holding that token's first glyph (tiles only: the thumbnail is too small to point into)."""
+    cols, rows, sx, sy = tile_grid(conv["image"], conv["max_num"])
+    first_img = ids.index(img_context)
+    out, pos, end = [], 0, tok.token_to_id(M.STOP_TOKEN)
+    for glyphs in conv["glyphs"]:
+        while labels[pos] == -100:
+            pos += 1
+        start = pos
+        while ids[pos] != end:
+            pos += 1
+        answer = ids[start:pos]
+        for (b, e), p in zip(piece_spans(tok, answer), range(start, pos)):
+            g = next((g for g in glyphs[b:e] if g >= 0), -1)
+            if g >= 0:
+                t, x, y = glyph_centre(conv["sample"]["chars"][g]["box"], cols, sx, sy)
+                if t < cols * rows:
+                    out.append((p - 1, first_img + t * 16 + int(y // 28) * 4 + int(x // 28)))
+        pos += 1
+    return out
+
+
+def read_batch(convs, tok, model, cfg):
+    batch = P.collate(convs, tok, model, cfg)
+    ptr = [(b, q, k) for b, conv in enumerate(convs)
+           for q, k in pointers(conv, batch["input_ids"][b].tolist(), batch["labels"][b].tolist(), tok,
+                                model.img_context_token_id)]
+    batch["pointers"] = torch.tensor(ptr, dtype=torch.long).view(-1, 3)
+    return batch
+
+
+class AttentionInputs:
+    """Forward hooks that keep the inputs of the last n decoder attentions, to recompute one head's
+    attention map for the pointer loss without touching model.py."""
+
+    def __init__(self, model, n):
+        self.seen = []
+        for layer in model.language_model.model.layers[-n:]:
+            layer.attention.register_forward_hook(lambda mod, args, out: self.seen.append((mod, *args[:3])))
+
+
+def pointer_nll(seen, ptr):
+    """Summed over pointers, averaged over layers: -log(attention of head 0 from query to key); and hits."""
+    b, q_pos, k_pos = ptr.unbind(1)
+    nll, hits = 0.0, 0.0
+    for attn, x, cos, sin in seen:
+        d, g = attn.head_dim, attn.group
+        qkv = attn.wqkv(x).view(*x.shape[:2], attn.n_kv, g + 2, d)
+        q = M.apply_rope(qkv[:, :, 0, 0][:, None], cos, sin)[:, 0]  # head 0 reads kv head 0
+        k = M.apply_rope(qkv[:, :, 0, g][:, None], cos, sin)[:, 0]
+        scores = torch.einsum("nd,nld->nl", q[b, q_pos], k[b]) / math.sqrt(d)
+        logp = scores.masked_fill(torch.arange(k.shape[1])[None] > q_pos[:, None], float("-inf")).log_softmax(-1)
+        nll = nll - logp[torch.arange(len(b)), k_pos].sum()
+        hits += (logp.argmax(-1) == k_pos).sum().item()
+    return nll / len(seen), hits / len(seen)
+
+
+def make_read_loss(model, pointer_weight, layers):
+    probe = AttentionInputs(model, layers)
+
+    def read_loss(net, batch):
+        probe.seen.clear()
+        logits = net(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+        n = batch["n_labels_global"]
+        lm = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), reduction="sum") / n
+        if not len(batch["pointers"]):
+            return lm, dict(lm=lm.item(), ptr=0.0, ptr_hits=0.0)
+        ptr, hits = pointer_nll(probe.seen, batch["pointers"])
+        return lm + pointer_weight * ptr / n, dict(lm=lm.item(), ptr=ptr.item() / n, ptr_hits=hits / n)
+
+    return read_loss
+
+
+def read_eval(model, tok):
+    """Greedy ANLS / exact match on two extractive questions of each held-out image, asked as evaluate.py does."""
+    from evaluate import anls
+    model.eval()
+    items = []
+    for seed in EVAL_SEEDS:
+        kind = KINDS[seed % len(KINDS)]
+        s = make_sample(kind, seed)
+        pv = M.load_image(s["image"], max_num=TASK_MAX_NUM[kind], image_size=S)
+        items += [(pv, qa["question"] + P.SHORT, qa["answer"]) for qa in s["qa"][:2]]
+    preds = []
+    for i in range(0, len(items), 8):
+        chunk = items[i:i + 8]
+        preds += model.batch_chat(tok, [c[0] for c in chunk], [c[1] for c in chunk], max_new_tokens=16, min_new_tokens=1)
+    model.train()
+    return dict(eval_anls=100 * sum(anls(p, [c[2]]) for p, c in zip(preds, items)) / len(items),
+                eval_em=100 * sum(p == c[2] for p, c in zip(preds, items)) / len(items),
+                eval_example=f"{items[0][2]!r} -> {preds[0]!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+
+def main():
+    extra = dict(stage=None, vision_from="", eval_every=250, transcribe_frac=0.4, qa_turns=3, pointer_weight=1.0,
+                 pointer_layers=2, glyph_tiles=48)
+    argv, own = [], {}
+    it = iter(sys.argv[1:])
+    for a in it:  # teacher flags here, the rest are posttrain.py's
+        key = a[2:].replace("-", "_")
+        if key in extra:
+            own[key] = next(it)
+        else:
+            argv.append(a)
+    opts = {k: type(v)(own[k]) if k in own and v is not None else own.get(k, v) for k, v in extra.items()}
+    if opts["stage"] not in ("glyphs", "read"):
+        sys.exit("teacher.py: error: --stage glyphs or --stage read (see the docstring)")
+    cfg = P.parse_args(argv)
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.manual_seed(cfg.seed)
+    if opts["stage"] == "read" and "--trainable" not in argv:
+        cfg = replace(cfg, trainable="projector,llm")  # the glyph-trained ViT stays frozen: 3x cheaper steps, no forgetting
+    os.makedirs(cfg.out, exist_ok=True)
+    log = open(os.path.join(cfg.out, "eval.jsonl"), "a")
+    rank, world = P.dist_info()
+    first_seed = lambda step: (step * world + rank) * cfg.micro_batch  # as posttrain: the same samples on any split
+
+    def after_step(step, rec, evaluate):
+        if step % opts["eval_every"] == 0 or step == cfg.steps:
+            r = dict(step=step, **evaluate())
+            print(json.dumps(r), flush=True)
+            log.write(json.dumps(r) + "\n")
+            log.flush()
+
+    try:
+        P.check(cfg)
+        if opts["stage"] == "glyphs":
+            net = GlyphReader(teacher_config(1))
+            P.train(replace(cfg, trainable="all"), net, None,
+                    lambda step: [glyph_batch(first_seed(step) * 10**3, opts["glyph_tiles"])],
+                    glyph_loss, lambda s, r: after_step(s, r, lambda: glyph_eval(net)))
+            return
+        tok = M.load_tokenizer(cfg.tokenizer)
+        model = M.InternVLChat(teacher_config(tok.vocab_size))
+        model.img_context_token_id = tok.token_to_id(M.IMG_CONTEXT)
+        if opts["vision_from"]:
+            weights = load_file(os.path.join(opts["vision_from"], "checkpoint", "model.safetensors"))
+            model.load_state_dict({k: v for k, v in weights.items() if k.startswith("vision_model.")}, strict=False)
+        batches = lambda step: [read_batch([read_conversation(first_seed(step) + i, opts["transcribe_frac"],
+                                                              opts["qa_turns"]) for i in range(cfg.micro_batch)],
+                                           tok, model, cfg)]
+        step = P.train(cfg, model, tok, batches, make_read_loss(model, opts["pointer_weight"], opts["pointer_layers"]),
+                       lambda s, r: after_step(s, r, lambda: read_eval(model, tok)))
+        if step >= cfg.steps:
+            M.save_model(model, cfg.out, tokenizer_dir=cfg.tokenizer)
+    except (P.TrainError, M.ModelLoadError) as e:
+        sys.exit(f"teacher.py: error: {e}")
+
+
+if __name__ == "__main__":
+    main()

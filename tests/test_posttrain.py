@@ -1,0 +1,223 @@
+"""posttrain.py: conversation tokens and labels, overfitting, frozen parts, exact resume, DDP (2 CPU
+processes) = 1 process, the InternVL JSONL reader and its errors, a final folder that loads and chats.
+
+    python -m pytest tests/test_posttrain.py -q      (CPU, tiny model at 56 px)
+"""
+import json, os, random, subprocess, sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import model as M  # noqa: E402
+import posttrain as P  # noqa: E402
+from data import synth  # noqa: E402
+
+TINY = ["--init", "tiny", "--image-size", "56", "--max-num", "2", "--warmup", "2", "--lr", "3e-3", "--threads", "1"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():  # a tiny model gains nothing from threads, and 2 threads on a busy 2-core machine crawl
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def cfg_of(*argv):
+    return P.parse_args([*TINY, *argv])
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tok, _ = P.build_model(cfg_of(), torch.device("cpu"))
+    return model, tok
+
+
+def label_runs(labels):
+    """Maximal runs of label tokens, as lists of ids."""
+    runs, cur = [], []
+    for t in labels + [-100]:
+        if t != -100:
+            cur.append(t)
+        elif cur:
+            runs.append(cur)
+            cur = []
+    return runs
+
+
+@pytest.mark.parametrize("task", ["transcribe", "qa", "cot", "direct"])
+def test_tokens_labels_and_image_tokens(tiny, task):
+    model, tok = tiny
+    mix = {"transcribe": ("1", "0", "0", "0"), "qa": ("0", "1", "0", "0"), "cot": ("0", "0", "1", "1"),
+           "direct": ("0", "0", "1", "0")}[task]
+    cfg = cfg_of("--p-transcribe", mix[0], "--p-qa", mix[1], "--p-reason", mix[2], "--cot-frac", mix[3], "--qa-turns", "3")
+    end = tok.token_to_id(M.STOP_TOKEN)
+    for seed in range(4):
+        conv = P.make_conversation(synth.make_sample(synth.KINDS[seed], seed), random.Random(seed), cfg)
+        turns = conv["conversations"]
+        qs, answers = [t["value"] for t in turns[0::2]], [t["value"] for t in turns[1::2]]
+        b = P.collate([conv], tok, model, cfg)
+        ids, labels = b["input_ids"][0].tolist(), b["labels"][0].tolist()
+        # every answer (+ <|im_end|>) is labelled, encoded on its own, and decodes back to the text
+        runs = label_runs(labels)
+        assert runs == [tok.encode(a, bos=False) + [end] for a in answers]
+        assert [tok.decode(r) for r in runs] == answers and b["n_labels"] == sum(map(len, runs))
+        # the prompt before the first answer is exactly chat_prompt's encoding
+        n_img = b["pixel_values"].shape[0] * model.num_image_token
+        first = labels.index(next(t for t in labels if t != -100))
+        assert ids[:first] == tok.encode(M.chat_prompt(qs[0], n_img, model.config.template))
+        assert ids.count(model.img_context_token_id) == n_img and b["num_tiles"] == [b["pixel_values"].shape[0]]
+        # later turns: chat_prompt's history text
+        for q0, a0, q1 in zip(qs, answers, qs[1:]):
+            assert M.chat_prompt(q1, None, history=[(q0, a0)]) == M.chat_prompt(q0, None) + a0 + M.STOP_TOKEN + P.next_turn_text(q1, "internlm2-chat")
+        if task == "qa":
+            assert all(q.endswith(P.SHORT) for q in qs) and qs[0].startswith("<image>\n")
+        if task == "cot":
+            r = conv["sample"]["reasoning"]
+            assert len(answers) == 1 and answers[0].rsplit(P.COT_SEP, 1)[1] in [x["answer"] for x in r]
+        if task == "transcribe":
+            assert answers == [conv["sample"]["transcription"]]
+    logits = model(b["pixel_values"], b["input_ids"], b["attention_mask"])  # the batch is what forward takes
+    assert logits.shape[:2] == b["input_ids"].shape
+
+
+def test_padding_and_truncation(tiny):
+    model, tok = tiny
+    cfg = cfg_of()
+    b = P.collate([P.conversation_at(i, cfg) for i in range(3)], tok, model, cfg)
+    mask, labels = b["attention_mask"], b["labels"]
+    assert (labels[mask == 0] == -100).all() and b["pixel_values"].shape[0] == sum(b["num_tiles"])
+    L = int(mask.sum(1).min())
+    short = P.collate([P.conversation_at(0, cfg)], tok, model, cfg_of("--max-len", str(L - 3)))
+    assert short["truncated"] == 1 and short["input_ids"].shape[1] == L - 3
+    with pytest.raises(P.TrainError, match="--max-len"):
+        P.collate([P.conversation_at(0, cfg)], tok, model, cfg_of("--max-len", "10"))
+
+
+def test_overfit_one_batch(tmp_path):
+    cfg = cfg_of("--steps", "20", "--out", str(tmp_path), "--save-every", "0", "--micro-batch", "2")
+    model, tok, _ = P.build_model(cfg, torch.device("cpu"))
+    batch = P.collate([P.conversation_at(i, cfg) for i in range(2)], tok, model, cfg)
+    assert P.train(cfg, model, tok, lambda step: [batch]) == 20
+    losses = [json.loads(line)["loss"] for line in open(tmp_path / "log.jsonl")]
+    assert len(losses) == 20 and losses[-1] < 0.5 * losses[0]
+
+
+def test_projector_only_leaves_vit_and_llm_bitwise(tmp_path):
+    cfg = cfg_of("--steps", "2", "--out", str(tmp_path), "--trainable", "projector", "--micro-batch", "1")
+    model, tok, _ = P.build_model(cfg, torch.device("cpu"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    P.train(cfg, model, tok, lambda step: [P.collate([P.conversation_at(step, cfg)], tok, model, cfg)])
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]) != k.startswith("mlp1."), k
+    with pytest.raises(P.TrainError, match="selects no parameter"):
+        P.set_trainable(model, "compressor")
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    cfg = cfg_of()
+    model, tok, _ = P.build_model(cfg, torch.device("cpu"))
+    b = dict(P.collate([P.conversation_at(i, cfg) for i in range(2)], tok, model, cfg), n_labels_global=1.0)
+    grads = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            P.enable_grad_checkpointing(model)
+        model.zero_grad()
+        P.default_lm_loss(model, b)[0].backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.allclose(a, c, atol=1e-6) for a, c in zip(*grads))
+
+
+def test_lr_schedule():
+    cfg = cfg_of("--steps", "100", "--warmup", "10", "--min-lr-frac", "0.1")
+    f = [P.lr_at(s, cfg) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == 1 and f[10] == 1 and f[-1] == pytest.approx(0.1, abs=1e-3)
+    assert all(a >= b for a, b in zip(f[9:], f[10:]))
+
+
+def run(*argv):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "posttrain.py"), *TINY, *argv], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_resume_is_exact_and_final_folder_chats(tmp_path):
+    common = ["--steps", "6", "--save-every", "3", "--micro-batch", "2"]
+    straight, cut = str(tmp_path / "straight"), str(tmp_path / "cut")
+    run(*common, "--out", straight)
+    run(*common, "--out", cut, "--stop-at", "3")  # leaves like a preempted job, with the step-3 checkpoint
+    assert not os.path.exists(os.path.join(cut, "model.safetensors"))
+    assert json.load(open(os.path.join(cut, "checkpoint", "state.json")))["step"] == 3
+    with pytest.raises(P.TrainError, match="--resume"):  # will not overwrite a run by accident
+        P.check(cfg_of(*common, "--out", cut))
+    run(*common, "--out", cut, "--resume")
+    a, b = load_file(os.path.join(straight, "model.safetensors")), load_file(os.path.join(cut, "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log = lambda d: [json.loads(line)["loss"] for line in open(os.path.join(d, "log.jsonl"))]
+    assert log(straight) == log(cut) and len(log(cut)) == 6
+    # the final folder is an InternVL2 checkpoint
+    model, tok = M.load_model(cut), M.load_tokenizer(cut)
+    last = load_file(os.path.join(cut, "checkpoint", "model.safetensors"))  # the weights of step 6, our names
+    assert all(torch.equal(p, last[k]) for k, p in model.named_parameters())
+    image = synth.make_sample("doc", 1)["image"]
+    answer = model.chat(tok, M.load_image(image, max_num=2, image_size=56), "What is the title?", max_new_tokens=8)
+    assert isinstance(answer, str)
+
+
+def test_ddp_two_processes_equal_one(tmp_path):
+    common = [os.path.join(ROOT, "posttrain.py"), *TINY, "--steps", "3", "--save-every", "0", "--lr", "1e-3"]
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    r = subprocess.run([sys.executable, *common, "--micro-batch", "2", "--out", one], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *common,
+                        "--micro-batch", "1", "--out", two], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = load_file(os.path.join(one, "model.safetensors")), load_file(os.path.join(two, "model.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    la, lb = ([json.loads(line) for line in open(os.path.join(d, "log.jsonl"))] for d in (one, two))
+    assert [x["label_tokens"] for x in la] == [x["label_tokens"] for x in lb]
+    assert [x["loss"] for x in la] == pytest.approx([x["loss"] for x in lb], abs=1e-5)
+
+
+def write_fixture(tmp_path, lines):
+    (tmp_path / "img").mkdir(exist_ok=True)
+    for i in range(2):
+        synth.make_sample("table", i)["image"].save(tmp_path / "img" / f"{i}.png")
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
+    return str(path)
+
+
+def test_internvl_jsonl(tmp_path, tiny, capsys):
+    model, tok = tiny
+    good = [{"image": "0.png", "conversations": [{"from": "human", "value": "<image>\nWhat is the total?"},
+                                                 {"from": "gpt", "value": "12.50"}]},
+            {"image": "1.png", "conversations": [{"from": "human", "value": "<image>\nRead it."}, {"from": "gpt", "value": "A B"},
+                                                 {"from": "human", "value": "And the store?"}, {"from": "gpt", "value": "CITY CAFE"}]}]
+    path = write_fixture(tmp_path, good)
+    records = P.read_jsonl(path, str(tmp_path / "img"))
+    cfg = cfg_of("--data", path)
+    convs = [P.conversation_at(i, cfg, records) for i in range(4)]  # two epochs, each a permutation
+    assert sorted(c["line"] for c in convs[:2]) == [1, 2] and sorted(c["line"] for c in convs[2:]) == [1, 2]
+    b = P.collate(convs[:2], tok, model, cfg)
+    assert sorted(tok.decode(r) for row in b["labels"].tolist() for r in label_runs(row)) == ["12.50", "A B", "CITY CAFE"]
+
+    for lines, message in ((good[:1] + ["{not json"], "train.jsonl line 2 is not valid JSON"),
+                           ([dict(good[0], image="missing.png")], "train.jsonl line 1: image"),
+                           ([{"image": "0.png", "conversations": [{"from": "gpt", "value": "x"}]}], "must alternate")):
+        path = write_fixture(tmp_path, lines)
+        with pytest.raises(SystemExit) as e:
+            P.main([*TINY, "--data", path, "--image-root", str(tmp_path / "img"), "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_bad_flags_exit_2(tmp_path, capsys):
+    for argv in (["--trainable", "nope"], ["--steps", "0"], ["--init", str(tmp_path / "missing")], ["--kinds", "doc,x"],
+                 ["--no-such-flag"]):
+        with pytest.raises(SystemExit) as e:
+            P.main([*TINY, "--out", str(tmp_path / "o"), *argv])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("posttrain.py: error:") and err.count("\n") == 1, err
