@@ -33,10 +33,11 @@ from tqdm import tqdm
 
 import model as M
 from data import synth
+from evaluate import PROMPT as EVAL_PROMPT
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRANSCRIBE = "Transcribe all the text in the image."
-SHORT = " Answer the question using a single word or phrase."  # the official eval prompt (evaluate.PROMPT)
+SHORT = " " + EVAL_PROMPT  # the official eval prompt, after a space as InternVL's eval script
 COT_SEP = "\nAnswer: "  # a chain-of-thought target is rationale + COT_SEP + answer
 PARTS = {"vision": "vision_model.", "projector": "mlp1.", "llm": "language_model.", "compressor": None}
 

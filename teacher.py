@@ -33,10 +33,12 @@ from safetensors.torch import load_file
 import model as M
 import posttrain as P
 from data.synth import KINDS, make_sample
+from evaluate import TASKS
 
 CHARS = string.printable[:95]  # digits, letters, punctuation, space; class 0 = no glyph centre here
 CHAR_ID = {c: i + 1 for i, c in enumerate(CHARS)}
-TASK_MAX_NUM = {"doc": 18, "table": 18, "chart": 12, "info": 24, "scene": 6}  # the eval protocol of each kind's task
+KIND_TASK = {"doc": "docvqa", "table": "docvqa", "chart": "chartqa", "info": "infovqa", "scene": "textvqa"}
+TASK_MAX_NUM = {kind: TASKS[task].max_num for kind, task in KIND_TASK.items()}  # train at the tiles each is evaluated at
 EVAL_SEEDS = range(10**9 - 2000, 10**9 - 1960)  # held out: training seeds stay below 10**9 - 2000
 S = 112  # tile size
 

@@ -36,12 +36,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from data.synth import Config, KINDS, make_sample, meta  # noqa: E402
+from evaluate import PROMPT as EVAL_PROMPT  # noqa: E402
+from model import SYSTEM_MESSAGE  # noqa: E402
 
 EVAL_DIR, TOK_DIR = ROOT / "data" / "eval", ROOT / "data" / "tokenizer"
 EVAL_SEED = 10 ** 9
 TASKS = ("docvqa", "chartqa", "infovqa", "textvqa", "ocrbench")
-SYSTEM = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
-PROMPT = "Answer the question using a single word or phrase."
+SYSTEM, PROMPT = SYSTEM_MESSAGE, EVAL_PROMPT  # in the tokenizer corpus: every prompt carries them, keep them short
 KIE_SUFFIX = " Answer this question using the text in the image directly."
 CHAT_TOKENS = ["<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>", "<|im_end|>", "<|im_start|>"]
 IMG_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
