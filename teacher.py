@@ -10,8 +10,11 @@ that the generator's glyph boxes make possible:
           a pointer loss: head 0 of the last decoder layers must attend to the visual token that holds
           the glyph of each answer token it is about to write.
 
-    python teacher.py --stage glyphs --out runs/teacher-glyphs --steps 3000
-    python teacher.py --stage read --vision-from runs/teacher-glyphs --out runs/teacher-read --steps 3000
+    python teacher.py --stage glyphs --out runs/teacher-glyphs --steps 5500 --micro-batch 1 --glyph-tiles 48 \
+        --lr 2e-3 --warmup 100 --save-every 100
+    python teacher.py --stage read --vision-from runs/teacher-glyphs --out runs/teacher-read --steps 3000 \
+        --micro-batch 8 --lr 1e-3 --warmup 100 --save-every 100
+    (checkpoints/teacher-wip/glyphs.safetensors is the glyph stage's result: --vision-from takes it too)
     (add --resume to continue an interrupted stage; other flags as posttrain.py's)
 
 Each stage runs posttrain.train (checkpoints, resume, DDP, log.jsonl). The auxiliary head and the
@@ -305,8 +308,9 @@ def main():
         tok = M.load_tokenizer(cfg.tokenizer)
         model = M.InternVLChat(teacher_config(tok.vocab_size))
         model.img_context_token_id = tok.token_to_id(M.IMG_CONTEXT)
-        if opts["vision_from"]:
-            weights = load_file(os.path.join(opts["vision_from"], "checkpoint", "model.safetensors"))
+        if opts["vision_from"]:  # a glyph stage's run folder, or its weights file
+            src = opts["vision_from"]
+            weights = load_file(src if src.endswith(".safetensors") else os.path.join(src, "checkpoint", "model.safetensors"))
             model.load_state_dict({k: v for k, v in weights.items() if k.startswith("vision_model.")}, strict=False)
         batches = lambda step: [read_batch([read_conversation(first_seed(step) + i, opts["transcribe_frac"],
                                                               opts["qa_turns"]) for i in range(cfg.micro_batch)],
