@@ -15,6 +15,8 @@ that the generator's glyph boxes make possible:
     python teacher.py --stage read --vision-from runs/teacher-glyphs --out runs/teacher-read --steps 3000 \
         --micro-batch 8 --lr 1e-3 --warmup 100 --save-every 100
     (checkpoints/teacher-wip/glyphs.safetensors is the glyph stage's result: --vision-from takes it too)
+    python teacher.py --stage read --init checkpoints/teacher-wip/read --out runs/teacher-read2 --steps 3000 \
+        --micro-batch 8 --lr 5e-4 --warmup 50        # continue the committed intermediate teacher
     (add --resume to continue an interrupted stage; other flags as posttrain.py's)
 
 Each stage runs posttrain.train (checkpoints, resume, DDP, log.jsonl). The auxiliary head and the
@@ -305,9 +307,13 @@ def main():
                     lambda step: [glyph_batch(first_seed(step) * 10**3, opts["glyph_tiles"])],
                     glyph_loss, lambda s, r: after_step(s, r, lambda: glyph_eval(net)))
             return
-        tok = M.load_tokenizer(cfg.tokenizer)
-        model = M.InternVLChat(teacher_config(tok.vocab_size))
-        model.img_context_token_id = tok.token_to_id(M.IMG_CONTEXT)
+        if cfg.init != "tiny":  # continue from a checkpoint folder, e.g. checkpoints/teacher-wip/read
+            model, tok = M.load_model(cfg.init), M.load_tokenizer(cfg.init)
+            cfg = replace(cfg, tokenizer=cfg.init)
+        else:
+            tok = M.load_tokenizer(cfg.tokenizer)
+            model = M.InternVLChat(teacher_config(tok.vocab_size))
+            model.img_context_token_id = tok.token_to_id(M.IMG_CONTEXT)
         if opts["vision_from"]:  # a glyph stage's run folder, or its weights file
             src = opts["vision_from"]
             weights = load_file(src if src.endswith(".safetensors") else os.path.join(src, "checkpoint", "model.safetensors"))
