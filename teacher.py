@@ -290,7 +290,8 @@ def main():
     os.makedirs(cfg.out, exist_ok=True)
     log = open(os.path.join(cfg.out, "eval.jsonl"), "a")
     rank, world = P.dist_info()
-    first_seed = lambda step: (step * world + rank) * cfg.micro_batch  # as posttrain: the same samples on any split
+    per_step = cfg.micro_batch * cfg.grad_accum  # as posttrain.micro_batches: the same samples on any split
+    first_seed = lambda step: (step * world + rank) * per_step
 
     def after_step(step, rec, evaluate):
         if step % opts["eval_every"] == 0 or step == cfg.steps:
@@ -304,7 +305,7 @@ def main():
         if opts["stage"] == "glyphs":
             net = GlyphReader(teacher_config(1))
             P.train(replace(cfg, trainable="all"), net, None,
-                    lambda step: [glyph_batch(first_seed(step) * 10**3, opts["glyph_tiles"])],
+                    lambda step: [glyph_batch((first_seed(step) + a) * 10**3, opts["glyph_tiles"]) for a in range(cfg.grad_accum)],
                     glyph_loss, lambda s, r: after_step(s, r, lambda: glyph_eval(net)))
             return
         if cfg.init != "tiny":  # continue from a checkpoint folder, e.g. checkpoints/teacher-wip/read
@@ -318,9 +319,10 @@ def main():
             src = opts["vision_from"]
             weights = load_file(src if src.endswith(".safetensors") else os.path.join(src, "checkpoint", "model.safetensors"))
             model.load_state_dict({k: v for k, v in weights.items() if k.startswith("vision_model.")}, strict=False)
-        batches = lambda step: [read_batch([read_conversation(first_seed(step) + i, opts["transcribe_frac"],
-                                                              opts["qa_turns"]) for i in range(cfg.micro_batch)],
-                                           tok, model, cfg)]
+        batches = lambda step: [read_batch([read_conversation(first_seed(step) + a * cfg.micro_batch + i,
+                                                              opts["transcribe_frac"], opts["qa_turns"])
+                                            for i in range(cfg.micro_batch)], tok, model, cfg)
+                                for a in range(cfg.grad_accum)]
         step = P.train(cfg, model, tok, batches, make_read_loss(model, opts["pointer_weight"], opts["pointer_layers"]),
                        lambda s, r: after_step(s, r, lambda: read_eval(model, tok)))
         if step >= cfg.steps:
