@@ -22,6 +22,7 @@ that the generator's glyph boxes make possible:
 Each stage runs posttrain.train (checkpoints, resume, DDP, log.jsonl). The auxiliary head and the
 pointer loss exist only here: what ships is the plain InternVL2 architecture.
 """
+import argparse
 import json
 import math
 import os
@@ -269,19 +270,13 @@ def read_eval(model, tok):
 # ----------------------------------------------------------------------------------------------
 
 def main():
-    extra = dict(stage=None, vision_from="", eval_every=250, transcribe_frac=0.4, qa_turns=3, pointer_weight=1.0,
-                 pointer_layers=2, glyph_tiles=48)
-    argv, own = [], {}
-    it = iter(sys.argv[1:])
-    for a in it:  # teacher flags here, the rest are posttrain.py's
-        key = a[2:].replace("-", "_")
-        if key in extra:
-            own[key] = next(it)
-        else:
-            argv.append(a)
-    opts = {k: type(v)(own[k]) if k in own and v is not None else own.get(k, v) for k, v in extra.items()}
-    if opts["stage"] not in ("glyphs", "read"):
-        sys.exit("teacher.py: error: --stage glyphs or --stage read (see the docstring)")
+    p = argparse.ArgumentParser(description="teacher flags; the rest are posttrain.py's", add_help=False)
+    p.add_argument("--stage", choices=["glyphs", "read"], required=True)
+    for name, default in dict(vision_from="", eval_every=250, transcribe_frac=0.4, qa_turns=3, pointer_weight=1.0,
+                              pointer_layers=2, glyph_tiles=48).items():
+        p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
+    own, argv = p.parse_known_args()
+    opts = vars(own)
     cfg = P.parse_args(argv)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     torch.manual_seed(cfg.seed)
