@@ -5,13 +5,14 @@ InfoVQA, TextVQA and OCRBench with InternVL2's official protocol and metrics.
     python evaluate.py --task docvqa                       # shipped synthetic set, checkpoints/tiny
     python evaluate.py --task chartqa --model checkpoints/internvl2-2b --device cuda \
         --data "/data/ChartQA Dataset/test" --batch-size 8
-    python evaluate.py --task textvqa --method pool --ratio 0.5     # needs compress.py
+    python evaluate.py --task textvqa --method pool --ratio 0.5     # training-free baselines: pool, fastv
+    python evaluate.py --task docvqa --model runs/distill-conv0.5   # a distilled student: no extra flag
     python evaluate.py --task docvqa --data /data/docvqa/test_v1.0.json  # no answers: submission
     python -m pytest tests/test_evaluate.py -q
 
-Predictions go to results/<task>[_<method><ratio>].jsonl as they are produced; rerunning with the
-same --out skips finished questions. Scores go to the .json beside it. Metrics copy InternVL's eval
-scripts (which produced the InternVL2 numbers), quirks included (metrics-and-formats.md, section 3).
+Predictions go to results/<model folder name>/<task>[_<method><ratio>].jsonl as they are produced;
+rerunning with the same --out skips finished questions. Scores go to the .json beside it. Metrics copy
+InternVL's eval scripts (which produced the InternVL2 numbers), quirks included (metrics-and-formats.md, section 3).
 --limit N takes the first N questions of the annotation file (and of a shipped reasoning.json, whose
 multi-fact questions are scored apart from the main score).
 """
@@ -264,6 +265,12 @@ def find_annotation(task, data):
     raise EvalError(f"no annotation file in {data} (looked for {', '.join(TASKS[task].files)}); "
                     f"pass --data FILE")
 
+COT_ANSWER = 'Answer: '  # a chain-of-thought answer ends "<rationale>\nAnswer: <final answer>" (posttrain.COT_SEP)
+
+def final_answer(prediction):
+    """What is scored: the text after the last 'Answer: ' of a chain of thought, else the whole answer."""
+    return prediction.rsplit(COT_ANSWER, 1)[-1].strip() if COT_ANSWER in prediction else prediction
+
 def item_score(metric, pred, it):
     a, ex = it['answers'], it['extra']
     if metric == 'ocrbench':  # the MultimodalOCR script keys formulas on the source dataset
@@ -273,7 +280,7 @@ def item_score(metric, pred, it):
 def score_items(task, items, preds):
     """The score and sub-scores the papers report, on the main set; reasoning-flagged items (incl.
     a shipped reasoning.json, which stays out of the main score) also get a score of their own."""
-    every = [item_score(task.metric, preds[str(it['qid'])], it) for it in items]
+    every = [item_score(task.metric, final_answer(preds[str(it['qid'])]), it) for it in items]
     mean = lambda xs: 100 * sum(xs) / len(xs)
     flagged = [x for x, it in zip(every, items) if it['extra'].get('reasoning')]
     s, items = zip(*[(x, it) for x, it in zip(every, items) if not it['extra'].get('reasoning_file')])
@@ -311,21 +318,19 @@ def load_done(path):
 def load_model(args):
     if not os.path.isdir(args.model):
         raise EvalError(f"model folder {args.model} not found; build or download one, or pass --model PATH")
-    if args.method != 'none':  # seam for the compression variants; fail before the slow load
-        try:
-            import compress
-        except ImportError:
-            raise EvalError("compression methods come with compress.py; use --method none for now")
-    import torch, model as M
+    import torch, model as M, compress
     args.device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     args.dtype = args.dtype or ('bfloat16' if args.device.startswith('cuda') else 'float32')
     try:
-        model = M.load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+        model = M.load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype),
+                             build_compressor=compress.build)  # a distilled student's folder needs no flag
         tok = M.load_tokenizer(args.model)
-    except M.ModelLoadError as e:
+        if args.method != 'none':
+            if model.compressor is not None:
+                raise EvalError(f"{args.model} is already compressed ({model.config.compressor}); drop --method")
+            compress.apply(model, method=args.method, ratio=args.ratio, fastv_layer=args.fastv_layer)
+    except (M.ModelLoadError, compress.CompressError) as e:
         raise EvalError(str(e))
-    if args.method != 'none':
-        compress.apply(model, method=args.method, ratio=args.ratio)
     return M, model, tok
 
 STATS = ('visual_tokens', 'prefill_s', 'decode_tokens', 'decode_s')
@@ -379,7 +384,7 @@ def run(args):
     if len({str(it['qid']) for it in items}) < len(items):
         raise EvalError(f"{ann}: question ids are not unique; resuming needs unique ids")
     tag = f"_{args.method}{args.ratio:g}" if args.method != 'none' else ''
-    out = args.out or os.path.join('results', f'{args.task}{tag}.jsonl')
+    out = args.out or os.path.join('results', os.path.basename(os.path.normpath(args.model)), f'{args.task}{tag}.jsonl')
     todo = [it for it in items if str(it['qid']) not in load_done(out)]
     t0 = time.time()
     mem = generate(args, task, todo, out) if todo else None
@@ -418,7 +423,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line and exit code 2, like every other input error
         raise EvalError(f"{message} (see python evaluate.py --help)")
 
-def main(argv=None):
+def parse_args(argv=None):
     p = _Parser(description=__doc__.split('\n\n')[0].strip())
     p.add_argument('--task', required=True, choices=sorted(TASKS))
     p.add_argument('--model', default=os.path.join(HERE, 'checkpoints', 'tiny'))
@@ -428,14 +433,19 @@ def main(argv=None):
     p.add_argument('--max-new-tokens', type=int, help='default: per-task protocol')
     p.add_argument('--limit', type=int, help='first N questions only')
     p.add_argument('--batch-size', type=int, default=1)
-    p.add_argument('--out', help='predictions jsonl (default: results/<task>[_<method><ratio>].jsonl)')
+    p.add_argument('--out', help='predictions jsonl (default: results/<model>/<task>[_<method><ratio>].jsonl)')
     p.add_argument('--device', help='cpu | cuda (default: cuda if available)')
     p.add_argument('--dtype', choices=['float32', 'bfloat16', 'float16'],
                    help='default: bfloat16 on cuda (the official setting), float32 on cpu')
-    p.add_argument('--method', default='none', help='visual-token compression method (compress.py)')
-    p.add_argument('--ratio', type=float, default=1.0, help='compression ratio for --method')
+    p.add_argument('--method', default='none', choices=['none', 'pool', 'fastv'],
+                   help='training-free compression (compress.py); a distilled student needs none')
+    p.add_argument('--ratio', type=float, default=1.0, help='share of visual tokens kept by --method')
+    p.add_argument('--fastv-layer', type=int, default=2, help='FastV prunes before this decoder layer (K)')
+    return p.parse_args(argv)
+
+def main(argv=None):
     try:
-        run(p.parse_args(argv))
+        run(parse_args(argv))
     except EvalError as e:
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2

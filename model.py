@@ -91,6 +91,7 @@ class InternVLConfig:
     min_dynamic_patch: int = 1
     max_dynamic_patch: int = 12
     use_thumbnail: bool = True
+    compressor: dict = field(default_factory=dict)  # a compressed student's {"method", "ratio"}; {}: none
     source: dict = field(default_factory=dict, repr=False)  # the config.json read; fields we don't model survive a save
 
 
@@ -123,7 +124,7 @@ def config_from_dict(d):
 def config_to_dict(cfg):
     """The inverse of config_from_dict, in the layout the original InternVL code reads."""
     src = cfg.source
-    top = {k: v for k, v in asdict(cfg).items() if k not in ("vision", "llm", "source")}
+    top = {k: v for k, v in asdict(cfg).items() if k not in ("vision", "llm", "source") and (k != "compressor" or v)}
     vision = dict(src.get("vision_config", {}), architectures=["InternVisionModel"], model_type="intern_vit_6b",
                   num_channels=3, **asdict(cfg.vision))
     llm = dict(src.get("llm_config", {}), **{k: v for k, v in asdict(cfg.llm).items() if k not in ("architecture", "qkv_bias")})
@@ -304,12 +305,17 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.hidden_size, (self.n_heads + 2 * self.n_kv) * self.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, mask, cache):
+    def project_qkv(self, x, cos, sin):
+        """-> q [B, heads, L, d], k and v [B, kv heads, L, d], rotary applied to q and k."""
         B, L, _ = x.shape
         qkv = self.wqkv(x).view(B, L, self.n_kv, self.group + 2, self.head_dim)
         q = qkv[:, :, :, :self.group].reshape(B, L, self.n_heads, self.head_dim).transpose(1, 2)
         k, v = qkv[:, :, :, -2].transpose(1, 2), qkv[:, :, :, -1].transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def forward(self, x, cos, sin, mask, cache):
+        B, L, _ = x.shape
+        q, k, v = self.project_qkv(x, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v)
         # query head i reads kv head i // group: the order wqkv's grouping gives
@@ -354,14 +360,17 @@ class LanguageModel(nn.Module):
         self.output = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.output.weight = self.model.tok_embeddings.weight
+        self.token_pruner = None  # optional: may drop tokens before a layer (FastV, in compress.py)
 
-    def forward(self, embeds, position_ids, mask=None, caches=None, last_only=False):
+    def forward(self, embeds, position_ids, mask=None, caches=None, last_only=False, image_mask=None, logits_mask=None):
         seq_len = (caches[0].length if caches else 0) + embeds.shape[1]
         cos, sin = rope_cos_sin(self.config, position_ids, seq_len, embeds.dtype)
         x = embeds
         for i, layer in enumerate(self.model.layers):
+            if self.token_pruner is not None:
+                x, cos, sin, mask = self.token_pruner(self, i, x, cos, sin, mask, image_mask)
             x = layer(x, cos, sin, mask, caches[i] if caches else None)
-        x = self.model.norm(x[:, -1:] if last_only else x)
+        x = self.model.norm(x[:, -1:] if last_only else x if logits_mask is None else x[logits_mask])
         return self.output(x)
 
 
@@ -369,7 +378,9 @@ class LanguageModel(nn.Module):
 # InternVL2: ViT -> pixel shuffle -> mlp1 -> image tokens spliced into the LLM's input embeddings
 
 class InternVLChat(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, compressor=None):
+        """compressor: for a compressed student (config.compressor set), the module that merges each
+        tile's token grid before mlp1; compress.build(config) makes it."""
         super().__init__()
         self.config = config
         self.vision_model = InternViT(config.vision)
@@ -377,31 +388,46 @@ class InternVLChat(nn.Module):
         D = config.llm.hidden_size
         self.mlp1 = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, D), nn.GELU(), nn.Linear(D, D))
         self.language_model = LanguageModel(config.llm)
+        self.compressor = compressor
         self.img_context_token_id = None  # set by load_model from the folder's tokenizer files
 
     @property
     def num_image_token(self):
         """Visual tokens per tile handed to the LLM (256 for InternVL2 at 448 px)."""
         grid = self.config.force_image_size // self.config.vision.patch_size
-        return int(grid * self.config.downsample_ratio) ** 2
+        n = int(grid * self.config.downsample_ratio) ** 2
+        return n if self.compressor is None else n // self.compressor.window_size
+
+    def visual_grid(self, pixel_values):
+        """[tiles, 3, S, S] -> the pixel-shuffled ViT tokens [tiles, h, w, 4 x vision_hidden]."""
+        x = self.vision_model(pixel_values, self.config.select_layer)[:, 1:]  # drop the class token
+        g = math.isqrt(x.shape[1])
+        return pixel_shuffle(x.reshape(x.shape[0], g, g, -1), self.config.downsample_ratio)
+
+    def project(self, grid):
+        """Token grid -> [tiles, num_image_token, llm_hidden]: the compressor (if any), then mlp1."""
+        if self.compressor is not None:
+            grid = self.compressor(grid)
+        return self.mlp1(grid.flatten(1, 2))
 
     def extract_feature(self, pixel_values):
         """[tiles, 3, S, S] -> [tiles, num_image_token, llm_hidden]."""
-        x = self.vision_model(pixel_values, self.config.select_layer)[:, 1:]  # drop the class token
-        g = math.isqrt(x.shape[1])
-        x = pixel_shuffle(x.reshape(x.shape[0], g, g, -1), self.config.downsample_ratio)
-        return self.mlp1(x.flatten(1, 2))
+        return self.project(self.visual_grid(pixel_values))
 
-    def forward(self, pixel_values, input_ids, attention_mask=None, position_ids=None, caches=None, last_only=False):
+    def forward(self, pixel_values, input_ids, attention_mask=None, position_ids=None, caches=None, last_only=False,
+                grid=None, logits_mask=None):
         """Logits [B, L, V]. IMG_CONTEXT positions take the image features in order: tiles of the
         first sample, then the second, ... attention_mask [B, T] marks real tokens (left or right
-        padding); with caches it covers the cache too."""
+        padding); with caches it covers the cache too. grid: visual_grid's output, given instead of
+        pixel_values (distillation runs the ViT once for two projectors). logits_mask [B, L]: logits
+        only where it is true, as [n, V] (training needs them on the answers alone)."""
         embeds = self.language_model.model.tok_embeddings(input_ids)
-        if pixel_values is not None:
+        is_img = None
+        if pixel_values is not None or grid is not None:
             if self.img_context_token_id is None:
                 raise ValueError("model.img_context_token_id is not set: load the model from a folder with tokenizer files")
             is_img = input_ids == self.img_context_token_id
-            feats = self.extract_feature(pixel_values)
+            feats = self.project(self.visual_grid(pixel_values) if grid is None else grid)
             if is_img.sum() != feats.shape[0] * feats.shape[1]:
                 raise ValueError(f"{int(is_img.sum())} <IMG_CONTEXT> tokens but {feats.shape[0]} tiles x "
                                  f"{feats.shape[1]} features: build the prompt with model.num_image_token per tile")
@@ -417,7 +443,7 @@ class InternVLChat(nn.Module):
             queries = keys[-L:, None] if caches is None else past + torch.arange(L, device=keys.device)[:, None]
             mask = (keys <= queries) & attention_mask.bool()[:, None, :]
             mask = (mask | (keys == queries))[:, None]  # a padded query sees itself: no all-masked row, no NaN
-        return self.language_model(embeds, position_ids, mask, caches, last_only)
+        return self.language_model(embeds, position_ids, mask, caches, last_only, is_img, logits_mask)
 
     @torch.inference_mode()
     def generate(self, pixel_values, input_ids, attention_mask=None, max_new_tokens=64, stop_ids=(), min_new_tokens=0,
@@ -664,8 +690,9 @@ def wqkv_part(tensor, slot, cfg):
     return {"q": grouped[:, :g], "k": grouped[:, g:g + 1], "v": grouped[:, g + 1:]}[slot]
 
 
-def load_model(path, device="cpu", dtype=torch.float32):
-    """Build InternVL2 from a checkpoint folder, streaming tensors shard by shard into the modules."""
+def load_model(path, device="cpu", dtype=torch.float32, build_compressor=None):
+    """Build InternVL2 from a checkpoint folder, streaming tensors shard by shard into the modules.
+    A compressed student's folder needs build_compressor(config) -> module: compress.build."""
     from safetensors import SafetensorError, safe_open
     if not os.path.isdir(path):
         raise ModelLoadError(f"checkpoint folder {path} does not exist")
@@ -680,8 +707,11 @@ def load_model(path, device="cpu", dtype=torch.float32):
         files = ["model.safetensors"]
     else:
         raise ModelLoadError(f"no model.safetensors or model.safetensors.index.json in {path}")
+    if config.compressor and build_compressor is None:
+        raise ModelLoadError(f"{path} is a compressed student ({config.compressor}): load it with "
+                             f"load_model(path, build_compressor=compress.build), as evaluate.py does")
     with torch.device("meta"):
-        model = InternVLChat(config)
+        model = InternVLChat(config, build_compressor(config) if config.compressor else None)
     expected = {k: t.shape for k, t in export_state_dict(model)}  # on meta: costs no memory
     model = model.to(dtype).to_empty(device=device)  # allocate once, in the target dtype
     params = dict(model.named_parameters())

@@ -31,14 +31,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+import compress
 import model as M
 from data import synth
-from evaluate import PROMPT as EVAL_PROMPT
+from evaluate import COT_ANSWER as EVAL_COT_ANSWER, PROMPT as EVAL_PROMPT
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRANSCRIBE = "Transcribe all the text in the image."
 SHORT = " " + EVAL_PROMPT  # the official eval prompt, after a space as InternVL's eval script
-COT_SEP = "\nAnswer: "  # a chain-of-thought target is rationale + COT_SEP + answer
+COT_SEP = "\n" + EVAL_COT_ANSWER  # a chain-of-thought target is rationale + COT_SEP + answer (what evaluate.py scores)
 PARTS = {"vision": "vision_model.", "projector": "mlp1.", "llm": "language_model.", "compressor": None}
 
 
@@ -203,7 +204,7 @@ def collate(convs, tok, model, cfg):
                 convs=convs)
 
 
-def micro_batches(step, cfg, tok, model, records, rank, world):
+def micro_batches(step, cfg, tok, model, records, rank, world, collate=collate):
     """This process's micro-batches of optimizer step `step`: global samples step * G + rank * per_rank + ..."""
     per_rank = cfg.micro_batch * cfg.grad_accum
     start = (step * world + rank) * per_rank
@@ -216,7 +217,8 @@ def micro_batches(step, cfg, tok, model, records, rank, world):
 def build_model(cfg, device):
     """-> (model in train mode, tokenizer, tokenizer folder)."""
     if cfg.init != "tiny":
-        return M.load_model(cfg.init, device).train(), M.load_tokenizer(cfg.init), cfg.init
+        model = M.load_model(cfg.init, device, build_compressor=compress.build)  # a distilled student too (stage II)
+        return model.train(), M.load_tokenizer(cfg.init), cfg.init
     tok = M.load_tokenizer(cfg.tokenizer)
     mc = M.tiny_config(vocab_size=tok.vocab_size, image_size=cfg.image_size)
     if cfg.model_config:
@@ -287,10 +289,18 @@ def enable_grad_checkpointing(model):
         block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
 
 
+def answer_positions(labels):
+    """[B, L] bool: the positions whose logits predict a label token (the one after them)."""
+    at = torch.zeros_like(labels, dtype=torch.bool)
+    at[:, :-1] = labels[:, 1:] != -100
+    return at
+
+
 def default_lm_loss(model, batch):
     """Summed next-token cross-entropy on the label tokens / the label tokens of the whole global batch."""
-    logits = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
-    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), reduction="sum")
+    at = answer_positions(batch["labels"])
+    logits = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], logits_mask=at)
+    loss = F.cross_entropy(logits.float(), batch["labels"][:, 1:][at[:, :-1]], reduction="sum")
     return loss / batch["n_labels_global"], {}
 
 
@@ -301,7 +311,9 @@ def save_checkpoint(path, model, opt, state):
     tmp, old = path + ".tmp", path + ".old"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    save_file({k: p.detach().cpu().contiguous() for k, p in model.named_parameters()}, os.path.join(tmp, "model.safetensors"))
+    # trainable weights only: frozen ones are --init's (a distillation checkpoint skips the whole ViT and LLM)
+    save_file({k: p.detach().cpu().contiguous() for k, p in model.named_parameters() if p.requires_grad},
+              os.path.join(tmp, "model.safetensors"))
     sd = opt.state_dict()
     save_file({f"{i}.{k}": v.cpu().contiguous() for i, s in sd["state"].items() for k, v in s.items()},
               os.path.join(tmp, "optimizer.safetensors"))
@@ -327,9 +339,11 @@ def load_checkpoint(path, model, opt=None):
         path += ".old"
     if not os.path.exists(os.path.join(path, "state.json")):
         raise TrainError(f"no checkpoint in {path} to resume: drop --resume to start a new run")
-    weights, params = load_file(os.path.join(path, "model.safetensors")), dict(model.named_parameters())
+    weights = load_file(os.path.join(path, "model.safetensors"))
+    params = {k: p for k, p in model.named_parameters() if p.requires_grad}
     if {k: t.shape for k, t in weights.items()} != {k: p.shape for k, p in params.items()}:
-        raise TrainError(f"checkpoint {path} does not match the model built from --init/--model-config: use the run's flags")
+        raise TrainError(f"checkpoint {path} does not match the model built from --init/--model-config and "
+                         f"--trainable: use the run's flags")
     with torch.no_grad():
         for k, t in weights.items():
             params[k].copy_(t)
@@ -484,8 +498,8 @@ def check(cfg):
         raise TrainError(f"{cfg.out} already holds a run: add --resume to continue it or choose another --out")
 
 
-def main(argv=None):
-    cfg = parse_args(argv)
+def setup(cfg):
+    """Process group under torchrun (nccl on GPUs, gloo on CPUs), threads, seeds; -> this process's device."""
     world, local = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and world > 1:
@@ -497,6 +511,12 @@ def main(argv=None):
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    return device
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    device = setup(cfg)
     try:
         check(cfg)
         model, tok, tok_dir = build_model(cfg, device)
@@ -506,7 +526,7 @@ def main(argv=None):
         if rank == 0 and step >= cfg.steps:
             M.save_model(model, cfg.out, tokenizer_dir=tok_dir)
             print(f"saved {cfg.out} (InternVL2 layout; log in {os.path.join(cfg.out, 'log.jsonl')})", file=sys.stderr)
-    except (TrainError, M.ModelLoadError) as e:
+    except (TrainError, M.ModelLoadError, compress.CompressError) as e:
         print(f"posttrain.py: error: {e}", file=sys.stderr)
         sys.exit(2)
     finally:

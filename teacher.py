@@ -15,8 +15,11 @@ that the generator's glyph boxes make possible:
     python teacher.py --stage read --vision-from runs/teacher-glyphs --out runs/teacher-read --steps 3000 \
         --micro-batch 8 --lr 1e-3 --warmup 100 --save-every 100
     (checkpoints/teacher-wip/glyphs.safetensors is the glyph stage's result: --vision-from takes it too)
-    python teacher.py --stage read --init checkpoints/teacher-wip/read --out runs/teacher-read2 --steps 3000 \
-        --micro-batch 8 --lr 5e-4 --warmup 50        # continue the committed intermediate teacher
+    python teacher.py --stage read --init runs/teacher-read --out runs/teacher-read2 --steps 1000 \
+        --micro-batch 8 --lr 5e-4 --warmup 50
+    torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init runs/teacher-read2 --out runs/teacher-read3 \
+        --steps 7000 --micro-batch 4 --lr 5e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3
+        # two 1-thread processes beat one 2-thread process on 2 cores; --init checkpoints/tiny continues the shipped one
     (add --resume to continue an interrupted stage; other flags as posttrain.py's)
 
 Each stage runs posttrain.train (checkpoints, resume, DDP, log.jsonl). The auxiliary head and the
@@ -125,7 +128,7 @@ GLYPH_WEIGHT[0] = 0.2  # most slots hold no glyph centre: down-weighted so "none
 def glyph_loss(model, batch):
     """Weighted CE over all slots; char_acc = glyph slots read right, both / the global glyph count."""
     logits, y = model(batch["pixel_values"]), batch["labels"]
-    ce = F.cross_entropy(logits.flatten(0, 2), y.flatten(), weight=GLYPH_WEIGHT, reduction="none")
+    ce = F.cross_entropy(logits.flatten(0, 2), y.flatten(), weight=GLYPH_WEIGHT.to(y.device), reduction="none")
     n = batch["n_labels_global"]
     has = y > 0
     return ce.sum() / n, dict(char_acc=(logits.argmax(-1)[has] == y[has]).sum().item() / n)
@@ -220,13 +223,12 @@ def pointer_nll(seen, ptr):
     b, q_pos, k_pos = ptr.unbind(1)
     nll, hits = 0.0, 0.0
     for attn, x, cos, sin in seen:
-        d, g = attn.head_dim, attn.group
-        qkv = attn.wqkv(x).view(*x.shape[:2], attn.n_kv, g + 2, d)
-        q = M.apply_rope(qkv[:, :, 0, 0][:, None], cos, sin)[:, 0]  # head 0 reads kv head 0
-        k = M.apply_rope(qkv[:, :, 0, g][:, None], cos, sin)[:, 0]
+        d = attn.head_dim
+        q, k, _ = attn.project_qkv(x, cos, sin)
+        q, k = q[:, 0], k[:, 0]  # head 0 reads kv head 0
         scores = torch.einsum("nd,nld->nl", q[b, q_pos], k[b]) / math.sqrt(d)
-        logp = scores.masked_fill(torch.arange(k.shape[1])[None] > q_pos[:, None], float("-inf")).log_softmax(-1)
-        nll = nll - logp[torch.arange(len(b)), k_pos].sum()
+        logp = scores.masked_fill(torch.arange(k.shape[1], device=k.device)[None] > q_pos[:, None], float("-inf")).log_softmax(-1)
+        nll = nll - logp[torch.arange(len(b), device=k.device), k_pos].sum()
         hits += (logp.argmax(-1) == k_pos).sum().item()
     return nll / len(seen), hits / len(seen)
 
@@ -278,8 +280,7 @@ def main():
     own, argv = p.parse_known_args()
     opts = vars(own)
     cfg = P.parse_args(argv)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    torch.manual_seed(cfg.seed)
+    device = P.setup(cfg)
     if opts["stage"] == "read" and "--trainable" not in argv:
         cfg = replace(cfg, trainable="projector,llm")  # the glyph-trained ViT stays frozen: 3x cheaper steps, no forgetting
     os.makedirs(cfg.out, exist_ok=True)
@@ -298,18 +299,19 @@ def main():
     try:
         P.check(cfg)
         if opts["stage"] == "glyphs":
-            net = GlyphReader(teacher_config(1))
+            net = GlyphReader(teacher_config(1)).to(device)
             P.train(replace(cfg, trainable="all"), net, None,
                     lambda step: [glyph_batch((first_seed(step) + a) * 10**3, opts["glyph_tiles"]) for a in range(cfg.grad_accum)],
                     glyph_loss, lambda s, r: after_step(s, r, lambda: glyph_eval(net)))
             return
-        if cfg.init != "tiny":  # continue from a checkpoint folder, e.g. checkpoints/teacher-wip/read
-            model, tok = M.load_model(cfg.init), M.load_tokenizer(cfg.init)
+        if cfg.init != "tiny":  # continue from a checkpoint folder, e.g. checkpoints/tiny
+            model, tok = M.load_model(cfg.init, device), M.load_tokenizer(cfg.init)
             cfg = replace(cfg, tokenizer=cfg.init)
         else:
             tok = M.load_tokenizer(cfg.tokenizer)
             model = M.InternVLChat(teacher_config(tok.vocab_size))
             model.img_context_token_id = tok.token_to_id(M.IMG_CONTEXT)
+        model.to(device)
         if opts["vision_from"]:  # a glyph stage's run folder, or its weights file
             src = opts["vision_from"]
             weights = load_file(src if src.endswith(".safetensors") else os.path.join(src, "checkpoint", "model.safetensors"))
@@ -320,10 +322,13 @@ def main():
                                 for a in range(cfg.grad_accum)]
         step = P.train(cfg, model, tok, batches, make_read_loss(model, opts["pointer_weight"], opts["pointer_layers"]),
                        lambda s, r: after_step(s, r, lambda: read_eval(model, tok)))
-        if step >= cfg.steps:
+        if rank == 0 and step >= cfg.steps:
             M.save_model(model, cfg.out, tokenizer_dir=cfg.tokenizer)
     except (P.TrainError, M.ModelLoadError) as e:
         sys.exit(f"teacher.py: error: {e}")
+    finally:
+        if P.dist.is_initialized():
+            P.dist.destroy_process_group()
 
 
 if __name__ == "__main__":

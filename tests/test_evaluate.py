@@ -232,10 +232,11 @@ def test_cli_bad_inputs(tmp_path):
     docvqa_fixture(t + '/ok', n=1)
     assert_clean_error(cli('--task', 'docvqa', '--data', t + '/ok', '--model', t + '/nomodel'),
                        'nomodel', '--model')
-    assert_clean_error(cli('--task', 'docvqa', '--data', t + '/ok', cwd=t), 'checkpoints/tiny')
+    r = cli('--task', 'docvqa', '--data', t + '/ok', '--out', t + '/default.jsonl', cwd=t)  # the shipped teacher
+    assert r.returncode == 0 and json.load(open(t + '/default.json'))['model'].endswith('checkpoints/tiny'), r.stderr
     os.makedirs(t + '/m')
-    assert_clean_error(cli('--task', 'docvqa', '--data', t + '/ok', '--model', t + '/m',
-                           '--method', 'pool', '--ratio', '0.5'), 'compress.py')
+    assert_clean_error(cli('--task', 'docvqa', '--data', t + '/ok', '--model', t + '/m'), 'config.json')
+    assert_clean_error(cli('--task', 'docvqa', '--method', 'tome'), "invalid choice: 'tome'")
 
 def prefilled(out, items, answers):
     dump(out, [dict(qid=it['qid'], answer=a, visual_tokens=256, prefill_s=0.5, decode_tokens=4,
@@ -374,3 +375,10 @@ def test_bad_image_file(tmp_path, tiny_model, capsys):
                  '--device', 'cpu'])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 2 and err.startswith('evaluate.py: error: ') and 'doc0_1.png' in err and 'cannot read image' in err
+
+def test_final_answer_of_a_chain_of_thought():
+    assert E.final_answer('12 + 30 = 42\nAnswer: 42') == '42'
+    assert E.final_answer('Answer: a\nso the\nAnswer: b ') == 'b'
+    assert E.final_answer('42') == '42' and E.final_answer('') == ''
+    item = dict(answers=['42'], extra={})
+    assert E.item_score('anls', E.final_answer('30 + 12\nAnswer: 42'), item) == 1.0

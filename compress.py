@@ -1,0 +1,326 @@
+"""
+Visual-token compression for InternVL2: FCoT-VL's compression module V_c, the student that carries
+it, and the training-free baselines it is measured against.
+
+Each tile's pixel-shuffled token grid [tiles, h, w, C] (16 x 16 x 4096 for InternVL2-2B at 448 px)
+goes through a compressor that merges every window of neighbouring tokens into one, then through
+the student projector A_s (at first a copy of the teacher's mlp1):
+
+  pool    the window's mean, no parameters: the training-free baseline (= an untrained conv)
+  conv    a learned linear map of the window's concatenated tokens (a strided convolution),
+          initialised to the mean. The default
+  dwconv  a learned weight per window cell and channel (depthwise), initialised to the mean
+
+Ratio 0.5 merges horizontal pairs (text lines run horizontally), 0.25 merges 2 x 2; 1/k in general
+takes the squarest k-cell window that tiles the grid. FastV (Chen et al., 2024), the baseline inside
+the LLM: before decoder layer K it keeps the image tokens that the last prompt token attended to
+most in layer K-1, with their original position ids.
+
+    from compress import build, make_student, apply
+    student = make_student(teacher, "conv", 0.5)   # shares the teacher's ViT and LLM
+    apply(model, "fastv", 0.5)                     # in place: a training-free baseline
+    model = M.load_model(folder, build_compressor=build)   # a saved student
+    python compress.py --bench                     # weighted-merge kernel vs eager, torch.compile, copy
+    python -m pytest tests/test_compress.py -q
+
+Needs only torch; it takes model.py's modules as arguments and imports nothing from this repo.
+The weighted merge (pool, dwconv) runs as a Triton kernel on CUDA when Triton is installed, as a
+depthwise convolution through torch_npu on Ascend NPUs, and in plain PyTorch elsewhere.
+"""
+import argparse
+import copy
+import math
+import os
+import time
+from dataclasses import replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the PyTorch path
+    triton = None
+
+
+class CompressError(ValueError):
+    """An invalid ratio, method or grid: one line naming the fix."""
+
+
+def window_for(ratio, h, w):
+    """(kh, kw) with kh * kw = 1 / ratio: the squarest window (kw >= kh) that tiles an h x w grid."""
+    k = round(1 / ratio) if 0 < ratio < 1 else 0
+    if k < 2 or abs(k * ratio - 1) > 1e-6:
+        raise CompressError(f"invalid ratio {ratio}: use 1/k for an integer k >= 2, e.g. 0.5 or 0.25")
+    for kh in sorted((d for d in range(1, math.isqrt(k) + 1) if k % d == 0), reverse=True):
+        if h % kh == 0 and w % (k // kh) == 0:
+            return kh, k // kh
+    raise CompressError(f"ratio {ratio} needs windows of {k} tokens, and none tiles the {h}x{w} token grid: "
+                        f"use 0.5 or 0.25")
+
+
+def windows(x, window):
+    """[N, h, w, C] -> [N, h/kh, w/kw, kh*kw, C]: each window's tokens, row-major."""
+    N, h, w, C = x.shape
+    kh, kw = window
+    return x.reshape(N, h // kh, kh, w // kw, kw, C).transpose(2, 3).flatten(3, 4)
+
+
+# ----------------------------------------------------------------------------------------------
+# the weighted merge: y = sum over a window's cells of weight[cell] * token (+ bias), three backends
+
+def merge_torch(x, window, weight, bias=None):
+    y = (windows(x, window) * weight.to(x.dtype)).sum(3)
+    return y if bias is None else y + bias.to(x.dtype)
+
+
+def merge_npu(x, window, weight, bias=None):
+    """A depthwise strided convolution: one native kernel on Ascend (torch_npu maps conv2d to CANN)."""
+    C = x.shape[-1]
+    kernel = weight.to(x.dtype).view(*window, C).permute(2, 0, 1)[:, None]  # [C, 1, kh, kw]
+    y = F.conv2d(x.permute(0, 3, 1, 2), kernel, None if bias is None else bias.to(x.dtype), stride=window, groups=C)
+    return y.permute(0, 2, 3, 1)
+
+
+if triton is not None:
+    @triton.jit
+    def _merge_kernel(x_ptr, w_ptr, b_ptr, y_ptr, H, W, C, KH: tl.constexpr, KW: tl.constexpr,
+                      HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+        # one program: one output token x BLOCK channels; the window's cells are gathered straight
+        # from the input grid (no windowed copy), summed in fp32, written once
+        tok = tl.program_id(0).to(tl.int64)
+        c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        inside = c < C
+        Wo = W // KW
+        n, i, j = tok // ((H // KH) * Wo), (tok // Wo) % (H // KH), tok % Wo
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for dy in tl.static_range(KH):
+            for dx in tl.static_range(KW):
+                row = (n * H + i * KH + dy) * W + j * KW + dx
+                xv = tl.load(x_ptr + row * C + c, mask=inside, other=0.0).to(tl.float32)
+                wv = tl.load(w_ptr + (dy * KW + dx) * C + c, mask=inside, other=0.0).to(tl.float32)
+                acc += xv * wv
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + c, mask=inside, other=0.0).to(tl.float32)
+        tl.store(y_ptr + tok * C + c, acc.to(y_ptr.dtype.element_ty), mask=inside)
+
+
+def merge_triton(x, window, weight, bias=None):
+    """The Triton kernel (forward only: training takes the PyTorch path, which autograd can follow)."""
+    N, H, W, C = x.shape
+    x = x.contiguous()
+    y = torch.empty(N, H // window[0], W // window[1], C, dtype=x.dtype, device=x.device)
+    block = min(1024, triton.next_power_of_2(C))
+    grid = (y.numel() // C, triton.cdiv(C, block))
+    w = weight.contiguous()
+    _merge_kernel[grid](x, w, w if bias is None else bias.contiguous(), y, H, W, C, KH=window[0], KW=window[1],
+                        HAS_BIAS=bias is not None, BLOCK=block)
+    return y
+
+
+def merge_backend(x, weight):
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    if x.device.type == "cuda" and triton is not None and not needs_grad:
+        return merge_triton
+    if x.device.type == "npu":
+        return merge_npu
+    if x.device.type == "cpu" and triton is not None and os.environ.get("TRITON_INTERPRET") == "1":
+        return merge_triton if not needs_grad else merge_torch  # Triton's interpreter: the tests' way in
+    return merge_torch
+
+
+def weighted_merge(x, window, weight, bias=None):
+    """[N, h, w, C] -> [N, h/kh, w/kw, C], on the fastest backend for x's device."""
+    return merge_backend(x, weight)(x, window, weight, bias)
+
+
+# ----------------------------------------------------------------------------------------------
+# compressors: a tile's token grid [N, h, w, C] in, [N, h/kh, w/kw, C] out
+
+class Pool(nn.Module):
+    def __init__(self, window, width):
+        super().__init__()
+        self.window, self.window_size = window, window[0] * window[1]
+        self.width = width
+
+    def forward(self, x):
+        mean = torch.full((self.window_size, x.shape[-1]), 1 / self.window_size, device=x.device)
+        return weighted_merge(x, self.window, mean)
+
+
+class DWConv(Pool):
+    def __init__(self, window, width):
+        super().__init__(window, width)
+        self.weight = nn.Parameter(torch.full((self.window_size, width), 1 / self.window_size))
+        self.bias = nn.Parameter(torch.zeros(width))
+
+    def forward(self, x):
+        return weighted_merge(x, self.window, self.weight, self.bias)
+
+
+class Conv(Pool):
+    def __init__(self, window, width):
+        super().__init__(window, width)
+        mean = torch.eye(width).repeat(1, self.window_size) / self.window_size  # [C, k*C]: starts as pool
+        self.weight = nn.Parameter(mean)
+        self.bias = nn.Parameter(torch.zeros(width))
+
+    def forward(self, x):
+        # a window's cells are contiguous in memory at ratio 0.5, so the concatenation is a view and
+        # the merge one GEMM (cuBLAS; a hand-written kernel would not beat it)
+        return F.linear(windows(x, self.window).flatten(-2), self.weight, self.bias)
+
+
+COMPRESSORS = {"pool": Pool, "conv": Conv, "dwconv": DWConv}
+
+
+def build(config):
+    """The compressor config.compressor = {"method", "ratio"} records (model.load_model's build_compressor)."""
+    spec = config.compressor
+    method, ratio = spec.get("method"), spec.get("ratio")
+    if method not in COMPRESSORS:
+        raise CompressError(f"unknown compressor {method!r}: choose one of {', '.join(COMPRESSORS)}")
+    grid = int(config.force_image_size // config.vision.patch_size * config.downsample_ratio)
+    width = config.vision.hidden_size * round(1 / config.downsample_ratio) ** 2
+    return COMPRESSORS[method](window_for(ratio, grid, grid), width)
+
+
+def make_student(teacher, method="conv", ratio=0.5):
+    """The FCoT-VL student: the teacher's ViT and LLM (shared, not copied), a new compressor V_c and
+    a student projector A_s initialised as a copy of the teacher's mlp1. Saved by model.save_model
+    as an ordinary checkpoint folder whose config.json records the compressor."""
+    config = replace(teacher.config, compressor={"method": method, "ratio": ratio})
+    compressor = build(config)
+    with torch.device("meta"):  # the ViT and LLM built here are replaced by the teacher's: free
+        student = type(teacher)(config)
+    student.vision_model, student.language_model = teacher.vision_model, teacher.language_model
+    student.mlp1 = copy.deepcopy(teacher.mlp1)
+    p = next(teacher.mlp1.parameters())
+    student.compressor = compressor.to(p.device, p.dtype)
+    student.img_context_token_id = teacher.img_context_token_id
+    return student
+
+
+def apply(model, method, ratio, fastv_layer=2):
+    """Training-free compression in place: pool (or an untrained conv/dwconv, the same thing) before
+    mlp1, or FastV inside the LLM. Returns the model."""
+    if method == "fastv":
+        model.language_model.token_pruner = FastV(ratio, fastv_layer, len(model.language_model.model.layers))
+        return model
+    model.config = replace(model.config, compressor={"method": method, "ratio": ratio})
+    p = next(model.mlp1.parameters())
+    model.compressor = build(model.config).to(p.device, p.dtype)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# FastV, as model.py's LanguageModel.token_pruner
+
+class FastV:
+    """Before decoder layer K, keep round(ratio x n) of each row's n image tokens: those the last
+    prompt token attends to most in layer K-1 (mean over heads). Text tokens all stay. Kept tokens
+    keep their rotary cos/sin (gathered, not recomputed), so their position ids are the original
+    ones. Rows of a batch keep different numbers of tokens: they are left-padded again, and the
+    validity of the pruned prefix is kept for the decode steps of layers >= K."""
+
+    def __init__(self, ratio, layer=2, n_layers=None):
+        if not 0 < ratio <= 1:
+            raise CompressError(f"invalid FastV ratio {ratio}: the share of image tokens kept, in (0, 1]")
+        if layer < 1 or (n_layers is not None and layer >= n_layers):
+            raise CompressError(f"FastV layer K={layer} must be in 1..{(n_layers or 2) - 1}: it prunes after layer K-1")
+        self.ratio, self.layer = ratio, layer
+        self.x_before, self.valid = None, None
+
+    def __call__(self, lm, i, x, cos, sin, mask, image_mask):
+        if i == self.layer - 1:
+            self.x_before = x  # layer K-1's input: its attention picks the tokens
+        if i != self.layer:
+            return x, cos, sin, mask
+        if image_mask is not None:
+            return self.prune(lm.model.layers[i - 1], x, cos, sin, mask, image_mask)
+        if x.shape[1] > 1 or self.valid is None:  # a text-only prompt: nothing to prune
+            self.valid = None
+            return x, cos, sin, mask
+        # a decode step: layers >= K cache the pruned prefix, then one token per step
+        self.valid = torch.cat([self.valid, self.valid.new_ones(x.shape[0], x.shape[1])], dim=1)
+        return x, cos, sin, None if bool(self.valid.all()) else self.valid[:, None, None, :]
+
+    def prune(self, layer, x, cos, sin, mask, image_mask):
+        B, L, D = x.shape
+        attn = layer.attention
+        q, k, _ = attn.project_qkv(layer.attention_norm(self.x_before), cos, sin)
+        k = k.repeat_interleave(attn.group, dim=1)
+        key_ok = mask[:, 0, -1, :] if mask is not None else torch.ones(B, L, dtype=torch.bool, device=x.device)
+        scores = (q[:, :, -1:] @ k.transpose(-1, -2)).squeeze(2) / math.sqrt(attn.head_dim)  # [B, heads, L]
+        received = scores.float().masked_fill(~key_ok[:, None], float("-inf")).softmax(-1).mean(1)
+        n_keep = (image_mask.sum(1) * self.ratio).round().long()
+        rank = received.masked_fill(~image_mask, float("-inf")).argsort(1, descending=True).argsort(1)
+        keep = ~image_mask | (rank < n_keep[:, None])
+        # kept positions in order, left-padded to the longest row (pads: -1, sorted first)
+        pos = torch.where(keep, torch.arange(L, device=x.device), -1).sort(1).values
+        pos = pos[:, -int(keep.sum(1).max()):]
+        pad, pos = pos < 0, pos.clamp(min=0)
+        Lk = pos.shape[1]
+        x = x.gather(1, pos[..., None].expand(B, Lk, D))
+        take = pos[:, None, :, None].expand(B, cos.shape[1], Lk, cos.shape[-1])
+        cos, sin = cos.gather(2, take), sin.gather(2, take)
+        self.valid = ~pad & key_ok.gather(1, pos)
+        if bool(self.valid.all()):
+            return x, cos, sin, None
+        causal = torch.ones(Lk, Lk, dtype=torch.bool, device=x.device).tril()
+        mask = (causal & self.valid[:, None, :]) | torch.eye(Lk, dtype=torch.bool, device=x.device)  # no empty row
+        return x, cos, sin, mask[:, None]
+
+
+# ----------------------------------------------------------------------------------------------
+# python compress.py --bench: the weighted merge's achieved bandwidth against eager PyTorch,
+# torch.compile and a plain copy of the same bytes
+
+def bench_ms(fn, rounds=50):
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(3):
+        fn()
+    sync()
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return 1e3 * sorted(times)[len(times) // 2]
+
+
+def bench(tiles, grid, width, device, dtype):
+    x = torch.randn(tiles, grid, grid, width, device=device, dtype=dtype)
+    copy_ms = bench_ms(lambda: x.clone())
+    gbs = lambda nbytes, ms: nbytes / ms / 1e6
+    print(f"{tiles} tiles x {grid}x{grid} tokens x {width} channels, {dtype}, {device}: "
+          f"copy {gbs(2 * x.nbytes, copy_ms):.0f} GB/s ({copy_ms:.3f} ms)")
+    print(f"{'ratio':>6} {'backend':>14} {'ms':>8} {'GB/s':>8} {'% of copy':>10}")
+    for ratio in (0.5, 0.25):
+        window = window_for(ratio, grid, grid)
+        w = torch.rand(window[0] * window[1], width, device=device, dtype=dtype)
+        b = torch.rand(width, device=device, dtype=dtype)
+        nbytes = x.nbytes * (1 + ratio) + w.nbytes + b.nbytes  # read the grid once, write ratio of it
+        ref = merge_torch(x, window, w, b)
+        paths = {"eager": merge_torch, "compile": torch.compile(merge_torch), "npu-conv2d": merge_npu}
+        if device == "cuda" and triton is not None:
+            paths["triton"] = merge_triton
+        for name, fn in paths.items():
+            err = (fn(x, window, w, b).float() - ref.float()).abs().max().item()
+            ms = bench_ms(lambda: fn(x, window, w, b))
+            print(f"{ratio:>6} {name:>14} {ms:>8.3f} {gbs(nbytes, ms):>8.0f} {100 * copy_ms * (1 + ratio) / 2 / ms:>9.0f}%"
+                  f"   max |diff| {err:.1e}")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description="benchmark the weighted-merge backends")
+    p.add_argument("--bench", action="store_true", required=True)
+    p.add_argument("--tiles", type=int, default=13, help="12 tiles + the thumbnail")
+    p.add_argument("--grid", type=int, default=16, help="tokens per side after pixel shuffle (16 at 448 px)")
+    p.add_argument("--width", type=int, default=4096, help="channels after pixel shuffle (4 x 1024 for InternViT-300M)")
+    args = p.parse_args()
+    on_gpu = torch.cuda.is_available()
+    bench(args.tiles, args.grid, args.width, "cuda" if on_gpu else "cpu", torch.bfloat16 if on_gpu else torch.float32)

@@ -1,0 +1,174 @@
+"""
+Stage I of FCoT-VL: re-alignment by self-distillation. The student is the teacher with fewer visual
+tokens per tile: the same ViT and LLM (frozen), a compression module V_c and a student projector A_s
+(a copy of the teacher's mlp1 at first), and only V_c and A_s learn. The ViT runs once per batch and
+feeds both branches; the loss on the answer tokens is
+
+    T^2 KL(teacher_T || student_T) + lambda CE(student, answer)     (_T: softmax at temperature T)
+
+    python distill.py --ratio 0.5                # the embedded teacher on synthetic pairs (CPU, minutes),
+                                                 # then teacher / pool / FastV / student on DocVQA-format
+    python distill.py --ratio 0.25 --compressor dwconv --temperature 2 --ce-weight 0.5
+    torchrun --standalone --nproc_per_node 8 distill.py --teacher /models/InternVL2-2B --ratio 0.5 \
+        --data pairs.jsonl --image-root /data/images --micro-batch 2 --grad-accum 4 --lr 1e-4 \
+        --steps 2000 --grad-checkpointing --eval-task docvqa --eval-data /data/docvqa/val
+    (add --resume to continue; the rest of the flags are posttrain.py's: python posttrain.py --help)
+    python -m pytest tests/test_distill.py -q
+
+On GPUs the frozen teacher is held in bf16 and V_c, A_s in fp32 (AdamW on fp32 weights, bf16
+autocast), replicated by DDP: only V_c and A_s (tens of millions of parameters for the 8B) have
+gradients and optimizer state, so the 8B fits one 80 GB GPU per process without FSDP. Checkpoints
+under OUT/checkpoint/ hold only those two parts; OUT/ ends as an ordinary InternVL2 checkpoint folder
+whose config.json records the compressor, which evaluate.py and model.load_model(build_compressor=
+compress.build) load as it is. OUT/results.md holds the comparison table.
+"""
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+import compress as C
+import evaluate as E
+import model as M
+import posttrain as P
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass
+class Config:
+    teacher: str = os.path.join(HERE, "checkpoints", "tiny")  # the uncompressed model (checkpoint folder)
+    ratio: float = 0.5  # share of visual tokens kept: 0.5, 0.25 or 1/k
+    compressor: str = "conv"  # V_c: conv | dwconv | pool (compress.py)
+    temperature: float = 1.0  # T of the KL term
+    ce_weight: float = 0.5  # lambda of the cross-entropy term
+    eval_task: str = "docvqa"  # the task of the closing comparison ('': none)
+    eval_data: str = ""  # its annotation file or folder ('': the shipped set)
+    eval_limit: int = 0  # first N questions only (0: all)
+    eval_batch_size: int = 8
+    fastv_layer: int = 2  # K of the FastV baseline
+
+
+# posttrain.py's flags with distillation's defaults (a flag given on the command line wins)
+TRAIN_DEFAULTS = ["--trainable", "compressor,projector", "--steps", "300", "--micro-batch", "8", "--lr", "1e-3",
+                  "--warmup", "20", "--p-transcribe", "0.4", "--p-qa", "0.6", "--p-reason", "0", "--qa-turns", "3",
+                  "--save-every", "100", "--seed-offset", "500000000"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="distillation flags; the rest are posttrain.py's", add_help=False)
+    for f in fields(Config):
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    own, rest = p.parse_known_args(argv)
+    if "-h" in rest or "--help" in rest:
+        p.print_help()
+        print("\nposttrain.py's flags (training, data, checkpoints; distillation changes some defaults):\n")
+    cfg = Config(**vars(own))
+    out = ["--out", os.path.join("runs", f"distill-{cfg.compressor}{cfg.ratio:g}")]
+    return cfg, P.parse_args(TRAIN_DEFAULTS + out + ["--init", cfg.teacher] + rest)
+
+
+def pair_collate(teacher):
+    """posttrain.collate for the student, plus the same conversations with the teacher's image tokens."""
+    def collate(convs, tok, student, tcfg):
+        batch = P.collate(convs, tok, student, tcfg)
+        full = P.collate(convs, tok, teacher, tcfg)
+        if full["n_labels"] != batch["n_labels"]:
+            raise P.TrainError(f"--max-len {tcfg.max_len} cuts answers from the teacher's longer sequences: raise it")
+        return dict(batch, teacher_ids=full["input_ids"], teacher_mask=full["attention_mask"],
+                    teacher_labels=full["labels"])
+    return collate
+
+
+def make_loss(teacher, T, ce_weight):
+    def distill_loss(student, batch):
+        n = batch["n_labels_global"]
+        with torch.no_grad():
+            grid = teacher.visual_grid(batch["pixel_values"])  # once, for both projectors
+            at = P.answer_positions(batch["teacher_labels"])
+            t_logits = teacher(None, batch["teacher_ids"], batch["teacher_mask"], grid=grid, logits_mask=at).float()
+        at = P.answer_positions(batch["labels"])
+        s_logits = student(None, batch["input_ids"], batch["attention_mask"], grid=grid, logits_mask=at).float()
+        # the same answers in the same order on both sides: row i of each is the same target token
+        kl = F.kl_div(F.log_softmax(s_logits / T, -1), F.log_softmax(t_logits / T, -1), log_target=True,
+                      reduction="sum") * T * T
+        ce = F.cross_entropy(s_logits, batch["labels"][:, 1:][at[:, :-1]], reduction="sum")
+        agree = (s_logits.argmax(-1) == t_logits.argmax(-1)).sum().item()
+        return (kl + ce_weight * ce) / n, dict(kl=kl.item() / n, ce=ce.item() / n, agree=agree / n)
+    return distill_loss
+
+
+def compare(cfg, tcfg, student_dir):
+    """Teacher, the training-free baselines at the same ratio and the student on one task: a table."""
+    rows = [("teacher", cfg.teacher, "none", 1.0), (f"pool {cfg.ratio:g}", cfg.teacher, "pool", cfg.ratio),
+            (f"FastV {cfg.ratio:g} (K={cfg.fastv_layer})", cfg.teacher, "fastv", cfg.ratio),
+            (f"FCoT stage I ({cfg.compressor} {cfg.ratio:g})", student_dir, "none", 1.0)]
+    results = []
+    for name, folder, method, ratio in rows:
+        argv = ["--task", cfg.eval_task, "--model", folder, "--method", method, "--ratio", str(ratio),
+                "--fastv-layer", str(cfg.fastv_layer), "--batch-size", str(cfg.eval_batch_size),
+                "--out", os.path.join(tcfg.out, "eval", f"{cfg.eval_task}_{name.split(' (')[0].replace(' ', '_')}.jsonl")]
+        if cfg.eval_data:
+            argv += ["--data", cfg.eval_data]
+        if cfg.eval_limit:
+            argv += ["--limit", str(cfg.eval_limit)]
+        res = E.run(E.parse_args(argv))
+        if method == "fastv":  # the LLM's input keeps every token; layers >= K see `ratio` of them
+            res["visual_tokens_after_k"] = res["visual_tokens_per_image"] * ratio
+        results.append(dict(name=name, **res))
+    t = results[0]
+    lines = [f"| {cfg.eval_task} | visual tokens / image | prefill vs teacher | {t['metric']} | % of teacher |",
+             "|---|---|---|---|---|"]
+    for r in results:
+        tokens = f"{r['visual_tokens_per_image']:.0f}" + (f" -> {r['visual_tokens_after_k']:.0f} after layer "
+                                                           f"{cfg.fastv_layer}" if "visual_tokens_after_k" in r else "")
+        lines.append(f"| {r['name']} | {tokens} | {r['prefill_ms_per_image'] / t['prefill_ms_per_image']:.2f}x | "
+                     f"{r['score']:.1f} | {100 * r['score'] / max(t['score'], 1e-9):.1f}% |")
+    table = "\n".join(lines)
+    E.write_json(os.path.join(tcfg.out, "results.json"), dict(config=asdict(cfg), rows=results))
+    with open(os.path.join(tcfg.out, "results.md.tmp"), "w", encoding="utf-8") as f:
+        f.write(table + "\n")
+    os.replace(os.path.join(tcfg.out, "results.md.tmp"), os.path.join(tcfg.out, "results.md"))
+    print(table)
+    return results
+
+
+def main(argv=None):
+    cfg, tcfg = parse_args(argv)
+    device = P.setup(tcfg)
+    rank, world = P.dist_info()
+    try:
+        P.check(tcfg)
+        if cfg.eval_task and cfg.eval_task not in E.TASKS:
+            raise P.TrainError(f"--eval-task {cfg.eval_task}: choose one of {', '.join(E.TASKS)} or '' for none")
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        teacher = M.load_model(cfg.teacher, device, dtype)
+        tok = M.load_tokenizer(cfg.teacher)
+        student = C.make_student(teacher, cfg.compressor, cfg.ratio)
+        C.FastV(cfg.ratio, cfg.fastv_layer, teacher.config.llm.num_hidden_layers)  # a bad K fails now, not after training
+        student.compressor.float(), student.mlp1.float()  # the parts that learn keep fp32 weights
+        records = P.read_jsonl(tcfg.data, tcfg.image_root or os.path.dirname(tcfg.data)) if tcfg.data else None
+        collate = pair_collate(teacher)
+        step = P.train(tcfg, student, tok,
+                       lambda s: P.micro_batches(s, tcfg, tok, student, records, rank, world, collate),
+                       make_loss(teacher, cfg.temperature, cfg.ce_weight))
+        if rank == 0 and step >= tcfg.steps:
+            M.save_model(student, tcfg.out, tokenizer_dir=cfg.teacher)
+            print(f"saved the student to {tcfg.out} (log: {os.path.join(tcfg.out, 'log.jsonl')})", file=sys.stderr)
+            if cfg.eval_task:
+                del teacher, student
+                compare(cfg, tcfg, tcfg.out)
+    except (P.TrainError, M.ModelLoadError, C.CompressError, E.EvalError) as e:
+        print(f"distill.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if P.dist.is_initialized():
+            P.dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

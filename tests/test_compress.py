@@ -1,0 +1,224 @@
+"""compress.py: windows, the three compressors and their backends, the student, FastV."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import compress as C
+import model as M
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOK = os.path.join(ROOT, "data", "tokenizer")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return M.load_tokenizer(TOK)
+
+
+def tiny(tok, seed=0, image_size=56):
+    """The tiny config at 56 px (a 2x2 token grid per tile), weights large enough that outputs depend on inputs."""
+    torch.manual_seed(seed)
+    m = M.InternVLChat(M.tiny_config(tok.vocab_size, image_size))
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if p.dim() > 1:
+                p.normal_(0, 1.5 / p.shape[-1] ** 0.5)
+    m.img_context_token_id = tok.token_to_id(M.IMG_CONTEXT)
+    return m.eval()
+
+
+def test_window_for():
+    assert C.window_for(0.5, 16, 16) == (1, 2)  # horizontal pairs: text lines run horizontally
+    assert C.window_for(0.25, 16, 16) == (2, 2)
+    assert C.window_for(0.125, 16, 16) == (2, 4)
+    assert C.window_for(1 / 9, 18, 18) == (3, 3)
+    assert C.window_for(0.25, 2, 8) == (2, 2) and C.window_for(0.25, 3, 8) == (1, 4)
+    for bad in (0.3, 1.0, 0.0, -0.5, 2):
+        with pytest.raises(C.CompressError, match="invalid ratio"):
+            C.window_for(bad, 16, 16)
+    with pytest.raises(C.CompressError, match="16x16 token grid"):
+        C.window_for(1 / 3, 16, 16)
+
+
+def test_pool_is_the_mean_of_neighbours_and_untrained_learners_equal_it():
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 4, 8)
+    pairs = (x[:, :, 0::2] + x[:, :, 1::2]) / 2
+    quads = (x[:, 0::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) / 4
+    for ratio, want in ((0.5, pairs), (0.25, quads)):
+        window = C.window_for(ratio, 4, 4)
+        for cls in (C.Pool, C.Conv, C.DWConv):
+            got = cls(window, 8)(x)
+            assert got.shape == want.shape and torch.allclose(got, want, atol=1e-6), (cls, ratio)
+
+
+def test_learned_compressors_train():
+    torch.manual_seed(0)
+    x, target = torch.randn(4, 4, 4, 8), torch.randn(4, 4, 2, 8)
+    for cls in (C.Conv, C.DWConv):
+        m = cls((1, 2), 8)
+        opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+        first = None
+        for _ in range(30):
+            loss = (m(x) - target).pow(2).mean()
+            first = first or loss.item()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert loss.item() < 0.8 * first, cls
+
+
+def test_backends_agree():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 8, 100)  # 100 channels: not a power of two, the kernel masks the tail
+    for window in ((1, 2), (2, 2), (2, 4)):
+        w, b = torch.rand(window[0] * window[1], 100), torch.rand(100)
+        for bias in (None, b):
+            ref = C.merge_torch(x, window, w, bias)
+            assert torch.allclose(C.merge_npu(x, window, w, bias), ref, atol=1e-5)
+    assert C.merge_backend(x, w) is C.merge_torch  # a plain CPU run
+    # gradients can only come from the PyTorch path: the kernel is forward-only
+    assert C.merge_backend(x, w.requires_grad_()) is C.merge_torch
+
+
+def test_triton_kernel_in_the_interpreter():
+    """The Triton kernel itself, run by Triton's CPU interpreter, against the PyTorch path."""
+    pytest.importorskip("triton", reason="triton is in requirements-test.txt")
+    code = """
+import torch, compress as C
+assert C.merge_backend(torch.zeros(1), torch.zeros(1)) is C.merge_triton
+torch.manual_seed(0)
+for shape, window in (((2, 4, 8, 100), (1, 2)), ((1, 4, 4, 64), (2, 2)), ((3, 2, 8, 48), (2, 4))):
+    x = torch.randn(shape)
+    w, b = torch.rand(window[0] * window[1], shape[-1]), torch.rand(shape[-1])
+    for bias in (None, b):
+        got, ref = C.merge_triton(x, window, w, bias), C.merge_torch(x, window, w, bias)
+        assert got.shape == ref.shape and torch.allclose(got, ref, atol=1e-5), (shape, window)
+print("ok")
+"""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def prompt_ids(model, tok, n_tiles, question="What is the total?"):
+    return tok.encode(M.chat_prompt(question, n_tiles * model.num_image_token, model.config.template))
+
+
+def test_student_shares_the_teacher_and_saves_as_a_checkpoint(tok, tmp_path):
+    teacher = tiny(tok)
+    student = C.make_student(teacher, "conv", 0.5)
+    assert student.vision_model is teacher.vision_model and student.language_model is teacher.language_model
+    assert student.mlp1 is not teacher.mlp1 and torch.equal(student.mlp1[1].weight, teacher.mlp1[1].weight)
+    assert teacher.num_image_token == 4 and student.num_image_token == 2 and teacher.compressor is None
+    torch.manual_seed(1)
+    pv = torch.randn(3, 3, 56, 56)
+    ids = torch.tensor([prompt_ids(student, tok, 3)])
+    pooled = C.apply(tiny(tok), "pool", 0.5)  # an untrained student is the pooling baseline
+    assert torch.allclose(student(pv, ids), pooled(pv, ids), atol=1e-5)
+    with torch.no_grad():
+        student.compressor.weight.add_(0.01 * torch.randn_like(student.compressor.weight))
+    M.save_model(student, str(tmp_path), tokenizer_dir=TOK)
+    cfg = json.load(open(tmp_path / "config.json"))
+    assert cfg["compressor"] == {"method": "conv", "ratio": 0.5}
+    with pytest.raises(M.ModelLoadError, match="compress.build"):
+        M.load_model(str(tmp_path))
+    loaded = M.load_model(str(tmp_path), build_compressor=C.build)
+    assert loaded.num_image_token == 2 and torch.allclose(loaded(pv, ids), student(pv, ids), atol=1e-5)
+    assert not torch.allclose(loaded(pv, ids), pooled(pv, ids), atol=1e-3)  # the perturbation was saved
+    assert "compressor" not in json.load(open(M.save_model(teacher, str(tmp_path / "t")) or tmp_path / "t" / "config.json"))
+
+
+def test_build_errors(tok):
+    teacher = tiny(tok)
+    with pytest.raises(C.CompressError, match="unknown compressor 'tome'"):
+        C.make_student(teacher, "tome", 0.5)
+    with pytest.raises(C.CompressError, match="2x2 token grid"):
+        C.make_student(teacher, "conv", 0.125)  # 8 tokens per window: more than the tiny tile has
+    with pytest.raises(C.CompressError, match="FastV layer"):
+        C.apply(teacher, "fastv", 0.5, fastv_layer=0)
+
+
+def reference_fastv_logits(model, pv, ids, ratio, K):
+    """FastV written another way: no tokens removed, the dropped ones masked out as keys from layer K on."""
+    lm = model.language_model
+    feats = model.extract_feature(pv)
+    is_img = ids == model.img_context_token_id
+    x = lm.model.tok_embeddings(ids).masked_scatter(is_img[..., None], feats)
+    L = ids.shape[1]
+    cos, sin = M.rope_cos_sin(lm.config, torch.arange(L)[None], L, x.dtype)
+    for layer in lm.model.layers[:K - 1]:
+        x = layer(x, cos, sin, None, None)
+    attn = lm.model.layers[K - 1].attention
+    q, k, _ = attn.project_qkv(lm.model.layers[K - 1].attention_norm(x), cos, sin)
+    k = k.repeat_interleave(attn.group, dim=1)
+    probs = torch.softmax(q[0, :, -1:] @ k[0].transpose(-1, -2) / attn.head_dim ** 0.5, -1).mean(0)[0]  # [L]
+    img = is_img[0].nonzero().flatten()
+    dropped = img[probs[img].argsort(descending=True)[round(len(img) * ratio):]]
+    x = lm.model.layers[K - 1](x, cos, sin, None, None)
+    mask = torch.ones(L, L, dtype=torch.bool).tril()
+    mask[:, dropped] = False
+    mask |= torch.eye(L, dtype=torch.bool)
+    for layer in lm.model.layers[K:]:
+        x = layer(x, cos, sin, mask[None, None], None)
+    return lm.output(lm.model.norm(x))[0, -1]
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.25])
+def test_fastv_matches_masking_reference(tok, ratio):
+    model = tiny(tok)
+    torch.manual_seed(2)
+    pv = torch.randn(4, 3, 56, 56)
+    ids = torch.tensor([prompt_ids(model, tok, 4)])
+    with torch.no_grad():
+        want = reference_fastv_logits(model, pv, ids, ratio, K=1)
+        full = model(pv, ids)[0, -1]
+        C.apply(model, "fastv", ratio, fastv_layer=1)
+        got = model(pv, ids)[0, -1]
+    assert torch.allclose(got, want, atol=1e-4)
+    assert not torch.allclose(got, full, atol=1e-2)  # something was pruned
+
+
+def cached_logits(model, pv, ids, mask, steps=3):
+    """Prefill then greedy decode steps with a KV cache, as generate does: the logits of each step."""
+    cfg = model.config.llm
+    caches = [M.KVCache(ids.shape[0], cfg.num_key_value_heads, ids.shape[1] + steps,
+                        cfg.hidden_size // cfg.num_attention_heads, torch.float32, "cpu") for _ in range(cfg.num_hidden_layers)]
+    out = [model(pv, ids, mask, caches=caches, last_only=True)[:, -1]]
+    for _ in range(steps - 1):
+        mask = torch.cat([mask, torch.ones(mask.shape[0], 1, dtype=mask.dtype)], 1)
+        out.append(model(None, out[-1].argmax(-1, keepdim=True), mask, caches=caches)[:, -1])
+    return torch.stack(out, 1)
+
+
+def test_fastv_batch_with_padding_matches_one_by_one(tok):
+    """Rows with different tile counts keep different numbers of tokens: re-padded, then decoded."""
+    model = C.apply(tiny(tok), "fastv", 0.5, fastv_layer=1)
+    torch.manual_seed(3)
+    pvs = [torch.randn(2, 3, 56, 56), torch.randn(5, 3, 56, 56)]
+    rows = [prompt_ids(model, tok, 2, "Name?"), prompt_ids(model, tok, 5, "What is the total amount due?")]
+    L = max(map(len, rows))
+    ids = torch.tensor([[0] * (L - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows])
+    with torch.no_grad():
+        batched = cached_logits(model, torch.cat(pvs), ids, mask)
+        for b, (pv, r) in enumerate(zip(pvs, rows)):
+            alone = cached_logits(model, pv, torch.tensor([r]), torch.ones(1, len(r), dtype=torch.long))
+            assert torch.allclose(batched[b], alone[0], atol=1e-4), b
+    # ratio 1 keeps everything: FastV is then the plain model, cache and all
+    plain, kept = tiny(tok), C.apply(tiny(tok), "fastv", 1.0, fastv_layer=1)
+    with torch.no_grad():
+        assert torch.allclose(cached_logits(plain, torch.cat(pvs), ids, mask),
+                              cached_logits(kept, torch.cat(pvs), ids, mask), atol=1e-5)
+
+
+def test_fastv_and_pool_through_batch_chat(tok):
+    for method in ("fastv", "pool"):
+        model = C.apply(tiny(tok), method, 0.5, fastv_layer=1)
+        stats = {}
+        answers = model.batch_chat(tok, [torch.randn(3, 3, 56, 56), None], ["a?", "b?"], max_new_tokens=4, stats=stats)
+        assert len(answers) == 2 and stats["prefill_s"] > 0

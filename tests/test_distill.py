@@ -1,0 +1,143 @@
+"""distill.py: the loss against a direct computation, only V_c and A_s learn, exact resume, DDP
+(2 CPU processes) = 1 process, a student folder evaluate.py runs, one-line errors.
+
+    python -m pytest tests/test_distill.py -q      (CPU, a random tiny teacher in the released layout)
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+import compress as C
+import distill as D
+import model as M
+import posttrain as P
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOK = os.path.join(ROOT, "data", "tokenizer")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """A random tiny InternVL2 (56 px tiles, 2x2 tokens each) saved in the released layout, bf16."""
+    tok = M.load_tokenizer(TOK)
+    torch.manual_seed(0)
+    model = M.InternVLChat(M.tiny_config(tok.vocab_size, 56))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 1.5 / p.shape[-1] ** 0.5)
+    path = str(tmp_path_factory.mktemp("teacher"))
+    M.save_model(model.to(torch.bfloat16), path, tokenizer_dir=TOK)
+    return path
+
+
+def train_args(teacher_dir, out, *extra):
+    return ["--teacher", teacher_dir, "--out", out, "--steps", "4", "--micro-batch", "2", "--max-num", "2",
+            "--save-every", "2", "--warmup", "1", "--threads", "1", "--fastv-layer", "1", "--eval-task", "", *extra]
+
+
+def run(*argv, procs=1):
+    launcher = [sys.executable] if procs == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)]
+    return subprocess.run([*launcher, os.path.join(ROOT, "distill.py"), *argv], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+
+
+def test_loss_equals_two_separate_forward_passes(teacher_dir):
+    """Shared ViT + logits at the answers only = two full, independent forward passes and a textbook KL."""
+    teacher, tok = M.load_model(teacher_dir), M.load_tokenizer(teacher_dir)
+    student = C.make_student(teacher, "conv", 0.5)
+    with torch.no_grad():
+        student.compressor.weight.add_(0.05 * torch.randn_like(student.compressor.weight))
+    cfg, tcfg = D.parse_args(train_args(teacher_dir, "unused"))
+    convs = [P.conversation_at(i, tcfg) for i in range(3)]
+    batch = D.pair_collate(teacher)(convs, tok, student, tcfg)
+    n = batch["n_labels"]
+    T, lam = 2.0, 0.3
+    loss, m = D.make_loss(teacher, T, lam)(student, dict(batch, n_labels_global=n))
+    with torch.no_grad():
+        t = teacher(batch["pixel_values"], batch["teacher_ids"], batch["teacher_mask"])
+        s = student(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+    t = t[:, :-1][batch["teacher_labels"][:, 1:] != -100]
+    s = s[:, :-1][batch["labels"][:, 1:] != -100]
+    p, q = (t / T).softmax(-1), (s / T).softmax(-1)
+    kl = (p * (p.log() - q.log())).sum() * T * T
+    ce = F.cross_entropy(s, batch["labels"][:, 1:][batch["labels"][:, 1:] != -100], reduction="sum")
+    assert len(t) == len(s) == n
+    assert loss.item() == pytest.approx(((kl + lam * ce) / n).item(), rel=1e-4)
+    assert m["kl"] == pytest.approx((kl / n).item(), rel=1e-4) and m["ce"] == pytest.approx((ce / n).item(), rel=1e-4)
+
+
+def test_only_compressor_and_projector_learn_and_the_student_evaluates(teacher_dir, tmp_path):
+    out = str(tmp_path / "student")
+    r = run(*train_args(teacher_dir, out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.load(open(os.path.join(out, "config.json")))["compressor"] == {"method": "conv", "ratio": 0.5}
+    before, after = load_file(os.path.join(teacher_dir, "model.safetensors")), load_file(os.path.join(out, "model.safetensors"))
+    assert set(after) == set(before) | {"compressor.weight", "compressor.bias"}
+    for k in before:
+        same = torch.equal(before[k].float(), after[k].float())
+        assert same != k.startswith("mlp1."), k  # the ViT and LLM are the teacher's, A_s moved
+    assert not torch.equal(after["compressor.weight"].float(), C.build(M.load_model(out, build_compressor=C.build).config).weight)
+    ckpt = load_file(os.path.join(out, "checkpoint", "model.safetensors"))
+    assert all(k.startswith(("mlp1.", "compressor.")) for k in ckpt)  # checkpoints skip the frozen parts
+    log = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
+    assert len(log) == 4 and all({"kl", "ce", "agree"} <= set(x) for x in log)
+    tokens = []
+    for name, folder in (("student", out), ("teacher", teacher_dir)):  # evaluate.py loads the student as it is
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--task", "docvqa", "--model", folder,
+                            "--limit", "2", "--max-new-tokens", "3", "--out", str(tmp_path / f"{name}.jsonl")],
+                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        tokens.append(json.load(open(tmp_path / f"{name}.json"))["visual_tokens_per_image"])
+    assert tokens[0] == tokens[1] / 2
+
+
+def test_resume_is_exact(teacher_dir, tmp_path):
+    straight, cut = str(tmp_path / "straight"), str(tmp_path / "cut")
+    assert run(*train_args(teacher_dir, straight)).returncode == 0
+    assert run(*train_args(teacher_dir, cut, "--stop-at", "2")).returncode == 0
+    r = run(*train_args(teacher_dir, cut, "--resume"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = load_file(os.path.join(straight, "model.safetensors")), load_file(os.path.join(cut, "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ddp_two_processes_equal_one(teacher_dir, tmp_path):
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    r = run(*train_args(teacher_dir, one, "--steps", "2"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run(*train_args(teacher_dir, two, "--steps", "2", "--micro-batch", "1"), procs=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = load_file(os.path.join(one, "model.safetensors")), load_file(os.path.join(two, "model.safetensors"))
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-2  # bf16 on disk: one ulp
+    la, lb = ([json.loads(line)["loss"] for line in open(os.path.join(d, "log.jsonl"))] for d in (one, two))
+    assert la == pytest.approx(lb, abs=1e-5)
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--ratio", "0.3"], "invalid ratio 0.3"),
+    (["--compressor", "tome"], "unknown compressor 'tome'"),
+    (["--eval-task", "mmmu"], "--eval-task mmmu"),
+    (["--fastv-layer", "5"], "FastV layer K=5"),
+    (["--teacher", "/nonexistent"], "/nonexistent does not exist"),
+])
+def test_bad_input_is_one_line(teacher_dir, tmp_path, flags, words):
+    r = run(*train_args(teacher_dir, str(tmp_path / "x")), *flags)  # the last of a repeated flag wins
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert lines[0].startswith("distill.py: error:") and words in lines[0], lines[0]
