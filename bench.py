@@ -1,80 +1,357 @@
 """
-Speed of model.py's language model with random weights: prefill, and the cost of one KV-cache
-decode step as the context grows (it should stay about flat: the cache is preallocated and each
-step attends to the filled prefix only).
+Speed of InternVL2-shaped models with random weights: the teacher (ratio 1.0) against FCoT-VL students that
+keep 0.5 and 0.25 of the visual tokens (compress.make_student(model, "conv", r)), a stage-I distillation
+step, and the same weights in transformers' InternVLForConditionalGeneration as a peer.
 
-    python bench.py                                   # a 2B-shaped-but-narrow model on the CPU
-    python bench.py --shape 2b --device cuda --dtype bfloat16
+    python bench.py                        # tiny shape on a CPU, fp32, < 1 min: the format, not the numbers
+    python bench.py --threads 2 --json runs/bench-tiny.json
+    python bench.py --shape 2b             # InternViT-300M + InternLM2-1.8B, bf16, one GPU
+    python bench.py --shape 8b --distill-batches 1 2 4 --json runs/bench-8b.json    # + InternLM2.5-7B
+
+n tiles are n tiles plus the thumbnail when n > 1 (as dynamic_preprocess) inside --text prompt tokens.
+ViT ms: the encoder. Prefill ms: the LLM over the prompt's embeddings, KV cache written. TTFT ms: pixels to
+the first greedy token. Decode tok/s: a step of model.generate's loop at batch 1 and 8. Peak GB: the TTFT
+run's (CUDA). After a warm-up run a figure is the median of --repeats runs on CUDA, the fastest on a CPU.
 """
 import argparse
+import gc
+import math
+import os
 import time
+import types
 from dataclasses import replace
 
 import torch
 
+import compress as C
+import distill as D
+import evaluate as E
 import model as M
+import posttrain as P
 
-SHAPES = {
-    "tiny": M.tiny_config().llm,
-    "small": M.LLMConfig(vocab_size=8192, hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
-                         num_key_value_heads=4, intermediate_size=1536),
-    "2b": M.LLMConfig(),  # internlm2-chat-1_8b
-    "8b": M.LLMConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, intermediate_size=14336),
+SHAPES = {  # 2b and 8b: InternViT-300M at 448 px (model.py's defaults) + InternLM2-1.8B / InternLM2.5-7B
+    "tiny": M.InternVLConfig(force_image_size=112, vision=M.VisionConfig(
+        image_size=112, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256),
+        llm=M.LLMConfig(vocab_size=1024, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, intermediate_size=384)),
+    "2b": M.InternVLConfig(),
+    "8b": M.InternVLConfig(llm=M.LLMConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                                           intermediate_size=14336)),
 }
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def measure(fn, args, repeats=None):
+    """(ms, peak GB or None) of fn(); the peak is reset after the warm-up, so it is this measurement's."""
+    cuda, times = args.device.startswith("cuda"), []
+    fn()  # warm-up: allocator, kernel selection, lazy init
+    torch.cuda.synchronize() if cuda else None
+    torch.cuda.reset_peak_memory_stats() if cuda else None
+    for _ in range(repeats or args.repeats):
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize() if cuda else None
+        times.append(time.perf_counter() - t0)
+    ms = 1e3 * (sorted(times)[len(times) // 2] if cuda else min(times))  # CPU noise only ever adds time
+    return ms, torch.cuda.max_memory_allocated() / 1e9 if cuda else None
+
+
+def build(cfg, device, dtype, seed=0):
+    """InternVLChat with random weights at a trained model's scale (norms ~1, matrices ~1/sqrt(fan_in)):
+    activations stay O(1), so the logits comparison with transformers means something."""
+    with torch.device("meta"):  # no fp32 host copy of an 8B model: allocated once, in dtype, on the device
+        model = M.InternVLChat(cfg).to(dtype)
+    model, g = model.to_empty(device=device).eval(), torch.Generator(device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            r = torch.randn(p.shape, generator=g, device=device, dtype=dtype)
+            p.copy_((0.1 * r if name.endswith("bias") else 1 + 0.1 * r) if p.dim() == 1 else r
+                    if name.endswith("_embedding") or "tok_embeddings" in name else r / math.sqrt(p[0].numel()))
+    model.img_context_token_id = cfg.llm.vocab_size - 1  # prompt() draws its text ids below it
+    return model
+
+
+def prompt(n_visual, n_text, vocab, device):
+    """[1, L] ids: half of n_text random text ids, n_visual <IMG_CONTEXT> ids, the other half."""
+    text = torch.randint(0, vocab - 1, (n_text,), generator=torch.Generator().manual_seed(0))
+    return torch.cat([text[:n_text // 2], torch.full((n_visual,), vocab - 1), text[n_text // 2:]])[None].to(device)
+
+
+def inputs(cfg, n, per_tile, args):
+    """pixel_values of n tiles (+ the thumbnail when n > 1) and a prompt with per_tile tokens per image."""
+    n_img, S = n + (n > 1), cfg.force_image_size
+    pv = torch.randn(n_img, 3, S, S, generator=torch.Generator().manual_seed(n)).to(args.device, args.dtype)
+    return pv, prompt(n_img * per_tile, args.text, cfg.llm.vocab_size, args.device)
+
+
+def flops(cfg, n_img, per_tile, n_text, ratio):
+    """FLOPs (2 per multiply-add) up to the first token: ViT, conv compressor, mlp1, the LLM's prefill with
+    attention's quadratic term (causal: L(L+1)/2 query-key pairs) and lm_head on the last token."""
+    v, lm, vis = cfg.vision, cfg.llm, n_img * per_tile
+    N, Cv = (cfg.force_image_size // v.patch_size) ** 2 + 1, v.hidden_size  # + 1: the class token
+    vit = 6 * (N - 1) * v.patch_size ** 2 * Cv + v.num_hidden_layers * (
+        2 * N * (4 * Cv * Cv + 2 * Cv * v.intermediate_size) + 4 * N * N * Cv)
+    W, Dm, H = Cv * round(1 / cfg.downsample_ratio) ** 2, lm.hidden_size, lm.num_attention_heads
+    compressor = 2 * vis * (W / ratio) * W if ratio < 1 else 0  # a kept token: a linear map of 1/ratio tokens
+    L, d = vis + n_text, Dm // H
+    per_token = Dm * (H + 2 * lm.num_key_value_heads) * d + H * d * Dm + 3 * Dm * lm.intermediate_size
+    llm = lm.num_hidden_layers * (2 * L * per_token + 2 * H * d * L * (L + 1)) + 2 * Dm * lm.vocab_size
+    return n_img * vit + compressor + 2 * vis * (W * Dm + Dm * Dm) + llm
+
+
+# ----------------------------------------------------------------------------------------------
+# ours and the peer as the same callables: vit(), prefill(), ttft(), decoder(batch) -> step()
+
+@torch.inference_mode()
+def ours(m, pv, ids, steps):
+    lm, cfg, L = m.language_model, m.config.llm, ids.shape[1]
+    embeds = lm.model.tok_embeddings(ids)  # prefill times the LLM alone; the values don't change its cost
+    pos = lambda b: torch.arange(L, device=ids.device).expand(b, L)
+    caches = lambda b, n: M.new_caches(cfg, b, n, embeds.dtype, ids.device)
+
+    def decoder(b):  # prefill b copies, then each call is one step of model.generate's loop
+        kv, tok = caches(b, L + steps + 1), torch.zeros(b, 1, dtype=torch.long, device=ids.device)
+        lm(embeds.expand(b, -1, -1), pos(b), caches=kv, last_only=True)
+        return lambda: m(None, tok, caches=kv).argmax(-1)
+    return dict(decoder=decoder, vit=lambda: m.vision_model(pv),
+                prefill=lambda: lm(embeds, pos(1), caches=caches(1, L), last_only=True).argmax(-1),
+                ttft=lambda: m(pv, ids, caches=caches(1, L), last_only=True).argmax(-1))
 
 
 @torch.inference_mode()
-def decode_step_ms(lm, cfg, context, steps, batch, device, dtype):
-    """Fill the cache with `context` tokens, then time `steps` single-token decode steps (median ms)."""
-    d = cfg.hidden_size // cfg.num_attention_heads
-    caches = [M.KVCache(batch, cfg.num_key_value_heads, context + steps, d, dtype, device) for _ in range(cfg.num_hidden_layers)]
-    ids = torch.randint(0, cfg.vocab_size, (batch, context), device=device)
-    sync(device)
-    t0 = time.perf_counter()
-    logits = lm(lm.model.tok_embeddings(ids), torch.arange(context, device=device).expand(batch, -1), caches=caches, last_only=True)
-    sync(device)
-    prefill = time.perf_counter() - t0
-    token, times = logits[:, -1].argmax(-1, keepdim=True), []
-    for i in range(steps):
-        t0 = time.perf_counter()
-        pos = torch.full((batch, 1), context + i, device=device)
-        token = lm(lm.model.tok_embeddings(token), pos, caches=caches)[:, -1].argmax(-1, keepdim=True)
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return prefill, sorted(times)[steps // 2] * 1000  # the median: robust to a busy machine
+def peer(hf, pv, ids):
+    embeds, kw = hf.get_input_embeddings()(ids), dict(use_cache=True, logits_to_keep=1)
+
+    def decoder(b):  # transformers' default DynamicCache, as its generate() uses
+        cache = hf(inputs_embeds=embeds.expand(b, -1, -1), **kw).past_key_values
+        tok = torch.zeros(b, 1, dtype=torch.long, device=ids.device)
+        return lambda: hf(input_ids=tok, past_key_values=cache, **kw).logits.argmax(-1)
+    return dict(decoder=decoder, vit=lambda: hf.model.vision_tower(pixel_values=pv),
+                prefill=lambda: hf(inputs_embeds=embeds, **kw).logits.argmax(-1),
+                ttft=lambda: hf(input_ids=ids, pixel_values=pv, **kw).logits.argmax(-1))
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--shape", choices=SHAPES, default="small")
-    p.add_argument("--contexts", type=int, nargs="+", default=[10, 100, 500, 2000])
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=3)
+@torch.inference_mode()
+def figures(impl, args, **row):
+    for name in ("vit", "prefill", "ttft"):
+        row[f"{name}_ms"], row[f"{name}_peak_gb"] = measure(impl[name], args)
+    for b in (1, 8):
+        ms, row[f"decode_b{b}_peak_gb"] = measure(impl["decoder"](b), args, args.steps)
+        row[f"decode_b{b}_tok_s"] = b * 1e3 / ms
+    return row
+
+
+# our names -> transformers' (the inverse of its convert_internvl_weights_to_hf.py). The LLM's come from
+# model.export_state_dict, which writes Llama names and unpacks wqkv when the config says Llama.
+VIT_NAMES = [("vision_model.", "model.vision_tower."), ("class_embedding", "cls_token"), (".layers.", ".layer."),
+             ("position_embedding", "position_embeddings"), ("patch_embedding", "patch_embeddings.projection"),
+             ("ls1", "lambda_1"), ("ls2", "lambda_2"), ("attn.proj", "attention.projection_layer"),
+             ("attn.", "attention."), ("norm1", "layernorm_before"), ("norm2", "layernorm_after")]
+TOP_NAMES = [("mlp1.0.", "model.multi_modal_projector.layer_norm."), ("language_model.lm_head.", "lm_head."),
+             ("mlp1.1.", "model.multi_modal_projector.linear_1."), ("language_model.model.", "model.language_model."),
+             ("mlp1.3.", "model.multi_modal_projector.linear_2.")]
+
+
+def to_transformers(model):
+    """The same weights in InternVLForConditionalGeneration with a Llama text config (InternLM2 is Llama with
+    q/k/v packed per kv head). Tensors are shared where the layouts agree; the LLM's q/k/v are copies."""
+    import transformers as T
+    from transformers import InternVLForConditionalGeneration  # ImportError before 4.52 too
+    cfg, v, lm = model.config, model.config.vision, model.config.llm
+    rope = {"rope_theta": lm.rope_theta} if int(T.__version__.split(".")[0]) < 5 else \
+        {"rope_parameters": {"rope_type": "default", "rope_theta": lm.rope_theta}}  # renamed in transformers 5
+    same = lambda c, names: {k: getattr(c, k) for k in names.split()}
+    hf = T.InternVLConfig(
+        vision_config=T.InternVLVisionConfig(attention_bias=v.qkv_bias, use_qk_norm=v.qk_normalization, **same(
+            v, "hidden_size num_hidden_layers num_attention_heads intermediate_size image_size patch_size "
+               "layer_norm_eps norm_type")),
+        text_config=T.LlamaConfig(**rope, **same(lm, "vocab_size hidden_size num_hidden_layers num_attention_heads "
+                                  "num_key_value_heads intermediate_size rms_norm_eps max_position_embeddings "
+                                  "tie_word_embeddings")),
+        image_token_id=model.img_context_token_id, downsample_ratio=cfg.downsample_ratio,
+        vision_feature_layer=cfg.select_layer, tie_word_embeddings=lm.tie_word_embeddings)
+    with torch.device("meta"):
+        hf = InternVLForConditionalGeneration(hf)
+    sd, llama = {}, replace(cfg, llm=replace(lm, architecture="LlamaForCausalLM"))
+    for key, t in M.export_state_dict(types.SimpleNamespace(config=llama, state_dict=model.state_dict)):
+        for ours_, theirs in (VIT_NAMES if key.startswith("vision_model.") else []) + TOP_NAMES:
+            key = key.replace(ours_, theirs)
+        parts = zip(("q_proj", "k_proj", "v_proj"), t.chunk(3)) if ".attention.qkv." in key else [("qkv", t)]
+        sd.update({key.replace(".qkv.", f".{name}."): part for name, part in parts})  # the ViT's qkv: [q; k; v]
+    hf.load_state_dict(sd, strict=True, assign=True)
+    rotary = hf.model.language_model.rotary_emb  # inv_freq is a buffer outside the state dict: still on meta
+    hf.model.language_model.rotary_emb = type(rotary)(hf.config.text_config).to(model.mlp1[1].weight.device)
+    return hf.eval()
+
+
+# ----------------------------------------------------------------------------------------------
+
+HEAD = f"{'tiles':>5} {'ratio':>5} {'vis.tok':>7} {'ViT ms':>8} {'prefill ms':>10} {'TTFT ms':>8} {'b1 tok/s':>9} " \
+       f"{'b8 tok/s':>9} {'peak GB':>7}"
+gb = lambda x: "-" if x is None else f"{x:.2f}"
+
+
+def line(r):
+    return (f"{r['tiles']:>5} {r['ratio']:>5.2f} {r['visual_tokens']:>7} {r['vit_ms']:>8.2f} {r['prefill_ms']:>10.2f} "
+            f"{r['ttft_ms']:>8.2f} {r['decode_b1_tok_s']:>9.1f} {r['decode_b8_tok_s']:>9.1f} "
+            f"{gb(r['ttft_peak_gb']):>7}")
+
+
+def bench_rows(model, args, ratios):
+    print(f"\nours (model.py; 0.5, 0.25: compress.make_student(model, 'conv', r))\n{HEAD}   TTFT speedup vs 1.0: "
+          f"measured / ideal (FLOPs) / %")
+    rows = []
+    for n in args.tiles:
+        for r in ratios:
+            m = model if r == 1 else C.make_student(model, "conv", r)
+            pv, ids = inputs(model.config, n, m.num_image_token, args)
+            row = figures(ours(m, pv, ids, args.steps), args, tiles=n, ratio=r, seq_len=ids.shape[1],
+                          visual_tokens=len(pv) * m.num_image_token,
+                          flops=flops(model.config, len(pv), m.num_image_token, args.text, r))
+            base = row if r == 1 else next(b for b in rows if b["tiles"] == n and b["ratio"] == 1)
+            row.update(speedup=base["ttft_ms"] / row["ttft_ms"], ideal=base["flops"] / row["flops"])
+            rows.append(row)
+            print(f"{line(row)}   x{row['speedup']:.2f} / x{row['ideal']:.2f} / "
+                  f"{100 * row['speedup'] / row['ideal']:.0f}%")
+    return rows
+
+
+def bench_distill(model, args, ratios):
+    """Optimizer steps of distill.py's loss at the most tiles: the ViT once and the teacher without grad, the
+    student forward + backward through the frozen LLM into V_c and A_s, AdamW. Batch sizes until one fails."""
+    rows, n, cuda, V = [], max(args.tiles), args.device.startswith("cuda"), model.config.llm.vocab_size
+    n_img, S = n + (n > 1), model.config.force_image_size
+    for r in ratios[1:]:
+        student = C.make_student(model, "conv", r)
+        if cuda:  # as distill.py: V_c and A_s keep fp32 weights under bf16 autocast
+            student.compressor.float(), student.mlp1.float()
+        P.set_trainable(student, "compressor,projector")
+        opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5, betas=(0.9, 0.95))
+        loss_fn = D.make_loss(model, 1.0, 0.5)
+        for b in args.distill_batches:
+            # as distill.pair_collate: one conversation with the student's and with the teacher's image tokens
+            batch = dict(pixel_values=torch.randn(b * n_img, 3, S, S, device=args.device, dtype=args.dtype),
+                         n_labels_global=b * args.answer)
+            for m, keys in ((student, ("input_ids", "attention_mask", "labels")),
+                            (model, ("teacher_ids", "teacher_mask", "teacher_labels"))):
+                ids = prompt(n_img * m.num_image_token, args.text + args.answer, V, args.device).expand(b, -1)
+                labels = torch.full_like(ids, -100)
+                labels[:, -args.answer:] = ids[:, -args.answer:]  # the answer: the last tokens
+                batch.update(zip(keys, (ids, torch.ones_like(ids), labels)))
+
+            def step():
+                with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
+                    loss, _ = loss_fn(student, batch)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            rows.append(dict(tiles=n, ratio=r, batch=b, visual_tokens=n_img * student.num_image_token))
+            try:
+                rows[-1]["step_ms"], rows[-1]["peak_gb"] = measure(step, args)
+            except torch.cuda.OutOfMemoryError:
+                rows[-1]["oom"] = True
+                break
+    return rows
+
+
+def bandwidth(model, rows, args):
+    """Bytes a decode step reads (the LLM's weights but the embedding table, of which it gathers rows, and the
+    KV cache) / step time, at ratio 1.0 and the most tiles; beside the read + write GB/s of a large copy into
+    a preallocated tensor (a clone's fresh host allocation would time page faults). Weights that fit in a
+    CPU's caches (the tiny shape) can beat the copy."""
+    lm, row = model.config.llm, max((r for r in rows if r["ratio"] == 1), key=lambda r: r["tiles"])
+    p = model.language_model.output.weight
+    weights = sum(t.numel() * t.element_size() for k, t in model.language_model.named_parameters() if "tok_" not in k)
+    kv = 2 * lm.num_hidden_layers * lm.num_key_value_heads * lm.hidden_size // lm.num_attention_heads * p.element_size()
+    x = torch.ones(2 ** (30 if args.device.startswith("cuda") else 28), dtype=torch.uint8, device=p.device)
+    y = torch.zeros_like(x)
+    out = dict(tiles=row["tiles"], context=row["seq_len"] + args.steps / 2,  # the cache's mean length while timed
+               copy_gb_s=2 * x.nbytes / measure(lambda: y.copy_(x), args)[0] / 1e6)
+    for b in (1, 8):
+        out[f"decode_b{b}_gb_s"] = (weights + b * kv * out["context"]) * row[f"decode_b{b}_tok_s"] / b / 1e9
+    return out
+
+
+def run(args):
+    """Print the tables; return every figure (what --json writes)."""
+    torch.set_num_threads(args.threads) if args.threads else None
+    cfg, ratios = SHAPES[args.shape], [1.0] + [r for r in args.ratios if r != 1]
+    model = build(cfg, args.device, args.dtype)
+    n_params, v, lm = sum(p.numel() for p in model.parameters()), cfg.vision, cfg.llm
+    print(f"{args.shape}: ViT {v.hidden_size}x{v.num_hidden_layers} at {cfg.force_image_size} px + LLM "
+          f"{lm.hidden_size}x{lm.num_hidden_layers} ({n_params / 1e6:.1f}M parameters), {args.device} "
+          f"{str(args.dtype)[6:]}, {torch.get_num_threads()} threads, {args.text} text tokens, "
+          f"{'median' if args.device.startswith('cuda') else 'fastest'} of {args.repeats} runs, {args.steps} decode "
+          f"steps")
+    res = dict(shape=args.shape, torch=torch.__version__, threads=torch.get_num_threads(),
+               args=dict(vars(args), dtype=str(args.dtype)), transformers=None, peer=[])
+    res.update(rows=bench_rows(model, args, ratios), distill=bench_distill(model, args, ratios))
+    res["bandwidth"], per_tile, hf = bandwidth(model, res["rows"], args), model.num_image_token, None
+    try:
+        hf = to_transformers(model)
+        res["transformers"] = __import__("transformers").__version__
+        with torch.inference_mode():
+            pv, ids = inputs(cfg, args.tiles[0], per_tile, args)
+            diff = hf(input_ids=ids, pixel_values=pv).logits.float() - model(pv, ids).float()
+            res["peer_logits_max_abs_diff"] = diff.abs().max().item()
+    except ImportError:
+        pass
+    del model  # the peer holds the weights it shares with ours: its peak memory is then its own
+    gc.collect()
+    print("\ntransformers peer: InternVLForConditionalGeneration, Llama text config, the same weights" + (
+        f" (transformers {res['transformers']}, {hf.config._attn_implementation} attention); logits max |diff| vs "
+        f"ours {res['peer_logits_max_abs_diff']:.1e} at {args.tiles[0]} tiles" if hf else "") + f"\n{HEAD}   "
+        f"ours / peer speed: TTFT, b1, b8")
+    for r in (r for r in res["rows"] if r["ratio"] == 1):
+        if hf is None:
+            print(f"{r['tiles']:>5} {1.0:>5.2f}   transformers: not installed (or older than 4.52)")
+            continue
+        f = figures(peer(hf, *inputs(cfg, r["tiles"], per_tile, args)), args, tiles=r["tiles"], ratio=1.0,
+                    visual_tokens=r["visual_tokens"], seq_len=r["seq_len"])
+        res["peer"].append(f)
+        print(f"{line(f)}   x{f['ttft_ms'] / r['ttft_ms']:.2f}, x{r['decode_b1_tok_s'] / f['decode_b1_tok_s']:.2f}, "
+              f"x{r['decode_b8_tok_s'] / f['decode_b8_tok_s']:.2f}")
+    print(f"\nstage-I distillation step (distill.make_loss, backward, AdamW on V_c and A_s), {args.text} text + "
+          f"{args.answer} answer tokens\n{'tiles':>5} {'ratio':>5} {'batch':>5} {'vis.tok':>7} {'step ms':>9} "
+          f"{'samples/s':>9} {'peak GB':>7}")
+    for r in res["distill"]:
+        print(f"{r['tiles']:>5} {r['ratio']:>5.2f} {r['batch']:>5} {r['visual_tokens']:>7} " + (
+            "  out of memory" if r.get("oom") else
+            f"{r['step_ms']:>9.2f} {r['batch'] * 1e3 / r['step_ms']:>9.2f} {gb(r['peak_gb']):>7}"))
+    bw = res["bandwidth"]
+    print(f"\ndecode bandwidth at ratio 1.0, {bw['tiles']} tiles, {bw['context']:.0f} tokens of context (weights + KV "
+          f"cache read per step / step time): b1 {bw['decode_b1_gb_s']:.1f} GB/s, b8 {bw['decode_b8_gb_s']:.1f} GB/s; "
+          f"device copy {bw['copy_gb_s']:.1f} GB/s (b1 at {100 * bw['decode_b1_gb_s'] / bw['copy_gb_s']:.0f}% of it)")
+    return res
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="InternVL2 teacher vs compressed students, transformers as a peer")
+    p.add_argument("--shape", choices=SHAPES, help="default: 2b on CUDA, tiny on a CPU")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32")
-    args = p.parse_args()
-    torch.manual_seed(0)
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    cfg = replace(SHAPES[args.shape], max_position_embeddings=32768)
-    lm = M.LanguageModel(cfg).to(device, dtype).eval()
-    n = sum(p.numel() for p in lm.parameters())
-    print(f"{args.shape}: {n / 1e6:.1f}M parameters, {args.device} {args.dtype}, batch {args.batch}, threads {torch.get_num_threads()}")
-    decode_step_ms(lm, cfg, args.contexts[0], args.steps, args.batch, device, dtype)  # warm-up: allocator, caches
-    # rounds interleave the contexts; the fastest round of each is its cost with the least interference
-    runs = [[decode_step_ms(lm, cfg, ctx, args.steps, args.batch, device, dtype) for ctx in args.contexts]
-            for _ in range(args.rounds)]
-    base = None
-    for i, ctx in enumerate(args.contexts):
-        prefill, ms = min(r[i][0] for r in runs), min(r[i][1] for r in runs)
-        base = base or ms
-        print(f"context {ctx:6d}: prefill {prefill * 1000:8.1f} ms ({args.batch * ctx / prefill:8.0f} tok/s)   "
-              f"decode step {ms:7.2f} ms ({args.batch * 1000 / ms:6.1f} tok/s)   x{ms / base:.2f} of the first")
+    p.add_argument("--dtype", help="default: bfloat16 on CUDA (tiny: float32), float32 on a CPU")
+    p.add_argument("--tiles", type=int, nargs="+", default=[1, 6, 12], help="tiles per image (+ the thumbnail)")
+    p.add_argument("--ratios", type=float, nargs="+", default=[1.0, 0.5, 0.25], help="share of visual tokens kept")
+    p.add_argument("--text", type=int, default=64, help="prompt text tokens around the image")
+    p.add_argument("--answer", type=int, default=16, help="labelled answer tokens of a distillation sample")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--steps", type=int, default=16, help="timed decode steps")
+    p.add_argument("--distill-batches", type=int, nargs="+", default=[1, 2, 4, 8], help="up to the first that fails")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--json", default="", help="write every figure there (atomically)")
+    args = p.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    args.shape = args.shape or ("2b" if cuda else "tiny")
+    args.dtype = getattr(torch, args.dtype or ("bfloat16" if cuda and args.shape != "tiny" else "float32"))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    res = run(args)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        E.write_json(args.json, res)  # a temporary file, then os.replace
+    return res
 
 
 if __name__ == "__main__":

@@ -297,6 +297,12 @@ class KVCache:
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
+def new_caches(cfg, batch, max_len, dtype, device):
+    """One preallocated KVCache per decoder layer of LLMConfig cfg."""
+    d = cfg.hidden_size // cfg.num_attention_heads
+    return [KVCache(batch, cfg.num_key_value_heads, max_len, d, dtype, device) for _ in range(cfg.num_hidden_layers)]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -451,10 +457,7 @@ class InternVLChat(nn.Module):
         """Greedy decoding with a KV cache for a left-padded batch. Returns the new token ids of
         each row, stopped before the first stop id."""
         B, L = input_ids.shape
-        cfg = self.config.llm
-        n_kv, d = cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads
-        dtype = self.language_model.output.weight.dtype
-        caches = [KVCache(B, n_kv, L + max_new_tokens, d, dtype, input_ids.device) for _ in range(cfg.num_hidden_layers)]
+        caches = new_caches(self.config.llm, B, L + max_new_tokens, self.language_model.output.weight.dtype, input_ids.device)
         mask = torch.ones(B, L, dtype=torch.long, device=input_ids.device) if attention_mask is None else attention_mask.long()
         stop = torch.tensor(list(stop_ids) or [-1], device=input_ids.device)
         out, done = [], torch.zeros(B, dtype=torch.bool, device=input_ids.device)

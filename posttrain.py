@@ -339,9 +339,10 @@ def load_checkpoint(path, model, opt=None):
         path += ".old"
     if not os.path.exists(os.path.join(path, "state.json")):
         raise TrainError(f"no checkpoint in {path} to resume: drop --resume to start a new run")
-    weights = load_file(os.path.join(path, "model.safetensors"))
-    params = {k: p for k, p in model.named_parameters() if p.requires_grad}
-    if {k: t.shape for k, t in weights.items()} != {k: p.shape for k, p in params.items()}:
+    weights, params = load_file(os.path.join(path, "model.safetensors")), dict(model.named_parameters())
+    trainable = {k for k, p in params.items() if p.requires_grad}
+    # every trainable weight, and nothing foreign (a checkpoint may also hold frozen ones: they are --init's)
+    if not trainable <= set(weights) or any(k not in params or params[k].shape != t.shape for k, t in weights.items()):
         raise TrainError(f"checkpoint {path} does not match the model built from --init/--model-config and "
                          f"--trainable: use the run's flags")
     with torch.no_grad():

@@ -185,9 +185,7 @@ def test_fastv_matches_masking_reference(tok, ratio):
 
 def cached_logits(model, pv, ids, mask, steps=3):
     """Prefill then greedy decode steps with a KV cache, as generate does: the logits of each step."""
-    cfg = model.config.llm
-    caches = [M.KVCache(ids.shape[0], cfg.num_key_value_heads, ids.shape[1] + steps,
-                        cfg.hidden_size // cfg.num_attention_heads, torch.float32, "cpu") for _ in range(cfg.num_hidden_layers)]
+    caches = M.new_caches(model.config.llm, ids.shape[0], ids.shape[1] + steps, torch.float32, "cpu")
     out = [model(pv, ids, mask, caches=caches, last_only=True)[:, -1]]
     for _ in range(steps - 1):
         mask = torch.cat([mask, torch.ones(mask.shape[0], 1, dtype=mask.dtype)], 1)

@@ -1,0 +1,126 @@
+"""bench.py at the tiny CPU shape: every (tiles, ratio) row, the students' visual tokens, the FLOP-ideal
+speedups, the transformers peer's logits against ours (the converter), and the run without transformers.
+
+    python -m pytest tests/test_bench.py -q
+"""
+import contextlib
+import io
+import json
+import math
+import re
+import sys
+
+import pytest
+import torch
+
+import bench as B
+
+ARGV = ["--shape", "tiny", "--device", "cpu", "--tiles", "1", "2", "--repeats", "1", "--steps", "2",
+        "--distill-batches", "1", "2", "--threads", "1"]
+
+
+def run(*argv):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        res = B.main([*ARGV, *argv])
+    return res, out.getvalue()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():  # as bench --threads 1: a tiny model gains nothing from threads on a busy machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    res, text = run("--json", str(path))
+    return res, text, path
+
+
+def test_every_tiles_and_ratio_row_is_printed(tiny):
+    res, text, _ = tiny
+    ours = text.split("transformers peer")[0]
+    for n in (1, 2):
+        for r in ("1.00", "0.50", "0.25"):
+            figures = r"\s+[\d.]+" * 5 + r"\s+-"  # ViT, prefill, TTFT, b1, b8; no peak memory on a CPU
+            assert re.search(rf"^\s+{n}\s+{r}\s+\d+{figures}\s+x[\d.]+ / x[\d.]+ / \d+%$", ours, re.M), \
+                f"no row for {n} tiles at ratio {r} in:\n{ours}"
+    assert [(r["tiles"], r["ratio"]) for r in res["rows"]] == [(n, r) for n in (1, 2) for r in (1.0, 0.5, 0.25)]
+    assert "stage-I distillation step" in text and "decode bandwidth" in text and "device copy" in text
+    assert [(r["ratio"], r["batch"]) for r in res["distill"]] == [(0.5, 1), (0.5, 2), (0.25, 1), (0.25, 2)]
+    assert all(r["step_ms"] > 0 and r["peak_gb"] is None for r in res["distill"])
+
+
+def test_students_have_half_and_a_quarter_of_the_visual_tokens(tiny):
+    rows = {(r["tiles"], r["ratio"]): r for r in tiny[0]["rows"]}
+    # 112 px: 8 x 8 patches, 4 x 4 tokens after the pixel shuffle; 2 tiles come with the thumbnail
+    assert rows[1, 1.0]["visual_tokens"] == 16 and rows[2, 1.0]["visual_tokens"] == 48
+    for n in (1, 2):
+        full = rows[n, 1.0]["visual_tokens"]
+        assert rows[n, 0.5]["visual_tokens"] * 2 == full and rows[n, 0.25]["visual_tokens"] * 4 == full
+        assert rows[n, 0.5]["seq_len"] == full // 2 + 64  # the students' prompts are shorter by the same
+
+
+def test_ideal_speedup_is_above_1_and_below_1_over_ratio(tiny):
+    for r in tiny[0]["rows"]:
+        if r["ratio"] == 1:
+            assert r["ideal"] == 1 and r["speedup"] == 1
+        else:  # the ViT's cost stays: never the full 1/ratio
+            assert 1 < r["ideal"] < 1 / r["ratio"], r
+
+
+def test_json_holds_what_was_printed(tiny):
+    res, _, path = tiny
+    saved = json.loads(path.read_text())
+    assert saved["rows"] == json.loads(json.dumps(res["rows"])) and saved["bandwidth"] == res["bandwidth"]
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_flops_match_the_parameter_count():
+    """flops() against 2 x (matmul parameters) x tokens + attention, the parameters counted on the 2B model."""
+    cfg = B.SHAPES["2b"]
+    with torch.device("meta"):
+        m = B.M.InternVLChat(cfg)
+    count = lambda mod, skip=(): sum(p.numel() for k, p in mod.named_parameters() if p.dim() > 1 and k not in skip)
+    D, V, N = cfg.llm.hidden_size, cfg.llm.vocab_size, 1025
+    vit = 2 * N * count(m.vision_model, ("embeddings.class_embedding", "embeddings.position_embedding")) \
+        + 24 * 4 * N * N * 1024
+    assert math.isclose(B.flops(cfg, 1, 0, 0, 1.0) - 2 * D * V, vit, rel_tol=2e-3)
+    L = 1000
+    llm = 2 * L * count(m.language_model.model, ("tok_embeddings.weight",)) + 24 * 2 * D * L * (L + 1) + 2 * D * V
+    assert math.isclose(B.flops(cfg, 0, 0, L, 1.0), llm, rel_tol=1e-9)
+    mlp1 = B.flops(cfg, 1, 256, 0, 1.0) - B.flops(cfg, 1, 0, 256, 1.0)  # the same sequence, with or without images
+    assert math.isclose(mlp1, 2 * 256 * count(m.mlp1), rel_tol=1e-9)
+
+
+def test_peer_logits_equal_ours(tiny):
+    pytest.importorskip("transformers")
+    res, text, _ = tiny
+    assert res["peer_logits_max_abs_diff"] < 1e-4
+    assert [r["tiles"] for r in res["peer"]] == [1, 2] and "logits max |diff| vs ours" in text
+
+
+def test_converter_shares_weights_and_a_wrong_weight_shows():
+    pytest.importorskip("transformers")
+    model = B.build(B.SHAPES["tiny"], "cpu", torch.float32, seed=1)
+    hf = B.to_transformers(model)
+    args = B.parse_args(ARGV)
+    pv, ids = B.inputs(model.config, 2, model.num_image_token, args)  # 2 tiles + the thumbnail
+    diff = lambda: (hf(input_ids=ids, pixel_values=pv).logits - model(pv, ids)).abs().max().item()
+    with torch.no_grad():
+        assert diff() < 1e-4
+        qkv = model.vision_model.encoder.layers[0].attn.qkv.weight
+        assert hf.model.vision_tower.encoder.layer[0].attention.k_proj.weight.data_ptr() == qkv[64:].data_ptr()
+        k = hf.model.language_model.layers[1].self_attn.k_proj.weight  # unpacked from wqkv: a copy
+        k.data = k.data.roll(32, 0)  # the two kv heads swapped
+        assert diff() > 1e-2
+
+
+def test_without_transformers_the_peer_says_so(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers raises ImportError
+    res, text = run("--tiles", "1", "--distill-batches", "1")
+    assert "transformers: not installed" in text and res["peer"] == [] and res["transformers"] is None
