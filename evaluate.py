@@ -319,6 +319,8 @@ def load_model(args):
     if not os.path.isdir(args.model):
         raise EvalError(f"model folder {args.model} not found; build or download one, or pass --model PATH")
     import torch, model as M, compress
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     args.dtype = args.dtype or ('bfloat16' if args.device.startswith('cuda') else 'float32')
     try:
@@ -353,8 +355,10 @@ def generate(args, task, todo, out_path):
                                     f"replace the file or remove question {it['qid']} from the annotation")
                 pixels.append(pv.to(args.device, getattr(torch, args.dtype)))
             stats = {}
-            answers = model.batch_chat(tok, pixels, [it['question'] + task.suffix for it in batch],
-                                       max_new_tokens=args.max_new_tokens or task.max_new_tokens,
+            cot = [args.cot and bool(it['extra'].get('reasoning')) for it in batch]  # reason first, then answer
+            questions = [it['question'] + ('' if c else task.suffix) for it, c in zip(batch, cot)]
+            answers = model.batch_chat(tok, pixels, questions,
+                                       max_new_tokens=max_new_tokens(args, task, any(cot)),
                                        min_new_tokens=1, stats=stats)  # min_new_tokens=1 as InternVL's eval
             for it, a in zip(batch, answers):  # each item's share of the batch stats: resume re-sums
                 rec = dict(qid=it['qid'], answer=a, **{k: stats.get(k, 0) / len(batch) for k in STATS})
@@ -362,6 +366,12 @@ def generate(args, task, todo, out_path):
             f.flush()
     if args.device.startswith('cuda'):
         return torch.cuda.max_memory_allocated() / 2**20, 'cuda max_memory_allocated'
+
+COT_MIN_TOKENS = 256  # a rationale before the answer needs room
+
+def max_new_tokens(args, task, cot=False):
+    n = args.max_new_tokens or task.max_new_tokens
+    return max(n, COT_MIN_TOKENS) if cot and not args.max_new_tokens else n
 
 def write_json(path, obj):
     with open(path + '.tmp', 'w', encoding='utf-8') as f:
@@ -384,18 +394,23 @@ def run(args):
     if len({str(it['qid']) for it in items}) < len(items):
         raise EvalError(f"{ann}: question ids are not unique; resuming needs unique ids")
     tag = f"_{args.method}{args.ratio:g}" if args.method != 'none' else ''
-    out = args.out or os.path.join('results', os.path.basename(os.path.normpath(args.model)), f'{args.task}{tag}.jsonl')
+    model_name = os.path.basename(os.path.normpath(args.model))
+    out = args.out or os.path.join('results', model_name, f'{args.task}{tag}.jsonl')
     todo = [it for it in items if str(it['qid']) not in load_done(out)]
     t0 = time.time()
     mem = generate(args, task, todo, out) if todo else None
-    if mem is None:  # CPU (or nothing generated): ru_maxrss is KiB on Linux
+    old = os.path.splitext(out)[0] + '.json'
+    if mem is None and not todo and os.path.exists(old):  # nothing ran here: the run that generated measured it
+        prev = json.load(open(old, encoding='utf-8'))
+        mem = prev.get('peak_memory_mb', 0.0), prev.get('peak_memory_kind', 'unknown')
+    if mem is None:  # CPU: ru_maxrss is KiB on Linux
         mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'cpu peak RSS'
     done = load_done(out)
     recs = [done[str(it['qid'])] for it in items]
     tot = {k: sum(r.get(k, 0) for r in recs) for k in STATS}
     res = dict(task=args.task, metric=task.metric, model=args.model, data=ann, method=args.method,
                ratio=args.ratio, max_num=args.max_num or task.max_num, device=args.device, dtype=args.dtype,
-               max_new_tokens=args.max_new_tokens or task.max_new_tokens, n=len(items), new_predictions=len(todo),
+               max_new_tokens=max_new_tokens(args, task), cot=args.cot, n=len(items), new_predictions=len(todo),
                predictions=out, wall_s=round(time.time() - t0, 2),
                visual_tokens_per_image=round(tot['visual_tokens'] / len(recs), 1),
                prefill_ms_per_image=round(1000 * tot['prefill_s'] / len(recs), 2),
@@ -441,6 +456,10 @@ def parse_args(argv=None):
                    help='training-free compression (compress.py); a distilled student needs none')
     p.add_argument('--ratio', type=float, default=1.0, help='share of visual tokens kept by --method')
     p.add_argument('--fastv-layer', type=int, default=2, help='FastV prunes before this decoder layer (K)')
+    p.add_argument('--cot', action='store_true', help='ask the reasoning questions without the short-answer suffix, '
+                   'so a model trained on chains of thought reasons first (max_new_tokens >= 256); the final answer '
+                   'is scored either way')
+    p.add_argument('--threads', type=int, help='CPU threads (default: all)')
     return p.parse_args(argv)
 
 def main(argv=None):

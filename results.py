@@ -1,0 +1,305 @@
+"""
+The FCoT-VL results table. For each ratio: stage I (distill.py), two stage-II chain-of-thought runs
+from the stage-I student (posttrain.py; other seeds, other CoT shares), their average (merge.py), then
+every row on every task (evaluate.py): teacher, pool, FastV, stage I, stage I+II (the better run),
+stage I+II+merge.
+
+    python results.py                          # embedded teacher, ratios 0.5 0.25, all five tasks (2-core CPU: ~2 h)
+    python results.py --quick --threads 1      # smoke run: 4 steps, 4 tiles, 4 questions per task
+    python results.py --table-only             # table, JSON and plot again from OUT/eval/, no training
+    python results.py --teacher /models/InternVL2-2B --device cuda --micro-batch 2 --distill-steps 2000 --distill-lr 1e-4 \
+        --stage2-steps 2000 --distill-args "--data pairs.jsonl --image-root /data" \
+        --stage2-args "--data cot.jsonl --image-root /data --grad-checkpointing"
+    python -m pytest tests/test_results.py -q
+
+Under --out (runs/results): r<ratio>/{stage1,stage2-a,stage2-b,merged}/, eval/<row>/<task>.jsonl and .json,
+results.md, results.json, score_vs_tokens.png. A training step whose folder holds a finished model
+(config.json + model*.safetensors) is skipped, one with only checkpoint/ gets --resume, an evaluation
+whose flags and weights have not changed is skipped: after a kill, the same command continues. Delete
+a folder to redo its step. Columns: visual tokens per image; prefill time (mean of per-task ratios) and
+peak memory (each row's evaluations run in one process) relative to the teacher; each task's score in
+its unit (OCRBench: hits); avg, the mean over tasks with OCRBench as percent; reasoning, the mean over
+tasks of the reasoning questions' score.
+"""
+import argparse, glob, inspect, json, math, os, re, shlex, shutil, subprocess, sys, time
+from dataclasses import asdict, dataclass, fields
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TASKS = ("docvqa", "chartqa", "infovqa", "textvqa", "ocrbench")
+PLOT_SIZE = (900, 520)
+
+
+@dataclass
+class Config:
+    teacher: str = os.path.join(HERE, "checkpoints", "tiny")  # the uncompressed model's folder
+    out: str = "runs/results"  # everything goes here
+    ratios: tuple = (0.5, 0.25)  # shares of visual tokens kept
+    tasks: tuple = TASKS  # evaluation tasks
+    compressor: str = "conv"  # V_c: conv | dwconv | pool
+    distill_steps: int = 300  # stage I steps
+    distill_lr: float = 1e-3  # stage I lr (V_c and A_s)
+    stage2_steps: int = 300  # steps of each stage-II run
+    stage2_lr: float = 2e-4  # stage II lr of V_c and A_s
+    stage2_lr_llm: float = 5e-5  # stage II lr of the LLM
+    micro_batch: int = 8  # conversations per training step
+    warmup: int = 20  # warmup steps of each run
+    max_num: int = 0  # tiles in training and evaluation (0: the model's / the task protocol's)
+    distill_args: str = ""  # more distill.py flags, e.g. "--data pairs.jsonl --grad-checkpointing"
+    stage2_args: str = ""  # more posttrain.py flags for both stage-II runs
+    fastv_layer: int = 2  # K of the FastV baseline
+    limit: int = 0  # first N questions per task (0: all)
+    max_new_tokens: int = 0  # answer length in evaluation (0: the task protocol's)
+    batch_size: int = 8  # evaluation batch size
+    threads: int = 0  # CPU threads per process (0: each script's default)
+    device: str = ""  # cpu | cuda ('': cuda if available)
+    quick: bool = False  # smoke preset (flags left at their default): 4 steps, micro-batch 2, 4 tiles, --limit 4
+    table_only: bool = False  # only rebuild table, JSON and plot from OUT/eval/
+
+
+QUICK = dict(distill_steps=4, stage2_steps=4, micro_batch=2, warmup=1, max_num=4, limit=4)
+# the two stage-II runs: samples apart from stage I's (seed offset 5e8) and from each other's
+STAGE2 = {"a": dict(seed=1, seed_offset=600_000_000, cot_frac=0.5), "b": dict(seed=2, seed_offset=700_000_000, cot_frac=0.8)}
+EVAL_ROW = "import json, sys, evaluate as E\nsys.exit(next((rc for a in json.loads(sys.argv[1]) if (rc := E.main(a))), 0))"
+FAMILIES = {"teacher": (0, 0, 0), "pool": (31, 119, 180), "FastV": (255, 127, 14), "stage I": (44, 160, 44),
+            "stage I+II": (214, 39, 40), "stage I+II+merge": (148, 103, 189)}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
+    notes = dict(re.findall(r"^    (\w+): .*?  # (.+)$", inspect.getsource(Config), re.M))
+    for f in fields(Config):
+        kw = dict(action="store_true") if f.type is bool else dict(type=type(f.default), default=f.default) \
+            if f.type is not tuple else dict(nargs="+", type=type(f.default[0]), default=f.default)
+        p.add_argument("--" + f.name.replace("_", "-"), help=notes[f.name].replace("%", "%%"), **kw)
+    cfg = Config(**vars(p.parse_args(argv)))
+    for k, v in QUICK.items() if cfg.quick else ():
+        setattr(cfg, k, v if getattr(cfg, k) == getattr(Config, k) else getattr(cfg, k))
+    if set(cfg.tasks) - set(TASKS):
+        p.error(f"--tasks: choose from {' '.join(TASKS)}")
+    cfg.out, cfg.teacher = os.path.abspath(cfg.out), os.path.abspath(cfg.teacher)
+    return cfg
+
+
+def fail(msg):
+    print(f"results.py: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def finished(folder):
+    return os.path.isfile(os.path.join(folder, "config.json")) and bool(glob.glob(os.path.join(folder, "model*.safetensors")))
+
+
+def load(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_atomic(path, text):
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def step(what, argv=None, fn=None, threads=0):
+    """A python subprocess (argv) or fn() in a forked child, output streamed; a failure stops all with one
+    line. The parent only imports torch, never computes: a child's peak memory (evaluate.py's) is its own."""
+    print(f"\n== {what}" + (f": {shlex.join(argv)}" if argv else ""), flush=True)
+    if argv:
+        env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+        rc = subprocess.run([sys.executable, *argv], cwd=HERE, env=env).returncode
+    elif (pid := os.fork()) == 0:
+        rc = 1
+        try:
+            import torch
+            torch.set_num_threads(threads or torch.get_num_threads())
+            rc = fn() or 0
+        except Exception as e:
+            print(f"{what}: {type(e).__name__}: {e}", file=sys.stderr)
+        finally:
+            sys.stdout.flush(), sys.stderr.flush(), os._exit(rc)
+    else:
+        rc = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if rc:
+        fail(f"{what} failed (exit {rc}); fix it and rerun the same command to continue")
+
+
+def train(cfg, what, script, out, argv):
+    if finished(out):
+        return print(f"== {what}: done in {out}, skipped")
+    argv += ["--out", out, "--micro-batch", str(cfg.micro_batch), "--warmup", str(cfg.warmup), "--max-num",
+             str(cfg.max_num), "--threads", str(cfg.threads)] + (["--device", cfg.device] if cfg.device else [])
+    step(what, [script, *argv, *(["--resume"] if os.path.isdir(os.path.join(out, "checkpoint")) else [])], threads=cfg.threads)
+
+
+def run_pipeline(cfg):
+    for r in cfg.ratios:
+        d = os.path.join(cfg.out, f"r{r:g}")
+        train(cfg, f"stage I {r:g}", "distill.py", os.path.join(d, "stage1"),
+              ["--teacher", cfg.teacher, "--ratio", str(r), "--compressor", cfg.compressor, "--eval-task", "", "--steps",
+               str(cfg.distill_steps), "--lr", str(cfg.distill_lr), "--fastv-layer", str(cfg.fastv_layer), *shlex.split(cfg.distill_args)])
+        for k, s in STAGE2.items():
+            train(cfg, f"stage II-{k} {r:g}", "posttrain.py", os.path.join(d, f"stage2-{k}"),
+                  ["--init", os.path.join(d, "stage1"), "--trainable", "compressor,projector,llm", "--p-transcribe", "0.2",
+                   "--p-qa", "0.4", "--p-reason", "0.4", "--cot-frac", str(s["cot_frac"]), "--seed", str(s["seed"]),
+                   "--seed-offset", str(s["seed_offset"]), "--steps", str(cfg.stage2_steps), "--lr", str(cfg.stage2_lr),
+                   "--lr-llm", str(cfg.stage2_lr_llm), *shlex.split(cfg.stage2_args)])
+        merged = os.path.join(d, "merged")
+        if not finished(merged):  # written to merged.tmp, then renamed: a folder named merged is complete
+            import merge
+            shutil.rmtree(merged + ".tmp", ignore_errors=True)
+            step(f"merge {r:g}: stage2-a + stage2-b -> {merged}",
+                 fn=lambda: merge.merge([os.path.join(d, "stage2-a"), os.path.join(d, "stage2-b")], merged + ".tmp"))
+            shutil.rmtree(merged, ignore_errors=True)
+            os.replace(merged + ".tmp", merged)
+
+
+def rows(cfg):
+    """(key, family, ratio, model folder, method) of every evaluated row."""
+    out = [("teacher", "teacher", 1.0, cfg.teacher, "none")]
+    for r in cfg.ratios:
+        d = os.path.join(cfg.out, f"r{r:g}")
+        out += [(f"pool-r{r:g}", "pool", r, cfg.teacher, "pool"), (f"fastv-r{r:g}", "FastV", r, cfg.teacher, "fastv"),
+                (f"stage1-r{r:g}", "stage I", r, os.path.join(d, "stage1"), "none"),
+                *[(f"stage2-{k}-r{r:g}", "stage I+II", r, os.path.join(d, f"stage2-{k}"), "none") for k in STAGE2],
+                (f"merged-r{r:g}", "stage I+II+merge", r, os.path.join(d, "merged"), "none")]
+    return out
+
+
+def evaluate_rows(cfg):
+    """A row's tasks in one forked child. A task is skipped when its .json exists and its flags and weights
+    (name, size, mtime) are those in .inputs.json; other weights drop the old predictions, other flags resume them."""
+    for key, family, r, folder, method in rows(cfg):
+        todo, edir = [], os.path.join(cfg.out, "eval", key)
+        stamp = sorted((os.path.basename(f), os.path.getsize(f), os.path.getmtime(f))
+                       for f in glob.glob(os.path.join(folder, "model*.safetensors")))
+        for task in cfg.tasks:
+            argv = ["--task", task, "--model", folder, "--method", method, "--ratio", str(r), "--fastv-layer",
+                    str(cfg.fastv_layer), "--batch-size", str(cfg.batch_size), "--out", os.path.join(edir, task + ".jsonl")]
+            argv += ["--cot"] if family.startswith("stage I+II") else []  # stage II reasons before it answers
+            for flag in ("limit", "max_num", "max_new_tokens", "device"):
+                argv += ["--" + flag.replace("_", "-"), str(getattr(cfg, flag))] if getattr(cfg, flag) else []
+            side, want = os.path.join(edir, task + ".inputs.json"), json.loads(json.dumps(dict(argv=argv, weights=stamp)))
+            old = load(side) if os.path.isfile(side) else None
+            if old == want and os.path.isfile(os.path.join(edir, task + ".json")):
+                continue
+            for ext in (".jsonl", ".json") if old and old["weights"] != want["weights"] else (".json",):
+                if os.path.exists(os.path.join(edir, task + ext)):
+                    os.remove(os.path.join(edir, task + ext))
+            os.makedirs(edir, exist_ok=True)
+            write_atomic(side, json.dumps(want))
+            todo.append(argv)
+        if todo:
+            import torch, model, compress, evaluate  # once, in the parent: only imports happen before the forks
+            if (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu":
+                step(f"evaluate {key}", fn=lambda: next((rc for a in todo if (rc := evaluate.main(a))), 0), threads=cfg.threads)
+            else:  # CUDA does not survive a fork: a new process per row
+                step(f"evaluate {key}", ["-c", EVAL_ROW, json.dumps(todo)], threads=cfg.threads)
+
+
+def summarise(cfg):
+    """-> ({key: row}, the table's row keys, {ratio: the better stage-II run's key})."""
+    res, mean = {}, lambda xs: sum(xs) / len(xs) if xs else None
+    for key, fam, r, folder, method in rows(cfg):
+        ev = {t: load(p) for t in cfg.tasks if os.path.isfile(p := os.path.join(cfg.out, "eval", key, t + ".json"))}
+        res[key] = dict(key=key, family=fam, ratio=r, model=folder, method=method, eval=ev, complete=len(ev) == len(cfg.tasks),
+                        scores={t: e["score"] for t, e in ev.items()},
+                        average=mean([e["score"] * (100 / e["n"] if e["metric"] == "ocrbench" else 1) for e in ev.values()]),
+                        reasoning=mean([e["reasoning"]["score"] for e in ev.values() if e.get("reasoning")]),
+                        visual_tokens=mean([e["visual_tokens_per_image"] for e in ev.values()]))
+        if method == "fastv" and ev:  # the LLM's input keeps every token; layers >= K see `ratio` of them
+            res[key]["visual_tokens_after_k"] = res[key]["visual_tokens"] * r
+    t, peak = res["teacher"]["eval"], lambda ev: max(e["peak_memory_mb"] for e in ev.values())
+    for x in res.values():
+        x["prefill_vs_teacher"] = mean([e["prefill_ms_per_image"] / t[k]["prefill_ms_per_image"]
+                                        for k, e in x["eval"].items() if k in t and t[k]["prefill_ms_per_image"]])
+        x["memory_vs_teacher"] = peak(x["eval"]) / peak(t) if x["eval"] and t else None
+    best = {r: max([f"stage2-{k}-r{r:g}" for k in STAGE2], key=lambda k: -1 if res[k]["average"] is None else res[k]["average"])
+            for r in cfg.ratios}  # the better stage-II run on the average stands for "stage I+II"
+    return res, ["teacher"] + [k for r in cfg.ratios for k in (f"pool-r{r:g}", f"fastv-r{r:g}", f"stage1-r{r:g}", best[r],
+                                                                f"merged-r{r:g}")], best
+
+
+def fmt(x, f="{:.1f}"):
+    return "-" if x is None else f.format(x)
+
+
+def markdown(cfg, res, table, best):
+    head = ["row", "ratio", "visual tokens / image", "prefill vs teacher", "peak memory vs teacher", *cfg.tasks, "avg", "reasoning"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for x in map(res.get, table):
+        name = x["family"] + (f" ({x['key'][7]})" if x["family"] == "stage I+II" else f" (K={cfg.fastv_layer})"
+                              if x["family"] == "FastV" else "")
+        tok = fmt(x["visual_tokens"], "{:.0f}") + (f" -> {x['visual_tokens_after_k']:.0f} after layer {cfg.fastv_layer}"
+                                                  if "visual_tokens_after_k" in x else "")
+        lines.append("| " + " | ".join([name, f"{x['ratio']:g}", tok, fmt(x["prefill_vs_teacher"], "{:.2f}x"),
+                                        fmt(x["memory_vs_teacher"], "{:.2f}x"), *[fmt(x["scores"].get(t)) for t in cfg.tasks],
+                                        fmt(x["average"]), fmt(x["reasoning"])]) + " |")
+    lines.append("")
+    for r in cfg.ratios:
+        s1, s2, mg = res[f"stage1-r{r:g}"], res[best[r]], res[f"merged-r{r:g}"]
+        d = lambda a, b, k: fmt(None if a[k] is None or b[k] is None else a[k] - b[k], "{:+.1f}")
+        lines.append(f"- ratio {r:g}: stage I+II ({best[r].split('-')[1]}) vs stage I: avg {d(s2, s1, 'average')}, reasoning "
+                     f"{d(s2, s1, 'reasoning')}; merge vs the better stage-II run: avg {d(mg, s2, 'average')}, reasoning "
+                     f"{d(mg, s2, 'reasoning')}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(cfg, res, table, path):
+    """Average score against visual tokens per image (FastV: after layer K), a colour per family; PIL only."""
+    from PIL import Image, ImageDraw, ImageFont
+    (W, H), font = PLOT_SIZE, ImageFont.load_default()
+    L, R, T, B = 80, W - 230, 40, H - 70
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    pts = {f: sorted((res[k].get("visual_tokens_after_k", res[k]["visual_tokens"]), res[k]["average"]) for k in table
+                     if res[k]["family"] == f and res[k]["average"] is not None) for f in FAMILIES}
+
+    def axis(hi):  # a round upper bound and its ticks, steps of 1, 2 or 5 x 10^k
+        mag = 10 ** math.floor(math.log10(max(hi, 1.0) / 5))
+        s = next(s * mag for s in (1, 2, 5, 10) if max(hi, 1.0) / (s * mag) <= 6)
+        return s * math.ceil(max(hi, 1.0) / s), [i * s for i in range(math.ceil(max(hi, 1.0) / s) + 1)]
+    (xmax, xt), (ymax, yt) = (axis(max((v[i] for p in pts.values() for v in p), default=1)) for i in (0, 1))
+    sx, sy = (lambda x: L + (R - L) * x / xmax), (lambda y: B - (B - T) * y / ymax)
+    d.line([(L, T), (L, B), (R, B)], fill="black")
+    for x in xt:
+        d.line([(sx(x), B), (sx(x), B + 5)], fill="black")
+        d.text((sx(x), B + 8), f"{x:g}", fill="black", font=font, anchor="ma")
+    for y in yt:
+        d.line([(L - 5, sy(y)), (L if y == 0 else R, sy(y))], fill="black" if y == 0 else (225, 225, 225))
+        d.text((L - 8, sy(y)), f"{y:g}", fill="black", font=font, anchor="rm")
+    d.text(((L + R) / 2, H - 30), "visual tokens per image (FastV: after layer K)", fill="black", font=font, anchor="ma")
+    d.text(((L + R) / 2, 12), f"average score vs visual tokens ({', '.join(cfg.tasks)})", fill="black", font=font, anchor="ma")
+    label = Image.new("RGB", (240, 14), "white")
+    ImageDraw.Draw(label).text((120, 7), "average score over tasks", fill="black", font=font, anchor="mm")
+    img.paste(label.rotate(90, expand=True), (12, (T + B) // 2 - 120))
+    for i, (f, colour) in enumerate(FAMILIES.items()):
+        p = [(sx(x), sy(y)) for x, y in pts[f]]
+        d.line(p, fill=colour, width=2) if len(p) > 1 else None
+        for x, y in p:
+            d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
+        d.rectangle([R + 20, T + 20 * i, R + 34, T + 20 * i + 12], fill=colour)
+        d.text((R + 42, T + 20 * i + 6), f, fill="black", font=font, anchor="lm")
+    img.save(path + ".tmp", format="PNG")
+    os.replace(path + ".tmp", path)
+
+
+def main(argv=None):
+    cfg, t0 = parse_args(argv), time.time()
+    if not cfg.table_only:
+        if not finished(cfg.teacher):
+            fail(f"--teacher {cfg.teacher} holds no model (config.json + model*.safetensors)")
+        run_pipeline(cfg)
+        evaluate_rows(cfg)
+    if not os.path.isdir(os.path.join(cfg.out, "eval", "teacher")):
+        fail(f"no teacher evaluation in {cfg.out}/eval: run without --table-only first")
+    res, table, best = summarise(cfg)
+    md = markdown(cfg, res, table, best)
+    write_atomic(os.path.join(cfg.out, "results.md"), md)
+    write_atomic(os.path.join(cfg.out, "results.json"), json.dumps(dict(
+        config=asdict(cfg), table=table, stage2_best={f"{r:g}": k for r, k in best.items()}, rows=res), indent=1))
+    plot(cfg, res, table, os.path.join(cfg.out, "score_vs_tokens.png"))
+    print("\n" + md + f"\n-> {cfg.out}/results.md, results.json, score_vs_tokens.png ({time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

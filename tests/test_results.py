@@ -1,0 +1,168 @@
+"""results.py: the whole pipeline (stage I, two stage-II runs, merge, every row on two tasks) on a random
+tiny teacher with 2-step runs; every row and task in the JSON, token counts r x the teacher's, the merge
+is the average, the plot opens, a rerun is a no-op, --table-only, resume of a cut run, one-line errors.
+
+    OMP_NUM_THREADS=1 python -m pytest tests/test_results.py -q      (CPU, about a minute)
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import model as M
+import results as R
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOK = os.path.join(ROOT, "data", "tokenizer")
+RATIOS, TASKS = (0.5, 0.25), ("docvqa", "ocrbench")
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """A random tiny InternVL2 (56 px tiles, 2x2 tokens each, 2 decoder layers) in the released layout, bf16."""
+    tok = M.load_tokenizer(TOK)
+    torch.manual_seed(0)
+    model = M.InternVLChat(M.tiny_config(tok.vocab_size, 56))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 1.5 / p.shape[-1] ** 0.5)
+    path = str(tmp_path_factory.mktemp("teacher"))
+    M.save_model(model.to(torch.bfloat16), path, tokenizer_dir=TOK)
+    return path
+
+
+def args(teacher_dir, out, *extra):
+    return ["--teacher", teacher_dir, "--out", out, "--ratios", *map(str, RATIOS), "--tasks", *TASKS,
+            "--distill-steps", "2", "--stage2-steps", "2", "--micro-batch", "1", "--warmup", "1", "--max-num", "2",
+            "--limit", "2", "--max-new-tokens", "4", "--batch-size", "2", "--threads", "1", "--fastv-layer", "1", "--device", "cpu", *extra]
+
+
+def run(*argv):
+    t = time.time()
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "results.py"), *argv], capture_output=True, text=True,
+                       cwd=ROOT, timeout=900, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return p, time.time() - t
+
+
+@pytest.fixture(scope="module")
+def first(teacher_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("results"))
+    p, dt = run(*args(teacher_dir, out))
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return out, p, dt
+
+
+def snapshot(out):
+    """path -> mtime of every file the pipeline made, but the outputs rebuilt on each run."""
+    return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs
+            if f not in ("results.md", "results.json", "score_vs_tokens.png")}
+
+
+def test_every_row_and_task(first):
+    out, p, _ = first
+    res = json.load(open(os.path.join(out, "results.json")))
+    keys = ["teacher"] + [f"{k}-r{r:g}" for r in RATIOS for k in ("pool", "fastv", "stage1", "stage2-a", "stage2-b", "merged")]
+    assert sorted(res["rows"]) == sorted(keys)
+    for k in keys:
+        row = res["rows"][k]
+        assert row["complete"] and sorted(row["scores"]) == sorted(TASKS), k
+        assert all(isinstance(s, (int, float)) for s in row["scores"].values())
+        assert row["reasoning"] is not None and row["average"] is not None
+        assert row["prefill_vs_teacher"] > 0 and row["memory_vs_teacher"] > 0
+        assert all(row["eval"][t]["n"] == 2 for t in TASKS)  # --limit reached evaluate.py
+    assert res["rows"]["teacher"]["prefill_vs_teacher"] == res["rows"]["teacher"]["memory_vs_teacher"] == 1.0
+    for r in RATIOS:  # the table shows the better stage-II run, the JSON keeps both
+        best = res["stage2_best"][f"{r:g}"]
+        other = res["rows"][best.replace("-a-", "-x-").replace("-b-", "-a-").replace("-x-", "-b-")]
+        assert res["rows"][best]["average"] >= other["average"]
+        assert res["table"].count(best) == 1 and other["key"] not in res["table"]
+    md = open(os.path.join(out, "results.md")).read()
+    assert len([ln for ln in md.splitlines() if ln.startswith("| ")]) == 1 + 1 + 5 * len(RATIOS)
+    for col in (*TASKS, "avg", "reasoning", "visual tokens / image", "prefill vs teacher", "peak memory vs teacher"):
+        assert col in md.splitlines()[0]
+    assert md.count("| stage I+II (") == len(RATIOS) and md.count("vs stage I: avg") == len(RATIOS)
+    assert md.splitlines()[0] in p.stdout  # the table is printed
+
+
+def test_visual_tokens_are_ratio_times_teacher(first):
+    out, _, _ = first
+    rows = json.load(open(os.path.join(out, "results.json")))["rows"]
+    for t in TASKS:
+        full = rows["teacher"]["eval"][t]["visual_tokens_per_image"]
+        assert 4 <= full <= 3 * 4  # per image: 1 tile, or 2 tiles + a thumbnail; 2x2 tokens each
+        for r in RATIOS:
+            for k in ("pool", "stage1", "stage2-a", "stage2-b", "merged"):
+                assert rows[f"{k}-r{r:g}"]["eval"][t]["visual_tokens_per_image"] == pytest.approx(r * full), (k, r)
+            assert rows[f"fastv-r{r:g}"]["eval"][t]["visual_tokens_per_image"] == full  # FastV prunes inside the LLM
+    for r in RATIOS:
+        assert rows[f"fastv-r{r:g}"]["visual_tokens_after_k"] == pytest.approx(r * rows["teacher"]["visual_tokens"])
+        assert rows[f"stage1-r{r:g}"]["visual_tokens"] == pytest.approx(r * rows["teacher"]["visual_tokens"])
+
+
+def test_merged_is_the_average_of_the_stage2_runs(first):
+    out, _, _ = first
+    for r in RATIOS:
+        d = os.path.join(out, f"r{r:g}")
+        a, b, m = (load_file(os.path.join(d, x, "model.safetensors")) for x in ("stage2-a", "stage2-b", "merged"))
+        assert sorted(a) == sorted(b) == sorted(m) and any("compressor" in k for k in m)
+        assert any(not torch.equal(a[k], b[k]) for k in a)  # two different runs, or the test proves nothing
+        for k in m:
+            want = ((a[k].float() + b[k].float()) / 2).to(a[k].dtype)
+            torch.testing.assert_close(m[k], want, rtol=0, atol=1e-6, msg=k)
+        assert json.load(open(os.path.join(d, "merged", "config.json")))["compressor"]["ratio"] == r
+
+
+def test_plot(first):
+    out, _, _ = first
+    img = Image.open(os.path.join(out, "score_vs_tokens.png"))
+    assert img.format == "PNG" and img.size == R.PLOT_SIZE
+    colours = {c for _, c in img.convert("RGB").getcolors(1 << 20)}
+    assert all(c in colours for c in R.FAMILIES.values())
+
+
+def test_rerun_is_a_noop(first, teacher_dir):
+    out, p1, dt1 = first
+    before, md = snapshot(out), open(os.path.join(out, "results.md")).read()
+    p, dt = run(*args(teacher_dir, out))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert snapshot(out) == before  # no training, merge or evaluation touched a file
+    assert "== evaluate" not in p.stdout and p.stdout.count("skipped") == 3 * len(RATIOS)
+    assert open(os.path.join(out, "results.md")).read() == md
+    assert dt < dt1 / 3, (dt, dt1)
+
+
+def test_table_only(first, teacher_dir):
+    out, _, _ = first
+    md = open(os.path.join(out, "results.md")).read()
+    for f in ("results.md", "results.json", "score_vs_tokens.png"):
+        os.remove(os.path.join(out, f))
+    p, _ = run("--table-only", "--out", out, "--ratios", *map(str, RATIOS), "--tasks", *TASKS, "--fastv-layer", "1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert open(os.path.join(out, "results.md")).read() == md
+    assert Image.open(os.path.join(out, "score_vs_tokens.png")).size == R.PLOT_SIZE
+
+
+def test_cut_run_resumes(first, teacher_dir):
+    """A stage-II run killed after its checkpoint, before its final save: --resume, then that row is re-evaluated."""
+    out, _, _ = first
+    folder = os.path.join(out, "r0.5", "stage2-b")
+    scores = json.load(open(os.path.join(out, "results.json")))["rows"]["stage2-b-r0.5"]["scores"]
+    os.remove(os.path.join(folder, "config.json"))
+    p, _ = run(*args(teacher_dir, out))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "stage2-b --micro-batch" in p.stdout and "--resume" in p.stdout
+    assert p.stdout.count("== evaluate") == 1 and "== evaluate stage2-b-r0.5" in p.stdout
+    assert json.load(open(os.path.join(out, "results.json")))["rows"]["stage2-b-r0.5"]["scores"] == scores
+
+
+def test_failing_step_is_one_line(teacher_dir, tmp_path):
+    p, _ = run(*args(teacher_dir, str(tmp_path / "bad"), "--distill-args=--no-such-flag"))
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1].startswith("results.py: error: stage I 0.5 failed (exit 2)")
