@@ -115,6 +115,18 @@ def test_projector_only_leaves_vit_and_llm_bitwise(tmp_path):
         assert torch.equal(v, before[k]) != k.startswith("mlp1."), k
     with pytest.raises(P.TrainError, match="selects no parameter"):
         P.set_trainable(model, "compressor")
+    # the checkpoint holds the projector alone, and a resume takes it (or one that also holds frozen weights)
+    ckpt = tmp_path / "checkpoint" / "model.safetensors"
+    assert set(load_file(ckpt)) == {k for k in before if k.startswith("mlp1.")}
+    fresh, _, _ = P.build_model(cfg, torch.device("cpu"))
+    P.set_trainable(fresh, "projector")
+    P.load_checkpoint(str(tmp_path / "checkpoint"), fresh)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in fresh.state_dict().items())
+    P.save_file({k: p.detach().contiguous() for k, p in model.named_parameters()}, str(ckpt))  # all of them
+    P.load_checkpoint(str(tmp_path / "checkpoint"), fresh)
+    P.save_file({"mlp1.9.weight": torch.zeros(1)}, str(ckpt))
+    with pytest.raises(P.TrainError, match="does not match"):
+        P.load_checkpoint(str(tmp_path / "checkpoint"), fresh)
 
 
 def test_grad_checkpointing_gives_the_same_gradients():
