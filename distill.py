@@ -23,7 +23,6 @@ whose config.json records the compressor, which evaluate.py and model.load_model
 compress.build) load as it is. OUT/results.md holds the comparison table.
 """
 import argparse
-import json
 import os
 import sys
 from dataclasses import asdict, dataclass, fields

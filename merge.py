@@ -160,9 +160,10 @@ def merge(inputs: list[str], out: str, weights: list[float] | None = None):
         os.makedirs(out, exist_ok=True)
         for name, f in handles.items():  # only this output shard is held in memory
             shard = {key: average([hs[wh[key]] for _, _, hs, wh in ckpts], key, weights) for key in f.keys()}
-            write_atomic(os.path.join(out, name), lambda tmp: save_file(shard, tmp, metadata={"format": "pt"}))
+            write_atomic(os.path.join(out, name),
+                         lambda tmp, shard=shard: save_file(shard, tmp, metadata={"format": "pt"}))
             print(f"wrote {os.path.join(out, name)} ({len(shard)} tensors)")
-            del shard  # before the next one is built, or two shards would be alive at once
+            shard = None  # before the next one is built, or two shards would be alive at once
     files = {"config.json": config} | ({INDEX: index} if index is not None else {})
     for name, obj in files.items():  # the index of the first input fits: same keys, shapes and dtypes
         write_atomic(os.path.join(out, name), lambda tmp: write_json(tmp, obj))

@@ -16,7 +16,7 @@ Only Pillow's built-in scalable font is used unless Config.truetype=True (then f
 /usr/share/fonts are mixed in; never for the shipped eval sets, which must not depend on the machine).
 """
 import argparse, glob, json, random, sys, time
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont

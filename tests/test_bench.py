@@ -26,14 +26,6 @@ def run(*argv):
     return res, out.getvalue()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():  # as bench --threads 1: a tiny model gains nothing from threads on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "bench.json"

@@ -19,14 +19,6 @@ TOK = os.path.join(ROOT, "data", "tokenizer")
 SHARD_BYTES = 300_000  # the tiny fp32 model is ~1.5 MB: several shards
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make(path, seed, dtype=torch.float32, max_shard_bytes=2**40):
     torch.manual_seed(seed)
     model = M.InternVLChat(M.tiny_config())

@@ -18,14 +18,6 @@ from data import synth  # noqa: E402
 TINY = ["--init", "tiny", "--image-size", "56", "--max-num", "2", "--warmup", "2", "--lr", "3e-3", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():  # a tiny model gains nothing from threads, and 2 threads on a busy 2-core machine crawl
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def cfg_of(*argv):
     return P.parse_args([*TINY, *argv])
 

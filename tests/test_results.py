@@ -15,27 +15,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import model as M
 import results as R
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOK = os.path.join(ROOT, "data", "tokenizer")
 RATIOS, TASKS = (0.5, 0.25), ("docvqa", "ocrbench")
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-    """A random tiny InternVL2 (56 px tiles, 2x2 tokens each, 2 decoder layers) in the released layout, bf16."""
-    tok = M.load_tokenizer(TOK)
-    torch.manual_seed(0)
-    model = M.InternVLChat(M.tiny_config(tok.vocab_size, 56))
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0, 1.5 / p.shape[-1] ** 0.5)
-    path = str(tmp_path_factory.mktemp("teacher"))
-    M.save_model(model.to(torch.bfloat16), path, tokenizer_dir=TOK)
-    return path
 
 
 def args(teacher_dir, out, *extra):

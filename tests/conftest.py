@@ -1,0 +1,34 @@
+"""Fixtures every test file shares: one CPU thread, and a random tiny teacher saved in the released layout."""
+import os
+
+import pytest
+import torch
+
+import model as M
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOK = os.path.join(ROOT, "data", "tokenizer")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():  # tiny models gain nothing from threads, and 2 threads on a busy 2-core machine crawl
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory):
+    """A random tiny InternVL2 (56 px tiles, 2x2 tokens each, 2 decoder layers) in the released layout, bf16,
+    its weights at a trained model's scale so that outputs depend on inputs."""
+    tok = M.load_tokenizer(TOK)
+    torch.manual_seed(0)
+    model = M.InternVLChat(M.tiny_config(tok.vocab_size, 56))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 1.5 / p.shape[-1] ** 0.5)
+    path = str(tmp_path_factory.mktemp("teacher"))
+    M.save_model(model.to(torch.bfloat16), path, tokenizer_dir=TOK)
+    return path
