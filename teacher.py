@@ -18,7 +18,7 @@ that the generator's glyph boxes make possible:
     python teacher.py --stage read --init runs/teacher-read --out runs/teacher-read2 --steps 1000 \
         --micro-batch 8 --lr 5e-4 --warmup 50
     torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init runs/teacher-read2 --out runs/teacher-read3 \
-        --steps 7000 --micro-batch 4 --lr 5e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3
+        --steps 5200 --micro-batch 4 --lr 5e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3
         # two 1-thread processes beat one 2-thread process on 2 cores; --init checkpoints/tiny continues the shipped one
     (add --resume to continue an interrupted stage; other flags as posttrain.py's)
 
