@@ -145,10 +145,9 @@ def weighted_merge(x, window, weight, bias=None):
 # compressors: a tile's token grid [N, h, w, C] in, [N, h/kh, w/kw, C] out
 
 class Pool(nn.Module):
-    def __init__(self, window, width):
+    def __init__(self, window, width):  # width: the learned subclasses' channel count
         super().__init__()
         self.window, self.window_size = window, window[0] * window[1]
-        self.width = width
 
     def forward(self, x):
         mean = torch.full((self.window_size, x.shape[-1]), 1 / self.window_size, device=x.device)
