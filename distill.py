@@ -75,7 +75,8 @@ def pair_collate(teacher):
     """posttrain.collate for the student, plus the same conversations with the teacher's image tokens."""
     def collate(convs, tok, student, tcfg):
         batch = P.collate(convs, tok, student, tcfg)
-        full = P.collate(convs, tok, teacher, tcfg)
+        tiles = batch["pixel_values"].split(batch["num_tiles"])  # the images are loaded once
+        full = P.collate(convs, tok, teacher, tcfg, pixels=tiles)
         if full["n_labels"] != batch["n_labels"]:
             raise P.TrainError(f"--max-len {tcfg.max_len} cuts answers from the teacher's longer sequences: raise it")
         return dict(batch, teacher_ids=full["input_ids"], teacher_mask=full["attention_mask"],
@@ -129,9 +130,7 @@ def compare(cfg, tcfg, student_dir):
                      f"{r['score']:.1f} | {100 * r['score'] / max(t['score'], 1e-9):.1f}% |")
     table = "\n".join(lines)
     E.write_json(os.path.join(tcfg.out, "results.json"), dict(config=asdict(cfg), rows=results))
-    with open(os.path.join(tcfg.out, "results.md.tmp"), "w", encoding="utf-8") as f:
-        f.write(table + "\n")
-    os.replace(os.path.join(tcfg.out, "results.md.tmp"), os.path.join(tcfg.out, "results.md"))
+    E.write_text(os.path.join(tcfg.out, "results.md"), table + "\n")
     print(table)
     return results
 
@@ -142,6 +141,9 @@ def main(argv=None):
     rank, world = P.dist_info()
     try:
         P.check(tcfg)
+        if not set(tcfg.trainable.split(",")) <= {"compressor", "projector"}:  # the LLM and ViT are the teacher's own
+            raise P.TrainError(f"--trainable {tcfg.trainable}: stage I trains only compressor,projector "
+                               "(the student shares the teacher's ViT and LLM; train them in stage II, posttrain.py)")
         if cfg.eval_task and cfg.eval_task not in E.TASKS:
             raise P.TrainError(f"--eval-task {cfg.eval_task}: choose one of {', '.join(E.TASKS)} or '' for none")
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

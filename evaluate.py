@@ -373,10 +373,13 @@ def max_new_tokens(args, task, cot=False):
     n = args.max_new_tokens or task.max_new_tokens
     return max(n, COT_MIN_TOKENS) if cot and not args.max_new_tokens else n
 
-def write_json(path, obj):
+def write_text(path, text):
     with open(path + '.tmp', 'w', encoding='utf-8') as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
+        f.write(text)
     os.replace(path + '.tmp', path)  # atomic: a kill never leaves half a results file
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=1, ensure_ascii=False))
 
 def run(args):
     task = TASKS[args.task]

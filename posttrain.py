@@ -160,13 +160,15 @@ def next_turn_text(question, template):
     return M.chat_prompt(question, None, template, history=[("", "")])[len(head):]
 
 
-def encode_conversation(conv, tok, model, cfg):
+def encode_conversation(conv, tok, model, cfg, pv=None):
     """-> (ids, labels, pixel_values). The first prompt is chat_prompt's text with tiles x num_image_token
-    IMG_CONTEXT; each answer is encoded on its own plus <|im_end|>: the tokens greedy decoding yields."""
+    IMG_CONTEXT; each answer is encoded on its own plus <|im_end|>: the tokens greedy decoding yields.
+    pv: the image's tiles when they are already loaded."""
     try:
         # a conversation may carry its own tile budget, as InternVL's per-dataset max_dynamic_patch
         max_num = conv.get("max_num") or cfg.max_num or model.config.max_dynamic_patch
-        pv = M.load_image(conv["image"], max_num, model.config.force_image_size, use_thumbnail=model.config.use_thumbnail)
+        if pv is None:
+            pv = M.load_image(conv["image"], max_num, model.config.force_image_size, use_thumbnail=model.config.use_thumbnail)
     except ValueError as e:
         raise TrainError(f"{e}: replace the file or drop its line") from None
     end, turns, template = tok.token_to_id(M.STOP_TOKEN), conv["conversations"], model.config.template
@@ -181,12 +183,13 @@ def encode_conversation(conv, tok, model, cfg):
     return ids, labels, pv
 
 
-def collate(convs, tok, model, cfg):
+def collate(convs, tok, model, cfg, pixels=None):
     """Conversations -> a right-padded batch: input_ids, labels (-100 but on answers), attention_mask,
-    pixel_values (all tiles in sample order), num_tiles, n_labels, n_tokens, truncated, convs."""
+    pixel_values (all tiles in sample order), num_tiles, n_labels, n_tokens, truncated, convs.
+    pixels: each conversation's tiles, when an earlier collate loaded them."""
     rows, truncated, img = [], 0, model.img_context_token_id
-    for conv in convs:
-        ids, labels, pv = encode_conversation(conv, tok, model, cfg)
+    for i, conv in enumerate(convs):
+        ids, labels, pv = encode_conversation(conv, tok, model, cfg, None if pixels is None else pixels[i])
         if len(ids) > cfg.max_len:
             truncated += 1
             ids, labels = ids[:cfg.max_len], labels[:cfg.max_len]

@@ -24,6 +24,8 @@ tasks of the reasoning questions' score.
 import argparse, glob, inspect, json, math, os, re, shlex, shutil, subprocess, sys, time
 from dataclasses import asdict, dataclass, fields
 
+import evaluate as E
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TASKS = ("docvqa", "chartqa", "infovqa", "textvqa", "ocrbench")
 PLOT_SIZE = (900, 520)
@@ -39,8 +41,8 @@ class Config:
     distill_steps: int = 300  # stage I steps
     distill_lr: float = 1e-3  # stage I lr (V_c and A_s)
     stage2_steps: int = 300  # steps of each stage-II run
-    stage2_lr: float = 2e-4  # stage II lr of V_c and A_s
-    stage2_lr_llm: float = 5e-5  # stage II lr of the LLM
+    stage2_lr: float = 5e-4  # stage II lr of V_c and A_s
+    stage2_lr_llm: float = 5e-4  # stage II lr of the LLM (5e-5 left the tiny student where stage I put it)
     micro_batch: int = 8  # conversations per training step
     warmup: int = 20  # warmup steps of each run
     max_num: int = 0  # tiles in training and evaluation (0: the model's / the task protocol's)
@@ -92,12 +94,6 @@ def finished(folder):
 def load(path):
     with open(path, encoding="utf-8") as f:
         return json.load(f)
-
-
-def write_atomic(path, text):
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def step(what, argv=None, fn=None, threads=0):
@@ -186,12 +182,12 @@ def evaluate_rows(cfg):
                 if os.path.exists(os.path.join(edir, task + ext)):
                     os.remove(os.path.join(edir, task + ext))
             os.makedirs(edir, exist_ok=True)
-            write_atomic(side, json.dumps(want))
+            E.write_text(side, json.dumps(want))
             todo.append(argv)
         if todo:
-            import torch, model, compress, evaluate  # once, in the parent: only imports happen before the forks
+            import torch, model, compress  # once, in the parent: only imports happen before the forks
             if (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu":
-                step(f"evaluate {key}", fn=lambda: next((rc for a in todo if (rc := evaluate.main(a))), 0), threads=cfg.threads)
+                step(f"evaluate {key}", fn=lambda: next((rc for a in todo if (rc := E.main(a))), 0), threads=cfg.threads)
             else:  # CUDA does not survive a fork: a new process per row
                 step(f"evaluate {key}", ["-c", EVAL_ROW, json.dumps(todo)], threads=cfg.threads)
 
@@ -294,8 +290,8 @@ def main(argv=None):
         fail(f"no teacher evaluation in {cfg.out}/eval: run without --table-only first")
     res, table, best = summarise(cfg)
     md = markdown(cfg, res, table, best)
-    write_atomic(os.path.join(cfg.out, "results.md"), md)
-    write_atomic(os.path.join(cfg.out, "results.json"), json.dumps(dict(
+    E.write_text(os.path.join(cfg.out, "results.md"), md)
+    E.write_text(os.path.join(cfg.out, "results.json"), json.dumps(dict(
         config=asdict(cfg), table=table, stage2_best={f"{r:g}": k for r, k in best.items()}, rows=res), indent=1))
     plot(cfg, res, table, os.path.join(cfg.out, "score_vs_tokens.png"))
     print("\n" + md + f"\n-> {cfg.out}/results.md, results.json, score_vs_tokens.png ({time.time() - t0:.0f} s)")

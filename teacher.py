@@ -19,7 +19,12 @@ that the generator's glyph boxes make possible:
         --micro-batch 8 --lr 5e-4 --warmup 50
     torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init runs/teacher-read2 --out runs/teacher-read3 \
         --steps 5200 --micro-batch 4 --lr 5e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3
-        # two 1-thread processes beat one 2-thread process on 2 cores; --init checkpoints/tiny continues the shipped one
+        # two 1-thread processes beat one 2-thread process on 2 cores
+    torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init runs/teacher-read3 --out runs/teacher-read4 \
+        --steps 5600 --micro-batch 4 --lr 3e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3 \
+        --seed-offset 100000000 --kinds doc,table,chart,chart,info,info,scene
+        # new images (seeds from 10**8), twice the charts and infographics, the kinds furthest from their targets;
+        # the shipped run started from read3's bf16 export (the previous checkpoints/tiny), not its fp32 folder
     (add --resume to continue an interrupted stage; other flags as posttrain.py's)
 
 Each stage runs posttrain.train (checkpoints, resume, DDP, log.jsonl). The auxiliary head and the
@@ -145,11 +150,12 @@ def glyph_eval(model):
 # ----------------------------------------------------------------------------------------------
 # stage read
 
-def read_conversation(seed, transcribe_frac, qa_turns):
+def read_conversation(seed, transcribe_frac, qa_turns, kinds=KINDS):
     """A conversation about one synthetic image, and for each answer the glyph index of each of its
-    characters (-1: a space, or an answer that occurs twice on the page, so where to look is unclear)."""
+    characters (-1: a space, or an answer that occurs twice on the page, so where to look is unclear).
+    kinds: the image kinds cycled through by seed; repeat a kind to see more of it."""
     rng = random.Random(seed)
-    kind = KINDS[seed % len(KINDS)]
+    kind = kinds[seed % len(kinds)]
     s = make_sample(kind, seed)
     text, index = s["transcription"], s["char_index"]
     if rng.random() < transcribe_frac or not s["qa"]:
@@ -271,14 +277,21 @@ def read_eval(model, tok):
 
 # ----------------------------------------------------------------------------------------------
 
+def fail(message):
+    print(f"teacher.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main():
     p = argparse.ArgumentParser(description="teacher flags; the rest are posttrain.py's", add_help=False)
     p.add_argument("--stage", choices=["glyphs", "read"], required=True)
     for name, default in dict(vision_from="", eval_every=250, transcribe_frac=0.4, qa_turns=3, pointer_weight=1.0,
-                              pointer_layers=2, glyph_tiles=48).items():
+                              pointer_layers=2, glyph_tiles=48, kinds=",".join(KINDS)).items():
         p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
     own, argv = p.parse_known_args()
     opts = vars(own)
+    if not set(opts["kinds"].split(",")) <= set(KINDS):
+        fail(f"--kinds {opts['kinds']!r}: each must be one of {','.join(KINDS)}")
     cfg = P.parse_args(argv)
     device = P.setup(cfg)
     if opts["stage"] == "read" and "--trainable" not in argv:
@@ -287,7 +300,8 @@ def main():
     log = open(os.path.join(cfg.out, "eval.jsonl"), "a")
     rank, world = P.dist_info()
     per_step = cfg.micro_batch * cfg.grad_accum  # as posttrain.micro_batches: the same samples on any split
-    first_seed = lambda step: (step * world + rank) * per_step
+    first_seed = lambda step: cfg.seed_offset + (step * world + rank) * per_step
+    kinds = opts["kinds"].split(",")
 
     def after_step(step, rec, evaluate):
         if step % opts["eval_every"] == 0 or step == cfg.steps:
@@ -317,7 +331,7 @@ def main():
             weights = load_file(src if src.endswith(".safetensors") else os.path.join(src, "checkpoint", "model.safetensors"))
             model.load_state_dict({k: v for k, v in weights.items() if k.startswith("vision_model.")}, strict=False)
         batches = lambda step: [read_batch([read_conversation(first_seed(step) + a * cfg.micro_batch + i,
-                                                              opts["transcribe_frac"], opts["qa_turns"])
+                                                              opts["transcribe_frac"], opts["qa_turns"], kinds)
                                             for i in range(cfg.micro_batch)], tok, model, cfg)
                                 for a in range(cfg.grad_accum)]
         step = P.train(cfg, model, tok, batches, make_read_loss(model, opts["pointer_weight"], opts["pointer_layers"]),
@@ -325,7 +339,7 @@ def main():
         if rank == 0 and step >= cfg.steps:
             M.save_model(model, cfg.out, tokenizer_dir=cfg.tokenizer)
     except (P.TrainError, M.ModelLoadError) as e:
-        sys.exit(f"teacher.py: error: {e}")
+        fail(e)
     finally:
         if P.dist.is_initialized():
             P.dist.destroy_process_group()

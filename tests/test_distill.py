@@ -111,6 +111,7 @@ def test_ddp_two_processes_equal_one(teacher_dir, tmp_path):
     (["--eval-task", "mmmu"], "--eval-task mmmu"),
     (["--fastv-layer", "5"], "FastV layer K=5"),
     (["--teacher", "/nonexistent"], "/nonexistent does not exist"),
+    (["--trainable", "projector,llm"], "stage I trains only compressor,projector"),
 ])
 def test_bad_input_is_one_line(teacher_dir, tmp_path, flags, words):
     r = run(*train_args(teacher_dir, str(tmp_path / "x")), *flags)  # the last of a repeated flag wins

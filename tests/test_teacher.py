@@ -1,6 +1,8 @@
 """The teacher recipe's supervision is only as good as its labels: check where they point.
 python -m pytest tests/test_teacher.py"""
 import math
+import subprocess
+import sys
 import os
 
 import numpy as np
@@ -83,3 +85,12 @@ def test_pointer_nll_is_the_attention_of_head_0(tok):
         p = scores.softmax(-1)
         want = -sum(math.log(p[b, qp, kp]) for b, qp, kp in ptr.tolist())
     assert abs(nll.item() - want) < 1e-4
+
+
+def test_kinds_choose_the_images_and_bad_kinds_are_refused():
+    charts = [T.read_conversation(seed, 0.0, 2, kinds=["chart", "info"]) for seed in range(4)]
+    assert [c["sample"]["kind"] for c in charts] == ["chart", "info", "chart", "info"]
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "teacher.py"), "--stage", "read", "--kinds", "doc,charts",
+                        "--out", "unused", "--steps", "1"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == ["teacher.py: error: --kinds 'doc,charts': each must be one of doc,table,chart,info,scene"]
