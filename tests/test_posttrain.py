@@ -82,6 +82,9 @@ def test_padding_and_truncation(tiny):
     b = P.collate([P.conversation_at(i, cfg) for i in range(3)], tok, model, cfg)
     mask, labels = b["attention_mask"], b["labels"]
     assert (labels[mask == 0] == -100).all() and b["pixel_values"].shape[0] == sum(b["num_tiles"])
+    # tiles handed over from an earlier collate (distill.py's second branch) give the same batch
+    again = P.collate(b["convs"], tok, model, cfg, pixels=b["pixel_values"].split(b["num_tiles"]))
+    assert all(torch.equal(again[k], b[k]) for k in ("input_ids", "labels", "attention_mask", "pixel_values"))
     L = int(mask.sum(1).min())
     short = P.collate([P.conversation_at(0, cfg)], tok, model, cfg_of("--max-len", str(L - 3)))
     assert short["truncated"] == 1 and short["input_ids"].shape[1] == L - 3
