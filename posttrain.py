@@ -164,13 +164,13 @@ def encode_conversation(conv, tok, model, cfg, pv=None):
     """-> (ids, labels, pixel_values). The first prompt is chat_prompt's text with tiles x num_image_token
     IMG_CONTEXT; each answer is encoded on its own plus <|im_end|>: the tokens greedy decoding yields.
     pv: the image's tiles when they are already loaded."""
-    try:
+    if pv is None:
         # a conversation may carry its own tile budget, as InternVL's per-dataset max_dynamic_patch
         max_num = conv.get("max_num") or cfg.max_num or model.config.max_dynamic_patch
-        if pv is None:
+        try:
             pv = M.load_image(conv["image"], max_num, model.config.force_image_size, use_thumbnail=model.config.use_thumbnail)
-    except ValueError as e:
-        raise TrainError(f"{e}: replace the file or drop its line") from None
+        except ValueError as e:
+            raise TrainError(f"{e}: replace the file or drop its line") from None
     end, turns, template = tok.token_to_id(M.STOP_TOKEN), conv["conversations"], model.config.template
     ids, labels = [], []
     for t in range(0, len(turns), 2):

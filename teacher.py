@@ -290,7 +290,8 @@ def main():
         p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
     own, argv = p.parse_known_args()
     opts = vars(own)
-    if not set(opts["kinds"].split(",")) <= set(KINDS):
+    kinds = opts["kinds"].split(",")
+    if not set(kinds) <= set(KINDS):
         fail(f"--kinds {opts['kinds']!r}: each must be one of {','.join(KINDS)}")
     cfg = P.parse_args(argv)
     device = P.setup(cfg)
@@ -301,7 +302,6 @@ def main():
     rank, world = P.dist_info()
     per_step = cfg.micro_batch * cfg.grad_accum  # as posttrain.micro_batches: the same samples on any split
     first_seed = lambda step: cfg.seed_offset + (step * world + rank) * per_step
-    kinds = opts["kinds"].split(",")
 
     def after_step(step, rec, evaluate):
         if step % opts["eval_every"] == 0 or step == cfg.steps:

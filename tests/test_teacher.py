@@ -1,9 +1,9 @@
 """The teacher recipe's supervision is only as good as its labels: check where they point.
 python -m pytest tests/test_teacher.py"""
 import math
+import os
 import subprocess
 import sys
-import os
 
 import numpy as np
 import pytest
