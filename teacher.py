@@ -8,7 +8,8 @@ that the generator's glyph boxes make possible:
           right half of each 14 px patch. Dense, local, cheap: no decoder.
   read:   the whole model, ViT from the glyph stage and frozen. Transcription and extractive QA, plus
           a pointer loss: head 0 of the last decoder layers must attend to the visual token that holds
-          the glyph of each answer token it is about to write.
+          the glyph of each answer token it is about to write (in two hops where the question names a
+          key printed after its value: the layers before the last to the key, the last to the value).
 
     python teacher.py --stage glyphs --out runs/teacher-glyphs --steps 5500 --micro-batch 1 --glyph-tiles 48 \
         --lr 2e-3 --warmup 100 --save-every 100
@@ -25,6 +26,17 @@ that the generator's glyph boxes make possible:
         --seed-offset 100000000 --kinds doc,table,chart,chart,info,info,scene
         # new images (seeds from 10**8), twice the charts and infographics, the kinds furthest from their targets;
         # the shipped run started from read3's bf16 export (the previous checkpoints/tiny), not its fp32 folder
+    python teacher.py --stage glyphs --vision-from checkpoints/teacher-wip/glyphs.safetensors --out runs/teacher-glyphs2 \
+        --steps 1500 --micro-batch 1 --glyph-tiles 48 --glyph-crops 4 --lr 5e-4 --warmup 50 --threads 1 \
+        --seed-offset 20000 --eval-every 250
+        # the ViT learns OCRBench's word crops (upscaled, whole only in the thumbnail) as well; shipped in bf16
+        # as checkpoints/teacher-wip/glyphs2.safetensors
+    torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init checkpoints/tiny \
+        --vision-from checkpoints/teacher-wip/glyphs2.safetensors --out runs/teacher-read5 --steps 3000 --micro-batch 4 \
+        --lr 3e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3 --crop-frac 0.15 \
+        --seed-offset 400000000 --kinds doc,table,chart,chart,info,info,scene --eval-every 500
+        # from read4's bf16 export with the new ViT: word crops, two-hop pointers for KEY_QUESTION answers,
+        # OCRBench's tile budget and prompts
     (add --resume to continue an interrupted stage; other flags as posttrain.py's)
 
 Each stage runs posttrain.train (checkpoints, resume, DDP, log.jsonl). The auxiliary head and the
@@ -35,6 +47,7 @@ import json
 import math
 import os
 import random
+import re
 import string
 import sys
 from dataclasses import replace
@@ -46,13 +59,16 @@ from safetensors.torch import load_file
 
 import model as M
 import posttrain as P
+from data.build import KIE_SUFFIX, OCRB_TYPES, crop_run
 from data.synth import KINDS, make_sample
-from evaluate import TASKS
+from evaluate import PROMPT, TASKS
 
 CHARS = string.printable[:95]  # digits, letters, punctuation, space; class 0 = no glyph centre here
 CHAR_ID = {c: i + 1 for i, c in enumerate(CHARS)}
 KIND_TASK = {"doc": "docvqa", "table": "docvqa", "chart": "chartqa", "info": "infovqa", "scene": "textvqa"}
 TASK_MAX_NUM = {kind: TASKS[task].max_num for kind, task in KIND_TASK.items()}  # train at the tiles each is evaluated at
+TRAIN_MAX_NUM = (6, 12, TASKS["ocrbench"].max_num)  # and at these: OCRBench asks about every kind at 24 tiles
+KEY_QUESTION = re.compile(r"^What (?:is the value for|percentage) (.+)\?$")  # a value asked for by the key printed below it
 EVAL_SEEDS = range(10**9 - 2000, 10**9 - 1960)  # held out: training seeds stay below 10**9 - 2000
 S = 112  # tile size
 
@@ -79,12 +95,30 @@ def glyph_centre(box, cols, sx, sy):
     return int(y // S) * cols + int(x // S), x % S, y % S
 
 
+CROP_KINDS = OCRB_TYPES[0][2]  # the pages OCRBench's word images are cut from
+CROP_QUESTION = "what is written in the image?"
+
+
+def word_crop(seed, rng):
+    """(word, image, its glyph boxes in the image): an OCRBench-style word cut from a synthetic page.
+    Upscaled 4-12x into tiles, its glyphs are whole only in the thumbnail."""
+    for k in range(100):
+        s = make_sample(CROP_KINDS[seed % len(CROP_KINDS)], seed + k * 10**8)
+        r = crop_run(s, rng)
+        if r:
+            word, b, chars = r
+            return word, s["image"].convert("RGB").crop(b), [[c["box"][0] - b[0], c["box"][1] - b[1], c["box"][2] - b[0],
+                                                                c["box"][3] - b[1]] for c in chars]
+    raise RuntimeError(f"no word to crop near seed {seed}")
+
+
 # ----------------------------------------------------------------------------------------------
 # stage glyphs
 
-def glyph_tiles(seed):
+def glyph_tiles(seed, crops=0):
     """The tiles of one synthetic image that hold text, with two labels per 14 px patch: the characters
-    whose centres lie in its left and right half (glyphs are 8-14 px wide: one label would drop some)."""
+    whose centres lie in its left and right half (glyphs are 8-14 px wide: one label would drop some);
+    then the thumbnails of `crops` word crops (glyphs 1-2x wider and 3-5x taller than on a page)."""
     rng = random.Random(seed)
     kind = KINDS[seed % len(KINDS)]
     s = make_sample(kind, seed)
@@ -99,7 +133,24 @@ def glyph_tiles(seed):
         if ch["char"] in CHAR_ID and t < len(tiles):
             labels[t, int(y // 14) * g + int(x // 14), int(x % 14 >= 7)] = CHAR_ID[ch["char"]]
     keep = [i for i in range(len(tiles)) if labels[i].any()]
-    return torch.stack([M.to_tensor(tiles[i], S) for i in keep]), labels[keep]
+    x, y = [M.to_tensor(tiles[i], S) for i in keep], [labels[i] for i in keep]
+    for k in range(crops):
+        xk, yk = crop_tile(seed * 10 + k, rng)
+        x.append(xk)
+        y.append(yk)
+    return torch.stack(x), torch.stack(y)
+
+
+def crop_tile(seed, rng):
+    """A word crop's thumbnail, the one tile that shows its glyphs whole, and its glyph labels."""
+    word, crop, boxes = word_crop(seed, rng)
+    g = S // 14
+    labels = torch.zeros(g * g, 2, dtype=torch.long)
+    for ch, box in zip(word.replace(" ", ""), boxes):
+        cx, cy = (box[0] + box[2]) / 2 * S / crop.width, (box[1] + box[3]) / 2 * S / crop.height
+        if ch in CHAR_ID:
+            labels[int(cy // 14) * g + int(cx // 14), int(cx % 14 >= 7)] = CHAR_ID[ch]
+    return M.to_tensor(M.dynamic_preprocess(crop, max_num=1, image_size=S, use_thumbnail=False)[0], S), labels
 
 
 class GlyphReader(nn.Module):
@@ -114,10 +165,10 @@ class GlyphReader(nn.Module):
         return self.glyph_head(self.vision_model(pixel_values)[:, 1:]).unflatten(-1, (2, len(CHARS) + 1))
 
 
-def glyph_batch(first_seed, n_tiles):
+def glyph_batch(first_seed, n_tiles, crops=0):
     xs, ys, seed = [], [], first_seed
     while sum(len(x) for x in xs) < n_tiles:
-        x, y = glyph_tiles(seed)
+        x, y = glyph_tiles(seed, crops)
         xs.append(x)
         ys.append(y)
         seed += 1
@@ -144,32 +195,68 @@ def glyph_eval(model):
     with torch.no_grad():
         pred, y = model(held_out["pixel_values"]).argmax(-1), held_out["labels"]
     has = y > 0
-    return dict(eval_char_acc=(pred[has] == y[has]).float().mean().item(), eval_none_acc=(pred[~has] == 0).float().mean().item())
+    rng = random.Random(0)
+    x, y_crop = map(torch.stack, zip(*[crop_tile(seed, rng) for seed in EVAL_SEEDS]))
+    with torch.no_grad():
+        pred_crop = model(x).argmax(-1)
+    has_crop = y_crop > 0
+    return dict(eval_char_acc=(pred[has] == y[has]).float().mean().item(), eval_none_acc=(pred[~has] == 0).float().mean().item(),
+                eval_crop_char_acc=(pred_crop[has_crop] == y_crop[has_crop]).float().mean().item())
 
 
 # ----------------------------------------------------------------------------------------------
 # stage read
 
-def read_conversation(seed, transcribe_frac, qa_turns, kinds=KINDS):
-    """A conversation about one synthetic image, and for each answer the glyph index of each of its
-    characters (-1: a space, or an answer that occurs twice on the page, so where to look is unclear).
-    kinds: the image kinds cycled through by seed; repeat a kind to see more of it."""
+def read_conversation(seed, transcribe_frac, qa_turns, kinds=KINDS, crop_frac=0.0):
+    """A conversation about one synthetic image, and for each answer two glyph indices per character:
+    where the last pointer layer must look (the glyph itself) and where the layers before it must
+    (the same glyph, or the key's last glyph when the question names one, see KEY_QUESTION: its token has
+    seen the whole key, where a first glyph like the "2" of "2013" is on every year of a chart);
+    -1: a space, or a text that occurs twice on the page, so where to look is unclear.
+    kinds: the image kinds cycled through by seed; repeat a kind to see more of it.
+    crop_frac: the share of conversations that are OCRBench's word-recognition question on a word crop."""
     rng = random.Random(seed)
+    if crop_frac and rng.random() < crop_frac:
+        return crop_conversation(seed, rng)
     kind = kinds[seed % len(kinds)]
     s = make_sample(kind, seed)
     text, index = s["transcription"], s["char_index"]
+
+    def glyphs(span):  # glyph index of each character of a text that occurs once on the page
+        at = text.find(span)
+        return index[at:at + len(span)] if at >= 0 and text.find(span, at + 1) < 0 else [-1] * len(span)
+
     if rng.random() < transcribe_frac or not s["qa"]:
-        turns = [(P.TRANSCRIBE, text, index)]
+        turns = [(P.TRANSCRIBE, text, index, index)]
     else:
         turns = []
         for qa in rng.sample(s["qa"], min(qa_turns, len(s["qa"]))):
-            a, at = qa["answer"], text.find(qa["answer"])
-            unique = at >= 0 and text.find(a, at + 1) < 0
-            turns.append((qa["question"] + P.SHORT, a, index[at:at + len(a)] if unique else [-1] * len(a)))
+            q, a = qa["question"], qa["answer"]
+            # Two hops where the value comes first in the token sequence (a bar's label above its category):
+            # the causal decoder can carry a value into its key's token, never a key into its value's.
+            key = KEY_QUESTION.match(q)
+            hop1 = [next((g for g in reversed(glyphs(key.group(1))) if g >= 0), -1)] * len(a) if key else glyphs(a)
+            if kind in ("doc", "table") and rng.random() < 0.25:
+                q += KIE_SUFFIX  # OCRBench's key-information prompt
+            turns.append((q + ("\n" if rng.random() < 0.25 else " ") + PROMPT, a, glyphs(a), hop1))  # OCRBench: "\n"
     turns[0] = ("<image>\n" + turns[0][0], *turns[0][1:])
-    return dict(image=s["image"].convert("RGB"), sample=s, max_num=rng.choice([6, 12, TASK_MAX_NUM[kind]]),
-                conversations=[{"from": w, "value": v} for q, a, _ in turns for w, v in (("human", q), ("gpt", a))],
-                glyphs=[g for _, _, g in turns])
+    return dict(image=s["image"].convert("RGB"), sample=s, max_num=rng.choice([*TRAIN_MAX_NUM, TASK_MAX_NUM[kind]]),
+                conversations=[{"from": w, "value": v} for q, a, *_ in turns for w, v in (("human", q), ("gpt", a))],
+                glyphs=[g for _, _, g, _ in turns], hop1=[h for *_, h in turns])
+
+
+def crop_conversation(seed, rng):
+    """What is written on a word crop; its pointers go into the thumbnail (`thumbnail`)."""
+    word, crop, boxes = word_crop(seed, rng)
+    chars = [dict(char=c, box=b) for c, b in zip(word.replace(" ", ""), boxes)]
+    glyph, k = [], 0
+    for c in word:  # glyph index of each character, -1 for a space
+        glyph.append(-1 if c == " " else k)
+        k += c != " "
+    question = "<image>\n" + CROP_QUESTION + ("\n" if rng.random() < 0.25 else " ") + PROMPT
+    return dict(image=crop, sample=dict(chars=chars), max_num=rng.choice([*TRAIN_MAX_NUM, TASKS["ocrbench"].max_num]),
+                thumbnail=True, conversations=[{"from": "human", "value": question}, {"from": "gpt", "value": word}],
+                glyphs=[glyph], hop1=[glyph])
 
 
 def piece_spans(tok, ids):
@@ -183,34 +270,43 @@ def piece_spans(tok, ids):
 
 
 def pointers(conv, ids, labels, tok, img_context):
-    """(query position, key position) pairs: the position that predicts an answer token, and the visual
-    token holding that token's first glyph (tiles only: the thumbnail is too small to point into)."""
+    """(query position, key position in the last pointer layer, key position in the layers before it):
+    the position that predicts an answer token, and the visual tokens holding the glyphs it must look
+    at: in the tiles, as a page's thumbnail is too small to read, or in a word crop's thumbnail."""
     cols, rows, sx, sy = tile_grid(conv["image"], conv["max_num"])
     first_img = ids.index(img_context)
+
+    def visual_position(g):
+        box = conv["sample"]["chars"][g]["box"]
+        if conv.get("thumbnail"):  # after the grid's tiles, unless the grid is one tile (then no thumbnail)
+            x, y = (box[0] + box[2]) / 2 * S / conv["image"].width, (box[1] + box[3]) / 2 * S / conv["image"].height
+            return first_img + (cols * rows if cols * rows > 1 else 0) * 16 + int(y // 28) * 4 + int(x // 28)
+        t, x, y = glyph_centre(box, cols, sx, sy)
+        return first_img + t * 16 + int(y // 28) * 4 + int(x // 28) if t < cols * rows else -1
+
     out, pos, end = [], 0, tok.token_to_id(M.STOP_TOKEN)
-    for glyphs in conv["glyphs"]:
+    for glyphs, hop1 in zip(conv["glyphs"], conv["hop1"]):
         while labels[pos] == -100:
             pos += 1
         start = pos
         while ids[pos] != end:
             pos += 1
-        answer = ids[start:pos]
-        for (b, e), p in zip(piece_spans(tok, answer), range(start, pos)):
+        for (b, e), p in zip(piece_spans(tok, ids[start:pos]), range(start, pos)):
             g = next((g for g in glyphs[b:e] if g >= 0), -1)
-            if g >= 0:
-                t, x, y = glyph_centre(conv["sample"]["chars"][g]["box"], cols, sx, sy)
-                if t < cols * rows:
-                    out.append((p - 1, first_img + t * 16 + int(y // 28) * 4 + int(x // 28)))
+            h = next((h for h in hop1[b:e] if h >= 0), -1)
+            k, k1 = visual_position(g) if g >= 0 else -1, visual_position(h) if h >= 0 else -1
+            if k >= 0 and k1 >= 0:
+                out.append((p - 1, k, k1))
         pos += 1
     return out
 
 
 def read_batch(convs, tok, model, cfg):
     batch = P.collate(convs, tok, model, cfg)
-    ptr = [(b, q, k) for b, conv in enumerate(convs)
-           for q, k in pointers(conv, batch["input_ids"][b].tolist(), batch["labels"][b].tolist(), tok,
-                                model.img_context_token_id)]
-    batch["pointers"] = torch.tensor(ptr, dtype=torch.long).view(-1, 3)
+    ptr = [(b, *p) for b, conv in enumerate(convs)
+           for p in pointers(conv, batch["input_ids"][b].tolist(), batch["labels"][b].tolist(), tok,
+                             model.img_context_token_id)]
+    batch["pointers"] = torch.tensor(ptr, dtype=torch.long).view(-1, 4)
     return batch
 
 
@@ -225,10 +321,12 @@ class AttentionInputs:
 
 
 def pointer_nll(seen, ptr):
-    """Summed over pointers, averaged over layers: -log(attention of head 0 from query to key); and hits."""
-    b, q_pos, k_pos = ptr.unbind(1)
+    """Summed over pointers, averaged over layers: -log(attention of head 0 from query to key); and hits.
+    The last layer points at column 2 of ptr, the layers before it at column 3 (the first hop)."""
+    b, q_pos = ptr[:, 0], ptr[:, 1]
     nll, hits = 0.0, 0.0
-    for attn, x, cos, sin in seen:
+    for i, (attn, x, cos, sin) in enumerate(seen):
+        k_pos = ptr[:, 2] if i == len(seen) - 1 else ptr[:, 3]
         d = attn.head_dim
         q, k, _ = attn.project_qkv(x, cos, sin)
         q, k = q[:, 0], k[:, 0]  # head 0 reads kv head 0
@@ -256,7 +354,8 @@ def make_read_loss(model, pointer_weight, layers):
 
 
 def read_eval(model, tok):
-    """Greedy ANLS / exact match on two extractive questions of each held-out image, asked as evaluate.py does."""
+    """Greedy ANLS / exact match on two extractive questions of each held-out image, asked as evaluate.py does;
+    exact match on held-out word crops, asked as OCRBench does."""
     from evaluate import anls
     model.eval()
     items = []
@@ -265,13 +364,20 @@ def read_eval(model, tok):
         s = make_sample(kind, seed)
         pv = M.load_image(s["image"], max_num=TASK_MAX_NUM[kind], image_size=S)
         items += [(pv, qa["question"] + P.SHORT, qa["answer"]) for qa in s["qa"][:2]]
+    rng = random.Random(0)
+    crops = [word_crop(seed, rng)[:2] for seed in EVAL_SEEDS[:24]]
+    crops = [(M.load_image(c, max_num=TASKS["ocrbench"].max_num, image_size=S), CROP_QUESTION + "\n" + PROMPT, w) for w, c in crops]
     preds = []
-    for i in range(0, len(items), 8):
-        chunk = items[i:i + 8]
+    for i in range(0, len(items + crops), 8):
+        chunk = (items + crops)[i:i + 8]
         preds += model.batch_chat(tok, [c[0] for c in chunk], [c[1] for c in chunk], max_new_tokens=16, min_new_tokens=1)
     model.train()
+    preds, crop_preds = preds[:len(items)], preds[len(items):]
+    keyed = [p == c[2] for p, c in zip(preds, items) if KEY_QUESTION.match(c[1][:-len(P.SHORT)])]
     return dict(eval_anls=100 * sum(anls(p, [c[2]]) for p, c in zip(preds, items)) / len(items),
                 eval_em=100 * sum(p == c[2] for p, c in zip(preds, items)) / len(items),
+                eval_key_em=100 * sum(keyed) / max(1, len(keyed)),  # the value-before-key questions alone
+                eval_crop_em=100 * sum(p == c[2] for p, c in zip(crop_preds, crops)) / len(crops),  # OCRBench's word crops
                 eval_example=f"{items[0][2]!r} -> {preds[0]!r}")
 
 
@@ -286,7 +392,8 @@ def main():
     p = argparse.ArgumentParser(description="teacher flags; the rest are posttrain.py's", add_help=False)
     p.add_argument("--stage", choices=["glyphs", "read"], required=True)
     for name, default in dict(vision_from="", eval_every=250, transcribe_frac=0.4, qa_turns=3, pointer_weight=1.0,
-                              pointer_layers=2, glyph_tiles=48, kinds=",".join(KINDS)).items():
+                              pointer_layers=2, glyph_tiles=48, glyph_crops=0, crop_frac=0.0,
+                              kinds=",".join(KINDS)).items():
         p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
     own, argv = p.parse_known_args()
     opts = vars(own)
@@ -310,12 +417,18 @@ def main():
             log.write(json.dumps(r) + "\n")
             log.flush()
 
+    src = opts["vision_from"]  # a glyph stage's run folder, or its weights file
+    glyph_weights = src if not src or src.endswith(".safetensors") else os.path.join(src, "checkpoint", "model.safetensors")
     try:
         P.check(cfg)
+        if glyph_weights and not os.path.isfile(glyph_weights):
+            fail(f"--vision-from {src}: {glyph_weights} not found; pass a glyph stage's run folder or its .safetensors")
         if opts["stage"] == "glyphs":
             net = GlyphReader(teacher_config(1)).to(device)
+            if glyph_weights:  # continue a glyph stage: its ViT and head
+                net.load_state_dict(load_file(glyph_weights))
             P.train(replace(cfg, trainable="all"), net, None,
-                    lambda step: [glyph_batch((first_seed(step) + a) * 10**3, opts["glyph_tiles"]) for a in range(cfg.grad_accum)],
+                    lambda step: [glyph_batch((first_seed(step) + a) * 10**3, opts["glyph_tiles"], opts["glyph_crops"]) for a in range(cfg.grad_accum)],
                     glyph_loss, lambda s, r: after_step(s, r, lambda: glyph_eval(net)))
             return
         if cfg.init != "tiny":  # continue from a checkpoint folder, e.g. checkpoints/tiny
@@ -326,12 +439,12 @@ def main():
             model = M.InternVLChat(teacher_config(tok.vocab_size))
             model.img_context_token_id = tok.token_to_id(M.IMG_CONTEXT)
         model.to(device)
-        if opts["vision_from"]:  # a glyph stage's run folder, or its weights file
-            src = opts["vision_from"]
-            weights = load_file(src if src.endswith(".safetensors") else os.path.join(src, "checkpoint", "model.safetensors"))
+        if glyph_weights:
+            weights = load_file(glyph_weights)
             model.load_state_dict({k: v for k, v in weights.items() if k.startswith("vision_model.")}, strict=False)
         batches = lambda step: [read_batch([read_conversation(first_seed(step) + a * cfg.micro_batch + i,
-                                                              opts["transcribe_frac"], opts["qa_turns"], kinds)
+                                                              opts["transcribe_frac"], opts["qa_turns"], kinds,
+                                                              opts["crop_frac"])
                                             for i in range(cfg.micro_batch)], tok, model, cfg)
                                 for a in range(cfg.grad_accum)]
         step = P.train(cfg, model, tok, batches, make_read_loss(model, opts["pointer_weight"], opts["pointer_layers"]),

@@ -177,13 +177,14 @@ def build_textvqa(out, n=84, q_per=3):
 
 
 def crop_run(s, rng, pad=4):
-    """Crop one word (padded) that no other character touches: a Regular Text Recognition image."""
+    """(word, box, its chars): one word, padded, that no other character touches: a Regular Text
+    Recognition image (and a training one for teacher.py)."""
     W, H = s["width"], s["height"]
     for w in rng.sample(s["words"], len(s["words"])):
         b = [max(0, w["box"][0] - pad), max(0, w["box"][1] - pad), min(W, w["box"][2] + pad), min(H, w["box"][3] + pad)]
         inside = [c for c in s["chars"] if c["box"][0] < b[2] and c["box"][2] > b[0] and c["box"][1] < b[3] and c["box"][3] > b[1]]
         if len(w["text"]) >= 3 and len(inside) == len(w["text"]):
-            return w["text"], s["image"].crop(b)
+            return w["text"], b, inside
     return None
 
 
@@ -207,7 +208,7 @@ def build_ocrbench(out, per_type=60):
                 if r is None:
                     continue
                 qs = [{"question": "what is written in the image?", "answer": r[0]}]
-                save_image(out / name, r[1])
+                save_image(out / name, s["image"].crop(r[1]))
                 side.append({"image": name, "kind": s["kind"], "seed": s["seed"], "crop_of_word": r[0]})
             else:
                 qs = [dict(q, question=q["question"] + (KIE_SUFFIX if typ.startswith("Key") else "")) for q in pick(rng, s["qa"], q_per)]

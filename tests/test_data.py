@@ -246,3 +246,22 @@ def test_char_index_points_at_each_transcribed_glyph(kind):
         assert len(text) == len(index)
         assert all((i == -1) == (c in " \n") and (i == -1 or s["chars"][i]["char"] == c) for c, i in zip(text, index))
         assert sorted(i for i in index if i >= 0) == list(range(len(s["chars"])))
+
+
+# ---------------------------------------------------------------- question forms (data/forms.py)
+def test_question_forms_cover_the_shipped_sets(tmp_path):
+    import evaluate as E
+    from data import forms
+    for task in E.TASKS:
+        items = E.TASKS[task].read(E.find_annotation(task, str(EVAL / task)), str(EVAL / task))
+        main = [it for it in items if not it["extra"].get("reasoning")]
+        with open(tmp_path / f"{task}.jsonl", "w") as f:  # right on even qids, wrong on odd ones
+            for k, it in enumerate(main):
+                f.write(json.dumps({"qid": it["qid"], "answer": it["answers"][0] if k % 2 == 0 else "zzz"}) + "\n")
+        got = forms.by_form(task, tmp_path / f"{task}.jsonl")
+        assert "unmatched" not in got and sum(n for n, _ in got.values()) == len(main)
+        hits = sum(n * s / 100 for n, s in got.values())
+        assert abs(hits - (len(main) + 1) // 2) < 1e-6, task
+    assert forms.form_of("chartqa", "What is the value for 2013?") == "value for a category"
+    assert forms.form_of("docvqa", "What is the amount for Eggs?") == "amount for an item"
+    assert forms.form_of("docvqa", "What is the invoice number?") == "form field"

@@ -27,15 +27,15 @@ def ink(pixels):
 
 
 def test_glyph_labels_sit_on_ink():
-    for seed in range(5):  # one image of each kind
-        x, y = T.glyph_tiles(seed)
+    for seed in range(5):  # one image of each kind, and two word crops' thumbnails after its tiles
+        x, y = T.glyph_tiles(seed, crops=2)
         img = (x * torch.tensor(M.IMAGENET_STD)[:, None, None] + torch.tensor(M.IMAGENET_MEAN)[:, None, None]).mean(1)
         g = T.S // 14
         for t, p, slot in (y > 0).nonzero().tolist()[:40]:
             r, c = divmod(p, g)
             half = img[t, r * 14:(r + 1) * 14, c * 14 + 7 * slot:c * 14 + 7 * slot + 7]
             assert ink(half) > 0.02, (seed, t, p, slot)
-        assert (y > 0).sum() > 5
+        assert (y > 0).sum() > 5 and (y[-2:] > 0).sum(dim=(1, 2)).min() >= 3  # crops hold words of 3+ letters
 
 
 def test_piece_spans_rebuild_the_text(tok):
@@ -51,39 +51,64 @@ def test_pointers_land_on_the_glyph(tok):
     cfg = P.Config(max_len=4096)
     model = M.InternVLChat(T.teacher_config(tok.vocab_size))
     model.img_context_token_id = tok.token_to_id(M.IMG_CONTEXT)
-    convs = [T.read_conversation(seed, transcribe_frac=0.5, qa_turns=2) for seed in range(6)]
+    convs = [T.read_conversation(seed, transcribe_frac=0.5, qa_turns=2, crop_frac=0.3) for seed in range(8)]
+    assert 0 < sum(c.get("thumbnail", False) for c in convs) < 8
     batch = T.read_batch(convs, tok, model, cfg)
     assert len(batch["pointers"]) > 20
     ids, labels = batch["input_ids"], batch["labels"]
     tiles = torch.split(batch["pixel_values"], batch["num_tiles"])
-    for b, q, k in batch["pointers"].tolist():
-        assert ids[b, k] == model.img_context_token_id and labels[b, q + 1] != -100
-        first = (ids[b] == model.img_context_token_id).nonzero()[0].item()
-        t, v = divmod(k - first, 16)
-        r, c = divmod(v, 4)
-        region = tiles[b][t].mean(0)[r * 28:(r + 1) * 28, c * 28:(c + 1) * 28]
-        assert ink(region) > 0.05  # the visual token pointed at holds ink
+    for b, q, *keys in batch["pointers"].tolist():
+        assert labels[b, q + 1] != -100
+        for k in keys:
+            assert ids[b, k] == model.img_context_token_id
+            first = (ids[b] == model.img_context_token_id).nonzero()[0].item()
+            t, v = divmod(k - first, 16)
+            r, c = divmod(v, 4)
+            assert not convs[b].get("thumbnail") or t == len(tiles[b]) - 1  # a word crop: its thumbnail
+            region = tiles[b][t].mean(0)[r * 28:(r + 1) * 28, c * 28:(c + 1) * 28]
+            assert ink(region) > 0.05  # the visual token pointed at holds ink
+
+
+def test_key_questions_point_first_at_the_key_then_at_the_value():
+    seen = 0
+    for seed in range(12):
+        conv = T.read_conversation(seed, 0.0, 5, kinds=["chart", "info"])
+        chars = conv["sample"]["chars"]
+        questions = [m["value"] for m in conv["conversations"] if m["from"] == "human"]
+        answers = [m["value"] for m in conv["conversations"] if m["from"] == "gpt"]
+        for q, a, glyphs, hop1 in zip(questions, answers, conv["glyphs"], conv["hop1"]):
+            key = T.KEY_QUESTION.match(q.removeprefix("<image>\n").split(T.PROMPT)[0].rstrip())
+            if glyphs[0] < 0:
+                continue  # an answer printed twice: no pointer at all
+            assert "".join(chars[g]["char"] for g in glyphs if g >= 0) == a.replace(" ", "")
+            if key and hop1[0] >= 0:
+                assert set(hop1) == {hop1[0]} and chars[hop1[0]]["char"] == key.group(1)[-1]
+                seen += 1
+            elif not key:
+                assert hop1 == glyphs
+    assert seen > 20
 
 
 def test_pointer_nll_is_the_attention_of_head_0(tok):
     torch.manual_seed(0)
     model = M.InternVLChat(M.tiny_config(vocab_size=tok.vocab_size, image_size=56)).eval()
-    probe = T.AttentionInputs(model, 1)
+    probe = T.AttentionInputs(model, 2)
     ids = torch.randint(10, 900, (2, 12))
-    ptr = torch.tensor([[0, 5, 2], [1, 11, 0], [1, 7, 7]])
-    with torch.no_grad():
-        model(None, ids)
-        nll, _ = T.pointer_nll(probe.seen, ptr)
-        # an independent eager attention of layer -1, head 0, from the layer's own input
-        attn, x, cos, sin = probe.seen[0]
+    ptr = torch.tensor([[0, 5, 2, 4], [1, 11, 0, 3], [1, 7, 7, 1]])  # batch, query, last layer's key, first hop's key
+
+    def eager_nll(attn, x, cos, sin, keys):  # an independent eager attention of head 0, from the layer's own input
         d, H = attn.head_dim, x.shape[-1]
         W = attn.wqkv.weight.view(attn.n_kv, attn.group + 2, d, H)
         q, k = x @ W[0, 0].T, x @ W[0, attn.group].T
         rot = lambda t: t * cos[:, 0] + torch.cat([-t[..., d // 2:], t[..., :d // 2]], -1) * sin[:, 0]
         scores = (rot(q) @ rot(k).transpose(1, 2)) / math.sqrt(d)
-        scores = scores.masked_fill(torch.ones(12, 12, dtype=torch.bool).triu(1), float("-inf"))
-        p = scores.softmax(-1)
-        want = -sum(math.log(p[b, qp, kp]) for b, qp, kp in ptr.tolist())
+        p = scores.masked_fill(torch.ones(12, 12, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+        return -sum(math.log(p[b, qp, kp]) for (b, qp), kp in zip(ptr[:, :2].tolist(), keys.tolist()))
+
+    with torch.no_grad():
+        model(None, ids)
+        nll, _ = T.pointer_nll(probe.seen, ptr)
+        want = (eager_nll(*probe.seen[0], ptr[:, 3]) + eager_nll(*probe.seen[1], ptr[:, 2])) / 2
     assert abs(nll.item() - want) < 1e-4
 
 
