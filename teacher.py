@@ -59,7 +59,7 @@ from safetensors.torch import load_file
 
 import model as M
 import posttrain as P
-from data.build import KIE_SUFFIX, OCRB_TYPES, crop_run
+from data.build import CROP_QUESTION, KIE_SUFFIX, OCRB_TYPES, crop_run
 from data.synth import KINDS, make_sample
 from evaluate import PROMPT, TASKS
 
@@ -96,7 +96,6 @@ def glyph_centre(box, cols, sx, sy):
 
 
 CROP_KINDS = OCRB_TYPES[0][2]  # the pages OCRBench's word images are cut from
-CROP_QUESTION = "what is written in the image?"
 
 
 def word_crop(seed, rng):
@@ -115,6 +114,11 @@ def word_crop(seed, rng):
 # ----------------------------------------------------------------------------------------------
 # stage glyphs
 
+def glyph_slot(x, y):
+    """(patch, half) label slot of a glyph centred at (x, y) in tile pixels."""
+    return int(y // 14) * (S // 14) + int(x // 14), int(x % 14 >= 7)
+
+
 def glyph_tiles(seed, crops=0):
     """The tiles of one synthetic image that hold text, with two labels per 14 px patch: the characters
     whose centres lie in its left and right half (glyphs are 8-14 px wide: one label would drop some);
@@ -131,7 +135,7 @@ def glyph_tiles(seed, crops=0):
     for ch in s["chars"]:
         t, x, y = glyph_centre(ch["box"], cols, sx, sy)
         if ch["char"] in CHAR_ID and t < len(tiles):
-            labels[t, int(y // 14) * g + int(x // 14), int(x % 14 >= 7)] = CHAR_ID[ch["char"]]
+            labels[(t, *glyph_slot(x, y))] = CHAR_ID[ch["char"]]
     keep = [i for i in range(len(tiles)) if labels[i].any()]
     x, y = [M.to_tensor(tiles[i], S) for i in keep], [labels[i] for i in keep]
     for k in range(crops):
@@ -149,7 +153,7 @@ def crop_tile(seed, rng):
     for ch, box in zip(word.replace(" ", ""), boxes):
         cx, cy = (box[0] + box[2]) / 2 * S / crop.width, (box[1] + box[3]) / 2 * S / crop.height
         if ch in CHAR_ID:
-            labels[int(cy // 14) * g + int(cx // 14), int(cx % 14 >= 7)] = CHAR_ID[ch]
+            labels[glyph_slot(cx, cy)] = CHAR_ID[ch]
     return M.to_tensor(M.dynamic_preprocess(crop, max_num=1, image_size=S, use_thumbnail=False)[0], S), labels
 
 
@@ -207,6 +211,11 @@ def glyph_eval(model):
 # ----------------------------------------------------------------------------------------------
 # stage read
 
+def short_answer(question, rng):
+    """The question with the eval prompt: after a space as the InternVL repo, or a newline as OCRBench."""
+    return question + ("\n" if rng.random() < 0.25 else " ") + PROMPT
+
+
 def read_conversation(seed, transcribe_frac, qa_turns, kinds=KINDS, crop_frac=0.0):
     """A conversation about one synthetic image, and for each answer two glyph indices per character:
     where the last pointer layer must look (the glyph itself) and where the layers before it must
@@ -238,7 +247,7 @@ def read_conversation(seed, transcribe_frac, qa_turns, kinds=KINDS, crop_frac=0.
             hop1 = [next((g for g in reversed(glyphs(key.group(1))) if g >= 0), -1)] * len(a) if key else glyphs(a)
             if kind in ("doc", "table") and rng.random() < 0.25:
                 q += KIE_SUFFIX  # OCRBench's key-information prompt
-            turns.append((q + ("\n" if rng.random() < 0.25 else " ") + PROMPT, a, glyphs(a), hop1))  # OCRBench: "\n"
+            turns.append((short_answer(q, rng), a, glyphs(a), hop1))
     turns[0] = ("<image>\n" + turns[0][0], *turns[0][1:])
     return dict(image=s["image"].convert("RGB"), sample=s, max_num=rng.choice([*TRAIN_MAX_NUM, TASK_MAX_NUM[kind]]),
                 conversations=[{"from": w, "value": v} for q, a, *_ in turns for w, v in (("human", q), ("gpt", a))],
@@ -253,7 +262,7 @@ def crop_conversation(seed, rng):
     for c in word:  # glyph index of each character, -1 for a space
         glyph.append(-1 if c == " " else k)
         k += c != " "
-    question = "<image>\n" + CROP_QUESTION + ("\n" if rng.random() < 0.25 else " ") + PROMPT
+    question = "<image>\n" + short_answer(CROP_QUESTION, rng)
     return dict(image=crop, sample=dict(chars=chars), max_num=rng.choice([*TRAIN_MAX_NUM, TASKS["ocrbench"].max_num]),
                 thumbnail=True, conversations=[{"from": "human", "value": question}, {"from": "gpt", "value": word}],
                 glyphs=[glyph], hop1=[glyph])
@@ -279,10 +288,13 @@ def pointers(conv, ids, labels, tok, img_context):
     def visual_position(g):
         box = conv["sample"]["chars"][g]["box"]
         if conv.get("thumbnail"):  # after the grid's tiles, unless the grid is one tile (then no thumbnail)
+            t = cols * rows if cols * rows > 1 else 0
             x, y = (box[0] + box[2]) / 2 * S / conv["image"].width, (box[1] + box[3]) / 2 * S / conv["image"].height
-            return first_img + (cols * rows if cols * rows > 1 else 0) * 16 + int(y // 28) * 4 + int(x // 28)
-        t, x, y = glyph_centre(box, cols, sx, sy)
-        return first_img + t * 16 + int(y // 28) * 4 + int(x // 28) if t < cols * rows else -1
+        else:
+            t, x, y = glyph_centre(box, cols, sx, sy)
+            if t >= cols * rows:
+                return -1
+        return first_img + t * 16 + int(y // 28) * 4 + int(x // 28)
 
     out, pos, end = [], 0, tok.token_to_id(M.STOP_TOKEN)
     for glyphs, hop1 in zip(conv["glyphs"], conv["hop1"]):
@@ -367,9 +379,9 @@ def read_eval(model, tok):
     rng = random.Random(0)
     crops = [word_crop(seed, rng)[:2] for seed in EVAL_SEEDS[:24]]
     crops = [(M.load_image(c, max_num=TASKS["ocrbench"].max_num, image_size=S), CROP_QUESTION + "\n" + PROMPT, w) for w, c in crops]
-    preds = []
-    for i in range(0, len(items + crops), 8):
-        chunk = (items + crops)[i:i + 8]
+    preds, asked = [], items + crops
+    for i in range(0, len(asked), 8):
+        chunk = asked[i:i + 8]
         preds += model.batch_chat(tok, [c[0] for c in chunk], [c[1] for c in chunk], max_new_tokens=16, min_new_tokens=1)
     model.train()
     preds, crop_preds = preds[:len(items)], preds[len(items):]

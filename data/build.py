@@ -44,6 +44,7 @@ EVAL_SEED = 10 ** 9
 TASKS = ("docvqa", "chartqa", "infovqa", "textvqa", "ocrbench")
 SYSTEM, PROMPT = SYSTEM_MESSAGE, EVAL_PROMPT  # in the tokenizer corpus: every prompt carries them, keep them short
 KIE_SUFFIX = " Answer this question using the text in the image directly."
+CROP_QUESTION = "what is written in the image?"  # OCRBench's text-recognition question
 CHAT_TOKENS = ["<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>", "<|im_end|>", "<|im_start|>"]
 IMG_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
 EVAL_CFG = Config()  # built-in font only (truetype=False): machine-independent
@@ -207,7 +208,7 @@ def build_ocrbench(out, per_type=60):
                 r = crop_run(s, rng)
                 if r is None:
                     continue
-                qs = [{"question": "what is written in the image?", "answer": r[0]}]
+                qs = [{"question": CROP_QUESTION, "answer": r[0]}]
                 save_image(out / name, s["image"].crop(r[1]))
                 side.append({"image": name, "kind": s["kind"], "seed": s["seed"], "crop_of_word": r[0]})
             else:
@@ -253,7 +254,7 @@ def check_eval():
 def corpus(per_kind):
     """Sentences from training-seed samples plus the fixed chat text, repeated so BPE merges it into a
     few pieces (system message -> 8 pieces at vocab 1000; 50 repeats left it at 48)."""
-    lines = [SYSTEM, PROMPT, "system", "user", "assistant", "what is written in the image?", KIE_SUFFIX.strip()] * 1000
+    lines = [SYSTEM, PROMPT, "system", "user", "assistant", CROP_QUESTION, KIE_SUFFIX.strip()] * 1000
     for kind in KINDS:
         for seed in range(per_kind):
             s = make_sample(kind, seed)
