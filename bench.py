@@ -10,8 +10,8 @@ step, and the same weights in transformers' InternVLForConditionalGeneration as 
 
 n tiles are n tiles plus the thumbnail when n > 1 (as dynamic_preprocess) inside --text prompt tokens.
 ViT ms: the encoder. Prefill ms: the LLM over the prompt's embeddings, KV cache written. TTFT ms: pixels to
-the first greedy token. Decode tok/s: a step of model.generate's loop at batch 1 and 8. Peak GB: the TTFT
-run's (CUDA). After a warm-up run a figure is the median of --repeats runs on CUDA, the fastest on a CPU.
+the first greedy token. Decode tok/s: a step of model.generate's loop at batch 1 and 8 (on CUDA a replayed
+graph: model.decode_step). Peak GB: the TTFT run's (CUDA). After a warm-up run a figure is the median of --repeats runs on CUDA, the fastest on a CPU.
 """
 import argparse
 import gc
@@ -108,10 +108,14 @@ def ours(m, pv, ids, steps):
     pos = lambda b: torch.arange(L, device=ids.device).expand(b, L)
     caches = lambda b, n: M.new_caches(cfg, b, n, embeds.dtype, ids.device)
 
-    def decoder(b):  # prefill b copies, then each call is one step of model.generate's loop
+    def decoder(b, mode=None):  # prefill b copies, then each call is one step of model.generate's loop
         kv, tok = caches(b, L + steps + 1), torch.zeros(b, 1, dtype=torch.long, device=ids.device)
         lm(embeds.expand(b, -1, -1), pos(b), caches=kv, last_only=True)
-        return lambda: m(None, tok, caches=kv).argmax(-1)
+        mode = mode or ("graph" if ids.is_cuda else "eager")  # as model.generate
+        if mode == "eager":
+            return lambda: m(None, tok, caches=kv).argmax(-1)
+        step = M.decode_step(lm, kv, torch.ones(b, L, dtype=torch.long, device=ids.device), compile=mode == "compile")
+        return lambda: step(tok).argmax(-1)
     return dict(decoder=decoder, vit=lambda: m.vision_model(pv),
                 prefill=lambda: lm(embeds, pos(1), caches=caches(1, L), last_only=True).argmax(-1),
                 ttft=lambda: m(pv, ids, caches=caches(1, L), last_only=True).argmax(-1))
@@ -253,21 +257,37 @@ def bench_distill(model, args, ratios):
     return rows
 
 
+@torch.inference_mode()
 def bandwidth(model, rows, args):
-    """Bytes a decode step reads (the LLM's weights but the embedding table, of which it gathers rows, and the
-    KV cache) / step time, at ratio 1.0 and the most tiles; beside the read + write GB/s of a large copy into
-    a preallocated tensor (a clone's fresh host allocation would time page faults). Weights that fit in a
-    CPU's caches (the tiny shape) can beat the copy."""
-    lm, row = model.config.llm, max((r for r in rows if r["ratio"] == 1), key=lambda r: r["tiles"])
+    """The decode step's speed at ratio 1.0 and the most tiles, as bytes read (the LLM's weights but the
+    embedding table, of which it gathers rows, and the KV cache) / step time, for each way of running it:
+    eager, a replayed CUDA graph (model.generate's way on CUDA), torch.compile + graph. Beside it the read +
+    write GB/s of a large copy into a preallocated tensor (a clone's fresh allocation would time page
+    faults): what a step that only streamed its bytes would reach. Weights that fit in a CPU's caches (the
+    tiny shape) can beat the copy."""
+    cuda, lm = args.device.startswith("cuda"), model.config.llm
+    row = max((r for r in rows if r["ratio"] == 1), key=lambda r: r["tiles"])
     p = model.language_model.output.weight
     weights = sum(t.numel() * t.element_size() for k, t in model.language_model.named_parameters() if "tok_" not in k)
     kv = 2 * lm.num_hidden_layers * lm.num_key_value_heads * lm.hidden_size // lm.num_attention_heads * p.element_size()
-    x = torch.ones(2 ** (30 if args.device.startswith("cuda") else 28), dtype=torch.uint8, device=p.device)
+    x = torch.ones(2 ** (30 if cuda else 28), dtype=torch.uint8, device=p.device)
     y = torch.zeros_like(x)
     out = dict(tiles=row["tiles"], context=row["seq_len"] + args.steps / 2,  # the cache's mean length while timed
-               copy_gb_s=2 * x.nbytes / measure(lambda: y.copy_(x), args)[0] / 1e6)
-    for b in (1, 8):
-        out[f"decode_b{b}_gb_s"] = (weights + b * kv * out["context"]) * row[f"decode_b{b}_tok_s"] / b / 1e9
+               copy_gb_s=2 * x.nbytes / measure(lambda: y.copy_(x), args)[0] / 1e6, modes={})
+    impl = ours(model, *inputs(model.config, row["tiles"], model.num_image_token, args), args.steps)
+    for mode in ["eager"] + (["graph"] + ["compile"] * args.compile if cuda else []):
+        for b in (1,) if mode == "compile" else (1, 8):  # a compile per batch size: the bound is b1's
+            t0 = time.perf_counter()
+            try:
+                ms = measure(impl["decoder"](b, mode), args, args.steps)[0]
+            except Exception as e:  # torch.compile's failures vary by version: report, keep the other figures
+                if mode != "compile":
+                    raise
+                out["compile_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                continue
+            gb_s = (weights + b * kv * out["context"]) / ms / 1e6
+            out["modes"][f"{mode}_b{b}"] = dict(tok_s=b * 1e3 / ms, gb_s=gb_s, copy_pct=100 * gb_s / out["copy_gb_s"],
+                                                setup_s=time.perf_counter() - t0)  # compile, capture, timing
     return out
 
 
@@ -318,9 +338,14 @@ def run(args):
             "  out of memory" if r.get("oom") else
             f"{r['step_ms']:>9.2f} {r['batch'] * 1e3 / r['step_ms']:>9.2f} {gb(r['peak_gb']):>7}"))
     bw = res["bandwidth"]
-    print(f"\ndecode bandwidth at ratio 1.0, {bw['tiles']} tiles, {bw['context']:.0f} tokens of context (weights + KV "
-          f"cache read per step / step time): b1 {bw['decode_b1_gb_s']:.1f} GB/s, b8 {bw['decode_b8_gb_s']:.1f} GB/s; "
-          f"device copy {bw['copy_gb_s']:.1f} GB/s (b1 at {100 * bw['decode_b1_gb_s'] / bw['copy_gb_s']:.0f}% of it)")
+    print(f"\ndecode step at ratio 1.0, {bw['tiles']} tiles, {bw['context']:.0f} tokens of context: weights + KV cache "
+          f"read per step / step time, against the device's copy at {bw['copy_gb_s']:.1f} GB/s\n"
+          f"{'mode':>8} {'batch':>5} {'tok/s':>9} {'GB/s':>8} {'% copy':>6} {'setup s':>7}")
+    for key, f in bw["modes"].items():
+        mode, b = key.rsplit("_b", 1)
+        print(f"{mode:>8} {b:>5} {f['tok_s']:>9.1f} {f['gb_s']:>8.1f} {f['copy_pct']:>6.0f} {f['setup_s']:>7.1f}")
+    if "compile_error" in bw:
+        print(f" compile     1  failed: {bw['compile_error']}")
     return res
 
 
@@ -337,6 +362,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=16, help="timed decode steps")
     p.add_argument("--distill-batches", type=int, nargs="+", default=[1, 2, 4, 8], help="up to the first that fails")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile decode (CUDA)")
     p.add_argument("--json", default="", help="write every figure there (atomically)")
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")

@@ -284,15 +284,23 @@ class FastV:
 # torch.compile and a plain copy of the same bytes
 
 def bench_ms(fn, rounds=50):
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    """ms per call. CUDA: calls queued back to back between two events, as a pipeline runs them (a sync per
+    call would time the launch, not the kernel); a CPU: the median call."""
     for _ in range(3):
         fn()
-    sync()
+    if torch.cuda.is_available():
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        for _ in range(rounds):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / rounds
     times = []
     for _ in range(rounds):
         t = time.perf_counter()
         fn()
-        sync()
         times.append(time.perf_counter() - t)
     return 1e3 * sorted(times)[len(times) // 2]
 

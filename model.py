@@ -14,6 +14,9 @@ In Python:
     pixel_values = load_image("page.png", max_num=12, image_size=model.config.force_image_size)
     print(model.chat(tok, pixel_values, "What is the total?"))
 
+On CUDA, generate's decode loop replays one captured CUDA graph of the step (decode_step), whose
+attention is a flash-decoding kernel in Triton (decode_attention); elsewhere it runs eagerly.
+
 Supported: InternVL2-1B (Qwen2; its byte-level BPE tokenizer is not, see load_tokenizer),
 InternVL2-2B and -8B (InternLM2), and the Llama-based 40B/76B layouts. Not supported: the 4B (Phi-3).
 """
@@ -31,6 +34,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: decode attention through scaled_dot_product_attention
+    triton = None
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -267,7 +276,7 @@ def rope_cos_sin(cfg, position_ids, seq_len, dtype):
     d = cfg.hidden_size // cfg.num_attention_heads
     base, pos, scaling = cfg.rope_theta, position_ids.float(), cfg.rope_scaling or {}
     kind, factor = scaling.get("type", scaling.get("rope_type")), scaling.get("factor", 1.0)
-    if kind == "dynamic" and seq_len > cfg.max_position_embeddings:
+    if ntk_rescales(cfg, seq_len):
         base = base * (factor * seq_len / cfg.max_position_embeddings - (factor - 1)) ** (d / (d - 2))
     elif kind == "linear":
         pos = pos / factor
@@ -277,20 +286,32 @@ def rope_cos_sin(cfg, position_ids, seq_len, dtype):
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
+def ntk_rescales(cfg, seq_len):
+    """Dynamic NTK scaling changes the rotary base once the sequence passes max_position_embeddings."""
+    scaling = cfg.rope_scaling or {}
+    return scaling.get("type", scaling.get("rope_type")) == "dynamic" and seq_len > cfg.max_position_embeddings
+
+
 def apply_rope(x, cos, sin):
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
 class KVCache:
-    """A preallocated per-layer cache [B, n_kv, max_len, d]; the filled prefix is attended."""
+    """A preallocated per-layer cache [B, n_kv, max_len, d]. Eager: the filled prefix is attended and
+    length grows. Static (index: a tensor of write positions, set by decode_step): k and v are written
+    there and the whole buffer is attended under the caller's mask, so a step's shapes never change."""
 
     def __init__(self, batch, n_kv, max_len, head_dim, dtype, device):
         self.k = torch.zeros(batch, n_kv, max_len, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
-        self.length = 0
+        self.length, self.index = 0, None
 
     def update(self, k, v):
+        if self.index is not None:
+            self.k.index_copy_(2, self.index, k)
+            self.v.index_copy_(2, self.index, v)
+            return self.k, self.v
         end = self.length + k.shape[2]
         self.k[:, :, self.length:end], self.v[:, :, self.length:end] = k, v
         self.length = end
@@ -301,6 +322,86 @@ def new_caches(cfg, batch, max_len, dtype, device):
     """One preallocated KVCache per decoder layer of LLMConfig cfg."""
     d = cfg.hidden_size // cfg.num_attention_heads
     return [KVCache(batch, cfg.num_key_value_heads, max_len, d, dtype, device) for _ in range(cfg.num_hidden_layers)]
+
+
+# Decode attention: one query token per head against a long cache. A fused attention kernel splits its
+# work by query block, and one token is one block per head, so it streams the whole cache from a few SMs.
+# Flash-decoding splits the cache instead: each program reads one chunk for a kv head's group of query
+# heads (one tensor-core tile) and keeps a running softmax; a second kernel merges the chunks.
+
+if triton is not None:
+    @triton.jit
+    def _decode_chunk_kernel(q_ptr, k_ptr, v_ptr, valid_ptr, part_ptr, stat_ptr, S, CHUNK, n_chunks, KV, scale,
+                             sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
+                             BLOCK: tl.constexpr, HAS_VALID: tl.constexpr):
+        bh, chunk = tl.program_id(0), tl.program_id(1)
+        b, h = bh // KV, bh % KV
+        g, d = tl.arange(0, GP), tl.arange(0, D)
+        q = tl.load(q_ptr + (bh * G + g[:, None]) * D + d[None, :], mask=g[:, None] < G, other=0.0)
+        m, l = tl.full([GP], -1e30, tl.float32), tl.zeros([GP], tl.float32)
+        acc = tl.zeros([GP, D], tl.float32)
+        start = chunk * CHUNK
+        for lo in range(start, tl.minimum(start + CHUNK, S), BLOCK):
+            n = lo + tl.arange(0, BLOCK)
+            ok = n < S
+            if HAS_VALID:
+                ok = ok & (tl.load(valid_ptr + b * S + n, mask=n < S, other=0) != 0)
+            k = tl.load(k_ptr + b * sk_b + h * sk_h + n[:, None] * sk_n + d[None, :], mask=(n < S)[:, None], other=0.0)
+            s = tl.where(ok[None, :], tl.dot(q, tl.trans(k)) * scale, -1e30)  # [GP, BLOCK]
+            m_new = tl.maximum(m, tl.max(s, 1))
+            p = tl.where(ok[None, :], tl.exp(s - m_new[:, None]), 0.0)
+            alpha = tl.exp(m - m_new)
+            v = tl.load(v_ptr + b * sv_b + h * sv_h + n[:, None] * sv_n + d[None, :], mask=(n < S)[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            l, m = l * alpha + tl.sum(p, 1), m_new
+        row = bh * n_chunks + chunk
+        tl.store(part_ptr + (row * GP + g[:, None]) * D + d[None, :], acc)
+        tl.store(stat_ptr + row * 2 * GP + g, m)
+        tl.store(stat_ptr + row * 2 * GP + GP + g, l)
+
+    @triton.jit
+    def _decode_merge_kernel(part_ptr, stat_ptr, out_ptr, n_chunks, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr):
+        bh = tl.program_id(0)
+        g, d = tl.arange(0, GP), tl.arange(0, D)
+        top = tl.full([GP], -1e30, tl.float32)
+        for c in range(n_chunks):
+            top = tl.maximum(top, tl.load(stat_ptr + (bh * n_chunks + c) * 2 * GP + g))
+        num, den = tl.zeros([GP, D], tl.float32), tl.zeros([GP], tl.float32)
+        for c in range(n_chunks):
+            row = bh * n_chunks + c
+            w = tl.exp(tl.load(stat_ptr + row * 2 * GP + g) - top)  # a chunk with no valid key has l = 0
+            num += w[:, None] * tl.load(part_ptr + (row * GP + g[:, None]) * D + d[None, :])
+            den += w * tl.load(stat_ptr + row * 2 * GP + GP + g)
+        out = num / den[:, None]
+        tl.store(out_ptr + (bh * G + g[:, None]) * D + d[None, :], out.to(out_ptr.dtype.element_ty), mask=g[:, None] < G)
+
+
+def decode_attention(q, k, v, valid=None, block=64):
+    """Flash-decoding in Triton: q [B, kv heads, group, d] (a token's query heads, grouped by the kv head
+    they read), k and v [B, kv heads, S, d] (views of a cache are fine), valid [B, S] bool or None -> the
+    attention output [B, kv heads, group, d]. Needs Triton, a power-of-two d and d-contiguous k and v."""
+    B, KV, G, D = q.shape
+    S, q = k.shape[2], q.contiguous()
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
+    n_chunks = max(1, min(triton.cdiv(S, block), triton.cdiv(2 * sms, B * KV)))  # about two programs per SM
+    chunk = triton.cdiv(triton.cdiv(S, n_chunks), block) * block
+    n_chunks, GP = triton.cdiv(S, chunk), max(16, triton.next_power_of_2(G))  # tl.dot tiles are 16 rows or more
+    part = torch.empty(B * KV, n_chunks, GP, D, dtype=torch.float32, device=q.device)
+    stat = torch.empty(B * KV, n_chunks, 2, GP, dtype=torch.float32, device=q.device)
+    out = torch.empty_like(q)
+    _decode_chunk_kernel[(B * KV, n_chunks)](
+        q, k, v, q if valid is None else valid.contiguous().view(torch.uint8), part, stat, S, chunk, n_chunks, KV,
+        D ** -0.5, *k.stride()[:3], *v.stride()[:3], G=G, GP=GP, D=D, BLOCK=block, HAS_VALID=valid is not None)
+    _decode_merge_kernel[(B * KV,)](part, stat, out, n_chunks, G=G, GP=GP, D=D)
+    return out
+
+
+def use_decode_kernel(q, k, v, mask):
+    """Flash-decoding for a half-precision cache on a GPU (fp32 would run its dots in tf32). Not under
+    torch.compile, which traces scaled_dot_product_attention instead."""
+    return triton is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and \
+        not torch.compiler.is_compiling() and k.stride(-1) == v.stride(-1) == 1 and \
+        q.shape[-1] & (q.shape[-1] - 1) == 0 and (mask is None or mask.shape == (q.shape[0], 1, 1, k.shape[2]))
 
 
 class Attention(nn.Module):
@@ -325,7 +426,12 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v)
         # query head i reads kv head i // group: the order wqkv's grouping gives
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and L > 1, enable_gqa=True)
+        if L == 1:  # decode: a kv head's group of queries as one [group, d] block; the cache is not repeated
+            q = q.reshape(B, self.n_kv, self.group, -1)
+            y = decode_attention(q, k, v, None if mask is None else mask.reshape(B, -1)) if use_decode_kernel(q, k, v, mask) \
+                else F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            return self.wo(y.reshape(B, 1, -1))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
         return self.wo(y.transpose(1, 2).reshape(B, L, -1))
 
 
@@ -378,6 +484,54 @@ class LanguageModel(nn.Module):
             x = layer(x, cos, sin, mask, caches[i] if caches else None)
         x = self.model.norm(x[:, -1:] if last_only else x if logits_mask is None else x[logits_mask])
         return self.output(x)
+
+
+def decode_step(lm, caches, attention_mask, graph=None, compile=False):
+    """The decode loop's step after a prefill of L tokens into caches (attention_mask [B, L]: the real
+    ones): step(token [B]) -> logits [B, V] of the next position. Decode reads every weight once per
+    token, so launch overhead, not arithmetic, is what an eager loop loses (gpt-fast's point): the step
+    works on static buffers (token, position, write index, key mask) whose shapes never change, and on
+    CUDA it is captured once as a CUDA graph and replayed. compile: torch.compile it first (fused
+    kernels; a compile per batch size). The returned logits are overwritten by the next step."""
+    cfg, (B, L), device = lm.config, attention_mask.shape, attention_mask.device
+    max_len = caches[0].k.shape[2]
+    if lm.token_pruner is not None:
+        raise ValueError("decode_step needs an unpruned LLM: FastV's decode steps change the key mask per layer")
+    if ntk_rescales(cfg, max_len):  # the step's rotary base must not change with its length
+        raise ValueError(f"{max_len} cached tokens pass max_position_embeddings with dynamic rope: decode eagerly")
+    token = torch.zeros(B, 1, dtype=torch.long, device=device)
+    position = attention_mask.long().sum(-1, keepdim=True)  # the next position id of each (left-padded) row
+    index = torch.tensor([L], device=device)
+    keys = torch.zeros(B, 1, 1, max_len, dtype=torch.bool, device=device)
+    keys[:, 0, 0, :L] = attention_mask.bool()
+    for c in caches:
+        c.index = index
+
+    def run():
+        return lm(lm.model.tok_embeddings(token), position, keys, caches)[:, -1]
+    run = torch.compile(run, dynamic=False) if compile else run
+    graph = device.type == "cuda" if graph is None else graph
+    if graph:
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):  # warm-up outside the capture: its writes at index are redone by step 1
+            for _ in range(2):
+                run()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        cuda_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(cuda_graph):
+            logits = run()
+
+    def step(next_token):
+        token.copy_(next_token.view(B, 1))
+        keys.index_fill_(-1, index, True)
+        if graph:
+            cuda_graph.replay()
+        out = logits if graph else run()
+        position.add_(1)
+        index.add_(1)
+        return out
+    return step
 
 
 # ----------------------------------------------------------------------------------------------
@@ -464,6 +618,10 @@ class InternVLChat(nn.Module):
         t0 = _now(input_ids.device)
         logits = self(pixel_values, input_ids, mask, caches=caches, last_only=True)
         t1 = _now(input_ids.device)
+        # on CUDA, the decode loop replays one captured step (see decode_step); FastV's steps stay eager
+        static = input_ids.is_cuda and max_new_tokens > 1 and self.language_model.token_pruner is None and \
+            not ntk_rescales(self.config.llm, L + max_new_tokens)
+        next_logits = decode_step(self.language_model, caches, mask) if static else None
         for step in range(max_new_tokens):
             if step < min_new_tokens:
                 logits[:, -1, stop[stop >= 0]] = float("-inf")
@@ -472,6 +630,9 @@ class InternVLChat(nn.Module):
             out.append(token)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
+            if next_logits is not None:
+                logits = next_logits(token)[:, None]
+                continue
             mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=mask.device)], dim=1)
             logits = self(None, token[:, None], mask, caches=caches)
         t2 = _now(input_ids.device)

@@ -42,7 +42,9 @@ def test_every_tiles_and_ratio_row_is_printed(tiny):
             assert re.search(rf"^\s+{n}\s+{r}\s+\d+{figures}\s+x[\d.]+ / x[\d.]+ / \d+%$", ours, re.M), \
                 f"no row for {n} tiles at ratio {r} in:\n{ours}"
     assert [(r["tiles"], r["ratio"]) for r in res["rows"]] == [(n, r) for n in (1, 2) for r in (1.0, 0.5, 0.25)]
-    assert "stage-I distillation step" in text and "decode bandwidth" in text and "device copy" in text
+    assert "stage-I distillation step" in text and "decode step at ratio 1.0" in text and "device's copy" in text
+    assert list(res["bandwidth"]["modes"]) == ["eager_b1", "eager_b8"]  # graph and compile: CUDA only
+    assert re.search(r"^\s+eager\s+8\s+[\d.]+\s+[\d.]+\s+\d+\s+[\d.]+$", text, re.M)
     assert [(r["ratio"], r["batch"]) for r in res["distill"]] == [(0.5, 1), (0.5, 2), (0.25, 1), (0.25, 2)]
     assert all(r["step_ms"] > 0 and r["peak_gb"] is None for r in res["distill"])
 

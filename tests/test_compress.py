@@ -105,6 +105,23 @@ print("ok")
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled kernel needs a GPU; the interpreter test runs it here")
+def test_triton_kernel_on_cuda():
+    """The compiled kernel on a GPU against the PyTorch path, fp32 and bf16, odd channel counts."""
+    pytest.importorskip("triton")
+    torch.manual_seed(0)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        for shape, window in (((2, 4, 8, 100), (1, 2)), ((13, 16, 16, 4096), (2, 2)), ((3, 2, 8, 48), (2, 4))):
+            x = torch.randn(shape, device="cuda", dtype=dtype)
+            w = torch.rand(window[0] * window[1], shape[-1], device="cuda", dtype=dtype)
+            b = torch.rand(shape[-1], device="cuda", dtype=dtype)
+            assert C.merge_backend(x, w) is C.merge_triton
+            for bias in (None, b):
+                got, ref = C.merge_triton(x, window, w, bias), C.merge_torch(x.float(), window, w.float(),
+                                                                             None if bias is None else bias.float())
+                assert got.dtype == dtype and torch.allclose(got.float(), ref, atol=tol, rtol=tol), (dtype, shape, window)
+
+
 def prompt_ids(model, tok, n_tiles, question="What is the total?"):
     return tok.encode(M.chat_prompt(question, n_tiles * model.num_image_token, model.config.template))
 

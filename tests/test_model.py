@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -259,6 +260,68 @@ def test_left_padded_batch_equals_one_by_one(tmp_path):
     first = both[0][3]
     stopped = ours.generate(pa, a, max_new_tokens=12, stop_ids=[first])
     assert stopped[0] == both[0][: both[0].index(first)]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the captured CUDA graph needs a GPU; on a CPU the same step runs eagerly"))])
+def test_static_decode_step_equals_eager_decoding(tmp_path, device):
+    """decode_step (static buffers; on CUDA a replayed graph) gives the eager cached loop's logits, left padding too."""
+    _, ours = full_model_pair(tmp_path)
+    ours = ours.to(device)
+    a, b = image_prompt(3, 4, seed=1), image_prompt(1, 4, seed=2)
+    L = a.shape[1]
+    ids = torch.cat([a, torch.cat([torch.zeros(1, L - b.shape[1], dtype=torch.long), b], 1)]).to(device)
+    mask = torch.ones_like(ids)
+    mask[1, : L - b.shape[1]] = 0
+    pv = torch.randn(4, 3, 56, 56).to(device)
+
+    @torch.inference_mode()
+    def decode(static, steps=6):
+        caches = M.new_caches(ours.config.llm, 2, L + steps, torch.float32, device)
+        logits, m, out = ours(pv, ids, mask, caches=caches, last_only=True)[:, -1], mask, []
+        next_logits = M.decode_step(ours.language_model, caches, mask) if static else None
+        for _ in range(steps):
+            out.append(logits.clone())
+            token = logits.argmax(-1)
+            m = torch.cat([m, torch.ones_like(m[:, :1])], 1)
+            logits = next_logits(token) if static else ours(None, token[:, None], m, caches=caches)[:, -1]
+        return torch.stack(out)
+    assert (decode(True) - decode(False)).abs().max() < 1e-4
+
+
+def test_decode_attention_kernel_in_the_interpreter():
+    """The flash-decoding kernels, run by Triton's CPU interpreter, against scaled_dot_product_attention: several
+    chunks, a chunk with no valid key (left padding), a cache view with room left, one and four query heads per kv head."""
+    pytest.importorskip("triton", reason="triton is in requirements-test.txt")
+    code = """
+import torch, torch.nn.functional as F, model as M
+torch.manual_seed(0)
+for B, KV, G, S in ((2, 2, 1, 300), (1, 2, 4, 70)):
+    q = torch.randn(B, KV, G, 16)
+    k, v = torch.randn(B, KV, S + 9, 16)[:, :, :S], torch.randn(B, KV, S + 9, 16)[:, :, :S]
+    valid = torch.ones(B, S, dtype=torch.bool)
+    valid[-1, : S // 2 + 10] = False  # S = 300: the first chunk (128 keys) has none
+    for mask in (None, valid):
+        got = M.decode_attention(q, k, v, mask)
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[:, None, None])
+        assert (got - ref).abs().max() < 1e-5, (B, KV, G, S, mask is None)
+print("ok")
+"""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled kernel needs a GPU; the interpreter test runs it here")
+def test_decode_attention_kernel_on_cuda():
+    torch.manual_seed(0)
+    for B, KV, G, S in ((1, 8, 2, 3400), (8, 8, 4, 1000), (2, 2, 1, 50)):
+        q = torch.randn(B, KV, G, 128, device="cuda", dtype=torch.bfloat16)
+        k, v = (torch.randn(B, KV, S, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        valid = torch.rand(B, S, device="cuda") > 0.3
+        ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=valid[:, None, None])
+        assert M.use_decode_kernel(q, k, v, valid[:, None, None])
+        assert (M.decode_attention(q, k, v, valid).float() - ref).abs().max() < 2e-2
 
 
 def test_released_key_names_single_and_sharded(tmp_path):
