@@ -11,7 +11,8 @@ step, and the same weights in transformers' InternVLForConditionalGeneration as 
 n tiles are n tiles plus the thumbnail when n > 1 (as dynamic_preprocess) inside --text prompt tokens.
 ViT ms: the encoder. Prefill ms: the LLM over the prompt's embeddings, KV cache written. TTFT ms: pixels to
 the first greedy token. Decode tok/s: a step of model.generate's loop at batch 1 and 8 (on CUDA a replayed
-graph: model.decode_step). Peak GB: the TTFT run's (CUDA). After a warm-up run a figure is the median of --repeats runs on CUDA, the fastest on a CPU.
+graph: model.decode_step). Peak GB: the TTFT run's (CUDA). After a warm-up run a figure is the median of
+--repeats runs on CUDA, the fastest on a CPU.
 """
 import argparse
 import gc
