@@ -486,6 +486,12 @@ class LanguageModel(nn.Module):
         return self.output(x)
 
 
+def static_decode_ok(lm, max_len):
+    """Whether decode_step can run: FastV's decode steps change the key mask per layer, and dynamic NTK rope
+    would change the rotary base with the step's length."""
+    return lm.token_pruner is None and not ntk_rescales(lm.config, max_len)
+
+
 def decode_step(lm, caches, attention_mask, graph=None, compile=False):
     """The decode loop's step after a prefill of L tokens into caches (attention_mask [B, L]: the real
     ones): step(token [B]) -> logits [B, V] of the next position. Decode reads every weight once per
@@ -493,12 +499,10 @@ def decode_step(lm, caches, attention_mask, graph=None, compile=False):
     works on static buffers (token, position, write index, key mask) whose shapes never change, and on
     CUDA it is captured once as a CUDA graph and replayed. compile: torch.compile it first (fused
     kernels; a compile per batch size). The returned logits are overwritten by the next step."""
-    cfg, (B, L), device = lm.config, attention_mask.shape, attention_mask.device
-    max_len = caches[0].k.shape[2]
-    if lm.token_pruner is not None:
-        raise ValueError("decode_step needs an unpruned LLM: FastV's decode steps change the key mask per layer")
-    if ntk_rescales(cfg, max_len):  # the step's rotary base must not change with its length
-        raise ValueError(f"{max_len} cached tokens pass max_position_embeddings with dynamic rope: decode eagerly")
+    (B, L), device, max_len = attention_mask.shape, attention_mask.device, caches[0].k.shape[2]
+    if not static_decode_ok(lm, max_len):
+        raise ValueError(f"decode_step needs an LLM without FastV and, under dynamic rope, at most "
+                         f"max_position_embeddings cached tokens (got {max_len}): decode eagerly")
     token = torch.zeros(B, 1, dtype=torch.long, device=device)
     position = attention_mask.long().sum(-1, keepdim=True)  # the next position id of each (left-padded) row
     index = torch.tensor([L], device=device)
@@ -619,8 +623,7 @@ class InternVLChat(nn.Module):
         logits = self(pixel_values, input_ids, mask, caches=caches, last_only=True)
         t1 = _now(input_ids.device)
         # on CUDA, the decode loop replays one captured step (see decode_step); FastV's steps stay eager
-        static = input_ids.is_cuda and max_new_tokens > 1 and self.language_model.token_pruner is None and \
-            not ntk_rescales(self.config.llm, L + max_new_tokens)
+        static = input_ids.is_cuda and max_new_tokens > 1 and static_decode_ok(self.language_model, L + max_new_tokens)
         next_logits = decode_step(self.language_model, caches, mask) if static else None
         for step in range(max_new_tokens):
             if step < min_new_tokens:

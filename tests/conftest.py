@@ -1,5 +1,7 @@
 """Fixtures every test file shares: one CPU thread, and a random tiny teacher saved in the released layout."""
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -32,3 +34,16 @@ def teacher_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("teacher"))
     M.save_model(model.to(torch.bfloat16), path, tokenizer_dir=TOK)
     return path
+
+
+@pytest.fixture
+def triton_interpreter():
+    """run(code): the code in a fresh Python with TRITON_INTERPRET=1 (set before triton is imported), where
+    Triton kernels run on the CPU; it must print "ok"."""
+    pytest.importorskip("triton", reason="triton is in requirements-test.txt")
+
+    def run(code):
+        env = dict(os.environ, TRITON_INTERPRET="1")
+        r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    return run

@@ -1,8 +1,6 @@
 """compress.py: windows, the three compressors and their backends, the student, FastV."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -85,9 +83,8 @@ def test_backends_agree():
     assert C.merge_backend(x, w.requires_grad_()) is C.merge_torch
 
 
-def test_triton_kernel_in_the_interpreter():
+def test_triton_kernel_in_the_interpreter(triton_interpreter):
     """The Triton kernel itself, run by Triton's CPU interpreter, against the PyTorch path."""
-    pytest.importorskip("triton", reason="triton is in requirements-test.txt")
     code = """
 import torch, compress as C
 assert C.merge_backend(torch.zeros(1), torch.zeros(1)) is C.merge_triton
@@ -100,9 +97,7 @@ for shape, window in (((2, 4, 8, 100), (1, 2)), ((1, 4, 4, 64), (2, 2)), ((3, 2,
         assert got.shape == ref.shape and torch.allclose(got, ref, atol=1e-5), (shape, window)
 print("ok")
 """
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    triton_interpreter(code)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled kernel needs a GPU; the interpreter test runs it here")

@@ -289,10 +289,9 @@ def test_static_decode_step_equals_eager_decoding(tmp_path, device):
     assert (decode(True) - decode(False)).abs().max() < 1e-4
 
 
-def test_decode_attention_kernel_in_the_interpreter():
+def test_decode_attention_kernel_in_the_interpreter(triton_interpreter):
     """The flash-decoding kernels, run by Triton's CPU interpreter, against scaled_dot_product_attention: several
     chunks, a chunk with no valid key (left padding), a cache view with room left, one and four query heads per kv head."""
-    pytest.importorskip("triton", reason="triton is in requirements-test.txt")
     code = """
 import torch, torch.nn.functional as F, model as M
 torch.manual_seed(0)
@@ -307,9 +306,7 @@ for B, KV, G, S in ((2, 2, 1, 300), (1, 2, 4, 70)):
         assert (got - ref).abs().max() < 1e-5, (B, KV, G, S, mask is None)
 print("ok")
 """
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    triton_interpreter(code)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled kernel needs a GPU; the interpreter test runs it here")
