@@ -9,6 +9,9 @@ feeds both branches; the loss on the answer tokens is
     python distill.py --ratio 0.5                # the embedded teacher on synthetic pairs (CPU, minutes),
                                                  # then teacher / pool / FastV / student on DocVQA-format
     python distill.py --ratio 0.25 --compressor dwconv --temperature 2 --ce-weight 0.5
+    python distill.py --ratio 0.5 --student runs/distill-conv0.5 --trainable compressor,projector,llm --lr 5e-4
+                                                 # go on from a student, its LLM learning too (a copy:
+                                                 # the teacher's stays as it is)
     torchrun --standalone --nproc_per_node 8 distill.py --teacher /models/InternVL2-2B --ratio 0.5 \
         --data pairs.jsonl --image-root /data/images --micro-batch 2 --grad-accum 4 --lr 1e-4 \
         --steps 2000 --grad-checkpointing --eval-task docvqa --eval-data /data/docvqa/val
@@ -23,6 +26,7 @@ whose config.json records the compressor, which evaluate.py and model.load_model
 compress.build) load as it is. OUT/results.md holds the comparison table.
 """
 import argparse
+import copy
 import os
 import sys
 from dataclasses import asdict, dataclass, fields
@@ -50,6 +54,7 @@ class Config:
     eval_limit: int = 0  # first N questions only (0: all)
     eval_batch_size: int = 8
     fastv_layer: int = 2  # K of the FastV baseline
+    student: str = ""  # start from this student folder (same compressor and ratio) instead of a new V_c and A_s
 
 
 # posttrain.py's flags with distillation's defaults (a flag given on the command line wins)
@@ -102,6 +107,24 @@ def make_loss(teacher, T, ce_weight):
     return distill_loss
 
 
+def start_student(cfg, teacher, device, dtype, own_llm):
+    """A new student (make_student), or the one in --student; its LLM is the teacher's unless it learns:
+    then a copy, so that the teacher's targets stay those of the uncompressed model."""
+    if not cfg.student:
+        student = C.make_student(teacher, cfg.compressor, cfg.ratio)
+    else:
+        student = M.load_model(cfg.student, device, dtype, build_compressor=C.build)
+        want = {"method": cfg.compressor, "ratio": cfg.ratio}
+        if student.config.compressor != want:
+            raise P.TrainError(f"--student {cfg.student} has compressor {student.config.compressor}, not {want}: "
+                               "pass its --compressor and --ratio")
+        student.vision_model = teacher.vision_model  # the ViT never learns here: one copy serves both
+        student.language_model = teacher.language_model
+    if own_llm:
+        student.language_model = copy.deepcopy(student.language_model)
+    return student
+
+
 def compare(cfg, tcfg, student_dir):
     """Teacher, the training-free baselines at the same ratio and the student on one task: a table."""
     rows = [("teacher", cfg.teacher, "none", 1.0), (f"pool {cfg.ratio:g}", cfg.teacher, "pool", cfg.ratio),
@@ -141,17 +164,19 @@ def main(argv=None):
     rank, world = P.dist_info()
     try:
         P.check(tcfg)
-        if not set(tcfg.trainable.split(",")) <= {"compressor", "projector"}:  # the LLM and ViT are the teacher's own
-            raise P.TrainError(f"--trainable {tcfg.trainable}: stage I trains only compressor,projector "
-                               "(the student shares the teacher's ViT and LLM; train them in stage II, posttrain.py)")
+        if not set(tcfg.trainable.split(",")) <= {"compressor", "projector", "llm"}:  # the ViT runs once, for both
+            raise P.TrainError(f"--trainable {tcfg.trainable}: distillation trains compressor, projector and, "
+                               "optionally, llm (the ViT is the teacher's own; train it with posttrain.py)")
         if cfg.eval_task and cfg.eval_task not in E.TASKS:
             raise P.TrainError(f"--eval-task {cfg.eval_task}: choose one of {', '.join(E.TASKS)} or '' for none")
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         teacher = M.load_model(cfg.teacher, device, dtype)
         tok = M.load_tokenizer(cfg.teacher)
-        student = C.make_student(teacher, cfg.compressor, cfg.ratio)
+        student = start_student(cfg, teacher, device, dtype, "llm" in tcfg.trainable.split(","))
         C.FastV(cfg.ratio, cfg.fastv_layer, teacher.config.llm.num_hidden_layers)  # a bad K fails now, not after training
         student.compressor.float(), student.mlp1.float()  # the parts that learn keep fp32 weights
+        if student.language_model is not teacher.language_model:
+            student.language_model.float()
         records = P.read_jsonl(tcfg.data, tcfg.image_root or os.path.dirname(tcfg.data)) if tcfg.data else None
         collate = pair_collate(teacher)
         step = P.train(tcfg, student, tok,

@@ -4,7 +4,7 @@ from the stage-I student (posttrain.py; other seeds, other CoT shares), their av
 every row on every task (evaluate.py): teacher, pool, FastV, stage I, stage I+II (the better run),
 stage I+II+merge.
 
-    python results.py                          # embedded teacher, ratios 0.5 0.25, all five tasks (2-core CPU: ~2 h)
+    python results.py --jobs 2 --threads 1     # embedded teacher, ratios 0.5 0.25, all five tasks (2-core CPU: 44 min)
     python results.py --quick --threads 1      # smoke run: 4 steps, 4 tiles, 4 questions per task
     python results.py --table-only             # table, JSON and plot again from OUT/eval/, no training
     python results.py --teacher /models/InternVL2-2B --device cuda --micro-batch 2 --distill-steps 2000 --distill-lr 1e-4 \
@@ -53,6 +53,7 @@ class Config:
     max_new_tokens: int = 0  # answer length in evaluation (0: the task protocol's)
     batch_size: int = 8  # evaluation batch size
     threads: int = 0  # CPU threads per process (0: each script's default)
+    jobs: int = 1  # ratios trained, and rows evaluated, side by side (a 2-core CPU does most as --jobs 2 --threads 1)
     device: str = ""  # cpu | cuda ('': cuda if available)
     quick: bool = False  # smoke preset (flags left at their default): 4 steps, micro-batch 2, 4 tiles, --limit 4
     table_only: bool = False  # only rebuild table, JSON and plot from OUT/eval/
@@ -127,26 +128,57 @@ def train(cfg, what, script, out, argv):
     step(what, [script, *argv, *(["--resume"] if os.path.isdir(os.path.join(out, "checkpoint")) else [])], threads=cfg.threads)
 
 
+def side_by_side(fns, jobs):
+    """Call each fn in a forked child, at most `jobs` at a time (jobs 1: in order, in this process). A
+    failing child has printed its one line; the others finish, no new one starts, and this exits with its code."""
+    if jobs <= 1:
+        return [fn() for fn in fns]
+    todo, running, failed = list(fns), set(), 0
+    while running or (todo and not failed):
+        while todo and not failed and len(running) < jobs:
+            fn = todo.pop(0)
+            if (pid := os.fork()) == 0:
+                rc = 1
+                try:
+                    fn()
+                    rc = 0
+                except SystemExit as e:
+                    rc = e.code if isinstance(e.code, int) else 1
+                except Exception as e:
+                    print(f"results.py: error: {type(e).__name__}: {e}", file=sys.stderr)
+                finally:
+                    sys.stdout.flush(), sys.stderr.flush(), os._exit(rc)
+            running.add(pid)
+        pid, status = os.wait()
+        running.discard(pid)
+        failed = failed or os.waitstatus_to_exitcode(status)
+    if failed:
+        sys.exit(failed)
+
+
 def run_pipeline(cfg):
-    for r in cfg.ratios:
-        d = os.path.join(cfg.out, f"r{r:g}")
-        train(cfg, f"stage I {r:g}", "distill.py", os.path.join(d, "stage1"),
-              ["--teacher", cfg.teacher, "--ratio", str(r), "--compressor", cfg.compressor, "--eval-task", "", "--steps",
-               str(cfg.distill_steps), "--lr", str(cfg.distill_lr), "--fastv-layer", str(cfg.fastv_layer), *shlex.split(cfg.distill_args)])
-        for k, s in STAGE2.items():
-            train(cfg, f"stage II-{k} {r:g}", "posttrain.py", os.path.join(d, f"stage2-{k}"),
-                  ["--init", os.path.join(d, "stage1"), "--trainable", "compressor,projector,llm", "--p-transcribe", "0.2",
-                   "--p-qa", "0.4", "--p-reason", "0.4", "--cot-frac", str(s["cot_frac"]), "--seed", str(s["seed"]),
-                   "--seed-offset", str(s["seed_offset"]), "--steps", str(cfg.stage2_steps), "--lr", str(cfg.stage2_lr),
-                   "--lr-llm", str(cfg.stage2_lr_llm), *shlex.split(cfg.stage2_args)])
-        merged = os.path.join(d, "merged")
-        if not finished(merged):  # written to merged.tmp, then renamed: a folder named merged is complete
-            import merge
-            shutil.rmtree(merged + ".tmp", ignore_errors=True)
-            step(f"merge {r:g}: stage2-a + stage2-b -> {merged}",
-                 fn=lambda: merge.merge([os.path.join(d, "stage2-a"), os.path.join(d, "stage2-b")], merged + ".tmp"))
-            shutil.rmtree(merged, ignore_errors=True)
-            os.replace(merged + ".tmp", merged)
+    side_by_side([lambda r=r: ratio_pipeline(cfg, r) for r in cfg.ratios], cfg.jobs)
+
+
+def ratio_pipeline(cfg, r):
+    d = os.path.join(cfg.out, f"r{r:g}")
+    train(cfg, f"stage I {r:g}", "distill.py", os.path.join(d, "stage1"),
+          ["--teacher", cfg.teacher, "--ratio", str(r), "--compressor", cfg.compressor, "--eval-task", "", "--steps",
+           str(cfg.distill_steps), "--lr", str(cfg.distill_lr), "--fastv-layer", str(cfg.fastv_layer), *shlex.split(cfg.distill_args)])
+    for k, s in STAGE2.items():
+        train(cfg, f"stage II-{k} {r:g}", "posttrain.py", os.path.join(d, f"stage2-{k}"),
+              ["--init", os.path.join(d, "stage1"), "--trainable", "compressor,projector,llm", "--p-transcribe", "0.2",
+               "--p-qa", "0.4", "--p-reason", "0.4", "--cot-frac", str(s["cot_frac"]), "--seed", str(s["seed"]),
+               "--seed-offset", str(s["seed_offset"]), "--steps", str(cfg.stage2_steps), "--lr", str(cfg.stage2_lr),
+               "--lr-llm", str(cfg.stage2_lr_llm), *shlex.split(cfg.stage2_args)])
+    merged = os.path.join(d, "merged")
+    if not finished(merged):  # written to merged.tmp, then renamed: a folder named merged is complete
+        import merge
+        shutil.rmtree(merged + ".tmp", ignore_errors=True)
+        step(f"merge {r:g}: stage2-a + stage2-b -> {merged}",
+             fn=lambda: merge.merge([os.path.join(d, "stage2-a"), os.path.join(d, "stage2-b")], merged + ".tmp"))
+        shutil.rmtree(merged, ignore_errors=True)
+        os.replace(merged + ".tmp", merged)
 
 
 def rows(cfg):
@@ -162,8 +194,11 @@ def rows(cfg):
 
 
 def evaluate_rows(cfg):
-    """A row's tasks in one forked child. A task is skipped when its .json exists and its flags and weights
-    (name, size, mtime) are those in .inputs.json; other weights drop the old predictions, other flags resume them."""
+    """A row's tasks in one forked child (--jobs of them at a time). A task is skipped when its .json exists and its
+    flags and weights (name, size, mtime) are those in .inputs.json; other weights drop the old predictions, other
+    flags resume them."""
+    import torch, model, compress  # once, in the parent: only imports happen before the forks
+    on_cpu, work = (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu", []
     for key, family, r, folder, method in rows(cfg):
         todo, edir = [], os.path.join(cfg.out, "eval", key)
         stamp = sorted((os.path.basename(f), os.path.getsize(f), os.path.getmtime(f))
@@ -184,12 +219,14 @@ def evaluate_rows(cfg):
             os.makedirs(edir, exist_ok=True)
             E.write_text(side, json.dumps(want))
             todo.append(argv)
-        if todo:
-            import torch, model, compress  # once, in the parent: only imports happen before the forks
-            if (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu":
-                step(f"evaluate {key}", fn=lambda: next((rc for a in todo if (rc := E.main(a))), 0), threads=cfg.threads)
-            else:  # CUDA does not survive a fork: a new process per row
-                step(f"evaluate {key}", ["-c", EVAL_ROW, json.dumps(todo)], threads=cfg.threads)
+        if not todo:
+            continue
+        if on_cpu:
+            work.append(lambda key=key, todo=todo: step(f"evaluate {key}", threads=cfg.threads,
+                                                        fn=lambda: next((rc for a in todo if (rc := E.main(a))), 0)))
+        else:  # CUDA does not survive a fork: a new process per row
+            work.append(lambda key=key, todo=todo: step(f"evaluate {key}", ["-c", EVAL_ROW, json.dumps(todo)], threads=cfg.threads))
+    side_by_side(work, cfg.jobs)
 
 
 def summarise(cfg):

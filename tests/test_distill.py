@@ -1,5 +1,6 @@
-"""distill.py: the loss against a direct computation, only V_c and A_s learn, exact resume, DDP
-(2 CPU processes) = 1 process, a student folder evaluate.py runs, one-line errors.
+"""distill.py: the loss against a direct computation, only V_c and A_s learn, going on from a student
+whose LLM learns (the teacher's stays put), exact resume, DDP (2 CPU processes) = 1 process, a student
+folder evaluate.py runs, one-line errors.
 
     python -m pytest tests/test_distill.py -q      (CPU, a random tiny teacher in the released layout)
 """
@@ -83,6 +84,38 @@ def test_only_compressor_and_projector_learn_and_the_student_evaluates(teacher_d
     assert tokens[0] == tokens[1] / 2
 
 
+def test_going_on_from_a_student_whose_llm_learns(teacher_dir, tmp_path):
+    """--student starts from that folder's V_c and A_s; with llm trainable the student's LLM is a copy that
+    learns while the teacher's (the KL's targets) stays put; the ViT is the teacher's throughout."""
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    assert run(*train_args(teacher_dir, first)).returncode == 0
+    cfg, tcfg = D.parse_args(train_args(teacher_dir, "unused", "--student", first))
+    teacher, tok = M.load_model(teacher_dir), M.load_tokenizer(teacher_dir)
+    student = D.start_student(cfg, teacher, "cpu", torch.float32, own_llm=True)
+    saved = load_file(os.path.join(first, "model.safetensors"))
+    assert torch.equal(student.compressor.weight, saved["compressor.weight"].float())
+    assert student.vision_model is teacher.vision_model and student.language_model is not teacher.language_model
+    llm_before = {k: v.clone() for k, v in teacher.language_model.state_dict().items()}
+    convs = [P.conversation_at(i, tcfg) for i in range(2)]
+    batch = D.pair_collate(teacher)(convs, tok, student, tcfg)
+    loss, _ = D.make_loss(teacher, 1.0, 0.5)(student, dict(batch, n_labels_global=batch["n_labels"]))
+    loss.backward()
+    with torch.no_grad():
+        for p in student.language_model.parameters():
+            p -= 0.1 * p.grad
+    assert all(torch.equal(v, teacher.language_model.state_dict()[k]) for k, v in llm_before.items())
+    assert not torch.equal(student.language_model.output.weight, teacher.language_model.output.weight)
+
+    r = run(*train_args(teacher_dir, second, "--student", first, "--trainable", "compressor,projector,llm", "--steps", "2"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    t, s = load_file(os.path.join(teacher_dir, "model.safetensors")), load_file(os.path.join(second, "model.safetensors"))
+    assert all(torch.equal(t[k], s[k]) for k in t if k.startswith("vision_model."))
+    assert any(not torch.equal(t[k].float(), s[k].float()) for k in t if k.startswith("language_model."))
+    r = run(*train_args(teacher_dir, str(tmp_path / "x"), "--student", first, "--ratio", "0.25"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr[-2000:]
+    assert "pass its --compressor and --ratio" in r.stderr
+
+
 def test_resume_is_exact(teacher_dir, tmp_path):
     straight, cut = str(tmp_path / "straight"), str(tmp_path / "cut")
     assert run(*train_args(teacher_dir, straight)).returncode == 0
@@ -111,7 +144,7 @@ def test_ddp_two_processes_equal_one(teacher_dir, tmp_path):
     (["--eval-task", "mmmu"], "--eval-task mmmu"),
     (["--fastv-layer", "5"], "FastV layer K=5"),
     (["--teacher", "/nonexistent"], "/nonexistent does not exist"),
-    (["--trainable", "projector,llm"], "stage I trains only compressor,projector"),
+    (["--trainable", "vision,projector"], "distillation trains compressor, projector and, optionally, llm"),
 ])
 def test_bad_input_is_one_line(teacher_dir, tmp_path, flags, words):
     r = run(*train_args(teacher_dir, str(tmp_path / "x")), *flags)  # the last of a repeated flag wins

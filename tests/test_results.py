@@ -37,7 +37,7 @@ def run(*argv):
 @pytest.fixture(scope="module")
 def first(teacher_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("results"))
-    p, dt = run(*args(teacher_dir, out))
+    p, dt = run(*args(teacher_dir, out, "--jobs", "2"))  # the later runs, one job, must find nothing to redo
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return out, p, dt
 
@@ -145,7 +145,12 @@ def test_cut_run_resumes(first, teacher_dir):
     assert json.load(open(os.path.join(out, "results.json")))["rows"]["stage2-b-r0.5"]["scores"] == scores
 
 
-def test_failing_step_is_one_line(teacher_dir, tmp_path):
-    p, _ = run(*args(teacher_dir, str(tmp_path / "bad"), "--distill-args=--no-such-flag"))
-    assert p.returncode == 2
-    assert p.stderr.strip().splitlines()[-1].startswith("results.py: error: stage I 0.5 failed (exit 2)")
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_failing_step_is_one_line(teacher_dir, tmp_path, jobs):
+    p, _ = run(*args(teacher_dir, str(tmp_path / "bad"), "--distill-args=--no-such-flag", "--jobs", jobs))
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("results.py: error: ")]
+    assert len(errors) == len(RATIOS if jobs == "2" else RATIOS[:1]), errors  # side by side, each ratio's own line
+    assert all(ln.startswith("results.py: error: stage I 0.") and "failed (exit 2)" in ln for ln in errors)
+    assert p.stderr.strip().splitlines()[-1] in errors
+    assert not os.path.exists(tmp_path / "bad" / "eval")  # nothing evaluated after a failed pipeline
