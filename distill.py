@@ -108,8 +108,9 @@ def make_loss(teacher, T, ce_weight):
 
 
 def start_student(cfg, teacher, device, dtype, own_llm):
-    """A new student (make_student), or the one in --student; its LLM is the teacher's unless it learns:
-    then a copy, so that the teacher's targets stay those of the uncompressed model."""
+    """A new student (make_student), or the one in --student. The ViT is the teacher's (one ViT runs for
+    both); so is the LLM while the student's equals it and does not learn: a copy when it learns, so that
+    the teacher's targets stay those of the uncompressed model."""
     if not cfg.student:
         student = C.make_student(teacher, cfg.compressor, cfg.ratio)
     else:
@@ -118,10 +119,15 @@ def start_student(cfg, teacher, device, dtype, own_llm):
         if student.config.compressor != want:
             raise P.TrainError(f"--student {cfg.student} has compressor {student.config.compressor}, not {want}: "
                                "pass its --compressor and --ratio")
-        student.vision_model = teacher.vision_model  # the ViT never learns here: one copy serves both
-        student.language_model = teacher.language_model
-    if own_llm:
-        student.language_model = copy.deepcopy(student.language_model)
+        same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+        if not same(student.vision_model, teacher.vision_model):
+            raise P.TrainError(f"--student {cfg.student}: its ViT differs from the teacher's, and distillation runs "
+                               "the teacher's ViT for both")
+        student.vision_model = teacher.vision_model
+        if same(student.language_model, teacher.language_model):
+            student.language_model = teacher.language_model
+    if own_llm and student.language_model is teacher.language_model:
+        student.language_model = copy.deepcopy(teacher.language_model)
     return student
 
 

@@ -111,6 +111,9 @@ def test_going_on_from_a_student_whose_llm_learns(teacher_dir, tmp_path):
     t, s = load_file(os.path.join(teacher_dir, "model.safetensors")), load_file(os.path.join(second, "model.safetensors"))
     assert all(torch.equal(t[k], s[k]) for k in t if k.startswith("vision_model."))
     assert any(not torch.equal(t[k].float(), s[k].float()) for k in t if k.startswith("language_model."))
+    cfg, _ = D.parse_args(train_args(teacher_dir, "unused", "--student", second))
+    again = D.start_student(cfg, teacher, "cpu", torch.float32, own_llm=False)  # its own LLM, not the teacher's
+    assert all(torch.equal(v, s["language_model." + k].float()) for k, v in again.language_model.state_dict().items())
     r = run(*train_args(teacher_dir, str(tmp_path / "x"), "--student", first, "--ratio", "0.25"))
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr[-2000:]
     assert "pass its --compressor and --ratio" in r.stderr
