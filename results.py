@@ -21,7 +21,7 @@ peak memory (each row's evaluations run in one process) relative to the teacher;
 its unit (OCRBench: hits); avg, the mean over tasks with OCRBench as percent; reasoning, the mean over
 tasks of the reasoning questions' score.
 """
-import argparse, glob, inspect, json, math, os, re, shlex, shutil, subprocess, sys, time
+import argparse, functools, glob, inspect, json, math, os, re, shlex, shutil, subprocess, sys, time
 from dataclasses import asdict, dataclass, fields
 
 import evaluate as E
@@ -97,6 +97,22 @@ def load(path):
         return json.load(f)
 
 
+def fork(fn, what):
+    """fn() in a forked child -> its pid. The child's exit code is fn's return value (None: 0), a SystemExit's
+    code, or 1 after printing an exception as one line starting with `what`."""
+    if (pid := os.fork()) == 0:
+        rc = 1
+        try:
+            rc = fn() or 0
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else 1
+        except Exception as e:
+            print(f"{what}: {type(e).__name__}: {e}", file=sys.stderr)
+        finally:
+            sys.stdout.flush(), sys.stderr.flush(), os._exit(rc)
+    return pid
+
+
 def step(what, argv=None, fn=None, threads=0):
     """A python subprocess (argv) or fn() in a forked child, output streamed; a failure stops all with one
     line. The parent only imports torch, never computes: a child's peak memory (evaluate.py's) is its own."""
@@ -104,18 +120,12 @@ def step(what, argv=None, fn=None, threads=0):
     if argv:
         env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
         rc = subprocess.run([sys.executable, *argv], cwd=HERE, env=env).returncode
-    elif (pid := os.fork()) == 0:
-        rc = 1
-        try:
+    else:
+        def child():
             import torch
             torch.set_num_threads(threads or torch.get_num_threads())
-            rc = fn() or 0
-        except Exception as e:
-            print(f"{what}: {type(e).__name__}: {e}", file=sys.stderr)
-        finally:
-            sys.stdout.flush(), sys.stderr.flush(), os._exit(rc)
-    else:
-        rc = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+            return fn()
+        rc = os.waitstatus_to_exitcode(os.waitpid(fork(child, what), 0)[1])
     if rc:
         fail(f"{what} failed (exit {rc}); fix it and rerun the same command to continue")
 
@@ -136,19 +146,7 @@ def side_by_side(fns, jobs):
     todo, running, failed = list(fns), set(), 0
     while running or (todo and not failed):
         while todo and not failed and len(running) < jobs:
-            fn = todo.pop(0)
-            if (pid := os.fork()) == 0:
-                rc = 1
-                try:
-                    fn()
-                    rc = 0
-                except SystemExit as e:
-                    rc = e.code if isinstance(e.code, int) else 1
-                except Exception as e:
-                    print(f"results.py: error: {type(e).__name__}: {e}", file=sys.stderr)
-                finally:
-                    sys.stdout.flush(), sys.stderr.flush(), os._exit(rc)
-            running.add(pid)
+            running.add(fork(todo.pop(0), "results.py: error"))
         pid, status = os.wait()
         running.discard(pid)
         failed = failed or os.waitstatus_to_exitcode(status)
@@ -157,7 +155,7 @@ def side_by_side(fns, jobs):
 
 
 def run_pipeline(cfg):
-    side_by_side([lambda r=r: ratio_pipeline(cfg, r) for r in cfg.ratios], cfg.jobs)
+    side_by_side([functools.partial(ratio_pipeline, cfg, r) for r in cfg.ratios], cfg.jobs)
 
 
 def ratio_pipeline(cfg, r):
@@ -219,14 +217,17 @@ def evaluate_rows(cfg):
             os.makedirs(edir, exist_ok=True)
             E.write_text(side, json.dumps(want))
             todo.append(argv)
-        if not todo:
-            continue
-        if on_cpu:
-            work.append(lambda key=key, todo=todo: step(f"evaluate {key}", threads=cfg.threads,
-                                                        fn=lambda: next((rc for a in todo if (rc := E.main(a))), 0)))
-        else:  # CUDA does not survive a fork: a new process per row
-            work.append(lambda key=key, todo=todo: step(f"evaluate {key}", ["-c", EVAL_ROW, json.dumps(todo)], threads=cfg.threads))
+        if todo:
+            work.append(functools.partial(evaluate_row, cfg, key, todo, on_cpu))
     side_by_side(work, cfg.jobs)
+
+
+def evaluate_row(cfg, key, todo, on_cpu):
+    """One row's evaluate.py runs (`todo`: their argv lists): in a forked child on a CPU, a new process on CUDA."""
+    if on_cpu:
+        step(f"evaluate {key}", fn=lambda: next((rc for a in todo if (rc := E.main(a))), 0), threads=cfg.threads)
+    else:  # CUDA does not survive a fork: a new process per row
+        step(f"evaluate {key}", ["-c", EVAL_ROW, json.dumps(todo)], threads=cfg.threads)
 
 
 def summarise(cfg):
