@@ -10,6 +10,8 @@ the student projector A_s (at first a copy of the teacher's mlp1):
   conv    a learned linear map of the window's concatenated tokens (a strided convolution),
           initialised to the mean. The default
   dwconv  a learned weight per window cell and channel (depthwise), initialised to the mean
+  mlp     the mean plus an MLP of the window's concatenated tokens (LayerNorm, k*C -> C, GELU,
+          C -> C), its last layer zero at first
 
 Ratio 0.5 merges horizontal pairs (text lines run horizontally), 0.25 merges 2 x 2; 1/k in general
 takes the squarest k-cell window that tiles the grid. FastV (Chen et al., 2024), the baseline inside
@@ -177,7 +179,22 @@ class Conv(Pool):
         return F.linear(windows(x, self.window).flatten(-2), self.weight, self.bias)
 
 
-COMPRESSORS = {"pool": Pool, "conv": Conv, "dwconv": DWConv}
+class MLP(Pool):
+    def __init__(self, window, width):
+        super().__init__(window, width)
+        self.norm = nn.LayerNorm(self.window_size * width)
+        self.fc1 = nn.Linear(self.window_size * width, width)
+        self.fc2 = nn.Linear(width, width)
+        nn.init.zeros_(self.fc2.weight), nn.init.zeros_(self.fc2.bias)  # starts as pool
+
+    def forward(self, x):
+        # the mean plus a nonlinear correction from the whole window: zero at first, so training
+        # starts from pool
+        fix = self.fc2(F.gelu(self.fc1(self.norm(windows(x, self.window).flatten(-2)))))
+        return super().forward(x) + fix
+
+
+COMPRESSORS = {"pool": Pool, "conv": Conv, "dwconv": DWConv, "mlp": MLP}
 
 
 def build(config):
@@ -208,7 +225,7 @@ def make_student(teacher, method="conv", ratio=0.5):
 
 
 def apply(model, method, ratio, fastv_layer=2):
-    """Training-free compression in place: pool (or an untrained conv/dwconv, the same thing) before
+    """Training-free compression in place: pool (or an untrained conv/dwconv/mlp, the same thing) before
     mlp1, or FastV inside the LLM. Returns the model."""
     if method == "fastv":
         model.language_model.token_pruner = FastV(ratio, fastv_layer, len(model.language_model.model.layers))

@@ -6,6 +6,9 @@ feeds both branches; the loss on the answer tokens is
 
     T^2 KL(teacher_T || student_T) + lambda CE(student, answer)     (_T: softmax at temperature T)
 
+except on answers with a rationale (--p-reason, --cot-frac), learnt by CE alone: the teacher never
+wrote rationales. With the LLM learning too, that makes a stage II (see README).
+
     python distill.py --ratio 0.5                # the embedded teacher on synthetic pairs (CPU, minutes),
                                                  # then teacher / pool / FastV / student on DocVQA-format
     python distill.py --ratio 0.25 --compressor dwconv --temperature 2 --ce-weight 0.5
@@ -46,7 +49,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 class Config:
     teacher: str = os.path.join(HERE, "checkpoints", "tiny")  # the uncompressed model (checkpoint folder)
     ratio: float = 0.5  # share of visual tokens kept: 0.5, 0.25 or 1/k
-    compressor: str = "conv"  # V_c: conv | dwconv | pool (compress.py)
+    compressor: str = "conv"  # V_c: conv | dwconv | mlp | pool (compress.py)
     temperature: float = 1.0  # T of the KL term
     ce_weight: float = 0.5  # lambda of the cross-entropy term
     eval_task: str = "docvqa"  # the task of the closing comparison ('': none)
@@ -89,6 +92,10 @@ def pair_collate(teacher):
     return collate
 
 
+def has_rationale(conv):
+    return any(P.COT_SEP in turn["value"] for turn in conv["conversations"] if turn["from"] == "gpt")
+
+
 def make_loss(teacher, T, ce_weight):
     def distill_loss(student, batch):
         n = batch["n_labels_global"]
@@ -98,12 +105,16 @@ def make_loss(teacher, T, ce_weight):
             t_logits = teacher(None, batch["teacher_ids"], batch["teacher_mask"], grid=grid, logits_mask=at).float()
         at = P.answer_positions(batch["labels"])
         s_logits = student(None, batch["input_ids"], batch["attention_mask"], grid=grid, logits_mask=at).float()
-        # the same answers in the same order on both sides: row i of each is the same target token
-        kl = F.kl_div(F.log_softmax(s_logits / T, -1), F.log_softmax(t_logits / T, -1), log_target=True,
-                      reduction="sum") * T * T
-        ce = F.cross_entropy(s_logits, batch["labels"][:, 1:][at[:, :-1]], reduction="sum")
+        # the same answers in the same order on both sides: row i of each is the same target token.
+        # Answers with a rationale (--p-reason, --cot-frac) are learnt from their text alone: the
+        # teacher never wrote rationales, so its distributions there are no target
+        own = torch.tensor([has_rationale(c) for c in batch["convs"]])[at.nonzero()[:, 0]]
+        kl = (F.kl_div(F.log_softmax(s_logits / T, -1), F.log_softmax(t_logits / T, -1), log_target=True,
+                       reduction="none").sum(-1) * T * T)[~own].sum()
+        ce = F.cross_entropy(s_logits, batch["labels"][:, 1:][at[:, :-1]], reduction="none")
         agree = (s_logits.argmax(-1) == t_logits.argmax(-1)).sum().item()
-        return (kl + ce_weight * ce) / n, dict(kl=kl.item() / n, ce=ce.item() / n, agree=agree / n)
+        loss = kl + ce_weight * ce[~own].sum() + ce[own].sum()
+        return loss / n, dict(kl=kl.item() / n, ce=ce.sum().item() / n, agree=agree / n)
     return distill_loss
 
 

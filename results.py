@@ -37,7 +37,7 @@ class Config:
     out: str = "runs/results"  # everything goes here
     ratios: tuple = (0.5, 0.25)  # shares of visual tokens kept
     tasks: tuple = TASKS  # evaluation tasks
-    compressor: str = "conv"  # V_c: conv | dwconv | pool
+    compressor: str = "conv"  # V_c: conv | dwconv | mlp | pool
     distill_steps: int = 300  # stage I steps
     distill_lr: float = 1e-3  # stage I lr (V_c and A_s)
     stage2_steps: int = 300  # steps of each stage-II run

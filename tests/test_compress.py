@@ -49,7 +49,7 @@ def test_pool_is_the_mean_of_neighbours_and_untrained_learners_equal_it():
     quads = (x[:, 0::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) / 4
     for ratio, want in ((0.5, pairs), (0.25, quads)):
         window = C.window_for(ratio, 4, 4)
-        for cls in (C.Pool, C.Conv, C.DWConv):
+        for cls in (C.Pool, C.Conv, C.DWConv, C.MLP):
             got = cls(window, 8)(x)
             assert got.shape == want.shape and torch.allclose(got, want, atol=1e-6), (cls, ratio)
 
@@ -57,7 +57,7 @@ def test_pool_is_the_mean_of_neighbours_and_untrained_learners_equal_it():
 def test_learned_compressors_train():
     torch.manual_seed(0)
     x, target = torch.randn(4, 4, 4, 8), torch.randn(4, 4, 2, 8)
-    for cls in (C.Conv, C.DWConv):
+    for cls in (C.Conv, C.DWConv, C.MLP):
         m = cls((1, 2), 8)
         opt = torch.optim.Adam(m.parameters(), lr=1e-2)
         first = None
@@ -121,9 +121,10 @@ def prompt_ids(model, tok, n_tiles, question="What is the total?"):
     return tok.encode(M.chat_prompt(question, n_tiles * model.num_image_token, model.config.template))
 
 
-def test_student_shares_the_teacher_and_saves_as_a_checkpoint(tok, tmp_path):
+@pytest.mark.parametrize("method", ["conv", "mlp"])
+def test_student_shares_the_teacher_and_saves_as_a_checkpoint(tok, tmp_path, method):
     teacher = tiny(tok)
-    student = C.make_student(teacher, "conv", 0.5)
+    student = C.make_student(teacher, method, 0.5)
     assert student.vision_model is teacher.vision_model and student.language_model is teacher.language_model
     assert student.mlp1 is not teacher.mlp1 and torch.equal(student.mlp1[1].weight, teacher.mlp1[1].weight)
     assert teacher.num_image_token == 4 and student.num_image_token == 2 and teacher.compressor is None
@@ -133,10 +134,11 @@ def test_student_shares_the_teacher_and_saves_as_a_checkpoint(tok, tmp_path):
     pooled = C.apply(tiny(tok), "pool", 0.5)  # an untrained student is the pooling baseline
     assert torch.allclose(student(pv, ids), pooled(pv, ids), atol=1e-5)
     with torch.no_grad():
-        student.compressor.weight.add_(0.01 * torch.randn_like(student.compressor.weight))
+        for p in student.compressor.parameters():
+            p.add_(0.01 * torch.randn_like(p))
     M.save_model(student, str(tmp_path), tokenizer_dir=TOK)
     cfg = json.load(open(tmp_path / "config.json"))
-    assert cfg["compressor"] == {"method": "conv", "ratio": 0.5}
+    assert cfg["compressor"] == {"method": method, "ratio": 0.5}
     with pytest.raises(M.ModelLoadError, match="compress.build"):
         M.load_model(str(tmp_path))
     loaded = M.load_model(str(tmp_path), build_compressor=C.build)

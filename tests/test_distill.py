@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -34,14 +35,19 @@ def run(*argv, procs=1):
                           cwd=ROOT, timeout=600)
 
 
-def test_loss_equals_two_separate_forward_passes(teacher_dir):
-    """Shared ViT + logits at the answers only = two full, independent forward passes and a textbook KL."""
+@pytest.mark.parametrize("with_rationale", [False, True])
+def test_loss_equals_two_separate_forward_passes(teacher_dir, with_rationale):
+    """Shared ViT + logits at the answers only = two full, independent forward passes and a textbook KL;
+    an answer with a rationale is learnt by CE alone (the teacher never wrote rationales)."""
     teacher, tok = M.load_model(teacher_dir), M.load_tokenizer(teacher_dir)
     student = C.make_student(teacher, "conv", 0.5)
     with torch.no_grad():
         student.compressor.weight.add_(0.05 * torch.randn_like(student.compressor.weight))
     cfg, tcfg = D.parse_args(train_args(teacher_dir, "unused"))
     convs = [P.conversation_at(i, tcfg) for i in range(3)]
+    if with_rationale:
+        cot = replace(tcfg, p_transcribe=0, p_qa=0, p_reason=1, cot_frac=1)
+        convs[1] = next(c for c in (P.conversation_at(i, cot) for i in range(50)) if D.has_rationale(c))
     batch = D.pair_collate(teacher)(convs, tok, student, tcfg)
     n = batch["n_labels"]
     T, lam = 2.0, 0.3
@@ -49,14 +55,18 @@ def test_loss_equals_two_separate_forward_passes(teacher_dir):
     with torch.no_grad():
         t = teacher(batch["pixel_values"], batch["teacher_ids"], batch["teacher_mask"])
         s = student(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+    rows = (batch["labels"][:, 1:] != -100).nonzero()[:, 0]  # each answer token's conversation
     t = t[:, :-1][batch["teacher_labels"][:, 1:] != -100]
     s = s[:, :-1][batch["labels"][:, 1:] != -100]
     p, q = (t / T).softmax(-1), (s / T).softmax(-1)
-    kl = (p * (p.log() - q.log())).sum() * T * T
-    ce = F.cross_entropy(s, batch["labels"][:, 1:][batch["labels"][:, 1:] != -100], reduction="sum")
-    assert len(t) == len(s) == n
-    assert loss.item() == pytest.approx(((kl + lam * ce) / n).item(), rel=1e-4)
-    assert m["kl"] == pytest.approx((kl / n).item(), rel=1e-4) and m["ce"] == pytest.approx((ce / n).item(), rel=1e-4)
+    kl = (p * (p.log() - q.log())).sum(-1) * T * T
+    ce = F.cross_entropy(s, batch["labels"][:, 1:][batch["labels"][:, 1:] != -100], reduction="none")
+    own = rows == 1 if with_rationale else torch.zeros_like(rows, dtype=torch.bool)
+    assert len(t) == len(s) == n and own.sum() == (with_rationale and (batch["labels"][1] != -100).sum())
+    want = kl[~own].sum() + lam * ce[~own].sum() + ce[own].sum()
+    assert loss.item() == pytest.approx((want / n).item(), rel=1e-4)
+    assert m["kl"] == pytest.approx((kl[~own].sum() / n).item(), rel=1e-4)
+    assert m["ce"] == pytest.approx((ce.sum() / n).item(), rel=1e-4)
 
 
 def test_only_compressor_and_projector_learn_and_the_student_evaluates(teacher_dir, tmp_path):
