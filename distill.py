@@ -108,7 +108,7 @@ def make_loss(teacher, T, ce_weight):
         # the same answers in the same order on both sides: row i of each is the same target token.
         # Answers with a rationale (--p-reason, --cot-frac) are learnt from their text alone: the
         # teacher never wrote rationales, so its distributions there are no target
-        own = torch.tensor([has_rationale(c) for c in batch["convs"]])[at.nonzero()[:, 0]]
+        own = torch.tensor([has_rationale(c) for c in batch["convs"]], device=at.device)[at.nonzero()[:, 0]]
         kl = (F.kl_div(F.log_softmax(s_logits / T, -1), F.log_softmax(t_logits / T, -1), log_target=True,
                        reduction="none").sum(-1) * T * T)[~own].sum()
         ce = F.cross_entropy(s_logits, batch["labels"][:, 1:][at[:, :-1]], reduction="none")
