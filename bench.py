@@ -235,7 +235,8 @@ def bench_distill(model, args, ratios):
         for b in args.distill_batches:
             # as distill.pair_collate: one conversation with the student's and with the teacher's image tokens
             batch = dict(pixel_values=torch.randn(b * n_img, 3, S, S, device=args.device, dtype=args.dtype),
-                         n_labels_global=b * args.answer, convs=[dict(conversations=[])] * b)
+                         n_labels_global=b * args.answer, own=torch.zeros(b, dtype=torch.bool, device=args.device),
+                         teacher_tiles=torch.arange(b * n_img, device=args.device))
             for m, keys in ((student, ("input_ids", "attention_mask", "labels")),
                             (model, ("teacher_ids", "teacher_mask", "teacher_labels"))):
                 ids = prompt(n_img * m.num_image_token, args.text + args.answer, V, args.device).expand(b, -1)

@@ -7,7 +7,8 @@ feeds both branches; the loss on the answer tokens is
     T^2 KL(teacher_T || student_T) + lambda CE(student, answer)     (_T: softmax at temperature T)
 
 except on answers with a rationale (--p-reason, --cot-frac), learnt by CE alone: the teacher never
-wrote rationales. With the LLM learning too, that makes a stage II (see README).
+wrote rationales, so it does not even read those conversations. With the LLM learning too, that
+makes a stage II (see README).
 
     python distill.py --ratio 0.5                # the embedded teacher on synthetic pairs (CPU, minutes),
                                                  # then teacher / pool / FastV / student on DocVQA-format
@@ -79,21 +80,29 @@ def parse_args(argv=None):
     return cfg, P.parse_args(TRAIN_DEFAULTS + out + ["--init", cfg.teacher] + rest)
 
 
+def has_rationale(conv):
+    return any(P.COT_SEP in turn["value"] for turn in conv["conversations"] if turn["from"] == "gpt")
+
+
 def pair_collate(teacher):
-    """posttrain.collate for the student, plus the same conversations with the teacher's image tokens."""
+    """posttrain.collate for the student, plus, for the teacher, the conversations whose answers it has targets
+    for (those without a rationale: the teacher never wrote rationales) with its own image tokens:
+    teacher_ids, teacher_mask, teacher_labels, and teacher_tiles (their tiles' indices in pixel_values)."""
     def collate(convs, tok, student, tcfg):
         batch = P.collate(convs, tok, student, tcfg)
         tiles = batch["pixel_values"].split(batch["num_tiles"])  # the images are loaded once
-        full = P.collate(convs, tok, teacher, tcfg, pixels=tiles)
-        if full["n_labels"] != batch["n_labels"]:
+        kept = [i for i, c in enumerate(convs) if not has_rationale(c)]
+        own = torch.tensor([i not in kept for i in range(len(convs))])
+        if not kept:
+            return dict(batch, own=own)
+        full = P.collate([convs[i] for i in kept], tok, teacher, tcfg, pixels=[tiles[i] for i in kept])
+        if full["n_labels"] != int((batch["labels"][~own] != -100).sum()):
             raise P.TrainError(f"--max-len {tcfg.max_len} cuts answers from the teacher's longer sequences: raise it")
-        return dict(batch, teacher_ids=full["input_ids"], teacher_mask=full["attention_mask"],
-                    teacher_labels=full["labels"])
+        first = [sum(batch["num_tiles"][:i]) for i in range(len(convs))]
+        at = torch.cat([torch.arange(first[i], first[i] + batch["num_tiles"][i]) for i in kept])
+        return dict(batch, own=own, teacher_ids=full["input_ids"], teacher_mask=full["attention_mask"],
+                    teacher_labels=full["labels"], teacher_tiles=at)
     return collate
-
-
-def has_rationale(conv):
-    return any(P.COT_SEP in turn["value"] for turn in conv["conversations"] if turn["from"] == "gpt")
 
 
 def make_loss(teacher, T, ce_weight):
@@ -101,19 +110,23 @@ def make_loss(teacher, T, ce_weight):
         n = batch["n_labels_global"]
         with torch.no_grad():
             grid = teacher.visual_grid(batch["pixel_values"])  # once, for both projectors
-            at = P.answer_positions(batch["teacher_labels"])
-            t_logits = teacher(None, batch["teacher_ids"], batch["teacher_mask"], grid=grid, logits_mask=at).float()
         at = P.answer_positions(batch["labels"])
         s_logits = student(None, batch["input_ids"], batch["attention_mask"], grid=grid, logits_mask=at).float()
-        # the same answers in the same order on both sides: row i of each is the same target token.
-        # Answers with a rationale (--p-reason, --cot-frac) are learnt from their text alone: the
-        # teacher never wrote rationales, so its distributions there are no target
-        own = torch.tensor([has_rationale(c) for c in batch["convs"]], device=at.device)[at.nonzero()[:, 0]]
-        kl = (F.kl_div(F.log_softmax(s_logits / T, -1), F.log_softmax(t_logits / T, -1), log_target=True,
-                       reduction="none").sum(-1) * T * T)[~own].sum()
+        # answers with a rationale (--p-reason, --cot-frac; row flag `own`) are learnt from their text alone;
+        # the others from the teacher, whose answers come in the same order: row i of both is the same token
+        own = batch["own"][at.nonzero()[:, 0]]
         ce = F.cross_entropy(s_logits, batch["labels"][:, 1:][at[:, :-1]], reduction="none")
-        agree = (s_logits.argmax(-1) == t_logits.argmax(-1)).sum().item()
+        kl, agree = s_logits.new_zeros(()), 0
+        if "teacher_ids" in batch:
+            with torch.no_grad():
+                t_logits = teacher(None, batch["teacher_ids"], batch["teacher_mask"], grid=grid[batch["teacher_tiles"]],
+                                   logits_mask=P.answer_positions(batch["teacher_labels"])).float()
+            s = s_logits[~own]
+            kl = (F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t_logits / T, -1), log_target=True,
+                           reduction="none").sum(-1) * T * T).sum()
+            agree = (s.argmax(-1) == t_logits.argmax(-1)).sum().item()
         loss = kl + ce_weight * ce[~own].sum() + ce[own].sum()
+        # per answer token, all of them: rationale tokens add no KL and no agreement
         return loss / n, dict(kl=kl.item() / n, ce=ce.sum().item() / n, agree=agree / n)
     return distill_loss
 

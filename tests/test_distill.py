@@ -35,7 +35,7 @@ def run(*argv, procs=1):
                           cwd=ROOT, timeout=600)
 
 
-@pytest.mark.parametrize("with_rationale", [False, True])
+@pytest.mark.parametrize("with_rationale", [0, 1, 3])
 def test_loss_equals_two_separate_forward_passes(teacher_dir, with_rationale):
     """Shared ViT + logits at the answers only = two full, independent forward passes and a textbook KL;
     an answer with a rationale is learnt by CE alone (the teacher never wrote rationales)."""
@@ -47,22 +47,26 @@ def test_loss_equals_two_separate_forward_passes(teacher_dir, with_rationale):
     convs = [P.conversation_at(i, tcfg) for i in range(3)]
     if with_rationale:
         cot = replace(tcfg, p_transcribe=0, p_qa=0, p_reason=1, cot_frac=1)
-        convs[1] = next(c for c in (P.conversation_at(i, cot) for i in range(50)) if D.has_rationale(c))
+        cots = (c for c in (P.conversation_at(i, cot) for i in range(50)) if D.has_rationale(c))
+        for i in (1, 0, 2)[:with_rationale]:  # the middle one, or all three: then no teacher forward at all
+            convs[i] = next(cots)
     batch = D.pair_collate(teacher)(convs, tok, student, tcfg)
     n = batch["n_labels"]
     T, lam = 2.0, 0.3
     loss, m = D.make_loss(teacher, T, lam)(student, dict(batch, n_labels_global=n))
+    full = P.collate(convs, tok, teacher, tcfg)  # every conversation, with the teacher's image tokens
     with torch.no_grad():
-        t = teacher(batch["pixel_values"], batch["teacher_ids"], batch["teacher_mask"])
+        t = teacher(full["pixel_values"], full["input_ids"], full["attention_mask"])
         s = student(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
     rows = (batch["labels"][:, 1:] != -100).nonzero()[:, 0]  # each answer token's conversation
-    t = t[:, :-1][batch["teacher_labels"][:, 1:] != -100]
+    t = t[:, :-1][full["labels"][:, 1:] != -100]
     s = s[:, :-1][batch["labels"][:, 1:] != -100]
     p, q = (t / T).softmax(-1), (s / T).softmax(-1)
     kl = (p * (p.log() - q.log())).sum(-1) * T * T
     ce = F.cross_entropy(s, batch["labels"][:, 1:][batch["labels"][:, 1:] != -100], reduction="none")
-    own = rows == 1 if with_rationale else torch.zeros_like(rows, dtype=torch.bool)
-    assert len(t) == len(s) == n and own.sum() == (with_rationale and (batch["labels"][1] != -100).sum())
+    own = torch.tensor([D.has_rationale(c) for c in convs])[rows]
+    assert len(t) == len(s) == n and own.sum() == sum((batch["labels"][i] != -100).sum() for i in (1, 0, 2)[:with_rationale])
+    assert len(batch.get("teacher_ids", [])) == 3 - with_rationale  # the teacher reads only what it has targets for
     want = kl[~own].sum() + lam * ce[~own].sum() + ce[own].sum()
     assert loss.item() == pytest.approx((want / n).item(), rel=1e-4)
     assert m["kl"] == pytest.approx((kl[~own].sum() / n).item(), rel=1e-4)
