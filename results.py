@@ -1,14 +1,16 @@
 """
-The FCoT-VL results table. For each ratio: stage I (distill.py), two stage-II chain-of-thought runs
-from the stage-I student (posttrain.py; other seeds, other CoT shares), their average (merge.py), then
-every row on every task (evaluate.py): teacher, pool, FastV, stage I, stage I+II (the better run),
+The FCoT-VL results table. For each ratio: stage I (distill.py), two stage-II runs that go on from the
+stage-I student with its LLM learning too (distill.py --student): (a) with chain-of-thought, 30% of the
+conversations reasoning questions answered as rationale + final answer, learnt by CE alone, the rest
+distilled from the teacher; (b) distilled on the teacher's answers alone. Then their average (merge.py),
+and every row on every task (evaluate.py): teacher, pool, FastV, stage I, stage I+II (a) and (b),
 stage I+II+merge.
 
-    python results.py --jobs 2 --threads 1     # embedded teacher, ratios 0.5 0.25, all five tasks (2-core CPU: 44 min)
+    python results.py --jobs 2 --threads 1     # embedded teacher, ratios 0.5 0.25, all five tasks (2-core CPU: about 50 min)
     python results.py --quick --threads 1      # smoke run: 4 steps, 4 tiles, 4 questions per task
     python results.py --table-only             # table, JSON and plot again from OUT/eval/, no training
     python results.py --teacher /models/InternVL2-2B --device cuda --micro-batch 2 --distill-steps 2000 --distill-lr 1e-4 \
-        --stage2-steps 2000 --distill-args "--data pairs.jsonl --image-root /data" \
+        --stage2-steps 2000 --stage2-lr 2e-5 --distill-args "--data pairs.jsonl --image-root /data" \
         --stage2-args "--data cot.jsonl --image-root /data --grad-checkpointing"
     python -m pytest tests/test_results.py -q
 
@@ -16,10 +18,11 @@ Under --out (runs/results): r<ratio>/{stage1,stage2-a,stage2-b,merged}/, eval/<r
 results.md, results.json, score_vs_tokens.png. A training step whose folder holds a finished model
 (config.json + model*.safetensors) is skipped, one with only checkpoint/ gets --resume, an evaluation
 whose flags and weights have not changed is skipped: after a kill, the same command continues. Delete
-a folder to redo its step. Columns: visual tokens per image; prefill time (mean of per-task ratios) and
-peak memory (each row's evaluations run in one process) relative to the teacher; each task's score in
-its unit (OCRBench: hits); avg, the mean over tasks with OCRBench as percent; reasoning, the mean over
-tasks of the reasoning questions' score.
+a folder to redo its step. Run (a) and the merge are asked with the CoT prompt (only the final answer
+is scored), the others with the direct one. Columns: visual tokens per image; prefill time (mean of
+per-task ratios) and peak memory (each row's evaluations run in one process) relative to the teacher;
+each task's score in its unit (OCRBench: hits); avg, the mean over tasks with OCRBench as percent;
+reasoning, the mean over tasks of the reasoning questions' score.
 """
 import argparse, functools, glob, inspect, json, math, os, re, shlex, shutil, subprocess, sys, time
 from dataclasses import asdict, dataclass, fields
@@ -41,13 +44,12 @@ class Config:
     distill_steps: int = 300  # stage I steps
     distill_lr: float = 1e-3  # stage I lr (V_c and A_s)
     stage2_steps: int = 300  # steps of each stage-II run
-    stage2_lr: float = 5e-4  # stage II lr of V_c and A_s
-    stage2_lr_llm: float = 5e-4  # stage II lr of the LLM (5e-5 left the tiny student where stage I put it)
+    stage2_lr: float = 5e-4  # stage II lr of V_c, A_s and the LLM (5e-5 left the tiny student where stage I put it)
     micro_batch: int = 8  # conversations per training step
     warmup: int = 20  # warmup steps of each run
     max_num: int = 0  # tiles in training and evaluation (0: the model's / the task protocol's)
     distill_args: str = ""  # more distill.py flags, e.g. "--data pairs.jsonl --grad-checkpointing"
-    stage2_args: str = ""  # more posttrain.py flags for both stage-II runs
+    stage2_args: str = ""  # more distill.py flags for both stage-II runs
     fastv_layer: int = 2  # K of the FastV baseline
     limit: int = 0  # first N questions per task (0: all)
     max_new_tokens: int = 0  # answer length in evaluation (0: the task protocol's)
@@ -60,11 +62,14 @@ class Config:
 
 
 QUICK = dict(distill_steps=4, stage2_steps=4, micro_batch=2, warmup=1, max_num=4, limit=4)
-# the two stage-II runs: samples apart from stage I's (seed offset 5e8) and from each other's
-STAGE2 = {"a": dict(seed=1, seed_offset=600_000_000, cot_frac=0.5), "b": dict(seed=2, seed_offset=700_000_000, cot_frac=0.8)}
+# the two stage-II runs: their samples apart from stage I's (seed offset 5e8) and from each other's; cot: asked with the
+# CoT prompt. (a) mixes in reasoning questions answered with a rationale, (b) keeps distillation's own mix
+STAGE2 = {"a": dict(seed_offset=600_000_000, cot=True, args=["--p-transcribe", "0.3", "--p-qa", "0.4", "--p-reason", "0.3",
+                                                             "--cot-frac", "1"]),
+          "b": dict(seed_offset=700_000_000, cot=False, args=[])}
 EVAL_ROW = "import json, sys, evaluate as E\nsys.exit(next((rc for a in json.loads(sys.argv[1]) if (rc := E.main(a))), 0))"
 FAMILIES = {"teacher": (0, 0, 0), "pool": (31, 119, 180), "FastV": (255, 127, 14), "stage I": (44, 160, 44),
-            "stage I+II": (214, 39, 40), "stage I+II+merge": (148, 103, 189)}
+            "stage I+II (a)": (214, 39, 40), "stage I+II (b)": (140, 86, 75), "stage I+II+merge": (148, 103, 189)}
 
 
 def parse_args(argv=None):
@@ -164,11 +169,11 @@ def ratio_pipeline(cfg, r):
           ["--teacher", cfg.teacher, "--ratio", str(r), "--compressor", cfg.compressor, "--eval-task", "", "--steps",
            str(cfg.distill_steps), "--lr", str(cfg.distill_lr), "--fastv-layer", str(cfg.fastv_layer), *shlex.split(cfg.distill_args)])
     for k, s in STAGE2.items():
-        train(cfg, f"stage II-{k} {r:g}", "posttrain.py", os.path.join(d, f"stage2-{k}"),
-              ["--init", os.path.join(d, "stage1"), "--trainable", "compressor,projector,llm", "--p-transcribe", "0.2",
-               "--p-qa", "0.4", "--p-reason", "0.4", "--cot-frac", str(s["cot_frac"]), "--seed", str(s["seed"]),
-               "--seed-offset", str(s["seed_offset"]), "--steps", str(cfg.stage2_steps), "--lr", str(cfg.stage2_lr),
-               "--lr-llm", str(cfg.stage2_lr_llm), *shlex.split(cfg.stage2_args)])
+        train(cfg, f"stage II-{k} {r:g}", "distill.py", os.path.join(d, f"stage2-{k}"),
+              ["--teacher", cfg.teacher, "--student", os.path.join(d, "stage1"), "--ratio", str(r), "--compressor",
+               cfg.compressor, "--trainable", "compressor,projector,llm", "--eval-task", "", "--fastv-layer",
+               str(cfg.fastv_layer), "--steps", str(cfg.stage2_steps), "--lr", str(cfg.stage2_lr), "--seed-offset",
+               str(s["seed_offset"]), *s["args"], *shlex.split(cfg.stage2_args)])
     merged = os.path.join(d, "merged")
     if not finished(merged):  # written to merged.tmp, then renamed: a folder named merged is complete
         import merge
@@ -180,14 +185,15 @@ def ratio_pipeline(cfg, r):
 
 
 def rows(cfg):
-    """(key, family, ratio, model folder, method) of every evaluated row."""
-    out = [("teacher", "teacher", 1.0, cfg.teacher, "none")]
+    """(key, family, ratio, model folder, method, asked with the CoT prompt) of every evaluated row."""
+    out = [("teacher", "teacher", 1.0, cfg.teacher, "none", False)]
     for r in cfg.ratios:
         d = os.path.join(cfg.out, f"r{r:g}")
-        out += [(f"pool-r{r:g}", "pool", r, cfg.teacher, "pool"), (f"fastv-r{r:g}", "FastV", r, cfg.teacher, "fastv"),
-                (f"stage1-r{r:g}", "stage I", r, os.path.join(d, "stage1"), "none"),
-                *[(f"stage2-{k}-r{r:g}", "stage I+II", r, os.path.join(d, f"stage2-{k}"), "none") for k in STAGE2],
-                (f"merged-r{r:g}", "stage I+II+merge", r, os.path.join(d, "merged"), "none")]
+        out += [(f"pool-r{r:g}", "pool", r, cfg.teacher, "pool", False), (f"fastv-r{r:g}", "FastV", r, cfg.teacher, "fastv", False),
+                (f"stage1-r{r:g}", "stage I", r, os.path.join(d, "stage1"), "none", False),
+                *[(f"stage2-{k}-r{r:g}", f"stage I+II ({k})", r, os.path.join(d, f"stage2-{k}"), "none", s["cot"])
+                  for k, s in STAGE2.items()],
+                (f"merged-r{r:g}", "stage I+II+merge", r, os.path.join(d, "merged"), "none", True)]
     return out
 
 
@@ -197,14 +203,14 @@ def evaluate_rows(cfg):
     flags resume them."""
     import torch, model, compress  # once, in the parent: only imports happen before the forks
     on_cpu, work = (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu", []
-    for key, family, r, folder, method in rows(cfg):
+    for key, family, r, folder, method, cot in rows(cfg):
         todo, edir = [], os.path.join(cfg.out, "eval", key)
         stamp = sorted((os.path.basename(f), os.path.getsize(f), os.path.getmtime(f))
                        for f in glob.glob(os.path.join(folder, "model*.safetensors")))
         for task in cfg.tasks:
             argv = ["--task", task, "--model", folder, "--method", method, "--ratio", str(r), "--fastv-layer",
                     str(cfg.fastv_layer), "--batch-size", str(cfg.batch_size), "--out", os.path.join(edir, task + ".jsonl")]
-            argv += ["--cot"] if family.startswith("stage I+II") else []  # stage II reasons before it answers
+            argv += ["--cot"] if cot else []
             for flag in ("limit", "max_num", "max_new_tokens", "device"):
                 argv += ["--" + flag.replace("_", "-"), str(getattr(cfg, flag))] if getattr(cfg, flag) else []
             side, want = os.path.join(edir, task + ".inputs.json"), json.loads(json.dumps(dict(argv=argv, weights=stamp)))
@@ -231,9 +237,9 @@ def evaluate_row(cfg, key, todo, on_cpu):
 
 
 def summarise(cfg):
-    """-> ({key: row}, the table's row keys, {ratio: the better stage-II run's key})."""
+    """-> ({key: row}, the table's row keys, {ratio: the stage-II run with the better average})."""
     res, mean = {}, lambda xs: sum(xs) / len(xs) if xs else None
-    for key, fam, r, folder, method in rows(cfg):
+    for key, fam, r, folder, method, _ in rows(cfg):
         ev = {t: load(p) for t in cfg.tasks if os.path.isfile(p := os.path.join(cfg.out, "eval", key, t + ".json"))}
         res[key] = dict(key=key, family=fam, ratio=r, model=folder, method=method, eval=ev, complete=len(ev) == len(cfg.tasks),
                         scores={t: e["score"] for t, e in ev.items()},
@@ -248,9 +254,8 @@ def summarise(cfg):
                                         for k, e in x["eval"].items() if k in t and t[k]["prefill_ms_per_image"]])
         x["memory_vs_teacher"] = peak(x["eval"]) / peak(t) if x["eval"] and t else None
     best = {r: max([f"stage2-{k}-r{r:g}" for k in STAGE2], key=lambda k: -1 if res[k]["average"] is None else res[k]["average"])
-            for r in cfg.ratios}  # the better stage-II run on the average stands for "stage I+II"
-    return res, ["teacher"] + [k for r in cfg.ratios for k in (f"pool-r{r:g}", f"fastv-r{r:g}", f"stage1-r{r:g}", best[r],
-                                                                f"merged-r{r:g}")], best
+            for r in cfg.ratios}  # what the merge must at least match
+    return res, [k for k, *_ in rows(cfg)], best
 
 
 def fmt(x, f="{:.1f}"):
@@ -261,20 +266,20 @@ def markdown(cfg, res, table, best):
     head = ["row", "ratio", "visual tokens / image", "prefill vs teacher", "peak memory vs teacher", *cfg.tasks, "avg", "reasoning"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for x in map(res.get, table):
-        name = x["family"] + (f" ({x['key'][7]})" if x["family"] == "stage I+II" else f" (K={cfg.fastv_layer})"
-                              if x["family"] == "FastV" else "")
+        name = x["family"] + (f" (K={cfg.fastv_layer})" if x["family"] == "FastV" else "")
         tok = fmt(x["visual_tokens"], "{:.0f}") + (f" -> {x['visual_tokens_after_k']:.0f} after layer {cfg.fastv_layer}"
                                                   if "visual_tokens_after_k" in x else "")
         lines.append("| " + " | ".join([name, f"{x['ratio']:g}", tok, fmt(x["prefill_vs_teacher"], "{:.2f}x"),
                                         fmt(x["memory_vs_teacher"], "{:.2f}x"), *[fmt(x["scores"].get(t)) for t in cfg.tasks],
                                         fmt(x["average"]), fmt(x["reasoning"])]) + " |")
     lines.append("")
+    d = lambda a, b, k: fmt(None if a[k] is None or b[k] is None else a[k] - b[k], "{:+.1f}")
     for r in cfg.ratios:
-        s1, s2, mg = res[f"stage1-r{r:g}"], res[best[r]], res[f"merged-r{r:g}"]
-        d = lambda a, b, k: fmt(None if a[k] is None or b[k] is None else a[k] - b[k], "{:+.1f}")
-        lines.append(f"- ratio {r:g}: stage I+II ({best[r].split('-')[1]}) vs stage I: avg {d(s2, s1, 'average')}, reasoning "
-                     f"{d(s2, s1, 'reasoning')}; merge vs the better stage-II run: avg {d(mg, s2, 'average')}, reasoning "
-                     f"{d(mg, s2, 'reasoning')}")
+        s1, mg, top = res[f"stage1-r{r:g}"], res[f"merged-r{r:g}"], res[best[r]]
+        vs = "; ".join(f"stage I+II ({k}) vs stage I: avg {d(x, s1, 'average')}, reasoning {d(x, s1, 'reasoning')}"
+                       for k, x in ((k, res[f"stage2-{k}-r{r:g}"]) for k in STAGE2))
+        lines.append(f"- ratio {r:g}: {vs}; merge vs the better stage-II run ({best[r].split('-')[1]}): avg "
+                     f"{d(mg, top, 'average')}, reasoning {d(mg, top, 'reasoning')}")
     return "\n".join(lines) + "\n"
 
 

@@ -61,16 +61,19 @@ def test_every_row_and_task(first):
         assert row["prefill_vs_teacher"] > 0 and row["memory_vs_teacher"] > 0
         assert all(row["eval"][t]["n"] == 2 for t in TASKS)  # --limit reached evaluate.py
     assert res["rows"]["teacher"]["prefill_vs_teacher"] == res["rows"]["teacher"]["memory_vs_teacher"] == 1.0
-    for r in RATIOS:  # the table shows the better stage-II run, the JSON keeps both
-        best = res["stage2_best"][f"{r:g}"]
-        other = res["rows"][best.replace("-a-", "-x-").replace("-b-", "-a-").replace("-x-", "-b-")]
-        assert res["rows"][best]["average"] >= other["average"]
-        assert res["table"].count(best) == 1 and other["key"] not in res["table"]
+    for k in keys:  # the run that learnt rationales, and the merge that holds it, are asked for them
+        argv = json.load(open(os.path.join(out, "eval", k, "docvqa.inputs.json")))["argv"]
+        assert ("--cot" in argv) == (k.startswith(("stage2-a", "merged"))), k
+    assert res["table"] == keys  # every row, in order; stage2_best names the better stage-II run, the merge's bar
+    for r in RATIOS:
+        best, runs = res["stage2_best"][f"{r:g}"], [f"stage2-{k}-r{r:g}" for k in "ab"]
+        assert best in runs and res["rows"][best]["average"] == max(res["rows"][k]["average"] for k in runs)
     md = open(os.path.join(out, "results.md")).read()
-    assert len([ln for ln in md.splitlines() if ln.startswith("| ")]) == 1 + 1 + 5 * len(RATIOS)
+    assert len([ln for ln in md.splitlines() if ln.startswith("| ")]) == 1 + 1 + 6 * len(RATIOS)
     for col in (*TASKS, "avg", "reasoning", "visual tokens / image", "prefill vs teacher", "peak memory vs teacher"):
         assert col in md.splitlines()[0]
-    assert md.count("| stage I+II (") == len(RATIOS) and md.count("vs stage I: avg") == len(RATIOS)
+    assert md.count("| stage I+II (a) |") == md.count("| stage I+II (b) |") == len(RATIOS)
+    assert md.count("vs stage I: avg") == 2 * len(RATIOS) and md.count("merge vs the better") == len(RATIOS)
     assert md.splitlines()[0] in p.stdout  # the table is printed
 
 
