@@ -10,6 +10,8 @@ that the generator's glyph boxes make possible:
           a pointer loss: head 0 of the last decoder layers must attend to the visual token that holds
           the glyph of each answer token it is about to write (in two hops where the question names a
           key printed after its value: the layers before the last to the key, the last to the value).
+          Optionally (--pair-layer L) a pair loss: head 0 of layer L, from the token of each such key's
+          last glyph, must attend to its value's tokens, so that the key's token holds the value.
 
     python teacher.py --stage glyphs --out runs/teacher-glyphs --steps 5500 --micro-batch 1 --glyph-tiles 48 \
         --lr 2e-3 --warmup 100 --save-every 100
@@ -37,6 +39,10 @@ that the generator's glyph boxes make possible:
         --seed-offset 400000000 --kinds doc,table,chart,chart,info,info,scene --eval-every 500
         # from read4's bf16 export with the new ViT: word crops, two-hop pointers for KEY_QUESTION answers,
         # OCRBench's tile budget and prompts
+    torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init checkpoints/tiny --out runs/teacher-pair \
+        --steps 1500 --micro-batch 4 --lr 3e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3 --crop-frac 0.15 \
+        --seed-offset 410000000 --kinds doc,table,chart,chart,info,info,scene --eval-every 250 --pair-layer 1 --pair-weight 5
+        # a probe of the pair loss from the shipped model (README); the same without --pair-layer is its control
     (add --resume to continue an interrupted stage; other flags as posttrain.py's)
 
 Each stage runs posttrain.train (checkpoints, resume, DDP, log.jsonl). The auxiliary head and the
@@ -249,9 +255,11 @@ def read_conversation(seed, transcribe_frac, qa_turns, kinds=KINDS, crop_frac=0.
                 q += KIE_SUFFIX  # OCRBench's key-information prompt
             turns.append((short_answer(q, rng), a, glyphs(a), hop1))
     turns[0] = ("<image>\n" + turns[0][0], *turns[0][1:])
+    pairs = [(key[-1], value) for qa in s["qa"] if (m := KEY_QUESTION.match(qa["question"]))
+             for key, value in [(glyphs(m.group(1)), glyphs(qa["answer"]))] if key[-1] >= 0 and min(value) >= 0]
     return dict(image=s["image"].convert("RGB"), sample=s, max_num=rng.choice([*TRAIN_MAX_NUM, TASK_MAX_NUM[kind]]),
                 conversations=[{"from": w, "value": v} for q, a, *_ in turns for w, v in (("human", q), ("gpt", a))],
-                glyphs=[g for _, _, g, _ in turns], hop1=[h for *_, h in turns])
+                glyphs=[g for _, _, g, _ in turns], hop1=[h for *_, h in turns], pairs=pairs)
 
 
 def crop_conversation(seed, rng):
@@ -265,7 +273,7 @@ def crop_conversation(seed, rng):
     question = "<image>\n" + short_answer(CROP_QUESTION, rng)
     return dict(image=crop, sample=dict(chars=chars), max_num=rng.choice([*TRAIN_MAX_NUM, TASKS["ocrbench"].max_num]),
                 thumbnail=True, conversations=[{"from": "human", "value": question}, {"from": "gpt", "value": word}],
-                glyphs=[glyph], hop1=[glyph])
+                glyphs=[glyph], hop1=[glyph], pairs=[])
 
 
 def piece_spans(tok, ids):
@@ -278,10 +286,9 @@ def piece_spans(tok, ids):
     return spans
 
 
-def pointers(conv, ids, labels, tok, img_context):
-    """(query position, key position in the last pointer layer, key position in the layers before it):
-    the position that predicts an answer token, and the visual tokens holding the glyphs it must look
-    at: in the tiles, as a page's thumbnail is too small to read, or in a word crop's thumbnail."""
+def glyph_place(conv, ids, img_context):
+    """glyph index -> position of the visual token that holds it (-1: outside the tiles): in the tiles, as a
+    page's thumbnail is too small to read, or in a word crop's thumbnail."""
     cols, rows, sx, sy = tile_grid(conv["image"], conv["max_num"])
     first_img = ids.index(img_context)
 
@@ -295,7 +302,13 @@ def pointers(conv, ids, labels, tok, img_context):
             if t >= cols * rows:
                 return -1
         return first_img + t * 16 + int(y // 28) * 4 + int(x // 28)
+    return visual_position
 
+
+def pointers(conv, ids, labels, tok, img_context):
+    """(query position, key position in the last pointer layer, key position in the layers before it):
+    the position that predicts an answer token, and the visual tokens holding the glyphs it must look at."""
+    visual_position = glyph_place(conv, ids, img_context)
     out, pos, end = [], 0, tok.token_to_id(M.STOP_TOKEN)
     for glyphs, hop1 in zip(conv["glyphs"], conv["hop1"]):
         while labels[pos] == -100:
@@ -313,22 +326,36 @@ def pointers(conv, ids, labels, tok, img_context):
     return out
 
 
+def pair_pointers(conv, ids, img_context, width=8):
+    """(key position, value positions padded with -1 to `width`): for each value printed above its key, the visual
+    token of the key's last glyph and those of the value's glyphs, which come earlier in the sequence."""
+    visual_position, out = glyph_place(conv, ids, img_context), []
+    for key, value in conv.get("pairs", []):
+        q = visual_position(key)
+        targets = sorted({t for g in value if 0 <= (t := visual_position(g)) < q})[:width]
+        if q >= 0 and targets:
+            out.append((q, *targets, *[-1] * (width - len(targets))))
+    return out
+
+
 def read_batch(convs, tok, model, cfg):
     batch = P.collate(convs, tok, model, cfg)
+    ids = [batch["input_ids"][b].tolist() for b in range(len(convs))]
     ptr = [(b, *p) for b, conv in enumerate(convs)
-           for p in pointers(conv, batch["input_ids"][b].tolist(), batch["labels"][b].tolist(), tok,
-                             model.img_context_token_id)]
+           for p in pointers(conv, ids[b], batch["labels"][b].tolist(), tok, model.img_context_token_id)]
     batch["pointers"] = torch.tensor(ptr, dtype=torch.long).view(-1, 4)
+    pairs = [(b, *p) for b, conv in enumerate(convs) for p in pair_pointers(conv, ids[b], model.img_context_token_id)]
+    batch["pair_pointers"] = torch.tensor(pairs, dtype=torch.long).view(-1, 10)
     return batch
 
 
 class AttentionInputs:
-    """Forward hooks that keep the inputs of the last n decoder attentions, to recompute one head's
-    attention map for the pointer loss without touching model.py."""
+    """Forward hooks that keep the inputs of some decoder attentions (`layers`: their indices), to recompute one
+    head's attention map for the pointer losses without touching model.py."""
 
-    def __init__(self, model, n):
+    def __init__(self, model, layers):
         self.seen = []
-        for layer in model.language_model.model.layers[-n:]:
+        for layer in [model.language_model.model.layers[i] for i in layers]:
             layer.attention.register_forward_hook(lambda mod, args, out: self.seen.append((mod, *args[:3])))
 
 
@@ -349,18 +376,44 @@ def pointer_nll(seen, ptr):
     return nll / len(seen), hits / len(seen)
 
 
-def make_read_loss(model, pointer_weight, layers):
-    probe = AttentionInputs(model, layers)
+def pair_nll(seen, pairs):
+    """Summed over pairs: -log(the attention of head 0 from a key's token to all of its value's tokens); and hits
+    (the most attended position is one of them)."""
+    attn, x, cos, sin = seen
+    q, k, _ = attn.project_qkv(x, cos, sin)
+    b, q_pos, targets = pairs[:, 0], pairs[:, 1], pairs[:, 2:]
+    scores = torch.einsum("nd,nld->nl", q[b, 0, q_pos], k[b, 0]) / math.sqrt(attn.head_dim)
+    logp = scores.masked_fill(torch.arange(k.shape[2], device=k.device)[None] > q_pos[:, None], float("-inf")).log_softmax(-1)
+    on = torch.zeros_like(logp, dtype=torch.bool).scatter_(1, targets.clamp(min=0), targets >= 0)
+    nll = -logp.masked_fill(~on, float("-inf")).logsumexp(-1).sum()
+    return nll, on.gather(1, logp.argmax(-1, keepdim=True)).sum().item()
+
+
+def make_read_loss(model, pointer_weight, layers, pair_layer=-1, pair_weight=1.0):
+    """LM loss + pointer loss on the last `layers` decoder layers; with pair_layer >= 0, also a pair loss there."""
+    n_layers = model.config.llm.num_hidden_layers
+    if pair_layer >= n_layers - layers:
+        raise P.TrainError(f"--pair-layer {pair_layer}: must be below the {layers} pointer layers (0..{n_layers - layers - 1})")
+    probe = AttentionInputs(model, [*([pair_layer] if pair_layer >= 0 else []), *range(n_layers - layers, n_layers)])
 
     def read_loss(net, batch):
         probe.seen.clear()
         logits = net(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
         n = batch["n_labels_global"]
         lm = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), reduction="sum") / n
-        if not len(batch["pointers"]):
-            return lm, dict(lm=lm.item(), ptr=0.0, ptr_hits=0.0)
-        ptr, hits = pointer_nll(probe.seen, batch["pointers"])
-        return lm + pointer_weight * ptr / n, dict(lm=lm.item(), ptr=ptr.item() / n, ptr_hits=hits / n)
+        loss, stats, seen = lm, dict(lm=lm.item(), ptr=0.0, ptr_hits=0.0), probe.seen
+        if pair_layer >= 0:  # the same keys on every process: DDP sums them
+            seen, pairs = seen[1:], batch["pair_pointers"]
+            stats.update(pair=0.0, pair_hits=0.0, pairs=float(len(pairs)))
+            if len(pairs):
+                nll, hits = pair_nll(probe.seen[0], pairs)
+                loss = loss + pair_weight * nll / n
+                stats.update(pair=nll.item() / n, pair_hits=float(hits))
+        if len(batch["pointers"]):
+            ptr, hits = pointer_nll(seen, batch["pointers"])
+            loss = loss + pointer_weight * ptr / n
+            stats.update(ptr=ptr.item() / n, ptr_hits=hits / n)
+        return loss, stats
 
     return read_loss
 
@@ -404,7 +457,7 @@ def main():
     p = argparse.ArgumentParser(description="teacher flags; the rest are posttrain.py's", add_help=False)
     p.add_argument("--stage", choices=["glyphs", "read"], required=True)
     for name, default in dict(vision_from="", eval_every=250, transcribe_frac=0.4, qa_turns=3, pointer_weight=1.0,
-                              pointer_layers=2, glyph_tiles=48, glyph_crops=0, crop_frac=0.0,
+                              pointer_layers=2, pair_layer=-1, pair_weight=1.0, glyph_tiles=48, glyph_crops=0, crop_frac=0.0,
                               kinds=",".join(KINDS)).items():
         p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
     own, argv = p.parse_known_args()
@@ -459,7 +512,8 @@ def main():
                                                               opts["crop_frac"])
                                             for i in range(cfg.micro_batch)], tok, model, cfg)
                                 for a in range(cfg.grad_accum)]
-        step = P.train(cfg, model, tok, batches, make_read_loss(model, opts["pointer_weight"], opts["pointer_layers"]),
+        step = P.train(cfg, model, tok, batches, make_read_loss(model, opts["pointer_weight"], opts["pointer_layers"],
+                                                                opts["pair_layer"], opts["pair_weight"]),
                        lambda s, r: after_step(s, r, lambda: read_eval(model, tok)))
         if rank == 0 and step >= cfg.steps:
             M.save_model(model, cfg.out, tokenizer_dir=cfg.tokenizer)

@@ -89,27 +89,53 @@ def test_key_questions_point_first_at_the_key_then_at_the_value():
     assert seen > 20
 
 
-def test_pointer_nll_is_the_attention_of_head_0(tok):
+def test_pointer_and_pair_nll_are_the_attention_of_head_0(tok):
     torch.manual_seed(0)
     model = M.InternVLChat(M.tiny_config(vocab_size=tok.vocab_size, image_size=56)).eval()
-    probe = T.AttentionInputs(model, 2)
+    n = model.config.llm.num_hidden_layers
+    probe = T.AttentionInputs(model, [0, n - 2, n - 1])  # layer 0: the pair loss's
     ids = torch.randint(10, 900, (2, 12))
     ptr = torch.tensor([[0, 5, 2, 4], [1, 11, 0, 3], [1, 7, 7, 1]])  # batch, query, last layer's key, first hop's key
+    pairs = torch.tensor([[0, 9, 2, 5, *[-1] * 6], [1, 11, 4, *[-1] * 7]])  # batch, key's token, value's tokens
 
-    def eager_nll(attn, x, cos, sin, keys):  # an independent eager attention of head 0, from the layer's own input
+    def eager_attention(attn, x, cos, sin):  # an independent eager attention of head 0, from the layer's own input
         d, H = attn.head_dim, x.shape[-1]
         W = attn.wqkv.weight.view(attn.n_kv, attn.group + 2, d, H)
         q, k = x @ W[0, 0].T, x @ W[0, attn.group].T
         rot = lambda t: t * cos[:, 0] + torch.cat([-t[..., d // 2:], t[..., :d // 2]], -1) * sin[:, 0]
         scores = (rot(q) @ rot(k).transpose(1, 2)) / math.sqrt(d)
-        p = scores.masked_fill(torch.ones(12, 12, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
-        return -sum(math.log(p[b, qp, kp]) for (b, qp), kp in zip(ptr[:, :2].tolist(), keys.tolist()))
+        return scores.masked_fill(torch.ones(12, 12, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
 
     with torch.no_grad():
         model(None, ids)
-        nll, _ = T.pointer_nll(probe.seen, ptr)
-        want = (eager_nll(*probe.seen[0], ptr[:, 3]) + eager_nll(*probe.seen[1], ptr[:, 2])) / 2
+        p0, p1, p2 = (eager_attention(*seen) for seen in probe.seen)
+        nll, _ = T.pointer_nll(probe.seen[1:], ptr)
+        pair, hits = T.pair_nll(probe.seen[0], pairs)
+    want = -sum(math.log(p1[b, q, k1]) + math.log(p2[b, q, k]) for b, q, k, k1 in ptr.tolist()) / 2
     assert abs(nll.item() - want) < 1e-4
+    # a pair: -log of the attention summed over its value's tokens
+    want = -sum(math.log(sum(p0[b, q, k] for k in ks if k >= 0)) for b, q, *ks in pairs.tolist())
+    assert abs(pair.item() - want) < 1e-4
+    assert hits == sum(p0[b, q].argmax().item() in ks for b, q, *ks in pairs.tolist())
+
+
+def test_pairs_point_from_a_key_to_the_value_printed_above_it(tok):
+    cfg = P.Config(max_len=4096)
+    model = M.InternVLChat(T.teacher_config(tok.vocab_size))
+    model.img_context_token_id = tok.token_to_id(M.IMG_CONTEXT)
+    convs = [T.read_conversation(seed, 0.5, 2, kinds=["chart", "info", "doc"]) for seed in range(6)]
+    for conv in convs:  # every key question of a chart or infographic, whatever the conversation asks
+        chars = conv["sample"]["chars"]
+        keyed = {(m.group(1), qa["answer"]) for qa in conv["sample"]["qa"] if (m := T.KEY_QUESTION.match(qa["question"]))}
+        got = {(chars[k]["char"], "".join(chars[g]["char"] for g in v)) for k, v in conv["pairs"]}
+        assert got <= {(key[-1], value.replace(" ", "")) for key, value in keyed} and len(got) >= len(keyed) // 2
+    batch = T.read_batch(convs, tok, model, cfg)
+    pairs, ids = batch["pair_pointers"], batch["input_ids"]
+    assert len(pairs) > 10 and set(pairs[:, 0].tolist()) <= {0, 1, 3, 4}  # no pairs on documents
+    for b, q, *targets in pairs.tolist():
+        targets = [t for t in targets if t >= 0]
+        assert targets and max(targets) < q  # the value comes first: the key's token can see it
+        assert all(ids[b, t] == model.img_context_token_id for t in [q, *targets])
 
 
 def test_kinds_choose_the_images_and_bad_kinds_are_refused():
