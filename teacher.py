@@ -42,7 +42,14 @@ that the generator's glyph boxes make possible:
     torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init checkpoints/tiny --out runs/teacher-pair \
         --steps 1500 --micro-batch 4 --lr 3e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3 --crop-frac 0.15 \
         --seed-offset 410000000 --kinds doc,table,chart,chart,info,info,scene --eval-every 250 --pair-layer 1 --pair-weight 5
-        # a probe of the pair loss from the shipped model (README); the same without --pair-layer is its control
+        # a probe of the pair loss from the shipped model (README); the same without --pair-layer is its control:
+    torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init checkpoints/tiny --out runs/teacher-nopair \
+        --steps 1500 --micro-batch 4 --lr 3e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3 --crop-frac 0.15 \
+        --seed-offset 410000000 --kinds doc,table,chart,chart,info,info,scene --eval-every 250
+    torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init runs/teacher-nopair --out runs/teacher-read6 \
+        --steps 1700 --micro-batch 4 --lr 3e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3 --crop-frac 0.15 \
+        --seed-offset 420000000 --kinds doc,table,chart,chart,info,info,scene --eval-every 850
+        # the control, continued; its bf16 export is checkpoints/teacher-wip/read6, the next checkpoints/tiny
     (add --resume to continue an interrupted stage; other flags as posttrain.py's)
 
 Each stage runs posttrain.train (checkpoints, resume, DDP, log.jsonl). The auxiliary head and the
