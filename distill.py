@@ -91,17 +91,16 @@ def pair_collate(teacher):
     def collate(convs, tok, student, tcfg):
         batch = P.collate(convs, tok, student, tcfg)
         tiles = batch["pixel_values"].split(batch["num_tiles"])  # the images are loaded once
-        kept = [i for i, c in enumerate(convs) if not has_rationale(c)]
-        own = torch.tensor([i not in kept for i in range(len(convs))])
+        own = torch.tensor([has_rationale(c) for c in convs])
+        kept = (~own).nonzero()[:, 0].tolist()
         if not kept:
             return dict(batch, own=own)
         full = P.collate([convs[i] for i in kept], tok, teacher, tcfg, pixels=[tiles[i] for i in kept])
         if full["n_labels"] != int((batch["labels"][~own] != -100).sum()):
             raise P.TrainError(f"--max-len {tcfg.max_len} cuts answers from the teacher's longer sequences: raise it")
-        first = [sum(batch["num_tiles"][:i]) for i in range(len(convs))]
-        at = torch.cat([torch.arange(first[i], first[i] + batch["num_tiles"][i]) for i in kept])
+        tile_ids = torch.arange(len(batch["pixel_values"])).split(batch["num_tiles"])
         return dict(batch, own=own, teacher_ids=full["input_ids"], teacher_mask=full["attention_mask"],
-                    teacher_labels=full["labels"], teacher_tiles=at)
+                    teacher_labels=full["labels"], teacher_tiles=torch.cat([tile_ids[i] for i in kept]))
     return collate
 
 

@@ -203,7 +203,7 @@ def evaluate_rows(cfg):
     flags resume them."""
     import torch, model, compress  # once, in the parent: only imports happen before the forks
     on_cpu, work = (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu", []
-    for key, family, r, folder, method, cot in rows(cfg):
+    for key, _, r, folder, method, cot in rows(cfg):
         todo, edir = [], os.path.join(cfg.out, "eval", key)
         stamp = sorted((os.path.basename(f), os.path.getsize(f), os.path.getmtime(f))
                        for f in glob.glob(os.path.join(folder, "model*.safetensors")))
@@ -274,12 +274,12 @@ def markdown(cfg, res, table, best):
                                         fmt(x["average"]), fmt(x["reasoning"])]) + " |")
     lines.append("")
     d = lambda a, b, k: fmt(None if a[k] is None or b[k] is None else a[k] - b[k], "{:+.1f}")
+    vs = lambda a, b, name: f"{name}: avg {d(a, b, 'average')}, reasoning {d(a, b, 'reasoning')}"
     for r in cfg.ratios:
         s1, mg, top = res[f"stage1-r{r:g}"], res[f"merged-r{r:g}"], res[best[r]]
-        vs = "; ".join(f"stage I+II ({k}) vs stage I: avg {d(x, s1, 'average')}, reasoning {d(x, s1, 'reasoning')}"
-                       for k, x in ((k, res[f"stage2-{k}-r{r:g}"]) for k in STAGE2))
-        lines.append(f"- ratio {r:g}: {vs}; merge vs the better stage-II run ({best[r].split('-')[1]}): avg "
-                     f"{d(mg, top, 'average')}, reasoning {d(mg, top, 'reasoning')}")
+        parts = [vs(res[f"stage2-{k}-r{r:g}"], s1, f"stage I+II ({k}) vs stage I") for k in STAGE2]
+        parts.append(vs(mg, top, f"merge vs the better stage-II run ({best[r].split('-')[1]})"))
+        lines.append(f"- ratio {r:g}: " + "; ".join(parts))
     return "\n".join(lines) + "\n"
 
 

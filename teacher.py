@@ -333,11 +333,14 @@ def pointers(conv, ids, labels, tok, img_context):
     return out
 
 
-def pair_pointers(conv, ids, img_context, width=8):
+PAIR_WIDTH = 8  # at most this many value tokens per pair (the tensor's padded width)
+
+
+def pair_pointers(conv, ids, img_context, width=PAIR_WIDTH):
     """(key position, value positions padded with -1 to `width`): for each value printed above its key, the visual
     token of the key's last glyph and those of the value's glyphs, which come earlier in the sequence."""
     visual_position, out = glyph_place(conv, ids, img_context), []
-    for key, value in conv.get("pairs", []):
+    for key, value in conv["pairs"]:
         q = visual_position(key)
         targets = sorted({t for g in value if 0 <= (t := visual_position(g)) < q})[:width]
         if q >= 0 and targets:
@@ -352,7 +355,7 @@ def read_batch(convs, tok, model, cfg):
            for p in pointers(conv, ids[b], batch["labels"][b].tolist(), tok, model.img_context_token_id)]
     batch["pointers"] = torch.tensor(ptr, dtype=torch.long).view(-1, 4)
     pairs = [(b, *p) for b, conv in enumerate(convs) for p in pair_pointers(conv, ids[b], model.img_context_token_id)]
-    batch["pair_pointers"] = torch.tensor(pairs, dtype=torch.long).view(-1, 10)
+    batch["pair_pointers"] = torch.tensor(pairs, dtype=torch.long).view(-1, 2 + PAIR_WIDTH)
     return batch
 
 
@@ -366,19 +369,25 @@ class AttentionInputs:
             layer.attention.register_forward_hook(lambda mod, args, out: self.seen.append((mod, *args[:3])))
 
 
+def head0_log_attention(seen, b, q_pos):
+    """[n, L] log attention of head 0 (it reads kv head 0) from position q_pos[i] of sequence b[i], recomputed
+    from one layer's attention input (AttentionInputs)."""
+    attn, x, cos, sin = seen
+    q, k, _ = attn.project_qkv(x, cos, sin)
+    q, k = q[:, 0], k[:, 0]
+    scores = torch.einsum("nd,nld->nl", q[b, q_pos], k[b]) / math.sqrt(attn.head_dim)
+    return scores.masked_fill(torch.arange(k.shape[1], device=k.device)[None] > q_pos[:, None], float("-inf")).log_softmax(-1)
+
+
 def pointer_nll(seen, ptr):
     """Summed over pointers, averaged over layers: -log(attention of head 0 from query to key); and hits.
     The last layer points at column 2 of ptr, the layers before it at column 3 (the first hop)."""
     b, q_pos = ptr[:, 0], ptr[:, 1]
     nll, hits = 0.0, 0.0
-    for i, (attn, x, cos, sin) in enumerate(seen):
+    for i, layer in enumerate(seen):
         k_pos = ptr[:, 2] if i == len(seen) - 1 else ptr[:, 3]
-        d = attn.head_dim
-        q, k, _ = attn.project_qkv(x, cos, sin)
-        q, k = q[:, 0], k[:, 0]  # head 0 reads kv head 0
-        scores = torch.einsum("nd,nld->nl", q[b, q_pos], k[b]) / math.sqrt(d)
-        logp = scores.masked_fill(torch.arange(k.shape[1], device=k.device)[None] > q_pos[:, None], float("-inf")).log_softmax(-1)
-        nll = nll - logp[torch.arange(len(b), device=k.device), k_pos].sum()
+        logp = head0_log_attention(layer, b, q_pos)
+        nll = nll - logp[torch.arange(len(b), device=logp.device), k_pos].sum()
         hits += (logp.argmax(-1) == k_pos).sum().item()
     return nll / len(seen), hits / len(seen)
 
@@ -386,11 +395,8 @@ def pointer_nll(seen, ptr):
 def pair_nll(seen, pairs):
     """Summed over pairs: -log(the attention of head 0 from a key's token to all of its value's tokens); and hits
     (the most attended position is one of them)."""
-    attn, x, cos, sin = seen
-    q, k, _ = attn.project_qkv(x, cos, sin)
-    b, q_pos, targets = pairs[:, 0], pairs[:, 1], pairs[:, 2:]
-    scores = torch.einsum("nd,nld->nl", q[b, 0, q_pos], k[b, 0]) / math.sqrt(attn.head_dim)
-    logp = scores.masked_fill(torch.arange(k.shape[2], device=k.device)[None] > q_pos[:, None], float("-inf")).log_softmax(-1)
+    targets = pairs[:, 2:]
+    logp = head0_log_attention(seen, pairs[:, 0], pairs[:, 1])
     on = torch.zeros_like(logp, dtype=torch.bool).scatter_(1, targets.clamp(min=0), targets >= 0)
     nll = -logp.masked_fill(~on, float("-inf")).logsumexp(-1).sum()
     return nll, on.gather(1, logp.argmax(-1, keepdim=True)).sum().item()
