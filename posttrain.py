@@ -6,7 +6,7 @@ and the teacher/distillation scripts build on its pieces).
     python posttrain.py --init tiny --out runs/sft-tiny --steps 300
     # a released checkpoint on your data in InternVL's fine-tuning format; projector + LLM learn
     python posttrain.py --init /path/to/InternVL2-2B --data train.jsonl --image-root /data/images \
-        --trainable projector,llm --lr 1e-5 --micro-batch 2 --grad-accum 8 --grad-checkpointing --out runs/sft-2b
+        --trainable projector,llm --lr 1e-5 --micro-batch 2 --grad-accum 8 --grad-checkpointing --workers 8 --out runs/sft-2b
     # several GPUs, or CPU processes (gloo): the global batch is micro-batch x grad-accum x processes
     torchrun --standalone --nproc_per_node 4 posttrain.py --init tiny --out runs/sft-ddp
     # continue an interrupted run from OUT/checkpoint/ (same flags plus --resume)
@@ -19,7 +19,9 @@ without a rationale), or line i mod N of --data (shuffled per epoch). The loss i
 cross-entropy on the assistant tokens only, summed and divided by the label tokens of the whole
 global batch, so any split into processes and micro-batches takes the same step. OUT/ ends as an
 InternVL2 checkpoint folder (config.json, model.safetensors, tokenizer files) with log.jsonl (the
-loss curve) and checkpoint/ (weights, optimizer, step, RNG: safetensors + JSON, no pickle).
+loss curve) and checkpoint/ (weights, optimizer, step, RNG: safetensors + JSON, no pickle). Since a
+step's batches are a function of the step, --workers N processes can build them ahead (a GPU waits on
+image loading otherwise), and the run is the same.
 """
 import argparse, contextlib, functools, inspect, json, math, os, random, re, shutil, sys, time, warnings
 from dataclasses import asdict, dataclass, fields
@@ -85,6 +87,7 @@ class Config:
     seed: int = 0  # model init and the JSONL shuffle
     device: str = ""  # cpu or cuda ('': cuda if available)
     threads: int = 0  # CPU threads per process (0: cores / processes on this machine)
+    workers: int = 0  # processes per training process that build batches ahead (0: built in the loop)
 
 # ---------------------------------------------------------------------------------------------- data
 
@@ -383,6 +386,29 @@ def to_device(batch, device):
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+class StepBatches(torch.utils.data.Dataset):
+    """Optimizer steps first..last-1 as a dataset of batches(step), for DataLoader workers to build ahead."""
+
+    def __init__(self, batches, first, last):
+        self.batches, self.first, self.last = batches, first, last
+
+    def __len__(self):
+        return self.last - self.first
+
+    def __getitem__(self, i):
+        return self.batches(self.first + i)
+
+
+def step_stream(batches, first, last, workers, pin):
+    """batches(step) for each step in order; with workers, built by forked processes (the model's weights
+    stay in the parent: batches only reads its config) so a GPU does not wait on image rendering."""
+    if workers == 0:
+        return (batches(step) for step in range(first, last))
+    return iter(torch.utils.data.DataLoader(StepBatches(batches, first, last), batch_size=None, num_workers=workers,
+                                            collate_fn=lambda micro: micro, pin_memory=pin, prefetch_factor=4,
+                                            multiprocessing_context="fork"))
+
+
 def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):
     """Run optimizer steps until cfg.steps (or cfg.stop_at); -> the step reached. batches(step) -> this
     process's micro-batches; loss_fn(model, batch) -> (loss, {name: float}), where the losses of all
@@ -418,12 +444,13 @@ def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):
         log.flush()
     bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0, dynamic_ncols=True, desc="posttrain")
     last, n_truncated = min(cfg.steps, cfg.stop_at or cfg.steps), 0
+    stream = step_stream(batches, step, last, cfg.workers, device.type == "cuda")
     while step < last:
         t0 = time.perf_counter()
         factor = lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * factor
-        micro = batches(step)
+        micro = next(stream)
         counts = torch.tensor([[b["n_labels"], b["n_tokens"], b["truncated"], len(b["convs"])] for b in micro],
                               dtype=torch.float64).sum(0)
         if world > 1:
