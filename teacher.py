@@ -1,6 +1,6 @@
 """
 Train the embedded teacher: a tiny model of the InternVL2 architecture that reads the small text of
-multi-tile synthetic pages, on a CPU. A plain question -> answer recipe does not learn to read there
+multi-tile synthetic pages, on a CPU or a GPU. A plain question -> answer recipe does not learn to read on a CPU
 (../shared/docs/teacher-feasibility.md), so the recipe is staged, with training-only supervision
 that the generator's glyph boxes make possible:
 
@@ -49,7 +49,12 @@ that the generator's glyph boxes make possible:
     torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init runs/teacher-nopair --out runs/teacher-read6 \
         --steps 1700 --micro-batch 4 --lr 3e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3 --crop-frac 0.15 \
         --seed-offset 420000000 --kinds doc,table,chart,chart,info,info,scene --eval-every 850
-        # the control, continued; its bf16 export is checkpoints/teacher-wip/read6, the next checkpoints/tiny
+        # the control, continued (its bf16 export was committed as checkpoints/teacher-wip/read6 until 2026-11-23)
+    python teacher.py --stage read --init runs/teacher-read6 --out runs/teacher-gpu --steps 1778 --micro-batch 64 \
+        --lr 5e-4 --warmup 100 --threads 4 --workers 12 --qa-turns 5 --transcribe-frac 0.3 --crop-frac 0.15 \
+        --seed-offset 440000000 --kinds doc,table,chart,chart,chart,info,scene --eval-every 2000 --save-every 100
+        # one H100, 9 min (12 processes render the pages); its bf16 export is checkpoints/tiny. The shipped run
+        # started from read6's bf16 export and was resumed once, from step 1,200
     (add --resume to continue an interrupted stage; other flags as posttrain.py's)
 
 Each stage runs posttrain.train (checkpoints, resume, DDP, log.jsonl). The auxiliary head and the
