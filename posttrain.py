@@ -386,27 +386,14 @@ def to_device(batch, device):
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-class StepBatches(torch.utils.data.Dataset):
-    """Optimizer steps first..last-1 as a dataset of batches(step), for DataLoader workers to build ahead."""
-
-    def __init__(self, batches, first, last):
-        self.batches, self.first, self.last = batches, first, last
-
-    def __len__(self):
-        return self.last - self.first
-
-    def __getitem__(self, i):
-        return self.batches(self.first + i)
-
-
 def step_stream(batches, first, last, workers, pin):
-    """batches(step) for each step in order; with workers, built by forked processes (the model's weights
-    stay in the parent: batches only reads its config) so a GPU does not wait on image rendering."""
+    """batches(step) for each step in order; with workers, built by forked processes (they read only the
+    model's config) so a GPU does not wait on image rendering."""
     if workers == 0:
         return (batches(step) for step in range(first, last))
-    return iter(torch.utils.data.DataLoader(StepBatches(batches, first, last), batch_size=None, num_workers=workers,
-                                            collate_fn=lambda micro: micro, pin_memory=pin, prefetch_factor=4,
-                                            multiprocessing_context="fork"))
+    # with batch_size=None the DataLoader hands each item alone to collate_fn, in the worker: a step number
+    return iter(torch.utils.data.DataLoader(range(first, last), batch_size=None, collate_fn=batches, num_workers=workers,
+                                            pin_memory=pin, prefetch_factor=4, multiprocessing_context="fork"))
 
 
 def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):

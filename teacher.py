@@ -1,8 +1,8 @@
 """
 Train the embedded teacher: a tiny model of the InternVL2 architecture that reads the small text of
-multi-tile synthetic pages, on a CPU or a GPU. A plain question -> answer recipe does not learn to read on a CPU
-(../shared/docs/teacher-feasibility.md), so the recipe is staged, with training-only supervision
-that the generator's glyph boxes make possible:
+multi-tile synthetic pages, on a CPU or a GPU. A plain question -> answer recipe does not learn to
+read on a CPU (../shared/docs/teacher-feasibility.md), so the recipe is staged, with training-only
+supervision that the generator's glyph boxes make possible:
 
   glyphs: the ViT alone. A per-patch head names the characters whose centres lie in the left and
           right half of each 14 px patch. Dense, local, cheap: no decoder.
@@ -353,14 +353,16 @@ def pair_pointers(conv, ids, img_context, width=PAIR_WIDTH):
     return out
 
 
-def read_batch(convs, tok, model, cfg):
+def read_batch(convs, tok, model, cfg, with_pairs=False):
+    """posttrain.collate plus the pointer targets, and with_pairs the pair loss's (the loss reads them only then)."""
     batch = P.collate(convs, tok, model, cfg)
     ids = [batch["input_ids"][b].tolist() for b in range(len(convs))]
     ptr = [(b, *p) for b, conv in enumerate(convs)
            for p in pointers(conv, ids[b], batch["labels"][b].tolist(), tok, model.img_context_token_id)]
     batch["pointers"] = torch.tensor(ptr, dtype=torch.long).view(-1, 4)
-    pairs = [(b, *p) for b, conv in enumerate(convs) for p in pair_pointers(conv, ids[b], model.img_context_token_id)]
-    batch["pair_pointers"] = torch.tensor(pairs, dtype=torch.long).view(-1, 2 + PAIR_WIDTH)
+    if with_pairs:
+        pairs = [(b, *p) for b, conv in enumerate(convs) for p in pair_pointers(conv, ids[b], model.img_context_token_id)]
+        batch["pair_pointers"] = torch.tensor(pairs, dtype=torch.long).view(-1, 2 + PAIR_WIDTH)
     return batch
 
 
@@ -528,7 +530,7 @@ def main():
         batches = lambda step: [read_batch([read_conversation(first_seed(step) + a * cfg.micro_batch + i,
                                                               opts["transcribe_frac"], opts["qa_turns"], kinds,
                                                               opts["crop_frac"])
-                                            for i in range(cfg.micro_batch)], tok, model, cfg)
+                                            for i in range(cfg.micro_batch)], tok, model, cfg, opts["pair_layer"] >= 0)
                                 for a in range(cfg.grad_accum)]
         step = P.train(cfg, model, tok, batches, make_read_loss(model, opts["pointer_weight"], opts["pointer_layers"],
                                                                 opts["pair_layer"], opts["pair_weight"]),

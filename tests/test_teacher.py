@@ -129,7 +129,7 @@ def test_pairs_point_from_a_key_to_the_value_printed_above_it(tok):
         keyed = {(m.group(1), qa["answer"]) for qa in conv["sample"]["qa"] if (m := T.KEY_QUESTION.match(qa["question"]))}
         got = {(chars[k]["char"], "".join(chars[g]["char"] for g in v)) for k, v in conv["pairs"]}
         assert got <= {(key[-1], value.replace(" ", "")) for key, value in keyed} and len(got) >= len(keyed) // 2
-    batch = T.read_batch(convs, tok, model, cfg)
+    batch = T.read_batch(convs, tok, model, cfg, with_pairs=True)
     pairs, ids = batch["pair_pointers"], batch["input_ids"]
     assert len(pairs) > 10 and set(pairs[:, 0].tolist()) <= {0, 1, 3, 4}  # no pairs on documents
     for b, q, *targets in pairs.tolist():
