@@ -3,26 +3,34 @@ Visual-token compression for InternVL2: FCoT-VL's compression module V_c, the st
 it, and the training-free baselines it is measured against.
 
 Each tile's pixel-shuffled token grid [tiles, h, w, C] (16 x 16 x 4096 for InternVL2-2B at 448 px)
-goes through a compressor that merges every window of neighbouring tokens into one, then through
-the student projector A_s (at first a copy of the teacher's mlp1):
+goes through a compressor V_c, then through the student projector A_s (at first a copy of the
+teacher's mlp1). The default keeps tokens; the others merge each window of neighbouring tokens:
 
-  pool    the window's mean, no parameters: the training-free baseline (= an untrained conv)
+  select  per image: keeps the 1/k of the image's tokens that lie farthest from its median token
+          (on a page, the median token is blank paper), in order, each at the position id it had
+          in the uncompressed sequence, so the frozen LLM sees the teacher's own tokens where they
+          were. Its learned part folds each token's left and right neighbours into it before the
+          choice (zero at first), so that a kept token can carry a dropped neighbour. The default
   conv    a learned linear map of the window's concatenated tokens (a strided convolution),
-          initialised to the mean. The default
+          initialised to the mean
   dwconv  a learned weight per window cell and channel (depthwise), initialised to the mean
   mlp     the mean plus an MLP of the window's concatenated tokens (LayerNorm, k*C -> C, GELU,
           C -> C), its last layer zero at first
+  gate    mlp with a learned softmax over the window's cells in place of the mean (score zero at
+          first): it can pass a pair's one text token through and drop the blank paper beside it
+  pool    the window's mean, no parameters: the training-free baseline (= an untrained conv)
 
-Ratio 0.5 merges horizontal pairs (text lines run horizontally), 0.25 merges 2 x 2; 1/k in general
-takes the squarest k-cell window that tiles the grid. FastV (Chen et al., 2024), the baseline inside
-the LLM: before decoder layer K it keeps the image tokens that the last prompt token attended to
-most in layer K-1, with their original position ids.
+Windows: ratio 0.5 merges horizontal pairs (text lines run horizontally), 0.25 merges 2 x 2; 1/k in
+general takes the squarest k-cell window that tiles the grid (select keeps 1/k of the tokens under the
+same rule, so that every tile count gives a whole number). FastV (Chen et al., 2024), the baseline
+inside the LLM: before decoder layer K it keeps the image tokens that the last prompt token attended
+to most in layer K-1, with their original position ids.
 
     from compress import build, make_student, apply
-    student = make_student(teacher, "conv", 0.5)   # shares the teacher's ViT and LLM
-    apply(model, "fastv", 0.5)                     # in place: a training-free baseline
+    student = make_student(teacher, "select", 0.5)  # shares the teacher's ViT and LLM
+    apply(model, "fastv", 0.5)                      # in place: a training-free baseline
     model = M.load_model(folder, build_compressor=build)   # a saved student
-    python compress.py --bench                     # weighted-merge kernel vs eager, torch.compile, copy
+    python compress.py --bench                      # weighted-merge kernel vs eager, torch.compile, copy
     python -m pytest tests/test_compress.py -q
 
 Needs only torch; it takes model.py's modules as arguments and imports nothing from this repo.
@@ -144,7 +152,7 @@ def weighted_merge(x, window, weight, bias=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# compressors: a tile's token grid [N, h, w, C] in, [N, h/kh, w/kw, C] out
+# compressors: a tile's token grid [N, h, w, C] in, [N, h/kh, w/kw, C] out (select: see its forward)
 
 class Pool(nn.Module):
     def __init__(self, window, width):  # width: the learned subclasses' channel count
@@ -193,7 +201,55 @@ class MLP(Pool):
         return cells.mean(-2) + self.fc2(F.gelu(self.fc1(self.norm(cells.flatten(-2)))))
 
 
-COMPRESSORS = {"pool": Pool, "conv": Conv, "dwconv": DWConv, "mlp": MLP}
+class Gate(MLP):
+    def __init__(self, window, width):
+        super().__init__(window, width)
+        self.score = nn.Linear(width, 1)  # zero at first: equal weights, so it starts as pool
+        nn.init.zeros_(self.score.weight), nn.init.zeros_(self.score.bias)
+
+    def forward(self, x):
+        # a softmax over each window's cells picks what to keep: a text token beside blank paper
+        # passes through nearly unchanged, where the mean would halve it into a token the frozen
+        # LLM never saw; the MLP term then folds in what the weighted sum cannot carry
+        cells = windows(x, self.window)
+        keep = torch.softmax(self.score(F.layer_norm(cells, cells.shape[-1:])), dim=-2)
+        return (keep * cells).sum(-2) + self.fc2(F.gelu(self.fc1(self.norm(cells.flatten(-2)))))
+
+
+class Select(nn.Module):
+    """Keeps, per image, the 1/k of its tokens farthest from its median token, after a learned fold of
+    each token's horizontal neighbours into it. model.py gives the kept tokens their original position
+    ids, so the frozen LLM reads the teacher's own tokens where the teacher read them."""
+    keeps_positions = True  # model.py: returns (tokens, their indices in the uncompressed image)
+
+    def __init__(self, window, width):  # window: only its size k (ratio 1/k) matters here
+        super().__init__()
+        self.window_size = window[0] * window[1]
+        self.norm = nn.LayerNorm(3 * width)
+        self.fc1 = nn.Linear(3 * width, width)
+        self.fc2 = nn.Linear(width, width)
+        nn.init.zeros_(self.fc2.weight), nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, grid, tiles_per_image):
+        """grid [tiles, h, w, C], the images' tiles in order -> (tokens [kept, C], keep [kept]: each
+        kept token's index in its image's uncompressed token sequence)."""
+        h, w = grid.shape[1:3]
+        keep, flat, first = [], [], 0
+        for n in tiles_per_image:  # the choice reads the ViT's tokens, not learned ones: it never moves
+            image = grid[first:first + n].flatten(0, 2)
+            distance = (image - image.median(0).values).float().norm(dim=-1)
+            kept = distance.topk(len(image) // self.window_size).indices.sort().values
+            keep.append(kept)
+            flat.append(kept + first * h * w)
+            first += n
+        flat = torch.cat(flat)  # index into grid.flatten(0, 2)
+        tile, i, j = flat // (h * w), flat % (h * w) // w, flat % w
+        padded = F.pad(grid, (0, 0, 1, 1))  # a zero token left and right of every row
+        cells = torch.cat([padded[tile, i, j], padded[tile, i, j + 1], padded[tile, i, j + 2]], -1)  # left, self, right
+        return grid[tile, i, j] + self.fc2(F.gelu(self.fc1(self.norm(cells)))), torch.cat(keep)
+
+
+COMPRESSORS = {"pool": Pool, "conv": Conv, "dwconv": DWConv, "mlp": MLP, "gate": Gate, "select": Select}
 
 
 def build(config):
@@ -207,7 +263,7 @@ def build(config):
     return COMPRESSORS[method](window_for(ratio, grid, grid), width)
 
 
-def make_student(teacher, method="conv", ratio=0.5):
+def make_student(teacher, method="select", ratio=0.5):
     """The FCoT-VL student: the teacher's ViT and LLM (shared, not copied), a new compressor V_c and
     a student projector A_s initialised as a copy of the teacher's mlp1. Saved by model.save_model
     as an ordinary checkpoint folder whose config.json records the compressor."""
@@ -224,8 +280,8 @@ def make_student(teacher, method="conv", ratio=0.5):
 
 
 def apply(model, method, ratio, fastv_layer=2):
-    """Training-free compression in place: pool (or an untrained conv/dwconv/mlp, the same thing) before
-    mlp1, or FastV inside the LLM. Returns the model."""
+    """Training-free compression in place: pool (or an untrained conv/dwconv/mlp/gate, the same thing) or
+    an untrained select before mlp1, or FastV inside the LLM. Returns the model."""
     if method == "fastv":
         model.language_model.token_pruner = FastV(ratio, fastv_layer, len(model.language_model.model.layers))
         return model

@@ -1,6 +1,6 @@
 """
 Stage I of FCoT-VL: re-alignment by self-distillation. The student is the teacher with fewer visual
-tokens per tile: the same ViT and LLM (frozen), a compression module V_c and a student projector A_s
+tokens per image: the same ViT and LLM (frozen), a compression module V_c and a student projector A_s
 (a copy of the teacher's mlp1 at first), and only V_c and A_s learn. The ViT runs once per batch and
 feeds both branches; the loss on the answer tokens is
 
@@ -12,8 +12,8 @@ makes a stage II (see README).
 
     python distill.py --ratio 0.5                # the embedded teacher on synthetic pairs (CPU, minutes),
                                                  # then teacher / pool / FastV / student on DocVQA-format
-    python distill.py --ratio 0.25 --compressor dwconv --temperature 2 --ce-weight 0.5
-    python distill.py --ratio 0.5 --student runs/distill-conv0.5 --trainable compressor,projector,llm --lr 5e-4
+    python distill.py --ratio 0.25 --compressor conv --temperature 2 --ce-weight 0.5   # a window merge
+    python distill.py --ratio 0.5 --student runs/distill-select0.5 --trainable compressor,projector,llm --lr 5e-4
                                                  # go on from a student, its LLM learning too (a copy:
                                                  # the teacher's stays as it is)
     torchrun --standalone --nproc_per_node 8 distill.py --teacher /models/InternVL2-2B --ratio 0.5 \
@@ -50,7 +50,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 class Config:
     teacher: str = os.path.join(HERE, "checkpoints", "tiny")  # the uncompressed model (checkpoint folder)
     ratio: float = 0.5  # share of visual tokens kept: 0.5, 0.25 or 1/k
-    compressor: str = "conv"  # V_c: conv | dwconv | mlp | pool (compress.py)
+    compressor: str = "select"  # V_c: select | conv | gate | mlp | dwconv | pool (compress.py)
     temperature: float = 1.0  # T of the KL term
     ce_weight: float = 0.5  # lambda of the cross-entropy term
     eval_task: str = "docvqa"  # the task of the closing comparison ('': none)

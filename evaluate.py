@@ -5,8 +5,8 @@ InfoVQA, TextVQA and OCRBench with InternVL2's official protocol and metrics.
     python evaluate.py --task docvqa                       # shipped synthetic set, checkpoints/tiny
     python evaluate.py --task chartqa --model checkpoints/internvl2-2b --device cuda \
         --data "/data/ChartQA Dataset/test" --batch-size 8
-    python evaluate.py --task textvqa --method pool --ratio 0.5     # training-free baselines: pool, fastv
-    python evaluate.py --task docvqa --model runs/distill-conv0.5   # a distilled student: no extra flag
+    python evaluate.py --task textvqa --method pool --ratio 0.5     # training-free baselines: pool, select, fastv
+    python evaluate.py --task docvqa --model runs/distill-select0.5   # a distilled student: no extra flag
     python evaluate.py --task docvqa --data /data/docvqa/test_v1.0.json  # no answers: submission
     python -m pytest tests/test_evaluate.py -q
 
@@ -455,7 +455,7 @@ def parse_args(argv=None):
     p.add_argument('--device', help='cpu | cuda (default: cuda if available)')
     p.add_argument('--dtype', choices=['float32', 'bfloat16', 'float16'],
                    help='default: bfloat16 on cuda (the official setting), float32 on cpu')
-    p.add_argument('--method', default='none', choices=['none', 'pool', 'fastv'],
+    p.add_argument('--method', default='none', choices=['none', 'pool', 'select', 'fastv'],
                    help='training-free compression (compress.py); a distilled student needs none')
     p.add_argument('--ratio', type=float, default=1.0, help='share of visual tokens kept by --method')
     p.add_argument('--fastv-layer', type=int, default=2, help='FastV prunes before this decoder layer (K)')

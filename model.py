@@ -306,6 +306,7 @@ class KVCache:
         self.k = torch.zeros(batch, n_kv, max_len, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
         self.length, self.index = 0, None
+        self.shift = None  # [B, 1]: position ids the compressor skipped in the prefill (the first cache)
 
     def update(self, k, v):
         if self.index is not None:
@@ -505,6 +506,8 @@ def decode_step(lm, caches, attention_mask, graph=None, compile=False):
                          f"max_position_embeddings cached tokens (got {max_len}): decode eagerly")
     token = torch.zeros(B, 1, dtype=torch.long, device=device)
     position = attention_mask.long().sum(-1, keepdim=True)  # the next position id of each (left-padded) row
+    if caches[0].shift is not None:  # positions a compressor skipped in the prefill (compress.py's select)
+        position += caches[0].shift
     index = torch.tensor([L], device=device)
     keys = torch.zeros(B, 1, 1, max_len, dtype=torch.bool, device=device)
     keys[:, 0, 0, :L] = attention_mask.bool()
@@ -568,15 +571,41 @@ class InternVLChat(nn.Module):
         g = math.isqrt(x.shape[1])
         return pixel_shuffle(x.reshape(x.shape[0], g, g, -1), self.config.downsample_ratio)
 
-    def project(self, grid):
-        """Token grid -> [tiles, num_image_token, llm_hidden]: the compressor (if any), then mlp1."""
-        if self.compressor is not None:
-            grid = self.compressor(grid)
-        return self.mlp1(grid.flatten(1, 2))
+    def project(self, grid, tiles_per_image=None):
+        """Token grid -> (features [tokens, llm_hidden], keep): the compressor (if any), then mlp1. keep
+        is None, or for a compressor that keeps position ids (compress.py's select) each feature's
+        index in its image's uncompressed token sequence; it needs the tiles of each image."""
+        if self.compressor is None:
+            return self.mlp1(grid.flatten(0, 2)), None
+        if getattr(self.compressor, "keeps_positions", False):
+            tokens, keep = self.compressor(grid, tiles_per_image)
+            return self.mlp1(tokens), keep
+        return self.mlp1(self.compressor(grid).flatten(0, 2)), None
 
     def extract_feature(self, pixel_values):
-        """[tiles, 3, S, S] -> [tiles, num_image_token, llm_hidden]."""
-        return self.project(self.visual_grid(pixel_values))
+        """[tiles, 3, S, S] of one image -> [tokens, llm_hidden]."""
+        return self.project(self.visual_grid(pixel_values), [len(pixel_values)])[0]
+
+    def tiles_per_image(self, is_img):
+        """The tile count of each image in the batch, in order: each run of <IMG_CONTEXT> tokens is one image."""
+        starts = is_img & ~F.pad(is_img, (1, 0))[:, :-1]
+        image = starts.flatten().long().cumsum(0)[is_img.flatten()] - 1  # each image token's image
+        return (torch.bincount(image) // self.num_image_token).tolist() if is_img.any() else []
+
+    def skipped_positions(self, is_img, keep):
+        """[B, L + 1]: how many position ids of the uncompressed sequence lie before each token (the last
+        column: before the next one). A kept image token sits at its index in its image; text after an
+        image follows the whole uncompressed image."""
+        B, L = is_img.shape
+        starts = is_img & ~F.pad(is_img, (1, 0))[:, :-1]  # first token of each image
+        ends = is_img & ~F.pad(is_img, (0, 1))[:, 1:]  # last token of each image
+        first = starts[is_img]
+        prev = torch.where(first, -1, keep.roll(1))
+        gap = torch.zeros(B, L + 1, dtype=torch.long, device=is_img.device)
+        gap[:, :L][is_img] = keep - prev - 1  # skipped just before each kept token
+        sizes = torch.bincount(first.long().cumsum(0) - 1) * self.compressor.window_size  # uncompressed images
+        gap[:, 1:][ends] += sizes - 1 - keep[ends[is_img]]  # skipped after each image's last kept token
+        return gap.cumsum(-1)
 
     def forward(self, pixel_values, input_ids, attention_mask=None, position_ids=None, caches=None, last_only=False,
                 grid=None, logits_mask=None):
@@ -586,21 +615,30 @@ class InternVLChat(nn.Module):
         pixel_values (distillation runs the ViT once for two projectors). logits_mask [B, L]: logits
         only where it is true, as [n, V] (training needs them on the answers alone)."""
         embeds = self.language_model.model.tok_embeddings(input_ids)
-        is_img = None
+        is_img, keep = None, None
         if pixel_values is not None or grid is not None:
             if self.img_context_token_id is None:
                 raise ValueError("model.img_context_token_id is not set: load the model from a folder with tokenizer files")
             is_img = input_ids == self.img_context_token_id
-            feats = self.project(self.visual_grid(pixel_values) if grid is None else grid)
-            if is_img.sum() != feats.shape[0] * feats.shape[1]:
-                raise ValueError(f"{int(is_img.sum())} <IMG_CONTEXT> tokens but {feats.shape[0]} tiles x "
-                                 f"{feats.shape[1]} features: build the prompt with model.num_image_token per tile")
+            grid = self.visual_grid(pixel_values) if grid is None else grid
+            per_image = getattr(self.compressor, "keeps_positions", False)
+            feats, keep = self.project(grid, self.tiles_per_image(is_img) if per_image else None)
+            if is_img.sum() != len(feats):
+                raise ValueError(f"{int(is_img.sum())} <IMG_CONTEXT> tokens but {len(grid)} tiles give {len(feats)} "
+                                 f"features: build the prompt with model.num_image_token per tile")
             embeds = embeds.masked_scatter(is_img[..., None], feats.to(embeds.dtype))
         B, L = input_ids.shape
         past = caches[0].length if caches else 0
         if position_ids is None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -L:] if attention_mask is not None \
                 else torch.arange(past, past + L, device=input_ids.device).expand(B, L)
+            if is_img is not None and keep is not None:  # kept image tokens keep the teacher's position ids
+                skipped = self.skipped_positions(is_img, keep)
+                position_ids = position_ids + skipped[:, :L]
+                if caches:
+                    caches[0].shift = skipped[:, L:]
+            elif caches and caches[0].shift is not None and past:
+                position_ids = position_ids + caches[0].shift
         mask = None
         if attention_mask is not None and not bool(attention_mask.all()):
             keys = torch.arange(attention_mask.shape[1], device=input_ids.device)

@@ -49,7 +49,7 @@ def test_pool_is_the_mean_of_neighbours_and_untrained_learners_equal_it():
     quads = (x[:, 0::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) / 4
     for ratio, want in ((0.5, pairs), (0.25, quads)):
         window = C.window_for(ratio, 4, 4)
-        for cls in (C.Pool, C.Conv, C.DWConv, C.MLP):
+        for cls in (C.Pool, C.Conv, C.DWConv, C.MLP, C.Gate):
             got = cls(window, 8)(x)
             assert got.shape == want.shape and torch.allclose(got, want, atol=1e-6), (cls, ratio)
 
@@ -57,7 +57,7 @@ def test_pool_is_the_mean_of_neighbours_and_untrained_learners_equal_it():
 def test_learned_compressors_train():
     torch.manual_seed(0)
     x, target = torch.randn(4, 4, 4, 8), torch.randn(4, 4, 2, 8)
-    for cls in (C.Conv, C.DWConv, C.MLP):
+    for cls in (C.Conv, C.DWConv, C.MLP, C.Gate):
         m = cls((1, 2), 8)
         opt = torch.optim.Adam(m.parameters(), lr=1e-2)
         first = None
@@ -68,6 +68,16 @@ def test_learned_compressors_train():
             loss.backward()
             opt.step()
         assert loss.item() < 0.8 * first, cls
+
+
+def test_gate_passes_the_window_token_it_scores_highest():
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 4, 8)
+    x[:, :, 1::2, 0] += 10  # the right cell of every horizontal pair stands out in channel 0
+    gate = C.Gate((1, 2), 8)
+    with torch.no_grad():
+        gate.score.weight[0, 0] = 20.0  # scores read channel 0 (after LayerNorm)
+    assert torch.allclose(gate(x), x[:, :, 1::2], atol=1e-4)
 
 
 def test_backends_agree():
@@ -121,7 +131,7 @@ def prompt_ids(model, tok, n_tiles, question="What is the total?"):
     return tok.encode(M.chat_prompt(question, n_tiles * model.num_image_token, model.config.template))
 
 
-@pytest.mark.parametrize("method", ["conv", "mlp"])
+@pytest.mark.parametrize("method", ["conv", "mlp", "gate"])
 def test_student_shares_the_teacher_and_saves_as_a_checkpoint(tok, tmp_path, method):
     teacher = tiny(tok)
     student = C.make_student(teacher, method, 0.5)
@@ -207,20 +217,32 @@ def cached_logits(model, pv, ids, mask, steps=3):
     return torch.stack(out, 1)
 
 
-def test_fastv_batch_with_padding_matches_one_by_one(tok):
-    """Rows with different tile counts keep different numbers of tokens: re-padded, then decoded."""
-    model = C.apply(tiny(tok), "fastv", 0.5, fastv_layer=1)
-    torch.manual_seed(3)
+def padded_batch(model, tok, seed):
+    """Two images of 2 and 5 tiles with questions of different lengths, left-padded: (pixels, ids, mask)."""
+    torch.manual_seed(seed)
     pvs = [torch.randn(2, 3, 56, 56), torch.randn(5, 3, 56, 56)]
     rows = [prompt_ids(model, tok, 2, "Name?"), prompt_ids(model, tok, 5, "What is the total amount due?")]
     L = max(map(len, rows))
     ids = torch.tensor([[0] * (L - len(r)) + r for r in rows])
     mask = torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows])
-    with torch.no_grad():
-        batched = cached_logits(model, torch.cat(pvs), ids, mask)
-        for b, (pv, r) in enumerate(zip(pvs, rows)):
-            alone = cached_logits(model, pv, torch.tensor([r]), torch.ones(1, len(r), dtype=torch.long))
-            assert torch.allclose(batched[b], alone[0], atol=1e-4), b
+    return pvs, ids, mask
+
+
+@torch.no_grad()
+def batch_matches_one_by_one(model, pvs, ids, mask):
+    """cached_logits of the padded batch against each row alone; returns the batch's."""
+    batched = cached_logits(model, torch.cat(pvs), ids, mask)
+    for b, pv in enumerate(pvs):
+        alone = ids[b, mask[b].bool()][None]
+        assert torch.allclose(batched[b], cached_logits(model, pv, alone, torch.ones_like(alone))[0], atol=1e-4), b
+    return batched
+
+
+def test_fastv_batch_with_padding_matches_one_by_one(tok):
+    """Rows with different tile counts keep different numbers of tokens: re-padded, then decoded."""
+    model = C.apply(tiny(tok), "fastv", 0.5, fastv_layer=1)
+    pvs, ids, mask = padded_batch(model, tok, seed=3)
+    batch_matches_one_by_one(model, pvs, ids, mask)
     # ratio 1 keeps everything: FastV is then the plain model, cache and all
     plain, kept = tiny(tok), C.apply(tiny(tok), "fastv", 1.0, fastv_layer=1)
     with torch.no_grad():
@@ -234,3 +256,52 @@ def test_fastv_and_pool_through_batch_chat(tok):
         stats = {}
         answers = model.batch_chat(tok, [torch.randn(3, 3, 56, 56), None], ["a?", "b?"], max_new_tokens=4, stats=stats)
         assert len(answers) == 2 and stats["prefill_s"] > 0
+
+
+def test_select_keeps_the_tokens_farthest_from_the_median():
+    torch.manual_seed(0)
+    grid = torch.randn(3, 2, 2, 8) * 0.01  # two images: 2 tiles and 1 tile of 4 tokens, nearly blank
+    grid[0, 1, 0] += 5  # token 2 of image 0
+    grid[1, 0, 1] += 4  # token 5 of image 0
+    grid[1, 1, 1] += 3  # token 7 of image 0: the third, dropped at ratio 0.25 (2 of 8 kept)
+    grid[2, 0, 0] += 6  # token 0 of image 1
+    tokens, keep = C.Select((1, 4), 8)(grid, [2, 1])
+    assert keep.tolist() == [2, 5, 0]  # in order within each image
+    assert torch.equal(tokens, torch.stack([grid[0, 1, 0], grid[1, 0, 1], grid[2, 0, 0]]))  # fold is zero at first
+
+
+def test_select_matches_masking_reference(tok):
+    """The untrained select student is the teacher with the dropped image tokens masked out as keys at
+    every layer, at the teacher's own position ids."""
+    teacher = tiny(tok)
+    student = C.make_student(teacher, "select", 0.5)
+    torch.manual_seed(4)
+    pv = torch.randn(3, 3, 56, 56)
+    ids = torch.tensor([prompt_ids(student, tok, 3)])
+    full = torch.tensor([prompt_ids(teacher, tok, 3)])
+    with torch.no_grad():
+        got = student(pv, ids)[0]
+        _, keep = student.compressor(teacher.visual_grid(pv), [3])
+        is_img = (full[0] == teacher.img_context_token_id).nonzero()[:, 0]
+        kept = torch.ones(full.shape[1], dtype=torch.bool)
+        kept[is_img] = False
+        kept[is_img[keep]] = True
+        want = teacher(pv, full, kept[None].long(), position_ids=torch.arange(full.shape[1])[None])[0, kept]
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-4)
+    assert not torch.allclose(got[-1], teacher(pv, full)[0, -1], atol=1e-2)  # something was dropped
+
+
+def test_select_batch_with_padding_matches_one_by_one(tok):
+    """The skipped position ids carry into the decode steps, eager and static, rows padded or not."""
+    model = C.make_student(tiny(tok), "select", 0.5)
+    with torch.no_grad():
+        for p in model.compressor.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    pvs, ids, mask = padded_batch(model, tok, seed=5)
+    batched = batch_matches_one_by_one(model, pvs, ids, mask)
+    with torch.no_grad():
+        caches = M.new_caches(model.config.llm, 2, ids.shape[1] + 3, torch.float32, "cpu")
+        first = model(torch.cat(pvs), ids, mask, caches=caches, last_only=True)[:, -1]
+        step = M.decode_step(model.language_model, caches, mask, graph=False)
+        second = step(first.argmax(-1))
+        assert torch.allclose(second, batched[:, 1], atol=1e-4)
