@@ -9,8 +9,8 @@ teacher's mlp1). The default keeps tokens; the others merge each window of neigh
   select  per image: keeps the 1/k of the image's tokens that lie farthest from its median token
           (on a page, the median token is blank paper), in order, each at the position id it had
           in the uncompressed sequence, so the frozen LLM sees the teacher's own tokens where they
-          were. Its learned part folds each token's left and right neighbours into it before the
-          choice (zero at first), so that a kept token can carry a dropped neighbour. The default
+          were. The choice reads the ViT's tokens; then a learned part (zero at first) folds each
+          kept token's left and right neighbours into it, so it can carry a dropped one. The default
   conv    a learned linear map of the window's concatenated tokens (a strided convolution),
           initialised to the mean
   dwconv  a learned weight per window cell and channel (depthwise), initialised to the mean
@@ -217,8 +217,8 @@ class Gate(MLP):
 
 
 class Select(nn.Module):
-    """Keeps, per image, the 1/k of its tokens farthest from its median token, after a learned fold of
-    each token's horizontal neighbours into it. model.py gives the kept tokens their original position
+    """Keeps, per image, the 1/k of its tokens farthest from its median token, then folds each kept
+    token's horizontal neighbours into it (learned). model.py gives the kept tokens their original position
     ids, so the frozen LLM reads the teacher's own tokens where the teacher read them."""
     keeps_positions = True  # model.py: returns (tokens, their indices in the uncompressed image)
 

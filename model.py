@@ -592,19 +592,21 @@ class InternVLChat(nn.Module):
         image = starts.flatten().long().cumsum(0)[is_img.flatten()] - 1  # each image token's image
         return (torch.bincount(image) // self.num_image_token).tolist() if is_img.any() else []
 
-    def skipped_positions(self, is_img, keep):
+    def skipped_positions(self, is_img, keep, tiles):
         """[B, L + 1]: how many position ids of the uncompressed sequence lie before each token (the last
         column: before the next one). A kept image token sits at its index in its image; text after an
-        image follows the whole uncompressed image."""
+        image follows the whole uncompressed image. keep and tiles: project's and tiles_per_image's."""
         B, L = is_img.shape
-        starts = is_img & ~F.pad(is_img, (1, 0))[:, :-1]  # first token of each image
-        ends = is_img & ~F.pad(is_img, (0, 1))[:, 1:]  # last token of each image
-        first = starts[is_img]
-        prev = torch.where(first, -1, keep.roll(1))
+        tiles = torch.tensor(tiles, device=keep.device)
+        last = (tiles * self.num_image_token).cumsum(0) - 1  # each image's last kept token, in keep
+        prev = keep.roll(1)
+        prev[torch.cat([last.new_zeros(1), last[:-1] + 1])] = -1  # an image's first kept token: none before it
         gap = torch.zeros(B, L + 1, dtype=torch.long, device=is_img.device)
         gap[:, :L][is_img] = keep - prev - 1  # skipped just before each kept token
-        sizes = torch.bincount(first.long().cumsum(0) - 1) * self.compressor.window_size  # uncompressed images
-        gap[:, 1:][ends] += sizes - 1 - keep[ends[is_img]]  # skipped after each image's last kept token
+        ends = torch.zeros_like(is_img)
+        ends[is_img] = torch.zeros_like(keep, dtype=torch.bool).index_fill_(0, last, True)
+        full = tiles * self.num_image_token * self.compressor.window_size  # each image uncompressed
+        gap[:, 1:][ends] += full - 1 - keep[last]  # skipped after each image's last kept token
         return gap.cumsum(-1)
 
     def forward(self, pixel_values, input_ids, attention_mask=None, position_ids=None, caches=None, last_only=False,
@@ -615,14 +617,14 @@ class InternVLChat(nn.Module):
         pixel_values (distillation runs the ViT once for two projectors). logits_mask [B, L]: logits
         only where it is true, as [n, V] (training needs them on the answers alone)."""
         embeds = self.language_model.model.tok_embeddings(input_ids)
-        is_img, keep = None, None
+        is_img, keep, tiles = None, None, None
         if pixel_values is not None or grid is not None:
             if self.img_context_token_id is None:
                 raise ValueError("model.img_context_token_id is not set: load the model from a folder with tokenizer files")
             is_img = input_ids == self.img_context_token_id
             grid = self.visual_grid(pixel_values) if grid is None else grid
-            per_image = getattr(self.compressor, "keeps_positions", False)
-            feats, keep = self.project(grid, self.tiles_per_image(is_img) if per_image else None)
+            tiles = self.tiles_per_image(is_img) if getattr(self.compressor, "keeps_positions", False) else None
+            feats, keep = self.project(grid, tiles)
             if is_img.sum() != len(feats):
                 raise ValueError(f"{int(is_img.sum())} <IMG_CONTEXT> tokens but {len(grid)} tiles give {len(feats)} "
                                  f"features: build the prompt with model.num_image_token per tile")
@@ -633,7 +635,7 @@ class InternVLChat(nn.Module):
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -L:] if attention_mask is not None \
                 else torch.arange(past, past + L, device=input_ids.device).expand(B, L)
             if is_img is not None and keep is not None:  # kept image tokens keep the teacher's position ids
-                skipped = self.skipped_positions(is_img, keep)
+                skipped = self.skipped_positions(is_img, keep, tiles)
                 position_ids = position_ids + skipped[:, :L]
                 if caches:
                     caches[0].shift = skipped[:, L:]

@@ -173,8 +173,8 @@ def ratio_pipeline(cfg, r):
         train(cfg, f"stage II-{k} {r:g}", "distill.py", os.path.join(d, f"stage2-{k}"),
               ["--teacher", cfg.teacher, "--student", os.path.join(d, "stage1"), "--ratio", str(r), "--compressor",
                cfg.compressor, "--trainable", "compressor,projector,llm", "--eval-task", "", "--fastv-layer",
-               str(cfg.fastv_layer), "--steps", str(cfg.stage2_steps), "--lr", str(cfg.stage2_lr),
-               "--lr-llm", str(cfg.stage2_lr_llm), "--seed-offset", str(s["seed_offset"]), *s["args"], *shlex.split(cfg.stage2_args)])
+               str(cfg.fastv_layer), "--steps", str(cfg.stage2_steps), "--lr", str(cfg.stage2_lr), "--lr-llm",
+               str(cfg.stage2_lr_llm), "--seed-offset", str(s["seed_offset"]), *s["args"], *shlex.split(cfg.stage2_args)])
     merged = os.path.join(d, "merged")
     if not finished(merged):  # written to merged.tmp, then renamed: a folder named merged is complete
         import merge
