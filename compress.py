@@ -6,8 +6,9 @@ Each tile's pixel-shuffled token grid [tiles, h, w, C] (16 x 16 x 4096 for Inter
 goes through a compressor V_c, then through the student projector A_s (at first a copy of the
 teacher's mlp1). The default keeps tokens; the others merge each window of neighbouring tokens:
 
-  select  per image: keeps the 1/k of the image's tokens that lie farthest from its median token
-          (on a page, the median token is blank paper), in order, each at the position id it had
+  select  per image: keeps the 1/k of the image's tokens with the fewest near-duplicates (the
+          largest mean distance to their 4 nearest tokens in the image: blank paper and the inside
+          of a bar have hundreds of twins, a glyph few), in order, each at the position id it had
           in the uncompressed sequence, so the frozen LLM sees the teacher's own tokens where they
           were. The choice reads the ViT's tokens; then a learned part (zero at first) folds each
           kept token's left and right neighbours into it, so it can carry a dropped one. The default
@@ -217,10 +218,11 @@ class Gate(MLP):
 
 
 class Select(nn.Module):
-    """Keeps, per image, the 1/k of its tokens farthest from its median token, then folds each kept
+    """Keeps, per image, the 1/k of its tokens with the fewest near-duplicates, then folds each kept
     token's horizontal neighbours into it (learned). model.py gives the kept tokens their original position
     ids, so the frozen LLM reads the teacher's own tokens where the teacher read them."""
     keeps_positions = True  # model.py: returns (tokens, their indices in the uncompressed image)
+    neighbours = 4  # rarity = mean distance to this many nearest tokens (2 to 8 choose alike; README)
 
     def __init__(self, window, width):  # window: only its size k (ratio 1/k) matters here
         super().__init__()
@@ -230,6 +232,14 @@ class Select(nn.Module):
         self.fc2 = nn.Linear(width, width)
         nn.init.zeros_(self.fc2.weight), nn.init.zeros_(self.fc2.bias)
 
+    def rarity(self, image):
+        """[n, C] -> [n]: each token's mean distance to its nearest others. Uniform regions (paper, a bar,
+        sky) score near zero wherever they lie, so a chart's bars do not crowd out its labels."""
+        x = image.float()
+        distance = torch.cdist(x, x)  # one GEMM: real images have thousands of tokens
+        k = min(self.neighbours, len(x) - 1)
+        return distance.topk(k + 1, largest=False).values[:, 1:].mean(-1)  # the first is the token itself
+
     def forward(self, grid, tiles_per_image):
         """grid [tiles, h, w, C], the images' tiles in order -> (tokens [kept, C], keep [kept]: each
         kept token's index in its image's uncompressed token sequence)."""
@@ -237,8 +247,7 @@ class Select(nn.Module):
         keep, flat, first = [], [], 0
         for n in tiles_per_image:  # the choice reads the ViT's tokens, not learned ones: it never moves
             image = grid[first:first + n].flatten(0, 2)
-            distance = (image - image.median(0).values).float().norm(dim=-1)
-            kept = distance.topk(len(image) // self.window_size).indices.sort().values
+            kept = self.rarity(image).topk(len(image) // self.window_size).indices.sort().values
             keep.append(kept)
             flat.append(kept + first * h * w)
             first += n

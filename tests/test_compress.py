@@ -258,16 +258,29 @@ def test_fastv_and_pool_through_batch_chat(tok):
         assert len(answers) == 2 and stats["prefill_s"] > 0
 
 
-def test_select_keeps_the_tokens_farthest_from_the_median():
+def test_select_keeps_the_tokens_with_the_fewest_near_duplicates():
     torch.manual_seed(0)
     grid = torch.randn(3, 2, 2, 8) * 0.01  # two images: 2 tiles and 1 tile of 4 tokens, nearly blank
     grid[0, 1, 0] += 5  # token 2 of image 0
-    grid[1, 0, 1] += 4  # token 5 of image 0
-    grid[1, 1, 1] += 3  # token 7 of image 0: the third, dropped at ratio 0.25 (2 of 8 kept)
+    grid[1, 0, 1] -= 4  # token 5 of image 0
     grid[2, 0, 0] += 6  # token 0 of image 1
     tokens, keep = C.Select((1, 4), 8)(grid, [2, 1])
     assert keep.tolist() == [2, 5, 0]  # in order within each image
     assert torch.equal(tokens, torch.stack([grid[0, 1, 0], grid[1, 0, 1], grid[2, 0, 0]]))  # fold is zero at first
+
+
+def test_select_drops_a_uniform_region_far_from_the_median():
+    """A chart: blank paper, a bar (five like tokens, far from the median) and two labels. The labels
+    stay; the bar's inside goes with the paper, as the farthest-from-the-median rule would not do."""
+    torch.manual_seed(0)
+    image = torch.randn(16, 8) * 0.01
+    image[[1, 2, 3, 4, 5]] += 5  # the bar
+    image[9, 0] += 3  # a label
+    image[14, 1] += 3  # another
+    _, keep = C.Select((1, 8), 8)(image.reshape(1, 4, 4, 8), [1])
+    assert keep.tolist() == [9, 14]
+    median_rule = (image - image.median(0).values).norm(dim=-1).topk(2).indices
+    assert set(median_rule.tolist()) <= {1, 2, 3, 4, 5}  # the bar, which the old rule kept
 
 
 def test_select_matches_masking_reference(tok):
