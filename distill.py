@@ -214,14 +214,15 @@ def main(argv=None):
         if rank == 0 and step >= tcfg.steps:
             M.save_model(student, tcfg.out, tokenizer_dir=cfg.teacher)
             print(f"saved the student to {tcfg.out} (log: {os.path.join(tcfg.out, 'log.jsonl')})", file=sys.stderr)
-            if cfg.eval_task:
-                del teacher, student
-                compare(cfg, tcfg, tcfg.out)
+        P.leave_group()  # before the evaluation: rank 0 evaluates alone, the others exit
+        if rank == 0 and step >= tcfg.steps and cfg.eval_task:
+            del teacher, student
+            compare(cfg, tcfg, tcfg.out)
     except (P.TrainError, M.ModelLoadError, C.CompressError, E.EvalError) as e:
         print(f"distill.py: error: {e}", file=sys.stderr)
         sys.exit(2)
     finally:
-        if P.dist.is_initialized():
+        if P.dist.is_initialized():  # an error: no barrier, a peer may never reach it
             P.dist.destroy_process_group()
 
 

@@ -532,6 +532,14 @@ def setup(cfg):
     return device
 
 
+def leave_group():
+    """Under torchrun, every rank waits here for rank 0's save, then all shut the process group down together
+    (a rank that shuts down while its peer still works can abort at exit, failing a finished run)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv=None):
     cfg = parse_args(argv)
     device = setup(cfg)
@@ -544,11 +552,12 @@ def main(argv=None):
         if rank == 0 and step >= cfg.steps:
             M.save_model(model, cfg.out, tokenizer_dir=tok_dir)
             print(f"saved {cfg.out} (InternVL2 layout; log in {os.path.join(cfg.out, 'log.jsonl')})", file=sys.stderr)
+        leave_group()
     except (TrainError, M.ModelLoadError, compress.CompressError) as e:
         print(f"posttrain.py: error: {e}", file=sys.stderr)
         sys.exit(2)
     finally:
-        if dist.is_initialized():
+        if dist.is_initialized():  # an error: no barrier, a peer may never reach it
             dist.destroy_process_group()
 
 
