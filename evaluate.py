@@ -337,8 +337,16 @@ def load_model(args):
 
 STATS = ('visual_tokens', 'prefill_s', 'decode_tokens', 'decode_s')
 
+def peak_memory(device):
+    """(MB, what was measured): this process's peak so far; the resident set on a CPU (ru_maxrss is KiB)."""
+    if device and device.startswith('cuda'):
+        import torch
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1), 'cuda max_memory_allocated'
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), 'cpu peak RSS'
+
 def generate(args, task, todo, out_path):
-    """Greedy answers appended to out_path, flushed per batch. Returns (peak MB, what was measured)."""
+    """Greedy answers appended to out_path, flushed per batch, each with its share of the batch's stats and
+    the process's peak memory so far (a resumed run reports the peak of the processes that generated)."""
     M, model, tok = load_model(args)  # checks the folder before the slow torch import
     import torch
     from tqdm import tqdm
@@ -360,12 +368,12 @@ def generate(args, task, todo, out_path):
             answers = model.batch_chat(tok, pixels, questions,
                                        max_new_tokens=max_new_tokens(args, task, any(cot)),
                                        min_new_tokens=1, stats=stats)  # min_new_tokens=1 as InternVL's eval
+            peak_mb, peak_kind = peak_memory(args.device)
             for it, a in zip(batch, answers):  # each item's share of the batch stats: resume re-sums
-                rec = dict(qid=it['qid'], answer=a, **{k: stats.get(k, 0) / len(batch) for k in STATS})
+                rec = dict(qid=it['qid'], answer=a, **{k: stats.get(k, 0) / len(batch) for k in STATS},
+                           peak_mb=peak_mb, peak_kind=peak_kind)
                 f.write(json.dumps(rec, ensure_ascii=False) + '\n')
             f.flush()
-    if args.device.startswith('cuda'):
-        return torch.cuda.max_memory_allocated() / 2**20, 'cuda max_memory_allocated'
 
 COT_MIN_TOKENS = 256  # a rationale before the answer needs room
 
@@ -401,16 +409,14 @@ def run(args):
     out = args.out or os.path.join('results', model_name, f'{args.task}{tag}.jsonl')
     todo = [it for it in items if str(it['qid']) not in load_done(out)]
     t0 = time.time()
-    mem = generate(args, task, todo, out) if todo else None
-    old = os.path.splitext(out)[0] + '.json'
-    if mem is None and not todo and os.path.exists(old):  # nothing ran here: the run that generated measured it
-        prev = json.load(open(old, encoding='utf-8'))
-        mem = prev.get('peak_memory_mb', 0.0), prev.get('peak_memory_kind', 'unknown')
-    if mem is None:  # CPU: ru_maxrss is KiB on Linux
-        mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'cpu peak RSS'
+    if todo:
+        generate(args, task, todo, out)
     done = load_done(out)
     recs = [done[str(it['qid'])] for it in items]
     tot = {k: sum(r.get(k, 0) for r in recs) for k in STATS}
+    peaks = [(r['peak_mb'], r['peak_kind']) for r in recs if 'peak_mb' in r]  # older files: this process's
+    mem = max(peaks) if peaks else peak_memory(args.device)
+
     res = dict(task=args.task, metric=task.metric, model=args.model, data=ann, method=args.method,
                ratio=args.ratio, max_num=args.max_num or task.max_num, device=args.device, dtype=args.dtype,
                max_new_tokens=max_new_tokens(args, task), cot=args.cot, n=len(items), new_predictions=len(todo),

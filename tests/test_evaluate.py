@@ -240,7 +240,7 @@ def test_cli_bad_inputs(tmp_path):
 
 def prefilled(out, items, answers):
     dump(out, [dict(qid=it['qid'], answer=a, visual_tokens=256, prefill_s=0.5, decode_tokens=4,
-                    decode_s=0.1) for it, a in zip(items, answers)])
+                    decode_s=0.1, peak_mb=5000.0 + i, peak_kind='cpu peak RSS') for i, (it, a) in enumerate(zip(items, answers))])
 
 def test_scoring_from_finished_predictions(tmp_path):
     # every qid already predicted: scoring runs without loading any model
@@ -252,6 +252,7 @@ def test_scoring_from_finished_predictions(tmp_path):
     assert res['sub_scores'] == dict(human=50.0, augmented=100.0) and res['score'] == 75.0
     assert res['visual_tokens_per_image'] == 256 and res['prefill_ms_per_image'] == 500
     assert res['decode_tokens_per_s'] == approx(40) and res['peak_memory_kind'] == 'cpu peak RSS'
+    assert res['peak_memory_mb'] == 5003.0  # the generating processes' peak, not this one's (no model loaded)
 
     path, preds = ocrbench_fixture(t + '/ocr')
     prefilled(t + '/o.jsonl', E.read_ocrbench(path, t + '/ocr'), preds)
