@@ -210,8 +210,7 @@ def line(r):
 
 def bench_rows(model, args, ratios):
     print(f"\nours (model.py; 0.5, 0.25: compress.make_student(model, {args.compressor!r}, r))\n{HEAD}   "
-          f"TTFT speedup vs 1.0: "
-          f"measured / ideal (FLOPs) / %")
+          "TTFT speedup vs 1.0: measured / ideal (FLOPs) / %")
     rows = []
     for n in args.tiles:
         for r in ratios:

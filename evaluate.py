@@ -416,7 +416,6 @@ def run(args):
     tot = {k: sum(r.get(k, 0) for r in recs) for k in STATS}
     peaks = [(r['peak_mb'], r['peak_kind']) for r in recs if 'peak_mb' in r]  # older files: this process's
     mem = max(peaks) if peaks else peak_memory(args.device)
-
     res = dict(task=args.task, metric=task.metric, model=args.model, data=ann, method=args.method,
                ratio=args.ratio, max_num=args.max_num or task.max_num, device=args.device, dtype=args.dtype,
                max_new_tokens=max_new_tokens(args, task), cot=args.cot, n=len(items), new_predictions=len(todo),
