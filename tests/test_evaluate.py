@@ -239,8 +239,9 @@ def test_cli_bad_inputs(tmp_path):
     assert_clean_error(cli('--task', 'docvqa', '--method', 'tome'), "invalid choice: 'tome'")
 
 def prefilled(out, items, answers):
-    dump(out, [dict(qid=it['qid'], answer=a, visual_tokens=256, prefill_s=0.5, decode_tokens=4,
-                    decode_s=0.1, peak_mb=5000.0 + i, peak_kind='cpu peak RSS') for i, (it, a) in enumerate(zip(items, answers))])
+    dump(out, [dict(qid=it['qid'], answer=a, visual_tokens=256, prefill_s=0.5, decode_tokens=4, decode_s=0.1,
+                    peak_mb=5000.0 + i, peak_kind='cpu peak RSS')
+               for i, (it, a) in enumerate(zip(items, answers))])
 
 def test_scoring_from_finished_predictions(tmp_path):
     # every qid already predicted: scoring runs without loading any model
