@@ -11,7 +11,9 @@ teacher's mlp1). The default keeps tokens; the others merge each window of neigh
           of a bar have hundreds of twins, a glyph few), in order, each at the position id it had
           in the uncompressed sequence, so the frozen LLM sees the teacher's own tokens where they
           were. The choice reads the ViT's tokens; then a learned part (zero at first) folds each
-          kept token's left and right neighbours into it, so it can carry a dropped one. The default
+          kept token's left and right neighbours into it, so it can carry a dropped one. The default.
+          Option skip_thumbnail ranks a many-tile image's thumbnail below every tile token: on a
+          page it is too coarse to read, but on a small crop (a word) it is the view that reads
   conv    a learned linear map of the window's concatenated tokens (a strided convolution),
           initialised to the mean
   dwconv  a learned weight per window cell and channel (depthwise), initialised to the mean
@@ -224,9 +226,10 @@ class Select(nn.Module):
     keeps_positions = True  # model.py: returns (tokens, their indices in the uncompressed image)
     neighbours = 4  # rarity = mean distance to this many nearest tokens (2 to 8 choose alike; README)
 
-    def __init__(self, window, width):  # window: only its size k (ratio 1/k) matters here
+    def __init__(self, window, width, skip_thumbnail=False):  # window: only its size k (ratio 1/k) matters
         super().__init__()
         self.window_size = window[0] * window[1]
+        self.skip_thumbnail = skip_thumbnail  # rank a many-tile image's last tile (its thumbnail) last
         self.norm = nn.LayerNorm(3 * width)
         self.fc1 = nn.Linear(3 * width, width)
         self.fc2 = nn.Linear(width, width)
@@ -247,7 +250,10 @@ class Select(nn.Module):
         keep, flat, first = [], [], 0
         for n in tiles_per_image:  # the choice reads the ViT's tokens, not learned ones: it never moves
             image = grid[first:first + n].flatten(0, 2)
-            kept = self.rarity(image).topk(len(image) // self.window_size).indices.sort().values
+            score = self.rarity(image)
+            if self.skip_thumbnail and n > 1:  # at ratio <= 1/2 the tiles alone fill the budget
+                score[-h * w:] = -1
+            kept = score.topk(len(image) // self.window_size).indices.sort().values
             keep.append(kept)
             flat.append(kept + first * h * w)
             first += n
@@ -262,21 +268,31 @@ COMPRESSORS = {"pool": Pool, "conv": Conv, "dwconv": DWConv, "mlp": MLP, "gate":
 
 
 def build(config):
-    """The compressor config.compressor = {"method", "ratio"} records (model.load_model's build_compressor)."""
-    spec = config.compressor
-    method, ratio = spec.get("method"), spec.get("ratio")
+    """The compressor config.compressor records (model.load_model's build_compressor)."""
+    record = config.compressor
+    method, ratio = record.get("method"), record.get("ratio")
     if method not in COMPRESSORS:
         raise CompressError(f"unknown compressor {method!r}: choose one of {', '.join(COMPRESSORS)}")
     grid = int(config.force_image_size // config.vision.patch_size * config.downsample_ratio)
     width = config.vision.hidden_size * round(1 / config.downsample_ratio) ** 2
-    return COMPRESSORS[method](window_for(ratio, grid, grid), width)
+    window = window_for(ratio, grid, grid)
+    if method == "select":
+        return Select(window, width, record.get("skip_thumbnail", False) and config.use_thumbnail)
+    return COMPRESSORS[method](window, width)
 
 
-def make_student(teacher, method="select", ratio=0.5):
+def spec(method, ratio, skip_thumbnail=False):
+    """config.compressor of a student: {"method", "ratio"}, and select's option where it is on."""
+    if skip_thumbnail and method != "select":
+        raise CompressError(f"skip_thumbnail is an option of select, not of {method}: drop it or use select")
+    return {"method": method, "ratio": ratio} | ({"skip_thumbnail": True} if skip_thumbnail else {})
+
+
+def make_student(teacher, method="select", ratio=0.5, skip_thumbnail=False):
     """The FCoT-VL student: the teacher's ViT and LLM (shared, not copied), a new compressor V_c and
     a student projector A_s initialised as a copy of the teacher's mlp1. Saved by model.save_model
     as an ordinary checkpoint folder whose config.json records the compressor."""
-    config = replace(teacher.config, compressor={"method": method, "ratio": ratio})
+    config = replace(teacher.config, compressor=spec(method, ratio, skip_thumbnail))
     compressor = build(config)
     with torch.device("meta"):  # the ViT and LLM built here are replaced by the teacher's: free
         student = type(teacher)(config)
@@ -288,13 +304,13 @@ def make_student(teacher, method="select", ratio=0.5):
     return student
 
 
-def apply(model, method, ratio, fastv_layer=2):
+def apply(model, method, ratio, fastv_layer=2, skip_thumbnail=False):
     """Training-free compression in place: pool (or an untrained conv/dwconv/mlp/gate, the same thing) or
     an untrained select before mlp1, or FastV inside the LLM. Returns the model."""
     if method == "fastv":
         model.language_model.token_pruner = FastV(ratio, fastv_layer, len(model.language_model.model.layers))
         return model
-    model.config = replace(model.config, compressor={"method": method, "ratio": ratio})
+    model.config = replace(model.config, compressor=spec(method, ratio, skip_thumbnail))
     p = next(model.mlp1.parameters())
     model.compressor = build(model.config).to(p.device, p.dtype)
     return model

@@ -13,6 +13,7 @@ makes a stage II (see README).
     python distill.py --ratio 0.5                # the embedded teacher on synthetic pairs (CPU, minutes),
                                                  # then teacher / pool / FastV / student on DocVQA-format
     python distill.py --ratio 0.25 --compressor conv --temperature 2 --ce-weight 0.5   # a window merge
+    python distill.py --ratio 0.25 --skip-thumbnail    # select: a page's thumbnail gives its budget to the tiles
     python distill.py --ratio 0.5 --student runs/distill-select0.5 --trainable compressor,projector,llm --lr 5e-4
                                                  # go on from a student, its LLM learning too (a copy:
                                                  # the teacher's stays as it is)
@@ -33,7 +34,7 @@ import argparse
 import copy
 import os
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +60,7 @@ class Config:
     eval_batch_size: int = 8
     fastv_layer: int = 2  # K of the FastV baseline
     student: str = ""  # start from this student folder (same compressor and ratio) instead of a new V_c and A_s
+    skip_thumbnail: bool = False  # select: rank a many-tile image's thumbnail last (README: pages gain, word crops lose)
 
 
 # posttrain.py's flags with distillation's defaults (a flag given on the command line wins)
@@ -70,7 +72,10 @@ TRAIN_DEFAULTS = ["--trainable", "compressor,projector", "--steps", "300", "--mi
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="distillation flags; the rest are posttrain.py's", add_help=False)
     for f in fields(Config):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+        if isinstance(f.default, bool):
+            p.add_argument("--" + f.name.replace("_", "-"), action="store_true")
+        else:
+            p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     own, rest = p.parse_known_args(argv)
     if "-h" in rest or "--help" in rest:
         p.print_help()
@@ -135,13 +140,16 @@ def start_student(cfg, teacher, device, dtype, own_llm):
     both); so is the LLM while the student's equals it and does not learn: a copy when it learns, so that
     the teacher's targets stay those of the uncompressed model."""
     if not cfg.student:
-        student = C.make_student(teacher, cfg.compressor, cfg.ratio)
+        student = C.make_student(teacher, cfg.compressor, cfg.ratio, cfg.skip_thumbnail)
     else:
         student = M.load_model(cfg.student, device, dtype, build_compressor=C.build)
         want = {"method": cfg.compressor, "ratio": cfg.ratio}
-        if student.config.compressor != want:
+        if {k: student.config.compressor[k] for k in want} != want:
             raise P.TrainError(f"--student {cfg.student} has compressor {student.config.compressor}, not {want}: "
                                "pass its --compressor and --ratio")
+        if cfg.skip_thumbnail:  # the option switched on for a student trained without it
+            student.config = replace(student.config, compressor=C.spec(cfg.compressor, cfg.ratio, True))
+            student.compressor.skip_thumbnail = student.config.use_thumbnail
         same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
         if not same(student.vision_model, teacher.vision_model):
             raise P.TrainError(f"--student {cfg.student}: its ViT differs from the teacher's, and distillation runs "

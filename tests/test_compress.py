@@ -1,6 +1,7 @@
 """compress.py: windows, the three compressors and their backends, the student, FastV."""
 import json
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -267,6 +268,26 @@ def test_select_keeps_the_tokens_with_the_fewest_near_duplicates():
     tokens, keep = C.Select((1, 4), 8)(grid, [2, 1])
     assert keep.tolist() == [2, 5, 0]  # in order within each image
     assert torch.equal(tokens, torch.stack([grid[0, 1, 0], grid[1, 0, 1], grid[2, 0, 0]]))  # fold is zero at first
+
+
+def test_select_ranks_the_thumbnail_last(tok):
+    """The last tile of a many-tile image is its thumbnail: with the option its rarest token gives way to a
+    tile's (a single-tile image has no thumbnail), and the student's config records the option."""
+    torch.manual_seed(0)
+    grid = torch.randn(4, 2, 2, 8) * 0.01  # image 0: 2 tiles and the thumbnail; image 1: one tile
+    for token, channel, value in [(3, 0, 5), (4, 1, 6), (7, 2, 7), (8, 3, 9), (14, 4, 5)]:
+        grid.view(-1, 8)[token, channel] += value  # token 8, the thumbnail's first, is image 0's rarest
+    _, keep = C.Select((1, 4), 8, skip_thumbnail=True)(grid, [3, 1])
+    assert keep.tolist() == [3, 4, 7, 2]  # 3 of image 0's 12 tokens, 1 of image 1's 4
+    _, keep = C.Select((1, 4), 8)(grid, [3, 1])
+    assert keep.tolist() == [4, 7, 8, 2]
+    student = C.make_student(tiny(tok), "select", 0.5, skip_thumbnail=True)
+    assert student.config.compressor == {"method": "select", "ratio": 0.5, "skip_thumbnail": True}
+    assert student.compressor.skip_thumbnail  # the record builds it back, as load_model does
+    assert not C.build(replace(student.config, use_thumbnail=False)).skip_thumbnail
+    assert not C.make_student(tiny(tok), "select", 0.5).compressor.skip_thumbnail  # off by default
+    with pytest.raises(C.CompressError, match="option of select"):
+        C.make_student(tiny(tok), "pool", 0.5, skip_thumbnail=True)
 
 
 def test_select_drops_a_uniform_region_far_from_the_median():

@@ -130,6 +130,9 @@ def test_going_on_from_a_student_whose_llm_learns(teacher_dir, tmp_path):
     cfg, _ = D.parse_args(train_args(teacher_dir, "unused", "--student", second))
     again = D.start_student(cfg, teacher, "cpu", torch.float32, own_llm=False)  # its own LLM, not the teacher's
     assert all(torch.equal(v, s["language_model." + k].float()) for k, v in again.language_model.state_dict().items())
+    cfg, _ = D.parse_args(train_args(teacher_dir, "unused", "--student", first, "--skip-thumbnail"))
+    on = D.start_student(cfg, teacher, "cpu", torch.float32, own_llm=False)  # the option, for a student without it
+    assert on.compressor.skip_thumbnail and on.config.compressor["skip_thumbnail"] and not cfg.eval_limit
     r = run(*train_args(teacher_dir, str(tmp_path / "x"), "--student", first, "--ratio", "0.25"))
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr[-2000:]
     assert "pass its --compressor and --ratio" in r.stderr
@@ -164,6 +167,7 @@ def test_ddp_two_processes_equal_one(teacher_dir, tmp_path):
     (["--fastv-layer", "5"], "FastV layer K=5"),
     (["--teacher", "/nonexistent"], "/nonexistent does not exist"),
     (["--trainable", "vision,projector"], "distillation trains compressor, projector and, optionally, llm"),
+    (["--compressor", "pool", "--skip-thumbnail"], "skip_thumbnail is an option of select"),
 ])
 def test_bad_input_is_one_line(teacher_dir, tmp_path, flags, words):
     r = run(*train_args(teacher_dir, str(tmp_path / "x")), *flags)  # the last of a repeated flag wins

@@ -23,8 +23,9 @@ RATIOS, TASKS = (0.5, 0.25), ("docvqa", "ocrbench")
 
 def args(teacher_dir, out, *extra):
     return ["--teacher", teacher_dir, "--out", out, "--ratios", *map(str, RATIOS), "--tasks", *TASKS,
-            "--distill-steps", "2", "--stage2-steps", "2", "--micro-batch", "1", "--warmup", "1", "--max-num", "2",
-            "--limit", "2", "--max-new-tokens", "4", "--batch-size", "2", "--threads", "1", "--fastv-layer", "1", "--device", "cpu", *extra]
+            "--distill-steps", "2", "--stage2-steps", "2", "--cot-steps", "2", "--micro-batch", "1", "--warmup", "1",
+            "--max-num", "2", "--limit", "2", "--max-new-tokens", "4", "--batch-size", "2", "--threads", "1",
+            "--fastv-layer", "1", "--device", "cpu", *extra]
 
 
 def run(*argv):
