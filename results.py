@@ -6,7 +6,7 @@ distilled from the teacher; (b) distilled on the teacher's answers alone. Then t
 and every row on every task (evaluate.py): teacher, pool, FastV, stage I, stage I+II (a) and (b),
 stage I+II+merge.
 
-    python results.py --jobs 2 --threads 1     # embedded teacher, ratios 0.5 0.25, all five tasks (2-core CPU: about 45 min)
+    python results.py --jobs 2 --threads 1     # embedded teacher, ratios 0.5 0.25, all five tasks (2-core CPU: about 65 min)
     python results.py --quick --threads 1      # smoke run: 4 steps, 4 tiles, 4 questions per task
     python results.py --table-only             # table, JSON and plot again from OUT/eval/, no training
     python results.py --teacher /models/InternVL2-2B --device cuda --micro-batch 2 --distill-steps 2000 --distill-lr 1e-4 \
