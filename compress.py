@@ -277,8 +277,13 @@ def build(config):
     width = config.vision.hidden_size * round(1 / config.downsample_ratio) ** 2
     window = window_for(ratio, grid, grid)
     if method == "select":
-        return Select(window, width, record.get("skip_thumbnail", False) and config.use_thumbnail)
+        return Select(window, width, skips_thumbnail(config))
     return COMPRESSORS[method](window, width)
+
+
+def skips_thumbnail(config):
+    """Whether select ranks the thumbnail last: the option is on, and images have a thumbnail at all."""
+    return config.compressor.get("skip_thumbnail", False) and config.use_thumbnail
 
 
 def spec(method, ratio, skip_thumbnail=False):

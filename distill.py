@@ -149,7 +149,7 @@ def start_student(cfg, teacher, device, dtype, own_llm):
                                "pass its --compressor and --ratio")
         if cfg.skip_thumbnail:  # the option switched on for a student trained without it
             student.config = replace(student.config, compressor=C.spec(cfg.compressor, cfg.ratio, True))
-            student.compressor.skip_thumbnail = student.config.use_thumbnail
+            student.compressor.skip_thumbnail = C.skips_thumbnail(student.config)
         same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
         if not same(student.vision_model, teacher.vision_model):
             raise P.TrainError(f"--student {cfg.student}: its ViT differs from the teacher's, and distillation runs "

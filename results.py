@@ -171,10 +171,11 @@ def ratio_pipeline(cfg, r):
           ["--teacher", cfg.teacher, "--ratio", str(r), "--compressor", cfg.compressor, "--eval-task", "", "--steps",
            str(cfg.distill_steps), "--lr", str(cfg.distill_lr), "--fastv-layer", str(cfg.fastv_layer), *shlex.split(cfg.distill_args)])
     for k, s in STAGE2.items():
+        steps = cfg.cot_steps if s["cot"] else cfg.stage2_steps
         train(cfg, f"stage II-{k} {r:g}", "distill.py", os.path.join(d, f"stage2-{k}"),
               ["--teacher", cfg.teacher, "--student", os.path.join(d, "stage1"), "--ratio", str(r), "--compressor",
                cfg.compressor, "--trainable", "compressor,projector,llm", "--eval-task", "", "--fastv-layer",
-               str(cfg.fastv_layer), "--steps", str(cfg.cot_steps if s["cot"] else cfg.stage2_steps), "--lr", str(cfg.stage2_lr), "--lr-llm",
+               str(cfg.fastv_layer), "--steps", str(steps), "--lr", str(cfg.stage2_lr), "--lr-llm",
                str(cfg.stage2_lr_llm), "--seed-offset", str(s["seed_offset"]), *s["args"], *shlex.split(cfg.stage2_args)])
     merged = os.path.join(d, "merged")
     if not finished(merged):  # written to merged.tmp, then renamed: a folder named merged is complete
