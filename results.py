@@ -1,12 +1,12 @@
 """
-The FCoT-VL results table. For each ratio: stage I (distill.py), two stage-II runs that go on from the
-stage-I student with its LLM learning too (distill.py --student): (a) with chain-of-thought, 30% of the
-conversations reasoning questions answered as rationale + final answer, learnt by CE alone, the rest
-distilled from the teacher; (b) distilled on the teacher's answers alone. Then their average (merge.py),
-and every row on every task (evaluate.py): teacher, pool, FastV, stage I, stage I+II (a) and (b),
-stage I+II+merge.
+The FCoT-VL results table. For each ratio: stage I (distill.py), three stage-II runs that go on from the
+stage-I student with its LLM learning too (distill.py --student): (a) and (c) with chain-of-thought, 30% and
+20% of the conversations reasoning questions answered as rationale + final answer, learnt by CE alone, the
+rest distilled from the teacher; (b), the run without it, distilled on the teacher's answers alone. Then the
+average of the two chain-of-thought runs (merge.py), and every row on every task (evaluate.py): teacher,
+pool, FastV, stage I, stage I+II (a), (b) and (c), stage I+II+merge.
 
-    python results.py --jobs 2 --threads 1     # embedded teacher, ratios 0.5 0.25, all five tasks (2-core CPU: about 65 min)
+    python results.py --jobs 2 --threads 1     # embedded teacher, ratios 0.5 0.25, all five tasks (2-core CPU: about 100 min)
     python results.py --quick --threads 1      # smoke run: 4 steps, 4 tiles, 4 questions per task
     python results.py --table-only             # table, JSON and plot again from OUT/eval/, no training
     python results.py --teacher /models/InternVL2-2B --device cuda --micro-batch 2 --distill-steps 2000 --distill-lr 1e-4 \
@@ -14,11 +14,11 @@ stage I+II+merge.
         --stage2-args "--data cot.jsonl --image-root /data --grad-checkpointing"
     python -m pytest tests/test_results.py -q
 
-Under --out (runs/results): r<ratio>/{stage1,stage2-a,stage2-b,merged}/, eval/<row>/<task>.jsonl and .json,
+Under --out (runs/results): r<ratio>/{stage1,stage2-a,stage2-b,stage2-c,merged}/, eval/<row>/<task>.jsonl and .json,
 results.md, results.json, score_vs_tokens.png. A training step whose folder holds a finished model
 (config.json + model*.safetensors) is skipped, one with only checkpoint/ gets --resume, an evaluation
 whose flags and weights have not changed is skipped: after a kill, the same command continues. Delete
-a folder to redo its step. Run (a) and the merge are asked with the CoT prompt (only the final answer
+a folder to redo its step. Runs (a), (c) and the merge are asked with the CoT prompt (only the final answer
 is scored), the others with the direct one. Columns: visual tokens per image; prefill time (mean of
 per-task ratios) and peak memory (each row's evaluations run in one process) relative to the teacher;
 each task's score in its unit (OCRBench: hits); avg, the mean over tasks with OCRBench as percent;
@@ -44,7 +44,7 @@ class Config:
     distill_steps: int = 300  # stage I steps
     distill_lr: float = 1e-3  # stage I lr (V_c and A_s)
     stage2_steps: int = 300  # steps of stage-II run (b)
-    cot_steps: int = 1000  # steps of stage-II run (a): rationales take longer to learn than answers (README)
+    cot_steps: int = 1000  # steps of stage-II runs (a) and (c): rationales take longer to learn than answers (README)
     stage2_lr: float = 5e-4  # stage II lr of V_c and A_s
     stage2_lr_llm: float = 1.5e-4  # stage II lr of the LLM (5e-4 lost 4 DocVQA points of a select student at 0.5)
     micro_batch: int = 8  # conversations per training step
@@ -64,14 +64,20 @@ class Config:
 
 
 QUICK = dict(distill_steps=4, stage2_steps=4, cot_steps=4, micro_batch=2, warmup=1, max_num=4, limit=4)
-# the two stage-II runs: their samples apart from stage I's (seed offset 5e8) and from each other's; cot: asked with the
-# CoT prompt. (a) mixes in reasoning questions answered with a rationale, (b) keeps distillation's own mix
-STAGE2 = {"a": dict(seed_offset=610_000_000, cot=True, args=["--p-transcribe", "0.3", "--p-qa", "0.4", "--p-reason", "0.3",
-                                                             "--cot-frac", "1"]),
-          "b": dict(seed_offset=700_000_000, cot=False, args=[])}
+# the stage-II runs: their samples apart from stage I's (seed offset 5e8) and from each other's. cot: the mix holds
+# reasoning questions answered with a rationale, so the run is asked with the CoT prompt; merge: averaged into the final
+# model. (a) and (c) are two such mixes; (b) keeps distillation's own, the comparison without CoT (an average with it
+# answers as (b) does: README)
+STAGE2 = {"a": dict(seed_offset=610_000_000, cot=True, merge=True, args=["--p-transcribe", "0.3", "--p-qa", "0.4",
+                                                                         "--p-reason", "0.3", "--cot-frac", "1"]),
+          "b": dict(seed_offset=700_000_000, cot=False, merge=False, args=[]),
+          "c": dict(seed_offset=620_000_000, cot=True, merge=True, args=["--p-transcribe", "0.35", "--p-qa", "0.45",
+                                                                         "--p-reason", "0.2", "--cot-frac", "1"])}
+MERGED = [k for k, s in STAGE2.items() if s["merge"]]
 EVAL_ROW = "import json, sys, evaluate as E\nsys.exit(next((rc for a in json.loads(sys.argv[1]) if (rc := E.main(a))), 0))"
 FAMILIES = {"teacher": (0, 0, 0), "pool": (31, 119, 180), "FastV": (255, 127, 14), "stage I": (44, 160, 44),
-            "stage I+II (a)": (214, 39, 40), "stage I+II (b)": (140, 86, 75), "stage I+II+merge": (148, 103, 189)}
+            "stage I+II (a)": (214, 39, 40), "stage I+II (b)": (140, 86, 75), "stage I+II (c)": (227, 119, 194),
+            "stage I+II+merge": (148, 103, 189)}
 
 
 def parse_args(argv=None):
@@ -181,8 +187,8 @@ def ratio_pipeline(cfg, r):
     if not finished(merged):  # written to merged.tmp, then renamed: a folder named merged is complete
         import merge
         shutil.rmtree(merged + ".tmp", ignore_errors=True)
-        step(f"merge {r:g}: stage2-a + stage2-b -> {merged}",
-             fn=lambda: merge.merge([os.path.join(d, "stage2-a"), os.path.join(d, "stage2-b")], merged + ".tmp"))
+        step(f"merge {r:g}: {' + '.join(f'stage2-{k}' for k in MERGED)} -> {merged}",
+             fn=lambda: merge.merge([os.path.join(d, f"stage2-{k}") for k in MERGED], merged + ".tmp"))
         shutil.rmtree(merged, ignore_errors=True)
         os.replace(merged + ".tmp", merged)
 
@@ -196,7 +202,8 @@ def rows(cfg):
                 (f"stage1-r{r:g}", "stage I", r, os.path.join(d, "stage1"), "none", False),
                 *[(f"stage2-{k}-r{r:g}", f"stage I+II ({k})", r, os.path.join(d, f"stage2-{k}"), "none", s["cot"])
                   for k, s in STAGE2.items()],
-                (f"merged-r{r:g}", "stage I+II+merge", r, os.path.join(d, "merged"), "none", True)]
+                (f"merged-r{r:g}", "stage I+II+merge", r, os.path.join(d, "merged"), "none",
+                 any(STAGE2[k]["cot"] for k in MERGED))]
     return out
 
 
@@ -240,7 +247,7 @@ def evaluate_row(cfg, key, todo, on_cpu):
 
 
 def summarise(cfg):
-    """-> ({key: row}, the table's row keys, {ratio: the stage-II run with the better average})."""
+    """-> ({key: row}, the table's row keys, {ratio: the merged stage-II run with the best average})."""
     res, mean = {}, lambda xs: sum(xs) / len(xs) if xs else None
     for key, fam, r, folder, method, _ in rows(cfg):
         ev = {t: load(p) for t in cfg.tasks if os.path.isfile(p := os.path.join(cfg.out, "eval", key, t + ".json"))}
@@ -256,7 +263,7 @@ def summarise(cfg):
         x["prefill_vs_teacher"] = mean([e["prefill_ms_per_image"] / t[k]["prefill_ms_per_image"]
                                         for k, e in x["eval"].items() if k in t and t[k]["prefill_ms_per_image"]])
         x["memory_vs_teacher"] = peak(x["eval"]) / peak(t) if x["eval"] and t else None
-    best = {r: max([f"stage2-{k}-r{r:g}" for k in STAGE2], key=lambda k: -1 if res[k]["average"] is None else res[k]["average"])
+    best = {r: max([f"stage2-{k}-r{r:g}" for k in MERGED], key=lambda k: -1 if res[k]["average"] is None else res[k]["average"])
             for r in cfg.ratios}  # what the merge must at least match
     return res, [k for k, *_ in rows(cfg)], best
 
@@ -281,7 +288,7 @@ def markdown(cfg, res, table, best):
     for r in cfg.ratios:
         s1, mg, top = res[f"stage1-r{r:g}"], res[f"merged-r{r:g}"], res[best[r]]
         parts = [vs(res[f"stage2-{k}-r{r:g}"], s1, f"stage I+II ({k}) vs stage I") for k in STAGE2]
-        parts.append(vs(mg, top, f"merge vs the better stage-II run ({best[r].split('-')[1]})"))
+        parts.append(vs(mg, top, f"merge vs the better run it averages ({best[r].split('-')[1]})"))
         lines.append(f"- ratio {r:g}: " + "; ".join(parts))
     return "\n".join(lines) + "\n"
 

@@ -1,6 +1,6 @@
-"""results.py: the whole pipeline (stage I, two stage-II runs, merge, every row on two tasks) on a random
+"""results.py: the whole pipeline (stage I, three stage-II runs, merge, every row on two tasks) on a random
 tiny teacher with 2-step runs; every row and task in the JSON, token counts r x the teacher's, the merge
-is the average, the plot opens, a rerun is a no-op, --table-only, resume of a cut run, one-line errors.
+is the average of the CoT runs, the plot opens, a rerun is a no-op, --table-only, resume of a cut run, one-line errors.
 
     OMP_NUM_THREADS=1 python -m pytest tests/test_results.py -q      (CPU, about a minute)
 """
@@ -52,7 +52,7 @@ def snapshot(out):
 def test_every_row_and_task(first):
     out, p, _ = first
     res = json.load(open(os.path.join(out, "results.json")))
-    keys = ["teacher"] + [f"{k}-r{r:g}" for r in RATIOS for k in ("pool", "fastv", "stage1", "stage2-a", "stage2-b", "merged")]
+    keys = ["teacher"] + [f"{k}-r{r:g}" for r in RATIOS for k in ("pool", "fastv", "stage1", "stage2-a", "stage2-b", "stage2-c", "merged")]
     assert sorted(res["rows"]) == sorted(keys)
     for k in keys:
         row = res["rows"][k]
@@ -64,17 +64,17 @@ def test_every_row_and_task(first):
     assert res["rows"]["teacher"]["prefill_vs_teacher"] == res["rows"]["teacher"]["memory_vs_teacher"] == 1.0
     for k in keys:  # the run that learnt rationales, and the merge that holds it, are asked for them
         argv = json.load(open(os.path.join(out, "eval", k, "docvqa.inputs.json")))["argv"]
-        assert ("--cot" in argv) == (k.startswith(("stage2-a", "merged"))), k
-    assert res["table"] == keys  # every row, in order; stage2_best names the better stage-II run, the merge's bar
+        assert ("--cot" in argv) == (k.startswith(("stage2-a", "stage2-c", "merged"))), k
+    assert res["table"] == keys  # every row, in order; stage2_best names the better run the merge averages, its bar
     for r in RATIOS:
-        best, runs = res["stage2_best"][f"{r:g}"], [f"stage2-{k}-r{r:g}" for k in "ab"]
+        best, runs = res["stage2_best"][f"{r:g}"], [f"stage2-{k}-r{r:g}" for k in "ac"]
         assert best in runs and res["rows"][best]["average"] == max(res["rows"][k]["average"] for k in runs)
     md = open(os.path.join(out, "results.md")).read()
-    assert len([ln for ln in md.splitlines() if ln.startswith("| ")]) == 1 + 1 + 6 * len(RATIOS)
+    assert len([ln for ln in md.splitlines() if ln.startswith("| ")]) == 1 + 1 + 7 * len(RATIOS)
     for col in (*TASKS, "avg", "reasoning", "visual tokens / image", "prefill vs teacher", "peak memory vs teacher"):
         assert col in md.splitlines()[0]
-    assert md.count("| stage I+II (a) |") == md.count("| stage I+II (b) |") == len(RATIOS)
-    assert md.count("vs stage I: avg") == 2 * len(RATIOS) and md.count("merge vs the better") == len(RATIOS)
+    assert md.count("| stage I+II (a) |") == md.count("| stage I+II (b) |") == md.count("| stage I+II (c) |") == len(RATIOS)
+    assert md.count("vs stage I: avg") == 3 * len(RATIOS) and md.count("merge vs the better run it averages") == len(RATIOS)
     assert md.splitlines()[0] in p.stdout  # the table is printed
 
 
@@ -85,7 +85,7 @@ def test_visual_tokens_are_ratio_times_teacher(first):
         full = rows["teacher"]["eval"][t]["visual_tokens_per_image"]
         assert 4 <= full <= 3 * 4  # per image: 1 tile, or 2 tiles + a thumbnail; 2x2 tokens each
         for r in RATIOS:
-            for k in ("pool", "stage1", "stage2-a", "stage2-b", "merged"):
+            for k in ("pool", "stage1", "stage2-a", "stage2-b", "stage2-c", "merged"):
                 assert rows[f"{k}-r{r:g}"]["eval"][t]["visual_tokens_per_image"] == pytest.approx(r * full), (k, r)
             assert rows[f"fastv-r{r:g}"]["eval"][t]["visual_tokens_per_image"] == full  # FastV prunes inside the LLM
     for r in RATIOS:
@@ -93,15 +93,15 @@ def test_visual_tokens_are_ratio_times_teacher(first):
         assert rows[f"stage1-r{r:g}"]["visual_tokens"] == pytest.approx(r * rows["teacher"]["visual_tokens"])
 
 
-def test_merged_is_the_average_of_the_stage2_runs(first):
+def test_merged_is_the_average_of_the_cot_runs(first):
     out, _, _ = first
     for r in RATIOS:
         d = os.path.join(out, f"r{r:g}")
-        a, b, m = (load_file(os.path.join(d, x, "model.safetensors")) for x in ("stage2-a", "stage2-b", "merged"))
-        assert sorted(a) == sorted(b) == sorted(m) and any("compressor" in k for k in m)
-        assert any(not torch.equal(a[k], b[k]) for k in a)  # two different runs, or the test proves nothing
+        a, c, m = (load_file(os.path.join(d, x, "model.safetensors")) for x in ("stage2-a", "stage2-c", "merged"))
+        assert sorted(a) == sorted(c) == sorted(m) and any("compressor" in k for k in m)
+        assert any(not torch.equal(a[k], c[k]) for k in a)  # two different runs, or the test proves nothing
         for k in m:
-            want = ((a[k].float() + b[k].float()) / 2).to(a[k].dtype)
+            want = ((a[k].float() + c[k].float()) / 2).to(a[k].dtype)
             torch.testing.assert_close(m[k], want, rtol=0, atol=1e-6, msg=k)
         assert json.load(open(os.path.join(d, "merged", "config.json")))["compressor"]["ratio"] == r
 
@@ -120,7 +120,7 @@ def test_rerun_is_a_noop(first, teacher_dir):
     p, dt = run(*args(teacher_dir, out))
     assert p.returncode == 0, p.stderr[-3000:]
     assert snapshot(out) == before  # no training, merge or evaluation touched a file
-    assert "== evaluate" not in p.stdout and p.stdout.count("skipped") == 3 * len(RATIOS)
+    assert "== evaluate" not in p.stdout and p.stdout.count("skipped") == 4 * len(RATIOS)
     assert open(os.path.join(out, "results.md")).read() == md
     assert dt < dt1 / 3, (dt, dt1)
 
