@@ -62,7 +62,7 @@ def test_every_row_and_task(first):
         assert row["prefill_vs_teacher"] > 0 and row["memory_vs_teacher"] > 0
         assert all(row["eval"][t]["n"] == 2 for t in TASKS)  # --limit reached evaluate.py
     assert res["rows"]["teacher"]["prefill_vs_teacher"] == res["rows"]["teacher"]["memory_vs_teacher"] == 1.0
-    for k in keys:  # the run that learnt rationales, and the merge that holds it, are asked for them
+    for k in keys:  # the runs that learnt rationales, and the merge that holds them, are asked for them
         argv = json.load(open(os.path.join(out, "eval", k, "docvqa.inputs.json")))["argv"]
         assert ("--cot" in argv) == (k.startswith(("stage2-a", "stage2-c", "merged"))), k
     assert res["table"] == keys  # every row, in order; stage2_best names the better run the merge averages, its bar
