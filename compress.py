@@ -12,8 +12,10 @@ teacher's mlp1). The default keeps tokens; the others merge each window of neigh
           in the uncompressed sequence, so the frozen LLM sees the teacher's own tokens where they
           were. The choice reads the ViT's tokens; then a learned part (zero at first) folds each
           kept token's left and right neighbours into it, so it can carry a dropped one. The default.
-          Option skip_thumbnail ranks a many-tile image's thumbnail below every tile token: on a
-          page it is too coarse to read, but on a small crop (a word) it is the view that reads
+          Options: skip_thumbnail ranks a many-tile image's thumbnail below every tile token (on a
+          page it is too coarse to read, but on a small crop, a word, it is the view that reads);
+          rank_projected counts near-duplicates among A_s's outputs, what the LLM reads (the choice
+          then follows A_s as it learns, though no gradient asks it to move)
   conv    a learned linear map of the window's concatenated tokens (a strided convolution),
           initialised to the mean
   dwconv  a learned weight per window cell and channel (depthwise), initialised to the mean
@@ -226,10 +228,11 @@ class Select(nn.Module):
     keeps_positions = True  # model.py: returns (tokens, their indices in the uncompressed image)
     neighbours = 4  # rarity = mean distance to this many nearest tokens (2 to 8 choose alike; README)
 
-    def __init__(self, window, width, skip_thumbnail=False):  # window: only its size k (ratio 1/k) matters
+    def __init__(self, window, width, skip_thumbnail=False, rank_projected=False):  # window: only its size k matters
         super().__init__()
         self.window_size = window[0] * window[1]
         self.skip_thumbnail = skip_thumbnail  # rank a many-tile image's last tile (its thumbnail) last
+        self.rank_projected = rank_projected  # measure rarity after the projector passed to forward
         self.norm = nn.LayerNorm(3 * width)
         self.fc1 = nn.Linear(3 * width, width)
         self.fc2 = nn.Linear(width, width)
@@ -243,14 +246,19 @@ class Select(nn.Module):
         k = min(self.neighbours, len(x) - 1)
         return distance.topk(k + 1, largest=False).values[:, 1:].mean(-1)  # the first is the token itself
 
-    def forward(self, grid, tiles_per_image):
+    def forward(self, grid, tiles_per_image, projector=None):
         """grid [tiles, h, w, C], the images' tiles in order -> (tokens [kept, C], keep [kept]: each
-        kept token's index in its image's uncompressed token sequence)."""
+        kept token's index in its image's uncompressed token sequence). projector: the model's (A_s), which
+        rank_projected measures rarity after; model.py passes it."""
+        if self.rank_projected and projector is None:
+            raise CompressError("select with rank_projected needs the model's projector: call it as "
+                                "compressor(grid, tiles_per_image, model.mlp1)")
         h, w = grid.shape[1:3]
         keep, flat, first = [], [], 0
-        for n in tiles_per_image:  # the choice reads the ViT's tokens, not learned ones: it never moves
+        for n in tiles_per_image:
             image = grid[first:first + n].flatten(0, 2)
-            score = self.rarity(image)
+            with torch.no_grad():
+                score = self.rarity(projector(image) if self.rank_projected else image)
             if self.skip_thumbnail and n > 1:  # at ratio <= 1/2 the tiles alone fill the budget
                 score[-h * w:] = -1
             kept = score.topk(len(image) // self.window_size).indices.sort().values
@@ -277,27 +285,35 @@ def build(config):
     width = config.vision.hidden_size * round(1 / config.downsample_ratio) ** 2
     window = window_for(ratio, grid, grid)
     if method == "select":
-        return Select(window, width, skips_thumbnail(config))
+        return Select(window, width, **select_options(config))
     return COMPRESSORS[method](window, width)
 
 
-def skips_thumbnail(config):
-    """Whether select ranks the thumbnail last: the option is on, and images have a thumbnail at all."""
-    return config.compressor.get("skip_thumbnail", False) and config.use_thumbnail
+SELECT_OPTIONS = ("skip_thumbnail", "rank_projected")  # select's switches, off unless config.compressor has them
 
 
-def spec(method, ratio, skip_thumbnail=False):
-    """config.compressor of a student: {"method", "ratio"}, and select's option where it is on."""
-    if skip_thumbnail and method != "select":
-        raise CompressError(f"skip_thumbnail is an option of select, not of {method}: drop it or use select")
-    return {"method": method, "ratio": ratio} | ({"skip_thumbnail": True} if skip_thumbnail else {})
+def select_options(config):
+    """select's switches as config.compressor records them. The thumbnail is skipped only where images have one."""
+    on = {k: config.compressor.get(k, False) for k in SELECT_OPTIONS}
+    return on | {"skip_thumbnail": on["skip_thumbnail"] and config.use_thumbnail}
 
 
-def make_student(teacher, method="select", ratio=0.5, skip_thumbnail=False):
+def spec(method, ratio, **options):
+    """config.compressor of a student: {"method", "ratio"}, and select's options (SELECT_OPTIONS) that are on."""
+    on = {k: True for k, v in options.items() if v}
+    for k in on:
+        if k not in SELECT_OPTIONS:
+            raise CompressError(f"unknown compressor option {k!r}: choose from {', '.join(SELECT_OPTIONS)}")
+        if method != "select":
+            raise CompressError(f"{k} is an option of select, not of {method}: drop it or use select")
+    return {"method": method, "ratio": ratio} | on
+
+
+def make_student(teacher, method="select", ratio=0.5, **options):
     """The FCoT-VL student: the teacher's ViT and LLM (shared, not copied), a new compressor V_c and
     a student projector A_s initialised as a copy of the teacher's mlp1. Saved by model.save_model
-    as an ordinary checkpoint folder whose config.json records the compressor."""
-    config = replace(teacher.config, compressor=spec(method, ratio, skip_thumbnail))
+    as an ordinary checkpoint folder whose config.json records the compressor. options: select's."""
+    config = replace(teacher.config, compressor=spec(method, ratio, **options))
     compressor = build(config)
     with torch.device("meta"):  # the ViT and LLM built here are replaced by the teacher's: free
         student = type(teacher)(config)
@@ -309,13 +325,13 @@ def make_student(teacher, method="select", ratio=0.5, skip_thumbnail=False):
     return student
 
 
-def apply(model, method, ratio, fastv_layer=2, skip_thumbnail=False):
+def apply(model, method, ratio, fastv_layer=2, **options):
     """Training-free compression in place: pool (or an untrained conv/dwconv/mlp/gate, the same thing) or
     an untrained select before mlp1, or FastV inside the LLM. Returns the model."""
     if method == "fastv":
         model.language_model.token_pruner = FastV(ratio, fastv_layer, len(model.language_model.model.layers))
         return model
-    model.config = replace(model.config, compressor=spec(method, ratio, skip_thumbnail))
+    model.config = replace(model.config, compressor=spec(method, ratio, **options))
     p = next(model.mlp1.parameters())
     model.compressor = build(model.config).to(p.device, p.dtype)
     return model

@@ -14,6 +14,7 @@ makes a stage II (see README).
                                                  # then teacher / pool / FastV / student on DocVQA-format
     python distill.py --ratio 0.25 --compressor conv --temperature 2 --ce-weight 0.5   # a window merge
     python distill.py --ratio 0.25 --skip-thumbnail    # select: a page's thumbnail gives its budget to the tiles
+    python distill.py --ratio 0.25 --skip-thumbnail --rank-projected   # and rarity is measured after A_s
     python distill.py --ratio 0.5 --student runs/distill-select0.5 --trainable compressor,projector,llm --lr 5e-4
                                                  # go on from a student, its LLM learning too (a copy:
                                                  # the teacher's stays as it is)
@@ -61,6 +62,7 @@ class Config:
     fastv_layer: int = 2  # K of the FastV baseline
     student: str = ""  # start from this student folder (same compressor and ratio) instead of a new V_c and A_s
     skip_thumbnail: bool = False  # select: rank a many-tile image's thumbnail last (README: pages gain, word crops lose)
+    rank_projected: bool = False  # select: count near-duplicates among A_s's outputs, not the ViT's (README)
 
 
 # posttrain.py's flags with distillation's defaults (a flag given on the command line wins)
@@ -83,6 +85,11 @@ def parse_args(argv=None):
     cfg = Config(**vars(own))
     out = ["--out", os.path.join("runs", f"distill-{cfg.compressor}{cfg.ratio:g}")]
     return cfg, P.parse_args(TRAIN_DEFAULTS + out + ["--init", cfg.teacher] + rest)
+
+
+def select_flags(cfg):
+    """The select options given on the command line (compress.SELECT_OPTIONS)."""
+    return {k: getattr(cfg, k) for k in C.SELECT_OPTIONS}
 
 
 def has_rationale(conv):
@@ -140,16 +147,19 @@ def start_student(cfg, teacher, device, dtype, own_llm):
     both); so is the LLM while the student's equals it and does not learn: a copy when it learns, so that
     the teacher's targets stay those of the uncompressed model."""
     if not cfg.student:
-        student = C.make_student(teacher, cfg.compressor, cfg.ratio, cfg.skip_thumbnail)
+        student = C.make_student(teacher, cfg.compressor, cfg.ratio, **select_flags(cfg))
     else:
         student = M.load_model(cfg.student, device, dtype, build_compressor=C.build)
         want = {"method": cfg.compressor, "ratio": cfg.ratio}
         if {k: student.config.compressor[k] for k in want} != want:
             raise P.TrainError(f"--student {cfg.student} has compressor {student.config.compressor}, not {want}: "
                                "pass its --compressor and --ratio")
-        if cfg.skip_thumbnail:  # the option switched on for a student trained without it
-            student.config = replace(student.config, compressor=C.spec(cfg.compressor, cfg.ratio, True))
-            student.compressor.skip_thumbnail = C.skips_thumbnail(student.config)
+        on = {k: True for k, v in select_flags(cfg).items() if v}
+        if on:  # options switched on for a student trained without them
+            options = {k: v for k, v in student.config.compressor.items() if k in C.SELECT_OPTIONS} | on
+            student.config = replace(student.config, compressor=C.spec(cfg.compressor, cfg.ratio, **options))
+            for k, v in C.select_options(student.config).items():
+                setattr(student.compressor, k, v)
         same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
         if not same(student.vision_model, teacher.vision_model):
             raise P.TrainError(f"--student {cfg.student}: its ViT differs from the teacher's, and distillation runs "

@@ -331,7 +331,7 @@ def load_model(args):
             if model.compressor is not None:
                 raise EvalError(f"{args.model} is already compressed ({model.config.compressor}); drop --method")
             compress.apply(model, method=args.method, ratio=args.ratio, fastv_layer=args.fastv_layer,
-                           skip_thumbnail=args.skip_thumbnail)
+                           skip_thumbnail=args.skip_thumbnail, rank_projected=args.rank_projected)
     except (M.ModelLoadError, compress.CompressError) as e:
         raise EvalError(str(e))
     return M, model, tok
@@ -407,6 +407,7 @@ def run(args):
         raise EvalError(f"{ann}: question ids are not unique; resuming needs unique ids")
     tag = f"_{args.method}{args.ratio:g}" if args.method != 'none' else ''
     tag += '_skip-thumbnail' if args.skip_thumbnail else ''
+    tag += '_rank-projected' if args.rank_projected else ''
     model_name = os.path.basename(os.path.normpath(args.model))
     out = args.out or os.path.join('results', model_name, f'{args.task}{tag}.jsonl')
     todo = [it for it in items if str(it['qid']) not in load_done(out)]
@@ -468,13 +469,16 @@ def parse_args(argv=None):
     p.add_argument('--fastv-layer', type=int, default=2, help='FastV prunes before this decoder layer (K)')
     p.add_argument('--skip-thumbnail', action='store_true', help="with --method select: rank a many-tile image's "
                    'thumbnail below its tiles (compress.py)')
+    p.add_argument('--rank-projected', action='store_true', help='with --method select: count near-duplicates '
+                   "among mlp1's outputs, not the ViT's (compress.py)")
     p.add_argument('--cot', action='store_true', help='ask the reasoning questions without the short-answer suffix, '
                    'so a model trained on chains of thought reasons first (max_new_tokens >= 256); the final answer '
                    'is scored either way')
     p.add_argument('--threads', type=int, help='CPU threads (default: all)')
     args = p.parse_args(argv)
-    if args.skip_thumbnail and args.method != 'select':
-        p.error('--skip-thumbnail is an option of --method select; add --method select or drop it')
+    for flag in ('skip_thumbnail', 'rank_projected'):
+        if getattr(args, flag) and args.method != 'select':
+            p.error(f"--{flag.replace('_', '-')} is an option of --method select; add --method select or drop it")
     return args
 
 def main(argv=None):

@@ -578,7 +578,7 @@ class InternVLChat(nn.Module):
         if self.compressor is None:
             return self.mlp1(grid.flatten(0, 2)), None
         if getattr(self.compressor, "keeps_positions", False):
-            tokens, keep = self.compressor(grid, tiles_per_image)
+            tokens, keep = self.compressor(grid, tiles_per_image, self.mlp1)  # it may rank tokens as mlp1 maps them
             return self.mlp1(tokens), keep
         return self.mlp1(self.compressor(grid).flatten(0, 2)), None
 

@@ -5,6 +5,7 @@ Commands (from the repo root, venv active):
   python data/build.py --eval             # only the eval sets
   python data/build.py --tokenizer        # only the tokenizer (--vocab-size 1000 by default)
   python data/build.py --check            # verify data/eval/SHA256SUMS against the files on disk
+  python data/build.py --heldout runs/heldout/docvqa   # 128 more DocVQA-format pages, not shipped (README)
   cd data/eval && sha256sum -c SHA256SUMS # same check with coreutils
 
 Output is byte-identical on re-run with the same Pillow/zlib/sentencepiece versions (pinned in the venv).
@@ -41,6 +42,7 @@ from model import SYSTEM_MESSAGE  # noqa: E402
 
 EVAL_DIR, TOK_DIR = ROOT / "data" / "eval", ROOT / "data" / "tokenizer"
 EVAL_SEED = 10 ** 9
+HELDOUT_SEED = 1_500_000_000  # --heldout: far from every shipped set's seeds
 TASKS = ("docvqa", "chartqa", "infovqa", "textvqa", "ocrbench")
 SYSTEM, PROMPT = SYSTEM_MESSAGE, EVAL_PROMPT  # in the tokenizer corpus: every prompt carries them, keep them short
 KIE_SUFFIX = " Answer this question using the text in the image directly."
@@ -76,9 +78,9 @@ def save_image(path, img, fmt="PNG"):
     write_bytes(path, b.getvalue())
 
 
-def samples(task, kinds, n):
+def samples(task, kinds, n, seed=EVAL_SEED):
     """n samples for a task, cycling through kinds; seeds are the documented eval range."""
-    base = EVAL_SEED + 10 ** 6 * TASKS.index(task)
+    base = seed + 10 ** 6 * TASKS.index(task)
     for i in range(n):
         yield i, make_sample(kinds[i % len(kinds)], base + i, EVAL_CFG)
 
@@ -92,9 +94,9 @@ def sidecar(rel, s):
 
 
 # ---------------------------------------------------------------- one writer per benchmark
-def build_docvqa(out, n=64, q_per=4):
+def build_docvqa(out, n=64, q_per=4, seed=EVAL_SEED):
     rng, data, reas, side = random.Random("docvqa"), [], [], []
-    for i, s in samples("docvqa", ["doc", "table"], n):
+    for i, s in samples("docvqa", ["doc", "table"], n, seed):
         ucsf, page = f"syn{i:04d}", "1"
         rel = f"documents/{ucsf}_{page}.png"
         save_image(out / rel, s["image"])
@@ -313,7 +315,11 @@ def main(argv=None):
     ap.add_argument("--check", action="store_true", help="verify data/eval/SHA256SUMS")
     ap.add_argument("--vocab-size", type=int, default=1000)
     ap.add_argument("--corpus-per-kind", type=int, default=400)
+    ap.add_argument("--heldout", metavar="DIR", help="only a held-out DocVQA-format set in DIR (128 pages, 512 "
+                    "questions, seeds from HELDOUT_SEED; not shipped): to check a choice made on the shipped sets")
     a = ap.parse_args(argv)
+    if a.heldout:
+        return build_docvqa(Path(a.heldout), n=128, seed=HELDOUT_SEED)
     if a.vocab_size < 300 or a.corpus_per_kind < 1:
         sys.exit("error: --vocab-size must be >= 300 (256 byte pieces + specials) and --corpus-per-kind >= 1")
     if a.check:

@@ -290,6 +290,32 @@ def test_select_ranks_the_thumbnail_last(tok):
         C.make_student(tiny(tok), "pool", 0.5, skip_thumbnail=True)
 
 
+def test_select_can_rank_tokens_as_the_projector_maps_them(tok):
+    """rank_projected measures near-duplicates after the projector it is given: a channel the projector
+    ignores makes no token rare. The student's config records the option and the model passes its mlp1."""
+    torch.manual_seed(0)
+    grid = torch.randn(1, 2, 4, 8) * 0.01  # one tile of 8 tokens, nearly blank
+    grid[0, 0, 1, 0] += 9  # token 1: rare in channel 0, which the projector drops
+    grid[0, 1, 2, 1] += 3  # token 6: rare in channel 1, which it keeps
+    projector = torch.nn.Linear(8, 8, bias=False)
+    with torch.no_grad():
+        projector.weight.copy_(torch.diag(torch.tensor([0.] + [1.] * 7)))
+    assert C.Select((1, 8), 8)(grid, [1])[1].tolist() == [1]
+    tokens, keep = C.Select((1, 8), 8, rank_projected=True)(grid, [1], projector)
+    assert keep.tolist() == [6] and torch.equal(tokens, grid[0, 1, 2][None])  # the ViT's token, not the projected one
+    with pytest.raises(C.CompressError, match="needs the model's projector"):
+        C.Select((1, 8), 8, rank_projected=True)(grid, [1])
+    student = C.make_student(tiny(tok), "select", 0.5, skip_thumbnail=True, rank_projected=True)
+    assert student.config.compressor == {"method": "select", "ratio": 0.5, "skip_thumbnail": True, "rank_projected": True}
+    assert student.compressor.rank_projected and not C.make_student(tiny(tok), "select", 0.5).compressor.rank_projected
+    seen = []
+    student.compressor.register_forward_hook(lambda module, args, out: seen.append(args[2]))
+    student.extract_feature(torch.randn(3, 3, 56, 56))
+    assert seen == [student.mlp1]  # A_s: at first the teacher's mlp1
+    with pytest.raises(C.CompressError, match="unknown compressor option 'skip'"):
+        C.spec("select", 0.5, skip=True)
+
+
 def test_select_drops_a_uniform_region_far_from_the_median():
     """A chart: blank paper, a bar (five like tokens, far from the median) and two labels. The labels
     stay; the bar's inside goes with the paper, as the farthest-from-the-median rule would not do."""

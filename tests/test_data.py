@@ -178,6 +178,16 @@ def test_writer_shapes_small(task, tmp_path):
         assert (tmp_path / m["image"]).is_file() and m["seed"] >= build.EVAL_SEED
 
 
+def test_heldout_pages_are_new(tmp_path):
+    """--heldout writes DocVQA-format pages from seeds no shipped set or training run draws."""
+    build.build_docvqa(tmp_path, n=2, seed=build.HELDOUT_SEED)
+    assert check_task(tmp_path, "docvqa") > 0
+    seeds = {json.loads(l)["seed"] for l in (tmp_path / "samples.jsonl").read_text().splitlines()}
+    shipped = {json.loads(l)["seed"] for t in build.TASKS for l in (EVAL / t / "samples.jsonl").read_text().splitlines()}
+    assert min(seeds) == build.HELDOUT_SEED and not seeds & shipped
+    assert (tmp_path / "documents" / "syn0000_1.png").read_bytes() != (EVAL / "docvqa/documents/syn0000_1.png").read_bytes()
+
+
 @pytest.mark.parametrize("task", build.TASKS)
 def test_shipped_sets(task):
     n = check_task(EVAL / task, task)

@@ -133,6 +133,12 @@ def test_going_on_from_a_student_whose_llm_learns(teacher_dir, tmp_path):
     cfg, _ = D.parse_args(train_args(teacher_dir, "unused", "--student", first, "--skip-thumbnail"))
     on = D.start_student(cfg, teacher, "cpu", torch.float32, own_llm=False)  # the option, for a student without it
     assert on.compressor.skip_thumbnail and on.config.compressor["skip_thumbnail"] and not cfg.eval_limit
+    assert not on.compressor.rank_projected
+    M.save_model(on, str(tmp_path / "on"))  # a student with one option gets the other: both stay on
+    cfg, _ = D.parse_args(train_args(teacher_dir, "unused", "--student", str(tmp_path / "on"), "--rank-projected"))
+    both = D.start_student(cfg, teacher, "cpu", torch.float32, own_llm=False)
+    assert both.config.compressor == {"method": "select", "ratio": 0.5, "skip_thumbnail": True, "rank_projected": True}
+    assert both.compressor.skip_thumbnail and both.compressor.rank_projected
     r = run(*train_args(teacher_dir, str(tmp_path / "x"), "--student", first, "--ratio", "0.25"))
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr[-2000:]
     assert "pass its --compressor and --ratio" in r.stderr
@@ -168,6 +174,7 @@ def test_ddp_two_processes_equal_one(teacher_dir, tmp_path):
     (["--teacher", "/nonexistent"], "/nonexistent does not exist"),
     (["--trainable", "vision,projector"], "distillation trains compressor, projector and, optionally, llm"),
     (["--compressor", "pool", "--skip-thumbnail"], "skip_thumbnail is an option of select"),
+    (["--compressor", "pool", "--rank-projected"], "rank_projected is an option of select"),
 ])
 def test_bad_input_is_one_line(teacher_dir, tmp_path, flags, words):
     r = run(*train_args(teacher_dir, str(tmp_path / "x")), *flags)  # the last of a repeated flag wins
