@@ -328,10 +328,11 @@ def make_student(teacher, method="select", ratio=0.5, **options):
 def apply(model, method, ratio, fastv_layer=2, **options):
     """Training-free compression in place: pool (or an untrained conv/dwconv/mlp/gate, the same thing) or
     an untrained select before mlp1, or FastV inside the LLM. Returns the model."""
+    record = spec(method, ratio, **options)  # select's options given to FastV fail here too
     if method == "fastv":
         model.language_model.token_pruner = FastV(ratio, fastv_layer, len(model.language_model.model.layers))
         return model
-    model.config = replace(model.config, compressor=spec(method, ratio, **options))
+    model.config = replace(model.config, compressor=record)
     p = next(model.mlp1.parameters())
     model.compressor = build(model.config).to(p.device, p.dtype)
     return model

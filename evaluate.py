@@ -331,7 +331,7 @@ def load_model(args):
             if model.compressor is not None:
                 raise EvalError(f"{args.model} is already compressed ({model.config.compressor}); drop --method")
             compress.apply(model, method=args.method, ratio=args.ratio, fastv_layer=args.fastv_layer,
-                           skip_thumbnail=args.skip_thumbnail, rank_projected=args.rank_projected)
+                           **{k: getattr(args, k) for k in SELECT_OPTIONS})
     except (M.ModelLoadError, compress.CompressError) as e:
         raise EvalError(str(e))
     return M, model, tok
@@ -406,8 +406,7 @@ def run(args):
     if len({str(it['qid']) for it in items}) < len(items):
         raise EvalError(f"{ann}: question ids are not unique; resuming needs unique ids")
     tag = f"_{args.method}{args.ratio:g}" if args.method != 'none' else ''
-    tag += '_skip-thumbnail' if args.skip_thumbnail else ''
-    tag += '_rank-projected' if args.rank_projected else ''
+    tag += ''.join('_' + k.replace('_', '-') for k in SELECT_OPTIONS if getattr(args, k))
     model_name = os.path.basename(os.path.normpath(args.model))
     out = args.out or os.path.join('results', model_name, f'{args.task}{tag}.jsonl')
     todo = [it for it in items if str(it['qid']) not in load_done(out)]
@@ -445,6 +444,8 @@ def run(args):
           f"peak {mem[0]:.0f} MB {mem[1]} -> {os.path.splitext(out)[0] + '.json'}")
     return res
 
+SELECT_OPTIONS = ('skip_thumbnail', 'rank_projected')  # compress.SELECT_OPTIONS, named here so flags parse before torch loads
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line and exit code 2, like every other input error
         raise EvalError(f"{message} (see python evaluate.py --help)")
@@ -476,9 +477,9 @@ def parse_args(argv=None):
                    'is scored either way')
     p.add_argument('--threads', type=int, help='CPU threads (default: all)')
     args = p.parse_args(argv)
-    for flag in ('skip_thumbnail', 'rank_projected'):
-        if getattr(args, flag) and args.method != 'select':
-            p.error(f"--{flag.replace('_', '-')} is an option of --method select; add --method select or drop it")
+    for k in SELECT_OPTIONS:
+        if getattr(args, k) and args.method != 'select':
+            p.error(f"--{k.replace('_', '-')} is an option of --method select; add --method select or drop it")
     return args
 
 def main(argv=None):

@@ -314,6 +314,8 @@ def test_select_can_rank_tokens_as_the_projector_maps_them(tok):
     assert seen == [student.mlp1]  # A_s: at first the teacher's mlp1
     with pytest.raises(C.CompressError, match="unknown compressor option 'skip'"):
         C.spec("select", 0.5, skip=True)
+    with pytest.raises(C.CompressError, match="rank_projected is an option of select, not of fastv"):
+        C.apply(tiny(tok), "fastv", 0.5, rank_projected=True)
 
 
 def test_select_drops_a_uniform_region_far_from_the_median():

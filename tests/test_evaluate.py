@@ -239,6 +239,8 @@ def test_cli_bad_inputs(tmp_path):
     assert_clean_error(cli('--task', 'docvqa', '--method', 'tome'), "invalid choice: 'tome'")
     assert_clean_error(cli('--task', 'docvqa', '--method', 'fastv', '--skip-thumbnail'), '--method select')
     assert_clean_error(cli('--task', 'docvqa', '--rank-projected'), '--rank-projected is an option of --method select')
+    import compress
+    assert E.SELECT_OPTIONS == compress.SELECT_OPTIONS  # every option select has is a flag here, checked before torch loads
 
 def prefilled(out, items, answers):
     dump(out, [dict(qid=it['qid'], answer=a, visual_tokens=256, prefill_s=0.5, decode_tokens=4, decode_s=0.1,
