@@ -8,15 +8,19 @@ InfoVQA, TextVQA and OCRBench with InternVL2's official protocol and metrics.
     python evaluate.py --task textvqa --method pool --ratio 0.5     # training-free baselines: pool, select, fastv
     python evaluate.py --task docvqa --model runs/distill-select0.5   # a distilled student: no extra flag
     python evaluate.py --task docvqa --data /data/docvqa/test_v1.0.json  # no answers: submission
+    torchrun --nproc_per_node 8 evaluate.py --task docvqa --model /models/InternVL2-8B --data /data/docvqa
+                                    # a shard of the questions per process, each resuming on its own; rank 0 scores
     python -m pytest tests/test_evaluate.py -q
 
 Predictions go to results/<model folder name>/<task>[_<method><ratio>].jsonl as they are produced;
-rerunning with the same --out skips finished questions. Scores go to the .json beside it. Metrics copy
-InternVL's eval scripts (which produced the InternVL2 numbers), quirks included (metrics-and-formats.md, section 3).
+rerunning the same run (the same model bytes, questions and settings: the key on the file's first line) with
+the same --out skips finished questions; another run starts the file afresh. Scores go to the .json beside it.
+Metrics copy InternVL's eval scripts (which produced the InternVL2 numbers), quirks included
+(metrics-and-formats.md, section 3).
 --limit N takes the first N questions of the annotation file (and of a shipped reasoning.json, whose
 multi-fact questions are scored apart from the main score).
 """
-import argparse, json, os, re, resource, sys, time
+import argparse, hashlib, json, os, re, resource, sys, time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -301,28 +305,162 @@ def score_items(task, items, preds):
 
 # ----------------------------------------------------------------------------- generation
 
-def load_done(path):
-    """qid -> prediction record of an earlier (maybe killed) run with the same --out."""
+def load_done(path, repair=True):
+    """(header or None, qid -> prediction record) of an earlier (maybe killed) run's --out. The header, the first
+    line, holds the run's key; a file an older evaluate.py wrote has none. repair: cut a line cut by a kill from
+    the file too (a reader beside the process that writes it only skips it)."""
     if not os.path.exists(path):
-        return {}
+        return None, {}
     with open(path, 'rb') as f:
         data = f.read()
     if data and not data.endswith(b'\n'):  # killed mid-write: drop the cut line, redo that question
         data = data[:data.rfind(b'\n') + 1]
-        os.truncate(path, len(data))
+        if repair:
+            os.truncate(path, len(data))
     try:
-        return {str(r['qid']): r for r in map(json.loads, data.decode('utf-8').splitlines())}
+        lines = [json.loads(line) for line in data.decode('utf-8').splitlines()]
+        head = lines.pop(0) if lines and isinstance(lines[0], dict) and 'run' in lines[0] else None
+        return head, {str(r['qid']): r for r in lines}
     except (ValueError, KeyError, TypeError) as e:
         raise EvalError(f"{path}: not a predictions file ({e}); delete it or pass another --out")
 
-def load_model(args):
+MODEL_FILES = ('config.json', 'model.safetensors.index.json', 'tokenizer.model', 'tokenizer_config.json',
+               'added_tokens.json', 'special_tokens_map.json')
+
+def sha256_files(paths):
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(os.path.basename(p).encode() + b'\0')
+        with open(p, 'rb') as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()
+
+def model_identity(folder, known=None):
+    """{sha256: of every file that decides the model's answers (config, weights, tokenizer), files: each one's
+    [real path, size, mtime, ctime, inode]}. Every byte of the weights is hashed, not just the safetensors headers
+    and sizes: two trainings of one architecture have the same headers and sizes. A 16 GB checkpoint takes about
+    a minute to hash, so `known` (the identity the predictions file recorded) is reused while its files' stamps are
+    unchanged: a file rewritten or replaced gets a new ctime or inode, a copied one a new path."""
+    names = sorted(n for n in os.listdir(folder) if n in MODEL_FILES or re.fullmatch(r'model.*\.safetensors', n))
+    files = {}
+    for n in names:
+        st = os.stat(os.path.join(folder, n))
+        files[n] = [os.path.realpath(os.path.join(folder, n)), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    if known and known.get('files') == files:
+        return known
+    return dict(sha256=sha256_files([os.path.join(folder, n) for n in names]), files=files)
+
+def check_device(name):
+    """None if torch can run on device `name`, else one line saying what is wrong and what to pass instead."""
+    import torch
+    try:
+        d = torch.device(name)
+    except (RuntimeError, TypeError):
+        return f"--device {name}: not a device torch knows; pass cpu or cuda (cuda:N for one GPU)"
+    if d.type == 'cuda' and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
+        why = 'this torch has no CUDA' if torch.version.cuda is None else f'{torch.cuda.device_count()} GPUs visible'
+        return f"--device {name}: {why}; pass --device cpu, or install a CUDA build of torch"
+    return None
+
+def _writable(path):
+    if os.path.isdir(path):
+        raise EvalError(f"--out {path} is a folder: pass a file in it, e.g. {os.path.join(path, 'predictions.jsonl')}")
+    try:
+        os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+        probe = f'{path}.{os.getpid()}.tmp'  # its own name: torchrun's processes probe side by side
+        open(probe, 'w').close()
+        os.remove(probe)
+    except OSError as e:
+        raise EvalError(f"--out {path}: cannot write there ({e.strerror or e}); pass --out in a writable folder")
+
+def _all_or_none_answered(items, path):
+    """Submission mode is for a file whose questions all lack answers; a few missing is a broken file."""
+    missing = [it for it in items if it['answers'] is None]
+    if 0 < len(missing) < len(items):
+        raise EvalError(f"{path}: question {missing[0]['qid']} has no answers, unlike {len(items) - len(missing)} of the "
+                        f"{len(items)}: give every question its answers (validation) or none (a test file, for submission)")
+
+IMG_CONTEXT = '<IMG_CONTEXT>'  # model.IMG_CONTEXT: the token each image feature replaces
+
+def prepare(args):
+    """-> (task, annotation, items, predictions path, header): the questions, and the run's key that a predictions
+    file must carry to be resumed: the model's bytes, the questions' file(s), and every setting that changes an
+    answer. Batch size, device index, threads, --limit and the number of processes are not in it: they change the
+    speed, or which questions are asked, not an answer (beyond float rounding between batch shapes)."""
+    task = TASKS[args.task]
+    data = args.data or os.path.join(HERE, 'data', 'eval', args.task)
+    ann = find_annotation(args.task, data)
+    every = task.read(ann, args.images or (ann if os.path.isdir(ann) else os.path.dirname(ann)))
+    _all_or_none_answered(every, ann)
+    items, files = every[:args.limit], [ann] if os.path.isfile(ann) else [
+        os.path.join(ann, f'test_{s}.json') for s in ('human', 'augmented')]
+    if not items:
+        raise EvalError(f"{ann}: no questions in the annotation; pass --data with a non-empty file")
+    # the shipped sets keep multi-fact questions in <task>/reasoning.json (same format): scored apart
+    rfile = os.path.join(data if os.path.isdir(data) else os.path.dirname(data), 'reasoning.json')
+    if os.path.isfile(rfile) and os.path.abspath(rfile) != os.path.abspath(ann):
+        reasoning = task.read(rfile, args.images or os.path.dirname(rfile))
+        _all_or_none_answered(reasoning, rfile)
+        for it in reasoning[:args.limit]:
+            it['extra'].update(reasoning=True, reasoning_file=True)
+            items.append(it)
+        files.append(rfile)
+    if len({str(it['qid']) for it in items}) < len(items):
+        raise EvalError(f"{ann}: question ids are not unique; resuming needs unique ids")
+    bad = next((it for it in items if IMG_CONTEXT in it['question']), None)
+    if bad:  # refused, not escaped: the tokenizer reads it as the special token wherever it stands
+        raise EvalError(f"{ann}: question {bad['qid']} contains {IMG_CONTEXT}, the token that marks image features: "
+                        f"remove it from the question")
+    if os.path.isfile(args.model):
+        raise EvalError(f"--model {args.model} is a file: pass the checkpoint folder (config.json, model*.safetensors, "
+                        f"tokenizer.model)")
     if not os.path.isdir(args.model):
         raise EvalError(f"model folder {args.model} not found; build or download one, or pass --model PATH")
+    tag = f"_{args.method}{args.ratio:g}" if args.method != 'none' else ''
+    tag += ''.join('_' + k.replace('_', '-') for k in SELECT_OPTIONS if getattr(args, k))
+    model_name = os.path.basename(os.path.normpath(args.model))
+    out = args.out or os.path.join('results', model_name, f'{args.task}{tag}.jsonl')
+    _writable(out)
+    import torch
+    args.device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    if msg := check_device(args.device):
+        raise EvalError(msg)
+    args.dtype = args.dtype or ('bfloat16' if args.device.startswith('cuda') else 'float32')
+    old, _ = load_done(out, repair=False)
+    key = dict(task=args.task, model_sha256=None, data_sha256=sha256_files(files), method=args.method,
+               max_num=args.max_num or task.max_num, max_new_tokens=args.max_new_tokens or task.max_new_tokens,
+               cot=args.cot, prompt=task.suffix, dtype=args.dtype, device=args.device.split(':')[0])
+    key.update({'ratio': args.ratio} if args.method != 'none' else {})
+    key.update({'fastv_layer': args.fastv_layer} if args.method == 'fastv' else {})
+    key.update({k: getattr(args, k) for k in SELECT_OPTIONS} if args.method == 'select' else {})
+    model_id = model_identity(args.model, old and old.get('model'))
+    key['model_sha256'] = model_id['sha256']
+    return task, ann, items, out, json.loads(json.dumps(dict(run=key, model=model_id)))
+
+def resume(path, head, write=True):
+    """The records of `path` if its header holds head's run key, else none: another run's (or an older
+    evaluate.py's) predictions start afresh, with a note naming the first setting that differs. write: make the
+    file hold `head` and those records (atomically: a kill leaves the old file or the new one)."""
+    old, recs = load_done(path, repair=write)
+    if recs and (old or {}).get('run') != head['run']:
+        a, b = (old or {}).get('run', {}), head['run']
+        k = next((k for k in sorted({*a, *b}) if a.get(k) != b.get(k)), None)
+        why = f"{k} {str(a.get(k))[:16]} there, {str(b.get(k))[:16]} now" if old else 'it has no run key'
+        if write:
+            print(f"evaluate.py: {path} holds the predictions of another run ({why}): starting it afresh", file=sys.stderr)
+        recs = {}
+    if write and old != head:
+        write_text(path, ''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in [head, *recs.values()]))
+    return recs
+
+def shard_path(out, rank, world):
+    return os.path.splitext(out)[0] + f'.rank{rank}of{world}.jsonl'
+
+def load_model(args):
     import torch, model as M, compress
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    args.dtype = args.dtype or ('bfloat16' if args.device.startswith('cuda') else 'float32')
     try:
         model = M.load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype),
                              build_compressor=compress.build)  # a distilled student's folder needs no flag
@@ -390,37 +528,42 @@ def write_text(path, text):
 def write_json(path, obj):
     write_text(path, json.dumps(obj, indent=1, ensure_ascii=False))
 
-def run(args):
-    task = TASKS[args.task]
-    data = args.data or os.path.join(HERE, 'data', 'eval', args.task)
-    ann = find_annotation(args.task, data)
-    items = task.read(ann, args.images or (ann if os.path.isdir(ann) else os.path.dirname(ann)))[:args.limit or None]
-    if not items:
-        raise EvalError(f"{ann}: no questions in the annotation; pass --data with a non-empty file")
-    # the shipped sets keep multi-fact questions in <task>/reasoning.json (same format): scored apart
-    rfile = os.path.join(data if os.path.isdir(data) else os.path.dirname(data), 'reasoning.json')
-    if os.path.isfile(rfile) and os.path.abspath(rfile) != os.path.abspath(ann):
-        for it in task.read(rfile, args.images or os.path.dirname(rfile))[:args.limit or None]:
-            it['extra'].update(reasoning=True, reasoning_file=True)
-            items.append(it)
-    if len({str(it['qid']) for it in items}) < len(items):
-        raise EvalError(f"{ann}: question ids are not unique; resuming needs unique ids")
-    tag = f"_{args.method}{args.ratio:g}" if args.method != 'none' else ''
-    tag += ''.join('_' + k.replace('_', '-') for k in SELECT_OPTIONS if getattr(args, k))
-    model_name = os.path.basename(os.path.normpath(args.model))
-    out = args.out or os.path.join('results', model_name, f'{args.task}{tag}.jsonl')
-    todo = [it for it in items if str(it['qid']) not in load_done(out)]
+def run(args, rank=0, world=1):
+    """Generate what `out` lacks and score. Under torchrun (world > 1) each process answers every world-th question
+    into its own shard file, which resumes on its own; rank 0 merges the shards into `out` and scores."""
+    task, ann, items, out, head = prepare(args)
+    done = resume(out, head, write=rank == 0)
+    mine, todo = out, [it for it in items if str(it['qid']) not in done]
+    if world > 1:
+        import torch, torch.distributed as dist
+        if args.device == 'cuda':
+            args.device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
+        args.threads = args.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', world)))
+        mine = shard_path(out, rank, world)  # its key holds the shard: a run with other processes does not resume it
+        part = resume(mine, dict(head, run=dict(head['run'], shard=[rank, world])))
+        todo = [it for it in todo[rank::world] if str(it['qid']) not in part]
     t0 = time.time()
     if todo:
-        generate(args, task, todo, out)
-    done = load_done(out)
+        generate(args, task, todo, mine)
+    generated = len(todo)
+    if world > 1:
+        n = torch.tensor([generated])
+        dist.all_reduce(n)  # waits for every shard to be complete
+        if rank != 0:
+            return None
+        generated, shards = int(n), [shard_path(out, r, world) for r in range(world)]
+        done.update({q: rec for p in shards for q, rec in load_done(p)[1].items()})
+        write_text(out, ''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in [head, *done.values()]))
+        for p in shards:
+            os.remove(p)
+    done = load_done(out)[1]
     recs = [done[str(it['qid'])] for it in items]
     tot = {k: sum(r.get(k, 0) for r in recs) for k in STATS}
     peaks = [(r['peak_mb'], r['peak_kind']) for r in recs if 'peak_mb' in r]  # older files: this process's
     mem = max(peaks) if peaks else peak_memory(args.device)
     res = dict(task=args.task, metric=task.metric, model=args.model, data=ann, method=args.method,
                ratio=args.ratio, max_num=args.max_num or task.max_num, device=args.device, dtype=args.dtype,
-               max_new_tokens=max_new_tokens(args, task), cot=args.cot, n=len(items), new_predictions=len(todo),
+               max_new_tokens=max_new_tokens(args, task), cot=args.cot, n=len(items), new_predictions=generated,
                predictions=out, wall_s=round(time.time() - t0, 2),
                visual_tokens_per_image=round(tot['visual_tokens'] / len(recs), 1),
                prefill_ms_per_image=round(1000 * tot['prefill_s'] / len(recs), 2),
@@ -439,19 +582,37 @@ def run(args):
     if res.get('reasoning'):
         score += f" (reasoning {res['reasoning']['score']:.2f} on {res['reasoning']['n']})"
     tps = '-' if res['decode_tokens_per_s'] is None else f"{res['decode_tokens_per_s']:.1f}"
-    print(f"{args.task}: {score} | n={res['n']}, {len(todo)} generated | {res['visual_tokens_per_image']:.0f} "
+    print(f"{args.task}: {score} | n={res['n']}, {generated} generated | {res['visual_tokens_per_image']:.0f} "
           f"visual tok/img | prefill {res['prefill_ms_per_image']:.1f} ms/img | decode {tps} tok/s | "
           f"peak {mem[0]:.0f} MB {mem[1]} -> {os.path.splitext(out)[0] + '.json'}")
     return res
 
 SELECT_OPTIONS = ('skip_thumbnail', 'rank_projected')  # compress.SELECT_OPTIONS, named here so flags parse before torch loads
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit code 2, like every other input error
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line and exit code 2 (argparse prints its usage first); every script's flags."""
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see python {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+def out_of_range(args, **bounds):
+    """'--flag V: must be ...' for the first flag outside its bound, else None. A bound is LOW (value >= LOW) or
+    (LOW, HIGH) (LOW < value <= HIGH); a flag left unset (None) is skipped, a list is checked value by value."""
+    for k, b in bounds.items():
+        v = getattr(args, k)
+        for x in v if isinstance(v, (list, tuple)) else [] if v is None else [v]:
+            if not (b[0] < x <= b[1] if isinstance(b, tuple) else x >= b):  # NaN fails both
+                want = f">= {b:g}" if not isinstance(b, tuple) else f"> {b[0]:g}" + (
+                    f" and <= {b[1]:g}" if b[1] != float('inf') else '')
+                return f"--{k.replace('_', '-')} {x:g}: must be {want}"
+    return None
+
+class _Parser(Parser):
+    def error(self, message):  # raised, so that main() prints it and a caller in Python can catch it
         raise EvalError(f"{message} (see python evaluate.py --help)")
 
 def parse_args(argv=None):
-    p = _Parser(description=__doc__.split('\n\n')[0].strip())
+    p = _Parser(prog='evaluate.py', description=__doc__.split('\n\n')[0].strip())
     p.add_argument('--task', required=True, choices=sorted(TASKS))
     p.add_argument('--model', default=os.path.join(HERE, 'checkpoints', 'tiny'))
     p.add_argument('--data', help='annotation file or folder (default: data/eval/<task>/)')
@@ -477,20 +638,35 @@ def parse_args(argv=None):
                    'is scored either way')
     p.add_argument('--threads', type=int, help='CPU threads (default: all)')
     args = p.parse_args(argv)
+    if msg := out_of_range(args, max_num=1, max_new_tokens=1, limit=1, batch_size=1, threads=0, fastv_layer=1,
+                           ratio=(0, 1)):
+        p.error(msg)
     for k in SELECT_OPTIONS:
         if getattr(args, k) and args.method != 'select':
             p.error(f"--{k.replace('_', '-')} is an option of --method select; add --method select or drop it")
     return args
 
 def main(argv=None):
+    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))  # torchrun's
     try:
-        run(parse_args(argv))
+        args = parse_args(argv)
+        if world > 1:  # gloo on GPUs too: the processes only wait for each other, their answers stay apart
+            import datetime, torch.distributed as dist
+            dist.init_process_group('gloo', timeout=datetime.timedelta(days=1))
+        run(args, rank, world)
+        if world > 1:
+            dist.barrier()  # rank 0 has scored: the others leave no sooner (an early leaver can abort the group)
     except EvalError as e:
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("evaluate.py: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+            if dist.is_initialized():
+                dist.destroy_process_group()
     return 0
 
 if __name__ == '__main__':

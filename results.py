@@ -24,7 +24,7 @@ per-task ratios) and peak memory (each row's evaluations run in one process) rel
 each task's score in its unit (OCRBench: hits); avg, the mean over tasks with OCRBench as percent;
 reasoning, the mean over tasks of the reasoning questions' score.
 """
-import argparse, functools, glob, inspect, json, math, os, re, shlex, shutil, subprocess, sys, time
+import functools, glob, inspect, json, math, os, re, shlex, subprocess, sys, time
 from dataclasses import asdict, dataclass, fields
 
 import evaluate as E
@@ -81,7 +81,7 @@ FAMILIES = {"teacher": (0, 0, 0), "pool": (31, 119, 180), "FastV": (255, 127, 14
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
+    p = E.Parser(prog="results.py", description=__doc__.strip().split("\n\n")[0])
     notes = dict(re.findall(r"^    (\w+): .*?  # (.+)$", inspect.getsource(Config), re.M))
     for f in fields(Config):
         kw = dict(action="store_true") if f.type is bool else dict(type=type(f.default), default=f.default) \
@@ -92,6 +92,11 @@ def parse_args(argv=None):
         setattr(cfg, k, v if getattr(cfg, k) == getattr(Config, k) else getattr(cfg, k))
     if set(cfg.tasks) - set(TASKS):
         p.error(f"--tasks: choose from {' '.join(TASKS)}")
+    pos = (0, float("inf"))  # the numbers reach distill.py and evaluate.py late, after hours of training: checked now
+    if msg := E.out_of_range(cfg, ratios=(0, 1), distill_steps=1, stage2_steps=1, cot_steps=1, micro_batch=1, warmup=0,
+                             max_num=0, fastv_layer=1, limit=0, max_new_tokens=0, batch_size=1, threads=0, jobs=1,
+                             distill_lr=pos, stage2_lr=pos, stage2_lr_llm=pos):
+        p.error(msg)
     cfg.out, cfg.teacher = os.path.abspath(cfg.out), os.path.abspath(cfg.teacher)
     return cfg
 
@@ -184,13 +189,10 @@ def ratio_pipeline(cfg, r):
                str(cfg.fastv_layer), "--steps", str(steps), "--lr", str(cfg.stage2_lr), "--lr-llm",
                str(cfg.stage2_lr_llm), "--seed-offset", str(s["seed_offset"]), *s["args"], *shlex.split(cfg.stage2_args)])
     merged = os.path.join(d, "merged")
-    if not finished(merged):  # written to merged.tmp, then renamed: a folder named merged is complete
+    if not finished(merged):  # merge.py swaps a finished folder in: a folder named merged is complete
         import merge
-        shutil.rmtree(merged + ".tmp", ignore_errors=True)
         step(f"merge {r:g}: {' + '.join(f'stage2-{k}' for k in MERGED)} -> {merged}",
-             fn=lambda: merge.merge([os.path.join(d, f"stage2-{k}") for k in MERGED], merged + ".tmp"))
-        shutil.rmtree(merged, ignore_errors=True)
-        os.replace(merged + ".tmp", merged)
+             fn=lambda: merge.merge([os.path.join(d, f"stage2-{k}") for k in MERGED], merged))
 
 
 def rows(cfg):
@@ -210,7 +212,7 @@ def rows(cfg):
 def evaluate_rows(cfg):
     """A row's tasks in one forked child (--jobs of them at a time). A task is skipped when its .json exists and its
     flags and weights (name, size, mtime) are those in .inputs.json; other weights drop the old predictions, other
-    flags resume them."""
+    flags resume them where evaluate.py's run key allows (it starts a file of other settings afresh)."""
     import torch, model, compress  # once, in the parent: only imports happen before the forks
     on_cpu, work = (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu", []
     for key, _, r, folder, method, cot in rows(cfg):

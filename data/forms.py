@@ -42,7 +42,7 @@ def by_form(task, predictions, data=None):
     data = data or os.path.join(E.HERE, "data", "eval", task)
     path = E.find_annotation(task, data)
     items = t.read(path, data if os.path.isdir(data) else os.path.dirname(path))
-    preds = {str(r["qid"]): r["answer"] for r in map(json.loads, open(predictions))}
+    preds = {q: r["answer"] for q, r in E.load_done(str(predictions), repair=False)[1].items()}  # after the run's key
     scores = {}
     for it in items:
         if str(it["qid"]) in preds:

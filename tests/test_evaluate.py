@@ -242,17 +242,20 @@ def test_cli_bad_inputs(tmp_path):
     import compress
     assert E.SELECT_OPTIONS == compress.SELECT_OPTIONS  # every option select has is a flag here, checked before torch loads
 
-def prefilled(out, items, answers):
-    dump(out, [dict(qid=it['qid'], answer=a, visual_tokens=256, prefill_s=0.5, decode_tokens=4, decode_s=0.1,
-                    peak_mb=5000.0 + i, peak_kind='cpu peak RSS')
-               for i, (it, a) in enumerate(zip(items, answers))])
+def prefilled(out, items, answers, *argv):
+    """Predictions as the run of `argv` writes them: its key first (E.prepare), then a record per item."""
+    head = E.prepare(E.parse_args([*argv, '--out', out]))[4]
+    dump(out, [head] + [dict(qid=it['qid'], answer=a, visual_tokens=256, prefill_s=0.5, decode_tokens=4, decode_s=0.1,
+                             peak_mb=5000.0 + i, peak_kind='cpu peak RSS')
+                        for i, (it, a) in enumerate(zip(items, answers))])
 
 def test_scoring_from_finished_predictions(tmp_path):
     # every qid already predicted: scoring runs without loading any model
     t = str(tmp_path)
     root = chartqa_fixture(t + '/chartqa/test')
-    prefilled(t + '/c.jsonl', E.read_chartqa(root, root), ['12.5', 'no', '0.5', '0.4'])
-    assert cli('--task', 'chartqa', '--data', t + '/chartqa', '--out', t + '/c.jsonl').returncode == 0
+    argv = ['--task', 'chartqa', '--data', t + '/chartqa']
+    prefilled(t + '/c.jsonl', E.read_chartqa(root, root), ['12.5', 'no', '0.5', '0.4'], *argv)
+    assert cli(*argv, '--out', t + '/c.jsonl').returncode == 0
     res = json.load(open(t + '/c.json'))
     assert res['sub_scores'] == dict(human=50.0, augmented=100.0) and res['score'] == 75.0
     assert res['visual_tokens_per_image'] == 256 and res['prefill_ms_per_image'] == 500
@@ -260,14 +263,15 @@ def test_scoring_from_finished_predictions(tmp_path):
     assert res['peak_memory_mb'] == 5003.0  # the generating processes' peak, not this one's (no model loaded)
 
     path, preds = ocrbench_fixture(t + '/ocr')
-    prefilled(t + '/o.jsonl', E.read_ocrbench(path, t + '/ocr'), preds)
-    r = cli('--task', 'ocrbench', '--data', t + '/ocr', '--out', t + '/o.jsonl')
+    argv = ['--task', 'ocrbench', '--data', t + '/ocr']
+    prefilled(t + '/o.jsonl', E.read_ocrbench(path, t + '/ocr'), preds, *argv)
+    r = cli(*argv, '--out', t + '/o.jsonl')
     res = json.load(open(t + '/o.json'))
     assert res['score'] == 3 and res['sub_scores']['HMER'] == 1 and res['sub_scores']['Text Recognition'] == 1
     assert res['sub_scores']['Key Information Extraction'] == 0 and 'ocrbench 3/4 ' in r.stdout
 
     test = docvqa_fixture(t + '/dtest', n=2, answers=False)
-    prefilled(t + '/d.jsonl', E.read_docvqa(test, t + '/dtest'), ['a', 'b'])
+    prefilled(t + '/d.jsonl', E.read_docvqa(test, t + '/dtest'), ['a', 'b'], '--task', 'docvqa', '--data', test)
     assert cli('--task', 'docvqa', '--data', test, '--out', t + '/d.jsonl').returncode == 0
     assert json.load(open(t + '/d_submission.json')) == [dict(questionId=100, answer='a'),
                                                         dict(questionId=101, answer='b')]
@@ -282,7 +286,7 @@ def test_shipped_sets_with_oracle_answers(tmp_path, task):
     ann = E.find_annotation(task, folder)
     items = E.TASKS[task].read(ann, ann if os.path.isdir(ann) else os.path.dirname(ann))[:10]
     items += E.TASKS[task].read(os.path.join(folder, 'reasoning.json'), folder)[:10]
-    prefilled(str(tmp_path / 'p.jsonl'), items, [it['answers'][0] for it in items])
+    prefilled(str(tmp_path / 'p.jsonl'), items, [it['answers'][0] for it in items], '--task', task, '--limit', '10')
     r = cli('--task', task, '--limit', '10', '--out', str(tmp_path / 'p.jsonl'))
     res = json.load(open(tmp_path / 'p.json'))
     assert res['n'] == 10 and res['new_predictions'] == 0 and res['reasoning'] == dict(score=100, n=10), r.stderr
@@ -330,6 +334,10 @@ def tiny_model(tmp_path_factory):
     M.save_model(M.InternVLChat(M.tiny_config(vocab_size=vocab)), path, tokenizer_dir=tok_dir)
     return path
 
+def predicted(path):
+    """qid -> record of a predictions file (its first line is the run's key)."""
+    return E.load_done(path, repair=False)[1]
+
 def test_end_to_end_resume(tmp_path, tiny_model):
     t = str(tmp_path)
     docvqa_fixture(t + '/docvqa', n=8)
@@ -337,14 +345,14 @@ def test_end_to_end_resume(tmp_path, tiny_model):
             '--max-num', '2', '--max-new-tokens', '4', '--batch-size', '2', '--device', 'cpu']
     r = cli(*args, '--limit', '4')
     assert r.returncode == 0, r.stderr
-    assert len(open(t + '/r.jsonl').read().splitlines()) == 4
+    assert len(predicted(t + '/r.jsonl')) == 4
     with open(t + '/r.jsonl', 'a') as f:
         f.write('{"qid": 10')  # a kill mid-write leaves a cut line: ignored, redone
     r = cli(*args, '--limit', '8')
     assert r.returncode == 0, r.stderr
     res = json.load(open(t + '/r.json'))
     assert res['n'] == 8 and res['new_predictions'] == 4 and 0 <= res['score'] <= 100
-    assert sorted(json.loads(l)['qid'] for l in open(t + '/r.jsonl')) == list(range(100, 108))
+    assert sorted(r['qid'] for r in predicted(t + '/r.jsonl').values()) == list(range(100, 108))
     assert res['visual_tokens_per_image'] > 0 and res['decode_tokens_per_s'] > 0
     assert 'docvqa: anls' in r.stdout.strip().splitlines()[-1]
 
@@ -359,18 +367,18 @@ def test_killed_run_resumes(tmp_path, tiny_model):
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(t + '/r.jsonl') and len(open(t + '/r.jsonl').read().splitlines()) >= 3:
+        if os.path.exists(t + '/r.jsonl') and len(predicted(t + '/r.jsonl')) >= 3:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_before = len(open(t + '/r.jsonl').read().splitlines())
+    done_before = len(predicted(t + '/r.jsonl'))
     assert 3 <= done_before < 24, 'the run must be killed halfway'
     r = subprocess.run(args, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     res = json.load(open(t + '/r.json'))
     assert res['n'] == 24 and res['new_predictions'] == 24 - done_before
-    assert sorted(json.loads(l)['qid'] for l in open(t + '/r.jsonl')) == list(range(100, 124))
+    assert sorted(r['qid'] for r in predicted(t + '/r.jsonl').values()) == list(range(100, 124))
 
 def test_bad_image_file(tmp_path, tiny_model, capsys):
     # in-process (torch is loaded already): same main() and exit code as the CLI
