@@ -14,7 +14,6 @@ the first greedy token. Decode tok/s: a step of model.generate's loop at batch 1
 graph: model.decode_step). Peak GB: the TTFT run's (CUDA). After a warm-up run a figure is the median of
 --repeats runs on CUDA, the fastest on a CPU.
 """
-import argparse
 import gc
 import math
 import os
@@ -359,7 +358,7 @@ def run(args):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="InternVL2 teacher vs compressed students, transformers as a peer")
+    p = E.Parser(prog="bench.py", description="InternVL2 teacher vs compressed students, transformers as a peer")
     p.add_argument("--shape", choices=SHAPES, help="default: 2b on CUDA, tiny on a CPU")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", help="default: bfloat16 on CUDA (tiny: float32), float32 on a CPU")
@@ -375,6 +374,9 @@ def parse_args(argv=None):
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile decode (CUDA)")
     p.add_argument("--json", default="", help="write every figure there (atomically)")
     args = p.parse_args(argv)
+    if msg := E.out_of_range(args, tiles=1, ratios=(0, 1), text=1, answer=1, repeats=1, steps=1, distill_batches=1,
+                             threads=0) or E.check_device(args.device):
+        p.error(msg)
     cuda = args.device.startswith("cuda")
     args.shape = args.shape or ("2b" if cuda else "tiny")
     args.dtype = getattr(torch, args.dtype or ("bfloat16" if cuda and args.shape != "tiny" else "float32"))

@@ -455,5 +455,11 @@ if __name__ == "__main__":
     p.add_argument("--grid", type=int, default=16, help="tokens per side after pixel shuffle (16 at 448 px)")
     p.add_argument("--width", type=int, default=4096, help="channels after pixel shuffle (4 x 1024 for InternViT-300M)")
     args = p.parse_args()
+    if min(args.tiles, args.grid, args.width) < 1:  # one line, as the other scripts' flag errors
+        p.exit(2, f"compress.py: error: --tiles, --grid and --width must be >= 1 (got {args.tiles}, {args.grid}, "
+                  f"{args.width})\n")
     on_gpu = torch.cuda.is_available()
-    bench(args.tiles, args.grid, args.width, "cuda" if on_gpu else "cpu", torch.bfloat16 if on_gpu else torch.float32)
+    try:
+        bench(args.tiles, args.grid, args.width, "cuda" if on_gpu else "cpu", torch.bfloat16 if on_gpu else torch.float32)
+    except CompressError as e:  # a grid no window of 0.5 or 0.25 tiles
+        p.exit(2, f"compress.py: error: --grid {args.grid}: {e}\n")

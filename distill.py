@@ -31,7 +31,6 @@ under OUT/checkpoint/ hold only those two parts; OUT/ ends as an ordinary Intern
 whose config.json records the compressor, which evaluate.py and model.load_model(build_compressor=
 compress.build) load as it is. OUT/results.md holds the comparison table.
 """
-import argparse
 import copy
 import os
 import sys
@@ -72,7 +71,7 @@ TRAIN_DEFAULTS = ["--trainable", "compressor,projector", "--steps", "300", "--mi
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="distillation flags; the rest are posttrain.py's", add_help=False)
+    p = E.Parser(prog="distill.py", description="distillation flags; the rest are posttrain.py's", add_help=False)
     for f in fields(Config):
         if isinstance(f.default, bool):
             p.add_argument("--" + f.name.replace("_", "-"), action="store_true")
@@ -84,7 +83,7 @@ def parse_args(argv=None):
         print("\nposttrain.py's flags (training, data, checkpoints; distillation changes some defaults):\n")
     cfg = Config(**vars(own))
     out = ["--out", os.path.join("runs", f"distill-{cfg.compressor}{cfg.ratio:g}")]
-    return cfg, P.parse_args(TRAIN_DEFAULTS + out + ["--init", cfg.teacher] + rest)
+    return cfg, P.parse_args(TRAIN_DEFAULTS + out + ["--init", cfg.teacher] + rest, prog="distill.py")
 
 
 def select_flags(cfg):
@@ -207,10 +206,12 @@ def compare(cfg, tcfg, student_dir):
 
 def main(argv=None):
     cfg, tcfg = parse_args(argv)
-    device = P.setup(tcfg)
-    rank, world = P.dist_info()
     try:
+        device = P.setup(tcfg)
+        rank, world = P.dist_info()
         P.check(tcfg)
+        if msg := E.out_of_range(cfg, temperature=(0, float("inf")), ce_weight=0, eval_limit=0, eval_batch_size=1):
+            raise P.TrainError(msg)
         if not set(tcfg.trainable.split(",")) <= {"compressor", "projector", "llm"}:  # the ViT runs once, for both
             raise P.TrainError(f"--trainable {tcfg.trainable}: distillation trains compressor, projector and, "
                                "optionally, llm (the ViT is the teacher's own; train it with posttrain.py)")

@@ -2,7 +2,9 @@
 Average checkpoints of one model (a "model soup"): every tensor becomes the weighted mean of the inputs'
 tensors, summed in fp32 and saved in the source dtype. Tensors are streamed one at a time, so merging
 8B checkpoints needs about one output shard of memory. The output is an ordinary InternVL2 checkpoint
-folder, sharded like the first input, with its config.json and tokenizer files.
+folder, sharded like the first input, with its config.json and tokenizer files. It is written beside --out
+(OUT.merge-tmp), then swapped in: an earlier checkpoint in --out is replaced whole, never mixed with the new
+one, even when the merge is killed part-way.
 
     python merge.py runs/sft-a runs/sft-b --out runs/soup
     python merge.py runs/sft-a runs/sft-b runs/sft-c --weights 2 1 1 --out runs/soup3   # 0.5, 0.25, 0.25
@@ -113,12 +115,6 @@ def write_json(path, obj):
         json.dump(obj, f, indent=2, ensure_ascii=False)
 
 
-def write_atomic(path, save):
-    """save(tmp) then rename: a crash never leaves a half-written file under the real name."""
-    save(path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
 def merge(inputs: list[str], out: str, weights: list[float] | None = None):
     """Write the weighted average of the checkpoint folders `inputs` to the folder `out`. weights: one
     per input, normalised to sum 1 (default: equal). Raises MergeError; all checks but the one on integer
@@ -137,6 +133,10 @@ def merge(inputs: list[str], out: str, weights: list[float] | None = None):
     for path in inputs:
         if os.path.realpath(path) == os.path.realpath(out):
             raise MergeError(f"--out {out} is the input {path}: write the merge to a new folder")
+    out = os.path.normpath(out)
+    if os.path.exists(out) and not (os.path.isdir(out) and (not os.listdir(out) or glob.glob(os.path.join(out, "model*"))
+                                                           or os.path.isfile(os.path.join(out, "config.json")))):
+        raise MergeError(f"--out {out} exists and holds no checkpoint, and a merge replaces it whole: pass a new folder")
     with contextlib.ExitStack() as stack:
         ckpts = [open_checkpoint(p, stack) for p in inputs]
         (config, index, handles, where), a = ckpts[0], inputs[0]
@@ -157,23 +157,30 @@ def merge(inputs: list[str], out: str, weights: list[float] | None = None):
                 if s.get_dtype() != t.get_dtype():
                     raise MergeError(f"dtype mismatch for {key}: {s.get_dtype()} in {a} vs {t.get_dtype()} in {path}: "
                                      "save all inputs in one dtype first")
-        os.makedirs(out, exist_ok=True)
-        for name, f in handles.items():  # only this output shard is held in memory
-            shard = {key: average([hs[wh[key]] for _, _, hs, wh in ckpts], key, weights) for key in f.keys()}
-            write_atomic(os.path.join(out, name),
-                         lambda tmp, shard=shard: save_file(shard, tmp, metadata={"format": "pt"}))
-            print(f"wrote {os.path.join(out, name)} ({len(shard)} tensors)")
-            shard = None  # before the next one is built, or two shards would be alive at once
-    files = {"config.json": config} | ({INDEX: index} if index is not None else {})
-    for name, obj in files.items():  # the index of the first input fits: same keys, shapes and dtypes
-        write_atomic(os.path.join(out, name), lambda tmp: write_json(tmp, obj))
-    for name in TOKENIZER_FILES:
-        if os.path.isfile(os.path.join(a, name)):
-            write_atomic(os.path.join(out, name), lambda tmp: shutil.copyfile(os.path.join(a, name), tmp))
-    # weights of an earlier run left in --out (another sharding) would be read by loaders along with ours
-    for stale in glob.glob(os.path.join(out, "model*.safetensors*")):
-        if os.path.basename(stale) not in set(handles) | set(files):
-            os.remove(stale)
+        tmp, old = out + ".merge-tmp", out + ".merge-old"  # beside --out: the renames stay on one file system
+        shutil.rmtree(tmp, ignore_errors=True)  # a killed merge's
+        os.makedirs(tmp)
+        try:
+            for name, f in handles.items():  # only this output shard is held in memory
+                shard = {key: average([hs[wh[key]] for _, _, hs, wh in ckpts], key, weights) for key in f.keys()}
+                save_file(shard, os.path.join(tmp, name), metadata={"format": "pt"})
+                print(f"wrote {os.path.join(out, name)} ({len(shard)} tensors)")
+                shard = None  # before the next one is built, or two shards would be alive at once
+            # the index of the first input fits: same keys, shapes and dtypes
+            for name, obj in {"config.json": config, **({INDEX: index} if index is not None else {})}.items():
+                write_json(os.path.join(tmp, name), obj)
+            for name in TOKENIZER_FILES:
+                if os.path.isfile(os.path.join(a, name)):
+                    shutil.copyfile(os.path.join(a, name), os.path.join(tmp, name))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    # the swap: a reader finds the old folder or the new one (or, between the two renames, none), never a mix
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(out):
+        os.rename(out, old)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv=None):

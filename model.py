@@ -794,7 +794,8 @@ class Tokenizer:
 def load_tokenizer(path):
     """The tokenizer of a checkpoint folder (tokenizer.model + added_tokens.json / tokenizer_config.json)."""
     if not os.path.isdir(path):
-        raise ModelLoadError(f"tokenizer folder {path} does not exist: pass a checkpoint folder")
+        raise ModelLoadError(f"tokenizer folder {path} {'is a file' if os.path.isfile(path) else 'does not exist'}: "
+                             "pass a checkpoint folder")
     if not os.path.exists(os.path.join(path, "tokenizer.model")):
         hint = " (a Qwen2 byte-level BPE tokenizer, which is not supported)" if os.path.exists(os.path.join(path, "merges.txt")) else ""
         raise ModelLoadError(f"no tokenizer.model in {path}{hint}: copy the checkpoint's sentencepiece tokenizer files there")
@@ -851,16 +852,27 @@ def to_tensor(image, image_size=448):
     return (x - mean) / std
 
 
+def to_rgb(image):
+    """8-bit RGB. 16-bit grayscale (PNG's I;16, or I) is scaled to 8 bits: PIL's convert clips it to white."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        a = np.asarray(image, dtype=np.float64) / 257  # 65535 -> 255
+        image = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+    return image.convert("RGB")
+
+
 def load_image(image_or_path, max_num=12, image_size=448, min_num=1, use_thumbnail=True):
     """A path or PIL image -> pixel_values [tiles, 3, S, S] (the thumbnail last when tiles > 1)."""
     image = image_or_path
     if not isinstance(image, Image.Image):
         try:
             with Image.open(image_or_path) as f:
-                image = f.convert("RGB")
+                image = to_rgb(f)
+        except Image.DecompressionBombError as e:
+            raise ValueError(f"cannot read image {image_or_path}: {e} Downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS "
+                             f"if you trust the file") from None
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot read image {image_or_path}: {e}") from None
-    image = image.convert("RGB")
+    image = to_rgb(image)
     tiles = dynamic_preprocess(image, min_num, max_num, image_size, use_thumbnail)
     return torch.stack([to_tensor(t, image_size) for t in tiles])
 
@@ -901,6 +913,8 @@ def load_model(path, device="cpu", dtype=torch.float32, build_compressor=None):
     """Build InternVL2 from a checkpoint folder, streaming tensors shard by shard into the modules.
     A compressed student's folder needs build_compressor(config) -> module: compress.build."""
     from safetensors import SafetensorError, safe_open
+    if os.path.isfile(path):
+        raise ModelLoadError(f"{path} is a file: pass the checkpoint folder that holds config.json and model*.safetensors")
     if not os.path.isdir(path):
         raise ModelLoadError(f"checkpoint folder {path} does not exist")
     cfg_dict = _read_json(os.path.join(path, "config.json"))
@@ -909,11 +923,19 @@ def load_model(path, device="cpu", dtype=torch.float32, build_compressor=None):
     config = config_from_dict(cfg_dict)
     index = _read_json(os.path.join(path, "model.safetensors.index.json"))
     if index is not None:
+        if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
+            raise ModelLoadError(f"model.safetensors.index.json in {path} has no weight_map: restore it from the original "
+                                 "checkpoint")
         files = sorted(set(index["weight_map"].values()))
     elif os.path.exists(os.path.join(path, "model.safetensors")):
         files = ["model.safetensors"]
+    elif any(f.endswith(".bin") for f in os.listdir(path)):
+        raise ModelLoadError(f"{path} holds only pickle weights (*.bin), which are not loaded (unpickling can run code): "
+                             "convert them once, in your own environment, with safetensors.torch.save_file(torch.load(f, "
+                             "weights_only=True), 'model.safetensors') (shards: each one, and an index naming the new files)")
     else:
-        raise ModelLoadError(f"no model.safetensors or model.safetensors.index.json in {path}")
+        raise ModelLoadError(f"no model.safetensors or model.safetensors.index.json in {path}: copy the checkpoint's "
+                             "weights there")
     if config.compressor and build_compressor is None:
         raise ModelLoadError(f"{path} is a compressed student ({config.compressor}): load it with "
                              f"load_model(path, build_compressor=compress.build), as evaluate.py does")
@@ -926,7 +948,7 @@ def load_model(path, device="cpu", dtype=torch.float32, build_compressor=None):
     for fname in files:
         fpath = os.path.join(path, fname)
         if not os.path.exists(fpath):
-            raise ModelLoadError(f"shard {fname} listed in the index is missing from {path}")
+            raise ModelLoadError(f"shard {fname} listed in the index is missing from {path}: download or copy it there")
         try:
             with safe_open(fpath, framework="pt", device="cpu") as f:
                 for key in f.keys():

@@ -23,7 +23,7 @@ loss curve) and checkpoint/ (weights, optimizer, step, RNG: safetensors + JSON, 
 step's batches are a function of the step, --workers N processes can build them ahead (a GPU waits on
 image loading otherwise), and the run is the same.
 """
-import argparse, contextlib, functools, inspect, json, math, os, random, re, shutil, sys, time, warnings
+import contextlib, functools, inspect, json, math, os, random, re, shutil, sys, time, warnings
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -36,7 +36,7 @@ from tqdm import tqdm
 import compress
 import model as M
 from data import synth
-from evaluate import COT_ANSWER as EVAL_COT_ANSWER, PROMPT as EVAL_PROMPT
+from evaluate import COT_ANSWER as EVAL_COT_ANSWER, PROMPT as EVAL_PROMPT, Parser, check_device, out_of_range
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRANSCRIBE = "Transcribe all the text in the image."
@@ -483,15 +483,9 @@ def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):
 
 # ---------------------------------------------------------------------------------------------- main
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit code 2, like every other input error
-        print(f"posttrain.py: error: {message} (see python posttrain.py --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-def parse_args(argv=None):
+def parse_args(argv=None, prog="posttrain.py"):
     """A flag per Config field (--micro-batch for micro_batch); the help is the field's comment."""
-    p = _Parser(description=__doc__.strip().split("\n\n")[0])
+    p = Parser(prog=prog, description=__doc__.strip().split("\n\n")[0])
     notes = dict(re.findall(r"^    (\w+): .*?  # (.+)$", inspect.getsource(Config), re.M))
     for f in fields(Config):
         flag, note = "--" + f.name.replace("_", "-"), notes.get(f.name, "").replace("%", "%%")
@@ -499,7 +493,14 @@ def parse_args(argv=None):
             p.add_argument(flag, action="store_true", help=note)
         else:
             p.add_argument(flag, type=type(f.default), default=f.default, help=f"{note} (default: {f.default!r})".lstrip())
-    return Config(**vars(p.parse_args(argv)))
+    cfg = Config(**vars(p.parse_args(argv)))
+    if msg := out_of_range(cfg, image_size=28, seed_offset=0, max_num=0, lr=(0, float("inf")), lr_vision=0, lr_projector=0,
+                           lr_llm=0, lr_compressor=0, min_lr_frac=0, weight_decay=0, grad_clip=0, save_every=0, stop_at=0,
+                           threads=0, workers=0):
+        p.error(msg)
+    if cfg.image_size % 28 or cfg.min_lr_frac > 1:
+        p.error("--image-size must be a multiple of 28 (patches of 14, pixel shuffle by 2), --min-lr-frac <= 1")
+    return cfg
 
 
 def check(cfg):
@@ -508,6 +509,14 @@ def check(cfg):
     if min(cfg.p_transcribe, cfg.p_qa, cfg.p_reason) < 0 or cfg.p_transcribe + cfg.p_qa + cfg.p_reason <= 0 \
             or not 0 <= cfg.cot_frac <= 1:
         raise TrainError("--p-transcribe/--p-qa/--p-reason must be >= 0 with a positive sum, --cot-frac in [0, 1]")
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise TrainError(f"--out {cfg.out} is a file: pass a folder for the run (checkpoint, log, final model)")
+    try:
+        os.makedirs(cfg.out, exist_ok=True)
+        open(os.path.join(cfg.out, ".writable"), "w").close()
+        os.remove(os.path.join(cfg.out, ".writable"))
+    except OSError as e:
+        raise TrainError(f"--out {cfg.out}: cannot write there ({e.strerror or e}): pass a folder you can write to") from None
     if set(cfg.kinds.split(",")) - set(synth.KINDS):
         raise TrainError(f"--kinds {cfg.kinds}: choose from {','.join(synth.KINDS)}")
     if not cfg.data and cfg.seed_offset + cfg.steps * cfg.micro_batch * cfg.grad_accum * dist_info()[1] > 10**9:
@@ -519,6 +528,8 @@ def check(cfg):
 def setup(cfg):
     """Process group under torchrun (nccl on GPUs, gloo on CPUs), threads, seeds; -> this process's device."""
     world, local = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    if msg := check_device(cfg.device or "cpu"):
+        raise TrainError(msg)
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local)
@@ -542,8 +553,8 @@ def leave_group():
 
 def main(argv=None):
     cfg = parse_args(argv)
-    device = setup(cfg)
     try:
+        device = setup(cfg)
         check(cfg)
         model, tok, tok_dir = build_model(cfg, device)
         records = read_jsonl(cfg.data, cfg.image_root or os.path.dirname(cfg.data)) if cfg.data else None

@@ -1,0 +1,308 @@
+"""Issue 25: no silent wrong result, and one line for every bad input. Each refused input exits with code 2
+and one line on stderr (no traceback) that names the problem and the fix; the others give the right result:
+predictions of another model or other settings are not reused, a killed merge leaves the old folder as it
+was, a 16-bit page reads as its 8-bit self, and torchrun's shards score as one process does.
+
+    python -m pytest tests/test_bad_inputs.py -q
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+import bench
+import distill as D
+import evaluate as E
+import merge
+import model as M
+import posttrain as P
+import results as R
+from test_evaluate import docvqa_fixture, dump, predicted, rrc
+from test_merge import make, read
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOK = os.path.join(ROOT, "data", "tokenizer")
+FAST = ["--max-num", "2", "--max-new-tokens", "4", "--device", "cpu"]
+
+
+def readonly(tmp_path):
+    """A folder this process cannot create files in (root ignores permissions: a path under /sys then)."""
+    if os.geteuid() == 0:
+        return "/sys/fcot-readonly"
+    os.makedirs(tmp_path / "ro")
+    os.chmod(tmp_path / "ro", 0o555)
+    return str(tmp_path / "ro" / "sub")
+
+
+def one_line(err, prog, *words):
+    """stderr holds one error line (besides tqdm's progress bar), with the words; no traceback."""
+    lines = [line for line in err.splitlines() if line.strip() and not re.match(r"\w+: +\d+%\|", line)]
+    assert "Traceback" not in err and len(lines) == 1, err
+    assert lines[0].startswith(f"{prog}: error: ") and all(w in lines[0] for w in words), lines[0]
+
+
+def random_model(path, seed):
+    """A random tiny InternVL2 (56 px tiles) whose answers depend on its weights, as conftest's teacher."""
+    torch.manual_seed(seed)
+    model = M.InternVLChat(M.tiny_config(M.load_tokenizer(TOK).vocab_size, 56))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 1.5 / p.shape[-1] ** 0.5)
+    M.save_model(model, str(path), tokenizer_dir=TOK)
+    return str(path)
+
+
+def broken(teacher_dir, tmp_path, how):
+    """A copy of the teacher's folder, broken one way."""
+    d = shutil.copytree(teacher_dir, tmp_path / how)
+    if how == "no-weight-map":
+        dump(str(d / "model.safetensors.index.json"), {"metadata": {"total_size": 1}})
+    elif how == "missing-shard":
+        os.rename(d / "model.safetensors", d / "model-00001-of-00002.safetensors")
+        with safe_open(str(d / "model-00001-of-00002.safetensors"), "pt") as f:  # half the keys in a shard that is not there
+            shards = {k: f"model-0000{1 + i % 2}-of-00002.safetensors" for i, k in enumerate(f.keys())}
+        dump(str(d / "model.safetensors.index.json"), {"weight_map": shards})
+    elif how == "bin-only":
+        os.remove(d / "model.safetensors")
+        (d / "pytorch_model.bin").write_bytes(b"not loaded")
+    return str(d)
+
+
+# ----------------------------------------------------------------------------------------------- evaluate.py
+
+def question_file(tmp_path, how):
+    """A DocVQA folder of 2 questions, broken one way."""
+    root = str(tmp_path / how)
+    path = docvqa_fixture(root, n=2)
+    data = json.load(open(path))
+    if how == "img-context":
+        data["data"][1]["question"] = "What is <IMG_CONTEXT> here?"
+    elif how == "partial-answers":
+        del data["data"][1]["answers"]
+    json.dump(data, open(path, "w"))
+    return root
+
+
+EVAL_CASES = {  # name: (argv, words of the one line); {t}: tmp_path, {teacher}: the teacher's folder
+    "limit -1": (["--limit", "-1"], ["--limit -1: must be >= 1"]),
+    "max-num -3": (["--max-num", "-3"], ["--max-num -3: must be >= 1"]),
+    "batch-size 0": (["--batch-size", "0"], ["--batch-size 0: must be >= 1"]),
+    "batch-size -1": (["--batch-size", "-1"], ["--batch-size -1"]),
+    "max-new-tokens -5": (["--max-new-tokens", "-5"], ["--max-new-tokens -5: must be >= 1"]),
+    "threads -1": (["--threads", "-1"], ["--threads -1: must be >= 0"]),
+    "ratio 0": (["--method", "pool", "--ratio", "0"], ["--ratio 0: must be > 0 and <= 1"]),
+    "device tpu": (["--device", "tpu"], ["--device tpu", "pass cpu or cuda"]),
+    "device cuda": (["--device", "cuda"], ["--device cuda", "pass --device cpu"]),
+    "out is a folder": (["--out", "{t}"], ["is a folder", "pass a file in it"]),
+    "out read-only": (["--out", "{ro}/r.jsonl"], ["cannot write there", "writable folder"]),
+    "model is a file": (["--model", "{teacher}/config.json"], ["is a file", "pass the checkpoint folder"]),
+    "index without weight_map": (["--model", "{no-weight-map}"], ["has no weight_map", "restore it"]),
+    "missing shard": (["--model", "{missing-shard}"], ["model-00002-of-00002.safetensors", "is missing",
+                                                       "download or copy it there"]),
+    ".bin only": (["--model", "{bin-only}"], ["pickle", "not loaded", "safetensors.torch.save_file", "torch.load"]),
+    "<IMG_CONTEXT> in a question": (["--data", "{img-context}"], ["question 101 contains <IMG_CONTEXT>", "remove it"]),
+    "partial answers": (["--data", "{partial-answers}"], ["question 101 has no answers, unlike 1 of the 2",
+                                                           "every question its answers"]),
+}
+
+
+@pytest.mark.parametrize("case", list(EVAL_CASES))
+def test_evaluate_refuses_in_one_line(case, teacher_dir, tmp_path, capsys):
+    argv, words = EVAL_CASES[case]
+    if case == "device cuda" and torch.cuda.is_available():
+        pytest.skip("this torch has CUDA")
+    paths = dict(t=str(tmp_path), teacher=teacher_dir, ro=readonly(tmp_path) if "ro}" in " ".join(argv) else "")
+    for how in ("no-weight-map", "missing-shard", "bin-only"):
+        if "{" + how + "}" in " ".join(argv):
+            paths[how] = broken(teacher_dir, tmp_path, how)
+    for how in ("img-context", "partial-answers"):
+        if "{" + how + "}" in " ".join(argv):
+            paths[how] = question_file(tmp_path, how)
+    argv = [a.format(**paths) for a in argv]
+    base = ["--task", "docvqa", "--model", teacher_dir, "--data", docvqa_fixture(str(tmp_path / "ok"), n=2),
+            "--out", str(tmp_path / "out" / "r.jsonl"), *FAST]
+    assert E.main(base + argv) == 2  # the last of a repeated flag wins
+    one_line(capsys.readouterr().err, "evaluate.py", *words)
+
+
+def test_decompression_bomb_is_one_line(teacher_dir, tmp_path, capsys, monkeypatch):
+    # a 14000 x 14000 page is 196M pixels, over PIL's 2 x 89M limit; the same check on a small page, a small limit
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    rc = E.main(["--task", "docvqa", "--model", teacher_dir, "--data", docvqa_fixture(str(tmp_path), n=1),
+                 "--out", str(tmp_path / "r.jsonl"), *FAST])
+    one_line(capsys.readouterr().err, "evaluate.py", "doc0_1.png", "decompression bomb", "MAX_IMAGE_PIXELS",
+             "remove question 100")
+    assert rc == 2
+
+
+def test_a_16_bit_page_reads_as_its_8_bit_self(tmp_path):
+    rng = np.random.default_rng(0)
+    page = rng.integers(0, 256, (60, 90), dtype=np.uint8)
+    page[20:40] = 255  # paper
+    Image.fromarray(page, "L").save(tmp_path / "8.png")
+    Image.fromarray(page.astype(np.uint16) * 257).save(tmp_path / "16.png")  # 255 -> 65535
+    assert Image.open(tmp_path / "16.png").mode in ("I;16", "I")
+    a, b = M.load_image(str(tmp_path / "8.png"), max_num=2, image_size=56), M.load_image(str(tmp_path / "16.png"), 2, 56)
+    assert a.shape == b.shape and (a - b).abs().max() < 1e-5  # the same bytes after scaling: exactly equal
+    assert M.load_image(Image.open(tmp_path / "16.png"), 2, 56).equal(b)
+
+
+def test_submission_only_when_no_question_has_answers(tmp_path):
+    root = str(tmp_path / "test")
+    items = E.read_docvqa(docvqa_fixture(root, n=2, answers=False), root)
+    E._all_or_none_answered(items, "test")  # none: a test file, for submission
+    items[0]["answers"] = ["x"]
+    with pytest.raises(E.EvalError, match="question 101 has no answers"):
+        E._all_or_none_answered(items, "test")
+
+
+# ---------------------------------------------------------------------------------- resume: the same run only
+
+def test_two_models_in_folders_of_the_same_name(tmp_path, monkeypatch, capsys):
+    """The default predictions path is results/<folder name>/<task>.jsonl: a second model there is evaluated anew."""
+    a, b = random_model(tmp_path / "a" / "tiny", 1), random_model(tmp_path / "b" / "tiny", 2)
+    data = docvqa_fixture(str(tmp_path / "docvqa"), n=4)
+    monkeypatch.chdir(tmp_path)
+    run = lambda model, *extra: E.run(E.parse_args(["--task", "docvqa", "--model", model, "--data", data, *FAST, *extra]))
+    first = run(a)
+    answers_a = {q: r["answer"] for q, r in predicted(first["predictions"]).items()}
+    second = run(b)
+    assert second["predictions"] == first["predictions"] and second["new_predictions"] == 4  # nothing reused
+    assert "model_sha256" in capsys.readouterr().err  # the note names what differs
+    answers_b = {q: r["answer"] for q, r in predicted(second["predictions"]).items()}
+    alone = run(b, "--out", str(tmp_path / "b.jsonl"))
+    assert answers_b == {q: r["answer"] for q, r in predicted(alone["predictions"]).items()} != answers_a
+    assert second["score"] == alone["score"]
+    assert run(b)["new_predictions"] == 0  # the same run resumes
+    other = run(b, "--max-new-tokens", "1")  # another setting: afresh
+    assert other["new_predictions"] == 4 and "max_new_tokens 4 there, 1 now" in capsys.readouterr().err
+
+
+def test_older_predictions_without_a_key_are_not_reused(tmp_path, capsys):
+    data = docvqa_fixture(str(tmp_path / "docvqa"), n=2)
+    dump(str(tmp_path / "r.jsonl"), [dict(qid=100, answer="value 0"), dict(qid=101, answer="value 1")])
+    res = E.run(E.parse_args(["--task", "docvqa", "--data", data, "--out", str(tmp_path / "r.jsonl"), *FAST]))
+    assert res["new_predictions"] == 2 and "it has no run key" in capsys.readouterr().err
+
+
+def test_torchrun_shards_score_as_one_process(tmp_path):
+    """2 gloo processes: each answers every other question into its own file, rank 0 merges and scores."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    flags = ["--task", "docvqa", "--max-num", "6", "--device", "cpu"]  # the shipped teacher, 6 tiles: a score > 0
+    ev, torchrun = os.path.join(ROOT, "evaluate.py"), [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                       "--nproc_per_node", "2"]
+    one = subprocess.run([sys.executable, ev, *flags, "--limit", "5", "--out", str(tmp_path / "one.jsonl")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    for limit, new in (("3", 6), ("5", 4)):  # 3 + 3 reasoning questions, then 2 + 2 more: the rest resumes
+        two = subprocess.run([*torchrun, ev, *flags, "--limit", limit, "--out", str(tmp_path / "two.jsonl")],
+                             capture_output=True, text=True, env=env, timeout=300)
+        assert two.returncode == 0, two.stderr[-3000:]
+        assert json.load(open(tmp_path / "two.json"))["new_predictions"] == new
+    a, b = json.load(open(tmp_path / "one.json")), json.load(open(tmp_path / "two.json"))
+    assert a["score"] > 0 and (a["score"], a["reasoning"], a["n"]) == (b["score"], b["reasoning"], b["n"])
+    answers = lambda p: {q: r["answer"] for q, r in predicted(p).items()}
+    assert answers(tmp_path / "one.jsonl") == answers(tmp_path / "two.jsonl")
+    assert sorted(os.listdir(tmp_path)) == ["one.json", "one.jsonl", "two.json", "two.jsonl"]  # shards merged, gone
+
+
+# ------------------------------------------------------------------------------------------------- merge.py
+
+def test_a_failed_merge_leaves_the_old_folder_as_it_was(tmp_path, monkeypatch):
+    a, b, c = (make(tmp_path / k, s, max_shard_bytes=300_000) for k, s in (("a", 0), ("b", 1), ("c", 2)))
+    out = str(tmp_path / "out")
+    merge.merge([a, b], out)
+    before = {f: read(os.path.join(out, f)) for f in os.listdir(out)}
+    assert len([f for f in before if f.endswith(".safetensors")]) > 2
+    real, calls = merge.save_file, []
+
+    def save_then_die(*args, **kw):  # dies between two output shards, as a kill would
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(real(*args, **kw))
+    monkeypatch.setattr(merge, "save_file", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        merge.merge([a, c], out)
+    assert {f: read(os.path.join(out, f)) for f in os.listdir(out)} == before
+    assert sorted(os.listdir(tmp_path)) == ["a", "b", "c", "out"]
+    monkeypatch.setattr(merge, "save_file", real)
+    merge.merge([a, c], out)  # and a finished one replaces it whole
+    assert {f: read(os.path.join(out, f)) for f in os.listdir(out)} != before
+    assert sorted(os.listdir(out)) == sorted(before)
+
+
+def test_merge_refuses_to_replace_a_folder_that_is_no_checkpoint(tmp_path):
+    a, b = make(tmp_path / "a", 0), make(tmp_path / "b", 1)
+    os.makedirs(tmp_path / "home" / "notes")
+    with pytest.raises(merge.MergeError, match="holds no checkpoint, and a merge replaces it whole"):
+        merge.merge([a, b], str(tmp_path / "home"))
+    assert os.listdir(tmp_path / "home") == ["notes"]
+
+
+# ------------------------------------------------------------------------------- the other scripts' flags
+
+def exits_2(main, argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--threads", "-1"], "--threads -1: must be >= 0"),
+    (["--lr", "-1"], "--lr -1: must be > 0"),
+    (["--micro-batch", "0"], "--micro-batch"),
+    (["--device", "tpu"], "--device tpu"),
+    (["--out", "{file}"], "is a file: pass a folder"),
+    (["--out", "{ro}"], "cannot write there"),
+])
+def test_posttrain_flags(tmp_path, capsys, argv, words):
+    (tmp_path / "file").write_text("x")
+    argv = [a.format(file=tmp_path / "file", ro=readonly(tmp_path) if a == "{ro}" else "") for a in argv]
+    err = exits_2(P.main, ["--steps", "1", "--out", str(tmp_path / "o"), *argv], capsys)
+    one_line(err, "posttrain.py", words)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--temperature", "0"], "--temperature 0: must be > 0"),
+    (["--eval-batch-size", "0"], "--eval-batch-size 0"),
+    (["--threads", "-1"], "--threads -1"),
+    (["--device", "tpu"], "--device tpu"),
+    (["--out", "{file}"], "is a file: pass a folder"),
+    (["--out", "{ro}"], "cannot write there"),
+])
+def test_distill_flags(tmp_path, teacher_dir, capsys, argv, words):
+    (tmp_path / "file").write_text("x")
+    argv = [a.format(file=tmp_path / "file", ro=readonly(tmp_path) if a == "{ro}" else "") for a in argv]
+    err = exits_2(D.main, ["--teacher", teacher_dir, "--steps", "1", "--out", str(tmp_path / "o"), *argv], capsys)
+    one_line(err, "distill.py", words)
+
+
+@pytest.mark.parametrize("main, prog, argv, words", [
+    (R.main, "results.py", ["--batch-size", "0"], "--batch-size 0: must be >= 1"),
+    (R.main, "results.py", ["--ratios", "0.5", "-1"], "--ratios -1"),
+    (R.main, "results.py", ["--jobs", "0"], "--jobs 0"),
+    (R.main, "results.py", ["--distill-lr", "nan"], "--distill-lr nan"),
+    (bench.main, "bench.py", ["--tiles", "1", "0"], "--tiles 0: must be >= 1"),
+    (bench.main, "bench.py", ["--steps", "-1"], "--steps -1"),
+    (bench.main, "bench.py", ["--device", "tpu"], "--device tpu"),
+    (merge.main, "merge.py", ["a", "b", "--weights", "1", "-1", "--out", "o"], "negative"),
+])
+def test_other_scripts_flags(main, prog, argv, words, capsys):
+    one_line(exits_2(main, argv, capsys), prog, words)
+
+
+def test_compress_bench_grid():
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "compress.py"), "--bench", "--grid", "-1"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2
+    one_line(r.stderr, "compress.py", "--tiles, --grid and --width must be >= 1")
