@@ -78,7 +78,7 @@ from safetensors.torch import load_file
 import model as M
 import posttrain as P
 from data.build import CROP_QUESTION, KIE_SUFFIX, OCRB_TYPES, crop_run
-from data.synth import KINDS, make_sample
+from data.synth import KINDS, Config, make_sample
 from evaluate import PROMPT, TASKS
 
 CHARS = string.printable[:95]  # digits, letters, punctuation, space; class 0 = no glyph centre here
@@ -89,6 +89,14 @@ TRAIN_MAX_NUM = (6, 12, TASKS["ocrbench"].max_num)  # and at these: OCRBench ask
 KEY_QUESTION = re.compile(r"^What (?:is the value for|percentage) (.+)\?$")  # a value asked for by the key printed below it
 EVAL_SEEDS = range(10**9 - 2000, 10**9 - 1960)  # held out: training seeds stay below 10**9 - 2000
 S = 112  # tile size
+FAMILY = "shipped"  # --family: which of synth.py's families the training images are drawn from
+
+
+def sample(kind, seed):
+    """A training image. --family mix: 30% synth.py's shipped family, 70% data/wide.py's training family
+    (by seed, so a resumed run sees the same images); never the held-out family."""
+    family = FAMILY if FAMILY != "mix" else ("shipped" if seed % 10 < 3 else "train")
+    return make_sample(kind, seed, Config(family=family))
 
 
 def teacher_config(vocab_size):
@@ -120,7 +128,7 @@ def word_crop(seed, rng):
     """(word, image, its glyph boxes in the image): an OCRBench-style word cut from a synthetic page.
     Upscaled 4-12x into tiles, its glyphs are whole only in the thumbnail."""
     for k in range(100):
-        s = make_sample(CROP_KINDS[seed % len(CROP_KINDS)], seed + k * 10**8)
+        s = sample(CROP_KINDS[seed % len(CROP_KINDS)], seed + k * 10**8)
         r = crop_run(s, rng)
         if r:
             word, b, chars = r
@@ -143,7 +151,7 @@ def glyph_tiles(seed, crops=0):
     then the thumbnails of `crops` word crops (glyphs 1-2x wider and 3-5x taller than on a page)."""
     rng = random.Random(seed)
     kind = KINDS[seed % len(KINDS)]
-    s = make_sample(kind, seed)
+    s = sample(kind, seed)
     image = s["image"].convert("RGB")
     max_num = rng.choice([6, 12, TASK_MAX_NUM[kind]])
     tiles = M.dynamic_preprocess(image, max_num=max_num, image_size=S, use_thumbnail=False)  # thumbnail glyphs: too small
@@ -213,16 +221,23 @@ def glyph_loss(model, batch):
 
 
 def glyph_eval(model):
+    global FAMILY
+    family, FAMILY = FAMILY, "heldout"  # the held-out family's fonts and layouts, never trained on
+    other = glyph_batch(EVAL_SEEDS[0], 256)
+    FAMILY = "shipped"
     held_out = glyph_batch(EVAL_SEEDS[0], 256)
+    FAMILY = family
     with torch.no_grad():
         pred, y = model(held_out["pixel_values"]).argmax(-1), held_out["labels"]
-    has = y > 0
+        pred_other, y_other = model(other["pixel_values"]).argmax(-1), other["labels"]
+    has, has_other = y > 0, other["labels"] > 0
     rng = random.Random(0)
     x, y_crop = map(torch.stack, zip(*[crop_tile(seed, rng) for seed in EVAL_SEEDS]))
     with torch.no_grad():
         pred_crop = model(x).argmax(-1)
     has_crop = y_crop > 0
     return dict(eval_char_acc=(pred[has] == y[has]).float().mean().item(), eval_none_acc=(pred[~has] == 0).float().mean().item(),
+                eval_heldout_char_acc=(pred_other[has_other] == y_other[has_other]).float().mean().item(),
                 eval_crop_char_acc=(pred_crop[has_crop] == y_crop[has_crop]).float().mean().item())
 
 
@@ -246,7 +261,7 @@ def read_conversation(seed, transcribe_frac, qa_turns, kinds=KINDS, crop_frac=0.
     if crop_frac and rng.random() < crop_frac:
         return crop_conversation(seed, rng)
     kind = kinds[seed % len(kinds)]
-    s = make_sample(kind, seed)
+    s = sample(kind, seed)
     text, index = s["transcription"], s["char_index"]
 
     def glyphs(span):  # glyph index of each character of a text that occurs once on the page
@@ -261,8 +276,8 @@ def read_conversation(seed, transcribe_frac, qa_turns, kinds=KINDS, crop_frac=0.
             q, a = qa["question"], qa["answer"]
             # Two hops where the value comes first in the token sequence (a bar's label above its category):
             # the causal decoder can carry a value into its key's token, never a key into its value's.
-            key = KEY_QUESTION.match(q)
-            hop1 = [next((g for g in reversed(glyphs(key.group(1))) if g >= 0), -1)] * len(a) if key else glyphs(a)
+            key = qa.get("key") or (m.group(1) if (m := KEY_QUESTION.match(q)) else None)  # pointers() keeps the hop
+            hop1 = [next((g for g in reversed(glyphs(key)) if g >= 0), -1)] * len(a) if key else glyphs(a)  # if needed
             if kind in ("doc", "table") and rng.random() < 0.25:
                 q += KIE_SUFFIX  # OCRBench's key-information prompt
             turns.append((short_answer(q, rng), a, glyphs(a), hop1))
@@ -332,6 +347,8 @@ def pointers(conv, ids, labels, tok, img_context):
             g = next((g for g in glyphs[b:e] if g >= 0), -1)
             h = next((h for h in hop1[b:e] if h >= 0), -1)
             k, k1 = visual_position(g) if g >= 0 else -1, visual_position(h) if h >= 0 else -1
+            if 0 <= k1 < k:  # the key is printed before its value: the value's token has seen it, one hop will do
+                k1 = k
             if k >= 0 and k1 >= 0:
                 out.append((p - 1, k, k1))
         pos += 1
@@ -443,23 +460,25 @@ def read_eval(model, tok):
     exact match on held-out word crops, asked as OCRBench does."""
     from evaluate import anls
     model.eval()
-    items = []
-    for seed in EVAL_SEEDS:
-        kind = KINDS[seed % len(KINDS)]
-        s = make_sample(kind, seed)
-        pv = M.load_image(s["image"], max_num=TASK_MAX_NUM[kind], image_size=S)
-        items += [(pv, qa["question"] + P.SHORT, qa["answer"]) for qa in s["qa"][:2]]
+    items, other = [], []  # the shipped family's images, then the held-out family's (never trained on)
+    for family, into in (("shipped", items), ("heldout", other)):
+        for seed in EVAL_SEEDS:
+            kind = KINDS[seed % len(KINDS)]
+            s = make_sample(kind, seed, Config(family=family))
+            pv = M.load_image(s["image"], max_num=TASK_MAX_NUM[kind], image_size=S)
+            into += [(pv, qa["question"] + P.SHORT, qa["answer"]) for qa in s["qa"][:2]]
     rng = random.Random(0)
     crops = [word_crop(seed, rng)[:2] for seed in EVAL_SEEDS[:24]]
     crops = [(M.load_image(c, max_num=TASKS["ocrbench"].max_num, image_size=S), CROP_QUESTION + "\n" + PROMPT, w) for w, c in crops]
-    preds, asked = [], items + crops
+    preds, asked = [], items + crops + other
     for i in range(0, len(asked), 8):
         chunk = asked[i:i + 8]
         preds += model.batch_chat(tok, [c[0] for c in chunk], [c[1] for c in chunk], max_new_tokens=16, min_new_tokens=1)
     model.train()
-    preds, crop_preds = preds[:len(items)], preds[len(items):]
+    preds, crop_preds, other_preds = preds[:len(items)], preds[len(items):len(items) + len(crops)], preds[len(items) + len(crops):]
     keyed = [p == c[2] for p, c in zip(preds, items) if KEY_QUESTION.match(c[1][:-len(P.SHORT)])]
     return dict(eval_anls=100 * sum(anls(p, [c[2]]) for p, c in zip(preds, items)) / len(items),
+                eval_heldout_anls=100 * sum(anls(p, [c[2]]) for p, c in zip(other_preds, other)) / len(other),
                 eval_em=100 * sum(p == c[2] for p, c in zip(preds, items)) / len(items),
                 eval_key_em=100 * sum(keyed) / max(1, len(keyed)),  # the value-before-key questions alone
                 eval_crop_em=100 * sum(p == c[2] for p, c in zip(crop_preds, crops)) / len(crops),  # OCRBench's word crops
@@ -477,12 +496,16 @@ def main():
     p = argparse.ArgumentParser(description="teacher flags; the rest are posttrain.py's", add_help=False)
     p.add_argument("--stage", choices=["glyphs", "read"], required=True)
     for name, default in dict(vision_from="", eval_every=250, transcribe_frac=0.4, qa_turns=3, pointer_weight=1.0,
-                              pointer_layers=2, pair_layer=-1, pair_weight=1.0, glyph_tiles=48, glyph_crops=0, crop_frac=0.0,
+                              pointer_layers=2, pair_layer=-1, pair_weight=1.0, glyph_tiles=48, glyph_crops=0, crop_frac=0.0, family="shipped",
                               kinds=",".join(KINDS)).items():
         p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
     own, argv = p.parse_known_args()
     opts = vars(own)
     kinds = opts["kinds"].split(",")
+    global FAMILY
+    FAMILY = opts["family"]
+    if FAMILY not in ("shipped", "train", "mix"):
+        fail(f"--family {FAMILY!r}: one of shipped, train, mix (the held-out family is never trained on)")
     if not set(kinds) <= set(KINDS):
         fail(f"--kinds {opts['kinds']!r}: each must be one of {','.join(KINDS)}")
     cfg = P.parse_args(argv)

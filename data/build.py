@@ -6,6 +6,7 @@ Commands (from the repo root, venv active):
   python data/build.py --tokenizer        # only the tokenizer (--vocab-size 1000 by default)
   python data/build.py --check            # verify data/eval/SHA256SUMS against the files on disk
   python data/build.py --heldout runs/heldout/docvqa   # 128 more DocVQA-format pages, not shipped (README)
+  python data/build.py --heldout-family   # data/eval-heldout/**: the held-out family's sets (data/wide.py)
   cd data/eval && sha256sum -c SHA256SUMS # same check with coreutils
 
 Output is byte-identical on re-run with the same Pillow/zlib/sentencepiece versions (pinned in the venv).
@@ -13,6 +14,10 @@ Output is byte-identical on re-run with the same Pillow/zlib/sentencepiece versi
 Seeds: training code must draw sample seeds from [0, 10**9). The eval sets use seeds
 EVAL_SEED + 10**6 * task_index + i (>= 10**9, task order as in TASKS). The tokenizer corpus uses train
 seeds [0, --corpus-per-kind).
+
+data/eval-heldout/ holds the same tasks drawn in the held-out family (fonts, layouts and phrasings never
+trained on: data/wide.py), seeds from HELDOUT_FAMILY_SEED, plus the DocVQA pages' questions again,
+each question in a held-out phrasing (docvqa/val_reworded.json).
 
 Layout under data/eval/ (paths inside each json are relative to the task folder, as in the real sets):
   docvqa/val_v1.0.json                  DocVQA RRC envelope; images documents/<ucsf_id>_<page>.png
@@ -41,8 +46,10 @@ from evaluate import PROMPT as EVAL_PROMPT  # noqa: E402
 from model import SYSTEM_MESSAGE  # noqa: E402
 
 EVAL_DIR, TOK_DIR = ROOT / "data" / "eval", ROOT / "data" / "tokenizer"
+HELDOUT_DIR = ROOT / "data" / "eval-heldout"
 EVAL_SEED = 10 ** 9
 HELDOUT_SEED = 1_500_000_000  # --heldout: far from every shipped set's seeds
+HELDOUT_FAMILY_SEED = 2 * 10 ** 9  # --heldout-family
 TASKS = ("docvqa", "chartqa", "infovqa", "textvqa", "ocrbench")
 SYSTEM, PROMPT = SYSTEM_MESSAGE, EVAL_PROMPT  # in the tokenizer corpus: every prompt carries them, keep them short
 KIE_SUFFIX = " Answer this question using the text in the image directly."
@@ -50,6 +57,7 @@ CROP_QUESTION = "what is written in the image?"  # OCRBench's text-recognition q
 CHAT_TOKENS = ["<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>", "<|im_end|>", "<|im_start|>"]
 IMG_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
 EVAL_CFG = Config()  # built-in font only (truetype=False): machine-independent
+HELDOUT_CFG = Config(family="heldout")  # its fonts ship in data/fonts
 
 
 def write_bytes(path, data):
@@ -78,11 +86,11 @@ def save_image(path, img, fmt="PNG"):
     write_bytes(path, b.getvalue())
 
 
-def samples(task, kinds, n, seed=EVAL_SEED):
+def samples(task, kinds, n, seed=EVAL_SEED, cfg=EVAL_CFG):
     """n samples for a task, cycling through kinds; seeds are the documented eval range."""
     base = seed + 10 ** 6 * TASKS.index(task)
     for i in range(n):
-        yield i, make_sample(kinds[i % len(kinds)], base + i, EVAL_CFG)
+        yield i, make_sample(kinds[i % len(kinds)], base + i, cfg)
 
 
 def pick(rng, qa, k):
@@ -94,9 +102,10 @@ def sidecar(rel, s):
 
 
 # ---------------------------------------------------------------- one writer per benchmark
-def build_docvqa(out, n=64, q_per=4, seed=EVAL_SEED):
+def build_docvqa(out, n=64, q_per=4, seed=EVAL_SEED, cfg=EVAL_CFG):
+    """A held-out family's set also gets val_reworded.json: the same questions in held-out phrasings (data/wide.py)."""
     rng, data, reas, side = random.Random("docvqa"), [], [], []
-    for i, s in samples("docvqa", ["doc", "table"], n, seed):
+    for i, s in samples("docvqa", ["doc", "table"], n, seed, cfg):
         ucsf, page = f"syn{i:04d}", "1"
         rel = f"documents/{ucsf}_{page}.png"
         save_image(out / rel, s["image"])
@@ -104,11 +113,14 @@ def build_docvqa(out, n=64, q_per=4, seed=EVAL_SEED):
         common = {"image": rel, "docId": i, "ucsf_document_id": ucsf, "ucsf_document_page_no": page}
         for q in pick(rng, s["qa"], q_per):
             data.append({"questionId": 100000 + len(data), "question": q["question"], "question_types": [q["type"]],
-                         **common, "answers": [q["answer"]], "data_split": "val"})
+                         **common, "answers": [q["answer"]], "data_split": "val", "reworded": q.get("reworded")})
         for q in s["reasoning"][:1]:
             reas.append({"questionId": 900000 + len(reas), "question": q["question"], "question_types": ["reasoning"],
                          **common, "answers": [q["answer"]], "data_split": "val", "rationale": q["rationale"]})
     env = {"dataset_name": "docvqa", "dataset_split": "val", "dataset_version": "1.0"}
+    reworded = [dict(d, question=d.pop("reworded")) for d in data]
+    if cfg.family != "shipped":
+        write_json(out / "val_reworded.json", {**env, "data": reworded})
     write_json(out / "val_v1.0.json", {**env, "data": data})
     write_json(out / "reasoning.json", {**env, "data": reas})
     write_jsonl(out / "samples.jsonl", side)
@@ -117,9 +129,9 @@ def build_docvqa(out, n=64, q_per=4, seed=EVAL_SEED):
 INFO_OPS = {"sum": ["arithmetic"], "difference": ["arithmetic"], "comparison": ["sorting"]}
 
 
-def build_infovqa(out, n=60, q_per=4):
+def build_infovqa(out, n=60, q_per=4, seed=EVAL_SEED, cfg=EVAL_CFG):
     rng, data, reas, side = random.Random("infovqa"), [], [], []
-    for i, s in samples("infovqa", ["info"], n):
+    for i, s in samples("infovqa", ["info"], n, seed, cfg):
         name = f"{50000 + i}.png"
         save_image(out / "infographicsvqa_images" / name, s["image"])
         side.append(sidecar("infographicsvqa_images/" + name, s))
@@ -138,9 +150,9 @@ def build_infovqa(out, n=60, q_per=4):
     write_jsonl(out / "samples.jsonl", side)
 
 
-def build_chartqa(out, n=64, q_per=4):
+def build_chartqa(out, n=64, q_per=4, seed=EVAL_SEED, cfg=EVAL_CFG):
     rng, splits, reas, side = random.Random("chartqa"), {"human": [], "augmented": []}, [], []
-    for i, s in samples("chartqa", ["chart"], n):
+    for i, s in samples("chartqa", ["chart"], n, seed, cfg):
         name = f"syn_{i:05d}.png"
         save_image(out / "test" / "png" / name, s["image"])
         side.append(sidecar("test/png/" + name, s))
@@ -165,9 +177,9 @@ def textvqa_item(q, iid, s, qid):
             "set_name": "val"}
 
 
-def build_textvqa(out, n=84, q_per=3):
+def build_textvqa(out, n=84, q_per=3, seed=EVAL_SEED, cfg=EVAL_CFG):
     rng, data, reas, side = random.Random("textvqa"), [], [], []
-    for i, s in samples("textvqa", ["scene"], n):
+    for i, s in samples("textvqa", ["scene"], n, seed, cfg):
         iid = hashlib.sha256(f"textvqa{i}".encode()).hexdigest()[:16]  # real ids are 16 hex chars
         save_image(out / "train_images" / f"{iid}.jpg", s["image"], "JPEG")
         side.append(sidecar(f"train_images/{iid}.jpg", s))
@@ -199,12 +211,12 @@ OCRB_TYPES = [  # (type, dataset label, kinds, questions per image)
 ]
 
 
-def build_ocrbench(out, per_type=60):
+def build_ocrbench(out, per_type=60, seed=EVAL_SEED, cfg=EVAL_CFG):
     rng, items, reas, side, j = random.Random("ocrbench"), [], [], [], 0
     for typ, ds, kinds, q_per in OCRB_TYPES:
         got = 0
         while got < per_type:
-            s = make_sample(kinds[j % len(kinds)], EVAL_SEED + 10 ** 6 * TASKS.index("ocrbench") + j, EVAL_CFG)
+            s = make_sample(kinds[j % len(kinds)], seed + 10 ** 6 * TASKS.index("ocrbench") + j, cfg)
             name, j = f"images/{j:05d}.png", j + 1
             if typ == "Regular Text Recognition":
                 r = crop_run(s, rng)
@@ -233,23 +245,25 @@ def sha256sums(d):
     return "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(d).as_posix()}\n" for p in files)
 
 
-def build_eval():
-    tmp, old = EVAL_DIR.with_name("eval.tmp"), EVAL_DIR.with_name("eval.old")
+def build_eval(root=EVAL_DIR, family=False):
+    """Every task's set into root; family=True: the held-out family's."""
+    tmp, old = root.with_name(root.name + ".tmp"), root.with_name(root.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
+    kw = dict(seed=HELDOUT_FAMILY_SEED, cfg=HELDOUT_CFG) if family else {}
     for t in TASKS:
-        globals()["build_" + t](tmp / t)
+        globals()["build_" + t](tmp / t, **kw)
         print(f"built {t}")
     write_bytes(tmp / "SHA256SUMS", sha256sums(tmp).encode())
-    shutil.rmtree(old, ignore_errors=True)  # swap folders so a crash never leaves a half-written data/eval
-    if EVAL_DIR.exists():
-        os.replace(EVAL_DIR, old)
-    os.replace(tmp, EVAL_DIR)
+    shutil.rmtree(old, ignore_errors=True)  # swap folders so a crash never leaves a half-written set
+    if root.exists():
+        os.replace(root, old)
+    os.replace(tmp, root)
     shutil.rmtree(old, ignore_errors=True)
 
 
-def check_eval():
-    want = (EVAL_DIR / "SHA256SUMS").read_text()
-    return want == sha256sums(EVAL_DIR)
+def check_eval(root=EVAL_DIR):
+    want = (root / "SHA256SUMS").read_text()
+    return want == sha256sums(root)
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -317,13 +331,20 @@ def main(argv=None):
     ap.add_argument("--corpus-per-kind", type=int, default=400)
     ap.add_argument("--heldout", metavar="DIR", help="only a held-out DocVQA-format set in DIR (128 pages, 512 "
                     "questions, seeds from HELDOUT_SEED; not shipped): to check a choice made on the shipped sets")
+    ap.add_argument("--heldout-family", action="store_true", help="only data/eval-heldout (the held-out family's sets)")
     a = ap.parse_args(argv)
-    if a.heldout:
-        return build_docvqa(Path(a.heldout), n=128, seed=HELDOUT_SEED)
+    try:
+        if a.heldout_family:
+            return build_eval(HELDOUT_DIR, family=True)
+        if a.heldout:
+            return build_docvqa(Path(a.heldout), n=128, seed=HELDOUT_SEED)
+    except OSError as e:  # a read-only or full place: one line, no traceback
+        print(f"build.py: error: cannot write {e.filename}: {e.strerror}; pass a folder you can write to", file=sys.stderr)
+        sys.exit(2)
     if a.vocab_size < 300 or a.corpus_per_kind < 1:
         sys.exit("error: --vocab-size must be >= 300 (256 byte pieces + specials) and --corpus-per-kind >= 1")
     if a.check:
-        ok = (EVAL_DIR / "SHA256SUMS").exists() and check_eval()
+        ok = all((d / "SHA256SUMS").exists() and check_eval(d) for d in (EVAL_DIR, HELDOUT_DIR))
         print("SHA256SUMS ok" if ok else "SHA256SUMS MISMATCH")
         sys.exit(0 if ok else 1)
     both = not (a.eval or a.tokenizer)

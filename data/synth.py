@@ -35,6 +35,8 @@ class Config:
     max_items: int = 6
     noise: float = 0.5           # 0 = clean; scales speckle density and scene background texture
     truetype: bool = False       # also use system TrueType fonts (not machine-independent)
+    family: str = "shipped"      # "shipped": the layouts below; "train" / "heldout": data/wide.py's families
+    fonts: tuple = ()            # font files to draw in instead (None: the built-in font); set by data/wide.py
 
 
 # ---------------------------------------------------------------- vocabularies (short, readable values)
@@ -91,6 +93,8 @@ def get_font(size, path=None):
 
 
 def _pick_font(rng, cfg, size):
+    if cfg.fonts:
+        return get_font(size, rng.choice(cfg.fonts))
     paths = _ttf_paths() if cfg.truetype else []
     return get_font(size, rng.choice([None] + paths) if paths else None)
 
@@ -451,19 +455,34 @@ def _transcribe(runs):
     return "".join(text[:-1]), index[:-1]
 
 
+DRAW = {"doc": _doc, "table": _table, "chart": _chart, "info": _info, "scene": _scene}
+
+
 def make_sample(kind, seed, cfg=None):
     """Render one sample; deterministic in (kind, seed, cfg)."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
     cfg = cfg or Config()
-    rng = random.Random(f"{kind}:{seed}")  # str seeds hash with sha512: stable across runs and machines
-    cv, qa, reas = {"doc": _doc, "table": _table, "chart": _chart, "info": _info, "scene": _scene}[kind](rng, cfg)
+    extra = {}
+    if cfg.family == "shipped":
+        rng = random.Random(f"{kind}:{seed}")  # str seeds hash with sha512: stable across runs and machines
+        cv, qa, reas = DRAW[kind](rng, cfg)
+    else:
+        from data import wide
+        rng = random.Random(f"{cfg.family}:{kind}:{seed}")
+        cv, qa, reas, style, layout = wide.draw(kind, rng, cfg.family)
+        extra = {"family": cfg.family, "layout": layout, "font": style.font_path or "built-in"}
     if cfg.noise > 0:
         _speckle(cv.img, rng, cfg.noise)
     text, char_index = _transcribe(cv.runs)
-    return {"kind": kind, "seed": seed, "image": cv.img, "width": cv.img.width, "height": cv.img.height,
-            "words": [w for r in cv.runs for w in r["words"]], "chars": [c for r in cv.runs for c in r["chars"]],
-            "transcription": text, "char_index": char_index, "qa": qa, "reasoning": reas}
+    words, chars, image = [w for r in cv.runs for w in r["words"]], [c for r in cv.runs for c in r["chars"]], cv.img
+    if extra:  # rotation, blur, JPEG, noise; boxes follow the rotation
+        image, angle = wide.damage(image, rng, style.paper)
+        for item in words + chars if angle else []:
+            b = wide.rotate_box(item["box"], angle, image.width, image.height)
+            item["box"] = [max(0, round(b[0])), max(0, round(b[1])), min(image.width, round(b[2])), min(image.height, round(b[3]))]
+    return {"kind": kind, "seed": seed, "image": image, "width": image.width, "height": image.height,
+            "words": words, "chars": chars, "transcription": text, "char_index": char_index, "qa": qa, "reasoning": reas, **extra}
 
 
 def meta(sample):

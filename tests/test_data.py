@@ -1,6 +1,6 @@
 """Tests for data/: generator determinism and geometry, QA consistency, real-format writers, shipped
 eval-set checksums, tokenizer files.   Run:  python -m pytest -q tests/test_data.py   (CPU, ~15 s)"""
-import hashlib, io, json, re, subprocess, sys
+import hashlib, io, json, os, re, subprocess, sys
 from pathlib import Path
 
 import numpy as np
@@ -275,3 +275,14 @@ def test_question_forms_cover_the_shipped_sets(tmp_path):
     assert forms.form_of("chartqa", "What is the value for 2013?") == "value for a category"
     assert forms.form_of("docvqa", "What is the amount for Eggs?") == "amount for an item"
     assert forms.form_of("docvqa", "What is the invoice number?") == "form field"
+
+
+def test_heldout_into_a_read_only_place_is_one_line(capsys, tmp_path):
+    place = "/sys/fcot-readonly" if os.geteuid() == 0 else str(tmp_path / "ro")  # root ignores permissions
+    if os.geteuid():
+        os.makedirs(place)
+        os.chmod(place, 0o500)
+    with pytest.raises(SystemExit) as e:
+        build.main(["--heldout", place + "/docvqa"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "cannot write" in err[0] and "Traceback" not in err[0], err

@@ -47,7 +47,9 @@ def test_piece_spans_rebuild_the_text(tok):
         assert all(tok.decode([i]) in (text[b:e], "") for i, (b, e) in zip(ids, spans) if not tok.sp.is_byte(i))
 
 
-def test_pointers_land_on_the_glyph(tok):
+@pytest.mark.parametrize("family", ["shipped", "mix"])
+def test_pointers_land_on_the_glyph(tok, family, monkeypatch):
+    monkeypatch.setattr(T, "FAMILY", family)
     cfg = P.Config(max_len=4096)
     model = M.InternVLChat(T.teacher_config(tok.vocab_size))
     model.img_context_token_id = tok.token_to_id(M.IMG_CONTEXT)
@@ -138,6 +140,28 @@ def test_pairs_point_from_a_key_to_the_value_printed_above_it(tok):
         assert all(ids[b, t] == model.img_context_token_id for t in [q, *targets])
 
 
+def test_wide_family_keys_point_at_the_printed_key(monkeypatch):
+    """--family mix: 30% shipped images, 70% data/wide.py's training family (never the held-out one); a keyed
+    question's first hop is the key's last glyph where the key is printed after its value, else the value."""
+    monkeypatch.setattr(T, "FAMILY", "mix")
+    families = [T.sample("doc", seed).get("family", "shipped") for seed in range(20)]
+    assert families.count("shipped") == 6 and set(families) == {"shipped", "train"}
+    two_hop = 0
+    for seed in range(3, 40):
+        if seed % 10 < 3:
+            continue
+        conv = T.read_conversation(seed, 0.0, 5, kinds=["chart", "info", "table"])
+        chars, qas = conv["sample"]["chars"], {qa["answer"]: qa for qa in conv["sample"]["qa"]}
+        answers = [m["value"] for m in conv["conversations"] if m["from"] == "gpt"]
+        for a, glyphs, hop1 in zip(answers, conv["glyphs"], conv["hop1"]):
+            key = qas[a]["key"]
+            if glyphs[0] < 0 or not key or hop1[0] < 0:
+                continue
+            assert set(hop1) == {hop1[0]} and chars[hop1[0]]["char"] == key.replace(" ", "")[-1]
+            two_hop += 1
+    assert two_hop > 30
+
+
 def test_kinds_choose_the_images_and_bad_kinds_are_refused():
     charts = [T.read_conversation(seed, 0.0, 2, kinds=["chart", "info"]) for seed in range(4)]
     assert [c["sample"]["kind"] for c in charts] == ["chart", "info", "chart", "info"]
@@ -145,3 +169,6 @@ def test_kinds_choose_the_images_and_bad_kinds_are_refused():
                         "--out", "unused", "--steps", "1"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == ["teacher.py: error: --kinds 'doc,charts': each must be one of doc,table,chart,info,scene"]
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "teacher.py"), "--stage", "read", "--family", "heldout",
+                        "--out", "unused", "--steps", "1"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "the held-out family is never trained on" in r.stderr.strip(), r.stderr

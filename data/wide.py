@@ -1,0 +1,532 @@
+"""The wide families: each kind of synth.py drawn in many fonts, layouts, colours and renderings, and
+asked in many phrasings, split into a training family and a held-out family.
+
+    python data/wide.py --kind chart --family heldout --seed 3 --out /tmp/chart.png   # one sample
+    python data/build.py --heldout-family    # writes data/eval-heldout/ (the held-out family's sets)
+
+From code: make_sample(kind, seed, Config(family="train")) in data/synth.py calls draw() here.
+
+What the held-out family never shares with training (a seed range alone is not a held-out split):
+- fonts: the DejaVu families (training: Pillow's built-in font and eight others, data/fonts/);
+- layouts: forms in two side-by-side columns and with right-aligned labels; receipts with the unit price
+  before the quantity; horizontal grouped bars; infographics in full-width bands and caption-first cells;
+- phrasings: every question also carries `reworded`, a phrasing no training question uses.
+Both families draw every layout's answers at every position (a test checks it), and the training family
+also draws synth.py's own layouts in its fonts.
+"""
+import argparse, io, json, math, random, re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from data import synth as S
+from data.synth import Canvas, _fmt, _pair_reasoning, _reason
+
+FONT_DIR = Path(__file__).resolve().parent / "fonts"
+FONTS = {"train": [None, "LiberationSans-Regular.ttf", "LiberationSans-Bold.ttf", "LiberationSerif-Regular.ttf",
+                   "LiberationSansNarrow-Regular.ttf", "LiberationMono-Regular.ttf", "Caladea-Regular.ttf",
+                   "Roboto-Regular.ttf", "RobotoCondensed-Regular.ttf", "OpenSans-Regular.ttf"],
+         "heldout": ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf"]}
+FAMILIES = tuple(FONTS)
+LAYOUTS = {  # per kind: the training family's layouts, then the held-out family's own
+    "doc": {"train": ["inline", "columns", "leaders", "grid", "above", "shipped"], "heldout": ["twocol", "rightlabel"]},
+    "table": {"train": ["iqa", "qia", "iqpa", "ia", "shipped"], "heldout": ["ipqa"]},
+    "chart": {"train": ["vbar", "hbar", "vgroup", "line", "shipped"], "heldout": ["hgroup"]},
+    "info": {"train": ["panels", "beside", "icons", "progress", "shipped"], "heldout": ["bands", "capfirst"]},
+    "scene": {"train": ["shipped"], "heldout": []},
+}
+HELDOUT_SHARE = 0.5  # of held-out samples drawn in a held-out layout; the rest in training layouts (new fonts, phrasings)
+
+PHRASES = {  # per question form: training phrasings, then the held-out ones (`reworded`)
+    "field": (["What is the {q}?", "What is the {q} on this document?", "Which {q} is given?", "Give the {q}.",
+               "What {q} is written on the form?"], ["Could you read out the {q}?", "The {q} is what?", "Find the {q}."]),
+    "title": (["What is the title of the document?", "What is the heading of this page?"],
+              ["What does the page's title say?"]),
+    "amount": (["What is the amount for {i}?", "How much was charged for {i}?", "What is the line total for {i}?"],
+               ["What did the {i} cost in all?"]),
+    "qty": (["What is the quantity of {i}?", "How many {i} were bought?", "What quantity of {i} is listed?"],
+            ["What count is shown for {i}?"]),
+    "price": (["What is the unit price of {i}?", "What does one {i} cost?", "What is the price each for {i}?"],
+              ["At what price per unit was {i} sold?"]),
+    "money": (["What is the {q}?", "How much is the {q}?", "What is the {q} on the receipt?"], ["State the {q}."]),
+    "store": (["What is the name of the store?", "Which store issued this receipt?"], ["Who issued the receipt?"]),
+    "value": (["What is the value for {c}?", "What value does {c} have?", "How much is shown for {c}?"],
+              ["Read the value of {c}."]),
+    "series": (["What is the {s} value for {c}?", "What value does {s} have in {c}?"], ["In {c}, what is {s}?"]),
+    "which": (["Which {k} has a value of {v}?", "Which {k} shows {v}?"], ["For which {k} is the value {v}?"]),
+    "percent": (["What percentage {c}?", "What share {c}?", "How many percent {c}?"], ["Which percentage {c}?"]),
+    "info_title": (["What is the title of the infographic?", "What is the infographic's heading?"],
+                   ["What does the infographic's title say?"]),
+    "total": (["What is the total?", "What is the total amount?"], ["How much was paid in all?"]),
+    "distance": (["How far is {p} according to the green sign?", "What distance does the green sign give for {p}?"],
+                 ["On the green sign, how far away is {p}?"]),
+    "street": (["What is the name of the street?", "Which street does the sign name?"], ["What street is this?"]),
+    "stop": (["What does the red sign say?", "What is written on the red sign?"], ["Read the red sign."]),
+    "shop": (["What is written on the shop sign?", "What does the shop sign say?"], ["Which shop is this?"]),
+    "speed": (["What is the speed limit?", "What speed limit is posted?"], ["How fast may one drive here?"]),
+}
+SHIPPED_FORMS = [  # synth.py's own questions -> (form, slot): so its layouts are asked in every phrasing too
+    (r"What is the title of the document\?", "title", None), (r"What is the name of the store\?", "store", None),
+    (r"What is the title of the infographic\?", "info_title", None), (r"What is the total\?", "total", None),
+    (r"What is the amount for (.+)\?", "amount", "i"), (r"What is the quantity of (.+)\?", "qty", "i"),
+    (r"What is the value for (.+)\?", "value", "c"), (r"What percentage (.+)\?", "percent", "c"),
+    (r"How far is (.+) according to the green sign\?", "distance", "p"), (r"What is the name of the street\?", "street", None),
+    (r"What does the red sign say\?", "stop", None), (r"What is written on the shop sign\?", "shop", None),
+    (r"What is the speed limit\?", "speed", None), (r"What is the (.+)\?", "field", "q"),
+]
+LABELS = {  # more ways to print a form's labels
+    "invoice number": ["Invoice No", "Invoice #", "Invoice Number"], "order ID": ["Order ID", "Order No", "PO Number"],
+    "date": ["Date", "Issued", "Date of issue"], "due date": ["Due Date", "Payment due", "Due"],
+    "name": ["Name", "Customer", "Full name"], "company name": ["Company", "Firm", "Organisation"],
+    "city": ["City", "Town", "Location"], "phone number": ["Phone", "Tel", "Telephone"],
+    "account number": ["Account", "Account No", "Acct #"], "reference code": ["Ref", "Reference", "Ref code"],
+}
+HEADERS = {"Item": ["Item", "Description", "Product"], "Qty": ["Qty", "Quantity", "Units"],
+           "Price": ["Price", "Unit Price", "Each"], "Amount": ["Amount", "Line Total", "Sum"]}
+SERIES = [("2022", "2023"), ("Men", "Women"), ("Online", "In store"), ("Plan", "Actual"), ("Day", "Night")]
+PRODUCTS = ["Tea", "Rice", "Wool", "Steel", "Corn", "Coal", "Wine", "Salt"]
+FOOTERS = ["Thank you!", "Page 1 of 1", "Signed: ________", "Keep this copy", "Questions? Call 555-0100"]
+
+
+# ---------------------------------------------------------------- style: font, colours, rendering
+class Style:
+    """One sample's look: a font file at a cap height, paper and ink colours, and the post-render damage."""
+
+    def __init__(self, rng, family):
+        self.rng, self.family = rng, family
+        self.font_path = rng.choice(FONTS[family])
+        self.dark = rng.random() < 0.15
+        self.paper = (rng.randint(20, 45),) * 3 if self.dark else rng.choice(
+            [(255, 255, 255), S._light(rng), (rng.randint(235, 250), rng.randint(228, 242), rng.randint(205, 225))])
+        self.ink = (rng.randint(215, 250),) * 3 if self.dark else S._dark(rng)
+        self.accent = S._vivid(rng)
+
+    def font_file(self):
+        return None if self.font_path is None else str(FONT_DIR / self.font_path)
+
+    def font(self, cap):
+        """The sample's font at a cap height of `cap` px (cap ranges match synth.Config's text heights)."""
+        ratio = 0.70 if self.font_path is None else _cap_ratio(self.font_path)
+        return S.get_font(max(8, round(cap / ratio)), self.font_file())
+
+    def body(self):
+        return self.font(self.rng.uniform(14, 19))
+
+    def title(self):
+        return self.font(self.rng.uniform(19, 23))
+
+    def big(self):
+        return self.font(self.rng.uniform(21, 27))
+
+
+_CAP = {}
+
+
+def _cap_ratio(path):
+    if path not in _CAP:
+        b = ImageFont.truetype(str(FONT_DIR / path), 100).getbbox("H")
+        _CAP[path] = (b[3] - b[1]) / 100
+    return _CAP[path]
+
+
+def ask(rng, form, pos, key=None, **slots):
+    """A question in a training phrasing, its held-out rewording, where its answer sits (pos = (i, n)), and the
+    printed text that names it (key: a label, a category, a caption), for teacher.py's pointers."""
+    train, held = PHRASES[form]
+    return dict(question=rng.choice(train).format(**slots), reworded=rng.choice(held).format(**slots), form=form,
+                pos=pos, key=key)
+
+
+def damage(img, rng, paper):
+    """Small rotation, blur, JPEG and noise, each on some images. Returns (image, angle in degrees)."""
+    angle = rng.uniform(-1.5, 1.5) if rng.random() < 0.4 else 0.0
+    if angle:
+        img = img.rotate(angle, resample=Image.BICUBIC, fillcolor=paper)
+    if rng.random() < 0.25:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.8)))
+    if rng.random() < 0.25:  # dense dust: per-pixel Gaussian noise would make the shipped PNGs 20x larger
+        S._speckle(img, rng, rng.uniform(2, 6))
+    if rng.random() < 0.3:
+        b = io.BytesIO()
+        img.save(b, "JPEG", quality=rng.randint(45, 90))
+        img = Image.open(b).convert("RGB")
+    return img, angle
+
+
+def rotate_box(box, angle, w, h):
+    """Where a box lands after Image.rotate(angle) about the image centre: its corners' bounding box."""
+    t = math.radians(angle)
+    c, s, cx, cy = math.cos(t), math.sin(t), w / 2, h / 2
+    pts = [((x - cx) * c + (y - cy) * s + cx, -(x - cx) * s + (y - cy) * c + cy) for x in box[::2] for y in box[1::2]]
+    return [min(p[0] for p in pts), min(p[1] for p in pts), max(p[0] for p in pts), max(p[1] for p in pts)]
+
+
+# ---------------------------------------------------------------- documents (forms)
+def _form_fields(rng):
+    n = rng.randint(3, 7)
+    numeric, dec = (S.MONEY_FIELDS, 2) if rng.random() < 0.6 else (S.COUNT_FIELDS, 0)
+    nums = [(lab, q, rng.randint(100, 99999) if dec else rng.randint(1, 250)) for lab, q in rng.sample(numeric, 2)]
+    texts = [(rng.choice(LABELS[q]), q, mk(rng)) for _, q, mk in rng.sample(S.TEXT_FIELDS, n - 2)]
+    fields = [(lab, q, _fmt(v, dec)) for lab, q, v in nums] + texts
+    rng.shuffle(fields)
+    return fields, nums, dec
+
+
+def _doc(rng, st, layout):
+    f, ft = st.body(), st.title()
+    fields, nums, dec = _form_fields(rng)
+    title = rng.choice(S.DOC_TITLES)
+    lh, m = int(f.size * rng.uniform(1.5, 2.0)), rng.randint(16, 28)
+    kw = max(Canvas.width(lab + ":", f) for lab, _, _ in fields)
+    vw = max(Canvas.width(v, f) for _, _, v in fields)
+    n, band = len(fields), rng.random() < 0.3
+    shown = str.upper if layout == "above" else str  # the label as printed
+    rows = (n + 1) // 2 if layout in ("twocol", "above") else n
+    colw = {"inline": kw + vw + 12, "columns": kw + vw + 24, "leaders": kw + vw + 60, "grid": kw + vw + 36,
+            "above": 2 * max(kw, vw) + 30, "twocol": 2 * (kw + vw) + 50, "rightlabel": kw + vw + 24}[layout]
+    lh = lh + f.size if layout == "above" else lh
+    W = S._side(rng, S.Config(), 2 * m + max(colw, Canvas.width(title, ft) + 20))
+    H = S._side(rng, S.Config(), 2 * m + ft.size + 30 + lh * rows * 4 // 3 + f.size * 2)
+    cv = Canvas(W, H, st.paper)
+    if rng.random() < 0.35:  # page frame
+        cv.draw.rectangle([m // 3, m // 3, W - m // 3, H - m // 3], outline=st.ink, width=rng.randint(1, 3))
+    y = m
+    if band:  # header band: the title in paper colour on the accent
+        cv.draw.rectangle([0, 0, W, ft.size + 2 * m // 2 + 10], fill=st.accent)
+        cv.text(W // 2, m // 2 + 4, title, ft, (250, 250, 250), "center")
+        y = ft.size + m + 14
+    else:
+        align = rng.choice(["left", "center", "right"])
+        cv.text({"left": m, "center": W // 2, "right": W - m}[align], y, title, ft, st.ink, align, stroke=rng.randint(0, 1))
+        y += ft.size + 8
+        cv.draw.line([(m // 2, y), (W - m // 2, y)], fill=st.ink, width=1)
+        y += 10
+    x0 = m + rng.randint(0, max(0, W - 2 * m - colw) // 3)
+    shade = tuple(max(0, c - 18) if not st.dark else c + 25 for c in st.paper)
+    for k, (lab, _, v) in enumerate(fields):
+        if layout == "inline":
+            cv.text(x0, y, f"{lab}: {v}", f, st.ink)
+        elif layout == "columns":
+            cv.text(x0, y, lab + ":", f, st.ink)
+            cv.text(x0 + kw + 24, y, v, f, st.ink)
+        elif layout == "leaders":  # label, a row of dots, the value flush right
+            cv.text(x0, y, lab, f, st.ink)
+            dots_from, dots_to = x0 + Canvas.width(lab, f) + 6, W - m - Canvas.width(v, f) - 6
+            for x in range(dots_from, dots_to, 6):
+                cv.draw.point((x, y + int(f.size * 0.8)), fill=st.ink)
+            cv.text(W - m, y, v, f, st.ink, "right")
+        elif layout == "grid":  # bordered label | value cells, label cells shaded
+            x1, x2 = x0 + kw + 14, x0 + kw + vw + 36
+            if rng.random() < 0.6 or k == 0:
+                cv.draw.rectangle([x0 - 4, y - 4, x1, y + lh - 6], fill=shade)
+            cv.draw.rectangle([x0 - 4, y - 4, x2, y + lh - 6], outline=st.ink)
+            cv.draw.line([(x1, y - 4), (x1, y + lh - 6)], fill=st.ink)
+            cv.text(x0 + 2, y + 2, lab, f, st.ink)
+            cv.text(x1 + 8, y + 2, v, f, st.ink)
+        elif layout == "above":  # a small label above its value, two fields to a row
+            col, row = k % 2, k // 2
+            fs = st.font(max(10, f.size * 0.5))
+            x, yy = x0 + col * (max(kw, vw) + 30), y + row * lh
+            cv.text(x, yy, shown(lab), fs, st.ink)
+            cv.text(x, yy + fs.size + 4, v, f, st.ink)
+        elif layout == "twocol":  # two side-by-side columns of "Label: value"
+            col, row = k % 2, k // 2
+            cv.text(x0 + col * (kw + vw + 50), y + row * lh, f"{lab}: {v}", f, st.ink)
+        else:  # rightlabel: labels flush right against a gutter, values flush left after it
+            cv.text(x0 + kw, y, lab + ":", f, st.ink, "right")
+            cv.text(x0 + kw + 14, y, v, f, st.ink)
+        if layout not in ("above", "twocol"):  # those two place their rows from y, two fields to a row
+            y += lh + (lh // 3 if rng.random() < 0.15 else 0)  # an uneven gap now and then: no fixed pitch
+    if layout in ("above", "twocol"):
+        y += rows * lh
+    if rng.random() < 0.5 and y + 2 * f.size < H - m:  # a footer: more text that answers nothing
+        right = rng.random() < 0.5
+        cv.text(W - m if right else m, H - m - f.size, rng.choice(FOOTERS), f, st.ink, "right" if right else "left")
+    qa = [dict(ask(rng, "field", (k, n), shown(lab), q=q), answer=v, type="form") for k, (lab, q, v) in enumerate(fields)]
+    qa.append(dict(ask(rng, "title", (0, 1)), answer=title, type="layout"))
+    qname = {lab: q for lab, q, _ in nums}
+    r = _pair_reasoning(rng, [(lab, v) for lab, _, v in nums], dec, qname.get, "Which is larger, the {} or the {}?")
+    return cv, qa, [r]
+
+
+# ---------------------------------------------------------------- tables (receipts)
+COLUMNS = {"iqa": ("Item", "Qty", "Amount"), "qia": ("Qty", "Item", "Amount"), "iqpa": ("Item", "Qty", "Price", "Amount"),
+           "ia": ("Item", "Amount"), "ipqa": ("Item", "Price", "Qty", "Amount")}
+
+
+def _table(rng, st, layout):
+    f, ft = st.body(), st.title()
+    cols = COLUMNS[layout]
+    n = rng.randint(3, 6)
+    items = rng.sample(S.ITEMS, n)
+    qty = [rng.randint(1, 9) for _ in items]
+    price = [rng.randint(50, 1500) for _ in items]
+    amt = [q * p for q, p in zip(qty, price)]
+    cell = {"Item": items, "Qty": [str(q) for q in qty], "Price": [_fmt(p, 2) for p in price], "Amount": [_fmt(a, 2) for a in amt]}
+    head = [rng.choice(HEADERS[c]) for c in cols]
+    sub = sum(amt)
+    tax = round(sub * rng.choice([0.05, 0.08, 0.1])) if rng.random() < 0.5 else 0
+    foot = ([("Subtotal", _fmt(sub, 2)), ("Tax", _fmt(tax, 2))] if tax else []) + [("TOTAL", _fmt(sub + tax, 2))]
+    rows = [[cell[c][i] for c in cols] for i in range(n)]
+    cw = [max(Canvas.width(r[i], f) for r in rows + [head]) + 16 for i in range(len(cols))]
+    cw[-1] = max(cw[-1], max(Canvas.width(v, f) for _, v in foot) + 16)
+    cw[0] = max(cw[0], max(Canvas.width(k, f) for k, _ in foot) + 16)
+    store = rng.choice(S.STORES)
+    lh, m, lines = int(f.size * rng.uniform(1.5, 1.9)), rng.randint(14, 26), rng.choice(["grid", "head", "shaded", "none"])
+    W = S._side(rng, S.Config(), 2 * m + max(sum(cw), Canvas.width(store, ft)))
+    H = S._side(rng, S.Config(), 2 * m + ft.size + 14 + lh * (n + 1 + len(foot)) + 8)
+    cv = Canvas(W, H, st.paper)
+    centred = rng.random() < 0.7
+    cv.text(W // 2 if centred else m, m, store, ft, st.ink, "center" if centred else "left", stroke=rng.randint(0, 1))
+    x0 = (W - sum(cw)) // 2
+    xs = [x0 + sum(cw[:i]) for i in range(len(cols))]
+    y = m + ft.size + 14 + rng.randint(0, max(0, (H - 2 * m - ft.size - 14 - lh * (n + 1 + len(foot))) // 2))
+    shade = tuple(max(0, c - 16) if not st.dark else c + 22 for c in st.paper)
+    for k, row in enumerate([head] + rows):
+        if lines == "shaded" and k % 2 == 1:
+            cv.draw.rectangle([x0, y, x0 + sum(cw), y + lh - 2], fill=shade)
+        for i, s in enumerate(row):  # names left-aligned, numbers right-aligned in their column
+            left = cols[i] == "Item"
+            cv.text(xs[i] + 5 if left else xs[i] + cw[i] - 5, y + 3, s, f, st.ink, "left" if left else "right")
+        if lines == "grid" or k == 0 and lines != "none":
+            cv.draw.line([(x0, y + lh - 1), (x0 + sum(cw), y + lh - 1)], fill=st.ink)
+        y += lh
+    cv.draw.line([(x0, y + 2), (x0 + sum(cw), y + 2)], fill=st.ink)
+    y += 6
+    for k, v in foot:
+        cv.text(xs[0] + 5, y + 3, k, f, st.ink)
+        cv.text(xs[-1] + cw[-1] - 5, y + 3, v, f, st.ink, "right")
+        y += lh
+    qa = [dict(ask(rng, "amount", (i, n), it, i=it), answer=cell["Amount"][i], type="table/list") for i, it in enumerate(items)]
+    qa += [dict(ask(rng, "qty", (i, n), items[i], i=items[i]), answer=cell["Qty"][i], type="table/list")
+           for i in rng.sample(range(n), 2) if "Qty" in cols]
+    qa += [dict(ask(rng, "price", (i, n), items[i], i=items[i]), answer=cell["Price"][i], type="table/list")
+           for i in rng.sample(range(n), 2) if "Price" in cols]
+    qa += [dict(ask(rng, "money", (j, len(foot)), k, q=k.lower()), answer=v, type="table/list") for j, (k, v) in enumerate(foot)]
+    qa.append(dict(ask(rng, "store", (0, 1)), answer=store, type="layout"))
+    reas = [_pair_reasoning(rng, list(zip(items, amt)), 2, lambda it: f"amount for {it}", "Which costs more in total, {} or {}?")]
+    return cv, qa, reas
+
+
+# ---------------------------------------------------------------- charts
+def _chart(rng, st, layout):
+    f, ft = st.font(rng.uniform(13, 17)), st.title()
+    horizontal, series = layout in ("hbar", "hgroup"), 2 if layout in ("vgroup", "hgroup") else 1
+    n = rng.randint(3, 5 if series == 2 else 6)
+    kind = rng.choice(["years", "months", "regions", "products"])
+    if kind == "years":
+        cats = [str(rng.randint(2005, 2016) + i) for i in range(n)]
+        cats = [str(int(cats[0]) + i) for i in range(n)]
+    elif kind == "months":
+        s0 = rng.randint(0, 12 - n)
+        cats = S.MONTHS[s0:s0 + n]
+    else:
+        cats = rng.sample(S.REGIONS if kind == "regions" and n <= 5 else PRODUCTS, n)
+    kname = {"years": "year", "months": "month", "regions": "region" if n <= 5 else "product", "products": "product"}[kind]
+    names = rng.choice(SERIES) if series == 2 else ("",)
+    dec = 1 if rng.random() < 0.25 else 0
+    vals = [[rng.randint(5, 95) * 10 ** dec + (rng.randint(0, 9) if dec else 0) for _ in cats] for _ in names]
+    labels = [[_fmt(v, dec) for v in vs] for vs in vals]
+    colours = [st.accent, tuple(255 - c // 2 for c in st.accent[::-1])][:series]
+    place = rng.choice(["end", "inside"]) if layout != "line" else "end"
+    title = rng.choice(S.CHART_TITLES)
+    cw = max(Canvas.width(c, f) for c in cats)
+    lw = max(Canvas.width(s, f) for row in labels for s in row)
+    m = 14
+    if horizontal:
+        W = S._side(rng, S.Config(), 2 * m + cw + 12 + 200 + lw)
+        H = S._side(rng, S.Config(), 2 * m + ft.size + 30 + n * series * (f.size + 8) + n * 8 + (f.size + 10) * (series > 1))
+    else:
+        W = S._side(rng, S.Config(), 2 * m + 40 + n * max(cw + 10, series * (lw + 6) + 10))
+        H = S._side(rng, S.Config(), 2 * m + ft.size + 3 * f.size + 170 + (f.size + 10) * (series > 1))
+    cv = Canvas(W, H, st.paper)
+    centred = rng.random() < 0.6
+    cv.text(W // 2 if centred else m, m, title, ft, st.ink, "center" if centred else "left")
+    y_top = m + ft.size + 10
+    if series > 1:  # legend: a colour swatch and each series' name
+        x = m + rng.randint(0, 20)
+        for name, col in zip(names, colours):
+            cv.draw.rectangle([x, y_top + 3, x + f.size - 4, y_top + f.size - 1], fill=col)
+            cv.text(x + f.size + 2, y_top, name, f, st.ink)
+            x += f.size + Canvas.width(name, f) + 20
+        y_top += f.size + 10
+    grid = (215, 215, 215) if not st.dark else (70, 70, 70)
+    bars = []  # (series, category, box) per value
+    if horizontal:
+        left, right, top, bottom = m + cw + 10, W - m - lw - 8, y_top + 4, H - m
+        slot = (bottom - top) / n
+        scale = (right - left) / (100 * 10 ** dec)
+        cv.draw.line([(left, top), (left, bottom)], fill=st.ink)
+        th = (slot - 6) / series
+        for i, c in enumerate(cats):
+            y0 = top + slot * i + 3
+            cv.text(left - 6, y0 + slot / 2 - f.size * 0.7, c, f, st.ink, "right")
+            for s in range(series):
+                yb = y0 + s * th
+                bars.append((s, i, [left + 1, yb, left + 1 + vals[s][i] * scale, yb + th - 2]))
+    else:
+        left, right, top, bottom = m + 34, W - m, y_top + f.size + 10, H - m - f.size - 8
+        axis_right = rng.random() < 0.3
+        if axis_right:  # the tick labels go right of the plot
+            left, right = m + 8, right - 30
+        slot = (right - left) / n
+        scale = (bottom - top) / (100 * 10 ** dec)
+        ax = right if axis_right else left
+        for t in range(0, 101, 25):
+            ty = bottom - t * 10 ** dec * scale
+            if rng.random() < 0.8:
+                cv.draw.line([(left + 1, ty), (right, ty)], fill=grid)
+            cv.text(ax + (4 if axis_right else -4), ty - f.size * 0.6, str(t), st.font(10), st.ink, "left" if axis_right else "right")
+        cv.draw.line([(left, bottom), (right, bottom)], fill=st.ink)
+        bw = slot * 0.7 / series
+        for i, c in enumerate(cats):
+            cx = left + slot * i + slot / 2
+            cv.text(cx, bottom + 5, c, f, st.ink, "center")
+            for s in range(series):
+                x0 = cx - series * bw / 2 + s * bw
+                bars.append((s, i, [x0 + 1, bottom - vals[s][i] * scale, x0 + bw - 1, bottom - 1]))
+    if layout == "line":
+        pts = [((b[0] + b[2]) / 2, b[1]) for _, _, b in bars]
+        cv.draw.line(pts, fill=colours[0], width=2)
+        for p in pts:
+            cv.draw.ellipse([p[0] - 3, p[1] - 3, p[0] + 3, p[1] + 3], fill=colours[0])
+    else:
+        for s, i, b in bars:
+            cv.draw.rectangle(b, fill=colours[s])
+    on_bar = [(250, 250, 250) if sum(c) < 420 else (20, 20, 20) for c in colours]  # readable on its bar
+    for s, i, b in bars:  # value labels last, so nothing is drawn over them
+        txt, w = labels[s][i], Canvas.width(labels[s][i], f)
+        if horizontal:
+            inside = place == "inside" and b[2] - b[0] > w + 8
+            x, y = (b[2] - 4, (b[1] + b[3]) / 2 - f.size * 0.6) if inside else (b[2] + 4, (b[1] + b[3]) / 2 - f.size * 0.6)
+            cv.text(x, y, txt, f, on_bar[s] if inside else st.ink, "right" if inside else "left")
+        else:
+            inside = place == "inside" and b[3] - b[1] > f.size + 8 and b[2] - b[0] > w
+            y = b[1] + 3 if inside else b[1] - f.size - 6
+            if layout == "line":
+                cv.draw.rectangle([(b[0] + b[2]) / 2 - w / 2 - 2, y - 1, (b[0] + b[2]) / 2 + w / 2 + 2, y + f.size], fill=st.paper)
+            cv.text((b[0] + b[2]) / 2, y, txt, f, on_bar[s] if inside else st.ink, "center")
+    qa = []
+    for s in range(series):
+        for i, c in enumerate(cats):
+            q = ask(rng, "series", (i, n), c, s=names[s], c=c) if series > 1 else ask(rng, "value", (i, n), c, c=c)
+            qa.append(dict(q, answer=labels[s][i], type="figure/diagram"))
+    flat = [s for row in labels for s in row]
+    unique = [i for i in range(n) if flat.count(labels[0][i]) == 1]
+    if unique:  # any position: no shortcut through the leftmost category
+        i = rng.choice(unique)
+        qa.append(dict(ask(rng, "which", (i, n), labels[0][i], k=kname, v=labels[0][i]), answer=cats[i], type="figure/diagram"))
+    reas = [_pair_reasoning(rng, list(zip(cats, vals[0])), dec, lambda c: f"value for {c}", "Which is higher, {} or {}?")]
+    return cv, qa, reas
+
+
+# ---------------------------------------------------------------- infographics
+def _info(rng, st, layout):
+    f, fb, ft = st.body(), st.big(), st.title()
+    n = rng.randint(3, 6)
+    caps, vals = rng.sample(S.CAPTIONS, n), rng.sample(range(5, 96), n)
+    nums, title = [f"{v}%" for v in vals], f"{rng.choice(S.INFO_TITLES)} {rng.randint(2015, 2024)}"
+    capw, numw = max(Canvas.width(c, f) for c in caps), Canvas.width("100%", fb)
+    m = rng.randint(12, 22)
+    cols = 1 if layout in ("beside", "progress", "bands") else (2 if n == 4 or layout == "capfirst" else min(n, 3))
+    rows = (n + cols - 1) // cols
+    cellw = {"panels": max(capw, numw) + 20, "icons": max(capw, numw) + 20, "capfirst": max(capw, numw) + 24,
+             "beside": fb.size + numw + capw + 40, "progress": capw + 160 + numw, "bands": numw + capw + 60}[layout]
+    cellh = {"beside": fb.size + 12, "progress": f.size + 16, "bands": fb.size + 22}.get(layout, fb.size + f.size + 34)
+    if cols == 3 and 3 * cellw + 40 > 448:
+        cols, rows = 2, (n + 1) // 2
+    gap = rng.randint(6, 12)
+    W = S._side(rng, S.Config(), 2 * m + max(cols * cellw + (cols - 1) * gap, Canvas.width(title, ft) + 10))
+    H = S._side(rng, S.Config(), 2 * m + ft.size + 14 + rows * (cellh + gap))
+    cv = Canvas(W, H, st.paper)
+    cv.text(W // 2, m, title, ft, st.ink, "center", stroke=rng.randint(0, 1))
+    y0 = m + ft.size + 14
+    cellw = (W - 2 * m - (cols - 1) * gap) // cols
+    y0 += rng.randint(0, max(0, (H - y0 - m) - rows * (cellh + gap)))
+    white = (250, 250, 250)
+    for k, (c, s) in enumerate(zip(caps, nums)):
+        x, y = m + (k % cols) * (cellw + gap), y0 + (k // cols) * (cellh + gap)
+        col = S._vivid(rng)
+        if layout in ("panels", "shipped"):
+            cv.draw.rectangle([x, y, x + cellw, y + cellh], fill=col)
+            cv.text(x + cellw // 2, y + 8, s, fb, white, "center")
+            cv.text(x + cellw // 2, y + 14 + fb.size, c, f, white, "center")
+        elif layout == "icons":  # a round icon, the number beside it, the caption below
+            r = fb.size // 2
+            cv.draw.ellipse([x + 4, y + 6, x + 4 + 2 * r, y + 6 + 2 * r], fill=col)
+            cv.text(x + 12 + 2 * r, y + 6, s, fb, st.ink)
+            cv.text(x + 4, y + 14 + fb.size, c, f, st.ink)
+        elif layout == "beside":  # a square bullet, the number, then its caption on the same line
+            cv.draw.rectangle([x, y + 6, x + fb.size - 8, y + fb.size - 2], fill=col)
+            cv.text(x + fb.size, y, s, fb, col if not st.dark else white)
+            cv.text(x + fb.size + numw + 16, y + (fb.size - f.size) // 2 + 2, c, f, st.ink)
+        elif layout == "progress":  # caption, a bar filled to the share, the number after it
+            cv.text(x, y, c, f, st.ink)
+            bx, bw = x + capw + 12, cellw - capw - numw - 24
+            cv.draw.rectangle([bx, y + 3, bx + bw, y + f.size], outline=st.ink)
+            cv.draw.rectangle([bx + 1, y + 4, bx + 1 + int((bw - 2) * vals[k] / 100), y + f.size - 1], fill=col)
+            cv.text(bx + bw + 8, y, s, f, st.ink)
+        elif layout == "bands":  # full-width coloured bands: the number at the left, the caption after it
+            cv.draw.rectangle([0, y, W, y + cellh], fill=col)
+            cv.text(m + 6, y + 10, s, fb, white)
+            cv.text(m + numw + 30, y + 10 + (fb.size - f.size) // 2, c, f, white)
+        else:  # capfirst: a bordered cell, the caption above the number
+            cv.draw.rectangle([x, y, x + cellw, y + cellh], outline=col, width=3)
+            cv.text(x + cellw // 2, y + 8, c, f, st.ink, "center")
+            cv.text(x + cellw // 2, y + 14 + f.size, s, fb, col if not st.dark else white, "center")
+    qa = [dict(ask(rng, "percent", (k, n), c, c=c), answer=s, type="figure") for k, (c, s) in enumerate(zip(caps, nums))]
+    qa.append(dict(ask(rng, "info_title", (0, 1)), answer=title, type="text"))
+    r = _pair_reasoning(rng, list(zip(caps, vals)), 0, lambda c: f"share who {c}", "Which share is larger, {} or {}?", "%")
+    return cv, qa, [r]
+
+
+# ---------------------------------------------------------------- assembly
+def rephrase(rng, qa):
+    """One of synth.py's questions in a random training phrasing of its form, with its held-out rewording.
+    Its key (for teacher.py) is the slot where the printed text is the slot itself (a category, an item)."""
+    for pattern, form, slot in SHIPPED_FORMS:
+        m = re.fullmatch(pattern, qa["question"])
+        if m:
+            slots = {slot: m.group(1)} if slot else {}
+            return dict(qa, **ask(rng, form, None, m.group(1) if slot in ("c", "i", "p") else None, **slots))
+    raise ValueError(f"no phrasing form for {qa['question']!r}")
+
+
+DRAW = {"doc": _doc, "table": _table, "chart": _chart, "info": _info}
+
+
+def choose_layout(rng, kind, family):
+    own = LAYOUTS[kind][family]
+    if family == "heldout" and own and rng.random() < HELDOUT_SHARE:
+        return rng.choice(own)
+    return rng.choice(LAYOUTS[kind]["train"])
+
+
+def draw(kind, rng, family):
+    """(canvas, qa, reasoning, style, layout) of one sample of a wide family; synth.make_sample finishes it."""
+    st = Style(rng, family)
+    layout = choose_layout(rng, kind, family)
+    if layout == "shipped":  # synth.py's own layout in this family's fonts, with its own phrasings
+        cv, qa, reas = S.DRAW[kind](rng, S.Config(fonts=(st.font_file(),)))
+        qa = [rephrase(rng, q) for q in qa if not q["question"].startswith("Which ")]  # its leftmost-bar shortcut
+    else:
+        cv, qa, reas = DRAW[kind](rng, st, layout)
+    return cv, qa, reas, st, layout
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--kind", default="doc", choices=S.KINDS)
+    ap.add_argument("--family", default="train", choices=FAMILIES)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="")
+    a = ap.parse_args(argv)
+    s = S.make_sample(a.kind, a.seed, S.Config(family=a.family))
+    if a.out:
+        s["image"].save(a.out)
+    print(json.dumps({k: s[k] for k in ("kind", "seed", "layout", "font", "transcription", "qa")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

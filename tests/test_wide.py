@@ -1,0 +1,126 @@
+"""Tests for data/wide.py: the training and held-out families share no font, held-out layout or held-out
+phrasing; every sample is well drawn (boxes on ink, no text drawn over text, every answer printed); answers
+sit at every position a question form can take; the held-out family's shipped sets match their checksums.
+Run:  python -m pytest -q tests/test_wide.py   (CPU, ~20 s)"""
+import collections, json, sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from data import build, synth, wide  # noqa: E402
+
+SEEDS = range(24)
+
+
+def sample(kind, seed, family, **kw):
+    return synth.make_sample(kind, seed, synth.Config(family=family, **kw))
+
+
+def test_families_share_no_font_layout_or_phrasing():
+    assert not set(wide.FONTS["train"]) & set(wide.FONTS["heldout"])
+    for kind, split in wide.LAYOUTS.items():
+        assert not set(split["train"]) & set(split["heldout"]), kind
+    for form, (train, held) in wide.PHRASES.items():
+        assert train and held and not set(train) & set(held), form
+    for name in wide.FONTS["train"] + wide.FONTS["heldout"]:
+        assert name is None or (wide.FONT_DIR / name).is_file(), name
+    assert len(list((wide.FONT_DIR / "LICENSES").iterdir())) >= 5
+
+
+@pytest.mark.parametrize("kind", synth.KINDS)
+def test_training_family_never_draws_held_out_things(kind):
+    held_fonts, held_layouts = set(wide.FONTS["heldout"]), set(wide.LAYOUTS[kind]["heldout"])
+    held_phrasings = {p.split("{")[0] for _, held in wide.PHRASES.values() for p in held}
+    seen = collections.Counter()
+    for seed in range(60):
+        s = sample(kind, seed, "train")
+        assert s["font"] not in held_fonts and s["layout"] not in held_layouts, (seed, s["font"], s["layout"])
+        for q in s["qa"]:
+            assert not any(q["question"].startswith(h) for h in held_phrasings), q
+        seen[s["layout"]] += 1
+    assert set(seen) == set(wide.LAYOUTS[kind]["train"])  # and it draws every training layout
+
+
+@pytest.mark.parametrize("family", wide.FAMILIES)
+@pytest.mark.parametrize("kind", synth.KINDS)
+def test_samples_are_well_drawn(kind, family):
+    """Boxes inside the image and on ink; no glyph drawn over another; every answer printed; the transcription
+    indexes each glyph once. Catches a layout that overlaps or clips its own text."""
+    for seed in SEEDS:
+        s = sample(kind, seed, family)
+        g = np.asarray(s["image"].convert("L")).astype(int)
+        assert g.shape == (s["height"], s["width"]) and 224 <= min(g.shape) and max(g.shape) <= 768  # wide fonts and columns grow pages
+        for c in s["chars"]:
+            x0, y0, x1, y1 = c["box"]
+            assert 0 <= x0 < x1 <= s["width"] and 0 <= y0 < y1 <= s["height"], (kind, seed, c)
+            assert g[y0:y1, x0:x1].max() - g[y0:y1, x0:x1].min() >= 40, (kind, seed, c)
+        b = np.array([c["box"] for c in s["chars"]], float)
+        w = np.clip(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None)
+        h = np.clip(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None)
+        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        overlap = w * h / np.minimum(area[:, None], area[None, :])
+        np.fill_diagonal(overlap, 0)
+        assert overlap.max() < 0.5, (kind, seed, family, s["layout"])
+        for q in s["qa"]:
+            assert q["answer"] and q["answer"] in s["transcription"], (kind, seed, q)
+            assert q["reworded"] and (q["key"] is None or q["key"] in s["transcription"]), q
+        text, index = s["transcription"], s["char_index"]
+        assert sorted(i for i in index if i >= 0) == list(range(len(s["chars"])))
+
+
+@pytest.mark.parametrize("family", wide.FAMILIES)
+def test_samples_are_deterministic(family):
+    for kind in synth.KINDS:
+        a, b, c = sample(kind, 3, family), sample(kind, 3, family), sample(kind, 4, family)
+        assert a["image"].tobytes() == b["image"].tobytes() and a["qa"] == b["qa"]
+        assert a["image"].tobytes() != c["image"].tobytes()
+    assert sample("doc", 3, "train")["image"].tobytes() != sample("doc", 3, "heldout")["image"].tobytes()
+
+
+def test_answers_are_not_predictable_from_their_position():
+    """For each question form, the answers asked about are spread over the first, middle and last position."""
+    where = collections.defaultdict(collections.Counter)
+    for family in wide.FAMILIES:
+        for kind in ("doc", "table", "chart", "info"):
+            for seed in range(150):
+                for q in sample(kind, seed, family)["qa"]:
+                    if q["pos"] and q["pos"][1] >= 3:
+                        i, n = q["pos"]
+                        where[q["form"]]["first" if i == 0 else "last" if i == n - 1 else "middle"] += 1
+    assert {"field", "amount", "value", "which", "percent"} <= set(where)
+    for form, got in where.items():
+        total = sum(got.values())
+        assert total >= 30 and all(got[p] / total >= 0.1 for p in ("first", "middle", "last")), (form, dict(got))
+
+
+def test_rotated_boxes_follow_the_ink():
+    img = Image.new("RGB", (300, 200), "white")
+    ImageDraw.Draw(img).rectangle([240, 30, 249, 39], fill="black")
+    rotated = img.rotate(1.5, resample=Image.BICUBIC, fillcolor="white")
+    ys, xs = np.nonzero(np.asarray(rotated.convert("L")) < 128)
+    box = wide.rotate_box([240, 30, 250, 40], 1.5, 300, 200)
+    assert abs((box[0] + box[2]) / 2 - xs.mean() - 0.5) < 1 and abs((box[1] + box[3]) / 2 - ys.mean() - 0.5) < 1
+
+
+def test_heldout_sets_match_their_checksums():
+    root = build.HELDOUT_DIR
+    assert build.check_eval(root)
+    for line in (root / "docvqa" / "samples.jsonl").read_text().splitlines()[:8]:
+        s = json.loads(line)
+        assert s["family"] == "heldout" and s["seed"] >= build.HELDOUT_FAMILY_SEED
+    plain = json.loads((root / "docvqa" / "val_v1.0.json").read_text())["data"]
+    reworded = json.loads((root / "docvqa" / "val_reworded.json").read_text())["data"]
+    assert [d["answers"] for d in plain] == [d["answers"] for d in reworded]
+    assert sum(a["question"] != b["question"] for a, b in zip(plain, reworded)) == len(plain)
+
+
+def test_heldout_docvqa_regenerates_identically(tmp_path):
+    build.build_docvqa(tmp_path, seed=build.HELDOUT_FAMILY_SEED, cfg=build.HELDOUT_CFG)
+    want = {l.split("  ", 1)[1]: l.split("  ", 1)[0] for l in (build.HELDOUT_DIR / "SHA256SUMS").read_text().splitlines()}
+    for p in tmp_path.rglob("*"):
+        if p.is_file():
+            assert build.hashlib.sha256(p.read_bytes()).hexdigest() == want["docvqa/" + p.relative_to(tmp_path).as_posix()], p
