@@ -1,10 +1,9 @@
 """
-Visual-token compression for InternVL2: FCoT-VL's compression module V_c, the student that carries
-it, and the training-free baselines it is measured against.
+FCoT-VL's visual-token compression for InternVL2: the compression module V_c (select), the student that
+carries it, and the training-free baselines it is measured against (pool, FastV).
 
-Each tile's pixel-shuffled token grid [tiles, h, w, C] (16 x 16 x 4096 for InternVL2-2B at 448 px)
-goes through a compressor V_c, then through the student projector A_s (at first a copy of the
-teacher's mlp1). The default keeps tokens; the others merge each window of neighbouring tokens:
+Each tile's pixel-shuffled token grid [tiles, h, w, C] (16 x 16 x 4096 for InternVL2-2B at 448 px) goes
+through V_c, then through the student projector A_s (at first a copy of the teacher's mlp1):
 
   select  per image: keeps the 1/k of the image's tokens with the fewest near-duplicates (the
           largest mean distance to their 4 nearest tokens in the image: blank paper and the inside
@@ -16,20 +15,15 @@ teacher's mlp1). The default keeps tokens; the others merge each window of neigh
           page it is too coarse to read, but on a small crop, a word, it is the view that reads);
           rank_projected counts near-duplicates among A_s's outputs, what the LLM reads (the choice
           then follows A_s as it learns, though no gradient asks it to move)
-  conv    a learned linear map of the window's concatenated tokens (a strided convolution),
-          initialised to the mean
-  dwconv  a learned weight per window cell and channel (depthwise), initialised to the mean
-  mlp     the mean plus an MLP of the window's concatenated tokens (LayerNorm, k*C -> C, GELU,
-          C -> C), its last layer zero at first
-  gate    mlp with a learned softmax over the window's cells in place of the mean (score zero at
-          first): it can pass a pair's one text token through and drop the blank paper beside it
-  pool    the window's mean, no parameters: the training-free baseline (= an untrained conv)
+  pool    the mean of each window of 1/ratio neighbouring tokens, no parameters: the training-free baseline
+  fastv   FastV (Chen et al., 2024), the baseline inside the LLM: before decoder layer K it keeps the image
+          tokens that the last prompt token attended to most in layer K-1, with their original position ids
 
 Windows: ratio 0.5 merges horizontal pairs (text lines run horizontally), 0.25 merges 2 x 2; 1/k in
 general takes the squarest k-cell window that tiles the grid (select keeps 1/k of the tokens under the
-same rule, so that every tile count gives a whole number). FastV (Chen et al., 2024), the baseline
-inside the LLM: before decoder layer K it keeps the image tokens that the last prompt token attended
-to most in layer K-1, with their original position ids.
+same rule, so that every tile count gives a whole number). The learned window merges (conv, dwconv, mlp,
+gate) lost to select (DocVQA 47-53 against 93.6): they live in the last section, Ablations, for the
+figures that cite them (python distill.py --compressor conv --ratio 0.5).
 
     from compress import build, make_student, apply
     student = make_student(teacher, "select", 0.5)  # shares the teacher's ViT and LLM
@@ -38,9 +32,12 @@ to most in layer K-1, with their original position ids.
     python compress.py --bench                      # weighted-merge kernel vs eager, torch.compile, copy
     python -m pytest tests/test_compress.py -q
 
-Needs only torch; it takes model.py's modules as arguments and imports nothing from this repo.
-The weighted merge (pool, dwconv) runs as a Triton kernel on CUDA when Triton is installed, as a
-depthwise convolution through torch_npu on Ascend NPUs, and in plain PyTorch elsewhere.
+Imports nothing but torch, not even model.py: it works on the model it is given (make_student builds the
+student as type(teacher); FastV reads that model's decoder layers) through model.py's extension points
+(InternVLChat's compressor, LanguageModel.before_layer), so this file can be copied beside any copy of
+model.py, and loading it costs nothing more. The weighted merge (pool, dwconv) runs as a Triton kernel on
+CUDA when Triton is installed, as a depthwise convolution through torch_npu on Ascend NPUs, and in plain
+PyTorch elsewhere.
 """
 import argparse
 import copy
@@ -76,15 +73,102 @@ def window_for(ratio, h, w):
                         f"use 0.5 or 0.25")
 
 
-def windows(x, window):
-    """[N, h, w, C] -> [N, h/kh, w/kw, kh*kw, C]: each window's tokens, row-major."""
-    N, h, w, C = x.shape
-    kh, kw = window
-    return x.reshape(N, h // kh, kh, w // kw, kw, C).transpose(2, 3).flatten(3, 4)
+# ----------------------------------------------------------------------------------------------
+# model.py's extension point (see InternVLChat's docstring): 1/k of a tile's tokens reach the LLM
+
+class Compressor(nn.Module):
+    """A window merge's forward maps the token grid [N, h, w, C] to [N, h/kh, w/kw, C], handed on at
+    consecutive position ids; select overrides compress to keep tokens at their own position ids."""
+
+    def __init__(self, window, width):  # width: the learned subclasses' channel count
+        super().__init__()
+        self.window, self.window_size = window, window[0] * window[1]
+
+    def tokens_per_tile(self, n):
+        return n // self.window_size
+
+    def compress(self, grid, tiles_per_image, projector):
+        return self(grid).flatten(0, 2), None
 
 
 # ----------------------------------------------------------------------------------------------
-# the weighted merge: y = sum over a window's cells of weight[cell] * token (+ bias), three backends
+# select: V_c, FCoT-VL's compressor, and its options
+
+class Select(Compressor):
+    """Keeps, per image, the 1/k of its tokens with the fewest near-duplicates, then folds each kept
+    token's horizontal neighbours into it (learned). model.py gives the kept tokens their original position
+    ids, so the frozen LLM reads the teacher's own tokens where the teacher read them."""
+    neighbours = 4  # rarity = mean distance to this many nearest tokens (2 to 8 choose alike; README)
+
+    def __init__(self, window, width, skip_thumbnail=False, rank_projected=False):  # window: only its size k matters
+        super().__init__(window, width)
+        self.skip_thumbnail = skip_thumbnail  # rank a many-tile image's last tile (its thumbnail) last
+        self.rank_projected = rank_projected  # measure rarity after the projector passed to forward
+        self.norm = nn.LayerNorm(3 * width)
+        self.fc1 = nn.Linear(3 * width, width)
+        self.fc2 = nn.Linear(width, width)
+        nn.init.zeros_(self.fc2.weight), nn.init.zeros_(self.fc2.bias)
+
+    def rarity(self, image):
+        """[n, C] -> [n]: each token's mean distance to its nearest others. Uniform regions (paper, a bar,
+        sky) score near zero wherever they lie, so a chart's bars do not crowd out its labels."""
+        x = image.float()
+        distance = torch.cdist(x, x)  # one GEMM: real images have thousands of tokens
+        k = min(self.neighbours, len(x) - 1)
+        return distance.topk(k + 1, largest=False).values[:, 1:].mean(-1)  # the first is the token itself
+
+    def forward(self, grid, tiles_per_image, projector=None):
+        """grid [tiles, h, w, C], the images' tiles in order -> (tokens [kept, C], keep [kept]: each
+        kept token's index in its image's uncompressed token sequence). projector: the model's (A_s), which
+        rank_projected measures rarity after; model.py passes it."""
+        if self.rank_projected and projector is None:
+            raise CompressError("select with rank_projected needs the model's projector: call it as "
+                                "compressor(grid, tiles_per_image, model.mlp1)")
+        h, w = grid.shape[1:3]
+        keep, flat, first = [], [], 0
+        for n in tiles_per_image:
+            image = grid[first:first + n].flatten(0, 2)
+            with torch.no_grad():
+                score = self.rarity(projector(image) if self.rank_projected else image)
+            if self.skip_thumbnail and n > 1:  # at ratio <= 1/2 the tiles alone fill the budget
+                score[-h * w:] = -1
+            kept = score.topk(len(image) // self.window_size).indices.sort().values
+            keep.append(kept)
+            flat.append(kept + first * h * w)
+            first += n
+        flat = torch.cat(flat)  # index into grid.flatten(0, 2)
+        tile, i, j = flat // (h * w), flat % (h * w) // w, flat % w
+        padded = F.pad(grid, (0, 0, 1, 1))  # a zero token left and right of every row
+        cells = torch.cat([padded[tile, i, j], padded[tile, i, j + 1], padded[tile, i, j + 2]], -1)  # left, self, right
+        return grid[tile, i, j] + self.fc2(F.gelu(self.fc1(self.norm(cells)))), torch.cat(keep)
+
+    def compress(self, grid, tiles_per_image, projector):  # the kept tokens and their indices: their position ids
+        return self(grid, tiles_per_image, projector)
+
+
+SELECT_OPTIONS = ("skip_thumbnail", "rank_projected")  # select's switches, off unless config.compressor has them
+
+
+def select_options(config):
+    """select's switches as config.compressor records them. The thumbnail is skipped only where images have one."""
+    on = {k: config.compressor.get(k, False) for k in SELECT_OPTIONS}
+    return on | {"skip_thumbnail": on["skip_thumbnail"] and config.use_thumbnail}
+
+
+def spec(method, ratio, **options):
+    """config.compressor of a student: {"method", "ratio"}, and select's options (SELECT_OPTIONS) that are on."""
+    on = {k: True for k, v in options.items() if v}
+    for k in on:
+        if k not in SELECT_OPTIONS:
+            raise CompressError(f"unknown compressor option {k!r}: choose from {', '.join(SELECT_OPTIONS)}")
+        if method != "select":
+            raise CompressError(f"{k} is an option of select, not of {method}: drop it or use select")
+    return {"method": method, "ratio": ratio} | on
+
+
+# ----------------------------------------------------------------------------------------------
+# pool, the training-free baseline, and the weighted merge it runs on (dwconv too): y = the sum over a
+# window's cells of weight[cell] * token (+ bias), on three backends
 
 def merge_torch(x, window, weight, bias=None):
     # cell by cell over strided views: no [.., k, C] intermediate, one multiply-add pass per cell
@@ -156,123 +240,18 @@ def weighted_merge(x, window, weight, bias=None):
     return merge_backend(x, weight)(x, window, weight, bias)
 
 
-# ----------------------------------------------------------------------------------------------
-# compressors: a tile's token grid [N, h, w, C] in, [N, h/kh, w/kw, C] out (select: see its forward)
-
-class Pool(nn.Module):
-    def __init__(self, window, width):  # width: the learned subclasses' channel count
-        super().__init__()
-        self.window, self.window_size = window, window[0] * window[1]
+class Pool(Compressor):
+    """Each window's mean, no parameters: what every learned window merge (Ablations) starts as."""
 
     def forward(self, x):
         mean = torch.full((self.window_size, x.shape[-1]), 1 / self.window_size, device=x.device)
         return weighted_merge(x, self.window, mean)
 
 
-class DWConv(Pool):
-    def __init__(self, window, width):
-        super().__init__(window, width)
-        self.weight = nn.Parameter(torch.full((self.window_size, width), 1 / self.window_size))
-        self.bias = nn.Parameter(torch.zeros(width))
+# ----------------------------------------------------------------------------------------------
+# the student and the training-free baselines
 
-    def forward(self, x):
-        return weighted_merge(x, self.window, self.weight, self.bias)
-
-
-class Conv(Pool):
-    def __init__(self, window, width):
-        super().__init__(window, width)
-        mean = torch.eye(width).repeat(1, self.window_size) / self.window_size  # [C, k*C]: starts as pool
-        self.weight = nn.Parameter(mean)
-        self.bias = nn.Parameter(torch.zeros(width))
-
-    def forward(self, x):
-        # a window's cells are contiguous in memory at ratio 0.5, so the concatenation is a view and
-        # the merge one GEMM (cuBLAS; a hand-written kernel would not beat it)
-        return F.linear(windows(x, self.window).flatten(-2), self.weight, self.bias)
-
-
-class MLP(Pool):
-    def __init__(self, window, width):
-        super().__init__(window, width)
-        self.norm = nn.LayerNorm(self.window_size * width)
-        self.fc1 = nn.Linear(self.window_size * width, width)
-        self.fc2 = nn.Linear(width, width)
-        nn.init.zeros_(self.fc2.weight), nn.init.zeros_(self.fc2.bias)  # starts as pool
-
-    def forward(self, x):
-        # the mean plus a nonlinear correction from the whole window, both from one gather
-        cells = windows(x, self.window)
-        return cells.mean(-2) + self.fc2(F.gelu(self.fc1(self.norm(cells.flatten(-2)))))
-
-
-class Gate(MLP):
-    def __init__(self, window, width):
-        super().__init__(window, width)
-        self.score = nn.Linear(width, 1)  # zero at first: equal weights, so it starts as pool
-        nn.init.zeros_(self.score.weight), nn.init.zeros_(self.score.bias)
-
-    def forward(self, x):
-        # a softmax over each window's cells picks what to keep: a text token beside blank paper
-        # passes through nearly unchanged, where the mean would halve it into a token the frozen
-        # LLM never saw; the MLP term then folds in what the weighted sum cannot carry
-        cells = windows(x, self.window)
-        keep = torch.softmax(self.score(F.layer_norm(cells, cells.shape[-1:])), dim=-2)
-        return (keep * cells).sum(-2) + self.fc2(F.gelu(self.fc1(self.norm(cells.flatten(-2)))))
-
-
-class Select(nn.Module):
-    """Keeps, per image, the 1/k of its tokens with the fewest near-duplicates, then folds each kept
-    token's horizontal neighbours into it (learned). model.py gives the kept tokens their original position
-    ids, so the frozen LLM reads the teacher's own tokens where the teacher read them."""
-    keeps_positions = True  # model.py: returns (tokens, their indices in the uncompressed image)
-    neighbours = 4  # rarity = mean distance to this many nearest tokens (2 to 8 choose alike; README)
-
-    def __init__(self, window, width, skip_thumbnail=False, rank_projected=False):  # window: only its size k matters
-        super().__init__()
-        self.window_size = window[0] * window[1]
-        self.skip_thumbnail = skip_thumbnail  # rank a many-tile image's last tile (its thumbnail) last
-        self.rank_projected = rank_projected  # measure rarity after the projector passed to forward
-        self.norm = nn.LayerNorm(3 * width)
-        self.fc1 = nn.Linear(3 * width, width)
-        self.fc2 = nn.Linear(width, width)
-        nn.init.zeros_(self.fc2.weight), nn.init.zeros_(self.fc2.bias)
-
-    def rarity(self, image):
-        """[n, C] -> [n]: each token's mean distance to its nearest others. Uniform regions (paper, a bar,
-        sky) score near zero wherever they lie, so a chart's bars do not crowd out its labels."""
-        x = image.float()
-        distance = torch.cdist(x, x)  # one GEMM: real images have thousands of tokens
-        k = min(self.neighbours, len(x) - 1)
-        return distance.topk(k + 1, largest=False).values[:, 1:].mean(-1)  # the first is the token itself
-
-    def forward(self, grid, tiles_per_image, projector=None):
-        """grid [tiles, h, w, C], the images' tiles in order -> (tokens [kept, C], keep [kept]: each
-        kept token's index in its image's uncompressed token sequence). projector: the model's (A_s), which
-        rank_projected measures rarity after; model.py passes it."""
-        if self.rank_projected and projector is None:
-            raise CompressError("select with rank_projected needs the model's projector: call it as "
-                                "compressor(grid, tiles_per_image, model.mlp1)")
-        h, w = grid.shape[1:3]
-        keep, flat, first = [], [], 0
-        for n in tiles_per_image:
-            image = grid[first:first + n].flatten(0, 2)
-            with torch.no_grad():
-                score = self.rarity(projector(image) if self.rank_projected else image)
-            if self.skip_thumbnail and n > 1:  # at ratio <= 1/2 the tiles alone fill the budget
-                score[-h * w:] = -1
-            kept = score.topk(len(image) // self.window_size).indices.sort().values
-            keep.append(kept)
-            flat.append(kept + first * h * w)
-            first += n
-        flat = torch.cat(flat)  # index into grid.flatten(0, 2)
-        tile, i, j = flat // (h * w), flat % (h * w) // w, flat % w
-        padded = F.pad(grid, (0, 0, 1, 1))  # a zero token left and right of every row
-        cells = torch.cat([padded[tile, i, j], padded[tile, i, j + 1], padded[tile, i, j + 2]], -1)  # left, self, right
-        return grid[tile, i, j] + self.fc2(F.gelu(self.fc1(self.norm(cells)))), torch.cat(keep)
-
-
-COMPRESSORS = {"pool": Pool, "conv": Conv, "dwconv": DWConv, "mlp": MLP, "gate": Gate, "select": Select}
+COMPRESSORS = {"select": Select, "pool": Pool}  # and the ablations, added at the end
 
 
 def build(config):
@@ -284,29 +263,8 @@ def build(config):
     grid = int(config.force_image_size // config.vision.patch_size * config.downsample_ratio)
     width = config.vision.hidden_size * round(1 / config.downsample_ratio) ** 2
     window = window_for(ratio, grid, grid)
-    if method == "select":
-        return Select(window, width, **select_options(config))
-    return COMPRESSORS[method](window, width)
-
-
-SELECT_OPTIONS = ("skip_thumbnail", "rank_projected")  # select's switches, off unless config.compressor has them
-
-
-def select_options(config):
-    """select's switches as config.compressor records them. The thumbnail is skipped only where images have one."""
-    on = {k: config.compressor.get(k, False) for k in SELECT_OPTIONS}
-    return on | {"skip_thumbnail": on["skip_thumbnail"] and config.use_thumbnail}
-
-
-def spec(method, ratio, **options):
-    """config.compressor of a student: {"method", "ratio"}, and select's options (SELECT_OPTIONS) that are on."""
-    on = {k: True for k, v in options.items() if v}
-    for k in on:
-        if k not in SELECT_OPTIONS:
-            raise CompressError(f"unknown compressor option {k!r}: choose from {', '.join(SELECT_OPTIONS)}")
-        if method != "select":
-            raise CompressError(f"{k} is an option of select, not of {method}: drop it or use select")
-    return {"method": method, "ratio": ratio} | on
+    options = select_options(config) if method == "select" else {}
+    return COMPRESSORS[method](window, width, **options)
 
 
 def make_student(teacher, method="select", ratio=0.5, **options):
@@ -330,7 +288,7 @@ def apply(model, method, ratio, fastv_layer=2, **options):
     an untrained select before mlp1, or FastV inside the LLM. Returns the model."""
     record = spec(method, ratio, **options)  # select's options given to FastV fail here too
     if method == "fastv":
-        model.language_model.token_pruner = FastV(ratio, fastv_layer, len(model.language_model.model.layers))
+        model.language_model.before_layer = FastV(ratio, fastv_layer, len(model.language_model.model.layers))
         return model
     model.config = replace(model.config, compressor=record)
     p = next(model.mlp1.parameters())
@@ -339,7 +297,7 @@ def apply(model, method, ratio, fastv_layer=2, **options):
 
 
 # ----------------------------------------------------------------------------------------------
-# FastV, as model.py's LanguageModel.token_pruner
+# FastV, as model.py's LanguageModel.before_layer
 
 class FastV:
     """Before decoder layer K, keep round(ratio x n) of each row's n image tokens: those the last
@@ -399,6 +357,79 @@ class FastV:
 
 
 # ----------------------------------------------------------------------------------------------
+# Ablations: learned window merges that lost to select (DocVQA 47-53 against its 93.6), kept for the
+# commands behind the figures that cite them (distill.py / bench.py --compressor conv). Each starts as pool.
+#
+#   conv    a learned linear map of the window's concatenated tokens (a strided convolution)
+#   dwconv  a learned weight per window cell and channel (depthwise), on pool's weighted merge
+#   mlp     the mean plus an MLP of the window's concatenated tokens (LayerNorm, k*C -> C, GELU, C -> C),
+#           its last layer zero at first
+#   gate    mlp with a learned softmax over the window's cells in place of the mean (score zero at first):
+#           it can pass a pair's one text token through and drop the blank paper beside it
+
+def windows(x, window):
+    """[N, h, w, C] -> [N, h/kh, w/kw, kh*kw, C]: each window's tokens, row-major."""
+    N, h, w, C = x.shape
+    kh, kw = window
+    return x.reshape(N, h // kh, kh, w // kw, kw, C).transpose(2, 3).flatten(3, 4)
+
+
+class DWConv(Pool):
+    def __init__(self, window, width):
+        super().__init__(window, width)
+        self.weight = nn.Parameter(torch.full((self.window_size, width), 1 / self.window_size))
+        self.bias = nn.Parameter(torch.zeros(width))
+
+    def forward(self, x):
+        return weighted_merge(x, self.window, self.weight, self.bias)
+
+
+class Conv(Pool):
+    def __init__(self, window, width):
+        super().__init__(window, width)
+        mean = torch.eye(width).repeat(1, self.window_size) / self.window_size  # [C, k*C]: starts as pool
+        self.weight = nn.Parameter(mean)
+        self.bias = nn.Parameter(torch.zeros(width))
+
+    def forward(self, x):
+        # a window's cells are contiguous in memory at ratio 0.5, so the concatenation is a view and
+        # the merge one GEMM (cuBLAS; a hand-written kernel would not beat it)
+        return F.linear(windows(x, self.window).flatten(-2), self.weight, self.bias)
+
+
+class MLP(Pool):
+    def __init__(self, window, width):
+        super().__init__(window, width)
+        self.norm = nn.LayerNorm(self.window_size * width)
+        self.fc1 = nn.Linear(self.window_size * width, width)
+        self.fc2 = nn.Linear(width, width)
+        nn.init.zeros_(self.fc2.weight), nn.init.zeros_(self.fc2.bias)  # starts as pool
+
+    def forward(self, x):
+        # the mean plus a nonlinear correction from the whole window, both from one gather
+        cells = windows(x, self.window)
+        return cells.mean(-2) + self.fc2(F.gelu(self.fc1(self.norm(cells.flatten(-2)))))
+
+
+class Gate(MLP):
+    def __init__(self, window, width):
+        super().__init__(window, width)
+        self.score = nn.Linear(width, 1)  # zero at first: equal weights, so it starts as pool
+        nn.init.zeros_(self.score.weight), nn.init.zeros_(self.score.bias)
+
+    def forward(self, x):
+        # a softmax over each window's cells picks what to keep: a text token beside blank paper
+        # passes through nearly unchanged, where the mean would halve it into a token the frozen
+        # LLM never saw; the MLP term then folds in what the weighted sum cannot carry
+        cells = windows(x, self.window)
+        keep = torch.softmax(self.score(F.layer_norm(cells, cells.shape[-1:])), dim=-2)
+        return (keep * cells).sum(-2) + self.fc2(F.gelu(self.fc1(self.norm(cells.flatten(-2)))))
+
+
+COMPRESSORS.update(conv=Conv, dwconv=DWConv, mlp=MLP, gate=Gate)
+
+
+# ----------------------------------------------------------------------------------------------
 # python compress.py --bench: the weighted merge's achieved bandwidth against eager PyTorch,
 # torch.compile and a plain copy of the same bytes
 
@@ -448,18 +479,22 @@ def bench(tiles, grid, width, device, dtype):
                   f"   max |diff| {err:.1e}")
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit code 2, as the other scripts (argparse prints its usage too)
+        self.exit(2, f"{self.prog}: error: {message} (see python {self.prog} --help)\n")
+
+
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description="benchmark the weighted-merge backends")
+    p = Parser(prog="compress.py", description="benchmark the weighted-merge backends")
     p.add_argument("--bench", action="store_true", required=True)
     p.add_argument("--tiles", type=int, default=13, help="12 tiles + the thumbnail")
     p.add_argument("--grid", type=int, default=16, help="tokens per side after pixel shuffle (16 at 448 px)")
     p.add_argument("--width", type=int, default=4096, help="channels after pixel shuffle (4 x 1024 for InternViT-300M)")
     args = p.parse_args()
-    if min(args.tiles, args.grid, args.width) < 1:  # one line, as the other scripts' flag errors
-        p.exit(2, f"compress.py: error: --tiles, --grid and --width must be >= 1 (got {args.tiles}, {args.grid}, "
-                  f"{args.width})\n")
+    if min(args.tiles, args.grid, args.width) < 1:
+        p.error(f"--tiles, --grid and --width must be >= 1 (got {args.tiles}, {args.grid}, {args.width})")
     on_gpu = torch.cuda.is_available()
     try:
         bench(args.tiles, args.grid, args.width, "cuda" if on_gpu else "cpu", torch.bfloat16 if on_gpu else torch.float32)
     except CompressError as e:  # a grid no window of 0.5 or 0.25 tiles
-        p.exit(2, f"compress.py: error: --grid {args.grid}: {e}\n")
+        p.error(f"--grid {args.grid}: {e}")

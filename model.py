@@ -14,8 +14,9 @@ In Python:
     pixel_values = load_image("page.png", max_num=12, image_size=model.config.force_image_size)
     print(model.chat(tok, pixel_values, "What is the total?"))
 
-On CUDA, generate's decode loop replays one captured CUDA graph of the step (decode_step), whose
-attention is a flash-decoding kernel in Triton (decode_attention); elsewhere it runs eagerly.
+On CUDA, generate's decode loop replays one captured CUDA graph of the step (decode_step); elsewhere it
+runs eagerly. Token compression plugs in at one documented point: InternVLChat's compressor (which may keep
+the tokens' position ids) and LanguageModel.before_layer (a method inside the LLM); compress.py holds FCoT-VL's.
 
 Supported: InternVL2-1B (Qwen2; its byte-level BPE tokenizer is not, see load_tokenizer),
 InternVL2-2B and -8B (InternLM2), and the Llama-based 40B/76B layouts. Not supported: the 4B (Phi-3).
@@ -34,12 +35,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # CPU-only installs: decode attention through scaled_dot_product_attention
-    triton = None
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -306,7 +301,7 @@ class KVCache:
         self.k = torch.zeros(batch, n_kv, max_len, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
         self.length, self.index = 0, None
-        self.shift = None  # [B, 1]: position ids the compressor skipped in the prefill (the first cache)
+        self.next_position = None  # [B, 1]: the position id the next token takes (InternVLChat sets the first layer's)
 
     def update(self, k, v):
         if self.index is not None:
@@ -323,86 +318,6 @@ def new_caches(cfg, batch, max_len, dtype, device):
     """One preallocated KVCache per decoder layer of LLMConfig cfg."""
     d = cfg.hidden_size // cfg.num_attention_heads
     return [KVCache(batch, cfg.num_key_value_heads, max_len, d, dtype, device) for _ in range(cfg.num_hidden_layers)]
-
-
-# Decode attention: one query token per head against a long cache. A fused attention kernel splits its
-# work by query block, and one token is one block per head, so it streams the whole cache from a few SMs.
-# Flash-decoding splits the cache instead: each program reads one chunk for a kv head's group of query
-# heads (one tensor-core tile) and keeps a running softmax; a second kernel merges the chunks.
-
-if triton is not None:
-    @triton.jit
-    def _decode_chunk_kernel(q_ptr, k_ptr, v_ptr, valid_ptr, part_ptr, stat_ptr, S, CHUNK, n_chunks, KV, scale,
-                             sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
-                             BLOCK: tl.constexpr, HAS_VALID: tl.constexpr):
-        bh, chunk = tl.program_id(0), tl.program_id(1)
-        b, h = bh // KV, bh % KV
-        g, d = tl.arange(0, GP), tl.arange(0, D)
-        q = tl.load(q_ptr + (bh * G + g[:, None]) * D + d[None, :], mask=g[:, None] < G, other=0.0)
-        m, l = tl.full([GP], -1e30, tl.float32), tl.zeros([GP], tl.float32)
-        acc = tl.zeros([GP, D], tl.float32)
-        start = chunk * CHUNK
-        for lo in range(start, tl.minimum(start + CHUNK, S), BLOCK):
-            n = lo + tl.arange(0, BLOCK)
-            ok = n < S
-            if HAS_VALID:
-                ok = ok & (tl.load(valid_ptr + b * S + n, mask=n < S, other=0) != 0)
-            k = tl.load(k_ptr + b * sk_b + h * sk_h + n[:, None] * sk_n + d[None, :], mask=(n < S)[:, None], other=0.0)
-            s = tl.where(ok[None, :], tl.dot(q, tl.trans(k)) * scale, -1e30)  # [GP, BLOCK]
-            m_new = tl.maximum(m, tl.max(s, 1))
-            p = tl.where(ok[None, :], tl.exp(s - m_new[:, None]), 0.0)
-            alpha = tl.exp(m - m_new)
-            v = tl.load(v_ptr + b * sv_b + h * sv_h + n[:, None] * sv_n + d[None, :], mask=(n < S)[:, None], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            l, m = l * alpha + tl.sum(p, 1), m_new
-        row = bh * n_chunks + chunk
-        tl.store(part_ptr + (row * GP + g[:, None]) * D + d[None, :], acc)
-        tl.store(stat_ptr + row * 2 * GP + g, m)
-        tl.store(stat_ptr + row * 2 * GP + GP + g, l)
-
-    @triton.jit
-    def _decode_merge_kernel(part_ptr, stat_ptr, out_ptr, n_chunks, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr):
-        bh = tl.program_id(0)
-        g, d = tl.arange(0, GP), tl.arange(0, D)
-        top = tl.full([GP], -1e30, tl.float32)
-        for c in range(n_chunks):
-            top = tl.maximum(top, tl.load(stat_ptr + (bh * n_chunks + c) * 2 * GP + g))
-        num, den = tl.zeros([GP, D], tl.float32), tl.zeros([GP], tl.float32)
-        for c in range(n_chunks):
-            row = bh * n_chunks + c
-            w = tl.exp(tl.load(stat_ptr + row * 2 * GP + g) - top)  # a chunk with no valid key has l = 0
-            num += w[:, None] * tl.load(part_ptr + (row * GP + g[:, None]) * D + d[None, :])
-            den += w * tl.load(stat_ptr + row * 2 * GP + GP + g)
-        out = num / den[:, None]
-        tl.store(out_ptr + (bh * G + g[:, None]) * D + d[None, :], out.to(out_ptr.dtype.element_ty), mask=g[:, None] < G)
-
-
-def decode_attention(q, k, v, valid=None, block=64):
-    """Flash-decoding in Triton: q [B, kv heads, group, d] (a token's query heads, grouped by the kv head
-    they read), k and v [B, kv heads, S, d] (views of a cache are fine), valid [B, S] bool or None -> the
-    attention output [B, kv heads, group, d]. Needs Triton, a power-of-two d and d-contiguous k and v."""
-    B, KV, G, D = q.shape
-    S, q = k.shape[2], q.contiguous()
-    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
-    n_chunks = max(1, min(triton.cdiv(S, block), triton.cdiv(2 * sms, B * KV)))  # about two programs per SM
-    chunk = triton.cdiv(triton.cdiv(S, n_chunks), block) * block
-    n_chunks, GP = triton.cdiv(S, chunk), max(16, triton.next_power_of_2(G))  # tl.dot tiles are 16 rows or more
-    part = torch.empty(B * KV, n_chunks, GP, D, dtype=torch.float32, device=q.device)
-    stat = torch.empty(B * KV, n_chunks, 2, GP, dtype=torch.float32, device=q.device)
-    out = torch.empty_like(q)
-    _decode_chunk_kernel[(B * KV, n_chunks)](
-        q, k, v, q if valid is None else valid.contiguous().view(torch.uint8), part, stat, S, chunk, n_chunks, KV,
-        D ** -0.5, *k.stride()[:3], *v.stride()[:3], G=G, GP=GP, D=D, BLOCK=block, HAS_VALID=valid is not None)
-    _decode_merge_kernel[(B * KV,)](part, stat, out, n_chunks, G=G, GP=GP, D=D)
-    return out
-
-
-def use_decode_kernel(q, k, v, mask):
-    """Flash-decoding for a half-precision cache on a GPU (fp32 would run its dots in tf32). Not under
-    torch.compile, which traces scaled_dot_product_attention instead."""
-    return triton is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and \
-        not torch.compiler.is_compiling() and k.stride(-1) == v.stride(-1) == 1 and \
-        q.shape[-1] & (q.shape[-1] - 1) == 0 and (mask is None or mask.shape == (q.shape[0], 1, 1, k.shape[2]))
 
 
 class Attention(nn.Module):
@@ -428,9 +343,9 @@ class Attention(nn.Module):
             k, v = cache.update(k, v)
         # query head i reads kv head i // group: the order wqkv's grouping gives
         if L == 1:  # decode: a kv head's group of queries as one [group, d] block; the cache is not repeated
-            q = q.reshape(B, self.n_kv, self.group, -1)
-            y = decode_attention(q, k, v, None if mask is None else mask.reshape(B, -1)) if use_decode_kernel(q, k, v, mask) \
-                else F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            # (a hand-written Triton flash-decoding kernel measured 257 tok/s against SDPA under torch.compile +
+            # CUDA graph's 266 on an H100: the simpler path stays)
+            y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv, self.group, -1), k, v, attn_mask=mask)
             return self.wo(y.reshape(B, 1, -1))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
         return self.wo(y.transpose(1, 2).reshape(B, L, -1))
@@ -473,24 +388,30 @@ class LanguageModel(nn.Module):
         self.output = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.output.weight = self.model.tok_embeddings.weight
-        self.token_pruner = None  # optional: may drop tokens before a layer (FastV, in compress.py)
+        self.before_layer = None  # the extension point for a method inside the LLM: see forward
 
     def forward(self, embeds, position_ids, mask=None, caches=None, last_only=False, image_mask=None, logits_mask=None):
+        """Logits of embeds [B, L, D] at position_ids [B, L]. mask [B, 1, L, keys] (True: attend) or None: causal.
+        image_mask [B, L]: which inputs are visual tokens, or None. before_layer, if set, is called as
+        before_layer(self, i, x, cos, sin, mask, image_mask) -> (x, cos, sin, mask) before decoder layer i, in the
+        prefill and in every decode step: it may drop tokens, taking their rotary cos/sin (so their position
+        ids) and their rows of the mask along, and must then give the decode steps' masks over the shorter
+        caches of the layers after it (decode_step, whose buffers are fixed, refuses such an LLM)."""
         seq_len = (caches[0].length if caches else 0) + embeds.shape[1]
         cos, sin = rope_cos_sin(self.config, position_ids, seq_len, embeds.dtype)
         x = embeds
         for i, layer in enumerate(self.model.layers):
-            if self.token_pruner is not None:
-                x, cos, sin, mask = self.token_pruner(self, i, x, cos, sin, mask, image_mask)
+            if self.before_layer is not None:
+                x, cos, sin, mask = self.before_layer(self, i, x, cos, sin, mask, image_mask)
             x = layer(x, cos, sin, mask, caches[i] if caches else None)
         x = self.model.norm(x[:, -1:] if last_only else x if logits_mask is None else x[logits_mask])
         return self.output(x)
 
 
 def static_decode_ok(lm, max_len):
-    """Whether decode_step can run: FastV's decode steps change the key mask per layer, and dynamic NTK rope
-    would change the rotary base with the step's length."""
-    return lm.token_pruner is None and not ntk_rescales(lm.config, max_len)
+    """Whether decode_step's fixed buffers can run lm: not with a before_layer hook (its masks and tokens may
+    change per layer), nor where dynamic NTK rope would change the rotary base with the length."""
+    return lm.before_layer is None and not ntk_rescales(lm.config, max_len)
 
 
 def decode_step(lm, caches, attention_mask, graph=None, compile=False):
@@ -502,12 +423,11 @@ def decode_step(lm, caches, attention_mask, graph=None, compile=False):
     kernels; a compile per batch size). The returned logits are overwritten by the next step."""
     (B, L), device, max_len = attention_mask.shape, attention_mask.device, caches[0].k.shape[2]
     if not static_decode_ok(lm, max_len):
-        raise ValueError(f"decode_step needs an LLM without FastV and, under dynamic rope, at most "
+        raise ValueError(f"decode_step needs an LLM without a before_layer hook and, under dynamic rope, at most "
                          f"max_position_embeddings cached tokens (got {max_len}): decode eagerly")
     token = torch.zeros(B, 1, dtype=torch.long, device=device)
-    position = attention_mask.long().sum(-1, keepdim=True)  # the next position id of each (left-padded) row
-    if caches[0].shift is not None:  # positions a compressor skipped in the prefill (compress.py's select)
-        position += caches[0].shift
+    position = caches[0].next_position  # the prefill's, else each left-padded row's count of real tokens
+    position = attention_mask.long().sum(-1, keepdim=True) if position is None else position.clone()
     index = torch.tensor([L], device=device)
     keys = torch.zeros(B, 1, 1, max_len, dtype=torch.bool, device=device)
     keys[:, 0, 0, :L] = attention_mask.bool()
@@ -545,9 +465,19 @@ def decode_step(lm, caches, attention_mask, graph=None, compile=False):
 # InternVL2: ViT -> pixel shuffle -> mlp1 -> image tokens spliced into the LLM's input embeddings
 
 class InternVLChat(nn.Module):
+    """InternVL2. compressor (optional, None for InternVL2 itself) is the extension point for methods that
+    hand the LLM fewer visual tokens (compress.build makes FCoT-VL's from config.compressor). It sits between
+    the pixel shuffle and mlp1 and provides two methods:
+      tokens_per_tile(n) -> how many of a tile's n tokens it hands on (num_image_token, so the prompt's count);
+      compress(grid, tiles_per_image, projector) -> (tokens [kept, C], positions [kept] or None), where grid
+        [tiles, h, w, C] holds every image's tiles in order, tiles_per_image their counts and projector is
+        mlp1 (for a compressor that ranks tokens as the LLM reads them). positions None: the kept tokens take
+        consecutive position ids. Otherwise each kept token's index in its image's uncompressed token
+        sequence: the LLM reads it at that position id (counted from the image's first), the text after
+        the image and the generated tokens follow the whole uncompressed image, as if no token had gone.
+    A method inside the LLM uses language_model.before_layer instead (see LanguageModel.forward)."""
+
     def __init__(self, config, compressor=None):
-        """compressor: for a compressed student (config.compressor set), the module that merges each
-        tile's token grid before mlp1; compress.build(config) makes it."""
         super().__init__()
         self.config = config
         self.vision_model = InternViT(config.vision)
@@ -560,10 +490,9 @@ class InternVLChat(nn.Module):
 
     @property
     def num_image_token(self):
-        """Visual tokens per tile handed to the LLM (256 for InternVL2 at 448 px)."""
-        grid = self.config.force_image_size // self.config.vision.patch_size
-        n = int(grid * self.config.downsample_ratio) ** 2
-        return n if self.compressor is None else n // self.compressor.window_size
+        """Visual tokens per tile handed to the LLM (256 for InternVL2 at 448 px; fewer through a compressor)."""
+        n = int(self.config.force_image_size // self.config.vision.patch_size * self.config.downsample_ratio) ** 2
+        return n if self.compressor is None else self.compressor.tokens_per_tile(n)
 
     def visual_grid(self, pixel_values):
         """[tiles, 3, S, S] -> the pixel-shuffled ViT tokens [tiles, h, w, 4 x vision_hidden]."""
@@ -572,15 +501,12 @@ class InternVLChat(nn.Module):
         return pixel_shuffle(x.reshape(x.shape[0], g, g, -1), self.config.downsample_ratio)
 
     def project(self, grid, tiles_per_image=None):
-        """Token grid -> (features [tokens, llm_hidden], keep): the compressor (if any), then mlp1. keep
-        is None, or for a compressor that keeps position ids (compress.py's select) each feature's
-        index in its image's uncompressed token sequence; it needs the tiles of each image."""
+        """Token grid -> (features [tokens, llm_hidden], positions): the compressor's (if any, which needs each
+        image's tile count), then mlp1. positions: None, or the compressor's (see the class docstring)."""
         if self.compressor is None:
             return self.mlp1(grid.flatten(0, 2)), None
-        if getattr(self.compressor, "keeps_positions", False):
-            tokens, keep = self.compressor(grid, tiles_per_image, self.mlp1)  # it may rank tokens as mlp1 maps them
-            return self.mlp1(tokens), keep
-        return self.mlp1(self.compressor(grid).flatten(0, 2)), None
+        tokens, positions = self.compressor.compress(grid, tiles_per_image, self.mlp1)
+        return self.mlp1(tokens), positions
 
     def extract_feature(self, pixel_values):
         """[tiles, 3, S, S] of one image -> [tokens, llm_hidden]."""
@@ -592,21 +518,20 @@ class InternVLChat(nn.Module):
         image = starts.flatten().long().cumsum(0)[is_img.flatten()] - 1  # each image token's image
         return (torch.bincount(image) // self.num_image_token).tolist() if is_img.any() else []
 
-    def skipped_positions(self, is_img, keep, tiles):
-        """[B, L + 1]: how many position ids of the uncompressed sequence lie before each token (the last
-        column: before the next one). A kept image token sits at its index in its image; text after an
-        image follows the whole uncompressed image. keep and tiles: project's and tiles_per_image's."""
+    def position_gaps(self, is_img, positions, tiles, tile_tokens):
+        """[B, L + 1]: the position ids the compressor left out before each token (the last column: before the
+        next one), so that a kept token sits at its image's first position id + its positions entry and the
+        text after an image follows all tiles x tile_tokens of it. positions, tiles: project's, tiles_per_image's."""
         B, L = is_img.shape
-        tiles = torch.tensor(tiles, device=keep.device)
-        last = (tiles * self.num_image_token).cumsum(0) - 1  # each image's last kept token, in keep
-        prev = keep.roll(1)
+        tiles = torch.tensor(tiles, device=positions.device)
+        last = (tiles * self.num_image_token).cumsum(0) - 1  # each image's last kept token, in positions
+        prev = positions.roll(1)
         prev[torch.cat([last.new_zeros(1), last[:-1] + 1])] = -1  # an image's first kept token: none before it
         gap = torch.zeros(B, L + 1, dtype=torch.long, device=is_img.device)
-        gap[:, :L][is_img] = keep - prev - 1  # skipped just before each kept token
+        gap[:, :L][is_img] = positions - prev - 1  # left out just before each kept token
         ends = torch.zeros_like(is_img)
-        ends[is_img] = torch.zeros_like(keep, dtype=torch.bool).index_fill_(0, last, True)
-        full = tiles * self.num_image_token * self.compressor.window_size  # each image uncompressed
-        gap[:, 1:][ends] += full - 1 - keep[last]  # skipped after each image's last kept token
+        ends[is_img] = torch.zeros_like(positions, dtype=torch.bool).index_fill_(0, last, True)
+        gap[:, 1:][ends] += tiles * tile_tokens - 1 - positions[last]  # after each image's last kept token
         return gap.cumsum(-1)
 
     def forward(self, pixel_values, input_ids, attention_mask=None, position_ids=None, caches=None, last_only=False,
@@ -617,30 +542,32 @@ class InternVLChat(nn.Module):
         pixel_values (distillation runs the ViT once for two projectors). logits_mask [B, L]: logits
         only where it is true, as [n, V] (training needs them on the answers alone)."""
         embeds = self.language_model.model.tok_embeddings(input_ids)
-        is_img, keep, tiles = None, None, None
+        B, L = input_ids.shape
+        is_img, gaps = None, None
         if pixel_values is not None or grid is not None:
             if self.img_context_token_id is None:
                 raise ValueError("model.img_context_token_id is not set: load the model from a folder with tokenizer files")
             is_img = input_ids == self.img_context_token_id
             grid = self.visual_grid(pixel_values) if grid is None else grid
-            tiles = self.tiles_per_image(is_img) if getattr(self.compressor, "keeps_positions", False) else None
-            feats, keep = self.project(grid, tiles)
+            tiles = self.tiles_per_image(is_img) if self.compressor is not None else None
+            feats, positions = self.project(grid, tiles)
             if is_img.sum() != len(feats):
                 raise ValueError(f"{int(is_img.sum())} <IMG_CONTEXT> tokens but {len(grid)} tiles give {len(feats)} "
                                  f"features: build the prompt with model.num_image_token per tile")
             embeds = embeds.masked_scatter(is_img[..., None], feats.to(embeds.dtype))
-        B, L = input_ids.shape
+            if positions is not None and position_ids is None:
+                gaps = self.position_gaps(is_img, positions, tiles, grid.shape[1] * grid.shape[2])
         past = caches[0].length if caches else 0
         if position_ids is None:
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -L:] if attention_mask is not None \
-                else torch.arange(past, past + L, device=input_ids.device).expand(B, L)
-            if is_img is not None and keep is not None:  # kept image tokens keep the teacher's position ids
-                skipped = self.skipped_positions(is_img, keep, tiles)
-                position_ids = position_ids + skipped[:, :L]
-                if caches:
-                    caches[0].shift = skipped[:, L:]
-            elif caches and caches[0].shift is not None and past:
-                position_ids = position_ids + caches[0].shift
+            if past and caches[0].next_position is not None:  # generation continues from the last position id
+                position_ids = caches[0].next_position + torch.arange(L, device=input_ids.device)
+            elif attention_mask is not None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -L:]
+            else:
+                position_ids = torch.arange(past, past + L, device=input_ids.device).expand(B, L)
+            position_ids = position_ids if gaps is None else position_ids + gaps[:, :L]
+        if caches:
+            caches[0].next_position = position_ids[:, -1:] + 1 + (0 if gaps is None else gaps[:, L:] - gaps[:, L - 1:L])
         mask = None
         if attention_mask is not None and not bool(attention_mask.all()):
             keys = torch.arange(attention_mask.shape[1], device=input_ids.device)
@@ -662,7 +589,7 @@ class InternVLChat(nn.Module):
         t0 = _now(input_ids.device)
         logits = self(pixel_values, input_ids, mask, caches=caches, last_only=True)
         t1 = _now(input_ids.device)
-        # on CUDA, the decode loop replays one captured step (see decode_step); FastV's steps stay eager
+        # on CUDA, the decode loop replays one captured step (see decode_step); an LLM with a hook stays eager
         static = input_ids.is_cuda and max_new_tokens > 1 and static_decode_ok(self.language_model, L + max_new_tokens)
         next_logits = decode_step(self.language_model, caches, mask) if static else None
         for step in range(max_new_tokens):

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -287,38 +286,6 @@ def test_static_decode_step_equals_eager_decoding(tmp_path, device):
             logits = next_logits(token) if static else ours(None, token[:, None], m, caches=caches)[:, -1]
         return torch.stack(out)
     assert (decode(True) - decode(False)).abs().max() < 1e-4
-
-
-def test_decode_attention_kernel_in_the_interpreter(triton_interpreter):
-    """The flash-decoding kernels, run by Triton's CPU interpreter, against scaled_dot_product_attention: several
-    chunks, a chunk with no valid key (left padding), a cache view with room left, one and four query heads per kv head."""
-    code = """
-import torch, torch.nn.functional as F, model as M
-torch.manual_seed(0)
-for B, KV, G, S in ((2, 2, 1, 300), (1, 2, 4, 70)):
-    q = torch.randn(B, KV, G, 16)
-    k, v = torch.randn(B, KV, S + 9, 16)[:, :, :S], torch.randn(B, KV, S + 9, 16)[:, :, :S]
-    valid = torch.ones(B, S, dtype=torch.bool)
-    valid[-1, : S // 2 + 10] = False  # S = 300: the first chunk (128 keys) has none
-    for mask in (None, valid):
-        got = M.decode_attention(q, k, v, mask)
-        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[:, None, None])
-        assert (got - ref).abs().max() < 1e-5, (B, KV, G, S, mask is None)
-print("ok")
-"""
-    triton_interpreter(code)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled kernel needs a GPU; the interpreter test runs it here")
-def test_decode_attention_kernel_on_cuda():
-    torch.manual_seed(0)
-    for B, KV, G, S in ((1, 8, 2, 3400), (8, 8, 4, 1000), (2, 2, 1, 50)):
-        q = torch.randn(B, KV, G, 128, device="cuda", dtype=torch.bfloat16)
-        k, v = (torch.randn(B, KV, S, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-        valid = torch.rand(B, S, device="cuda") > 0.3
-        ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=valid[:, None, None])
-        assert M.use_decode_kernel(q, k, v, valid[:, None, None])
-        assert (M.decode_attention(q, k, v, valid).float() - ref).abs().max() < 2e-2
 
 
 def test_released_key_names_single_and_sharded(tmp_path):
