@@ -183,8 +183,13 @@ def merge(inputs: list[str], out: str, weights: list[float] | None = None):
     shutil.rmtree(old, ignore_errors=True)
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit code 2, as every refused input here (argparse prints its usage too)
+        self.exit(2, f"{self.prog}: error: {message} (see python {self.prog} --help)\n")
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="merge.py", description="Weighted average of checkpoints of one model "
+    parser = Parser(prog="merge.py", description="Weighted average of checkpoints of one model "
                                      "(same keys, shapes, dtypes and config.json), in fp32, saved in the source dtype.")
     parser.add_argument("inputs", nargs="+", help="checkpoint folders; the first gives the sharding, config and tokenizer")
     parser.add_argument("--weights", nargs="+", type=float, help="one per input, normalised to sum to 1 "

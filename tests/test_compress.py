@@ -1,6 +1,8 @@
 """compress.py: windows, the three compressors and their backends, the student, FastV."""
 import json
 import os
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -126,6 +128,15 @@ def test_triton_kernel_on_cuda():
                 got, ref = C.merge_triton(x, window, w, bias), C.merge_torch(x.float(), window, w.float(),
                                                                              None if bias is None else bias.float())
                 assert got.dtype == dtype and torch.allclose(got.float(), ref, atol=tol, rtol=tol), (dtype, shape, window)
+
+
+@pytest.mark.parametrize("argv, words", [(["--bench", "--grid", "abc"], "argument --grid: invalid int value: 'abc'"),
+                                         ([], "required: --bench"), (["--bench", "--grid", "3"], "--grid 3: ratio 0.5")])
+def test_bench_flag_errors_are_one_line(argv, words):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "compress.py"), *argv], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("compress.py: error: "), r.stderr
+    assert words in r.stderr
 
 
 def prompt_ids(model, tok, n_tiles, question="What is the total?"):

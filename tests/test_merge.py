@@ -252,3 +252,8 @@ def test_cli(ck, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("merge.py: error: dtype mismatch for ")
     assert not os.path.exists(tmp_path / "out2")
+    for bad in (["--weights", "abc"], ["--weights"], [], ["--oops"]):  # argparse's own errors: one line too, no usage
+        r = run(ck["a"], ck["b"], *bad, *(["--out", str(tmp_path / "out3")] if bad else []))
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("merge.py: error: "), (bad, r.stderr)
+    assert "invalid float value: 'abc'" in run(ck["a"], ck["b"], "--weights", "abc", "--out", "o").stderr
+    assert not os.path.exists(tmp_path / "out3")
