@@ -391,12 +391,11 @@ class LanguageModel(nn.Module):
         self.before_layer = None  # the extension point for a method inside the LLM: see forward
 
     def forward(self, embeds, position_ids, mask=None, caches=None, last_only=False, image_mask=None, logits_mask=None):
-        """Logits of embeds [B, L, D] at position_ids [B, L]. mask [B, 1, L, keys] (True: attend) or None: causal.
-        image_mask [B, L]: which inputs are visual tokens, or None. before_layer, if set, is called as
-        before_layer(self, i, x, cos, sin, mask, image_mask) -> (x, cos, sin, mask) before decoder layer i, in the
-        prefill and in every decode step: it may drop tokens, taking their rotary cos/sin (so their position
-        ids) and their rows of the mask along, and must then give the decode steps' masks over the shorter
-        caches of the layers after it (decode_step, whose buffers are fixed, refuses such an LLM)."""
+        """Logits of embeds [B, L, D] at position_ids [B, L]; mask [B, 1, L, keys] (True: attend) or None: causal.
+        The extension point inside the LLM: before_layer(self, i, x, cos, sin, mask, image_mask) -> (x, cos, sin,
+        mask), if set, runs before decoder layer i in the prefill and in every decode step (image_mask [B, L]:
+        the visual inputs, or None). It may drop tokens, their rotary cos/sin (so their position ids) and mask
+        rows going with them; the later layers' caches are then shorter, and it gives the decode steps' masks."""
         seq_len = (caches[0].length if caches else 0) + embeds.shape[1]
         cos, sin = rope_cos_sin(self.config, position_ids, seq_len, embeds.dtype)
         x = embeds
@@ -465,17 +464,15 @@ def decode_step(lm, caches, attention_mask, graph=None, compile=False):
 # InternVL2: ViT -> pixel shuffle -> mlp1 -> image tokens spliced into the LLM's input embeddings
 
 class InternVLChat(nn.Module):
-    """InternVL2. compressor (optional, None for InternVL2 itself) is the extension point for methods that
-    hand the LLM fewer visual tokens (compress.build makes FCoT-VL's from config.compressor). It sits between
-    the pixel shuffle and mlp1 and provides two methods:
-      tokens_per_tile(n) -> how many of a tile's n tokens it hands on (num_image_token, so the prompt's count);
-      compress(grid, tiles_per_image, projector) -> (tokens [kept, C], positions [kept] or None), where grid
-        [tiles, h, w, C] holds every image's tiles in order, tiles_per_image their counts and projector is
-        mlp1 (for a compressor that ranks tokens as the LLM reads them). positions None: the kept tokens take
-        consecutive position ids. Otherwise each kept token's index in its image's uncompressed token
-        sequence: the LLM reads it at that position id (counted from the image's first), the text after
-        the image and the generated tokens follow the whole uncompressed image, as if no token had gone.
-    A method inside the LLM uses language_model.before_layer instead (see LanguageModel.forward)."""
+    """InternVL2. compressor (None: InternVL2 itself) is the extension point for methods that hand the LLM
+    fewer visual tokens (compress.build makes FCoT-VL's). It sits between the pixel shuffle and mlp1:
+      tokens_per_tile(n) -> how many of a tile's n tokens it hands on (num_image_token: the prompt's count);
+      compress(grid, tiles_per_image, projector) -> (tokens [kept, C], positions [kept] or None): grid
+        [tiles, h, w, C] holds the images' tiles in order, projector is mlp1 (to rank tokens as the LLM reads
+        them). positions None: consecutive position ids. Else each token's index in its image's uncompressed
+        token sequence, where the LLM reads it (from the image's first position id); the text after the image
+        and the generated tokens follow the whole uncompressed image, as if no token had gone.
+    A method inside the LLM uses language_model.before_layer instead (LanguageModel.forward)."""
 
     def __init__(self, config, compressor=None):
         super().__init__()
