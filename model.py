@@ -15,8 +15,9 @@ In Python:
     print(model.chat(tok, pixel_values, "What is the total?"))
 
 On CUDA, generate's decode loop replays one captured CUDA graph of the step (decode_step); elsewhere it
-runs eagerly. Token compression plugs in at one documented point: InternVLChat's compressor (which may keep
-the tokens' position ids) and LanguageModel.before_layer (a method inside the LLM); compress.py holds FCoT-VL's.
+runs eagerly. Token compression plugs in at two documented points: InternVLChat's compressor (fewer visual
+tokens, which may keep their position ids) and LanguageModel.before_layer (a method inside the LLM);
+compress.py holds FCoT-VL's.
 
 Supported: InternVL2-1B (Qwen2; its byte-level BPE tokenizer is not, see load_tokenizer),
 InternVL2-2B and -8B (InternLM2), and the Llama-based 40B/76B layouts. Not supported: the 4B (Phi-3).
