@@ -288,6 +288,72 @@ def test_static_decode_step_equals_eager_decoding(tmp_path, device):
     assert (decode(True) - decode(False)).abs().max() < 1e-4
 
 
+class EveryOther(torch.nn.Module):
+    """The compressor extension point's contract, written here: each image hands on its tokens 0, 2, 4, ... (a
+    tile has 4), at their own position ids (keep_positions) or at consecutive ones."""
+
+    def __init__(self, keep_positions):
+        super().__init__()
+        self.keep_positions = keep_positions
+
+    def tokens_per_tile(self, n):
+        return n // 2
+
+    def compress(self, grid, tiles_per_image, projector):
+        positions = torch.cat([torch.arange(0, n * grid.shape[1] * grid.shape[2], 2) for n in tiles_per_image])
+        return grid.flatten(0, 2)[::2], positions if self.keep_positions else None
+
+
+@pytest.mark.parametrize("keep_positions", [True, False])
+def test_compressor_extension_point(tmp_path, keep_positions):
+    """A model with a compressor equals the full model with the dropped image tokens masked out as keys, at the
+    kept tokens' own position ids (or consecutive ones), in the prefill and in decode steps that continue from
+    the last position id."""
+    _, full = full_model_pair(tmp_path)
+    small = M.InternVLChat(full.config, EveryOther(keep_positions))
+    small.load_state_dict(full.state_dict())
+    small.img_context_token_id = full.img_context_token_id
+    assert small.eval().num_image_token == 2
+    pv, ids, short = torch.randn(3, 3, 56, 56), image_prompt(3, 4, seed=3), image_prompt(3, 2, seed=3)
+    kept = torch.ones_like(ids)
+    kept[0, 5 + 1:5 + 12:2] = 0  # the image's tokens 1, 3, 5, ... (after 5 text tokens)
+    with torch.no_grad():
+        caches = M.new_caches(full.config.llm, 1, short.shape[1] + 2, torch.float32, "cpu")
+        got = small(pv, short, caches=caches)[0]
+        steps = [got[-1]]
+        for _ in range(2):  # no attention mask: the positions come from the cache's last position id alone
+            steps.append(small(None, steps[-1].argmax()[None, None], caches=caches)[0, -1])
+        for n, step in enumerate(steps):
+            tokens = torch.stack([s.argmax() for s in steps[:n]]).view(1, n) if n else ids[:, :0]
+            ids_n, kept_n = torch.cat([ids, tokens], 1), torch.cat([kept, torch.ones_like(tokens)], 1)
+            positions = torch.arange(ids_n.shape[1])[None] if keep_positions else (kept_n.cumsum(-1) - 1).clamp(min=0)
+            want = full(pv, ids_n, kept_n, position_ids=positions)[0]
+            if n == 0:
+                assert torch.allclose(got, want[kept[0].bool()], atol=ATOL)
+            assert torch.allclose(step, want[-1], atol=ATOL), n
+        assert not torch.allclose(got[-1], full(pv, ids)[0, -1], atol=1e-2)  # something was dropped
+
+
+def test_before_layer_hook_runs_before_every_layer_and_may_drop_tokens(tmp_path):
+    _, ours = full_model_pair(tmp_path)
+    pv, ids = torch.randn(1, 3, 56, 56), image_prompt(1, 4)
+    seen = []
+
+    def text_only_from_layer_1(lm, i, x, cos, sin, mask, image_mask):
+        seen.append((i, x.shape[1], int(image_mask.sum())))
+        keep = ~image_mask[0] if i == 1 else torch.ones(x.shape[1], dtype=torch.bool)
+        return x[:, keep], cos[:, :, keep], sin[:, :, keep], mask
+    with torch.no_grad():
+        plain = ours(pv, ids)
+        ours.language_model.before_layer = text_only_from_layer_1
+        pruned = ours(pv, ids)
+    assert seen == [(0, 18, 4), (1, 18, 4)] and pruned.shape == (1, 14, plain.shape[-1])
+    assert not torch.allclose(pruned[0, -1], plain[0, -1], atol=1e-2)
+    caches = M.new_caches(ours.config.llm, 1, 20, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="before_layer"):  # its fixed buffers cannot follow a hook's tokens
+        M.decode_step(ours.language_model, caches, torch.ones_like(ids))
+
+
 def test_released_key_names_single_and_sharded(tmp_path):
     """Keys and shapes as listed for InternVL2-2B, scaled down; bf16 on disk as released."""
     V, D, F, L, G, d, kv, vocab = 32, 64, 96, 2, 2, 16, 2, 300
