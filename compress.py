@@ -32,12 +32,12 @@ figures that cite them (python distill.py --compressor conv --ratio 0.5).
     python compress.py --bench                      # weighted-merge kernel vs eager, torch.compile, copy
     python -m pytest tests/test_compress.py -q
 
-Imports nothing but torch, not even model.py: it works on the model it is given (make_student builds the
-student as type(teacher); FastV reads that model's decoder layers) through model.py's extension points
-(InternVLChat's compressor, LanguageModel.before_layer), so this file can be copied beside any copy of
-model.py, and loading it costs nothing more. The weighted merge (pool, dwconv) runs as a Triton kernel on
-CUDA when Triton is installed, as a depthwise convolution through torch_npu on Ascend NPUs, and in plain
-PyTorch elsewhere.
+Imports nothing but torch (and Triton if installed), not even model.py: it works on the model it is given
+(make_student builds the student as type(teacher); FastV reads that model's decoder layers) through
+model.py's two extension points (InternVLChat's compressor, LanguageModel.before_layer), so it serves
+whichever copy of model.py the caller loaded and never imports a second one. The weighted merge (pool,
+dwconv) runs as a Triton kernel on CUDA when Triton is installed, as a depthwise convolution through
+torch_npu on Ascend NPUs, and in plain PyTorch elsewhere.
 """
 import argparse
 import copy
