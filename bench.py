@@ -23,9 +23,9 @@ from dataclasses import replace
 
 import torch
 
+import cli
 import compress as C
 import distill as D
-import evaluate as E
 import model as M
 import posttrain as P
 
@@ -358,7 +358,7 @@ def run(args):
 
 
 def parse_args(argv=None):
-    p = E.Parser(prog="bench.py", description="InternVL2 teacher vs compressed students, transformers as a peer")
+    p = cli.Parser(prog="bench.py", description="InternVL2 teacher vs compressed students, transformers as a peer")
     p.add_argument("--shape", choices=SHAPES, help="default: 2b on CUDA, tiny on a CPU")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", help="default: bfloat16 on CUDA (tiny: float32), float32 on a CPU")
@@ -374,8 +374,8 @@ def parse_args(argv=None):
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile decode (CUDA)")
     p.add_argument("--json", default="", help="write every figure there (atomically)")
     args = p.parse_args(argv)
-    if msg := E.out_of_range(args, tiles=1, ratios=(0, 1), text=1, answer=1, repeats=1, steps=1, distill_batches=1,
-                             threads=0) or E.check_device(args.device):
+    if msg := cli.out_of_range(args, tiles=1, ratios=(0, 1), text=1, answer=1, repeats=1, steps=1, distill_batches=1,
+                             threads=0) or cli.check_device(args.device):
         p.error(msg)
     cuda = args.device.startswith("cuda")
     args.shape = args.shape or ("2b" if cuda else "tiny")
@@ -388,7 +388,7 @@ def main(argv=None):
     res = run(args)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        E.write_json(args.json, res)  # a temporary file, then os.replace
+        cli.write_json(args.json, res)  # a temporary file, then os.replace
     return res
 
 
