@@ -77,6 +77,17 @@ def check_device(name):
     return None
 
 
+def writable(folder, flag):
+    """Make `folder` and check this process can create a file in it, else an Error that names `flag` ("--out X")."""
+    try:
+        os.makedirs(folder or ".", exist_ok=True)
+        probe = os.path.join(folder or ".", f".writable.{os.getpid()}")  # its own name: torchrun's processes probe side by side
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        raise Error(f"{flag}: cannot write there ({e.strerror or e}); pass {flag.split()[0]} in a writable folder") from None
+
+
 def run_main(prog, fn, *errors):
     """fn() -> its exit code (None: 0); an Error, or one of `errors` (model.py's and compress.py's own), is one line
     on stderr and exit code 2."""

@@ -7,21 +7,21 @@ feeds both branches; the loss on the answer tokens is
     T^2 KL(teacher_T || student_T) + lambda CE(student, answer)     (_T: softmax at temperature T)
 
 except on answers with a rationale (--p-reason, --cot-frac), learnt by CE alone: the teacher never
-wrote rationales, so it does not even read those conversations. With the LLM learning too, that
-makes a stage II (see README).
+wrote rationales, so it does not even read those conversations. Stage II goes on from a stage-I
+student with its LLM learning too (--student, --trainable compressor,projector,llm; results.py runs it).
 
     python distill.py --ratio 0.5                # the embedded teacher on synthetic pairs (CPU, minutes),
                                                  # then teacher / pool / FastV / student on DocVQA-format
     python distill.py --ratio 0.25 --compressor conv --temperature 2 --ce-weight 0.5   # a window merge
     python distill.py --ratio 0.25 --skip-thumbnail    # select: a page's thumbnail gives its budget to the tiles
     python distill.py --ratio 0.25 --skip-thumbnail --rank-projected   # and rarity is measured after A_s
-    python distill.py --ratio 0.5 --student runs/distill-select0.5 --trainable compressor,projector,llm --lr 5e-4
-                                                 # go on from a student, its LLM learning too (a copy:
-                                                 # the teacher's stays as it is)
+    python distill.py --ratio 0.5 --student runs/distill-select0.5 --trainable compressor,projector,llm --lr 5e-4 \
+        --lr-llm 1.5e-4 --out runs/stage2-select0.5   # stage II: the student's LLM learns too (a copy: the
+                                                      # teacher's stays as it is)
     torchrun --standalone --nproc_per_node 8 distill.py --teacher /models/InternVL2-2B --ratio 0.5 \
         --data pairs.jsonl --image-root /data/images --micro-batch 2 --grad-accum 4 --lr 1e-4 \
         --steps 2000 --grad-checkpointing --eval-task docvqa --eval-data /data/docvqa/val
-    (add --resume to continue; the rest of the flags are posttrain.py's: python posttrain.py --help)
+    (add --resume to continue; python distill.py --help lists every flag: posttrain.py's, distillation's defaults)
     python -m pytest tests/test_distill.py -q
 
 On GPUs the frozen teacher is held in bf16 and V_c, A_s in fp32 (AdamW on fp32 weights, bf16
@@ -29,26 +29,43 @@ autocast), replicated by DDP: only V_c and A_s (tens of millions of parameters f
 gradients and optimizer state, so the 8B fits one 80 GB GPU per process without FSDP. Checkpoints
 under OUT/checkpoint/ hold only those two parts; OUT/ ends as an ordinary InternVL2 checkpoint folder
 whose config.json records the compressor, which evaluate.py and model.load_model(build_compressor=
-compress.build) load as it is. OUT/results.md holds the comparison table.
+compress.build) load as it is. OUT/results.md holds the comparison table: visual tokens per image, the
+LLM's prefill FLOPs relative to the teacher's (from the model config and each prompt's length; FastV: the
+full prompt up to layer K, the kept one after), the score. Wall-clock speed at scale is bench.py's: at
+this size the ViT, which every row runs in full, dominates a prefill's time.
 """
 import copy
 import os
 import sys
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
+import cli
 import compress as C
 import evaluate as E
 import model as M
 import posttrain as P
+from cli import Error
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @dataclass
-class Config:
+class DistillConfig(P.TrainConfig):
+    # posttrain.py's settings with distillation's defaults
+    out: str = ""  # run folder: the student, log.jsonl, checkpoint/, results.md ('': runs/distill-<compressor><ratio>)
+    seed_offset: int = 500_000_000  # synthetic sample i has seed seed_offset + i (apart from posttrain's)
+    p_transcribe: float = 0.4  # share of transcription conversations (the three shares are normalised)
+    p_qa: float = 0.6  # share of extractive QA, with the official short-answer prompt
+    p_reason: float = 0.0  # share of multi-fact reasoning questions
+    qa_turns: int = 3  # pack up to this many QA turns about one image into a conversation
+    trainable: str = "compressor,projector"  # what learns: compressor, projector and, for stage II, llm
+    lr: float = 1e-3  # peak learning rate
+    micro_batch: int = 8  # conversations per forward pass per process
+    save_every: int = 100  # steps between checkpoints in OUT/checkpoint (0: only at the end)
+    # distillation's own
     teacher: str = os.path.join(HERE, "checkpoints", "tiny")  # the uncompressed model (checkpoint folder)
     ratio: float = 0.5  # share of visual tokens kept: 0.5, 0.25 or 1/k
     compressor: str = "select"  # V_c: select | conv | gate | mlp | dwconv | pool (compress.py)
@@ -57,33 +74,23 @@ class Config:
     eval_task: str = "docvqa"  # the task of the closing comparison ('': none)
     eval_data: str = ""  # its annotation file or folder ('': the shipped set)
     eval_limit: int = 0  # first N questions only (0: all)
-    eval_batch_size: int = 8
+    eval_batch_size: int = 8  # questions per generate call in the comparison
     fastv_layer: int = 2  # K of the FastV baseline
     student: str = ""  # start from this student folder (same compressor and ratio) instead of a new V_c and A_s
     skip_thumbnail: bool = False  # select: rank a many-tile image's thumbnail last (README: pages gain, word crops lose)
     rank_projected: bool = False  # select: count near-duplicates among A_s's outputs, not the ViT's (README)
 
-
-# posttrain.py's flags with distillation's defaults (a flag given on the command line wins)
-TRAIN_DEFAULTS = ["--trainable", "compressor,projector", "--steps", "300", "--micro-batch", "8", "--lr", "1e-3",
-                  "--warmup", "20", "--p-transcribe", "0.4", "--p-qa", "0.6", "--p-reason", "0", "--qa-turns", "3",
-                  "--save-every", "100", "--seed-offset", "500000000"]
+    def __post_init__(self):
+        self.init = self.teacher  # the model the run starts from
+        self.out = self.out or os.path.join("runs", f"distill-{self.compressor}{self.ratio:g}")
 
 
-def parse_args(argv=None):
-    p = E.Parser(prog="distill.py", description="distillation flags; the rest are posttrain.py's", add_help=False)
-    for f in fields(Config):
-        if isinstance(f.default, bool):
-            p.add_argument("--" + f.name.replace("_", "-"), action="store_true")
-        else:
-            p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
-    own, rest = p.parse_known_args(argv)
-    if "-h" in rest or "--help" in rest:
-        p.print_help()
-        print("\nposttrain.py's flags (training, data, checkpoints; distillation changes some defaults):\n")
-    cfg = Config(**vars(own))
-    out = ["--out", os.path.join("runs", f"distill-{cfg.compressor}{cfg.ratio:g}")]
-    return cfg, P.parse_args(TRAIN_DEFAULTS + out + ["--init", cfg.teacher] + rest, prog="distill.py")
+def parse_args(argv=None, **defaults):
+    """The command line's DistillConfig; `defaults` replace the fields' own (results.py's settings under its flags).
+    posttrain's flags that build a model from scratch are not offered: the student starts as the teacher."""
+    return cli.parse(DistillConfig, argv, "distill.py", __doc__, skip=("init", "tokenizer", "model_config", "image_size"),
+                     defaults=defaults, **P.BOUNDS, temperature=(0, float("inf")), ce_weight=0, eval_limit=0,
+                     eval_batch_size=1)
 
 
 def select_flags(cfg):
@@ -99,16 +106,16 @@ def pair_collate(teacher):
     """posttrain.collate for the student, plus, for the teacher, the conversations whose answers it has targets
     for (those without a rationale: the teacher never wrote rationales) with its own image tokens:
     teacher_ids, teacher_mask, teacher_labels, and teacher_tiles (their tiles' indices in pixel_values)."""
-    def collate(convs, tok, student, tcfg):
-        batch = P.collate(convs, tok, student, tcfg)
+    def collate(convs, tok, student, cfg):
+        batch = P.collate(convs, tok, student, cfg)
         tiles = batch["pixel_values"].split(batch["num_tiles"])  # the images are loaded once
         own = torch.tensor([has_rationale(c) for c in convs])
         kept = (~own).nonzero()[:, 0].tolist()
         if not kept:
             return dict(batch, own=own)
-        full = P.collate([convs[i] for i in kept], tok, teacher, tcfg, pixels=[tiles[i] for i in kept])
+        full = P.collate([convs[i] for i in kept], tok, teacher, cfg, pixels=[tiles[i] for i in kept])
         if full["n_labels"] != int((batch["labels"][~own] != -100).sum()):
-            raise P.TrainError(f"--max-len {tcfg.max_len} cuts answers from the teacher's longer sequences: raise it")
+            raise Error(f"--max-len {cfg.max_len} cuts answers from the teacher's longer sequences: raise it")
         tile_ids = torch.arange(len(batch["pixel_values"])).split(batch["num_tiles"])
         return dict(batch, own=own, teacher_ids=full["input_ids"], teacher_mask=full["attention_mask"],
                     teacher_labels=full["labels"], teacher_tiles=torch.cat([tile_ids[i] for i in kept]))
@@ -151,7 +158,7 @@ def start_student(cfg, teacher, device, dtype, own_llm):
         student = M.load_model(cfg.student, device, dtype, build_compressor=C.build)
         want = {"method": cfg.compressor, "ratio": cfg.ratio}
         if {k: student.config.compressor[k] for k in want} != want:
-            raise P.TrainError(f"--student {cfg.student} has compressor {student.config.compressor}, not {want}: "
+            raise Error(f"--student {cfg.student} has compressor {student.config.compressor}, not {want}: "
                                "pass its --compressor and --ratio")
         on = {k: True for k, v in select_flags(cfg).items() if v}
         if on:  # options switched on for a student trained without them
@@ -161,7 +168,7 @@ def start_student(cfg, teacher, device, dtype, own_llm):
                 setattr(student.compressor, k, v)
         same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
         if not same(student.vision_model, teacher.vision_model):
-            raise P.TrainError(f"--student {cfg.student}: its ViT differs from the teacher's, and distillation runs "
+            raise Error(f"--student {cfg.student}: its ViT differs from the teacher's, and distillation runs "
                                "the teacher's ViT for both")
         student.vision_model = teacher.vision_model
         if same(student.language_model, teacher.language_model):
@@ -171,78 +178,74 @@ def start_student(cfg, teacher, device, dtype, own_llm):
     return student
 
 
-def compare(cfg, tcfg, student_dir):
+def compare(cfg, student_dir):
     """Teacher, the training-free baselines at the same ratio and the student on one task: a table."""
     rows = [("teacher", cfg.teacher, "none", 1.0), (f"pool {cfg.ratio:g}", cfg.teacher, "pool", cfg.ratio),
             (f"FastV {cfg.ratio:g} (K={cfg.fastv_layer})", cfg.teacher, "fastv", cfg.ratio),
             (f"FCoT stage I ({cfg.compressor} {cfg.ratio:g})", student_dir, "none", 1.0)]
     results = []
     for name, folder, method, ratio in rows:
-        argv = ["--task", cfg.eval_task, "--model", folder, "--method", method, "--ratio", str(ratio),
-                "--fastv-layer", str(cfg.fastv_layer), "--batch-size", str(cfg.eval_batch_size),
-                "--out", os.path.join(tcfg.out, "eval", f"{cfg.eval_task}_{name.split(' (')[0].replace(' ', '_')}.jsonl")]
-        if cfg.eval_data:
-            argv += ["--data", cfg.eval_data]
-        if cfg.eval_limit:
-            argv += ["--limit", str(cfg.eval_limit)]
-        res = E.run(E.parse_args(argv))
+        ecfg = E.EvalConfig(cfg.eval_task, folder, data=cfg.eval_data or None, limit=cfg.eval_limit or None,
+                            batch_size=cfg.eval_batch_size, method=method, ratio=ratio, fastv_layer=cfg.fastv_layer,
+                            out=os.path.join(cfg.out, "eval", f"{cfg.eval_task}_{name.split(' (')[0].replace(' ', '_')}.jsonl"))
+        res = E.evaluate(E.load_model(ecfg), M.load_tokenizer(folder), cfg.eval_task, **asdict(ecfg))
         if method == "fastv":  # the LLM's input keeps every token; layers >= K see `ratio` of them
             res["visual_tokens_after_k"] = res["visual_tokens_per_image"] * ratio
         results.append(dict(name=name, **res))
     t = results[0]
-    lines = [f"| {cfg.eval_task} | visual tokens / image | prefill vs teacher | {t['metric']} | % of teacher |",
+    lines = [f"| {cfg.eval_task} | visual tokens / image | LLM prefill FLOPs vs teacher | {t['metric']} | % of teacher |",
              "|---|---|---|---|---|"]
     for r in results:
         tokens = f"{r['visual_tokens_per_image']:.0f}" + (f" -> {r['visual_tokens_after_k']:.0f} after layer "
                                                            f"{cfg.fastv_layer}" if "visual_tokens_after_k" in r else "")
-        lines.append(f"| {r['name']} | {tokens} | {r['prefill_ms_per_image'] / t['prefill_ms_per_image']:.2f}x | "
-                     f"{r['score']:.1f} | {100 * r['score'] / max(t['score'], 1e-9):.1f}% |")
+        flops = "-" if None in (r["llm_prefill_gflops"], t["llm_prefill_gflops"]) else \
+            f"{r['llm_prefill_gflops'] / t['llm_prefill_gflops']:.2f}x"
+        lines.append(f"| {r['name']} | {tokens} | {flops} | {r['score']:.1f} | {100 * r['score'] / max(t['score'], 1e-9):.1f}% |")
     table = "\n".join(lines)
-    E.write_json(os.path.join(tcfg.out, "results.json"), dict(config=asdict(cfg), rows=results))
-    E.write_text(os.path.join(tcfg.out, "results.md"), table + "\n")
+    cli.write_json(os.path.join(cfg.out, "results.json"), dict(config=asdict(cfg), rows=results))
+    cli.write_text(os.path.join(cfg.out, "results.md"), table + "\n")
     print(table)
     return results
 
 
-def main(argv=None):
-    cfg, tcfg = parse_args(argv)
+def run(cfg):
+    """Train the student (stage I; stage II with llm in cfg.trainable) into cfg.out, then compare it on cfg.eval_task."""
     try:
-        device = P.setup(tcfg)
+        device = P.setup(cfg)
         rank, world = P.dist_info()
-        P.check(tcfg)
-        if msg := E.out_of_range(cfg, temperature=(0, float("inf")), ce_weight=0, eval_limit=0, eval_batch_size=1):
-            raise P.TrainError(msg)
-        if not set(tcfg.trainable.split(",")) <= {"compressor", "projector", "llm"}:  # the ViT runs once, for both
-            raise P.TrainError(f"--trainable {tcfg.trainable}: distillation trains compressor, projector and, "
-                               "optionally, llm (the ViT is the teacher's own; train it with posttrain.py)")
+        P.check(cfg)
+        if not set(cfg.trainable.split(",")) <= {"compressor", "projector", "llm"}:  # the ViT runs once, for both
+            raise Error(f"--trainable {cfg.trainable}: distillation trains compressor, projector and, "
+                        "optionally, llm (the ViT is the teacher's own; train it with posttrain.py)")
         if cfg.eval_task and cfg.eval_task not in E.TASKS:
-            raise P.TrainError(f"--eval-task {cfg.eval_task}: choose one of {', '.join(E.TASKS)} or '' for none")
+            raise Error(f"--eval-task {cfg.eval_task}: choose one of {', '.join(E.TASKS)} or '' for none")
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         teacher = M.load_model(cfg.teacher, device, dtype)
         tok = M.load_tokenizer(cfg.teacher)
-        student = start_student(cfg, teacher, device, dtype, "llm" in tcfg.trainable.split(","))
+        student = start_student(cfg, teacher, device, dtype, "llm" in cfg.trainable.split(","))
         C.FastV(cfg.ratio, cfg.fastv_layer, teacher.config.llm.num_hidden_layers)  # a bad K fails now, not after training
         student.compressor.float(), student.mlp1.float()  # the parts that learn keep fp32 weights
         if student.language_model is not teacher.language_model:
             student.language_model.float()
-        records = P.read_jsonl(tcfg.data, tcfg.image_root or os.path.dirname(tcfg.data)) if tcfg.data else None
+        records = P.read_jsonl(cfg.data, cfg.image_root or os.path.dirname(cfg.data)) if cfg.data else None
         collate = pair_collate(teacher)
-        step = P.train(tcfg, student, tok,
-                       lambda s: P.micro_batches(s, tcfg, tok, student, records, rank, world, collate),
+        step = P.train(cfg, student, tok,
+                       lambda s: P.micro_batches(s, cfg, tok, student, records, rank, world, collate),
                        make_loss(teacher, cfg.temperature, cfg.ce_weight))
-        if rank == 0 and step >= tcfg.steps:
-            M.save_model(student, tcfg.out, tokenizer_dir=cfg.teacher)
-            print(f"saved the student to {tcfg.out} (log: {os.path.join(tcfg.out, 'log.jsonl')})", file=sys.stderr)
+        if rank == 0 and step >= cfg.steps:
+            M.save_model(student, cfg.out, tokenizer_dir=cfg.teacher)
+            print(f"saved the student to {cfg.out} (log: {os.path.join(cfg.out, 'log.jsonl')})", file=sys.stderr)
         P.leave_group()  # before the evaluation: rank 0 evaluates alone, the others exit
-        if rank == 0 and step >= tcfg.steps and cfg.eval_task:
+        if rank == 0 and step >= cfg.steps and cfg.eval_task:
             del teacher, student
-            compare(cfg, tcfg, tcfg.out)
-    except (P.TrainError, M.ModelLoadError, C.CompressError, E.EvalError) as e:
-        print(f"distill.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+            compare(cfg, cfg.out)
     finally:
         if P.dist.is_initialized():  # an error: no barrier, a peer may never reach it
             P.dist.destroy_process_group()
+
+
+def main(argv=None):
+    sys.exit(cli.run_main("distill.py", lambda: run(parse_args(argv)), M.ModelLoadError, C.CompressError))
 
 
 if __name__ == "__main__":

@@ -12,120 +12,62 @@ InfoVQA, TextVQA and OCRBench with InternVL2's official protocol and metrics.
                                     # a shard of the questions per process, each resuming on its own; rank 0 scores
     python -m pytest tests/test_evaluate.py -q
 
+From Python, evaluate(model, tokenizer, task, **settings) -> the scores dict, for a model already loaded
+(load_model(EvalConfig(...)) applies --method), or for None, None: loaded only if a question is left to answer.
+
 Predictions go to results/<model folder name>/<task>[_<method><ratio>].jsonl as they are produced;
 rerunning the same run (the same model bytes, questions and settings: the key on the file's first line) with
 the same --out skips finished questions; another run starts the file afresh. Scores go to the .json beside it.
-Metrics copy InternVL's eval scripts (which produced the InternVL2 numbers), quirks included
+Metrics (metrics.py) copy InternVL's eval scripts (which produced the InternVL2 numbers), quirks included
 (metrics-and-formats.md, section 3).
 --limit N takes the first N questions of the annotation file (and of a shipped reasoning.json, whose
 multi-fact questions are scored apart from the main score).
 """
-import argparse, hashlib, json, os, re, resource, sys, time
-from dataclasses import dataclass
+import hashlib, json, os, re, resource, sys, time
+from dataclasses import asdict, dataclass
 from typing import Callable
 
-# ----------------------------------------------------------------------------- metrics
+import cli
+from cli import Error, write_json, write_text
+from metrics import HME, anls, ocrbench_hit, relaxed_accuracy, vqa_accuracy
+from cli import Parser, check_device, out_of_range  # noqa: F401  (bench.py's E.Parser...: until it imports cli)
 
-def levenshtein(a, b):
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
+HERE = os.path.dirname(os.path.abspath(__file__))  # defaults (shipped sets, embedded model) live beside this file
+SELECT_OPTIONS = ('skip_thumbnail', 'rank_projected')  # compress.SELECT_OPTIONS, named here so flags parse before torch loads
 
-def anls(prediction, answers, threshold=0.5):
-    """InfographicsVQA script: distance on normalised strings over the max RAW length."""
-    norm = lambda s: ' '.join(s.strip().lower().split())
-    values = []
-    for a in [answers] if isinstance(answers, str) else answers:
-        length = max(len(a.upper()), len(prediction.upper()))  # .upper() as in the script
-        values.append(0.0 if length == 0 else levenshtein(norm(a), norm(prediction)) / length)
-    score = 1 - min(values)
-    return 0.0 if score < threshold else score  # NL exactly 0.5 keeps 0.5
+@dataclass
+class EvalConfig:
+    task: str = ''  # docvqa | chartqa | infovqa | textvqa | ocrbench
+    model: str = os.path.join(HERE, 'checkpoints', 'tiny')  # checkpoint folder
+    data: str = None  # annotation file or folder (default: data/eval/<task>/)
+    images: str = None  # image root (default: the annotation file's folder)
+    max_num: int = None  # max dynamic tiles (default: per-task protocol)
+    max_new_tokens: int = None  # default: per-task protocol
+    limit: int = None  # first N questions only
+    batch_size: int = 1  # questions per generate call
+    out: str = None  # predictions jsonl (default: results/<model>/<task>[_<method><ratio>].jsonl)
+    device: str = None  # cpu | cuda (default: cuda if available)
+    dtype: str = None  # float32 | bfloat16 | float16 (default: bfloat16 on cuda, the official setting; float32 on cpu)
+    method: str = 'none'  # training-free compression (compress.py): pool | select | fastv; a distilled student needs none
+    ratio: float = 1.0  # share of visual tokens kept by --method
+    fastv_layer: int = 2  # FastV prunes before this decoder layer (K)
+    skip_thumbnail: bool = False  # with --method select: rank a many-tile image's thumbnail below its tiles (compress.py)
+    rank_projected: bool = False  # with --method select: count near-duplicates among mlp1's outputs, not the ViT's
+    cot: bool = False  # ask reasoning questions without the short-answer suffix (a CoT model reasons first; >= 256 new tokens)
+    threads: int = None  # CPU threads (default: all)
 
-def _to_float(text):
-    try:
-        return float(text.rstrip('%')) / 100.0 if text.endswith('%') else float(text)
-    except ValueError:
-        return None
-
-def _relaxed_correct(target, prediction, max_relative_change=0.05):
-    p, t = _to_float(prediction), _to_float(target)
-    if p is not None and t:  # t == 0 (or non-numeric) falls back to the string match
-        return abs(p - t) / abs(t) <= max_relative_change
-    return prediction.lower() == target.lower()
-
-def relaxed_accuracy(prediction, answers, gt_denominator=False):
-    """ChartQA 5% tolerance, max over answers. InternVL calls relaxed_correctness(pred, ann)
-    against a (target, prediction) signature, so the MODEL answer is the denominator; pass
-    gt_denominator=True for lmms-eval / VLMEvalKit behaviour."""
-    prediction = prediction.strip()
-    answers = [answers] if isinstance(answers, str) else answers
-    return float(max(_relaxed_correct(a, prediction) if gt_denominator
-                     else _relaxed_correct(prediction, a) for a in answers))
-
-# EvalAI answer processor (m4c_evaluator.py), tables and typos inherited verbatim for parity
-_CONTRACTIONS = dict(kv.split(':') for kv in """aint:ain't arent:aren't cant:can't couldve:could've couldnt:couldn't
-couldn'tve:couldn't've couldnt've:couldn't've didnt:didn't doesnt:doesn't dont:don't hadnt:hadn't hadnt've:hadn't've
-hadn'tve:hadn't've hasnt:hasn't havent:haven't hed:he'd hed've:he'd've he'dve:he'd've hes:he's howd:how'd howll:how'll
-hows:how's Id've:I'd've I'dve:I'd've Im:I'm Ive:I've isnt:isn't itd:it'd itd've:it'd've it'dve:it'd've itll:it'll
-let's:let's maam:ma'am mightnt:mightn't mightnt've:mightn't've mightn'tve:mightn't've mightve:might've mustnt:mustn't
-mustve:must've neednt:needn't notve:not've oclock:o'clock oughtnt:oughtn't ow's'at:'ow's'at 'ows'at:'ow's'at
-'ow'sat:'ow's'at shant:shan't shed've:she'd've she'dve:she'd've she's:she's shouldve:should've shouldnt:shouldn't
-shouldnt've:shouldn't've shouldn'tve:shouldn't've somebody'd:somebodyd somebodyd've:somebody'd've
-somebody'dve:somebody'd've somebodyll:somebody'll somebodys:somebody's someoned:someone'd someoned've:someone'd've
-someone'dve:someone'd've someonell:someone'll someones:someone's somethingd:something'd somethingd've:something'd've
-something'dve:something'd've somethingll:something'll thats:that's thered:there'd thered've:there'd've
-there'dve:there'd've therere:there're theres:there's theyd:they'd theyd've:they'd've they'dve:they'd've theyll:they'll
-theyre:they're theyve:they've twas:'twas wasnt:wasn't wed've:we'd've we'dve:we'd've weve:we've werent:weren't
-whatll:what'll whatre:what're whats:what's whatve:what've whens:when's whered:where'd wheres:where's whereve:where've
-whod:who'd whod've:who'd've who'dve:who'd've wholl:who'll whos:who's whove:who've whyll:why'll whyre:why're whys:why's
-wont:won't wouldve:would've wouldnt:wouldn't wouldnt've:wouldn't've wouldn'tve:wouldn't've yall:y'all yall'll:y'all'll
-y'allll:y'all'll yall'd've:y'all'd've y'alld've:y'all'd've y'all'dve:y'all'd've youd:you'd youd've:you'd've
-you'dve:you'd've youll:you'll youre:you're youve:you've""".split())
-_NUMBERS = dict(none='0', zero='0', one='1', two='2', three='3', four='4', five='5', six='6',
-                seven='7', eight='8', nine='9', ten='10')
-_PUNCT = [';', '/', '[', ']', '"', '{', '}', '(', ')', '=', '+', '\\', '_', '-', '>', '<', '@',
-          '`', ',', '?', '!']
-_PERIOD_STRIP = re.compile(r'(?!<=\d)(\.)(?!\d)')  # typo'd lookbehind: "5." loses its period
-_COMMA_STRIP = re.compile(r'(?<=\d)(\,)+(?=\d)')
-
-def vqa_normalize(s):
-    s = s.lower().replace(',', '').replace('?', '').replace("'s", " 's").strip()  # word_tokenize
-    s = s.replace('\n', ' ').replace('\t', ' ').strip()
-    out = s
-    for p in _PUNCT:
-        if p + ' ' in s or ' ' + p in s or _COMMA_STRIP.search(s) is not None:
-            out = out.replace(p, '')
-        else:
-            out = out.replace(p, ' ')
-    out = _PERIOD_STRIP.sub('', out, count=32)  # the original passes re.UNICODE (=32) as count
-    words = [_NUMBERS.get(w, w) for w in out.lower().split()]
-    return ' '.join(_CONTRACTIONS.get(w, w) for w in words if w not in ('a', 'an', 'the'))
-
-def vqa_accuracy(prediction, answers):
-    """Mean over the leave-one-out subsets of min(1, matches among the others / 3)."""
-    gts, pred = [vqa_normalize(a) for a in answers], vqa_normalize(prediction)
-    k = sum(g == pred for g in gts)
-    return 0.0 if k == 0 else sum(min(1, (k - (g == pred)) / 3) for g in gts) / len(gts)
-
-HME = ('HME100k', 'Handwritten Mathematical Expression Recognition')
-
-def ocrbench_hit(prediction, answers, category):
-    """VLMEvalKit OCRBench: any answer is a substring of the prediction."""
-    if category in HME:  # formulas: drop spaces and newlines, keep case
-        norm = lambda s: s.strip().replace('\n', ' ').replace(' ', '')
-    else:
-        norm = lambda s: s.lower().strip().replace('\n', ' ')
-    p = norm(prediction)
-    return int(any(norm(a) in p for a in ([answers] if isinstance(answers, str) else answers)))
+def parse_args(argv=None):
+    cfg = cli.parse(EvalConfig, argv, 'evaluate.py', __doc__, choices=dict(
+        task=sorted(TASKS), method=['none', 'pool', 'select', 'fastv'], dtype=['float32', 'bfloat16', 'float16']),
+        max_num=1, max_new_tokens=1, limit=1, batch_size=1, threads=0, fastv_layer=1, ratio=(0, 1))
+    if not cfg.task:
+        raise Error("the following arguments are required: --task (see python evaluate.py --help)")
+    for k in SELECT_OPTIONS:
+        if getattr(cfg, k) and cfg.method != 'select':
+            raise Error(f"--{k.replace('_', '-')} is an option of --method select; add --method select or drop it")
+    return cfg
 
 # ----------------------------------------------------------------------------- readers
-
-class EvalError(Exception):
-    """Bad input: main() prints it as one line and exits with code 2."""
 
 def _load(path):
     try:
@@ -134,17 +76,17 @@ def _load(path):
                 return [json.loads(line) for line in f if line.strip()]
             return json.load(f)
     except (OSError, ValueError) as e:
-        raise EvalError(f"{path}: cannot read annotation ({e}); pass --data with a valid file")
+        raise Error(f"{path}: cannot read annotation ({e}); pass --data with a valid file")
 
 def _records(path, envelope):
     data = _load(path)
     if envelope:  # RRC / TextVQA files: {"dataset_name": ..., "data": [...]}
         if not isinstance(data, dict) or not isinstance(data.get('data'), list):
-            raise EvalError(f"{path}: expected a JSON object with a 'data' list; "
+            raise Error(f"{path}: expected a JSON object with a 'data' list; "
                             f"is this the right annotation file for the task?")
         data = data['data']
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise EvalError(f"{path}: expected a list of JSON objects; is this the right file?")
+        raise Error(f"{path}: expected a list of JSON objects; is this the right file?")
     return data
 
 def _rows(path, envelope):
@@ -152,7 +94,7 @@ def _rows(path, envelope):
     for i, r in enumerate(_records(path, envelope)):
         def get(key, i=i, r=r):
             if key not in r:
-                raise EvalError(f"{path}: item {i} has no '{key}' (keys: {sorted(r)}); "
+                raise Error(f"{path}: item {i} has no '{key}' (keys: {sorted(r)}); "
                                 f"fix the item or use the original annotation file")
             return r[key]
         yield i, r, get
@@ -160,7 +102,7 @@ def _rows(path, envelope):
 def _answers(a, path, i):
     a = [a] if isinstance(a, (str, int, float)) else a  # OCRBench/ChartQA: a bare string
     if a is not None and (not isinstance(a, list) or not a):
-        raise EvalError(f"{path}: item {i} has malformed answers {a!r}; expected a non-empty list")
+        raise Error(f"{path}: item {i} has malformed answers {a!r}; expected a non-empty list")
     return None if a is None else [str(x) for x in a]
 
 def _image(images, rels, path, i):
@@ -169,7 +111,7 @@ def _image(images, rels, path, i):
         p = os.path.abspath(os.path.join(images, str(rel)))
         if os.path.isfile(p):
             return p
-    raise EvalError(f"{path}: item {i}: image {os.path.join(images, str(rels[0]))} not found; "
+    raise Error(f"{path}: item {i}: image {os.path.join(images, str(rels[0]))} not found; "
                     f"pass --images DIR (the folder the annotation's image paths are relative to)")
 
 def _item(qid, image, question, answers, **extra):
@@ -194,7 +136,7 @@ def read_chartqa(path, images):
     if os.path.isdir(path):
         files = [os.path.join(path, f'test_{s}.json') for s in ('human', 'augmented')]
         if not all(map(os.path.isfile, files)):
-            raise EvalError(f"{path}: needs test_human.json and test_augmented.json; "
+            raise Error(f"{path}: needs test_human.json and test_augmented.json; "
                             f"pass --data with the ChartQA test folder or one of its files")
         return read_chartqa(files[0], images) + read_chartqa(files[1], images)
     stem = os.path.splitext(os.path.basename(path))[0]
@@ -230,7 +172,6 @@ def read_ocrbench(path, images):
 # ----------------------------------------------------------------------------- protocol
 
 PROMPT = 'Answer the question using a single word or phrase.'
-HERE = os.path.dirname(os.path.abspath(__file__))  # defaults (shipped sets, embedded model) live beside this file
 
 @dataclass
 class Task:
@@ -259,14 +200,14 @@ def find_annotation(task, data):
                                 and os.path.isfile(os.path.join(data, 'test_human.json'))):
         return data
     if not os.path.isdir(data):
-        raise EvalError(f"--data {data} does not exist; pass the annotation file or its folder")
+        raise Error(f"--data {data} does not exist; pass the annotation file or its folder")
     for name in TASKS[task].files:
         if os.path.exists(os.path.join(data, name)):
             return find_annotation(task, os.path.join(data, name))
     found = [f for f in sorted(os.listdir(data)) if f.endswith('.json') and f != 'reasoning.json']
     if len(found) == 1:  # e.g. a renamed OCRBench json
         return os.path.join(data, found[0])
-    raise EvalError(f"no annotation file in {data} (looked for {', '.join(TASKS[task].files)}); "
+    raise Error(f"no annotation file in {data} (looked for {', '.join(TASKS[task].files)}); "
                     f"pass --data FILE")
 
 COT_ANSWER = 'Answer: '  # a chain-of-thought answer ends "<rationale>\nAnswer: <final answer>" (posttrain.COT_SEP)
@@ -322,7 +263,7 @@ def load_done(path, repair=True):
         head = lines.pop(0) if lines and isinstance(lines[0], dict) and 'run' in lines[0] else None
         return head, {str(r['qid']): r for r in lines}
     except (ValueError, KeyError, TypeError) as e:
-        raise EvalError(f"{path}: not a predictions file ({e}); delete it or pass another --out")
+        raise Error(f"{path}: not a predictions file ({e}); delete it or pass another --out")
 
 MODEL_FILES = ('config.json', 'model.safetensors.index.json', 'tokenizer.model', 'tokenizer_config.json',
                'added_tokens.json', 'special_tokens_map.json')
@@ -351,90 +292,68 @@ def model_identity(folder, known=None):
         return known
     return dict(sha256=sha256_files([os.path.join(folder, n) for n in names]), files=files)
 
-def check_device(name):
-    """None if torch can run on device `name`, else one line saying what is wrong and what to pass instead."""
-    import torch
-    try:
-        d = torch.device(name)
-    except (RuntimeError, TypeError):
-        return f"--device {name}: not a device torch knows; pass cpu or cuda (cuda:N for one GPU)"
-    if d.type == 'cuda' and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
-        why = 'this torch has no CUDA' if torch.version.cuda is None else f'{torch.cuda.device_count()} GPUs visible'
-        return f"--device {name}: {why}; pass --device cpu, or install a CUDA build of torch"
-    return None
-
 def _writable(path):
     if os.path.isdir(path):
-        raise EvalError(f"--out {path} is a folder: pass a file in it, e.g. {os.path.join(path, 'predictions.jsonl')}")
-    try:
-        os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-        probe = f'{path}.{os.getpid()}.tmp'  # its own name: torchrun's processes probe side by side
-        open(probe, 'w').close()
-        os.remove(probe)
-    except OSError as e:
-        raise EvalError(f"--out {path}: cannot write there ({e.strerror or e}); pass --out in a writable folder")
+        raise Error(f"--out {path} is a folder: pass a file in it, e.g. {os.path.join(path, 'predictions.jsonl')}")
+    cli.writable(os.path.dirname(path), f"--out {path}")
 
 def _all_or_none_answered(items, path):
     """Submission mode is for a file whose questions all lack answers; a few missing is a broken file."""
     missing = [it for it in items if it['answers'] is None]
     if 0 < len(missing) < len(items):
-        raise EvalError(f"{path}: question {missing[0]['qid']} has no answers, unlike {len(items) - len(missing)} of the "
+        raise Error(f"{path}: question {missing[0]['qid']} has no answers, unlike {len(items) - len(missing)} of the "
                         f"{len(items)}: give every question its answers (validation) or none (a test file, for submission)")
 
 IMG_CONTEXT = '<IMG_CONTEXT>'  # model.IMG_CONTEXT: the token each image feature replaces
 
-def prepare(args):
+def prepare(cfg):
     """-> (task, annotation, items, predictions path, header): the questions, and the run's key that a predictions
     file must carry to be resumed: the model's bytes, the questions' file(s), and every setting that changes an
     answer. Batch size, device index, threads, --limit and the number of processes are not in it: they change the
     speed, or which questions are asked, not an answer (beyond float rounding between batch shapes)."""
-    task = TASKS[args.task]
-    data = args.data or os.path.join(HERE, 'data', 'eval', args.task)
-    ann = find_annotation(args.task, data)
-    every = task.read(ann, args.images or (ann if os.path.isdir(ann) else os.path.dirname(ann)))
+    task = TASKS[cfg.task]
+    data = cfg.data or os.path.join(HERE, 'data', 'eval', cfg.task)
+    ann = find_annotation(cfg.task, data)
+    every = task.read(ann, cfg.images or (ann if os.path.isdir(ann) else os.path.dirname(ann)))
     _all_or_none_answered(every, ann)
-    items, files = every[:args.limit], [ann] if os.path.isfile(ann) else [
+    items, files = every[:cfg.limit], [ann] if os.path.isfile(ann) else [
         os.path.join(ann, f'test_{s}.json') for s in ('human', 'augmented')]
     if not items:
-        raise EvalError(f"{ann}: no questions in the annotation; pass --data with a non-empty file")
+        raise Error(f"{ann}: no questions in the annotation; pass --data with a non-empty file")
     # the shipped sets keep multi-fact questions in <task>/reasoning.json (same format): scored apart
     rfile = os.path.join(data if os.path.isdir(data) else os.path.dirname(data), 'reasoning.json')
     if os.path.isfile(rfile) and os.path.abspath(rfile) != os.path.abspath(ann):
-        reasoning = task.read(rfile, args.images or os.path.dirname(rfile))
+        reasoning = task.read(rfile, cfg.images or os.path.dirname(rfile))
         _all_or_none_answered(reasoning, rfile)
-        for it in reasoning[:args.limit]:
+        for it in reasoning[:cfg.limit]:
             it['extra'].update(reasoning=True, reasoning_file=True)
             items.append(it)
         files.append(rfile)
     if len({str(it['qid']) for it in items}) < len(items):
-        raise EvalError(f"{ann}: question ids are not unique; resuming needs unique ids")
+        raise Error(f"{ann}: question ids are not unique; resuming needs unique ids")
     bad = next((it for it in items if IMG_CONTEXT in it['question']), None)
     if bad:  # refused, not escaped: the tokenizer reads it as the special token wherever it stands
-        raise EvalError(f"{ann}: question {bad['qid']} contains {IMG_CONTEXT}, the token that marks image features: "
+        raise Error(f"{ann}: question {bad['qid']} contains {IMG_CONTEXT}, the token that marks image features: "
                         f"remove it from the question")
-    if os.path.isfile(args.model):
-        raise EvalError(f"--model {args.model} is a file: pass the checkpoint folder (config.json, model*.safetensors, "
+    if os.path.isfile(cfg.model):
+        raise Error(f"--model {cfg.model} is a file: pass the checkpoint folder (config.json, model*.safetensors, "
                         f"tokenizer.model)")
-    if not os.path.isdir(args.model):
-        raise EvalError(f"model folder {args.model} not found; build or download one, or pass --model PATH")
-    tag = f"_{args.method}{args.ratio:g}" if args.method != 'none' else ''
-    tag += ''.join('_' + k.replace('_', '-') for k in SELECT_OPTIONS if getattr(args, k))
-    model_name = os.path.basename(os.path.normpath(args.model))
-    out = args.out or os.path.join('results', model_name, f'{args.task}{tag}.jsonl')
+    if not os.path.isdir(cfg.model):
+        raise Error(f"model folder {cfg.model} not found; build or download one, or pass --model PATH")
+    tag = f"_{cfg.method}{cfg.ratio:g}" if cfg.method != 'none' else ''
+    tag += ''.join('_' + k.replace('_', '-') for k in SELECT_OPTIONS if getattr(cfg, k))
+    model_name = os.path.basename(os.path.normpath(cfg.model))
+    out = cfg.out or os.path.join('results', model_name, f'{cfg.task}{tag}.jsonl')
     _writable(out)
-    import torch
-    args.device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    if msg := check_device(args.device):
-        raise EvalError(msg)
-    args.dtype = args.dtype or ('bfloat16' if args.device.startswith('cuda') else 'float32')
+    settle(cfg)
     old, _ = load_done(out, repair=False)
-    key = dict(task=args.task, model_sha256=None, data_sha256=sha256_files(files), method=args.method,
-               max_num=args.max_num or task.max_num, max_new_tokens=args.max_new_tokens or task.max_new_tokens,
-               cot=args.cot, prompt=task.suffix, dtype=args.dtype, device=args.device.split(':')[0])
-    key.update({'ratio': args.ratio} if args.method != 'none' else {})
-    key.update({'fastv_layer': args.fastv_layer} if args.method == 'fastv' else {})
-    key.update({k: getattr(args, k) for k in SELECT_OPTIONS} if args.method == 'select' else {})
-    model_id = model_identity(args.model, old and old.get('model'))
+    key = dict(task=cfg.task, model_sha256=None, data_sha256=sha256_files(files), method=cfg.method,
+               max_num=cfg.max_num or task.max_num, max_new_tokens=cfg.max_new_tokens or task.max_new_tokens,
+               cot=cfg.cot, prompt=task.suffix, dtype=cfg.dtype, device=cfg.device.split(':')[0])
+    key.update({'ratio': cfg.ratio} if cfg.method != 'none' else {})
+    key.update({'fastv_layer': cfg.fastv_layer} if cfg.method == 'fastv' else {})
+    key.update({k: getattr(cfg, k) for k in SELECT_OPTIONS} if cfg.method == 'select' else {})
+    model_id = model_identity(cfg.model, old and old.get('model'))
     key['model_sha256'] = model_id['sha256']
     return task, ann, items, out, json.loads(json.dumps(dict(run=key, model=model_id)))
 
@@ -457,22 +376,29 @@ def resume(path, head, write=True):
 def shard_path(out, rank, world):
     return os.path.splitext(out)[0] + f'.rank{rank}of{world}.jsonl'
 
-def load_model(args):
+def settle(cfg):
+    """Decide cfg's device (cuda if there is one) and dtype (bfloat16 on cuda, the official setting; float32 on a CPU)."""
+    import torch
+    cfg.device = cfg.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    if msg := cli.check_device(cfg.device):
+        raise Error(msg)
+    cfg.dtype = cfg.dtype or ('bfloat16' if cfg.device.startswith('cuda') else 'float32')
+
+def load_model(cfg):
+    """The model in folder cfg.model, compressed by cfg.method (a distilled student's folder needs none). Its
+    tokenizer: model.load_tokenizer(cfg.model)."""
     import torch, model as M, compress
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    settle(cfg)
     try:
-        model = M.load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype),
-                             build_compressor=compress.build)  # a distilled student's folder needs no flag
-        tok = M.load_tokenizer(args.model)
-        if args.method != 'none':
+        model = M.load_model(cfg.model, device=cfg.device, dtype=getattr(torch, cfg.dtype), build_compressor=compress.build)
+        if cfg.method != 'none':
             if model.compressor is not None:
-                raise EvalError(f"{args.model} is already compressed ({model.config.compressor}); drop --method")
-            compress.apply(model, method=args.method, ratio=args.ratio, fastv_layer=args.fastv_layer,
-                           **{k: getattr(args, k) for k in SELECT_OPTIONS})
+                raise Error(f"{cfg.model} is already compressed ({model.config.compressor}); drop --method")
+            compress.apply(model, method=cfg.method, ratio=cfg.ratio, fastv_layer=cfg.fastv_layer,
+                           **{k: getattr(cfg, k) for k in SELECT_OPTIONS})
     except (M.ModelLoadError, compress.CompressError) as e:
-        raise EvalError(str(e))
-    return M, model, tok
+        raise Error(str(e))
+    return model
 
 STATS = ('visual_tokens', 'prefill_s', 'decode_tokens', 'decode_s')
 
@@ -483,68 +409,86 @@ def peak_memory(device):
         return round(torch.cuda.max_memory_allocated() / 2**20, 1), 'cuda max_memory_allocated'
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), 'cpu peak RSS'
 
-def generate(args, task, todo, out_path):
-    """Greedy answers appended to out_path, flushed per batch, each with its share of the batch's stats and
-    the process's peak memory so far (a resumed run reports the peak of the processes that generated)."""
-    M, model, tok = load_model(args)  # checks the folder before the slow torch import
-    import torch
+def prefill_flops(llm, n, visual=0, fastv=None):
+    """FLOPs (2 per multiply-add) of the LLM's decoder layers on an n-token prompt holding `visual` image tokens: 2n x
+    the weights of the projections and the gated MLP, plus causal attention, 2 x 2 x hidden x n(n+1)/2 (scores,
+    values). fastv (K, ratio): the layers from K on see the prompt without the image tokens FastV drops."""
+    h, kv = llm.hidden_size, llm.hidden_size * llm.num_key_value_heads // llm.num_attention_heads
+    layer = lambda n: 2 * n * (2 * h * h + 2 * h * kv + 3 * h * llm.intermediate_size) + 2 * h * n * (n + 1)
+    if fastv is None:
+        return llm.num_hidden_layers * layer(n)
+    k, ratio = fastv
+    return k * layer(n) + (llm.num_hidden_layers - k) * layer(n - visual + round(ratio * visual))
+
+def generate(model, tok, cfg, task, todo, out_path):
+    """Greedy answers appended to out_path, flushed per batch, each with its share of the batch's stats, its prompt's
+    length and LLM prefill FLOPs, and the process's peak memory so far (a resumed run reports the peak of the
+    processes that generated)."""
+    import torch, model as M
     from tqdm import tqdm
+    fastv = (cfg.fastv_layer, cfg.ratio) if cfg.method == 'fastv' else None
     os.makedirs(os.path.dirname(out_path) or '.', exist_ok=True)
     with open(out_path, 'a', encoding='utf-8') as f:
-        for b in tqdm(range(0, len(todo), args.batch_size), desc=args.task, unit='batch'):
-            batch, pixels = todo[b:b + args.batch_size], []
+        for b in tqdm(range(0, len(todo), cfg.batch_size), desc=cfg.task, unit='batch'):
+            batch, pixels = todo[b:b + cfg.batch_size], []
             for it in batch:
                 try:
-                    pv = M.load_image(it['image'], max_num=args.max_num or task.max_num,
+                    pv = M.load_image(it['image'], max_num=cfg.max_num or task.max_num,
                                       image_size=model.config.force_image_size)
                 except (ValueError, OSError) as e:
-                    raise EvalError(f"{e if it['image'] in str(e) else it['image'] + ': ' + str(e)}; "
-                                    f"replace the file or remove question {it['qid']} from the annotation")
-                pixels.append(pv.to(args.device, getattr(torch, args.dtype)))
+                    raise Error(f"{e if it['image'] in str(e) else it['image'] + ': ' + str(e)}; "
+                                f"replace the file or remove question {it['qid']} from the annotation")
+                pixels.append(pv.to(cfg.device, getattr(torch, cfg.dtype)))
             stats = {}
-            cot = [args.cot and bool(it['extra'].get('reasoning')) for it in batch]  # reason first, then answer
+            cot = [cfg.cot and bool(it['extra'].get('reasoning')) for it in batch]  # reason first, then answer
             questions = [it['question'] + ('' if c else task.suffix) for it, c in zip(batch, cot)]
             answers = model.batch_chat(tok, pixels, questions,
-                                       max_new_tokens=max_new_tokens(args, task, any(cot)),
+                                       max_new_tokens=max_new_tokens(cfg, task, any(cot)),
                                        min_new_tokens=1, stats=stats)  # min_new_tokens=1 as InternVL's eval
-            peak_mb, peak_kind = peak_memory(args.device)
-            for it, a in zip(batch, answers):  # each item's share of the batch stats: resume re-sums
+            peak_mb, peak_kind = peak_memory(cfg.device)
+            for it, a, q, pv in zip(batch, answers, questions, pixels):  # each item's share of the batch stats: resume re-sums
+                visual = len(pv) * model.num_image_token
+                n = len(tok.encode(M.chat_prompt(q, visual, model.config.template)))
                 rec = dict(qid=it['qid'], answer=a, **{k: stats.get(k, 0) / len(batch) for k in STATS},
+                           prompt_tokens=n, prefill_flops=prefill_flops(model.config.llm, n, visual, fastv),
                            peak_mb=peak_mb, peak_kind=peak_kind)
                 f.write(json.dumps(rec, ensure_ascii=False) + '\n')
             f.flush()
 
 COT_MIN_TOKENS = 256  # a rationale before the answer needs room
 
-def max_new_tokens(args, task, cot=False):
-    n = args.max_new_tokens or task.max_new_tokens
-    return max(n, COT_MIN_TOKENS) if cot and not args.max_new_tokens else n
+def max_new_tokens(cfg, task, cot=False):
+    n = cfg.max_new_tokens or task.max_new_tokens
+    return max(n, COT_MIN_TOKENS) if cot and not cfg.max_new_tokens else n
 
-def write_text(path, text):
-    with open(path + '.tmp', 'w', encoding='utf-8') as f:
-        f.write(text)
-    os.replace(path + '.tmp', path)  # atomic: a kill never leaves half a results file
-
-def write_json(path, obj):
-    write_text(path, json.dumps(obj, indent=1, ensure_ascii=False))
-
-def run(args, rank=0, world=1):
-    """Generate what `out` lacks and score. Under torchrun (world > 1) each process answers every world-th question
-    into its own shard file, which resumes on its own; rank 0 merges the shards into `out` and scores."""
-    task, ann, items, out, head = prepare(args)
+def evaluate(model, tokenizer, task, /, rank=0, world=1, **settings):
+    """Answer `task`'s questions and score them; -> the scores dict, also written beside the predictions (<out>.json).
+    model, tokenizer: a model (compressed or not) and its tokenizer, or None and None: load_model's, when a question
+    is left to answer. settings: EvalConfig's fields; `model` (its folder), method, ratio... name the model given: with
+    the questions and the other settings they make the run key a predictions file must hold to be resumed. Under
+    torchrun (world > 1) each process answers every world-th question into its own shard file, which resumes on its
+    own; rank 0 merges the shards into `out` and scores."""
+    cfg = EvalConfig(**dict(settings, task=task))
+    task, ann, items, out, head = prepare(cfg)
     done = resume(out, head, write=rank == 0)
     mine, todo = out, [it for it in items if str(it['qid']) not in done]
     if world > 1:
         import torch, torch.distributed as dist
-        if args.device == 'cuda':
-            args.device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
-        args.threads = args.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', world)))
+        if cfg.device == 'cuda':
+            cfg.device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
+        cfg.threads = cfg.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', world)))
         mine = shard_path(out, rank, world)  # its key holds the shard: a run with other processes does not resume it
         part = resume(mine, dict(head, run=dict(head['run'], shard=[rank, world])))
         todo = [it for it in todo[rank::world] if str(it['qid']) not in part]
     t0 = time.time()
     if todo:
-        generate(args, task, todo, mine)
+        if cfg.threads:
+            import torch
+            torch.set_num_threads(cfg.threads)
+        if model is None:  # checks the folder before the slow model load
+            import model as M
+            model, tokenizer = load_model(cfg), M.load_tokenizer(cfg.model)
+        generate(model, tokenizer, cfg, task, todo, mine)
     generated = len(todo)
     if world > 1:
         n = torch.tensor([generated])
@@ -560,14 +504,16 @@ def run(args, rank=0, world=1):
     recs = [done[str(it['qid'])] for it in items]
     tot = {k: sum(r.get(k, 0) for r in recs) for k in STATS}
     peaks = [(r['peak_mb'], r['peak_kind']) for r in recs if 'peak_mb' in r]  # older files: this process's
-    mem = max(peaks) if peaks else peak_memory(args.device)
-    res = dict(task=args.task, metric=task.metric, model=args.model, data=ann, method=args.method,
-               ratio=args.ratio, max_num=args.max_num or task.max_num, device=args.device, dtype=args.dtype,
-               max_new_tokens=max_new_tokens(args, task), cot=args.cot, n=len(items), new_predictions=generated,
+    mem = max(peaks) if peaks else peak_memory(cfg.device)
+    res = dict(task=cfg.task, metric=task.metric, model=cfg.model, data=ann, method=cfg.method,
+               ratio=cfg.ratio, max_num=cfg.max_num or task.max_num, device=cfg.device, dtype=cfg.dtype,
+               max_new_tokens=max_new_tokens(cfg, task), cot=cfg.cot, n=len(items), new_predictions=generated,
                predictions=out, wall_s=round(time.time() - t0, 2),
                visual_tokens_per_image=round(tot['visual_tokens'] / len(recs), 1),
                prefill_ms_per_image=round(1000 * tot['prefill_s'] / len(recs), 2),
                decode_tokens_per_s=round(tot['decode_tokens'] / tot['decode_s'], 2) if tot['decode_s'] else None,
+               llm_prefill_gflops=round(sum(r['prefill_flops'] for r in recs) / len(recs) / 1e9, 4)
+               if all('prefill_flops' in r for r in recs) else None,  # older files: unknown
                peak_memory_mb=round(mem[0], 1), peak_memory_kind=mem[1])
     preds = {str(it['qid']): done[str(it['qid'])]['answer'] for it in items}
     if all(it['answers'] is not None for it in items):
@@ -582,83 +528,28 @@ def run(args, rank=0, world=1):
     if res.get('reasoning'):
         score += f" (reasoning {res['reasoning']['score']:.2f} on {res['reasoning']['n']})"
     tps = '-' if res['decode_tokens_per_s'] is None else f"{res['decode_tokens_per_s']:.1f}"
-    print(f"{args.task}: {score} | n={res['n']}, {generated} generated | {res['visual_tokens_per_image']:.0f} "
+    print(f"{cfg.task}: {score} | n={res['n']}, {generated} generated | {res['visual_tokens_per_image']:.0f} "
           f"visual tok/img | prefill {res['prefill_ms_per_image']:.1f} ms/img | decode {tps} tok/s | "
           f"peak {mem[0]:.0f} MB {mem[1]} -> {os.path.splitext(out)[0] + '.json'}")
     return res
 
-SELECT_OPTIONS = ('skip_thumbnail', 'rank_projected')  # compress.SELECT_OPTIONS, named here so flags parse before torch loads
-
-class Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line and exit code 2 (argparse prints its usage first); every script's flags."""
-    def error(self, message):
-        print(f"{self.prog}: error: {message} (see python {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)
-
-def out_of_range(args, **bounds):
-    """'--flag V: must be ...' for the first flag outside its bound, else None. A bound is LOW (value >= LOW) or
-    (LOW, HIGH) (LOW < value <= HIGH); a flag left unset (None) is skipped, a list is checked value by value."""
-    for k, b in bounds.items():
-        v = getattr(args, k)
-        for x in v if isinstance(v, (list, tuple)) else [] if v is None else [v]:
-            if not (b[0] < x <= b[1] if isinstance(b, tuple) else x >= b):  # NaN fails both
-                want = f">= {b:g}" if not isinstance(b, tuple) else f"> {b[0]:g}" + (
-                    f" and <= {b[1]:g}" if b[1] != float('inf') else '')
-                return f"--{k.replace('_', '-')} {x:g}: must be {want}"
-    return None
-
-class _Parser(Parser):
-    def error(self, message):  # raised, so that main() prints it and a caller in Python can catch it
-        raise EvalError(f"{message} (see python evaluate.py --help)")
-
-def parse_args(argv=None):
-    p = _Parser(prog='evaluate.py', description=__doc__.split('\n\n')[0].strip())
-    p.add_argument('--task', required=True, choices=sorted(TASKS))
-    p.add_argument('--model', default=os.path.join(HERE, 'checkpoints', 'tiny'))
-    p.add_argument('--data', help='annotation file or folder (default: data/eval/<task>/)')
-    p.add_argument('--images', help="image root (default: the annotation file's folder)")
-    p.add_argument('--max-num', type=int, help='max dynamic tiles (default: per-task protocol)')
-    p.add_argument('--max-new-tokens', type=int, help='default: per-task protocol')
-    p.add_argument('--limit', type=int, help='first N questions only')
-    p.add_argument('--batch-size', type=int, default=1)
-    p.add_argument('--out', help='predictions jsonl (default: results/<model>/<task>[_<method><ratio>].jsonl)')
-    p.add_argument('--device', help='cpu | cuda (default: cuda if available)')
-    p.add_argument('--dtype', choices=['float32', 'bfloat16', 'float16'],
-                   help='default: bfloat16 on cuda (the official setting), float32 on cpu')
-    p.add_argument('--method', default='none', choices=['none', 'pool', 'select', 'fastv'],
-                   help='training-free compression (compress.py); a distilled student needs none')
-    p.add_argument('--ratio', type=float, default=1.0, help='share of visual tokens kept by --method')
-    p.add_argument('--fastv-layer', type=int, default=2, help='FastV prunes before this decoder layer (K)')
-    p.add_argument('--skip-thumbnail', action='store_true', help="with --method select: rank a many-tile image's "
-                   'thumbnail below its tiles (compress.py)')
-    p.add_argument('--rank-projected', action='store_true', help='with --method select: count near-duplicates '
-                   "among mlp1's outputs, not the ViT's (compress.py)")
-    p.add_argument('--cot', action='store_true', help='ask the reasoning questions without the short-answer suffix, '
-                   'so a model trained on chains of thought reasons first (max_new_tokens >= 256); the final answer '
-                   'is scored either way')
-    p.add_argument('--threads', type=int, help='CPU threads (default: all)')
-    args = p.parse_args(argv)
-    if msg := out_of_range(args, max_num=1, max_new_tokens=1, limit=1, batch_size=1, threads=0, fastv_layer=1,
-                           ratio=(0, 1)):
-        p.error(msg)
-    for k in SELECT_OPTIONS:
-        if getattr(args, k) and args.method != 'select':
-            p.error(f"--{k.replace('_', '-')} is an option of --method select; add --method select or drop it")
-    return args
+def run(cfg, rank=0, world=1):
+    """evaluate() of the command line's config: the model loaded from its folder if a question is left to answer."""
+    return evaluate(None, None, cfg.task, rank, world, **asdict(cfg))
 
 def main(argv=None):
     rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))  # torchrun's
-    try:
-        args = parse_args(argv)
+
+    def go():
+        cfg = parse_args(argv)
         if world > 1:  # gloo on GPUs too: the processes only wait for each other, their answers stay apart
             import datetime, torch.distributed as dist
             dist.init_process_group('gloo', timeout=datetime.timedelta(days=1))
-        run(args, rank, world)
+        run(cfg, rank, world)
         if world > 1:
             dist.barrier()  # rank 0 has scored: the others leave no sooner (an early leaver can abort the group)
-    except EvalError as e:
-        print(f"evaluate.py: error: {e}", file=sys.stderr)
-        return 2
+    try:
+        return cli.run_main('evaluate.py', go)
     except KeyboardInterrupt:
         print("evaluate.py: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
@@ -667,7 +558,6 @@ def main(argv=None):
             import torch.distributed as dist
             if dist.is_initialized():
                 dist.destroy_process_group()
-    return 0
 
 if __name__ == '__main__':
     sys.exit(main())

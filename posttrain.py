@@ -1,6 +1,6 @@
 """
-Supervised post-training of InternVL2 on image conversations: the training loop of FCoT-VL (stage II
-and the teacher/distillation scripts build on its pieces).
+Supervised post-training of InternVL2 on image conversations. Its TrainConfig and train() are the one
+training loop of this repository: distill.py (stages I and II of FCoT-VL) and teacher.py extend them.
 
     # the tiny model from scratch on synthetic documents, tables, charts, infographics and signs
     python posttrain.py --init tiny --out runs/sft-tiny --steps 300
@@ -23,8 +23,8 @@ loss curve) and checkpoint/ (weights, optimizer, step, RNG: safetensors + JSON, 
 step's batches are a function of the step, --workers N processes can build them ahead (a GPU waits on
 image loading otherwise), and the run is the same.
 """
-import contextlib, functools, inspect, json, math, os, random, re, shutil, sys, time, warnings
-from dataclasses import asdict, dataclass, fields
+import contextlib, functools, json, math, os, random, shutil, sys, time, warnings
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -33,10 +33,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+import cli
 import compress
 import model as M
+from cli import Error
 from data import synth
-from evaluate import COT_ANSWER as EVAL_COT_ANSWER, PROMPT as EVAL_PROMPT, Parser, check_device, out_of_range
+from evaluate import COT_ANSWER as EVAL_COT_ANSWER, PROMPT as EVAL_PROMPT
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRANSCRIBE = "Transcribe all the text in the image."
@@ -45,12 +47,8 @@ COT_SEP = "\n" + EVAL_COT_ANSWER  # a chain-of-thought target is rationale + COT
 PARTS = {"vision": "vision_model.", "projector": "mlp1.", "llm": "language_model.", "compressor": None}
 
 
-class TrainError(Exception):
-    """A bad flag, path or data line: printed as one line, exit code 2."""
-
-
 @dataclass
-class Config:
+class TrainConfig:
     init: str = "tiny"  # a checkpoint folder, or tiny: tiny_config from scratch
     tokenizer: str = os.path.join(HERE, "data", "tokenizer")  # tokenizer folder of --init tiny
     model_config: str = ""  # JSON overriding tiny_config, e.g. {"vision": {"hidden_size": 64}, "llm": {...}}
@@ -89,6 +87,17 @@ class Config:
     threads: int = 0  # CPU threads per process (0: cores / processes on this machine)
     workers: int = 0  # processes per training process that build batches ahead (0: built in the loop)
 
+
+# the flags' ranges, checked as they are parsed (distill.py's and teacher.py's too)
+BOUNDS = dict(image_size=28, seed_offset=0, max_num=0, lr=(0, float("inf")), lr_vision=0, lr_projector=0, lr_llm=0,
+              lr_compressor=0, min_lr_frac=0, weight_decay=0, grad_clip=0, save_every=0, stop_at=0, threads=0,
+              workers=0)
+
+
+def parse_args(argv=None):
+    return cli.parse(TrainConfig, argv, "posttrain.py", __doc__, **BOUNDS)
+
+
 # ---------------------------------------------------------------------------------------------- data
 
 def make_conversation(sample, rng, cfg):
@@ -112,7 +121,7 @@ def read_jsonl(path, image_root):
     """InternVL's fine-tuning format, one object a line: {"image": "rel/path.png", "conversations":
     [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}, ...]}."""
     if not os.path.isfile(path):
-        raise TrainError(f"--data {path} does not exist")
+        raise Error(f"--data {path} does not exist")
     records = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -122,21 +131,21 @@ def read_jsonl(path, image_root):
             try:
                 r = json.loads(line)
             except json.JSONDecodeError as e:
-                raise TrainError(f"{where} is not valid JSON ({e.msg}): write one JSON object per line") from None
+                raise Error(f"{where} is not valid JSON ({e.msg}): write one JSON object per line") from None
             if not isinstance(r, dict) or not isinstance(r.get("image"), str):
-                raise TrainError(f'{where} has no "image" path: each line needs {{"image": "rel/path.png", "conversations": [...]}}')
+                raise Error(f'{where} has no "image" path: each line needs {{"image": "rel/path.png", "conversations": [...]}}')
             turns = r.get("conversations")
             if not (isinstance(turns, list) and turns and len(turns) % 2 == 0 and all(
                     isinstance(t, dict) and t.get("from") == ("human", "gpt")[i % 2] and isinstance(t.get("value"), str)
                     for i, t in enumerate(turns))):
-                raise TrainError(f'{where}: "conversations" must alternate {{"from": "human", "value": ...}} and '
+                raise Error(f'{where}: "conversations" must alternate {{"from": "human", "value": ...}} and '
                                  f'{{"from": "gpt", "value": ...}}, starting with human')
             image = os.path.join(image_root, r["image"])
             if not os.path.isfile(image):
-                raise TrainError(f"{where}: image {image} not found: fix the path or --image-root")
+                raise Error(f"{where}: image {image} not found: fix the path or --image-root")
             records.append({"image": image, "conversations": turns, "line": n})
     if not records:
-        raise TrainError(f"--data {path} holds no conversations")
+        raise Error(f"--data {path} holds no conversations")
     return records
 
 
@@ -173,7 +182,7 @@ def encode_conversation(conv, tok, model, cfg, pv=None):
         try:
             pv = M.load_image(conv["image"], max_num, model.config.force_image_size, use_thumbnail=model.config.use_thumbnail)
         except ValueError as e:
-            raise TrainError(f"{e}: replace the file or drop its line") from None
+            raise Error(f"{e}: replace the file or drop its line") from None
     end, turns, template = tok.token_to_id(M.STOP_TOKEN), conv["conversations"], model.config.template
     ids, labels = [], []
     for t in range(0, len(turns), 2):
@@ -197,7 +206,7 @@ def collate(convs, tok, model, cfg, pixels=None):
             truncated += 1
             ids, labels = ids[:cfg.max_len], labels[:cfg.max_len]
             if ids.count(img) < len(pv) * model.num_image_token:
-                raise TrainError(f"--max-len {cfg.max_len} cuts into the image tokens ({len(pv)} tiles x "
+                raise Error(f"--max-len {cfg.max_len} cuts into the image tokens ({len(pv)} tiles x "
                                  f"{model.num_image_token}): raise --max-len or lower --max-num")
         rows.append((ids, labels, pv))
     L = max(len(r[0]) for r in rows)
@@ -223,7 +232,7 @@ def micro_batches(step, cfg, tok, model, records, rank, world, collate=collate):
 def build_model(cfg, device):
     """-> (model in train mode, tokenizer, tokenizer folder)."""
     if cfg.init != "tiny":
-        model = M.load_model(cfg.init, device, build_compressor=compress.build)  # a distilled student too (stage II)
+        model = M.load_model(cfg.init, device, build_compressor=compress.build)  # a distilled student too
         return model.train(), M.load_tokenizer(cfg.init), cfg.init
     tok = M.load_tokenizer(cfg.tokenizer)
     mc = M.tiny_config(vocab_size=tok.vocab_size, image_size=cfg.image_size)
@@ -232,12 +241,12 @@ def build_model(cfg, device):
             with open(cfg.model_config, encoding="utf-8") as f:
                 overrides = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
-            raise TrainError(f"cannot read --model-config {cfg.model_config}: {e}") from None
+            raise Error(f"cannot read --model-config {cfg.model_config}: {e}") from None
         for key, value in overrides.items():
             nested = key in ("vision", "llm")
             for k, v in value.items() if nested else [(key, value)]:
                 if not hasattr(getattr(mc, key) if nested else mc, k):
-                    raise TrainError(f"--model-config {cfg.model_config}: unknown field {key + '.' + k if nested else k}")
+                    raise Error(f"--model-config {cfg.model_config}: unknown field {key + '.' + k if nested else k}")
                 setattr(getattr(mc, key) if nested else mc, k, v)
     torch.manual_seed(cfg.seed)
     model = M.InternVLChat(mc)
@@ -260,11 +269,11 @@ def part_of(name):
 def set_trainable(model, spec):
     parts = set(spec.split(","))
     if parts - set(PARTS) - {"all"}:
-        raise TrainError(f"--trainable {spec}: choose from {', '.join([*PARTS, 'all'])}")
+        raise Error(f"--trainable {spec}: choose from {', '.join([*PARTS, 'all'])}")
     for name, p in model.named_parameters():
         p.requires_grad_("all" in parts or part_of(name) in parts)
     if not any(p.requires_grad for p in model.parameters()):
-        raise TrainError(f"--trainable {spec} selects no parameter of this model")
+        raise Error(f"--trainable {spec} selects no parameter of this model")
 
 
 def build_optimizer(model, cfg):
@@ -344,12 +353,12 @@ def load_checkpoint(path, model, opt=None):
     if not os.path.exists(os.path.join(path, "state.json")) and os.path.exists(os.path.join(path + ".old", "state.json")):
         path += ".old"
     if not os.path.exists(os.path.join(path, "state.json")):
-        raise TrainError(f"no checkpoint in {path} to resume: drop --resume to start a new run")
+        raise Error(f"no checkpoint in {path} to resume: drop --resume to start a new run")
     weights, params = load_file(os.path.join(path, "model.safetensors")), dict(model.named_parameters())
     trainable = {k for k, p in params.items() if p.requires_grad}
     # every trainable weight, and nothing foreign (a checkpoint may also hold frozen ones: they are --init's)
     if not trainable <= set(weights) or any(k not in params or params[k].shape != t.shape for k, t in weights.items()):
-        raise TrainError(f"checkpoint {path} does not match the model built from --init/--model-config and "
+        raise Error(f"checkpoint {path} does not match the model built from --init/--model-config and "
                          f"--trainable: use the run's flags")
     with torch.no_grad():
         for k, t in weights.items():
@@ -364,7 +373,7 @@ def load_checkpoint(path, model, opt=None):
         try:
             opt.load_state_dict({"state": st, "param_groups": state["param_groups"]})
         except ValueError as e:
-            raise TrainError(f"checkpoint {path}: optimizer does not match --trainable ({e})") from None
+            raise Error(f"checkpoint {path}: optimizer does not match --trainable ({e})") from None
     rng = load_file(os.path.join(path, "rng.safetensors"))
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
@@ -415,7 +424,7 @@ def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):
     if cfg.resume:
         state = load_checkpoint(ckpt, model, opt)
         if state["global_batch"] != global_batch:
-            raise TrainError(f"the checkpoint's global batch is {state['global_batch']}, this run's {global_batch}: "
+            raise Error(f"the checkpoint's global batch is {state['global_batch']}, this run's {global_batch}: "
                              f"keep micro-batch x grad-accum x processes")
         step = state["step"]
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -483,53 +492,31 @@ def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):
 
 # ---------------------------------------------------------------------------------------------- main
 
-def parse_args(argv=None, prog="posttrain.py"):
-    """A flag per Config field (--micro-batch for micro_batch); the help is the field's comment."""
-    p = Parser(prog=prog, description=__doc__.strip().split("\n\n")[0])
-    notes = dict(re.findall(r"^    (\w+): .*?  # (.+)$", inspect.getsource(Config), re.M))
-    for f in fields(Config):
-        flag, note = "--" + f.name.replace("_", "-"), notes.get(f.name, "").replace("%", "%%")
-        if f.type is bool:
-            p.add_argument(flag, action="store_true", help=note)
-        else:
-            p.add_argument(flag, type=type(f.default), default=f.default, help=f"{note} (default: {f.default!r})".lstrip())
-    cfg = Config(**vars(p.parse_args(argv)))
-    if msg := out_of_range(cfg, image_size=28, seed_offset=0, max_num=0, lr=(0, float("inf")), lr_vision=0, lr_projector=0,
-                           lr_llm=0, lr_compressor=0, min_lr_frac=0, weight_decay=0, grad_clip=0, save_every=0, stop_at=0,
-                           threads=0, workers=0):
-        p.error(msg)
-    if cfg.image_size % 28 or cfg.min_lr_frac > 1:
-        p.error("--image-size must be a multiple of 28 (patches of 14, pixel shuffle by 2), --min-lr-frac <= 1")
-    return cfg
-
-
 def check(cfg):
+    """The settings no flag range covers; --out made and writable."""
+    if cfg.image_size % 28 or cfg.min_lr_frac > 1:
+        raise Error("--image-size must be a multiple of 28 (patches of 14, pixel shuffle by 2), --min-lr-frac <= 1")
     if min(cfg.steps, cfg.micro_batch, cfg.grad_accum, cfg.qa_turns, cfg.max_len) < 1 or cfg.warmup < 0:
-        raise TrainError("--steps, --micro-batch, --grad-accum, --qa-turns and --max-len must be >= 1, --warmup >= 0")
+        raise Error("--steps, --micro-batch, --grad-accum, --qa-turns and --max-len must be >= 1, --warmup >= 0")
     if min(cfg.p_transcribe, cfg.p_qa, cfg.p_reason) < 0 or cfg.p_transcribe + cfg.p_qa + cfg.p_reason <= 0 \
             or not 0 <= cfg.cot_frac <= 1:
-        raise TrainError("--p-transcribe/--p-qa/--p-reason must be >= 0 with a positive sum, --cot-frac in [0, 1]")
+        raise Error("--p-transcribe/--p-qa/--p-reason must be >= 0 with a positive sum, --cot-frac in [0, 1]")
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
-        raise TrainError(f"--out {cfg.out} is a file: pass a folder for the run (checkpoint, log, final model)")
-    try:
-        os.makedirs(cfg.out, exist_ok=True)
-        open(os.path.join(cfg.out, ".writable"), "w").close()
-        os.remove(os.path.join(cfg.out, ".writable"))
-    except OSError as e:
-        raise TrainError(f"--out {cfg.out}: cannot write there ({e.strerror or e}): pass a folder you can write to") from None
+        raise Error(f"--out {cfg.out} is a file: pass a folder for the run (checkpoint, log, final model)")
+    cli.writable(cfg.out, f"--out {cfg.out}")
     if set(cfg.kinds.split(",")) - set(synth.KINDS):
-        raise TrainError(f"--kinds {cfg.kinds}: choose from {','.join(synth.KINDS)}")
+        raise Error(f"--kinds {cfg.kinds}: choose from {','.join(synth.KINDS)}")
     if not cfg.data and cfg.seed_offset + cfg.steps * cfg.micro_batch * cfg.grad_accum * dist_info()[1] > 10**9:
-        raise TrainError("synthetic training seeds must stay below 10**9 (eval sets use the seeds above): lower --seed-offset")
+        raise Error("synthetic training seeds must stay below 10**9 (eval sets use the seeds above): lower --seed-offset")
     if not cfg.resume and os.path.exists(os.path.join(cfg.out, "checkpoint")):
-        raise TrainError(f"{cfg.out} already holds a run: add --resume to continue it or choose another --out")
+        raise Error(f"{cfg.out} already holds a run: add --resume to continue it or choose another --out")
 
 
 def setup(cfg):
     """Process group under torchrun (nccl on GPUs, gloo on CPUs), threads, seeds; -> this process's device."""
     world, local = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-    if msg := check_device(cfg.device or "cpu"):
-        raise TrainError(msg)
+    if msg := cli.check_device(cfg.device or "cpu"):
+        raise Error(msg)
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local)
@@ -551,8 +538,8 @@ def leave_group():
         dist.destroy_process_group()
 
 
-def main(argv=None):
-    cfg = parse_args(argv)
+def run(cfg):
+    """Train from cfg.init; OUT/ ends as an InternVL2 checkpoint folder."""
     try:
         device = setup(cfg)
         check(cfg)
@@ -564,12 +551,13 @@ def main(argv=None):
             M.save_model(model, cfg.out, tokenizer_dir=tok_dir)
             print(f"saved {cfg.out} (InternVL2 layout; log in {os.path.join(cfg.out, 'log.jsonl')})", file=sys.stderr)
         leave_group()
-    except (TrainError, M.ModelLoadError, compress.CompressError) as e:
-        print(f"posttrain.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
     finally:
         if dist.is_initialized():  # an error: no barrier, a peer may never reach it
             dist.destroy_process_group()
+
+
+def main(argv=None):
+    sys.exit(cli.run_main("posttrain.py", lambda: run(parse_args(argv)), M.ModelLoadError, compress.CompressError))
 
 
 if __name__ == "__main__":

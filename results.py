@@ -14,19 +14,24 @@ pool, FastV, stage I, stage I+II (a), (b) and (c), stage I+II+merge.
         --stage2-args "--data cot.jsonl --image-root /data --grad-checkpointing"
     python -m pytest tests/test_results.py -q
 
+Each step is a function call (distill.run, merge.merge, evaluate.evaluate) in a child process;
+--distill-args and --stage2-args are parsed by distill.py and win over results.py's settings but for a
+run's folder and shape (--out, --micro-batch, --warmup, --max-num, --threads, --device, --resume).
+
 Under --out (runs/results): r<ratio>/{stage1,stage2-a,stage2-b,stage2-c,merged}/, eval/<row>/<task>.jsonl and .json,
 results.md, results.json, score_vs_tokens.png. A training step whose folder holds a finished model
 (config.json + model*.safetensors) is skipped, one with only checkpoint/ gets --resume, an evaluation
-whose flags and weights have not changed is skipped: after a kill, the same command continues. Delete
+whose settings and weights have not changed is skipped: after a kill, the same command continues. Delete
 a folder to redo its step. Runs (a), (c) and the merge are asked with the CoT prompt (only the final answer
 is scored), the others with the direct one. Columns: visual tokens per image; prefill time (mean of
 per-task ratios) and peak memory (each row's evaluations run in one process) relative to the teacher;
 each task's score in its unit (OCRBench: hits); avg, the mean over tasks with OCRBench as percent;
 reasoning, the mean over tasks of the reasoning questions' score.
 """
-import functools, glob, inspect, json, math, os, re, shlex, subprocess, sys, time
-from dataclasses import asdict, dataclass, fields
+import functools, glob, json, math, multiprocessing, os, shlex, sys, time
+from dataclasses import asdict, dataclass, replace
 
+import cli
 import evaluate as E
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -50,8 +55,8 @@ class Config:
     micro_batch: int = 8  # conversations per training step
     warmup: int = 20  # warmup steps of each run
     max_num: int = 0  # tiles in training and evaluation (0: the model's / the task protocol's)
-    distill_args: str = ""  # more distill.py flags, e.g. "--data pairs.jsonl --grad-checkpointing"
-    stage2_args: str = ""  # more distill.py flags for both stage-II runs
+    distill_args: str = ""  # more distill.py flags for stage I, e.g. "--data pairs.jsonl --grad-checkpointing"
+    stage2_args: str = ""  # more distill.py flags for the stage-II runs
     fastv_layer: int = 2  # K of the FastV baseline
     limit: int = 0  # first N questions per task (0: all)
     max_new_tokens: int = 0  # answer length in evaluation (0: the task protocol's)
@@ -68,42 +73,28 @@ QUICK = dict(distill_steps=4, stage2_steps=4, cot_steps=4, micro_batch=2, warmup
 # reasoning questions answered with a rationale, so the run is asked with the CoT prompt; merge: averaged into the final
 # model. (a) and (c) are two such mixes; (b) keeps distillation's own, the comparison without CoT (an average with it
 # answers as (b) does: README)
-STAGE2 = {"a": dict(seed_offset=610_000_000, cot=True, merge=True, args=["--p-transcribe", "0.3", "--p-qa", "0.4",
-                                                                         "--p-reason", "0.3", "--cot-frac", "1"]),
-          "b": dict(seed_offset=700_000_000, cot=False, merge=False, args=[]),
-          "c": dict(seed_offset=620_000_000, cot=True, merge=True, args=["--p-transcribe", "0.35", "--p-qa", "0.45",
-                                                                         "--p-reason", "0.2", "--cot-frac", "1"])}
+STAGE2 = {"a": dict(seed_offset=610_000_000, cot=True, merge=True, mix=dict(p_transcribe=0.3, p_qa=0.4, p_reason=0.3,
+                                                                            cot_frac=1.0)),
+          "b": dict(seed_offset=700_000_000, cot=False, merge=False, mix={}),
+          "c": dict(seed_offset=620_000_000, cot=True, merge=True, mix=dict(p_transcribe=0.35, p_qa=0.45, p_reason=0.2,
+                                                                            cot_frac=1.0))}
 MERGED = [k for k, s in STAGE2.items() if s["merge"]]
-EVAL_ROW = "import json, sys, evaluate as E\nsys.exit(next((rc for a in json.loads(sys.argv[1]) if (rc := E.main(a))), 0))"
 FAMILIES = {"teacher": (0, 0, 0), "pool": (31, 119, 180), "FastV": (255, 127, 14), "stage I": (44, 160, 44),
             "stage I+II (a)": (214, 39, 40), "stage I+II (b)": (140, 86, 75), "stage I+II (c)": (227, 119, 194),
             "stage I+II+merge": (148, 103, 189)}
 
 
 def parse_args(argv=None):
-    p = E.Parser(prog="results.py", description=__doc__.strip().split("\n\n")[0])
-    notes = dict(re.findall(r"^    (\w+): .*?  # (.+)$", inspect.getsource(Config), re.M))
-    for f in fields(Config):
-        kw = dict(action="store_true") if f.type is bool else dict(type=type(f.default), default=f.default) \
-            if f.type is not tuple else dict(nargs="+", type=type(f.default[0]), default=f.default)
-        p.add_argument("--" + f.name.replace("_", "-"), help=notes[f.name].replace("%", "%%"), **kw)
-    cfg = Config(**vars(p.parse_args(argv)))
+    pos = (0, float("inf"))  # the numbers reach distill.py and evaluate.py late, after hours of training: checked now
+    cfg = cli.parse(Config, argv, "results.py", __doc__, ratios=(0, 1), distill_steps=1, stage2_steps=1, cot_steps=1,
+                    micro_batch=1, warmup=0, max_num=0, fastv_layer=1, limit=0, max_new_tokens=0, batch_size=1, threads=0,
+                    jobs=1, distill_lr=pos, stage2_lr=pos, stage2_lr_llm=pos)
     for k, v in QUICK.items() if cfg.quick else ():
         setattr(cfg, k, v if getattr(cfg, k) == getattr(Config, k) else getattr(cfg, k))
     if set(cfg.tasks) - set(TASKS):
-        p.error(f"--tasks: choose from {' '.join(TASKS)}")
-    pos = (0, float("inf"))  # the numbers reach distill.py and evaluate.py late, after hours of training: checked now
-    if msg := E.out_of_range(cfg, ratios=(0, 1), distill_steps=1, stage2_steps=1, cot_steps=1, micro_batch=1, warmup=0,
-                             max_num=0, fastv_layer=1, limit=0, max_new_tokens=0, batch_size=1, threads=0, jobs=1,
-                             distill_lr=pos, stage2_lr=pos, stage2_lr_llm=pos):
-        p.error(msg)
+        raise cli.Error(f"--tasks: choose from {' '.join(TASKS)}")
     cfg.out, cfg.teacher = os.path.abspath(cfg.out), os.path.abspath(cfg.teacher)
     return cfg
-
-
-def fail(msg):
-    print(f"results.py: error: {msg}", file=sys.stderr)
-    sys.exit(2)
 
 
 def finished(folder):
@@ -117,11 +108,12 @@ def load(path):
 
 def fork(fn, what):
     """fn() in a forked child -> its pid. The child's exit code is fn's return value (None: 0), a SystemExit's
-    code, or 1 after printing an exception as one line starting with `what`."""
+    code, 2 after printing a cli.Error as one line, or 1 after printing another exception as one line starting with
+    `what`."""
     if (pid := os.fork()) == 0:
         rc = 1
         try:
-            rc = fn() or 0
+            rc = cli.run_main("results.py", fn)
         except SystemExit as e:
             rc = e.code if isinstance(e.code, int) else 1
         except Exception as e:
@@ -131,29 +123,50 @@ def fork(fn, what):
     return pid
 
 
-def step(what, argv=None, fn=None, threads=0):
-    """A python subprocess (argv) or fn() in a forked child, output streamed; a failure stops all with one
-    line. The parent only imports torch, never computes: a child's peak memory (evaluate.py's) is its own."""
-    print(f"\n== {what}" + (f": {shlex.join(argv)}" if argv else ""), flush=True)
-    if argv:
-        env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
-        rc = subprocess.run([sys.executable, *argv], cwd=HERE, env=env).returncode
+def child(fn, threads):
+    import torch
+    torch.set_num_threads(threads or torch.get_num_threads())
+    sys.exit(fn() or 0)
+
+
+def step(what, fn, threads=0, fresh=False, detail=""):
+    """fn() in a child process, its output streamed: forked (the parent only imports torch, never computes: a child's
+    peak memory, evaluate's, is its own), or with `fresh` a new interpreter (CUDA does not survive a fork). A failure
+    stops all with one line."""
+    print(f"\n== {what}" + (f": {detail}" if detail else ""), flush=True)
+    if fresh:
+        p = multiprocessing.get_context("spawn").Process(target=child, args=(fn, threads))
+        p.start()
+        p.join()
+        rc = p.exitcode
     else:
-        def child():
-            import torch
-            torch.set_num_threads(threads or torch.get_num_threads())
-            return fn()
-        rc = os.waitstatus_to_exitcode(os.waitpid(fork(child, what), 0)[1])
+        rc = os.waitstatus_to_exitcode(os.waitpid(fork(functools.partial(child, fn, threads), what), 0)[1])
     if rc:
-        fail(f"{what} failed (exit {rc}); fix it and rerun the same command to continue")
+        raise cli.Error(f"{what} failed (exit {rc}); fix it and rerun the same command to continue")
 
 
-def train(cfg, what, script, out, argv):
+def run_distill(settings, flags):
+    """distill.py's run of `settings` (DistillConfig fields) and the user's flags, which win over them but for the
+    run's folder and its shape (out, micro_batch, warmup, max_num, threads, device, resume)."""
+    import distill as D
+    shape = ("out", "micro_batch", "warmup", "max_num", "threads", "device", "resume")
+    fixed, defaults = ({k: v for k, v in settings.items() if (k in shape) == want} for want in (True, False))
+    return cli.run_main("distill.py", lambda: D.run(replace(D.parse_args(shlex.split(flags), **defaults), **fixed)))
+
+
+def train(cfg, what, out, flags, **settings):
     if finished(out):
         return print(f"== {what}: done in {out}, skipped")
-    argv += ["--out", out, "--micro-batch", str(cfg.micro_batch), "--warmup", str(cfg.warmup), "--max-num",
-             str(cfg.max_num), "--threads", str(cfg.threads)] + (["--device", cfg.device] if cfg.device else [])
-    step(what, [script, *argv, *(["--resume"] if os.path.isdir(os.path.join(out, "checkpoint")) else [])], threads=cfg.threads)
+    settings.update(out=out, micro_batch=cfg.micro_batch, warmup=cfg.warmup, max_num=cfg.max_num, threads=cfg.threads,
+                    resume=os.path.isdir(os.path.join(out, "checkpoint")), **({"device": cfg.device} if cfg.device else {}))
+    shown = ", ".join(f"{k}={v!r}" for k, v in settings.items())
+    step(what, functools.partial(run_distill, settings, flags), cfg.threads, not on_cpu(cfg),
+         f"distill.py with {shown}" + (f" and {flags}" if flags else ""))
+
+
+def on_cpu(cfg):
+    import torch
+    return (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"
 
 
 def side_by_side(fns, jobs):
@@ -178,21 +191,19 @@ def run_pipeline(cfg):
 
 def ratio_pipeline(cfg, r):
     d = os.path.join(cfg.out, f"r{r:g}")
-    train(cfg, f"stage I {r:g}", "distill.py", os.path.join(d, "stage1"),
-          ["--teacher", cfg.teacher, "--ratio", str(r), "--compressor", cfg.compressor, "--eval-task", "", "--steps",
-           str(cfg.distill_steps), "--lr", str(cfg.distill_lr), "--fastv-layer", str(cfg.fastv_layer), *shlex.split(cfg.distill_args)])
+    shared = dict(teacher=cfg.teacher, ratio=r, compressor=cfg.compressor, eval_task="", fastv_layer=cfg.fastv_layer)
+    train(cfg, f"stage I {r:g}", os.path.join(d, "stage1"), cfg.distill_args, **shared, steps=cfg.distill_steps,
+          lr=cfg.distill_lr)
     for k, s in STAGE2.items():
-        steps = cfg.cot_steps if s["cot"] else cfg.stage2_steps
-        train(cfg, f"stage II-{k} {r:g}", "distill.py", os.path.join(d, f"stage2-{k}"),
-              ["--teacher", cfg.teacher, "--student", os.path.join(d, "stage1"), "--ratio", str(r), "--compressor",
-               cfg.compressor, "--trainable", "compressor,projector,llm", "--eval-task", "", "--fastv-layer",
-               str(cfg.fastv_layer), "--steps", str(steps), "--lr", str(cfg.stage2_lr), "--lr-llm",
-               str(cfg.stage2_lr_llm), "--seed-offset", str(s["seed_offset"]), *s["args"], *shlex.split(cfg.stage2_args)])
+        train(cfg, f"stage II-{k} {r:g}", os.path.join(d, f"stage2-{k}"), cfg.stage2_args, **shared,
+              student=os.path.join(d, "stage1"), trainable="compressor,projector,llm",
+              steps=cfg.cot_steps if s["cot"] else cfg.stage2_steps, lr=cfg.stage2_lr, lr_llm=cfg.stage2_lr_llm,
+              seed_offset=s["seed_offset"], **s["mix"])
     merged = os.path.join(d, "merged")
     if not finished(merged):  # merge.py swaps a finished folder in: a folder named merged is complete
         import merge
         step(f"merge {r:g}: {' + '.join(f'stage2-{k}' for k in MERGED)} -> {merged}",
-             fn=lambda: merge.merge([os.path.join(d, f"stage2-{k}") for k in MERGED], merged))
+             functools.partial(merge.merge, [os.path.join(d, f"stage2-{k}") for k in MERGED], merged), fresh=not on_cpu(cfg))
 
 
 def rows(cfg):
@@ -210,22 +221,20 @@ def rows(cfg):
 
 
 def evaluate_rows(cfg):
-    """A row's tasks in one forked child (--jobs of them at a time). A task is skipped when its .json exists and its
-    flags and weights (name, size, mtime) are those in .inputs.json; other weights drop the old predictions, other
-    flags resume them where evaluate.py's run key allows (it starts a file of other settings afresh)."""
+    """A row's tasks in one child process (--jobs of them at a time). A task is skipped when its .json exists and its
+    settings and weights (name, size, mtime) are those in .inputs.json; other weights drop the old predictions, other
+    settings resume them where evaluate.py's run key allows (it starts a file of other settings afresh)."""
     import torch, model, compress  # once, in the parent: only imports happen before the forks
-    on_cpu, work = (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu", []
+    work = []
     for key, _, r, folder, method, cot in rows(cfg):
         todo, edir = [], os.path.join(cfg.out, "eval", key)
         stamp = sorted((os.path.basename(f), os.path.getsize(f), os.path.getmtime(f))
                        for f in glob.glob(os.path.join(folder, "model*.safetensors")))
         for task in cfg.tasks:
-            argv = ["--task", task, "--model", folder, "--method", method, "--ratio", str(r), "--fastv-layer",
-                    str(cfg.fastv_layer), "--batch-size", str(cfg.batch_size), "--out", os.path.join(edir, task + ".jsonl")]
-            argv += ["--cot"] if cot else []
-            for flag in ("limit", "max_num", "max_new_tokens", "device"):
-                argv += ["--" + flag.replace("_", "-"), str(getattr(cfg, flag))] if getattr(cfg, flag) else []
-            side, want = os.path.join(edir, task + ".inputs.json"), json.loads(json.dumps(dict(argv=argv, weights=stamp)))
+            settings = dict(task=task, model=folder, method=method, ratio=r, fastv_layer=cfg.fastv_layer,
+                            batch_size=cfg.batch_size, out=os.path.join(edir, task + ".jsonl"), cot=cot,
+                            **{k: getattr(cfg, k) for k in ("limit", "max_num", "max_new_tokens", "device") if getattr(cfg, k)})
+            side, want = os.path.join(edir, task + ".inputs.json"), json.loads(json.dumps(dict(settings=settings, weights=stamp)))
             old = load(side) if os.path.isfile(side) else None
             if old == want and os.path.isfile(os.path.join(edir, task + ".json")):
                 continue
@@ -233,19 +242,24 @@ def evaluate_rows(cfg):
                 if os.path.exists(os.path.join(edir, task + ext)):
                     os.remove(os.path.join(edir, task + ext))
             os.makedirs(edir, exist_ok=True)
-            E.write_text(side, json.dumps(want))
-            todo.append(argv)
+            cli.write_text(side, json.dumps(want))
+            todo.append(settings)
         if todo:
-            work.append(functools.partial(evaluate_row, cfg, key, todo, on_cpu))
+            work.append(functools.partial(step, f"evaluate {key}", functools.partial(evaluate_row, todo), cfg.threads,
+                                          fresh=not on_cpu(cfg)))
     side_by_side(work, cfg.jobs)
 
 
-def evaluate_row(cfg, key, todo, on_cpu):
-    """One row's evaluate.py runs (`todo`: their argv lists): in a forked child on a CPU, a new process on CUDA."""
-    if on_cpu:
-        step(f"evaluate {key}", fn=lambda: next((rc for a in todo if (rc := E.main(a))), 0), threads=cfg.threads)
-    else:  # CUDA does not survive a fork: a new process per row
-        step(f"evaluate {key}", ["-c", EVAL_ROW, json.dumps(todo)], threads=cfg.threads)
+def evaluate_row(todo):
+    """One row's evaluations (`todo`: each task's EvalConfig fields): the row's model, loaded once."""
+    import model as M
+
+    def run():
+        first = E.EvalConfig(**todo[0])
+        model, tok = E.load_model(first), M.load_tokenizer(first.model)
+        for settings in todo:
+            E.evaluate(model, tok, settings["task"], **settings)
+    return cli.run_main("evaluate.py", run)
 
 
 def summarise(cfg):
@@ -334,22 +348,26 @@ def plot(cfg, res, table, path):
     os.replace(path + ".tmp", path)
 
 
-def main(argv=None):
-    cfg, t0 = parse_args(argv), time.time()
+def run(cfg):
+    t0 = time.time()
     if not cfg.table_only:
         if not finished(cfg.teacher):
-            fail(f"--teacher {cfg.teacher} holds no model (config.json + model*.safetensors)")
+            raise cli.Error(f"--teacher {cfg.teacher} holds no model (config.json + model*.safetensors)")
         run_pipeline(cfg)
         evaluate_rows(cfg)
     if not os.path.isdir(os.path.join(cfg.out, "eval", "teacher")):
-        fail(f"no teacher evaluation in {cfg.out}/eval: run without --table-only first")
+        raise cli.Error(f"no teacher evaluation in {cfg.out}/eval: run without --table-only first")
     res, table, best = summarise(cfg)
     md = markdown(cfg, res, table, best)
-    E.write_text(os.path.join(cfg.out, "results.md"), md)
-    E.write_text(os.path.join(cfg.out, "results.json"), json.dumps(dict(
-        config=asdict(cfg), table=table, stage2_best={f"{r:g}": k for r, k in best.items()}, rows=res), indent=1))
+    cli.write_text(os.path.join(cfg.out, "results.md"), md)
+    cli.write_json(os.path.join(cfg.out, "results.json"), dict(
+        config=asdict(cfg), table=table, stage2_best={f"{r:g}": k for r, k in best.items()}, rows=res))
     plot(cfg, res, table, os.path.join(cfg.out, "score_vs_tokens.png"))
     print("\n" + md + f"\n-> {cfg.out}/results.md, results.json, score_vs_tokens.png ({time.time() - t0:.0f} s)")
+
+
+def main(argv=None):
+    sys.exit(cli.run_main("results.py", lambda: run(parse_args(argv))))
 
 
 if __name__ == "__main__":

@@ -13,54 +13,45 @@ supervision that the generator's glyph boxes make possible:
           Optionally (--pair-layer L) a pair loss: head 0 of layer L, from the token of each such key's
           last glyph, must attend to its value's tokens, so that the key's token holds the value.
 
+The commands that make the shipped checkpoint (checkpoints/tiny is the last one's bf16 export; docs/teacher.md has
+every run as it was made, some started from a bf16 export, so a rerun lands near the shipped model, not on it):
+
+    # glyphs (its result: checkpoints/teacher-wip/glyphs.safetensors), then read, continued three times
     python teacher.py --stage glyphs --out runs/teacher-glyphs --steps 5500 --micro-batch 1 --glyph-tiles 48 \
         --lr 2e-3 --warmup 100 --save-every 100
     python teacher.py --stage read --vision-from runs/teacher-glyphs --out runs/teacher-read --steps 3000 \
         --micro-batch 8 --lr 1e-3 --warmup 100 --save-every 100
-    (checkpoints/teacher-wip/glyphs.safetensors is the glyph stage's result: --vision-from takes it too)
     python teacher.py --stage read --init runs/teacher-read --out runs/teacher-read2 --steps 1000 \
         --micro-batch 8 --lr 5e-4 --warmup 50
     torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init runs/teacher-read2 --out runs/teacher-read3 \
         --steps 5200 --micro-batch 4 --lr 5e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3
-        # two 1-thread processes beat one 2-thread process on 2 cores
     torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init runs/teacher-read3 --out runs/teacher-read4 \
         --steps 5600 --micro-batch 4 --lr 3e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3 \
         --seed-offset 100000000 --kinds doc,table,chart,chart,info,info,scene
-        # new images (seeds from 10**8), twice the charts and infographics, the kinds furthest from their targets;
-        # the shipped run started from read3's bf16 export (the previous checkpoints/tiny), not its fp32 folder
+    # glyphs again with OCRBench's word crops (its result: checkpoints/teacher-wip/glyphs2.safetensors)
     python teacher.py --stage glyphs --vision-from checkpoints/teacher-wip/glyphs.safetensors --out runs/teacher-glyphs2 \
         --steps 1500 --micro-batch 1 --glyph-tiles 48 --glyph-crops 4 --lr 5e-4 --warmup 50 --threads 1 \
         --seed-offset 20000 --eval-every 250
-        # the ViT learns OCRBench's word crops (upscaled, whole only in the thumbnail) as well; shipped in bf16
-        # as checkpoints/teacher-wip/glyphs2.safetensors
-    torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init checkpoints/tiny \
+    # read with that ViT, continued twice on the CPU, then on one H100 (9 min; 12 processes render the pages)
+    torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init runs/teacher-read4 \
         --vision-from checkpoints/teacher-wip/glyphs2.safetensors --out runs/teacher-read5 --steps 3000 --micro-batch 4 \
         --lr 3e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3 --crop-frac 0.15 \
         --seed-offset 400000000 --kinds doc,table,chart,chart,info,info,scene --eval-every 500
-        # from read4's bf16 export with the new ViT: word crops, two-hop pointers for KEY_QUESTION answers,
-        # OCRBench's tile budget and prompts
-    torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init checkpoints/tiny --out runs/teacher-pair \
-        --steps 1500 --micro-batch 4 --lr 3e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3 --crop-frac 0.15 \
-        --seed-offset 410000000 --kinds doc,table,chart,chart,info,info,scene --eval-every 250 --pair-layer 1 --pair-weight 5
-        # a probe of the pair loss from the shipped model (README); the same without --pair-layer is its control:
-    torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init checkpoints/tiny --out runs/teacher-nopair \
+    torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init runs/teacher-read5 --out runs/teacher-nopair \
         --steps 1500 --micro-batch 4 --lr 3e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3 --crop-frac 0.15 \
         --seed-offset 410000000 --kinds doc,table,chart,chart,info,info,scene --eval-every 250
     torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init runs/teacher-nopair --out runs/teacher-read6 \
         --steps 1700 --micro-batch 4 --lr 3e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3 --crop-frac 0.15 \
         --seed-offset 420000000 --kinds doc,table,chart,chart,info,info,scene --eval-every 850
-        # the control, continued (its bf16 export was committed as checkpoints/teacher-wip/read6 until 2026-11-23)
     python teacher.py --stage read --init runs/teacher-read6 --out runs/teacher-gpu --steps 1778 --micro-batch 64 \
         --lr 5e-4 --warmup 100 --threads 4 --workers 12 --qa-turns 5 --transcribe-frac 0.3 --crop-frac 0.15 \
         --seed-offset 440000000 --kinds doc,table,chart,chart,chart,info,scene --eval-every 2000 --save-every 100
-        # one H100, 9 min (12 processes render the pages); its bf16 export is checkpoints/tiny. The shipped run
-        # started from read6's bf16 export and was resumed once, from step 1,200
-    (add --resume to continue an interrupted stage; other flags as posttrain.py's)
+    (add --resume to continue an interrupted stage; the other flags are posttrain.py's: python teacher.py --help)
+    python -m pytest tests/test_teacher.py -q
 
 Each stage runs posttrain.train (checkpoints, resume, DDP, log.jsonl). The auxiliary head and the
 pointer loss exist only here: what ships is the plain InternVL2 architecture.
 """
-import argparse
 import json
 import math
 import os
@@ -68,15 +59,17 @@ import random
 import re
 import string
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+import cli
 import model as M
 import posttrain as P
+from cli import Error
 from data.build import CROP_QUESTION, KIE_SUFFIX, OCRB_TYPES, crop_run
 from data.synth import KINDS, Config, make_sample
 from evaluate import PROMPT, TASKS
@@ -90,6 +83,34 @@ KEY_QUESTION = re.compile(r"^What (?:is the value for|percentage) (.+)\?$")  # a
 EVAL_SEEDS = range(10**9 - 2000, 10**9 - 1960)  # held out: training seeds stay below 10**9 - 2000
 S = 112  # tile size
 FAMILY = "shipped"  # --family: which of synth.py's families the training images are drawn from
+
+
+@dataclass
+class TeacherConfig(P.TrainConfig):
+    # posttrain.py's settings with the teacher's defaults
+    trainable: str = ""  # what learns ('': all in the glyph stage; projector,llm in the read stage, the ViT frozen)
+    qa_turns: int = 3  # QA turns about one image per conversation (read)
+    # the teacher's own
+    stage: str = ""  # glyphs | read
+    vision_from: str = ""  # the ViT (and, for glyphs, its head) from a glyph stage's run folder or its .safetensors
+    eval_every: int = 250  # steps between evaluations on held-out images (OUT/eval.jsonl)
+    transcribe_frac: float = 0.4  # share of transcription conversations (read)
+    pointer_weight: float = 1.0  # weight of the pointer loss (read)
+    pointer_layers: int = 2  # the last this many decoder layers point (read)
+    pair_layer: int = -1  # decoder layer of the pair loss (-1: none)
+    pair_weight: float = 1.0  # weight of the pair loss
+    glyph_tiles: int = 48  # tiles per glyph-stage micro-batch
+    glyph_crops: int = 0  # of them, OCRBench-style word crops
+    crop_frac: float = 0.0  # share of word-crop conversations (read)
+    family: str = "shipped"  # training images: shipped, train or mix (data/wide.py; never the held-out family)
+
+
+def parse_args(argv=None):
+    cfg = cli.parse(TeacherConfig, argv, "teacher.py", __doc__, choices=dict(stage=["glyphs", "read"]), **P.BOUNDS,
+                    eval_every=1)
+    if not cfg.stage:
+        raise Error("the following arguments are required: --stage (see python teacher.py --help)")
+    return cfg
 
 
 def sample(kind, seed):
@@ -430,7 +451,7 @@ def make_read_loss(model, pointer_weight, layers, pair_layer=-1, pair_weight=1.0
     """LM loss + pointer loss on the last `layers` decoder layers; with pair_layer >= 0, also a pair loss there."""
     n_layers = model.config.llm.num_hidden_layers
     if pair_layer >= n_layers - layers:
-        raise P.TrainError(f"--pair-layer {pair_layer}: must be below the {layers} pointer layers (0..{n_layers - layers - 1})")
+        raise Error(f"--pair-layer {pair_layer}: must be below the {layers} pointer layers (0..{n_layers - layers - 1})")
     probe = AttentionInputs(model, [*([pair_layer] if pair_layer >= 0 else []), *range(n_layers - layers, n_layers)])
 
     def read_loss(net, batch):
@@ -458,7 +479,7 @@ def make_read_loss(model, pointer_weight, layers, pair_layer=-1, pair_weight=1.0
 def read_eval(model, tok):
     """Greedy ANLS / exact match on two extractive questions of each held-out image, asked as evaluate.py does;
     exact match on held-out word crops, asked as OCRBench does."""
-    from evaluate import anls
+    from metrics import anls
     model.eval()
     items, other = [], []  # the shipped family's images, then the held-out family's (never trained on)
     for family, into in (("shipped", items), ("heldout", other)):
@@ -487,31 +508,17 @@ def read_eval(model, tok):
 
 # ----------------------------------------------------------------------------------------------
 
-def fail(message):
-    print(f"teacher.py: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def main():
-    p = argparse.ArgumentParser(description="teacher flags; the rest are posttrain.py's", add_help=False)
-    p.add_argument("--stage", choices=["glyphs", "read"], required=True)
-    for name, default in dict(vision_from="", eval_every=250, transcribe_frac=0.4, qa_turns=3, pointer_weight=1.0,
-                              pointer_layers=2, pair_layer=-1, pair_weight=1.0, glyph_tiles=48, glyph_crops=0, crop_frac=0.0, family="shipped",
-                              kinds=",".join(KINDS)).items():
-        p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
-    own, argv = p.parse_known_args()
-    opts = vars(own)
-    kinds = opts["kinds"].split(",")
+def run(cfg):
     global FAMILY
-    FAMILY = opts["family"]
+    FAMILY = cfg.family
     if FAMILY not in ("shipped", "train", "mix"):
-        fail(f"--family {FAMILY!r}: one of shipped, train, mix (the held-out family is never trained on)")
+        raise Error(f"--family {FAMILY!r}: one of shipped, train, mix (the held-out family is never trained on)")
+    kinds = cfg.kinds.split(",")
     if not set(kinds) <= set(KINDS):
-        fail(f"--kinds {opts['kinds']!r}: each must be one of {','.join(KINDS)}")
-    cfg = P.parse_args(argv)
+        raise Error(f"--kinds {cfg.kinds!r}: each must be one of {','.join(KINDS)}")
     device = P.setup(cfg)
-    if opts["stage"] == "read" and "--trainable" not in argv:
-        cfg = replace(cfg, trainable="projector,llm")  # the glyph-trained ViT stays frozen: 3x cheaper steps, no forgetting
+    if cfg.stage == "read":
+        cfg = replace(cfg, trainable=cfg.trainable or "projector,llm")  # the glyph-trained ViT stays frozen: 3x cheaper
     os.makedirs(cfg.out, exist_ok=True)
     log = open(os.path.join(cfg.out, "eval.jsonl"), "a")
     rank, world = P.dist_info()
@@ -519,24 +526,24 @@ def main():
     first_seed = lambda step: cfg.seed_offset + (step * world + rank) * per_step
 
     def after_step(step, rec, evaluate):
-        if step % opts["eval_every"] == 0 or step == cfg.steps:
+        if step % cfg.eval_every == 0 or step == cfg.steps:
             r = dict(step=step, **evaluate())
             print(json.dumps(r), flush=True)
             log.write(json.dumps(r) + "\n")
             log.flush()
 
-    src = opts["vision_from"]  # a glyph stage's run folder, or its weights file
+    src = cfg.vision_from  # a glyph stage's run folder, or its weights file
     glyph_weights = src if not src or src.endswith(".safetensors") else os.path.join(src, "checkpoint", "model.safetensors")
     try:
         P.check(cfg)
         if glyph_weights and not os.path.isfile(glyph_weights):
-            fail(f"--vision-from {src}: {glyph_weights} not found; pass a glyph stage's run folder or its .safetensors")
-        if opts["stage"] == "glyphs":
+            raise Error(f"--vision-from {src}: {glyph_weights} not found; pass a glyph stage's run folder or its .safetensors")
+        if cfg.stage == "glyphs":
             net = GlyphReader(teacher_config(1)).to(device)
             if glyph_weights:  # continue a glyph stage: its ViT and head
                 net.load_state_dict(load_file(glyph_weights))
             P.train(replace(cfg, trainable="all"), net, None,
-                    lambda step: [glyph_batch((first_seed(step) + a) * 10**3, opts["glyph_tiles"], opts["glyph_crops"]) for a in range(cfg.grad_accum)],
+                    lambda step: [glyph_batch((first_seed(step) + a) * 10**3, cfg.glyph_tiles, cfg.glyph_crops) for a in range(cfg.grad_accum)],
                     glyph_loss, lambda s, r: after_step(s, r, lambda: glyph_eval(net)))
             return
         if cfg.init != "tiny":  # continue from a checkpoint folder, e.g. checkpoints/tiny
@@ -551,20 +558,21 @@ def main():
             weights = load_file(glyph_weights)
             model.load_state_dict({k: v for k, v in weights.items() if k.startswith("vision_model.")}, strict=False)
         batches = lambda step: [read_batch([read_conversation(first_seed(step) + a * cfg.micro_batch + i,
-                                                              opts["transcribe_frac"], opts["qa_turns"], kinds,
-                                                              opts["crop_frac"])
-                                            for i in range(cfg.micro_batch)], tok, model, cfg, opts["pair_layer"] >= 0)
+                                                              cfg.transcribe_frac, cfg.qa_turns, kinds, cfg.crop_frac)
+                                            for i in range(cfg.micro_batch)], tok, model, cfg, cfg.pair_layer >= 0)
                                 for a in range(cfg.grad_accum)]
-        step = P.train(cfg, model, tok, batches, make_read_loss(model, opts["pointer_weight"], opts["pointer_layers"],
-                                                                opts["pair_layer"], opts["pair_weight"]),
+        step = P.train(cfg, model, tok, batches, make_read_loss(model, cfg.pointer_weight, cfg.pointer_layers,
+                                                                cfg.pair_layer, cfg.pair_weight),
                        lambda s, r: after_step(s, r, lambda: read_eval(model, tok)))
         if rank == 0 and step >= cfg.steps:
             M.save_model(model, cfg.out, tokenizer_dir=cfg.tokenizer)
-    except (P.TrainError, M.ModelLoadError) as e:
-        fail(e)
     finally:
         if P.dist.is_initialized():
             P.dist.destroy_process_group()
+
+
+def main(argv=None):
+    sys.exit(cli.run_main("teacher.py", lambda: run(parse_args(argv)), M.ModelLoadError))
 
 
 if __name__ == "__main__":

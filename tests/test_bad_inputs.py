@@ -19,6 +19,7 @@ from PIL import Image
 from safetensors import safe_open
 
 import bench
+import cli
 import distill as D
 import evaluate as E
 import merge
@@ -161,7 +162,7 @@ def test_submission_only_when_no_question_has_answers(tmp_path):
     items = E.read_docvqa(docvqa_fixture(root, n=2, answers=False), root)
     E._all_or_none_answered(items, "test")  # none: a test file, for submission
     items[0]["answers"] = ["x"]
-    with pytest.raises(E.EvalError, match="question 101 has no answers"):
+    with pytest.raises(cli.Error, match="question 101 has no answers"):
         E._all_or_none_answered(items, "test")
 
 

@@ -102,3 +102,11 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
 def test_check_device():
     assert cli.check_device("cpu") is None
     assert "not a device torch knows" in cli.check_device("tpu")
+
+
+def test_writable(tmp_path):
+    cli.writable(str(tmp_path / "a" / "b"), "--out x")
+    assert os.listdir(tmp_path / "a" / "b") == []  # made, and the probe gone
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(cli.Error, match=r"^--out x: cannot write there \(.*\); pass --out in a writable folder$"):
+        cli.writable(str(tmp_path / "f" / "sub"), "--out x")  # a file where a folder should be

@@ -44,18 +44,18 @@ def test_loss_equals_two_separate_forward_passes(teacher_dir, with_rationale, me
     with torch.no_grad():
         for p in student.compressor.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    cfg, tcfg = D.parse_args(train_args(teacher_dir, "unused"))
-    convs = [P.conversation_at(i, tcfg) for i in range(3)]
+    cfg = D.parse_args(train_args(teacher_dir, "unused"))
+    convs = [P.conversation_at(i, cfg) for i in range(3)]
     if with_rationale:
-        cot = replace(tcfg, p_transcribe=0, p_qa=0, p_reason=1, cot_frac=1)
+        cot = replace(cfg, p_transcribe=0, p_qa=0, p_reason=1, cot_frac=1)
         cots = (c for c in (P.conversation_at(i, cot) for i in range(50)) if D.has_rationale(c))
         for i in (1, 0, 2)[:with_rationale]:  # the middle one, or all three: then no teacher forward at all
             convs[i] = next(cots)
-    batch = D.pair_collate(teacher)(convs, tok, student, tcfg)
+    batch = D.pair_collate(teacher)(convs, tok, student, cfg)
     n = batch["n_labels"]
     T, lam = 2.0, 0.3
     loss, m = D.make_loss(teacher, T, lam)(student, dict(batch, n_labels_global=n))
-    full = P.collate(convs, tok, teacher, tcfg)  # every conversation, with the teacher's image tokens
+    full = P.collate(convs, tok, teacher, cfg)  # every conversation, with the teacher's image tokens
     with torch.no_grad():
         t = teacher(full["pixel_values"], full["input_ids"], full["attention_mask"])
         s = student(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
@@ -98,6 +98,12 @@ def test_only_compressor_and_projector_learn_and_the_student_evaluates(teacher_d
         assert r.returncode == 0, r.stderr[-2000:]
         tokens.append(json.load(open(tmp_path / f"{name}.json"))["visual_tokens_per_image"])
     assert tokens[0] == tokens[1] / 2
+    rows = D.compare(D.parse_args(train_args(teacher_dir, out, "--eval-task", "docvqa", "--eval-limit", "1")), out)
+    flops = {r["name"].split()[0]: r["llm_prefill_gflops"] for r in rows}  # the student's prompts are pool's
+    assert flops["FCoT"] == flops["pool"] < flops["FastV"] < flops["teacher"]
+    table = open(os.path.join(out, "results.md")).read()
+    assert "| LLM prefill FLOPs vs teacher |" in table and table.splitlines()[2].startswith("| teacher | ") \
+        and " | 1.00x | " in table.splitlines()[2], table
 
 
 def test_going_on_from_a_student_whose_llm_learns(teacher_dir, tmp_path):
@@ -105,15 +111,15 @@ def test_going_on_from_a_student_whose_llm_learns(teacher_dir, tmp_path):
     learns while the teacher's (the KL's targets) stays put; the ViT is the teacher's throughout."""
     first, second = str(tmp_path / "first"), str(tmp_path / "second")
     assert run(*train_args(teacher_dir, first)).returncode == 0
-    cfg, tcfg = D.parse_args(train_args(teacher_dir, "unused", "--student", first))
+    cfg = D.parse_args(train_args(teacher_dir, "unused", "--student", first))
     teacher, tok = M.load_model(teacher_dir), M.load_tokenizer(teacher_dir)
     student = D.start_student(cfg, teacher, "cpu", torch.float32, own_llm=True)
     saved = load_file(os.path.join(first, "model.safetensors"))
     assert torch.equal(student.compressor.fc1.weight, saved["compressor.fc1.weight"].float())
     assert student.vision_model is teacher.vision_model and student.language_model is not teacher.language_model
     llm_before = {k: v.clone() for k, v in teacher.language_model.state_dict().items()}
-    convs = [P.conversation_at(i, tcfg) for i in range(2)]
-    batch = D.pair_collate(teacher)(convs, tok, student, tcfg)
+    convs = [P.conversation_at(i, cfg) for i in range(2)]
+    batch = D.pair_collate(teacher)(convs, tok, student, cfg)
     loss, _ = D.make_loss(teacher, 1.0, 0.5)(student, dict(batch, n_labels_global=batch["n_labels"]))
     loss.backward()
     with torch.no_grad():
@@ -127,15 +133,15 @@ def test_going_on_from_a_student_whose_llm_learns(teacher_dir, tmp_path):
     t, s = load_file(os.path.join(teacher_dir, "model.safetensors")), load_file(os.path.join(second, "model.safetensors"))
     assert all(torch.equal(t[k], s[k]) for k in t if k.startswith("vision_model."))
     assert any(not torch.equal(t[k].float(), s[k].float()) for k in t if k.startswith("language_model."))
-    cfg, _ = D.parse_args(train_args(teacher_dir, "unused", "--student", second))
+    cfg = D.parse_args(train_args(teacher_dir, "unused", "--student", second))
     again = D.start_student(cfg, teacher, "cpu", torch.float32, own_llm=False)  # its own LLM, not the teacher's
     assert all(torch.equal(v, s["language_model." + k].float()) for k, v in again.language_model.state_dict().items())
-    cfg, _ = D.parse_args(train_args(teacher_dir, "unused", "--student", first, "--skip-thumbnail"))
+    cfg = D.parse_args(train_args(teacher_dir, "unused", "--student", first, "--skip-thumbnail"))
     on = D.start_student(cfg, teacher, "cpu", torch.float32, own_llm=False)  # the option, for a student without it
     assert on.compressor.skip_thumbnail and on.config.compressor["skip_thumbnail"] and not cfg.eval_limit
     assert not on.compressor.rank_projected
     M.save_model(on, str(tmp_path / "on"))  # a student with one option gets the other: both stay on
-    cfg, _ = D.parse_args(train_args(teacher_dir, "unused", "--student", str(tmp_path / "on"), "--rank-projected"))
+    cfg = D.parse_args(train_args(teacher_dir, "unused", "--student", str(tmp_path / "on"), "--rank-projected"))
     both = D.start_student(cfg, teacher, "cpu", torch.float32, own_llm=False)
     assert both.config.compressor == {"method": "select", "ratio": 0.5, "skip_thumbnail": True, "rank_projected": True}
     assert both.compressor.skip_thumbnail and both.compressor.rank_projected

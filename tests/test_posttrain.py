@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import model as M  # noqa: E402
+import cli  # noqa: E402
 import posttrain as P  # noqa: E402
 from data import synth  # noqa: E402
 
@@ -88,7 +89,7 @@ def test_padding_and_truncation(tiny):
     L = int(mask.sum(1).min())
     short = P.collate([P.conversation_at(0, cfg)], tok, model, cfg_of("--max-len", str(L - 3)))
     assert short["truncated"] == 1 and short["input_ids"].shape[1] == L - 3
-    with pytest.raises(P.TrainError, match="--max-len"):
+    with pytest.raises(cli.Error, match="--max-len"):
         P.collate([P.conversation_at(0, cfg)], tok, model, cfg_of("--max-len", "10"))
 
 
@@ -108,7 +109,7 @@ def test_projector_only_leaves_vit_and_llm_bitwise(tmp_path):
     P.train(cfg, model, tok, lambda step: [P.collate([P.conversation_at(step, cfg)], tok, model, cfg)])
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]) != k.startswith("mlp1."), k
-    with pytest.raises(P.TrainError, match="selects no parameter"):
+    with pytest.raises(cli.Error, match="selects no parameter"):
         P.set_trainable(model, "compressor")
     # the checkpoint holds the projector alone, and a resume takes it (or one that also holds frozen weights)
     ckpt = tmp_path / "checkpoint" / "model.safetensors"
@@ -120,7 +121,7 @@ def test_projector_only_leaves_vit_and_llm_bitwise(tmp_path):
     P.save_file({k: p.detach().contiguous() for k, p in model.named_parameters()}, str(ckpt))  # all of them
     P.load_checkpoint(str(tmp_path / "checkpoint"), fresh)
     P.save_file({"mlp1.9.weight": torch.zeros(1)}, str(ckpt))
-    with pytest.raises(P.TrainError, match="does not match"):
+    with pytest.raises(cli.Error, match="does not match"):
         P.load_checkpoint(str(tmp_path / "checkpoint"), fresh)
 
 
@@ -157,7 +158,7 @@ def test_resume_is_exact_and_final_folder_chats(tmp_path):
     run(*common, "--out", cut, "--stop-at", "3")  # leaves like a preempted job, with the step-3 checkpoint
     assert not os.path.exists(os.path.join(cut, "model.safetensors"))
     assert json.load(open(os.path.join(cut, "checkpoint", "state.json")))["step"] == 3
-    with pytest.raises(P.TrainError, match="--resume"):  # will not overwrite a run by accident
+    with pytest.raises(cli.Error, match="--resume"):  # will not overwrite a run by accident
         P.check(cfg_of(*common, "--out", cut))
     run(*common, "--out", cut, "--resume", "--workers", "2")  # batches built ahead in 2 forked processes: the same
     a, b = load_file(os.path.join(straight, "model.safetensors")), load_file(os.path.join(cut, "model.safetensors"))

@@ -63,8 +63,8 @@ def test_every_row_and_task(first):
         assert all(row["eval"][t]["n"] == 2 for t in TASKS)  # --limit reached evaluate.py
     assert res["rows"]["teacher"]["prefill_vs_teacher"] == res["rows"]["teacher"]["memory_vs_teacher"] == 1.0
     for k in keys:  # the runs that learnt rationales, and the merge that holds them, are asked for them
-        argv = json.load(open(os.path.join(out, "eval", k, "docvqa.inputs.json")))["argv"]
-        assert ("--cot" in argv) == (k.startswith(("stage2-a", "stage2-c", "merged"))), k
+        settings = json.load(open(os.path.join(out, "eval", k, "docvqa.inputs.json")))["settings"]
+        assert settings["cot"] == (k.startswith(("stage2-a", "stage2-c", "merged"))), k
     assert res["table"] == keys  # every row, in order; stage2_best names the better run the merge averages, its bar
     for r in RATIOS:
         best, runs = res["stage2_best"][f"{r:g}"], [f"stage2-{k}-r{r:g}" for k in "ac"]
@@ -144,7 +144,7 @@ def test_cut_run_resumes(first, teacher_dir):
     os.remove(os.path.join(folder, "config.json"))
     p, _ = run(*args(teacher_dir, out))
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "stage2-b --micro-batch" in p.stdout and "--resume" in p.stdout
+    assert "stage2-b', micro_batch=1" in p.stdout and "resume=True" in p.stdout
     assert p.stdout.count("== evaluate") == 1 and "== evaluate stage2-b-r0.5" in p.stdout
     assert json.load(open(os.path.join(out, "results.json")))["rows"]["stage2-b-r0.5"]["scores"] == scores
 

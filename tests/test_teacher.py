@@ -50,7 +50,7 @@ def test_piece_spans_rebuild_the_text(tok):
 @pytest.mark.parametrize("family", ["shipped", "mix"])
 def test_pointers_land_on_the_glyph(tok, family, monkeypatch):
     monkeypatch.setattr(T, "FAMILY", family)
-    cfg = P.Config(max_len=4096)
+    cfg = P.TrainConfig(max_len=4096)
     model = M.InternVLChat(T.teacher_config(tok.vocab_size))
     model.img_context_token_id = tok.token_to_id(M.IMG_CONTEXT)
     convs = [T.read_conversation(seed, transcribe_frac=0.5, qa_turns=2, crop_frac=0.3) for seed in range(8)]
@@ -122,7 +122,7 @@ def test_pointer_and_pair_nll_are_the_attention_of_head_0(tok):
 
 
 def test_pairs_point_from_a_key_to_the_value_printed_above_it(tok):
-    cfg = P.Config(max_len=4096)
+    cfg = P.TrainConfig(max_len=4096)
     model = M.InternVLChat(T.teacher_config(tok.vocab_size))
     model.img_context_token_id = tok.token_to_id(M.IMG_CONTEXT)
     convs = [T.read_conversation(seed, 0.5, 2, kinds=["chart", "info", "doc"]) for seed in range(6)]
