@@ -30,7 +30,6 @@ from typing import Callable
 import cli
 from cli import Error, write_json, write_text
 from metrics import HME, anls, ocrbench_hit, relaxed_accuracy, vqa_accuracy
-from cli import Parser, check_device, out_of_range  # noqa: F401  (bench.py's E.Parser...: until it imports cli)
 
 HERE = os.path.dirname(os.path.abspath(__file__))  # defaults (shipped sets, embedded model) live beside this file
 SELECT_OPTIONS = ('skip_thumbnail', 'rank_projected')  # compress.SELECT_OPTIONS, named here so flags parse before torch loads
