@@ -1,9 +1,7 @@
 """
-InternVL2 from scratch in plain PyTorch: InternViT, pixel shuffle, the mlp1 projector, the
-InternLM2 / Qwen2 / Llama language models, loading and saving the released safetensors layout,
-the tokenizer, the chat template, dynamic tiling and greedy generation with a KV cache.
-
-This file imports nothing from this repository: copy it into your project as it is.
+InternVL2 from scratch in plain PyTorch: InternViT, pixel shuffle, the mlp1 projector, the InternLM2 / Qwen2 / Llama
+language models, loading and saving the released safetensors layout, the tokenizer, the chat template, dynamic
+tiling and greedy generation with a KV cache. It imports nothing from this repository: copy it as it is.
 
     python model.py --model /path/to/InternVL2-2B --image page.png --question "What is the total?"
     python model.py --model /path/to/InternVL2-8B --device cuda --dtype bfloat16 --image page.png --question "..."
@@ -14,19 +12,20 @@ In Python:
     pixel_values = load_image("page.png", max_num=12, image_size=model.config.force_image_size)
     print(model.chat(tok, pixel_values, "What is the total?"))
 
-On CUDA, generate's decode loop replays one captured CUDA graph of the step (decode_step); elsewhere it
-runs eagerly. Token compression plugs in at two documented points: InternVLChat's compressor (fewer visual
-tokens, which may keep their position ids) and LanguageModel.before_layer (a method inside the LLM);
-compress.py holds FCoT-VL's.
+On CUDA, generate's decode loop replays one captured CUDA graph of the step (decode_step). Token compression plugs
+in at two documented points: InternVLChat's compressor (fewer visual tokens, which may keep their position ids) and
+LanguageModel.before_layer (a method inside the LLM); compress.py holds FCoT-VL's.
 
-Supported: InternVL2-1B (Qwen2; its byte-level BPE tokenizer is not, see load_tokenizer),
-InternVL2-2B and -8B (InternLM2), and the Llama-based 40B/76B layouts. Not supported: the 4B (Phi-3).
+Supported: InternVL2-1B (Qwen2; its byte-level BPE tokenizer is not, see load_tokenizer), -2B and -8B (InternLM2),
+and the Llama-based 40B/76B layouts. Not supported: the 4B (Phi-3).
 """
 import argparse
+import itertools
 import json
 import math
 import os
 import re
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -41,7 +40,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 SYSTEM_MESSAGE = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
-LLM_ARCHS = ("InternLM2ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM")
+LLM_ARCHS = {"InternLM2ForCausalLM": "internlm2", "Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
 
 
 class ModelLoadError(Exception):
@@ -128,14 +127,13 @@ def config_from_dict(d):
 
 def config_to_dict(cfg):
     """The inverse of config_from_dict, in the layout the original InternVL code reads."""
-    src = cfg.source
+    src, arch = cfg.source, cfg.llm.architecture
     top = {k: v for k, v in asdict(cfg).items() if k not in ("vision", "llm", "source") and (k != "compressor" or v)}
     vision = dict(src.get("vision_config", {}), architectures=["InternVisionModel"], model_type="intern_vit_6b",
                   num_channels=3, **asdict(cfg.vision))
     llm = dict(src.get("llm_config", {}), **{k: v for k, v in asdict(cfg.llm).items() if k not in ("architecture", "qkv_bias")})
-    model_type = {"InternLM2ForCausalLM": "internlm2", "Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
-    llm.update(architectures=[cfg.llm.architecture], model_type=model_type[cfg.llm.architecture])
-    if cfg.llm.architecture == "InternLM2ForCausalLM":
+    llm.update(architectures=[arch], model_type=LLM_ARCHS[arch])
+    if arch == "InternLM2ForCausalLM":
         llm["bias"] = cfg.llm.qkv_bias
     return dict(src, **top, architectures=["InternVLChatModel"], model_type="internvl_chat", dynamic_image_size=True,
                 vision_config=vision, llm_config=llm)
@@ -165,10 +163,6 @@ class RMSNorm(nn.Module):
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
-
-
-def vit_norm(cfg, dim):
-    return RMSNorm(dim, cfg.layer_norm_eps) if cfg.norm_type == "rms_norm" else nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
 
 
 class VisionEmbeddings(nn.Module):
@@ -222,8 +216,9 @@ class VisionMLP(nn.Module):
 class VisionBlock(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.norm1, self.attn = vit_norm(cfg, cfg.hidden_size), VisionAttention(cfg)
-        self.norm2, self.mlp = vit_norm(cfg, cfg.hidden_size), VisionMLP(cfg)
+        norm = RMSNorm if cfg.norm_type == "rms_norm" else nn.LayerNorm
+        self.norm1, self.attn = norm(cfg.hidden_size, cfg.layer_norm_eps), VisionAttention(cfg)
+        self.norm2, self.mlp = norm(cfg.hidden_size, cfg.layer_norm_eps), VisionMLP(cfg)
         self.ls1, self.ls2 = nn.Parameter(torch.ones(cfg.hidden_size)), nn.Parameter(torch.ones(cfg.hidden_size))
 
     def forward(self, x):
@@ -231,16 +226,11 @@ class VisionBlock(nn.Module):
         return x + self.ls2 * self.mlp(self.norm2(x))
 
 
-class VisionEncoder(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        self.layers = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.num_hidden_layers))
-
-
 class InternViT(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.embeddings, self.encoder = VisionEmbeddings(cfg), VisionEncoder(cfg)
+        self.embeddings = VisionEmbeddings(cfg)
+        self.encoder = nn.ModuleDict(dict(layers=nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.num_hidden_layers))))
 
     def forward(self, pixel_values, select_layer=-1):
         """Hidden states after layer `select_layer` (-1: the last; there is no final norm)."""
@@ -263,12 +253,11 @@ def pixel_shuffle(x, scale=0.5):
 
 
 # ----------------------------------------------------------------------------------------------
-# The language model, in InternLM2's layout: q/k/v packed into one wqkv whose rows are grouped
-# per kv head as [q_{hG}, ..., q_{hG+G-1}, k_h, v_h]. Qwen2/Llama checkpoints are packed at load.
+# The language model, in InternLM2's layout: q/k/v packed into one wqkv whose rows are grouped per kv head as
+# [q_{hG}, ..., q_{hG+G-1}, k_h, v_h]. Qwen2/Llama checkpoints are packed at load.
 
 def rope_cos_sin(cfg, position_ids, seq_len, dtype):
-    """Rotary cos/sin for position_ids [B, L]. seq_len is the full length (cache included),
-    which dynamic NTK scaling compares with max_position_embeddings."""
+    """Rotary cos/sin for position_ids [B, L]; seq_len (cache included) is what dynamic NTK scaling checks."""
     d = cfg.hidden_size // cfg.num_attention_heads
     base, pos, scaling = cfg.rope_theta, position_ids.float(), cfg.rope_scaling or {}
     kind, factor = scaling.get("type", scaling.get("rope_type")), scaling.get("factor", 1.0)
@@ -294,9 +283,9 @@ def apply_rope(x, cos, sin):
 
 
 class KVCache:
-    """A preallocated per-layer cache [B, n_kv, max_len, d]. Eager: the filled prefix is attended and
-    length grows. Static (index: a tensor of write positions, set by decode_step): k and v are written
-    there and the whole buffer is attended under the caller's mask, so a step's shapes never change."""
+    """A preallocated per-layer cache [B, n_kv, max_len, d]. Eager: the filled prefix is attended and length grows.
+    Static (index, set by decode_step): k, v are written at index and the whole buffer is attended under the
+    caller's mask, so a step's shapes never change."""
 
     def __init__(self, batch, n_kv, max_len, head_dim, dtype, device):
         self.k = torch.zeros(batch, n_kv, max_len, head_dim, dtype=dtype, device=device)
@@ -342,10 +331,10 @@ class Attention(nn.Module):
         q, k, v = self.project_qkv(x, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v)
-        # query head i reads kv head i // group: the order wqkv's grouping gives
-        if L == 1:  # decode: a kv head's group of queries as one [group, d] block; the cache is not repeated
-            # (a hand-written Triton flash-decoding kernel measured 257 tok/s against SDPA under torch.compile +
-            # CUDA graph's 266 on an H100: the simpler path stays)
+        # query head i reads kv head i // group (wqkv's order). Decode: each kv head's queries as one [group, d]
+        # block, so the cache is not repeated (under compile + CUDA graph this gave 266 tok/s on an H100 against a
+        # hand-written Triton flash-decoding kernel's 257: the simpler path stays)
+        if L == 1:
             y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv, self.group, -1), k, v, attn_mask=mask)
             return self.wo(y.reshape(B, 1, -1))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
@@ -374,18 +363,13 @@ class DecoderLayer(nn.Module):
         return x + self.feed_forward(self.ffn_norm(x))
 
 
-class Decoder(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-
-
 class LanguageModel(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.config, self.model = cfg, Decoder(cfg)
+        self.config = cfg
+        self.model = nn.ModuleDict(dict(tok_embeddings=nn.Embedding(cfg.vocab_size, cfg.hidden_size),
+                                        layers=nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers)),
+                                        norm=RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)))
         self.output = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.output.weight = self.model.tok_embeddings.weight
@@ -394,9 +378,9 @@ class LanguageModel(nn.Module):
     def forward(self, embeds, position_ids, mask=None, caches=None, last_only=False, image_mask=None, logits_mask=None):
         """Logits of embeds [B, L, D] at position_ids [B, L]; mask [B, 1, L, keys] (True: attend) or None: causal.
         The extension point inside the LLM: before_layer(self, i, x, cos, sin, mask, image_mask) -> (x, cos, sin,
-        mask), if set, runs before decoder layer i in the prefill and in every decode step (image_mask [B, L]:
-        the visual inputs, or None). It may drop tokens, their rotary cos/sin (so their position ids) and mask
-        rows going with them; the later layers' caches are then shorter, and it gives the decode steps' masks."""
+        mask), if set, runs before decoder layer i in the prefill and every decode step (image_mask [B, L]: the
+        visual inputs, or None). It may drop tokens with their cos/sin (so position ids) and mask rows; the later
+        layers' caches are then shorter, and it gives the decode steps' masks."""
         seq_len = (caches[0].length if caches else 0) + embeds.shape[1]
         cos, sin = rope_cos_sin(self.config, position_ids, seq_len, embeds.dtype)
         x = embeds
@@ -409,18 +393,15 @@ class LanguageModel(nn.Module):
 
 
 def static_decode_ok(lm, max_len):
-    """Whether decode_step's fixed buffers can run lm: not with a before_layer hook (its masks and tokens may
-    change per layer), nor where dynamic NTK rope would change the rotary base with the length."""
+    """decode_step's fixed buffers follow neither a before_layer hook nor dynamic NTK rope's changing base."""
     return lm.before_layer is None and not ntk_rescales(lm.config, max_len)
 
 
 def decode_step(lm, caches, attention_mask, graph=None, compile=False):
-    """The decode loop's step after a prefill of L tokens into caches (attention_mask [B, L]: the real
-    ones): step(token [B]) -> logits [B, V] of the next position. Decode reads every weight once per
-    token, so launch overhead, not arithmetic, is what an eager loop loses (gpt-fast's point): the step
-    works on static buffers (token, position, write index, key mask) whose shapes never change, and on
-    CUDA it is captured once as a CUDA graph and replayed. compile: torch.compile it first (fused
-    kernels; a compile per batch size). The returned logits are overwritten by the next step."""
+    """step(token [B]) -> logits [B, V] of the next position, after a prefill of L tokens into caches
+    (attention_mask [B, L]: the real ones). Decode reads every weight once per token, so launch overhead is what an
+    eager loop loses (gpt-fast's point): the step works on static buffers, captured once as a CUDA graph on CUDA.
+    compile: torch.compile it first (a compile per batch size). Each step overwrites the logits it returned."""
     (B, L), device, max_len = attention_mask.shape, attention_mask.device, caches[0].k.shape[2]
     if not static_decode_ok(lm, max_len):
         raise ValueError(f"decode_step needs an LLM without a before_layer hook and, under dynamic rope, at most "
@@ -465,22 +446,21 @@ def decode_step(lm, caches, attention_mask, graph=None, compile=False):
 # InternVL2: ViT -> pixel shuffle -> mlp1 -> image tokens spliced into the LLM's input embeddings
 
 class InternVLChat(nn.Module):
-    """InternVL2. compressor (None: InternVL2 itself) is the extension point for methods that hand the LLM
-    fewer visual tokens (compress.build makes FCoT-VL's). It sits between the pixel shuffle and mlp1:
+    """InternVL2. compressor (None: InternVL2 itself) is the extension point for methods that hand the LLM fewer
+    visual tokens (compress.build makes FCoT-VL's). It sits between the pixel shuffle and mlp1:
       tokens_per_tile(n) -> how many of a tile's n tokens it hands on (num_image_token: the prompt's count);
-      compress(grid, tiles_per_image, projector) -> (tokens [kept, C], positions [kept] or None): grid
-        [tiles, h, w, C] holds the images' tiles in order, projector is mlp1 (to rank tokens as the LLM reads
-        them). positions None: consecutive position ids. Else each token's index in its image's uncompressed
-        token sequence, where the LLM reads it (from the image's first position id); the text after the image
-        and the generated tokens follow the whole uncompressed image, as if no token had gone.
+      compress(grid, tiles_per_image, projector) -> (tokens [kept, C], positions [kept] or None): grid [tiles, h,
+        w, C] holds the images' tiles in order, projector is mlp1 (to rank tokens as the LLM reads them).
+        positions: each token's index in its image's uncompressed sequence, its position id from the image's
+        first one; the text after the image and the generated tokens follow the whole uncompressed image, as if
+        no token had gone. None: consecutive position ids.
     A method inside the LLM uses language_model.before_layer instead (LanguageModel.forward)."""
 
     def __init__(self, config, compressor=None):
         super().__init__()
         self.config = config
         self.vision_model = InternViT(config.vision)
-        width = config.vision.hidden_size * round(1 / config.downsample_ratio) ** 2
-        D = config.llm.hidden_size
+        width, D = config.vision.hidden_size * round(1 / config.downsample_ratio) ** 2, config.llm.hidden_size
         self.mlp1 = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, D), nn.GELU(), nn.Linear(D, D))
         self.language_model = LanguageModel(config.llm)
         self.compressor = compressor
@@ -499,8 +479,8 @@ class InternVLChat(nn.Module):
         return pixel_shuffle(x.reshape(x.shape[0], g, g, -1), self.config.downsample_ratio)
 
     def project(self, grid, tiles_per_image=None):
-        """Token grid -> (features [tokens, llm_hidden], positions): the compressor's (if any, which needs each
-        image's tile count), then mlp1. positions: None, or the compressor's (see the class docstring)."""
+        """Token grid -> (mlp1's features [tokens, llm_hidden], the compressor's positions or None), through the
+        compressor if any (which needs each image's tile count)."""
         if self.compressor is None:
             return self.mlp1(grid.flatten(0, 2)), None
         tokens, positions = self.compressor.compress(grid, tiles_per_image, self.mlp1)
@@ -534,11 +514,10 @@ class InternVLChat(nn.Module):
 
     def forward(self, pixel_values, input_ids, attention_mask=None, position_ids=None, caches=None, last_only=False,
                 grid=None, logits_mask=None):
-        """Logits [B, L, V]. IMG_CONTEXT positions take the image features in order: tiles of the
-        first sample, then the second, ... attention_mask [B, T] marks real tokens (left or right
-        padding); with caches it covers the cache too. grid: visual_grid's output, given instead of
-        pixel_values (distillation runs the ViT once for two projectors). logits_mask [B, L]: logits
-        only where it is true, as [n, V] (training needs them on the answers alone)."""
+        """Logits [B, L, V]. IMG_CONTEXT positions take the image features in order: tiles of the first sample,
+        then the second, ... attention_mask [B, T] marks real tokens (left or right padding); with caches it covers
+        the cache too. grid: visual_grid's output instead of pixel_values (distillation runs the ViT once for two
+        projectors). logits_mask [B, L]: logits only where it is true, as [n, V] (training needs only the answers')."""
         embeds = self.language_model.model.tok_embeddings(input_ids)
         B, L = input_ids.shape
         is_img, gaps = None, None
@@ -577,8 +556,7 @@ class InternVLChat(nn.Module):
     @torch.inference_mode()
     def generate(self, pixel_values, input_ids, attention_mask=None, max_new_tokens=64, stop_ids=(), min_new_tokens=0,
                  stats=None):
-        """Greedy decoding with a KV cache for a left-padded batch. Returns the new token ids of
-        each row, stopped before the first stop id."""
+        """Greedy decoding with a KV cache for a left-padded batch -> each row's new ids, cut before a stop id."""
         B, L = input_ids.shape
         caches = new_caches(self.config.llm, B, L + max_new_tokens, self.language_model.output.weight.dtype, input_ids.device)
         mask = torch.ones(B, L, dtype=torch.long, device=input_ids.device) if attention_mask is None else attention_mask.long()
@@ -647,8 +625,8 @@ STOP_TOKEN = "<|im_end|>"  # the template's separator: InternVL's chat() stops o
 
 
 def chat_prompt(question, num_image_tokens=None, template="internlm2-chat", system_message=SYSTEM_MESSAGE, history=None):
-    """The query string InternVL's chat() builds. num_image_tokens: IMG_CONTEXT count for the
-    image (tiles x tokens per tile), or None for a text-only question."""
+    """The query string InternVL's chat() builds. num_image_tokens: IMG_CONTEXT count for the image (tiles x
+    tokens per tile), or None for a text-only question."""
     if template not in TEMPLATES:
         raise ValueError(f"unknown chat template {template!r}; supported: {', '.join(sorted(TEMPLATES))}")
     if num_image_tokens is not None and not history and "<image>" not in question:
@@ -665,22 +643,20 @@ def chat_prompt(question, num_image_tokens=None, template="internlm2-chat", syst
 
 
 # ----------------------------------------------------------------------------------------------
-# Tokenizer: sentencepiece for the text between special tokens, which are split out first and
-# mapped to their own ids (InternLM2Tokenizer, slow, as InternVL's eval uses it).
+# Tokenizer: sentencepiece for the text between special tokens, which are split out first and mapped to their own
+# ids (InternLM2Tokenizer, slow, as InternVL's eval uses it).
 
 class Tokenizer:
     def __init__(self, folder):
         import sentencepiece as spm
         self.sp = spm.SentencePieceProcessor(model_file=os.path.join(folder, "tokenizer.model"))
-        special = {self.sp.id_to_piece(i): i for i in (self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id()) if i >= 0}
-        special.update(added_tokens(folder))
-        self.special = special
-        self.special_ids = set(special.values())
-        self.id_to_special = {i: s for s, i in special.items()}
+        base = (self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id())
+        self.special = {self.sp.id_to_piece(i): i for i in base if i >= 0} | added_tokens(folder)
+        self.id_to_special = {i: s for s, i in self.special.items()}
         self.add_bos = _read_json(os.path.join(folder, "tokenizer_config.json"), {}).get("add_bos_token", True)
         self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
-        self.vocab_size = max(self.sp.get_piece_size(), max(self.special_ids) + 1)
-        self._split = re.compile("(" + "|".join(map(re.escape, sorted(special, key=len, reverse=True))) + ")")
+        self.vocab_size = max(self.sp.get_piece_size(), max(self.id_to_special) + 1)
+        self._split = re.compile("(" + "|".join(map(re.escape, sorted(self.special, key=len, reverse=True))) + ")")
 
     def token_to_id(self, token):
         if token not in self.special:
@@ -697,18 +673,13 @@ class Tokenizer:
         return ids
 
     def decode(self, ids, skip_special_tokens=True):
-        out, run = [], []
-        for i in ids:
-            if i >= self.vocab_size:  # a model's vocab can be padded past its tokenizer's: nothing to print
-                continue
-            if i in self.special_ids:
-                out.append(self.sp.decode(run))
-                run = []
-                if not skip_special_tokens:
-                    out.append(self.id_to_special[i])
-            else:
-                run.append(i)
-        text = "".join(out) + self.sp.decode(run)
+        ids = [i for i in ids if i < self.vocab_size]  # a model's vocab can be padded past its tokenizer's
+        text = ""
+        for special, run in itertools.groupby(ids, lambda i: i in self.id_to_special):
+            if not special:
+                text += self.sp.decode(list(run))
+            elif not skip_special_tokens:
+                text += "".join(self.id_to_special[i] for i in run)
         # InternLM2Tokenizer.convert_tokens_to_string always applies transformers' clean-up
         for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
                      (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
@@ -722,7 +693,8 @@ def load_tokenizer(path):
         raise ModelLoadError(f"tokenizer folder {path} {'is a file' if os.path.isfile(path) else 'does not exist'}: "
                              "pass a checkpoint folder")
     if not os.path.exists(os.path.join(path, "tokenizer.model")):
-        hint = " (a Qwen2 byte-level BPE tokenizer, which is not supported)" if os.path.exists(os.path.join(path, "merges.txt")) else ""
+        bpe = os.path.exists(os.path.join(path, "merges.txt"))
+        hint = " (a Qwen2 byte-level BPE tokenizer, which is not supported)" if bpe else ""
         raise ModelLoadError(f"no tokenizer.model in {path}{hint}: copy the checkpoint's sentencepiece tokenizer files there")
     tok = Tokenizer(path)
     for needed in (IMG_START, IMG_END, IMG_CONTEXT, "<|im_start|>", "<|im_end|>"):
@@ -745,8 +717,8 @@ def _read_json(path, default=None):
 # Image preprocessing: dynamic tiling with a thumbnail, ImageNet normalisation
 
 def find_grid(width, height, min_num=1, max_num=12, image_size=448):
-    """The (cols, rows) tile grid whose aspect ratio is closest to the image's. On an exact tie the
-    grid with more tiles wins if the image has more than half of its pixels."""
+    """The (cols, rows) tile grid whose aspect ratio is closest to the image's. On an exact tie the grid with more
+    tiles wins if the image has more than half of its pixels."""
     grids = sorted({(i, j) for n in range(min_num, max_num + 1) for i in range(1, n + 1) for j in range(1, n + 1)
                     if min_num <= i * j <= max_num}, key=lambda g: g[0] * g[1])
     best, best_diff = (1, 1), float("inf")
@@ -797,14 +769,13 @@ def load_image(image_or_path, max_num=12, image_size=448, min_num=1, use_thumbna
                              f"if you trust the file") from None
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot read image {image_or_path}: {e}") from None
-    image = to_rgb(image)
-    tiles = dynamic_preprocess(image, min_num, max_num, image_size, use_thumbnail)
+    tiles = dynamic_preprocess(to_rgb(image), min_num, max_num, image_size, use_thumbnail)
     return torch.stack([to_tensor(t, image_size) for t in tiles])
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints in the released layout: config.json + model.safetensors (or shards with an index).
-# Our parameter names are the released InternLM2 names; other LLMs are renamed on the way.
+# Checkpoints in the released layout: config.json + model.safetensors (or shards with an index). Our parameter
+# names are the released InternLM2 names; other LLMs are renamed on the way.
 
 QWEN_NAMES = [("model.embed_tokens.", "model.tok_embeddings."), (".self_attn.o_proj.", ".attention.wo."),
               (".mlp.gate_proj.", ".feed_forward.w1."), (".mlp.up_proj.", ".feed_forward.w3."),
@@ -814,8 +785,7 @@ QKV_RE = re.compile(r"(language_model\.model\.layers\.\d+)\.self_attn\.([qkv])_p
 
 
 def checkpoint_name(key, arch):
-    """A checkpoint key -> (our parameter name, slot): slot is None, or q/k/v for a projection
-    that is copied into its part of the packed wqkv."""
+    """A checkpoint key -> (our parameter name, slot): slot None, or the q/k/v part of the packed wqkv it fills."""
     if arch == "InternLM2ForCausalLM" or not key.startswith("language_model."):
         return key, None
     m = QKV_RE.match(key)
@@ -835,13 +805,12 @@ def wqkv_part(tensor, slot, cfg):
 
 
 def load_model(path, device="cpu", dtype=torch.float32, build_compressor=None):
-    """Build InternVL2 from a checkpoint folder, streaming tensors shard by shard into the modules.
-    A compressed student's folder needs build_compressor(config) -> module: compress.build."""
+    """Build InternVL2 from a checkpoint folder, streaming tensors shard by shard into the modules. A compressed
+    student's folder needs build_compressor(config) -> module: compress.build."""
     from safetensors import SafetensorError, safe_open
-    if os.path.isfile(path):
-        raise ModelLoadError(f"{path} is a file: pass the checkpoint folder that holds config.json and model*.safetensors")
     if not os.path.isdir(path):
-        raise ModelLoadError(f"checkpoint folder {path} does not exist")
+        raise ModelLoadError(f"{path} is a file: pass the checkpoint folder that holds config.json and model*.safetensors"
+                             if os.path.isfile(path) else f"checkpoint folder {path} does not exist")
     cfg_dict = _read_json(os.path.join(path, "config.json"))
     if cfg_dict is None:
         raise ModelLoadError(f"no config.json in {path}: a checkpoint folder holds config.json and model*.safetensors")
@@ -885,17 +854,13 @@ def load_model(path, device="cpu", dtype=torch.float32, build_compressor=None):
                         bad_shape.append(f"{key} {tuple(t.shape)} (expected {tuple(expected[key])})")
                         continue
                     name, slot = checkpoint_name(key, config.llm.architecture)
-                    target = params[name].data
-                    if slot is not None:
-                        target = wqkv_part(target, slot, config.llm)
+                    target = params[name].data if slot is None else wqkv_part(params[name].data, slot, config.llm)
                     target.copy_(t.view(target.shape))
         except (SafetensorError, OSError) as e:
             raise ModelLoadError(f"cannot read {fpath}: {e} (corrupt or truncated file: download it again)") from None
-    problems = []
-    for what, keys in (("missing", sorted(set(expected) - seen)), ("unexpected", sorted(seen - set(expected))),
-                       ("mis-shaped", bad_shape)):
-        if keys:
-            problems.append(f"{len(keys)} {what}: " + ", ".join(keys[:6]) + (", ..." if len(keys) > 6 else ""))
+    problems = [f"{len(keys)} {what}: " + ", ".join(keys[:6]) + (", ..." if len(keys) > 6 else "") for what, keys in
+                (("missing", sorted(set(expected) - seen)), ("unexpected", sorted(seen - set(expected))),
+                 ("mis-shaped", bad_shape)) if keys]
     if problems:
         raise ModelLoadError(f"checkpoint {path} does not match its config.json: " + "; ".join(problems))
     model.img_context_token_id = added_tokens(path).get(IMG_CONTEXT)
@@ -929,8 +894,7 @@ def export_state_dict(model):
 
 
 def save_model(model, path, max_shard_bytes=5 * 2**30, tokenizer_dir=None):
-    """Write config.json and safetensors (sharded with an index past max_shard_bytes) in the
-    released layout. Each file is written under a temporary name, then renamed."""
+    """Write config.json and safetensors (sharded with an index past max_shard_bytes) in the released layout."""
     from safetensors.torch import save_file
     os.makedirs(path, exist_ok=True)
     shards, size = [{}], 0
@@ -945,7 +909,7 @@ def save_model(model, path, max_shard_bytes=5 * 2**30, tokenizer_dir=None):
         [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     for shard, fname in zip(shards, names):
         save_file(shard, os.path.join(path, fname + ".tmp"), metadata={"format": "pt"})
-        os.replace(os.path.join(path, fname + ".tmp"), os.path.join(path, fname))
+        os.replace(os.path.join(path, fname + ".tmp"), os.path.join(path, fname))  # no half-written file on a crash
     cfg = config_to_dict(model.config)
     cfg["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
     files = {"config.json": cfg}
@@ -960,7 +924,6 @@ def save_model(model, path, max_shard_bytes=5 * 2**30, tokenizer_dir=None):
             json.dump(obj, f, indent=2, ensure_ascii=False)
         os.replace(os.path.join(path, fname + ".tmp"), os.path.join(path, fname))
     if tokenizer_dir is not None:
-        import shutil
         for fname in ("tokenizer.model", "tokenizer_config.json", "added_tokens.json", "special_tokens_map.json"):
             src = os.path.join(tokenizer_dir, fname)
             if os.path.exists(src) and os.path.abspath(src) != os.path.abspath(os.path.join(path, fname)):
