@@ -837,6 +837,8 @@ def load_model(path, device="cpu", dtype=torch.float32, build_compressor=None):
         model = InternVLChat(config, build_compressor(config) if config.compressor else None)
     expected = {k: t.shape for k, t in export_state_dict(model)}  # on meta: costs no memory
     model = model.to(dtype).to_empty(device=device)  # allocate once, in the target dtype
+    if config.llm.tie_word_embeddings:  # to_empty gave the tied output its own (uninitialised) storage: tie it again
+        model.language_model.output.weight = model.language_model.model.tok_embeddings.weight
     params = dict(model.named_parameters())
     seen, bad_shape = set(), []
     for fname in files:

@@ -399,6 +399,25 @@ def test_released_key_names_single_and_sharded(tmp_path):
     assert bf16.mlp1[1].weight.dtype == torch.bfloat16 and torch.equal(bf16.mlp1[1].weight, tensors["mlp1.1.weight"])
 
 
+@pytest.mark.parametrize("arch", ["Qwen2ForCausalLM", "InternLM2ForCausalLM"])
+def test_tied_embeddings_load_tied(tmp_path, arch):
+    """InternVL2-1B's Qwen2 ties its output to the token embeddings and its checkpoint has no lm_head: the loaded
+    output must be the embeddings, not the uninitialised memory that allocating on load gives it."""
+    cfg = M.tiny_config()
+    cfg.llm.architecture, cfg.llm.tie_word_embeddings, cfg.llm.qkv_bias = arch, True, arch == "Qwen2ForCausalLM"
+    torch.manual_seed(0)
+    m = randomize(M.InternVLChat(cfg))
+    m.img_context_token_id = IMG_CTX
+    M.save_model(m, str(tmp_path / "tied"))
+    json.dump({"<IMG_CONTEXT>": IMG_CTX}, open(tmp_path / "tied" / "added_tokens.json", "w"))
+    back = M.load_model(str(tmp_path / "tied"))
+    lm = back.language_model
+    assert lm.output.weight is lm.model.tok_embeddings.weight
+    ids, pv = image_prompt(2, 4), torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        assert torch.equal(back(pv, ids), m(pv, ids))
+
+
 # -- preprocessing
 
 def reference_grid(width, height, min_num, max_num, image_size):
