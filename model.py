@@ -934,8 +934,13 @@ def save_model(model, path, max_shard_bytes=5 * 2**30, tokenizer_dir=None):
 
 # ----------------------------------------------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit code 2, as for every other bad input
+        sys.exit(print(f"model.py: error: {message}", file=sys.stderr) or 2)
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Ask InternVL2 a question about an image.")
+    parser = _Parser(description="Ask InternVL2 a question about an image.")
     parser.add_argument("--model", required=True, help="checkpoint folder in the released layout")
     parser.add_argument("--image", required=True)
     parser.add_argument("--question", required=True)
@@ -944,10 +949,14 @@ if __name__ == "__main__":
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32")
     args = parser.parse_args()
+    if args.max_num < 1 or args.max_new_tokens < 1:
+        parser.error("--max-num and --max-new-tokens must be >= 1")
+    if IMG_CONTEXT in args.question:
+        parser.error(f"the question contains {IMG_CONTEXT}, the token that marks image features: remove it")
     try:
         model = load_model(args.model, args.device, getattr(torch, args.dtype))
         tok = load_tokenizer(args.model)
         pixel_values = load_image(args.image, args.max_num, model.config.force_image_size).to(args.device)
-    except (ModelLoadError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    except (ModelLoadError, ValueError, OSError) as e:
+        parser.error(str(e))
     print(model.chat(tok, pixel_values, args.question, args.max_new_tokens))

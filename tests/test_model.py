@@ -569,7 +569,16 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
         M.load_image(os.path.join(folder, "config.json"))
 
 
-def test_cli_error_is_one_line(tmp_path):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "model.py"), "--model", str(tmp_path / "missing"),
-                        "--image", "x.png", "--question", "hi"], capture_output=True, text=True)
-    assert r.returncode != 0 and r.stderr.strip() == f"error: checkpoint folder {tmp_path / 'missing'} does not exist"
+@pytest.mark.parametrize("args,words", [
+    (["--model", "MISSING", "--image", "x.png", "--question", "hi"], "checkpoint folder MISSING does not exist"),
+    (["--model", "checkpoints/tiny", "--image", "x.png", "--question", "what <IMG_CONTEXT> is"], "contains <IMG_CONTEXT>"),
+    (["--model", "checkpoints/tiny", "--image", "x.png", "--question", "hi", "--max-num", "0"], "must be >= 1"),
+    (["--model", "checkpoints/tiny", "--image", "x.png", "--question", "hi", "--max-num", "abc"], "invalid int value"),
+    (["--model", "checkpoints/tiny", "--image", "absent.png", "--question", "hi"], "cannot read image absent.png"),
+])
+def test_cli_error_is_one_line(tmp_path, args, words):
+    args = [str(tmp_path / a) if a == "MISSING" else a for a in args]
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "model.py"), *args], capture_output=True, text=True, cwd=ROOT)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("model.py: error: "), r.stderr
+    assert words.replace("MISSING", str(tmp_path / "MISSING")) in lines[0], lines
