@@ -750,9 +750,12 @@ def to_tensor(image, image_size=448):
 
 
 def to_rgb(image):
-    """8-bit RGB. 16-bit grayscale (PNG's I;16, or I) is scaled to 8 bits: PIL's convert clips it to white."""
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-        a = np.asarray(image, dtype=np.float64) / 257  # 65535 -> 255
+    """8-bit RGB. 16-bit grayscale (PNG's I;16) is scaled to 8 bits: PIL's convert clips it to white. 32-bit
+    integer images (mode I) hold 8-bit values as often as 16-bit ones: scaled only if a value is above 255."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        a = np.asarray(image, dtype=np.float64)
+        if image.mode != "I" or a.max() > 255:
+            a = a / 257  # 65535 -> 255
         image = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
     return image.convert("RGB")
 
@@ -947,10 +950,15 @@ if __name__ == "__main__":
     parser.add_argument("--max-num", type=int, default=12, help="most tiles (a thumbnail is added)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32")
+    parser.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32",
+                        choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args()
     if args.max_num < 1 or args.max_new_tokens < 1:
         parser.error("--max-num and --max-new-tokens must be >= 1")
+    try:
+        torch.empty(0, device=args.device)
+    except (RuntimeError, AssertionError) as e:
+        parser.error(f"--device {args.device} is not usable here ({str(e).splitlines()[0]}): pass --device cpu")
     if IMG_CONTEXT in args.question:
         parser.error(f"the question contains {IMG_CONTEXT}, the token that marks image features: remove it")
     try:

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -420,6 +421,14 @@ def test_tied_embeddings_load_tied(tmp_path, arch):
 
 # -- preprocessing
 
+def test_32_bit_integer_images_keep_their_8_bit_values():
+    """Mode I holds 8-bit values as often as 16-bit ones (TIFFs, .convert("I")): only values above 255 are scaled."""
+    page = np.random.default_rng(0).integers(0, 256, (60, 90)).astype(np.uint8)
+    eight = M.to_rgb(Image.fromarray(page, "L"))
+    assert np.array_equal(np.asarray(M.to_rgb(Image.fromarray(page, "L").convert("I"))), np.asarray(eight))
+    sixteen = Image.fromarray(page.astype(np.int32) * 257, "I")  # 255 -> 65535
+    assert np.array_equal(np.asarray(M.to_rgb(sixteen)), np.asarray(eight))
+
 def reference_grid(width, height, min_num, max_num, image_size):
     """InternVL's find_closest_aspect_ratio and target_ratios, written out as in the original."""
     aspect_ratio = width / height
@@ -575,6 +584,8 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
     (["--model", "checkpoints/tiny", "--image", "x.png", "--question", "hi", "--max-num", "0"], "must be >= 1"),
     (["--model", "checkpoints/tiny", "--image", "x.png", "--question", "hi", "--max-num", "abc"], "invalid int value"),
     (["--model", "checkpoints/tiny", "--image", "absent.png", "--question", "hi"], "cannot read image absent.png"),
+    (["--model", "checkpoints/tiny", "--image", "x.png", "--question", "hi", "--dtype", "int8"], "invalid choice"),
+    (["--model", "checkpoints/tiny", "--image", "x.png", "--question", "hi", "--device", "tpu"], "pass --device cpu"),
 ])
 def test_cli_error_is_one_line(tmp_path, args, words):
     args = [str(tmp_path / a) if a == "MISSING" else a for a in args]
