@@ -241,8 +241,9 @@ def _doc(rng, st, layout):
     if layout in ("above", "twocol"):
         y += rows * lh
     if rng.random() < 0.5 and y + 2 * f.size < H - m:  # a footer: more text that answers nothing
-        right = rng.random() < 0.5
-        cv.text(W - m if right else m, H - m - f.size, rng.choice(FOOTERS), f, st.ink, "right" if right else "left")
+        right, footer = rng.random() < 0.5, rng.choice(FOOTERS)
+        if Canvas.width(footer, f) <= W - 2 * m:  # never cut off at the page's edge
+            cv.text(W - m if right else m, H - m - f.size, footer, f, st.ink, "right" if right else "left")
     qa = [dict(ask(rng, "field", (k, n), shown(lab), q=q), answer=v, type="form") for k, (lab, q, v) in enumerate(fields)]
     qa.append(dict(ask(rng, "title", (0, 1)), answer=title, type="layout"))
     qname = {lab: q for lab, q, _ in nums}
@@ -334,11 +335,12 @@ def _chart(rng, st, layout):
     cw = max(Canvas.width(c, f) for c in cats)
     lw = max(Canvas.width(s, f) for row in labels for s in row)
     m = 14
+    heading = max(Canvas.width(title, ft), sum(f.size + Canvas.width(s, f) + 20 for s in names) + 20)  # title, legend
     if horizontal:
-        W = S._side(rng, S.Config(), 2 * m + cw + 12 + 200 + lw)
+        W = S._side(rng, S.Config(), 2 * m + max(cw + 12 + 200 + lw, heading))
         H = S._side(rng, S.Config(), 2 * m + ft.size + 30 + n * series * (f.size + 8) + n * 8 + (f.size + 10) * (series > 1))
     else:
-        W = S._side(rng, S.Config(), 2 * m + 40 + n * max(cw + 10, series * (lw + 6) + 10))
+        W = S._side(rng, S.Config(), 2 * m + 48 + max(n * max(cw + 10, series * (lw + 8) * 5 // 4), heading))
         H = S._side(rng, S.Config(), 2 * m + ft.size + 3 * f.size + 170 + (f.size + 10) * (series > 1))
     cv = Canvas(W, H, st.paper)
     centred = rng.random() < 0.6
@@ -379,7 +381,7 @@ def _chart(rng, st, layout):
                 cv.draw.line([(left + 1, ty), (right, ty)], fill=grid)
             cv.text(ax + (4 if axis_right else -4), ty - f.size * 0.6, str(t), st.font(10), st.ink, "left" if axis_right else "right")
         cv.draw.line([(left, bottom), (right, bottom)], fill=st.ink)
-        bw = slot * 0.7 / series
+        bw = slot * 0.8 / series  # at least a value label wide (W above): grouped labels never touch
         for i, c in enumerate(cats):
             cx = left + slot * i + slot / 2
             cv.text(cx, bottom + 5, c, f, st.ink, "center")

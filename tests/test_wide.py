@@ -81,6 +81,24 @@ def test_samples_are_deterministic(family):
     assert sample("doc", 3, "train")["image"].tobytes() != sample("doc", 3, "heldout")["image"].tobytes()
 
 
+@pytest.mark.parametrize("family", wide.FAMILIES)
+def test_no_text_is_cut_off_or_touches_other_text(family, monkeypatch):
+    """Over many more samples than above, without rotation (which clips boxes to the image): every glyph lies
+    inside the image and no two words' boxes meet (a grouped bar's two labels once read "17.914.5")."""
+    monkeypatch.setattr(wide, "damage", lambda img, rng, paper: (img, 0.0))
+    for kind in ("doc", "table", "chart", "info"):
+        for seed in range(150):
+            s = sample(kind, seed, family)
+            b = np.array([c["box"] for c in s["chars"]])
+            assert b[:, :2].min() >= 0 and (b[:, 2] <= s["width"]).all() and (b[:, 3] <= s["height"]).all(), (kind, seed)
+            w = np.array([x["box"] for x in s["words"]], float)
+            dx = np.minimum(w[:, None, 2], w[None, :, 2]) - np.maximum(w[:, None, 0], w[None, :, 0])
+            dy = np.minimum(w[:, None, 3], w[None, :, 3]) - np.maximum(w[:, None, 1], w[None, :, 1])
+            meet = (dx > -1) & (dy > -1)
+            np.fill_diagonal(meet, False)
+            assert not meet.any(), (kind, seed, family, s["layout"], [s["words"][i]["text"] for i in np.argwhere(meet)[0]])
+
+
 def test_answers_are_not_predictable_from_their_position():
     """For each question form, the answers asked about are spread over the first, middle and last position."""
     where = collections.defaultdict(collections.Counter)
