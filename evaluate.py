@@ -16,8 +16,9 @@ From Python, evaluate(model, tokenizer, task, **settings) -> the scores dict, fo
 (load_model(EvalConfig(...)) applies --method), or for None, None: loaded only if a question is left to answer.
 
 Predictions go to results/<model folder name>/<task>[_<method><ratio>].jsonl as they are produced;
-rerunning the same run (the same model bytes, questions and settings: the key on the file's first line) with
-the same --out skips finished questions; another run starts the file afresh. Scores go to the .json beside it.
+rerunning the same run (the same model bytes, questions, images, settings and EVAL_PROTOCOL: the key on the file's
+first line) with the same --out skips finished questions; another run starts the file afresh. Scores go to the .json
+beside it.
 Metrics (metrics.py) copy InternVL's eval scripts (which produced the InternVL2 numbers), quirks included
 (metrics-and-formats.md, section 3).
 --limit N takes the first N questions of the annotation file (and of a shipped reasoning.json, whose
@@ -291,6 +292,47 @@ def model_identity(folder, known=None):
         return known
     return dict(sha256=sha256_files([os.path.join(folder, n) for n in names]), files=files)
 
+def image_identity(paths, known=None):
+    """{path: [size, mtime, ctime, inode, sha256]} of each distinct image file, read once; a digest in `known` (the
+    predictions file's) is reused while its file's stamps are unchanged, as model_identity's."""
+    known, files = known or {}, {}
+    for p in dict.fromkeys(paths):
+        st = os.stat(p)
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        if known.get(p, [])[:4] == stamp:
+            files[p] = known[p]
+            continue
+        try:
+            with open(p, 'rb') as f:
+                h = hashlib.sha256()
+                while chunk := f.read(1 << 24):
+                    h.update(chunk)
+            files[p] = stamp + [h.hexdigest()]
+        except OSError as e:
+            raise Error(f"{p}: cannot read image ({e}); replace the file or remove its questions from the annotation")
+    return files
+
+def object_identity(model, tokenizer):
+    """sha256 of a model in memory: its tensors (names, dtypes, shapes, bytes), its config (the compressor's record
+    included), what compress.apply attaches (the compressor, the LLM's before_layer hook: type and settings) and the
+    tokenizer's vocabulary. An 11 MB model takes milliseconds; a 16 GB one ~30 s (copied off the GPU tensor by tensor),
+    once per evaluate() call: little next to an evaluation. An untrained select (compress.apply) draws random weights
+    that its output ignores: each such object is a new run."""
+    import torch
+    def settings(o):  # its type and plain public attributes (FastV: ratio, layer; select: window, switches)
+        plain = lambda k, v: not k.startswith('_') and k != 'training' and isinstance(v, (bool, int, float, str, tuple))
+        return None if o is None else [type(o).__name__, {k: v for k, v in getattr(o, '__dict__', {}).items() if plain(k, v)}]
+    h = hashlib.sha256(json.dumps([asdict(model.config), settings(model.compressor),
+                                   settings(model.language_model.before_layer), settings(tokenizer),
+                                   getattr(tokenizer, 'special', None)], sort_keys=True, default=str).encode())
+    if hasattr(tokenizer, 'sp'):
+        h.update(tokenizer.sp.serialized_model_proto())
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            h.update(f'\0{name} {t.dtype} {tuple(t.shape)}\0'.encode())
+            h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
 def _writable(path):
     if os.path.isdir(path):
         raise Error(f"--out {path} is a folder: pass a file in it, e.g. {os.path.join(path, 'predictions.jsonl')}")
@@ -305,11 +347,16 @@ def _all_or_none_answered(items, path):
 
 IMG_CONTEXT = '<IMG_CONTEXT>'  # model.IMG_CONTEXT: the token each image feature replaces
 
-def prepare(cfg):
+EVAL_PROTOCOL = 2  # in the run key: bump it with every change to this file that alters an answer (prompt, reader, decoding)
+
+def prepare(cfg, model=None, tokenizer=None):
     """-> (task, annotation, items, predictions path, header): the questions, and the run's key that a predictions
-    file must carry to be resumed: the model's bytes, the questions' file(s), and every setting that changes an
-    answer. Batch size, device index, threads, --limit and the number of processes are not in it: they change the
-    speed, or which questions are asked, not an answer (beyond float rounding between batch shapes)."""
+    file must carry to be resumed: EVAL_PROTOCOL, the model's bytes (its folder's files, or the `model` object's
+    tensors, config and hooks: object_identity), the questions' file(s) and the bytes of every question's image (all
+    the annotation's: --limit may change), and every setting that changes an answer. A file written for a model
+    object is not resumed by a run from its folder, nor the other way round: it starts afresh. Batch size, device
+    index, threads, --limit and the number of processes are not in it: they change the speed, or which questions are
+    asked, not an answer (beyond float rounding between batch shapes)."""
     task = TASKS[cfg.task]
     data = cfg.data or os.path.join(HERE, 'data', 'eval', cfg.task)
     ann = find_annotation(cfg.task, data)
@@ -324,6 +371,7 @@ def prepare(cfg):
     if os.path.isfile(rfile) and os.path.abspath(rfile) != os.path.abspath(ann):
         reasoning = task.read(rfile, cfg.images or os.path.dirname(rfile))
         _all_or_none_answered(reasoning, rfile)
+        every = every + reasoning
         for it in reasoning[:cfg.limit]:
             it['extra'].update(reasoning=True, reasoning_file=True)
             items.append(it)
@@ -346,15 +394,18 @@ def prepare(cfg):
     _writable(out)
     settle(cfg)
     old, _ = load_done(out, repair=False)
-    key = dict(task=cfg.task, model_sha256=None, data_sha256=sha256_files(files), method=cfg.method,
-               max_num=cfg.max_num or task.max_num, max_new_tokens=cfg.max_new_tokens or task.max_new_tokens,
-               cot=cfg.cot, prompt=task.suffix, dtype=cfg.dtype, device=cfg.device.split(':')[0])
+    images = image_identity([it['image'] for it in every], old and old.get('images'))
+    key = dict(protocol=EVAL_PROTOCOL, task=cfg.task, model_sha256=None, data_sha256=sha256_files(files),
+               images_sha256=hashlib.sha256(' '.join(images[it['image']][4] for it in every).encode()).hexdigest(),
+               method=cfg.method, max_num=cfg.max_num or task.max_num,
+               max_new_tokens=cfg.max_new_tokens or task.max_new_tokens, cot=cfg.cot, prompt=task.suffix, dtype=cfg.dtype, device=cfg.device.split(':')[0])
     key.update({'ratio': cfg.ratio} if cfg.method != 'none' else {})
     key.update({'fastv_layer': cfg.fastv_layer} if cfg.method == 'fastv' else {})
     key.update({k: getattr(cfg, k) for k in SELECT_OPTIONS} if cfg.method == 'select' else {})
-    model_id = model_identity(cfg.model, old and old.get('model'))
+    model_id = dict(sha256=object_identity(model, tokenizer)) if model is not None else \
+        model_identity(cfg.model, old and old.get('model'))
     key['model_sha256'] = model_id['sha256']
-    return task, ann, items, out, json.loads(json.dumps(dict(run=key, model=model_id)))
+    return task, ann, items, out, json.loads(json.dumps(dict(run=key, model=model_id, images=images)))
 
 def resume(path, head, write=True):
     """The records of `path` if its header holds head's run key, else none: another run's (or an older
@@ -463,12 +514,12 @@ def max_new_tokens(cfg, task, cot=False):
 def evaluate(model, tokenizer, task, /, rank=0, world=1, **settings):
     """Answer `task`'s questions and score them; -> the scores dict, also written beside the predictions (<out>.json).
     model, tokenizer: a model (compressed or not) and its tokenizer, or None and None: load_model's, when a question
-    is left to answer. settings: EvalConfig's fields; `model` (its folder), method, ratio... name the model given: with
-    the questions and the other settings they make the run key a predictions file must hold to be resumed. Under
+    is left to answer. settings: EvalConfig's fields. The run key a predictions file must hold to be resumed (prepare)
+    names a given model by the object itself (object_identity), None by its folder's files. Under
     torchrun (world > 1) each process answers every world-th question into its own shard file, which resumes on its
     own; rank 0 merges the shards into `out` and scores."""
     cfg = EvalConfig(**dict(settings, task=task))
-    task, ann, items, out, head = prepare(cfg)
+    task, ann, items, out, head = prepare(cfg, model, tokenizer)
     done = resume(out, head, write=rank == 0)
     mine, todo = out, [it for it in items if str(it['qid']) not in done]
     if world > 1:

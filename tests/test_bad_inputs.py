@@ -195,6 +195,64 @@ def test_older_predictions_without_a_key_are_not_reused(tmp_path, capsys):
     assert res["new_predictions"] == 2 and "it has no run key" in capsys.readouterr().err
 
 
+def test_other_images_under_the_same_names_start_afresh(tmp_path, capsys):
+    """The images are in the key: other bytes under the same names (--data or --images) are a new run; the same
+    bytes, even touched, resume."""
+    a = str(tmp_path / "a")
+    ann = docvqa_fixture(a, n=4)
+    b = shutil.copytree(a, tmp_path / "b")
+    Image.new("RGB", (64, 48), "black").save(b / "documents" / "doc1_1.png")
+    out = ["--out", str(tmp_path / "r.jsonl"), *FAST]
+    run = lambda *argv: E.run(E.parse_args(["--task", "docvqa", *argv, *out]))
+    assert run("--data", a)["new_predictions"] == 4
+    assert run("--data", str(b))["new_predictions"] == 4 and "images_sha256" in capsys.readouterr().err
+    assert run("--data", ann)["new_predictions"] == 4  # the same annotation file, a's images again
+    assert run("--data", ann, "--images", str(b))["new_predictions"] == 4  # the same annotation, b's images
+    os.utime(b / "documents" / "doc0_1.png")  # touched, not changed: rehashed, the same digest
+    assert run("--data", ann, "--images", str(b))["new_predictions"] == 0
+
+
+def test_image_digests_are_reused_while_their_stamps_hold(tmp_path):
+    docvqa_fixture(str(tmp_path), n=2)
+    paths = [str(tmp_path / "documents" / f"doc{i}_1.png") for i in (0, 1, 0)]
+    files = E.image_identity(paths)
+    assert list(files) == paths[:2]  # each distinct file once
+    fake = {p: [*s[:4], "f" * 64] for p, s in files.items()}
+    assert E.image_identity(paths, fake) == fake  # unchanged stamps: not read again
+    Image.new("RGB", (64, 48), "black").save(paths[0])
+    again = E.image_identity(paths, fake)
+    assert again[paths[0]][4] not in ("f" * 64, files[paths[0]][4]) and again[paths[1]] == fake[paths[1]]
+
+
+def test_a_model_object_keys_the_run_on_itself(tmp_path, capsys):
+    """evaluate() on a model object keys the run on its weights, config and what compress.apply attached, not on
+    the settings that name it: the same model (object or reloaded) resumes, a compressed or changed one does not."""
+    import compress as C
+    data = docvqa_fixture(str(tmp_path / "docvqa"), n=2)
+    load = lambda: M.load_model(os.path.join(ROOT, "checkpoints", "tiny"), build_compressor=C.build)
+    tok = M.load_tokenizer(os.path.join(ROOT, "checkpoints", "tiny"))
+    run = lambda m: E.evaluate(m, tok, "docvqa", data=data, out=str(tmp_path / "r.jsonl"), **dict(
+        max_num=2, max_new_tokens=4, device="cpu"))["new_predictions"]
+    m = load()
+    assert run(m) == 2 and run(m) == 0 and run(load()) == 0  # the same object, the same bytes reloaded: resumed
+    assert run(C.apply(load(), "pool", 0.5)) == 2 and "model_sha256" in capsys.readouterr().err
+    assert run(C.apply(load(), "fastv", 0.5, fastv_layer=1)) == 2
+    assert run(C.apply(load(), "fastv", 0.25, fastv_layer=1)) == 2  # FastV's ratio is in the key
+    assert run(C.apply(load(), "fastv", 0.25, fastv_layer=1)) == 0
+    with torch.no_grad():
+        m.mlp1[-1].bias.add_(1)  # other weights in the same object
+    assert run(m) == 2
+
+
+def test_a_new_protocol_starts_afresh(tmp_path, monkeypatch):
+    """EVAL_PROTOCOL is in the key: predictions made before a change that alters answers are not resumed."""
+    data = docvqa_fixture(str(tmp_path / "docvqa"), n=2)
+    run = lambda: E.run(E.parse_args(["--task", "docvqa", "--data", data, "--out", str(tmp_path / "r.jsonl"), *FAST]))
+    assert run()["new_predictions"] == 2 and run()["new_predictions"] == 0
+    monkeypatch.setattr(E, "EVAL_PROTOCOL", E.EVAL_PROTOCOL + 1)
+    assert run()["new_predictions"] == 2
+
+
 def test_torchrun_shards_score_as_one_process(tmp_path):
     """2 gloo processes: each answers every other question into its own file, rank 0 merges and scores."""
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -318,7 +318,7 @@ def test_final_answer_of_a_chain_of_thought():
     assert E.item_score('anls', E.final_answer('30 + 12\nAnswer: 42'), item) == 1.0
 
 def test_evaluate_a_model_in_memory(tmp_path, tiny_model):
-    """evaluate(model, tokenizer, task, ...) on a loaded model = the command line on its folder; a run it resumes."""
+    """evaluate(model, tokenizer, task, ...) on a loaded model = the command line on its folder; the same model resumes."""
     import model as M
     t = str(tmp_path)
     docvqa_fixture(t + '/docvqa', n=4)
@@ -331,7 +331,11 @@ def test_evaluate_a_model_in_memory(tmp_path, tiny_model):
     answers = lambda p: {q: r['answer'] for q, r in predicted(p).items()}
     assert answers(t + '/fn.jsonl') == answers(t + '/cli.jsonl')
     assert res['score'] == json.load(open(t + '/cli.json'))['score']
-    assert E.evaluate(None, None, 'docvqa', **settings, out=t + '/fn.jsonl')['new_predictions'] == 0
+    again = lambda m: E.evaluate(m, M.load_tokenizer(tiny_model), 'docvqa', **settings, out=t + '/fn.jsonl')
+    assert again(model)['new_predictions'] == 0  # the same object: resumed
+    assert again(E.load_model(E.EvalConfig('docvqa', **settings)))['new_predictions'] == 0  # the same bytes reloaded
+    # keyed on the object, not on its folder's files: the command line's run on the folder starts afresh
+    assert E.evaluate(None, None, 'docvqa', **settings, out=t + '/fn.jsonl')['new_predictions'] == 4
 
 def test_prefill_flops():
     """Counted by hand for one layer: q, k, v, o projections, the gated MLP, causal scores and values."""
