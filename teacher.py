@@ -107,7 +107,8 @@ class TeacherConfig(P.TrainConfig):
 
 def parse_args(argv=None):
     cfg = cli.parse(TeacherConfig, argv, "teacher.py", __doc__, choices=dict(stage=["glyphs", "read"]), **P.BOUNDS,
-                    eval_every=1)
+                    eval_every=1, qa_turns=1, glyph_tiles=1, glyph_crops=0, pointer_layers=1, pair_layer=-1,
+                    transcribe_frac=0, crop_frac=0, pointer_weight=0, pair_weight=0)
     if not cfg.stage:
         raise Error("the following arguments are required: --stage (see python teacher.py --help)")
     return cfg
@@ -450,6 +451,8 @@ def pair_nll(seen, pairs):
 def make_read_loss(model, pointer_weight, layers, pair_layer=-1, pair_weight=1.0):
     """LM loss + pointer loss on the last `layers` decoder layers; with pair_layer >= 0, also a pair loss there."""
     n_layers = model.config.llm.num_hidden_layers
+    if layers > n_layers:
+        raise Error(f"--pointer-layers {layers}: must be at most the decoder's {n_layers} layers")
     if pair_layer >= n_layers - layers:
         raise Error(f"--pair-layer {pair_layer}: must be below the {layers} pointer layers (0..{n_layers - layers - 1})")
     probe = AttentionInputs(model, [*([pair_layer] if pair_layer >= 0 else []), *range(n_layers - layers, n_layers)])

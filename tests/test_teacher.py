@@ -172,3 +172,17 @@ def test_kinds_choose_the_images_and_bad_kinds_are_refused():
     r = subprocess.run([sys.executable, os.path.join(ROOT, "teacher.py"), "--stage", "read", "--family", "heldout",
                         "--out", "unused", "--steps", "1"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "the held-out family is never trained on" in r.stderr.strip(), r.stderr
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--stage", "glyphs", "--glyph-tiles", "0"], "--glyph-tiles 0: must be >= 1"),
+    (["--stage", "read", "--pointer-layers", "0"], "--pointer-layers 0: must be >= 1"),
+    (["--stage", "read", "--init", "checkpoints/tiny", "--pointer-layers", "9"], "at most the decoder's 4 layers"),
+    (["--stage", "read", "--transcribe-frac", "-0.5"], "--transcribe-frac -0.5: must be >= 0"),
+])
+def test_bad_flags_are_one_line(argv, words, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as e:
+        T.main([*argv, "--out", str(tmp_path / "out"), "--steps", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and words in err[0], err
