@@ -118,7 +118,7 @@ def build_docvqa(out, n=64, q_per=4, seed=EVAL_SEED, cfg=EVAL_CFG):
             reas.append({"questionId": 900000 + len(reas), "question": q["question"], "question_types": ["reasoning"],
                          **common, "answers": [q["answer"]], "data_split": "val", "rationale": q["rationale"]})
     env = {"dataset_name": "docvqa", "dataset_split": "val", "dataset_version": "1.0"}
-    reworded = [dict(d, question=d.pop("reworded")) for d in data]
+    reworded = [dict(d, question=d.pop("reworded")) for d in data]  # the pop keeps val_v1.0.json in the real format
     if cfg.family != "shipped":
         write_json(out / "val_reworded.json", {**env, "data": reworded})
     write_json(out / "val_v1.0.json", {**env, "data": data})

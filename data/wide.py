@@ -317,8 +317,8 @@ def _chart(rng, st, layout):
     n = rng.randint(3, 5 if series == 2 else 6)
     kind = rng.choice(["years", "months", "regions", "products"])
     if kind == "years":
-        cats = [str(rng.randint(2005, 2016) + i) for i in range(n)]
-        cats = [str(int(cats[0]) + i) for i in range(n)]
+        start = [rng.randint(2005, 2016) for _ in range(n)][0]  # only the first is used; n are drawn, as the sets were
+        cats = [str(start + i) for i in range(n)]
     elif kind == "months":
         s0 = rng.randint(0, 12 - n)
         cats = S.MONTHS[s0:s0 + n]
