@@ -268,14 +268,23 @@ def load_done(path, repair=True):
 MODEL_FILES = ('config.json', 'model.safetensors.index.json', 'tokenizer.model', 'tokenizer_config.json',
                'added_tokens.json', 'special_tokens_map.json')
 
+def hash_file(h, path):
+    with open(path, 'rb') as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h
+
 def sha256_files(paths):
     h = hashlib.sha256()
     for p in paths:
         h.update(os.path.basename(p).encode() + b'\0')
-        with open(p, 'rb') as f:
-            while chunk := f.read(1 << 24):
-                h.update(chunk)
+        hash_file(h, p)
     return h.hexdigest()
+
+def stamp(path):
+    """[size, mtime, ctime, inode]: a file rewritten or replaced changes one of them."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 def model_identity(folder, known=None):
     """{sha256: of every file that decides the model's answers (config, weights, tokenizer), files: each one's
@@ -284,10 +293,7 @@ def model_identity(folder, known=None):
     a minute to hash, so `known` (the identity the predictions file recorded) is reused while its files' stamps are
     unchanged: a file rewritten or replaced gets a new ctime or inode, a copied one a new path."""
     names = sorted(n for n in os.listdir(folder) if n in MODEL_FILES or re.fullmatch(r'model.*\.safetensors', n))
-    files = {}
-    for n in names:
-        st = os.stat(os.path.join(folder, n))
-        files[n] = [os.path.realpath(os.path.join(folder, n)), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    files = {n: [os.path.realpath(os.path.join(folder, n)), *stamp(os.path.join(folder, n))] for n in names}
     if known and known.get('files') == files:
         return known
     return dict(sha256=sha256_files([os.path.join(folder, n) for n in names]), files=files)
@@ -297,17 +303,9 @@ def image_identity(paths, known=None):
     predictions file's) is reused while its file's stamps are unchanged, as model_identity's."""
     known, files = known or {}, {}
     for p in dict.fromkeys(paths):
-        st = os.stat(p)
-        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-        if known.get(p, [])[:4] == stamp:
-            files[p] = known[p]
-            continue
         try:
-            with open(p, 'rb') as f:
-                h = hashlib.sha256()
-                while chunk := f.read(1 << 24):
-                    h.update(chunk)
-            files[p] = stamp + [h.hexdigest()]
+            now = stamp(p)
+            files[p] = known[p] if known.get(p, [])[:4] == now else now + [hash_file(hashlib.sha256(), p).hexdigest()]
         except OSError as e:
             raise Error(f"{p}: cannot read image ({e}); replace the file or remove its questions from the annotation")
     return files

@@ -114,10 +114,11 @@ def parse_args(argv=None):
     return cfg
 
 
-def sample(kind, seed):
-    """A training image. --family mix: 30% synth.py's shipped family, 70% data/wide.py's training family
-    (by seed, so a resumed run sees the same images); never the held-out family."""
-    family = FAMILY if FAMILY != "mix" else ("shipped" if seed % 10 < 3 else "train")
+def sample(kind, seed, family=None):
+    """An image of `family` (default --family's). mix: 30% synth.py's shipped family, 70% data/wide.py's training
+    family (by seed, so a resumed run sees the same images). Training never asks for the held-out family."""
+    family = family or FAMILY
+    family = family if family != "mix" else ("shipped" if seed % 10 < 3 else "train")
     return make_sample(kind, seed, Config(family=family))
 
 
@@ -167,13 +168,13 @@ def glyph_slot(x, y):
     return int(y // 14) * (S // 14) + int(x // 14), int(x % 14 >= 7)
 
 
-def glyph_tiles(seed, crops=0):
+def glyph_tiles(seed, crops=0, family=None):
     """The tiles of one synthetic image that hold text, with two labels per 14 px patch: the characters
     whose centres lie in its left and right half (glyphs are 8-14 px wide: one label would drop some);
     then the thumbnails of `crops` word crops (glyphs 1-2x wider and 3-5x taller than on a page)."""
     rng = random.Random(seed)
     kind = KINDS[seed % len(KINDS)]
-    s = sample(kind, seed)
+    s = sample(kind, seed, family)
     image = s["image"].convert("RGB")
     max_num = rng.choice([6, 12, TASK_MAX_NUM[kind]])
     tiles = M.dynamic_preprocess(image, max_num=max_num, image_size=S, use_thumbnail=False)  # thumbnail glyphs: too small
@@ -217,10 +218,10 @@ class GlyphReader(nn.Module):
         return self.glyph_head(self.vision_model(pixel_values)[:, 1:]).unflatten(-1, (2, len(CHARS) + 1))
 
 
-def glyph_batch(first_seed, n_tiles, crops=0):
+def glyph_batch(first_seed, n_tiles, crops=0, family=None):
     xs, ys, seed = [], [], first_seed
     while sum(len(x) for x in xs) < n_tiles:
-        x, y = glyph_tiles(seed, crops)
+        x, y = glyph_tiles(seed, crops, family)
         xs.append(x)
         ys.append(y)
         seed += 1
@@ -243,16 +244,13 @@ def glyph_loss(model, batch):
 
 
 def glyph_eval(model):
-    global FAMILY
-    family, FAMILY = FAMILY, "heldout"  # the held-out family's fonts and layouts, never trained on
-    other = glyph_batch(EVAL_SEEDS[0], 256)
-    FAMILY = "shipped"
-    held_out = glyph_batch(EVAL_SEEDS[0], 256)
-    FAMILY = family
-    with torch.no_grad():
-        pred, y = model(held_out["pixel_values"]).argmax(-1), held_out["labels"]
-        pred_other, y_other = model(other["pixel_values"]).argmax(-1), other["labels"]
-    has, has_other = y > 0, other["labels"] > 0
+    def read(family):  # (predicted, true) slots of held-out images of a family
+        batch = glyph_batch(EVAL_SEEDS[0], 256, family=family)
+        with torch.no_grad():
+            return model(batch["pixel_values"]).argmax(-1), batch["labels"]
+    pred, y = read("shipped")
+    pred_other, y_other = read("heldout")  # fonts and layouts never trained on
+    has, has_other = y > 0, y_other > 0
     rng = random.Random(0)
     x, y_crop = map(torch.stack, zip(*[crop_tile(seed, rng) for seed in EVAL_SEEDS]))
     with torch.no_grad():
