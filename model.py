@@ -939,7 +939,8 @@ def save_model(model, path, max_shard_bytes=5 * 2**30, tokenizer_dir=None):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line and exit code 2, as for every other bad input
-        sys.exit(print(f"model.py: error: {message}", file=sys.stderr) or 2)
+        print(f"model.py: error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
