@@ -1,6 +1,6 @@
 """
 Speed of InternVL2-shaped models with random weights: the teacher (ratio 1.0) against FCoT-VL students that
-keep 0.5 and 0.25 of the visual tokens (compress.make_student(model, --compressor, r)), a stage-I distillation
+keep 0.5 and 0.25 of the visual tokens (compress.make_student(model, 'select', r)), a stage-I distillation
 step, and the same weights in transformers' InternVLForConditionalGeneration as a peer.
 
     python bench.py                        # tiny shape on a CPU, fp32, < 1 min: the format, not the numbers
@@ -83,7 +83,7 @@ def inputs(cfg, n, per_tile, args):
     return pv, prompt(n_img * per_tile, args.text, cfg.llm.vocab_size, args.device)
 
 
-def flops(cfg, n_img, per_tile, n_text, ratio, compressor="select"):
+def flops(cfg, n_img, per_tile, n_text, ratio):
     """FLOPs (2 per multiply-add) up to the first token of one image of n_img tiles: ViT, compressor, mlp1,
     the LLM's prefill with attention's quadratic term (causal: L(L+1)/2 query-key pairs) and lm_head on the
     last token. per_tile: the tokens a tile sends to the LLM (after compression)."""
@@ -94,8 +94,6 @@ def flops(cfg, n_img, per_tile, n_text, ratio, compressor="select"):
     W, Dm, H = Cv * round(1 / cfg.downsample_ratio) ** 2, lm.hidden_size, lm.num_attention_heads
     if ratio == 1:
         compressor = 0
-    elif compressor == "conv":  # a kept token: a linear map of the 1/ratio tokens it merges
-        compressor = 2 * vis * (W / ratio) * W
     else:  # select: the image's token-to-token distances, then the fold LN(3W) -> W -> W on the kept tokens
         T = round(vis / ratio)
         compressor = 2 * T * T * W + 2 * vis * 4 * W * W
@@ -208,16 +206,16 @@ def line(r):
 
 
 def bench_rows(model, args, ratios):
-    print(f"\nours (model.py; 0.5, 0.25: compress.make_student(model, {args.compressor!r}, r))\n{HEAD}   "
+    print(f"\nours (model.py; 0.5, 0.25: compress.make_student(model, 'select', r))\n{HEAD}   "
           "TTFT speedup vs 1.0: measured / ideal (FLOPs) / %")
     rows = []
     for n in args.tiles:
         for r in ratios:
-            m = model if r == 1 else C.make_student(model, args.compressor, r)
+            m = model if r == 1 else C.make_student(model, "select", r)
             pv, ids = inputs(model.config, n, m.num_image_token, args)
             row = figures(ours(m, pv, ids, args.steps), args, tiles=n, ratio=r, seq_len=ids.shape[1],
                           visual_tokens=len(pv) * m.num_image_token,
-                          flops=flops(model.config, len(pv), m.num_image_token, args.text, r, args.compressor))
+                          flops=flops(model.config, len(pv), m.num_image_token, args.text, r))
             base = row if r == 1 else next(b for b in rows if b["tiles"] == n and b["ratio"] == 1)
             row.update(speedup=base["ttft_ms"] / row["ttft_ms"], ideal=base["flops"] / row["flops"])
             rows.append(row)
@@ -232,7 +230,7 @@ def bench_distill(model, args, ratios):
     rows, n, cuda, V = [], max(args.tiles), args.device.startswith("cuda"), model.config.llm.vocab_size
     n_img, S = n + (n > 1), model.config.force_image_size
     for r in ratios[1:]:
-        student = C.make_student(model, args.compressor, r)
+        student = C.make_student(model, "select", r)
         if cuda:  # as distill.py: V_c and A_s keep fp32 weights under bf16 autocast
             student.compressor.float(), student.mlp1.float()
         P.set_trainable(student, "compressor,projector")
@@ -364,7 +362,6 @@ def parse_args(argv=None):
     p.add_argument("--dtype", help="default: bfloat16 on CUDA (tiny: float32), float32 on a CPU")
     p.add_argument("--tiles", type=int, nargs="+", default=[1, 6, 12], help="tiles per image (+ the thumbnail)")
     p.add_argument("--ratios", type=float, nargs="+", default=[1.0, 0.5, 0.25], help="share of visual tokens kept")
-    p.add_argument("--compressor", choices=("select", "conv"), default="select", help="the students' V_c")
     p.add_argument("--text", type=int, default=64, help="prompt text tokens around the image")
     p.add_argument("--answer", type=int, default=16, help="labelled answer tokens of a distillation sample")
     p.add_argument("--repeats", type=int, default=5)

@@ -1,29 +1,30 @@
 """
 FCoT-VL's visual-token compression for InternVL2: the compression module V_c (select), the student that
-carries it, and the training-free baselines it is measured against (pool, FastV).
+carries it, and the training-free baselines it is measured against. Each tile's pixel-shuffled token grid
+[tiles, h, w, C] (16 x 16 x 4096 for InternVL2-2B at 448 px) goes through V_c, then through the student
+projector A_s (at first a copy of the teacher's mlp1):
 
-Each tile's pixel-shuffled token grid [tiles, h, w, C] (16 x 16 x 4096 for InternVL2-2B at 448 px) goes
-through V_c, then through the student projector A_s (at first a copy of the teacher's mlp1):
+  select     per image, the 1/k of its tokens with the fewest near-duplicates, each at the position id it had
+             in the uncompressed sequence, plus a learned fold of its two neighbours (Select): the default
 
-  select  per image: keeps the 1/k of the image's tokens with the fewest near-duplicates (the
-          largest mean distance to their 4 nearest tokens in the image: blank paper and the inside
-          of a bar have hundreds of twins, a glyph few), in order, each at the position id it had
-          in the uncompressed sequence, so the frozen LLM sees the teacher's own tokens where they
-          were. The choice reads the ViT's tokens; then a learned part (zero at first) folds each
-          kept token's left and right neighbours into it, so it can carry a dropped one. The default.
-          Options: skip_thumbnail ranks a many-tile image's thumbnail below every tile token (on a
-          page it is too coarse to read, but on a small crop, a word, it is the view that reads);
-          rank_projected counts near-duplicates among A_s's outputs, what the LLM reads (the choice
-          then follows A_s as it learns, though no gradient asks it to move)
-  pool    the mean of each window of 1/ratio neighbouring tokens, no parameters: the training-free baseline
-  fastv   FastV (Chen et al., 2024), the baseline inside the LLM: before decoder layer K it keeps the image
-          tokens that the last prompt token attended to most in layer K-1, with their original position ids
+The training-free baselines, apply's (an untrained select is one too). divprune, random and visionzip keep, as
+select does, 1/k of each image's tokens at their own position ids, so that a comparison with select isolates which
+tokens are kept; fastv and pdrop prune inside the LLM; tiles gives an image fewer tiles:
 
-Windows: ratio 0.5 merges horizontal pairs (text lines run horizontally), 0.25 merges 2 x 2; 1/k in
-general takes the squarest k-cell window that tiles the grid (select keeps 1/k of the tokens under the
-same rule, so that every tile count gives a whole number). The learned window merges (conv, dwconv, mlp,
-gate) lost to select (DocVQA 47-53 against 93.6): they live in the last section, Ablations, for the
-figures that cite them (python distill.py --compressor conv --ratio 0.5).
+  pool       the mean of each window of 1/ratio neighbouring tokens, no parameters
+  divprune   DivPrune (Alvar et al., CVPR 2025): the tokens that greedily maximise their least cosine distance
+             to each other, measured after the projector
+  random     a uniformly random subset, drawn from (seed, the image's pixels): report the mean of seeds 0, 1, 2
+  visionzip  VisionZip (Yang et al., CVPR 2025): the tokens the ViT's CLS token attends to most, and a few more
+             that each average a group of the rest
+  tiles      not a compressor: the largest max_num whose tiles fit the ratio (budget_max_num; evaluate.py)
+  fastv      FastV (Chen et al., 2024): before decoder layer K it keeps the image tokens that the last prompt
+             token attended to most in layer K-1, with their original position ids
+  pdrop      PyramidDrop (Xing et al., 2025): FastV at three layers, each keeping fewer (pdrop_schedule)
+
+Windows (window_for): ratio 0.5 merges horizontal pairs (text lines run horizontally), 0.25 merges 2 x 2.
+The learned window merges (conv, dwconv, mlp, gate) lost to select (DocVQA 47-53 against 93.6) and left
+after 3d91e24: git checkout 3d91e24 && python distill.py --compressor conv --ratio 0.5
 
     from compress import build, make_student, apply
     student = make_student(teacher, "select", 0.5)  # shares the teacher's ViT and LLM
@@ -33,11 +34,9 @@ figures that cite them (python distill.py --compressor conv --ratio 0.5).
     python -m pytest tests/test_compress.py -q
 
 Imports nothing but torch (and Triton if installed), not even model.py: it works on the model it is given
-(make_student builds the student as type(teacher); FastV reads that model's decoder layers) through
-model.py's two extension points (InternVLChat's compressor, LanguageModel.before_layer), so it serves
-whichever copy of model.py the caller loaded and never imports a second one. The weighted merge (pool,
-dwconv) runs as a Triton kernel on CUDA when Triton is installed, as a depthwise convolution through
-torch_npu on Ascend NPUs, and in plain PyTorch elsewhere.
+through model.py's two extension points (InternVLChat's compressor, LanguageModel.before_layer), so it serves
+whichever copy of model.py the caller loaded. Pool's weighted merge runs as a Triton kernel on CUDA, as a
+depthwise convolution through torch_npu on Ascend NPUs, and in plain PyTorch elsewhere.
 """
 import argparse
 import copy
@@ -62,7 +61,8 @@ class CompressError(ValueError):
 
 
 def window_for(ratio, h, w):
-    """(kh, kw) with kh * kw = 1 / ratio: the squarest window (kw >= kh) that tiles an h x w grid."""
+    """(kh, kw) with kh * kw = 1 / ratio: the squarest window (kw >= kh) that tiles an h x w grid. select keeps
+    1/k of the tokens under the same rule, so that every tile count gives a whole number."""
     k = round(1 / ratio) if 0 < ratio < 1 else 0
     if k < 2 or abs(k * ratio - 1) > 1e-6:
         raise CompressError(f"invalid ratio {ratio}: use 1/k for an integer k >= 2, e.g. 0.5 or 0.25")
@@ -77,10 +77,12 @@ def window_for(ratio, h, w):
 # model.py's extension point (see InternVLChat's docstring): 1/k of a tile's tokens reach the LLM
 
 class Compressor(nn.Module):
-    """A window merge's forward maps the token grid [N, h, w, C] to [N, h/kh, w/kw, C], handed on at
-    consecutive position ids; select overrides compress to keep tokens at their own position ids."""
+    """Pool's forward maps the token grid [N, h, w, C] to [N, h/kh, w/kw, C], handed on at consecutive position
+    ids; the subsets keep tokens at their own position ids. install(model): apply's call, for a compressor that
+    reads the model's ViT through a hook; remove() takes the hook off again."""
+    hook = None  # what install() hooked on the model, if anything
 
-    def __init__(self, window, width):  # width: the learned subclasses' channel count
+    def __init__(self, window, width):  # width: the token's channels, for the learned parts
         super().__init__()
         self.window, self.window_size = window, window[0] * window[1]
 
@@ -90,20 +92,50 @@ class Compressor(nn.Module):
     def compress(self, grid, tiles_per_image, projector):
         return self(grid).flatten(0, 2), None
 
+    def install(self, model):
+        pass
+
+    def remove(self):
+        if self.hook is not None:
+            self.hook.remove()
+            self.hook = None
+
+
+class Subset(Compressor):
+    """Keeps, per image, len(image) // k of its tokens at the position ids they had: pick(image [n, C], b, tiles:
+    the image's slice of the grid's tiles, projector) -> (tokens [b, C], their indices in the image [b], sorted).
+    compress runs without grad: the training-free subsets learn nothing (select, which does, has its own)."""
+
+    def subsets(self, grid, tiles_per_image, projector):
+        tokens, keep, first = [], [], 0
+        for n in tiles_per_image:
+            image = grid[first:first + n].flatten(0, 2)
+            t, kept = self.pick(image, len(image) // self.window_size, slice(first, first + n), projector)
+            tokens.append(t)
+            keep.append(kept)
+            first += n
+        return torch.cat(tokens), torch.cat(keep)
+
+    @torch.no_grad()
+    def compress(self, grid, tiles_per_image, projector):
+        return self.subsets(grid, tiles_per_image, projector)
+
 
 # ----------------------------------------------------------------------------------------------
 # select: V_c, FCoT-VL's compressor, and its options
 
-class Select(Compressor):
-    """Keeps, per image, the 1/k of its tokens with the fewest near-duplicates, then folds each kept
-    token's horizontal neighbours into it (learned). model.py gives the kept tokens their original position
-    ids, so the frozen LLM reads the teacher's own tokens where the teacher read them."""
+class Select(Subset):
+    """Keeps, per image, the 1/k of its tokens with the fewest near-duplicates (the largest mean distance to
+    their nearest tokens: blank paper and the inside of a bar have hundreds of twins, a glyph few), then folds
+    each kept token's horizontal neighbours into it (learned). Options: skip_thumbnail ranks a many-tile
+    image's thumbnail below every tile token (on a page it is too coarse to read, but on a small crop, a word,
+    it is the view that reads); rank_projected counts near-duplicates among A_s's outputs, what the LLM reads
+    (the choice then follows A_s as it learns, though no gradient asks it to move)."""
     neighbours = 4  # rarity = mean distance to this many nearest tokens (2 to 8 choose alike; README)
 
-    def __init__(self, window, width, skip_thumbnail=False, rank_projected=False):  # window: only its size k matters
+    def __init__(self, window, width, skip_thumbnail=False, rank_projected=False):  # window: only its size k counts
         super().__init__(window, width)
-        self.skip_thumbnail = skip_thumbnail  # rank a many-tile image's last tile (its thumbnail) last
-        self.rank_projected = rank_projected  # measure rarity after the projector passed to forward
+        self.skip_thumbnail, self.rank_projected = skip_thumbnail, rank_projected
         self.norm = nn.LayerNorm(3 * width)
         self.fc1 = nn.Linear(3 * width, width)
         self.fc2 = nn.Linear(width, width)
@@ -117,6 +149,15 @@ class Select(Compressor):
         k = min(self.neighbours, len(x) - 1)
         return distance.topk(k + 1, largest=False).values[:, 1:].mean(-1)  # the first is the token itself
 
+    def pick(self, image, b, tiles, projector):
+        with torch.no_grad():
+            score = self.rarity(projector(image) if self.rank_projected else image)
+        n = tiles.stop - tiles.start
+        if self.skip_thumbnail and n > 1:  # the last tile; at ratio <= 1/2 the tiles alone fill the budget
+            score[-(len(image) // n):] = -1
+        kept = score.topk(b).indices.sort().values
+        return image[kept], kept
+
     def forward(self, grid, tiles_per_image, projector=None):
         """grid [tiles, h, w, C], the images' tiles in order -> (tokens [kept, C], keep [kept]: each
         kept token's index in its image's uncompressed token sequence). projector: the model's (A_s), which
@@ -124,23 +165,14 @@ class Select(Compressor):
         if self.rank_projected and projector is None:
             raise CompressError("select with rank_projected needs the model's projector: call it as "
                                 "compressor(grid, tiles_per_image, model.mlp1)")
+        tokens, keep = self.subsets(grid, tiles_per_image, projector)
         h, w = grid.shape[1:3]
-        keep, flat, first = [], [], 0
-        for n in tiles_per_image:
-            image = grid[first:first + n].flatten(0, 2)
-            with torch.no_grad():
-                score = self.rarity(projector(image) if self.rank_projected else image)
-            if self.skip_thumbnail and n > 1:  # at ratio <= 1/2 the tiles alone fill the budget
-                score[-h * w:] = -1
-            kept = score.topk(len(image) // self.window_size).indices.sort().values
-            keep.append(kept)
-            flat.append(kept + first * h * w)
-            first += n
-        flat = torch.cat(flat)  # index into grid.flatten(0, 2)
+        n = torch.as_tensor(tiles_per_image, device=keep.device)  # flat: the index into grid.flatten(0, 2)
+        flat = keep + ((n.cumsum(0) - n) * h * w).repeat_interleave(n * h * w // self.window_size)
         tile, i, j = flat // (h * w), flat % (h * w) // w, flat % w
         padded = F.pad(grid, (0, 0, 1, 1))  # a zero token left and right of every row
         cells = torch.cat([padded[tile, i, j], padded[tile, i, j + 1], padded[tile, i, j + 2]], -1)  # left, self, right
-        return grid[tile, i, j] + self.fc2(F.gelu(self.fc1(self.norm(cells)))), torch.cat(keep)
+        return tokens + self.fc2(F.gelu(self.fc1(self.norm(cells)))), keep
 
     def compress(self, grid, tiles_per_image, projector):  # the kept tokens and their indices: their position ids
         return self(grid, tiles_per_image, projector)
@@ -155,20 +187,11 @@ def select_options(config):
     return on | {"skip_thumbnail": on["skip_thumbnail"] and config.use_thumbnail}
 
 
-def spec(method, ratio, **options):
-    """config.compressor of a student: {"method", "ratio"}, and select's options (SELECT_OPTIONS) that are on."""
-    on = {k: True for k, v in options.items() if v}
-    for k in on:
-        if k not in SELECT_OPTIONS:
-            raise CompressError(f"unknown compressor option {k!r}: choose from {', '.join(SELECT_OPTIONS)}")
-        if method != "select":
-            raise CompressError(f"{k} is an option of select, not of {method}: drop it or use select")
-    return {"method": method, "ratio": ratio} | on
-
-
 # ----------------------------------------------------------------------------------------------
-# pool, the training-free baseline, and the weighted merge it runs on (dwconv too): y = the sum over a
-# window's cells of weight[cell] * token (+ bias), on three backends
+# the training-free baselines, in the docstring's order
+#
+# pool, and the weighted merge it runs on: y = the sum over a window's cells of weight[cell] * token (+ bias), on
+# three backends
 
 def merge_torch(x, window, weight, bias=None):
     # cell by cell over strided views: no [.., k, C] intermediate, one multiply-add pass per cell
@@ -192,8 +215,7 @@ if triton is not None:
     @triton.jit
     def _merge_kernel(x_ptr, w_ptr, b_ptr, y_ptr, H, W, C, KH: tl.constexpr, KW: tl.constexpr,
                       HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
-        # one program: one output token x BLOCK channels; the window's cells are gathered straight
-        # from the input grid (no windowed copy), summed in fp32, written once
+        # one program: one output token x BLOCK channels, its window's cells read from the grid, summed in fp32
         tok = tl.program_id(0).to(tl.int64)
         c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = c < C
@@ -226,44 +248,285 @@ def merge_triton(x, window, weight, bias=None):
 
 def merge_backend(x, weight):
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    if x.device.type == "cuda" and triton is not None and not needs_grad:
+    interpret = x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"  # the tests' way to the kernel
+    if triton is not None and (x.device.type == "cuda" or interpret) and not needs_grad:
         return merge_triton
-    if x.device.type == "npu":
-        return merge_npu
-    if x.device.type == "cpu" and triton is not None and os.environ.get("TRITON_INTERPRET") == "1":
-        return merge_triton if not needs_grad else merge_torch  # Triton's interpreter: the tests' way in
-    return merge_torch
-
-
-def weighted_merge(x, window, weight, bias=None):
-    """[N, h, w, C] -> [N, h/kh, w/kw, C], on the fastest backend for x's device."""
-    return merge_backend(x, weight)(x, window, weight, bias)
+    return merge_npu if x.device.type == "npu" else merge_torch
 
 
 class Pool(Compressor):
-    """Each window's mean, no parameters: what every learned window merge (Ablations) starts as."""
+    """Each window's mean, no parameters."""
 
-    def forward(self, x):
+    def forward(self, x):  # [N, h, w, C] -> [N, h/kh, w/kw, C], on the fastest backend for x's device
         mean = torch.full((self.window_size, x.shape[-1]), 1 / self.window_size, device=x.device)
-        return weighted_merge(x, self.window, mean)
+        return merge_backend(x, mean)(x, self.window, mean)
+
+
+# divprune: greedy max-min diversity
+
+def max_min(d, b):
+    """Greedy max-min diversity on distances d [n, n] -> b indices, sorted. First the token farthest from its
+    nearest other token, then again and again the token farthest from the picked set (its distance to the
+    nearest picked token); ties go to the lowest index (argmax). far[i]: i's distance to the picked set, updated
+    in O(n) per pick; a picked token's is -inf, so even exact duplicates never get picked twice."""
+    n = len(d)
+    score = d.masked_fill(torch.eye(n, dtype=torch.bool, device=d.device), float("inf")).min(1).values
+    far, picked = torch.full_like(score, float("inf")), torch.empty(b, dtype=torch.long, device=d.device)
+    for s in range(b):  # no host sync: the pick stays a tensor
+        i = score.argmax().view(1)
+        picked[s:s + 1] = i
+        far = torch.minimum(far, d.index_select(0, i)[0]).index_fill_(0, i, float("-inf"))
+        score = far
+    return picked.sort().values
+
+
+class DivPrune(Subset):
+    """Per image, max_min on 1 - cosine similarity of the projected tokens (what the LLM reads, as DivPrune on
+    LLaVA's projected features); a zero token is at distance 1 from all."""
+
+    def pick(self, image, b, tiles, projector):
+        x = F.normalize((image if projector is None else projector(image)).float(), dim=-1)
+        kept = max_min(1 - x @ x.T, b)
+        return image[kept], kept
+
+
+# random: a subset drawn from (seed, the pixels)
+
+def recorded(records, tiles):
+    """The last `tiles` rows a hook recorded (the ViT may run in chunks, or for a teacher that shares it), or None
+    if fewer; the records are cleared: a compressor reads each ViT run once."""
+    rows = torch.cat(records)[-tiles:] if records else None
+    records.clear()
+    return rows if rows is not None and len(rows) == tiles else None
+
+
+def tile_sums(x):
+    """[tiles, ...] -> [tiles] int64: an exact weighted sum of each tile's bytes (read as int16). Integer sums are
+    the same on every device in every order, so a tile's checksum is its own whatever batch it came in."""
+    bits = x.detach().contiguous().view(len(x), -1).view(torch.int16).int()
+    w = torch.arange(bits.shape[1], device=x.device, dtype=torch.int32) % 32749 + 1  # |bits x w| < 2^30
+    return (bits * w).sum(1)
+
+
+class Random(Subset):
+    """A uniformly random subset per image, drawn from a generator seeded by (seed, the checksums of the image's
+    tiles): the same image keeps the same tokens in any batch, in any order, on a resume. install() records the
+    pixels' checksums (the ViT's output can change in its last bits with the batch); without it, the grid's."""
+
+    def __init__(self, window, width, seed=0):
+        super().__init__(window, width)
+        self.seed, self.sums = seed, []
+
+    def install(self, model):
+        self.hook = model.vision_model.register_forward_pre_hook(lambda vit, args: self.sums.append(tile_sums(args[0])))
+
+    def compress(self, grid, tiles_per_image, projector):
+        sums = recorded(self.sums, len(grid))
+        self.checksums = (tile_sums(grid) if sums is None else sums).tolist()  # one host sync per batch
+        return super().compress(grid, tiles_per_image, projector)
+
+    def pick(self, image, b, tiles, projector):
+        key = self.seed
+        for s in self.checksums[tiles]:
+            key = (key * 1000003 + s) % 2**63
+        kept = torch.randperm(len(image), generator=torch.Generator().manual_seed(key))[:b].sort().values
+        kept = kept.to(image.device)
+        return image[kept], kept
+
+
+# visionzip: what the CLS token attends to, and a few merged leftovers
+
+@torch.no_grad()
+def cls_attention(attn, x):
+    """The attention a ViT block's CLS token pays each patch, mean over heads: x [tiles, 1 + P, C] (the block's
+    norm1 output, attn's input) -> [tiles, P]. Only the CLS query and the keys are computed."""
+    C, H = x.shape[-1], attn.n_heads
+    w, b = attn.qkv.weight, attn.qkv.bias
+    q = F.linear(x[:, :1], w[:C], None if b is None else b[:C])
+    k = F.linear(x, w[C:2 * C], None if b is None else b[C:2 * C])
+    if hasattr(attn, "q_norm"):  # InternViT-6B normalises q and k over the full width
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = (t.float().view(len(x), -1, H, C // H).transpose(1, 2) for t in (q, k))
+    return (q @ k.transpose(-1, -2) / math.sqrt(C // H)).softmax(-1).mean(1)[:, 0, 1:]
+
+
+class VisionZip(Subset):
+    """Per image, of its b tokens: the dominant ~54/64 (VisionZip's 54 of 64) are those the CLS token attended
+    to most in the ViT layer the features come from (a token's score: the sum over the patches the pixel shuffle
+    folded into it), at their own position ids; the other ~10/64 are contextual: targets evenly spaced among the
+    remaining tokens in order, each the mean of its group (itself and the remaining tokens most like it by cosine),
+    at the target's position id. install() hooks the layer's attention (needed)."""
+
+    def __init__(self, window, width):
+        super().__init__(window, width)
+        self.dominant, self.scores = 54 / 64, []
+
+    def install(self, model):
+        layers, s = model.vision_model.encoder.layers, model.config.select_layer
+        attn = layers[s if s < 0 else s - 1].attn  # the last layer run (select_layer -1: the last)
+        self.hook = attn.register_forward_pre_hook(lambda attn, args: self.scores.append(cls_attention(attn, args[0])))
+
+    def compress(self, grid, tiles_per_image, projector):
+        scores = recorded(self.scores, len(grid))
+        if scores is None:
+            raise CompressError("visionzip reads the ViT's CLS attention: install it with apply(model, 'visionzip', "
+                                "ratio), and run the ViT before the compressor (model.forward does)")
+        (T, h, w), g = grid.shape[:3], math.isqrt(scores.shape[1])
+        r = g // h  # pixel shuffle folds each r x r block of patches into one token, row-major
+        self.token_scores = scores.view(T, h, r, w, r).sum((2, 4)).flatten(1)  # [tiles, h * w]
+        return super().compress(grid, tiles_per_image, projector)
+
+    def pick(self, image, b, tiles, projector):
+        n_ctx = max(1, round(b * (1 - self.dominant))) if b > 1 else 0
+        top = self.token_scores[tiles].flatten().topk(b - n_ctx).indices
+        rest = torch.ones(len(image), dtype=torch.bool, device=image.device).index_fill_(0, top, False).nonzero()[:, 0]
+        kept, tokens = top, image[top]
+        if n_ctx:
+            targets = torch.arange(0, len(rest), max(1, len(rest) // n_ctx), device=image.device)[:n_ctx]
+            x = F.normalize(image[rest].float(), dim=-1)
+            group = (x @ x[targets].T).argmax(1).index_copy_(0, targets, torch.arange(n_ctx, device=image.device))
+            total = torch.zeros(n_ctx, image.shape[1], device=image.device).index_add_(0, group, image[rest].float())
+            mean = total / torch.bincount(group, minlength=n_ctx)[:, None]
+            kept, tokens = torch.cat([top, rest[targets]]), torch.cat([tokens, mean.to(image.dtype)])
+        order = kept.argsort()
+        return tokens[order], kept[order]
+
+
+# fewer tiles: lower resolution at the same token budget (evaluate.py's --method tiles; find_grid is model.py's)
+
+def tile_count(width, height, max_num, find_grid, image_size=448, use_thumbnail=True):
+    """The tiles load_image(max_num=max_num) makes of a width x height image: the grid, and a thumbnail if > 1."""
+    cols, rows = find_grid(width, height, 1, max_num, image_size)
+    return cols * rows + int(use_thumbnail and cols * rows > 1)
+
+
+def budget_max_num(width, height, max_num, ratio, find_grid, image_size=448, use_thumbnail=True):
+    """The largest m <= max_num whose tiling has at most ratio x the tiles of max_num's (thumbnails counted). 1 if
+    none has: one tile is the least an image gets, so an image whose full tiling has fewer than 1/ratio tiles keeps
+    one, more than its budget (its tokens say so: evaluate.py counts the tiles made)."""
+    tiles = lambda m: tile_count(width, height, m, find_grid, image_size, use_thumbnail)
+    budget = ratio * tiles(max_num) + 1e-9
+    return next((m for m in range(max_num, 0, -1) if tiles(m) <= budget), 1)
+
+
+# FastV and PyramidDrop, as model.py's LanguageModel.before_layer
+
+class FastV:
+    """schedule {K: keep}: before each decoder layer K, keep round(keep x n) of each row's n image tokens (n: the
+    prompt's, before any stage), those among the image tokens still there that the last prompt token attended to
+    most in layer K-1 (mean over heads). FastV is one stage, {layer: ratio}; PyramidDrop several (pdrop_schedule).
+    Text tokens all stay. Kept tokens keep their rotary cos/sin (gathered, not recomputed), so their position ids
+    are the original ones. Rows of a batch keep different numbers of tokens: each stage drops the padding and
+    left-pads them again, and keeps its validity for the decode steps of its layers."""
+
+    def __init__(self, ratio, layer=2, n_layers=None, schedule=None):
+        self.stages = dict(sorted((schedule or {layer: ratio}).items()))
+        top = n_layers - 1 if n_layers else max(self.stages)
+        for k, keep in self.stages.items():
+            if not 0 < keep <= 1:
+                raise CompressError(f"invalid FastV ratio {keep}: the share of image tokens kept, in (0, 1]")
+            if not 1 <= k <= top:
+                raise CompressError(f"FastV layer K={k} must be in 1..{top}: it prunes after layer K-1")
+        if list(self.stages.values()) != sorted(self.stages.values(), reverse=True):
+            raise CompressError(f"pdrop schedule {self.stages}: a later stage cannot keep more image tokens")
+        if len(self.stages) == 1:  # plain attributes are what evaluate.py's run key reads: FastV's, as before
+            (self.layer, self.ratio), = self.stages.items()
+        else:
+            self.schedule = tuple(self.stages.items())
+        self.x_before, self.image_mask, self.n_image, self.valid = None, None, None, {}
+
+    def __call__(self, lm, i, x, cos, sin, mask, image_mask):
+        if i in self.stages:
+            if image_mask is not None:  # the prefill of a prompt with images
+                if i == min(self.stages):
+                    self.image_mask, self.n_image, self.valid = image_mask, image_mask.sum(1), {}
+                x, cos, sin, mask = self.prune(i, lm.model.layers[i - 1], x, cos, sin, mask)
+            elif x.shape[1] > 1 or i not in self.valid:  # a text-only prompt: nothing to prune
+                self.valid = {}
+            else:  # a decode step: layers >= K cache the pruned prefix, then one token per step
+                valid = self.valid[i] = torch.cat([self.valid[i], self.valid[i].new_ones(x.shape[0], 1)], dim=1)
+                mask = None if bool(valid.all()) else valid[:, None, None, :]
+        if i + 1 in self.stages and image_mask is not None:
+            self.x_before = x  # layer K-1's input: its attention picks the tokens
+        return x, cos, sin, mask
+
+    def prune(self, i, layer, x, cos, sin, mask):
+        B, L, D = x.shape
+        attn = layer.attention
+        x_before, self.x_before = self.x_before, None  # not kept past the prefill: it is [B, L, D]
+        q, k, _ = attn.project_qkv(layer.attention_norm(x_before), cos, sin)
+        k = k.repeat_interleave(attn.group, dim=1)
+        key_ok = mask[:, 0, -1, :] if mask is not None else torch.ones(B, L, dtype=torch.bool, device=x.device)
+        scores = (q[:, :, -1:] @ k.transpose(-1, -2)).squeeze(2) / math.sqrt(attn.head_dim)  # [B, heads, L]
+        received = scores.float().masked_fill(~key_ok[:, None], float("-inf")).softmax(-1).mean(1)
+        n_keep = (self.n_image.double() * self.stages[i]).round().long()
+        rank = received.masked_fill(~self.image_mask, float("-inf")).argsort(1, descending=True).argsort(1)
+        keep = key_ok & (~self.image_mask | (rank < n_keep[:, None]))  # padding goes too
+        # kept positions in order, left-padded to the longest row (pads: -1, sorted first)
+        pos = torch.where(keep, torch.arange(L, device=x.device), -1).sort(1).values
+        pos = pos[:, -int(keep.sum(1).max()):]
+        pad, pos = pos < 0, pos.clamp(min=0)
+        Lk = pos.shape[1]
+        x = x.gather(1, pos[..., None].expand(B, Lk, D))
+        take = pos[:, None, :, None].expand(B, cos.shape[1], Lk, cos.shape[-1])
+        cos, sin = cos.gather(2, take), sin.gather(2, take)
+        self.image_mask, self.valid[i] = self.image_mask.gather(1, pos) & ~pad, ~pad
+        if not bool(pad.any()):
+            return x, cos, sin, None
+        causal = torch.ones(Lk, Lk, dtype=torch.bool, device=x.device).tril()
+        mask = (causal & ~pad[:, None, :]) | torch.eye(Lk, dtype=torch.bool, device=x.device)  # no empty row
+        return x, cos, sin, mask[:, None]
+
+
+def pdrop_schedule(ratio, n_layers, stages=3):
+    """PyramidDrop's stages for an n-layer LLM: layers round(j n / (stages + 1)) (6, 12, 18 of 24; 8, 16, 24 of 32
+    as PyramidDrop's LLaVA; 1, 2, 3 of 4), keeping ratio^(j / stages) of the image tokens after stage j, so ratio
+    after the last. Stages that fall on one layer (a 2-layer LLM) become one: the later, smaller share."""
+    return {min(n_layers - 1, max(1, round(j * n_layers / (stages + 1)))): ratio ** (j / stages)
+            for j in range(1, stages + 1)}
+
+
+def image_tokens_per_layer(n, schedule, n_layers):
+    """The image tokens each decoder layer sees when the prompt has n: the layer-mean is the accounting that
+    SparseVLM and PyramidDrop report (FastV K=2, 0.5, 4 layers: [n, n, n/2, n/2], mean 0.75 n)."""
+    stages, keep, out = dict(schedule), 1.0, []
+    for i in range(n_layers):
+        keep = stages.get(i, keep)
+        out.append(round(n * keep))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
-# the student and the training-free baselines
+# the student, and the baselines applied in place
 
-COMPRESSORS = {"select": Select, "pool": Pool}  # and the ablations, added at the end
+COMPRESSORS = {"select": Select, "pool": Pool, "divprune": DivPrune, "random": Random, "visionzip": VisionZip}
+TRAINING_FREE = ("divprune", "random", "visionzip", "tiles", "fastv", "pdrop")  # apply's; never a student (pool can be)
+
+
+def spec(method, ratio, seed=None, **options):
+    """config.compressor of a compressed model: {"method", "ratio"}, random's seed (0 unless given), and select's
+    options (SELECT_OPTIONS) that are on."""
+    on = {k: True for k, v in options.items() if v}
+    for k in on:
+        if k not in SELECT_OPTIONS:
+            raise CompressError(f"unknown compressor option {k!r}: choose from {', '.join(SELECT_OPTIONS)}")
+        if method != "select":
+            raise CompressError(f"{k} is an option of select, not of {method}: drop it or use select")
+    if seed is not None and method != "random":
+        raise CompressError(f"seed is an option of random, not of {method}: drop it or use random")
+    return {"method": method, "ratio": ratio} | on | ({"seed": seed or 0} if method == "random" else {})
 
 
 def build(config):
     """The compressor config.compressor records (model.load_model's build_compressor)."""
-    record = config.compressor
-    method, ratio = record.get("method"), record.get("ratio")
+    method, ratio = config.compressor.get("method"), config.compressor.get("ratio")
     if method not in COMPRESSORS:
         raise CompressError(f"unknown compressor {method!r}: choose one of {', '.join(COMPRESSORS)}")
     grid = int(config.force_image_size // config.vision.patch_size * config.downsample_ratio)
     width = config.vision.hidden_size * round(1 / config.downsample_ratio) ** 2
     window = window_for(ratio, grid, grid)
-    options = select_options(config) if method == "select" else {}
+    options = select_options(config) if method == "select" else \
+        {"seed": config.compressor.get("seed", 0)} if method == "random" else {}
     return COMPRESSORS[method](window, width, **options)
 
 
@@ -271,6 +534,9 @@ def make_student(teacher, method="select", ratio=0.5, **options):
     """The FCoT-VL student: the teacher's ViT and LLM (shared, not copied), a new compressor V_c and
     a student projector A_s initialised as a copy of the teacher's mlp1. Saved by model.save_model
     as an ordinary checkpoint folder whose config.json records the compressor. options: select's."""
+    if method in TRAINING_FREE:
+        how = "evaluate.py --method tiles" if method == "tiles" else f"compress.apply(model, {method!r}, {ratio})"
+        raise CompressError(f"{method} is a training-free baseline, not a student: {how}")
     config = replace(teacher.config, compressor=spec(method, ratio, **options))
     compressor = build(config)
     with torch.device("meta"):  # the ViT and LLM built here are replaced by the teacher's: free
@@ -283,159 +549,33 @@ def make_student(teacher, method="select", ratio=0.5, **options):
     return student
 
 
-def apply(model, method, ratio, fastv_layer=2, **options):
-    """Training-free compression in place: pool (or an untrained conv/dwconv/mlp/gate, the same thing) or
-    an untrained select before mlp1, or FastV inside the LLM. Returns the model."""
-    record = spec(method, ratio, **options)  # select's options given to FastV fail here too
-    if method == "fastv":
-        model.language_model.before_layer = FastV(ratio, fastv_layer, len(model.language_model.model.layers))
+def apply(model, method, ratio, fastv_layer=2, seed=None, **options):
+    """Training-free compression in place -> the model: pool, an untrained select, divprune, random (seed) or
+    visionzip before mlp1; fastv (before layer fastv_layer) or pdrop inside the LLM. options: select's."""
+    record = spec(method, ratio, seed, **options)  # select's options, or a seed, given to another method fail here
+    if method == "tiles":
+        raise CompressError("tiles changes the input, not the model: load_image(max_num=budget_max_num(...)), as "
+                            "evaluate.py --method tiles does")
+    if method in ("fastv", "pdrop"):
+        n = len(model.language_model.model.layers)
+        schedule = {fastv_layer: ratio} if method == "fastv" else pdrop_schedule(ratio, n)
+        model.language_model.before_layer = FastV(ratio, n_layers=n, schedule=schedule)
         return model
+    if model.compressor is not None:
+        model.compressor.remove()  # the hook an earlier apply installed
     model.config = replace(model.config, compressor=record)
     p = next(model.mlp1.parameters())
     model.compressor = build(model.config).to(p.device, p.dtype)
+    model.compressor.install(model)
     return model
 
 
 # ----------------------------------------------------------------------------------------------
-# FastV, as model.py's LanguageModel.before_layer
-
-class FastV:
-    """Before decoder layer K, keep round(ratio x n) of each row's n image tokens: those the last
-    prompt token attends to most in layer K-1 (mean over heads). Text tokens all stay. Kept tokens
-    keep their rotary cos/sin (gathered, not recomputed), so their position ids are the original
-    ones. Rows of a batch keep different numbers of tokens: they are left-padded again, and the
-    validity of the pruned prefix is kept for the decode steps of layers >= K."""
-
-    def __init__(self, ratio, layer=2, n_layers=None):
-        if not 0 < ratio <= 1:
-            raise CompressError(f"invalid FastV ratio {ratio}: the share of image tokens kept, in (0, 1]")
-        if layer < 1 or (n_layers is not None and layer >= n_layers):
-            raise CompressError(f"FastV layer K={layer} must be in 1..{(n_layers or 2) - 1}: it prunes after layer K-1")
-        self.ratio, self.layer = ratio, layer
-        self.x_before, self.valid = None, None
-
-    def __call__(self, lm, i, x, cos, sin, mask, image_mask):
-        if i == self.layer - 1:
-            self.x_before = x  # layer K-1's input: its attention picks the tokens
-        if i != self.layer:
-            return x, cos, sin, mask
-        if image_mask is not None:
-            return self.prune(lm.model.layers[i - 1], x, cos, sin, mask, image_mask)
-        if x.shape[1] > 1 or self.valid is None:  # a text-only prompt: nothing to prune
-            self.valid = None
-            return x, cos, sin, mask
-        # a decode step: layers >= K cache the pruned prefix, then one token per step
-        self.valid = torch.cat([self.valid, self.valid.new_ones(x.shape[0], x.shape[1])], dim=1)
-        return x, cos, sin, None if bool(self.valid.all()) else self.valid[:, None, None, :]
-
-    def prune(self, layer, x, cos, sin, mask, image_mask):
-        B, L, D = x.shape
-        attn = layer.attention
-        x_before, self.x_before = self.x_before, None  # not kept past the prefill: it is [B, L, D]
-        q, k, _ = attn.project_qkv(layer.attention_norm(x_before), cos, sin)
-        k = k.repeat_interleave(attn.group, dim=1)
-        key_ok = mask[:, 0, -1, :] if mask is not None else torch.ones(B, L, dtype=torch.bool, device=x.device)
-        scores = (q[:, :, -1:] @ k.transpose(-1, -2)).squeeze(2) / math.sqrt(attn.head_dim)  # [B, heads, L]
-        received = scores.float().masked_fill(~key_ok[:, None], float("-inf")).softmax(-1).mean(1)
-        n_keep = (image_mask.sum(1) * self.ratio).round().long()
-        rank = received.masked_fill(~image_mask, float("-inf")).argsort(1, descending=True).argsort(1)
-        keep = ~image_mask | (rank < n_keep[:, None])
-        # kept positions in order, left-padded to the longest row (pads: -1, sorted first)
-        pos = torch.where(keep, torch.arange(L, device=x.device), -1).sort(1).values
-        pos = pos[:, -int(keep.sum(1).max()):]
-        pad, pos = pos < 0, pos.clamp(min=0)
-        Lk = pos.shape[1]
-        x = x.gather(1, pos[..., None].expand(B, Lk, D))
-        take = pos[:, None, :, None].expand(B, cos.shape[1], Lk, cos.shape[-1])
-        cos, sin = cos.gather(2, take), sin.gather(2, take)
-        self.valid = ~pad & key_ok.gather(1, pos)
-        if bool(self.valid.all()):
-            return x, cos, sin, None
-        causal = torch.ones(Lk, Lk, dtype=torch.bool, device=x.device).tril()
-        mask = (causal & self.valid[:, None, :]) | torch.eye(Lk, dtype=torch.bool, device=x.device)  # no empty row
-        return x, cos, sin, mask[:, None]
-
-
-# ----------------------------------------------------------------------------------------------
-# Ablations: learned window merges that lost to select (DocVQA 47-53 against its 93.6), kept for the
-# commands behind the figures that cite them (distill.py / bench.py --compressor conv). Each starts as pool.
-#
-#   conv    a learned linear map of the window's concatenated tokens (a strided convolution)
-#   dwconv  a learned weight per window cell and channel (depthwise), on pool's weighted merge
-#   mlp     the mean plus an MLP of the window's concatenated tokens (LayerNorm, k*C -> C, GELU, C -> C),
-#           its last layer zero at first
-#   gate    mlp with a learned softmax over the window's cells in place of the mean (score zero at first):
-#           it can pass a pair's one text token through and drop the blank paper beside it
-
-def windows(x, window):
-    """[N, h, w, C] -> [N, h/kh, w/kw, kh*kw, C]: each window's tokens, row-major."""
-    N, h, w, C = x.shape
-    kh, kw = window
-    return x.reshape(N, h // kh, kh, w // kw, kw, C).transpose(2, 3).flatten(3, 4)
-
-
-class DWConv(Pool):
-    def __init__(self, window, width):
-        super().__init__(window, width)
-        self.weight = nn.Parameter(torch.full((self.window_size, width), 1 / self.window_size))
-        self.bias = nn.Parameter(torch.zeros(width))
-
-    def forward(self, x):
-        return weighted_merge(x, self.window, self.weight, self.bias)
-
-
-class Conv(Pool):
-    def __init__(self, window, width):
-        super().__init__(window, width)
-        mean = torch.eye(width).repeat(1, self.window_size) / self.window_size  # [C, k*C]: starts as pool
-        self.weight = nn.Parameter(mean)
-        self.bias = nn.Parameter(torch.zeros(width))
-
-    def forward(self, x):
-        # a window's cells are contiguous in memory at ratio 0.5, so the concatenation is a view and
-        # the merge one GEMM (cuBLAS; a hand-written kernel would not beat it)
-        return F.linear(windows(x, self.window).flatten(-2), self.weight, self.bias)
-
-
-class MLP(Pool):
-    def __init__(self, window, width):
-        super().__init__(window, width)
-        self.norm = nn.LayerNorm(self.window_size * width)
-        self.fc1 = nn.Linear(self.window_size * width, width)
-        self.fc2 = nn.Linear(width, width)
-        nn.init.zeros_(self.fc2.weight), nn.init.zeros_(self.fc2.bias)  # starts as pool
-
-    def forward(self, x):
-        # the mean plus a nonlinear correction from the whole window, both from one gather
-        cells = windows(x, self.window)
-        return cells.mean(-2) + self.fc2(F.gelu(self.fc1(self.norm(cells.flatten(-2)))))
-
-
-class Gate(MLP):
-    def __init__(self, window, width):
-        super().__init__(window, width)
-        self.score = nn.Linear(width, 1)  # zero at first: equal weights, so it starts as pool
-        nn.init.zeros_(self.score.weight), nn.init.zeros_(self.score.bias)
-
-    def forward(self, x):
-        # a softmax over each window's cells picks what to keep: a text token beside blank paper
-        # passes through nearly unchanged, where the mean would halve it into a token the frozen
-        # LLM never saw; the MLP term then folds in what the weighted sum cannot carry
-        cells = windows(x, self.window)
-        keep = torch.softmax(self.score(F.layer_norm(cells, cells.shape[-1:])), dim=-2)
-        return (keep * cells).sum(-2) + self.fc2(F.gelu(self.fc1(self.norm(cells.flatten(-2)))))
-
-
-COMPRESSORS.update(conv=Conv, dwconv=DWConv, mlp=MLP, gate=Gate)
-
-
-# ----------------------------------------------------------------------------------------------
-# python compress.py --bench: the weighted merge's achieved bandwidth against eager PyTorch,
-# torch.compile and a plain copy of the same bytes
+# python compress.py --bench: the weighted merge's bandwidth against eager PyTorch, torch.compile and a copy
 
 def bench_ms(fn, rounds=50):
-    """ms per call. CUDA: calls queued back to back between two events, as a pipeline runs them (a sync per
-    call would time the launch, not the kernel); a CPU: the median call."""
+    """ms per call. CUDA: calls queued back to back between two events, as a pipeline runs them (a sync per call
+    would time the launch, not the kernel); a CPU: the median call."""
     for _ in range(3):
         fn()
     if torch.cuda.is_available():
@@ -459,42 +599,37 @@ def bench(tiles, grid, width, device, dtype):
     x = torch.randn(tiles, grid, grid, width, device=device, dtype=dtype)
     dst = torch.empty_like(x)
     copy_ms = bench_ms(lambda: dst.copy_(x))  # into a preallocated tensor: a clone's fresh pages would count too
-    gbs = lambda nbytes, ms: nbytes / ms / 1e6
     print(f"{tiles} tiles x {grid}x{grid} tokens x {width} channels, {dtype}, {device}: "
-          f"copy {gbs(2 * x.nbytes, copy_ms):.0f} GB/s ({copy_ms:.3f} ms)")
+          f"copy {2 * x.nbytes / copy_ms / 1e6:.0f} GB/s ({copy_ms:.3f} ms)")
     print(f"{'ratio':>6} {'backend':>14} {'ms':>8} {'GB/s':>8} {'% of copy':>10}")
+    paths = {"eager": merge_torch, "compile": torch.compile(merge_torch), "npu-conv2d": merge_npu}
+    if device == "cuda" and triton is not None:
+        paths["triton"] = merge_triton
     for ratio in (0.5, 0.25):
         window = window_for(ratio, grid, grid)
         w = torch.rand(window[0] * window[1], width, device=device, dtype=dtype)
         b = torch.rand(width, device=device, dtype=dtype)
         nbytes = x.nbytes * (1 + ratio) + w.nbytes + b.nbytes  # read the grid once, write ratio of it
-        ref = merge_torch(x, window, w, b)
-        paths = {"eager": merge_torch, "compile": torch.compile(merge_torch), "npu-conv2d": merge_npu}
-        if device == "cuda" and triton is not None:
-            paths["triton"] = merge_triton
+        ref = merge_torch(x, window, w, b).float()
         for name, fn in paths.items():
-            err = (fn(x, window, w, b).float() - ref.float()).abs().max().item()
+            err = (fn(x, window, w, b).float() - ref).abs().max().item()
             ms = bench_ms(lambda: fn(x, window, w, b))
-            print(f"{ratio:>6} {name:>14} {ms:>8.3f} {gbs(nbytes, ms):>8.0f} {100 * copy_ms * (1 + ratio) / 2 / ms:>9.0f}%"
-                  f"   max |diff| {err:.1e}")
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit code 2, as the other scripts (argparse prints its usage too)
-        self.exit(2, f"{self.prog}: error: {message} (see python {self.prog} --help)\n")
+            share = 100 * copy_ms * (1 + ratio) / 2 / ms
+            print(f"{ratio:>6} {name:>14} {ms:>8.3f} {nbytes / ms / 1e6:>8.0f} {share:>9.0f}%   max |diff| {err:.1e}")
 
 
 if __name__ == "__main__":
-    p = Parser(prog="compress.py", description="benchmark the weighted-merge backends")
+    p = argparse.ArgumentParser(prog="compress.py", description="benchmark the weighted-merge backends")
+    p.error = lambda message: p.exit(2, f"compress.py: error: {message} (see python compress.py --help)\n")  # one line
     p.add_argument("--bench", action="store_true", required=True)
     p.add_argument("--tiles", type=int, default=13, help="12 tiles + the thumbnail")
     p.add_argument("--grid", type=int, default=16, help="tokens per side after pixel shuffle (16 at 448 px)")
-    p.add_argument("--width", type=int, default=4096, help="channels after pixel shuffle (4 x 1024 for InternViT-300M)")
+    p.add_argument("--width", type=int, default=4096, help="channels after pixel shuffle (4 x 1024, InternViT-300M)")
     args = p.parse_args()
     if min(args.tiles, args.grid, args.width) < 1:
         p.error(f"--tiles, --grid and --width must be >= 1 (got {args.tiles}, {args.grid}, {args.width})")
-    on_gpu = torch.cuda.is_available()
+    gpu = torch.cuda.is_available()
     try:
-        bench(args.tiles, args.grid, args.width, "cuda" if on_gpu else "cpu", torch.bfloat16 if on_gpu else torch.float32)
+        bench(args.tiles, args.grid, args.width, "cuda" if gpu else "cpu", torch.bfloat16 if gpu else torch.float32)
     except CompressError as e:  # a grid no window of 0.5 or 0.25 tiles
         p.error(f"--grid {args.grid}: {e}")

@@ -12,7 +12,7 @@ student with its LLM learning too (--student, --trainable compressor,projector,l
 
     python distill.py --ratio 0.5                # the embedded teacher on synthetic pairs (CPU, minutes),
                                                  # then teacher / pool / FastV / student on DocVQA-format
-    python distill.py --ratio 0.25 --compressor conv --temperature 2 --ce-weight 0.5   # a window merge
+    python distill.py --ratio 0.25 --temperature 2 --ce-weight 0.5   # the KL at T = 2, the CE at lambda = 0.5
     python distill.py --ratio 0.25 --skip-thumbnail    # select: a page's thumbnail gives its budget to the tiles
     python distill.py --ratio 0.25 --skip-thumbnail --rank-projected   # and rarity is measured after A_s
     python distill.py --ratio 0.5 --student runs/distill-select0.5 --trainable compressor,projector,llm --lr 5e-4 \
@@ -68,7 +68,7 @@ class DistillConfig(P.TrainConfig):
     # distillation's own
     teacher: str = os.path.join(HERE, "checkpoints", "tiny")  # the uncompressed model (checkpoint folder)
     ratio: float = 0.5  # share of visual tokens kept: 0.5, 0.25 or 1/k
-    compressor: str = "select"  # V_c: select | conv | gate | mlp | dwconv | pool (compress.py)
+    compressor: str = "select"  # V_c: select | pool (compress.py)
     temperature: float = 1.0  # T of the KL term
     ce_weight: float = 0.5  # lambda of the cross-entropy term
     eval_task: str = "docvqa"  # the task of the closing comparison ('': none)

@@ -5,24 +5,20 @@ InfoVQA, TextVQA and OCRBench with InternVL2's official protocol and metrics.
     python evaluate.py --task docvqa                       # shipped synthetic set, checkpoints/tiny
     python evaluate.py --task chartqa --model checkpoints/internvl2-2b --device cuda \
         --data "/data/ChartQA Dataset/test" --batch-size 8
-    python evaluate.py --task textvqa --method pool --ratio 0.5     # training-free baselines: pool, select, fastv
+    python evaluate.py --task textvqa --method pool --ratio 0.5     # a training-free baseline (compress.py):
+                                    # pool, select, fastv, divprune, random, tiles, visionzip, pdrop
+    python evaluate.py --task docvqa --method random --ratio 0.5 --seed 1   # report the mean of seeds 0, 1 and 2
     python evaluate.py --task docvqa --model runs/distill-select0.5   # a distilled student: no extra flag
     python evaluate.py --task docvqa --data /data/docvqa/test_v1.0.json  # no answers: submission
     torchrun --nproc_per_node 8 evaluate.py --task docvqa --model /models/InternVL2-8B --data /data/docvqa
                                     # a shard of the questions per process, each resuming on its own; rank 0 scores
     python -m pytest tests/test_evaluate.py -q
 
-From Python, evaluate(model, tokenizer, task, **settings) -> the scores dict, for a model already loaded
-(load_model(EvalConfig(...)) applies --method), or for None, None: loaded only if a question is left to answer.
-
-Predictions go to results/<model folder name>/<task>[_<method><ratio>].jsonl as they are produced;
-rerunning the same run (the same model bytes, questions, images, settings and EVAL_PROTOCOL: the key on the file's
-first line) with the same --out skips finished questions; another run starts the file afresh. Scores go to the .json
-beside it.
-Metrics (metrics.py) copy InternVL's eval scripts (which produced the InternVL2 numbers), quirks included
-(metrics-and-formats.md, section 3).
---limit N takes the first N questions of the annotation file (and of a shipped reasoning.json, whose
-multi-fact questions are scored apart from the main score).
+From Python: evaluate(model, tokenizer, task, **settings) -> the scores dict; model and tokenizer None: load_model's,
+loaded only if a question is left to answer. Predictions go to results/<model>/<task>[_<method><ratio>].jsonl
+(random: _random<ratio>_seed<s>) as they are produced, scores to the .json beside it; rerunning the same run (the
+key on the file's first line) resumes it.
+Metrics (metrics.py) copy InternVL's eval scripts, quirks included (metrics-and-formats.md, section 3).
 """
 import hashlib, json, os, re, resource, sys, time
 from dataclasses import asdict, dataclass
@@ -33,7 +29,8 @@ from cli import Error, write_json, write_text
 from metrics import HME, anls, ocrbench_hit, relaxed_accuracy, vqa_accuracy
 
 HERE = os.path.dirname(os.path.abspath(__file__))  # defaults (shipped sets, embedded model) live beside this file
-SELECT_OPTIONS = ('skip_thumbnail', 'rank_projected')  # compress.SELECT_OPTIONS, named here so flags parse before torch loads
+SELECT_OPTIONS = ('skip_thumbnail', 'rank_projected')  # compress.SELECT_OPTIONS, copied: flags parse before torch loads
+METHODS = ['none', 'pool', 'select', 'fastv', 'divprune', 'random', 'tiles', 'visionzip', 'pdrop']  # compress.py's
 
 @dataclass
 class EvalConfig:
@@ -48,38 +45,37 @@ class EvalConfig:
     out: str = None  # predictions jsonl (default: results/<model>/<task>[_<method><ratio>].jsonl)
     device: str = None  # cpu | cuda (default: cuda if available)
     dtype: str = None  # float32 | bfloat16 | float16 (default: bfloat16 on cuda, the official setting; float32 on cpu)
-    method: str = 'none'  # training-free compression (compress.py): pool | select | fastv; a distilled student needs none
+    method: str = 'none'  # training-free compression (compress.py's docstring); none for a distilled student
     ratio: float = 1.0  # share of visual tokens kept by --method
     fastv_layer: int = 2  # FastV prunes before this decoder layer (K)
-    skip_thumbnail: bool = False  # with --method select: rank a many-tile image's thumbnail below its tiles (compress.py)
+    seed: int = None  # with --method random: the subsets' seed (default 0; report the mean over 0, 1, 2)
+    skip_thumbnail: bool = False  # with --method select: rank a many-tile image's thumbnail below its tiles
     rank_projected: bool = False  # with --method select: count near-duplicates among mlp1's outputs, not the ViT's
-    cot: bool = False  # ask reasoning questions without the short-answer suffix (a CoT model reasons first; >= 256 new tokens)
+    cot: bool = False  # no short-answer suffix on reasoning questions (a CoT model reasons first; >= 256 new tokens)
     threads: int = None  # CPU threads (default: all)
 
 def parse_args(argv=None):
     cfg = cli.parse(EvalConfig, argv, 'evaluate.py', __doc__, choices=dict(
-        task=sorted(TASKS), method=['none', 'pool', 'select', 'fastv'], dtype=['float32', 'bfloat16', 'float16']),
-        max_num=1, max_new_tokens=1, limit=1, batch_size=1, threads=0, fastv_layer=1, ratio=(0, 1))
+        task=sorted(TASKS), method=METHODS, dtype=['float32', 'bfloat16', 'float16']),
+        max_num=1, max_new_tokens=1, limit=1, batch_size=1, threads=0, fastv_layer=1, ratio=(0, 1), seed=0)
     if not cfg.task:
         raise Error("the following arguments are required: --task (see python evaluate.py --help)")
     for k in SELECT_OPTIONS:
         if getattr(cfg, k) and cfg.method != 'select':
             raise Error(f"--{k.replace('_', '-')} is an option of --method select; add --method select or drop it")
+    if cfg.seed is not None and cfg.method != 'random':
+        raise Error("--seed is an option of --method random; add --method random or drop it")
     return cfg
 
 # ----------------------------------------------------------------------------- readers
 
-def _load(path):
+def _rows(path, envelope):
+    """(index, record, get) per item; get(key) fails with a message naming the file and item."""
     try:
         with open(path, encoding='utf-8') as f:
-            if path.endswith('.jsonl'):
-                return [json.loads(line) for line in f if line.strip()]
-            return json.load(f)
+            data = [json.loads(line) for line in f if line.strip()] if path.endswith('.jsonl') else json.load(f)
     except (OSError, ValueError) as e:
         raise Error(f"{path}: cannot read annotation ({e}); pass --data with a valid file")
-
-def _records(path, envelope):
-    data = _load(path)
     if envelope:  # RRC / TextVQA files: {"dataset_name": ..., "data": [...]}
         if not isinstance(data, dict) or not isinstance(data.get('data'), list):
             raise Error(f"{path}: expected a JSON object with a 'data' list; "
@@ -87,11 +83,7 @@ def _records(path, envelope):
         data = data['data']
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise Error(f"{path}: expected a list of JSON objects; is this the right file?")
-    return data
-
-def _rows(path, envelope):
-    """(index, record, get) per item; get(key) fails with a message naming the file and item."""
-    for i, r in enumerate(_records(path, envelope)):
+    for i, r in enumerate(data):
         def get(key, i=i, r=r):
             if key not in r:
                 raise Error(f"{path}: item {i} has no '{key}' (keys: {sorted(r)}); "
@@ -105,8 +97,7 @@ def _answers(a, path, i):
         raise Error(f"{path}: item {i} has malformed answers {a!r}; expected a non-empty list")
     return None if a is None else [str(x) for x in a]
 
-def _image(images, rels, path, i):
-    """First existing candidate under --images; the error names the first one."""
+def _image(images, rels, path, i):  # the first candidate under --images that exists; the error names the first
     for rel in rels:
         p = os.path.abspath(os.path.join(images, str(rel)))
         if os.path.isfile(p):
@@ -207,10 +198,10 @@ def find_annotation(task, data):
     found = [f for f in sorted(os.listdir(data)) if f.endswith('.json') and f != 'reasoning.json']
     if len(found) == 1:  # e.g. a renamed OCRBench json
         return os.path.join(data, found[0])
-    raise Error(f"no annotation file in {data} (looked for {', '.join(TASKS[task].files)}); "
-                    f"pass --data FILE")
+    raise Error(f"no annotation file in {data} (looked for {', '.join(TASKS[task].files)}); pass --data FILE")
 
 COT_ANSWER = 'Answer: '  # a chain-of-thought answer ends "<rationale>\nAnswer: <final answer>" (posttrain.COT_SEP)
+COT_MIN_TOKENS = 256  # a rationale before the answer needs room
 
 def final_answer(prediction):
     """What is scored: the text after the last 'Answer: ' of a chain of thought, else the whole answer."""
@@ -223,9 +214,9 @@ def item_score(metric, pred, it):
     return dict(anls=anls, relaxed_accuracy=relaxed_accuracy, vqa_accuracy=vqa_accuracy)[metric](pred, a)
 
 def score_items(task, items, preds):
-    """The score and sub-scores the papers report, on the main set; reasoning-flagged items (incl.
-    a shipped reasoning.json, which stays out of the main score) also get a score of their own."""
-    every = [item_score(task.metric, final_answer(preds[str(it['qid'])]), it) for it in items]
+    """The main set's score and sub-scores as papers report them; reasoning-flagged items (a shipped reasoning.json's
+    too, kept out of the main score) also get a score of their own."""
+    every = [item_score(task.metric, final_answer(p), it) for p, it in zip(preds, items)]
     mean = lambda xs: 100 * sum(xs) / len(xs)
     flagged = [x for x, it in zip(every, items) if it['extra'].get('reasoning')]
     s, items = zip(*[(x, it) for x, it in zip(every, items) if not it['extra'].get('reasoning_file')])
@@ -247,9 +238,8 @@ def score_items(task, items, preds):
 # ----------------------------------------------------------------------------- generation
 
 def load_done(path, repair=True):
-    """(header or None, qid -> prediction record) of an earlier (maybe killed) run's --out. The header, the first
-    line, holds the run's key; a file an older evaluate.py wrote has none. repair: cut a line cut by a kill from
-    the file too (a reader beside the process that writes it only skips it)."""
+    """(header or None, qid -> prediction record) of an earlier (maybe killed) run's --out; the header holds the run
+    key. repair: also cut a line a kill left half-written from the file (a reader beside the writer only skips it)."""
     if not os.path.exists(path):
         return None, {}
     with open(path, 'rb') as f:
@@ -265,8 +255,8 @@ def load_done(path, repair=True):
     except (ValueError, KeyError, TypeError) as e:
         raise Error(f"{path}: not a predictions file ({e}); delete it or pass another --out")
 
-MODEL_FILES = ('config.json', 'model.safetensors.index.json', 'tokenizer.model', 'tokenizer_config.json',
-               'added_tokens.json', 'special_tokens_map.json')
+MODEL_FILES = ('config.json', 'model.safetensors.index.json', 'tokenizer.model', 'tokenizer.json', 'vocab.json',
+               'merges.txt', 'tokenizer_config.json', 'added_tokens.json', 'special_tokens_map.json')
 
 def hash_file(h, path):
     with open(path, 'rb') as f:
@@ -287,11 +277,8 @@ def stamp(path):
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 def model_identity(folder, known=None):
-    """{sha256: of every file that decides the model's answers (config, weights, tokenizer), files: each one's
-    [real path, size, mtime, ctime, inode]}. Every byte of the weights is hashed, not just the safetensors headers
-    and sizes: two trainings of one architecture have the same headers and sizes. A 16 GB checkpoint takes about
-    a minute to hash, so `known` (the identity the predictions file recorded) is reused while its files' stamps are
-    unchanged: a file rewritten or replaced gets a new ctime or inode, a copied one a new path."""
+    """{sha256 of every byte of the config, weights (two trainings share headers and sizes) and tokenizer, files:
+    [real path, *stamp] each}. 16 GB take a minute to hash: `known` (the file's) is reused while the stamps hold."""
     names = sorted(n for n in os.listdir(folder) if n in MODEL_FILES or re.fullmatch(r'model.*\.safetensors', n))
     files = {n: [os.path.realpath(os.path.join(folder, n)), *stamp(os.path.join(folder, n))] for n in names}
     if known and known.get('files') == files:
@@ -299,8 +286,7 @@ def model_identity(folder, known=None):
     return dict(sha256=sha256_files([os.path.join(folder, n) for n in names]), files=files)
 
 def image_identity(paths, known=None):
-    """{path: [size, mtime, ctime, inode, sha256]} of each distinct image file, read once; a digest in `known` (the
-    predictions file's) is reused while its file's stamps are unchanged, as model_identity's."""
+    """{path: [*stamp, sha256]} of each distinct image; a digest in `known` is reused while its stamps hold."""
     known, files = known or {}, {}
     for p in dict.fromkeys(paths):
         try:
@@ -311,51 +297,45 @@ def image_identity(paths, known=None):
     return files
 
 def object_identity(model, tokenizer):
-    """sha256 of a model in memory: its tensors (names, dtypes, shapes, bytes), its config (the compressor's record
-    included), what compress.apply attaches (the compressor, the LLM's before_layer hook: type and settings) and the
-    tokenizer's vocabulary. An 11 MB model takes milliseconds; a 16 GB one ~30 s (copied off the GPU tensor by tensor),
-    once per evaluate() call: little next to an evaluation. An untrained select (compress.apply) draws random weights
-    that its output ignores: each such object is a new run."""
+    """sha256 of a model in memory: its tensors (names, dtypes, shapes, bytes), config, what compress.apply attaches
+    (compressor, the LLM's before_layer hook: type and settings) and the tokenizer's vocabulary; ~30 s for 16 GB. An
+    untrained select draws random weights its output ignores: each such object is a new run."""
     import torch
-    def settings(o):  # its type and plain public attributes (FastV: ratio, layer; select: window, switches)
-        plain = lambda k, v: not k.startswith('_') and k != 'training' and isinstance(v, (bool, int, float, str, tuple))
-        return None if o is None else [type(o).__name__, {k: v for k, v in getattr(o, '__dict__', {}).items() if plain(k, v)}]
+    # type and plain public attributes (FastV: ratio, layer; pdrop: schedule; select: window, switches; random: seed)
+    def settings(o):
+        attrs = {k: v for k, v in getattr(o, '__dict__', {}).items()
+                 if not k.startswith('_') and k != 'training' and isinstance(v, (bool, int, float, str, tuple))}
+        return None if o is None else [type(o).__name__, attrs]
     h = hashlib.sha256(json.dumps([asdict(model.config), settings(model.compressor),
                                    settings(model.language_model.before_layer), settings(tokenizer),
                                    getattr(tokenizer, 'special', None)], sort_keys=True, default=str).encode())
     if hasattr(tokenizer, 'sp'):
         h.update(tokenizer.sp.serialized_model_proto())
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            h.update(f'\0{name} {t.dtype} {tuple(t.shape)}\0'.encode())
-            h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
+    elif hasattr(tokenizer, 'ranks'):  # model.BPETokenizer: its vocabulary and merges in rank order
+        h.update(json.dumps([tokenizer.vocab, sorted(tokenizer.ranks, key=tokenizer.ranks.get)],
+                            ensure_ascii=False).encode())
+    for name, t in model.state_dict().items():  # detached tensors
+        h.update(f'\0{name} {t.dtype} {tuple(t.shape)}\0'.encode())
+        h.update(t.contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
-
-def _writable(path):
-    if os.path.isdir(path):
-        raise Error(f"--out {path} is a folder: pass a file in it, e.g. {os.path.join(path, 'predictions.jsonl')}")
-    cli.writable(os.path.dirname(path), f"--out {path}")
 
 def _all_or_none_answered(items, path):
     """Submission mode is for a file whose questions all lack answers; a few missing is a broken file."""
     missing = [it for it in items if it['answers'] is None]
     if 0 < len(missing) < len(items):
         raise Error(f"{path}: question {missing[0]['qid']} has no answers, unlike {len(items) - len(missing)} of the "
-                        f"{len(items)}: give every question its answers (validation) or none (a test file, for submission)")
+                    f"{len(items)}: give every question its answers (validation) or none (a test file, for "
+                    f"submission)")
 
 IMG_CONTEXT = '<IMG_CONTEXT>'  # model.IMG_CONTEXT: the token each image feature replaces
-
-EVAL_PROTOCOL = 2  # in the run key: bump it with every change to this file that alters an answer (prompt, reader, decoding)
+EVAL_PROTOCOL = 2  # in the run key: bump it with every change here that alters an answer (prompt, reader, decoding)
 
 def prepare(cfg, model=None, tokenizer=None):
-    """-> (task, annotation, items, predictions path, header): the questions, and the run's key that a predictions
-    file must carry to be resumed: EVAL_PROTOCOL, the model's bytes (its folder's files, or the `model` object's
-    tensors, config and hooks: object_identity), the questions' file(s) and the bytes of every question's image (all
-    the annotation's: --limit may change), and every setting that changes an answer. A file written for a model
-    object is not resumed by a run from its folder, nor the other way round: it starts afresh. Batch size, device
-    index, threads, --limit and the number of processes are not in it: they change the speed, or which questions are
-    asked, not an answer (beyond float rounding between batch shapes)."""
+    """-> (task, annotation, items, predictions path, header). The header's run key, which a predictions file must
+    hold to be resumed, covers EVAL_PROTOCOL, the model's bytes, the question files, every image's bytes (--limit may
+    change) and every setting that changes an answer; not batch size, device index, threads, --limit, process count."""
     task = TASKS[cfg.task]
+    cfg.seed = (cfg.seed or 0) if cfg.method == 'random' else cfg.seed
     data = cfg.data or os.path.join(HERE, 'data', 'eval', cfg.task)
     ann = find_annotation(cfg.task, data)
     every = task.read(ann, cfg.images or (ann if os.path.isdir(ann) else os.path.dirname(ann)))
@@ -369,11 +349,9 @@ def prepare(cfg, model=None, tokenizer=None):
     if os.path.isfile(rfile) and os.path.abspath(rfile) != os.path.abspath(ann):
         reasoning = task.read(rfile, cfg.images or os.path.dirname(rfile))
         _all_or_none_answered(reasoning, rfile)
-        every = every + reasoning
-        for it in reasoning[:cfg.limit]:
+        for it in reasoning:
             it['extra'].update(reasoning=True, reasoning_file=True)
-            items.append(it)
-        files.append(rfile)
+        every, items, files = every + reasoning, items + reasoning[:cfg.limit], files + [rfile]
     if len({str(it['qid']) for it in items}) < len(items):
         raise Error(f"{ann}: question ids are not unique; resuming needs unique ids")
     bad = next((it for it in items if IMG_CONTEXT in it['question']), None)
@@ -382,50 +360,50 @@ def prepare(cfg, model=None, tokenizer=None):
                         f"remove it from the question")
     if os.path.isfile(cfg.model):
         raise Error(f"--model {cfg.model} is a file: pass the checkpoint folder (config.json, model*.safetensors, "
-                        f"tokenizer.model)")
+                        f"tokenizer files)")
     if not os.path.isdir(cfg.model):
         raise Error(f"model folder {cfg.model} not found; build or download one, or pass --model PATH")
     tag = f"_{cfg.method}{cfg.ratio:g}" if cfg.method != 'none' else ''
     tag += ''.join('_' + k.replace('_', '-') for k in SELECT_OPTIONS if getattr(cfg, k))
-    model_name = os.path.basename(os.path.normpath(cfg.model))
-    out = cfg.out or os.path.join('results', model_name, f'{cfg.task}{tag}.jsonl')
-    _writable(out)
+    tag += f'_seed{cfg.seed}' if cfg.method == 'random' else ''  # each seed its own file
+    out = cfg.out or os.path.join('results', os.path.basename(os.path.normpath(cfg.model)), f'{cfg.task}{tag}.jsonl')
+    if os.path.isdir(out):
+        raise Error(f"--out {out} is a folder: pass a file in it, e.g. {os.path.join(out, 'predictions.jsonl')}")
+    cli.writable(os.path.dirname(out), f"--out {out}")
     settle(cfg)
+    cfg.max_num = cfg.max_num or task.max_num
     old, _ = load_done(out, repair=False)
     images = image_identity([it['image'] for it in every], old and old.get('images'))
-    key = dict(protocol=EVAL_PROTOCOL, task=cfg.task, model_sha256=None, data_sha256=sha256_files(files),
-               images_sha256=hashlib.sha256(' '.join(images[it['image']][4] for it in every).encode()).hexdigest(),
-               method=cfg.method, max_num=cfg.max_num or task.max_num,
-               max_new_tokens=cfg.max_new_tokens or task.max_new_tokens, cot=cfg.cot, prompt=task.suffix, dtype=cfg.dtype, device=cfg.device.split(':')[0])
-    key.update({'ratio': cfg.ratio} if cfg.method != 'none' else {})
-    key.update({'fastv_layer': cfg.fastv_layer} if cfg.method == 'fastv' else {})
-    key.update({k: getattr(cfg, k) for k in SELECT_OPTIONS} if cfg.method == 'select' else {})
     model_id = dict(sha256=object_identity(model, tokenizer)) if model is not None else \
         model_identity(cfg.model, old and old.get('model'))
-    key['model_sha256'] = model_id['sha256']
+    key = dict(protocol=EVAL_PROTOCOL, task=cfg.task, model_sha256=model_id['sha256'], data_sha256=sha256_files(files),
+               images_sha256=hashlib.sha256(' '.join(images[it['image']][4] for it in every).encode()).hexdigest(),
+               method=cfg.method, max_num=cfg.max_num, max_new_tokens=max_new_tokens(cfg, task), cot=cfg.cot,
+               prompt=task.suffix, dtype=cfg.dtype, device=cfg.device.split(':')[0])
+    key.update({'ratio': cfg.ratio} if cfg.method != 'none' else {})
+    key.update({'fastv_layer': cfg.fastv_layer} if cfg.method == 'fastv' else {})
+    key.update({'seed': cfg.seed} if cfg.method == 'random' else {})
+    key.update({k: getattr(cfg, k) for k in SELECT_OPTIONS} if cfg.method == 'select' else {})
     return task, ann, items, out, json.loads(json.dumps(dict(run=key, model=model_id, images=images)))
 
 def resume(path, head, write=True):
-    """The records of `path` if its header holds head's run key, else none: another run's (or an older
-    evaluate.py's) predictions start afresh, with a note naming the first setting that differs. write: make the
-    file hold `head` and those records (atomically: a kill leaves the old file or the new one)."""
+    """The records of `path` if its header holds head's run key, else none (another run's predictions start afresh,
+    with a note naming the first setting that differs). write: make the file hold `head` and those records."""
     old, recs = load_done(path, repair=write)
-    if recs and (old or {}).get('run') != head['run']:
-        a, b = (old or {}).get('run', {}), head['run']
+    a, b = (old or {}).get('run', {}), head['run']
+    if recs and a != b:
         k = next((k for k in sorted({*a, *b}) if a.get(k) != b.get(k)), None)
         why = f"{k} {str(a.get(k))[:16]} there, {str(b.get(k))[:16]} now" if old else 'it has no run key'
         if write:
-            print(f"evaluate.py: {path} holds the predictions of another run ({why}): starting it afresh", file=sys.stderr)
+            print(f"evaluate.py: {path} holds the predictions of another run ({why}): starting it afresh",
+                  file=sys.stderr)
         recs = {}
     if write and old != head:
         write_text(path, ''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in [head, *recs.values()]))
     return recs
 
-def shard_path(out, rank, world):
-    return os.path.splitext(out)[0] + f'.rank{rank}of{world}.jsonl'
-
 def settle(cfg):
-    """Decide cfg's device (cuda if there is one) and dtype (bfloat16 on cuda, the official setting; float32 on a CPU)."""
+    """cfg's device (cuda if there is one) and dtype (bfloat16 on cuda, the official setting; float32 on a CPU)."""
     import torch
     cfg.device = cfg.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     if msg := cli.check_device(cfg.device):
@@ -433,16 +411,16 @@ def settle(cfg):
     cfg.dtype = cfg.dtype or ('bfloat16' if cfg.device.startswith('cuda') else 'float32')
 
 def load_model(cfg):
-    """The model in folder cfg.model, compressed by cfg.method (a distilled student's folder needs none). Its
-    tokenizer: model.load_tokenizer(cfg.model)."""
+    """The model in folder cfg.model, compressed by cfg.method; its tokenizer is model.load_tokenizer(cfg.model)."""
     import torch, model as M, compress
     settle(cfg)
     try:
-        model = M.load_model(cfg.model, device=cfg.device, dtype=getattr(torch, cfg.dtype), build_compressor=compress.build)
-        if cfg.method != 'none':
-            if model.compressor is not None:
-                raise Error(f"{cfg.model} is already compressed ({model.config.compressor}); drop --method")
-            compress.apply(model, method=cfg.method, ratio=cfg.ratio, fastv_layer=cfg.fastv_layer,
+        model = M.load_model(cfg.model, device=cfg.device, dtype=getattr(torch, cfg.dtype),
+                             build_compressor=compress.build)
+        if cfg.method != 'none' and model.compressor is not None:
+            raise Error(f"{cfg.model} is already compressed ({model.config.compressor}); drop --method")
+        if cfg.method not in ('none', 'tiles'):  # tiles changes the inputs (generate), not the model
+            compress.apply(model, method=cfg.method, ratio=cfg.ratio, fastv_layer=cfg.fastv_layer, seed=cfg.seed,
                            **{k: getattr(cfg, k) for k in SELECT_OPTIONS})
     except (M.ModelLoadError, compress.CompressError) as e:
         raise Error(str(e))
@@ -452,70 +430,75 @@ STATS = ('visual_tokens', 'prefill_s', 'decode_tokens', 'decode_s')
 
 def peak_memory(device):
     """(MB, what was measured): this process's peak so far; the resident set on a CPU (ru_maxrss is KiB)."""
-    if device and device.startswith('cuda'):
+    if device.startswith('cuda'):
         import torch
         return round(torch.cuda.max_memory_allocated() / 2**20, 1), 'cuda max_memory_allocated'
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), 'cpu peak RSS'
 
-def prefill_flops(llm, n, visual=0, fastv=None):
-    """FLOPs (2 per multiply-add) of the LLM's decoder layers on an n-token prompt holding `visual` image tokens: 2n x
-    the weights of the projections and the gated MLP, plus causal attention, 2 x 2 x hidden x n(n+1)/2 (scores,
-    values). fastv (K, ratio): the layers from K on see the prompt without the image tokens FastV drops."""
-    h, kv = llm.hidden_size, llm.hidden_size * llm.num_key_value_heads // llm.num_attention_heads
-    layer = lambda n: 2 * n * (2 * h * h + 2 * h * kv + 3 * h * llm.intermediate_size) + 2 * h * n * (n + 1)
-    if fastv is None:
+def prefill_flops(llm, n, visual=0, schedule=None):
+    """FLOPs (2 per multiply-add) of the LLM's decoder layers on an n-token prompt with `visual` image tokens: 2n x
+    the projection and gated-MLP weights, plus causal attention 2 x 2 x hidden x n(n+1)/2 (scores, values). schedule
+    {K: share kept} (FastV's, pdrop's): each layer sees the prompt without the image tokens dropped before it."""
+    d = getattr(llm, 'head_dim', None) or llm.hidden_size // llm.num_attention_heads  # Qwen3 sets its own
+    h, q, kv = llm.hidden_size, llm.num_attention_heads * d, llm.num_key_value_heads * d
+    layer = lambda n: 2 * n * (2 * h * q + 2 * h * kv + 3 * h * llm.intermediate_size) + 2 * q * n * (n + 1)
+    if not schedule:
         return llm.num_hidden_layers * layer(n)
-    k, ratio = fastv
-    return k * layer(n) + (llm.num_hidden_layers - k) * layer(n - visual + round(ratio * visual))
+    import compress
+    return sum(layer(n - visual + v) for v in compress.image_tokens_per_layer(visual, schedule, llm.num_hidden_layers))
 
 def generate(model, tok, cfg, task, todo, out_path):
-    """Greedy answers appended to out_path, flushed per batch, each with its share of the batch's stats, its prompt's
-    length and LLM prefill FLOPs, and the process's peak memory so far (a resumed run reports the peak of the
-    processes that generated)."""
-    import torch, model as M
+    """Greedy answers appended to out_path, flushed per batch, each with its share of the batch's stats (resume re-sums
+    them), its prompt's length and LLM prefill FLOPs, and the process's peak memory so far; with FastV or pdrop the mean
+    of the image tokens its LLM layers see, with tiles the max_num it got."""
+    import torch, model as M, compress
+    from PIL import Image
     from tqdm import tqdm
-    fastv = (cfg.fastv_layer, cfg.ratio) if cfg.method == 'fastv' else None
-    os.makedirs(os.path.dirname(out_path) or '.', exist_ok=True)
+    schedule, layers = getattr(model.language_model.before_layer, 'stages', None), model.config.llm.num_hidden_layers
+    size = model.config.force_image_size
     with open(out_path, 'a', encoding='utf-8') as f:
         for b in tqdm(range(0, len(todo), cfg.batch_size), desc=cfg.task, unit='batch'):
-            batch, pixels = todo[b:b + cfg.batch_size], []
+            batch, pixels, max_nums = todo[b:b + cfg.batch_size], [], []
             for it in batch:
                 try:
-                    pv = M.load_image(it['image'], max_num=cfg.max_num or task.max_num,
-                                      image_size=model.config.force_image_size)
-                except (ValueError, OSError) as e:
+                    max_num = cfg.max_num
+                    if cfg.method == 'tiles':  # fewer tiles: the most whose count fits ratio x max_num's
+                        with Image.open(it['image']) as im:  # the header: its size
+                            max_num = compress.budget_max_num(*im.size, cfg.max_num, cfg.ratio, M.find_grid, size)
+                    pv = M.load_image(it['image'], max_num=max_num, image_size=size)
+                except (ValueError, OSError, Image.DecompressionBombError) as e:
                     raise Error(f"{e if it['image'] in str(e) else it['image'] + ': ' + str(e)}; "
                                 f"replace the file or remove question {it['qid']} from the annotation")
                 pixels.append(pv.to(cfg.device, getattr(torch, cfg.dtype)))
+                max_nums.append(max_num)
             stats = {}
             cot = [cfg.cot and bool(it['extra'].get('reasoning')) for it in batch]  # reason first, then answer
             questions = [it['question'] + ('' if c else task.suffix) for it, c in zip(batch, cot)]
-            answers = model.batch_chat(tok, pixels, questions,
-                                       max_new_tokens=max_new_tokens(cfg, task, any(cot)),
+            answers = model.batch_chat(tok, pixels, questions, max_new_tokens=max_new_tokens(cfg, task, any(cot)),
                                        min_new_tokens=1, stats=stats)  # min_new_tokens=1 as InternVL's eval
             peak_mb, peak_kind = peak_memory(cfg.device)
-            for it, a, q, pv in zip(batch, answers, questions, pixels):  # each item's share of the batch stats: resume re-sums
+            for it, a, q, pv, max_num in zip(batch, answers, questions, pixels, max_nums):
                 visual = len(pv) * model.num_image_token
                 n = len(tok.encode(M.chat_prompt(q, visual, model.config.template)))
                 rec = dict(qid=it['qid'], answer=a, **{k: stats.get(k, 0) / len(batch) for k in STATS},
-                           prompt_tokens=n, prefill_flops=prefill_flops(model.config.llm, n, visual, fastv),
+                           prompt_tokens=n, prefill_flops=prefill_flops(model.config.llm, n, visual, schedule),
                            peak_mb=peak_mb, peak_kind=peak_kind)
+                if schedule:  # FastV, pdrop: the image tokens the LLM's layers see, on average
+                    per_layer = compress.image_tokens_per_layer(visual, schedule, layers)
+                    rec['visual_tokens_layer_mean'] = sum(per_layer) / layers
+                if cfg.method == 'tiles':
+                    rec['max_num'] = max_num
                 f.write(json.dumps(rec, ensure_ascii=False) + '\n')
             f.flush()
-
-COT_MIN_TOKENS = 256  # a rationale before the answer needs room
 
 def max_new_tokens(cfg, task, cot=False):
     n = cfg.max_new_tokens or task.max_new_tokens
     return max(n, COT_MIN_TOKENS) if cot and not cfg.max_new_tokens else n
 
 def evaluate(model, tokenizer, task, /, rank=0, world=1, **settings):
-    """Answer `task`'s questions and score them; -> the scores dict, also written beside the predictions (<out>.json).
-    model, tokenizer: a model (compressed or not) and its tokenizer, or None and None: load_model's, when a question
-    is left to answer. settings: EvalConfig's fields. The run key a predictions file must hold to be resumed (prepare)
-    names a given model by the object itself (object_identity), None by its folder's files. Under
-    torchrun (world > 1) each process answers every world-th question into its own shard file, which resumes on its
-    own; rank 0 merges the shards into `out` and scores."""
+    """Answer `task`'s questions and score them -> the scores dict, also written to <out>.json. model, tokenizer: None
+    for load_model's. settings: EvalConfig's fields. Under torchrun (world > 1) each process answers every world-th
+    question into its own shard file, which resumes on its own; rank 0 merges the shards into `out` and scores."""
     cfg = EvalConfig(**dict(settings, task=task))
     task, ann, items, out, head = prepare(cfg, model, tokenizer)
     done = resume(out, head, write=rank == 0)
@@ -525,16 +508,16 @@ def evaluate(model, tokenizer, task, /, rank=0, world=1, **settings):
         if cfg.device == 'cuda':
             cfg.device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
         cfg.threads = cfg.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', world)))
-        mine = shard_path(out, rank, world)  # its key holds the shard: a run with other processes does not resume it
+        shards = [os.path.splitext(out)[0] + f'.rank{r}of{world}.jsonl' for r in range(world)]
+        mine = shards[rank]  # its key holds the shard: a run with other processes does not resume it
         part = resume(mine, dict(head, run=dict(head['run'], shard=[rank, world])))
         todo = [it for it in todo[rank::world] if str(it['qid']) not in part]
     t0 = time.time()
     if todo:
+        import torch, model as M
         if cfg.threads:
-            import torch
             torch.set_num_threads(cfg.threads)
         if model is None:  # checks the folder before the slow model load
-            import model as M
             model, tokenizer = load_model(cfg), M.load_tokenizer(cfg.model)
         generate(model, tokenizer, cfg, task, todo, mine)
     generated = len(todo)
@@ -543,42 +526,45 @@ def evaluate(model, tokenizer, task, /, rank=0, world=1, **settings):
         dist.all_reduce(n)  # waits for every shard to be complete
         if rank != 0:
             return None
-        generated, shards = int(n), [shard_path(out, r, world) for r in range(world)]
+        generated = int(n)
         done.update({q: rec for p in shards for q, rec in load_done(p)[1].items()})
         write_text(out, ''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in [head, *done.values()]))
         for p in shards:
             os.remove(p)
     done = load_done(out)[1]
-    recs = [done[str(it['qid'])] for it in items]
+    recs, base = [done[str(it['qid'])] for it in items], os.path.splitext(out)[0]
     tot = {k: sum(r.get(k, 0) for r in recs) for k in STATS}
     peaks = [(r['peak_mb'], r['peak_kind']) for r in recs if 'peak_mb' in r]  # older files: this process's
     mem = max(peaks) if peaks else peak_memory(cfg.device)
     res = dict(task=cfg.task, metric=task.metric, model=cfg.model, data=ann, method=cfg.method,
-               ratio=cfg.ratio, max_num=cfg.max_num or task.max_num, device=cfg.device, dtype=cfg.dtype,
+               ratio=cfg.ratio, max_num=cfg.max_num, device=cfg.device, dtype=cfg.dtype,
                max_new_tokens=max_new_tokens(cfg, task), cot=cfg.cot, n=len(items), new_predictions=generated,
                predictions=out, wall_s=round(time.time() - t0, 2),
                visual_tokens_per_image=round(tot['visual_tokens'] / len(recs), 1),
+               visual_tokens_layer_mean=round(sum(r['visual_tokens_layer_mean'] for r in recs) / len(recs), 1)
+               if all('visual_tokens_layer_mean' in r for r in recs) else None,  # FastV, pdrop: over the LLM's layers
                prefill_ms_per_image=round(1000 * tot['prefill_s'] / len(recs), 2),
                decode_tokens_per_s=round(tot['decode_tokens'] / tot['decode_s'], 2) if tot['decode_s'] else None,
                llm_prefill_gflops=round(sum(r['prefill_flops'] for r in recs) / len(recs) / 1e9, 4)
                if all('prefill_flops' in r for r in recs) else None,  # older files: unknown
                peak_memory_mb=round(mem[0], 1), peak_memory_kind=mem[1])
-    preds = {str(it['qid']): done[str(it['qid'])]['answer'] for it in items}
     if all(it['answers'] is not None for it in items):
-        res.update(score_items(task, items, preds))
+        res.update(score_items(task, items, [r['answer'] for r in recs]))
     else:  # test split: the answers live on the RRC server
-        res.update(score=None, submission=os.path.splitext(out)[0] + '_submission.json')
-        write_json(res['submission'], [dict(questionId=int(it['qid']), answer=preds[str(it['qid'])])
-                                       for it in items if not it['extra'].get('reasoning_file')])
-    write_json(os.path.splitext(out)[0] + '.json', res)
+        res.update(score=None, submission=base + '_submission.json')
+        write_json(res['submission'], [dict(questionId=int(it['qid']), answer=r['answer'])
+                                       for it, r in zip(items, recs) if not it['extra'].get('reasoning_file')])
+    write_json(base + '.json', res)
     score = f"submission {res['submission']}" if res['score'] is None else f"ocrbench {res['score']}/{res['n']}" \
         if task.metric == 'ocrbench' else f"{task.metric} {res['score']:.2f}"
     if res.get('reasoning'):
         score += f" (reasoning {res['reasoning']['score']:.2f} on {res['reasoning']['n']})"
     tps = '-' if res['decode_tokens_per_s'] is None else f"{res['decode_tokens_per_s']:.1f}"
+    mean = res['visual_tokens_layer_mean']
+    per_layer = '' if mean is None else f" ({mean:.0f} per LLM layer)"
     print(f"{cfg.task}: {score} | n={res['n']}, {generated} generated | {res['visual_tokens_per_image']:.0f} "
-          f"visual tok/img | prefill {res['prefill_ms_per_image']:.1f} ms/img | decode {tps} tok/s | "
-          f"peak {mem[0]:.0f} MB {mem[1]} -> {os.path.splitext(out)[0] + '.json'}")
+          f"visual tok/img{per_layer} | prefill {res['prefill_ms_per_image']:.1f} ms/img | decode {tps} tok/s | "
+          f"peak {mem[0]:.0f} MB {mem[1]} -> {base}.json")
     return res
 
 def run(cfg, rank=0, world=1):

@@ -1,25 +1,18 @@
 """
-InternVL2 from scratch in plain PyTorch: InternViT, pixel shuffle, the mlp1 projector, the InternLM2 / Qwen2 / Llama
-language models, loading and saving the released safetensors layout, the tokenizer, the chat template, dynamic
-tiling and greedy generation with a KV cache. It imports nothing from this repository: copy it as it is.
+InternVL2 from scratch in plain PyTorch: InternViT, pixel shuffle, mlp1, the InternLM2/3, Qwen2/3 and Llama LLMs, the
+released and transformers' (-hf) safetensors layouts, sentencepiece and byte-level BPE tokenizers, chat templates,
+dynamic tiling and greedy generation with a KV cache. It imports nothing from this repository: copy it as it is.
 
     python model.py --model /path/to/InternVL2-2B --image page.png --question "What is the total?"
-    python model.py --model /path/to/InternVL2-8B --device cuda --dtype bfloat16 --image page.png --question "..."
 
-In Python:
-    model = load_model(path, device="cpu", dtype=torch.float32)
-    tok = load_tokenizer(path)
-    pixel_values = load_image("page.png", max_num=12, image_size=model.config.force_image_size)
-    print(model.chat(tok, pixel_values, "What is the total?"))
+    model, tok = load_model(path), load_tokenizer(path)
+    print(model.chat(tok, load_image("page.png", image_size=model.config.force_image_size), "What is the total?"))
 
-On CUDA, generate's decode loop replays one captured CUDA graph of the step (decode_step). Token compression plugs
-in at two documented points: InternVLChat's compressor (fewer visual tokens, which may keep their position ids) and
-LanguageModel.before_layer (a method inside the LLM); compress.py holds FCoT-VL's.
-
-Supported: InternVL2-1B (Qwen2; its byte-level BPE tokenizer is not, see load_tokenizer), -2B and -8B (InternLM2),
-and the Llama-based 40B/76B layouts. Not supported: the 4B (Phi-3).
+Token compression plugs in at InternVLChat.compressor and LanguageModel.before_layer; compress.py holds FCoT-VL's.
+Supported: InternVL2 (not the Phi-3 4B), InternVL2.5 and 3 (Qwen2.5, InternLM2.5, InternLM3), dense InternVL3.5 (Qwen3).
 """
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -28,6 +21,7 @@ import re
 import shutil
 import sys
 import time
+import unicodedata
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -40,15 +34,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 SYSTEM_MESSAGE = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
-LLM_ARCHS = {"InternLM2ForCausalLM": "internlm2", "Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
+LLM_ARCHS = {"InternLM2ForCausalLM": "internlm2", "Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama",
+             "Qwen3ForCausalLM": "qwen3", "InternLM3ForCausalLM": "internlm3"}  # 2.5s name InternLM2's, Qwen2's
 
 
 class ModelLoadError(Exception):
     """A checkpoint or tokenizer folder that cannot be used; the message says what to fix."""
 
 
-# ----------------------------------------------------------------------------------------------
-# Config: the fields of the released config.json we use, with InternVL2's values as defaults.
+# ---- config: the fields of the released config.json we use, with InternVL2's values as defaults ----
 
 @dataclass
 class VisionConfig:
@@ -79,8 +73,14 @@ class LLMConfig:
     rope_scaling: dict | None = None  # {"type": "dynamic" | "linear", "factor": f}
     max_position_embeddings: int = 32768
     tie_word_embeddings: bool = False
-    qkv_bias: bool = False  # Qwen2 has q/k/v biases ("bias" in InternLM2 configs)
+    qkv_bias: bool = False  # Qwen2 has q/k/v biases ("bias" in InternLM2 configs, "qkv_bias" in InternLM3's)
     hidden_act: str = "silu"
+    head_dim: int | None = None  # None: hidden_size / num_attention_heads (Qwen3 sets its own)
+    qk_norm: bool = False  # Qwen3: RMSNorm over each head's q and k before the rotary
+
+
+def head_dim(cfg):
+    return cfg.head_dim or cfg.hidden_size // cfg.num_attention_heads
 
 
 @dataclass
@@ -96,7 +96,7 @@ class InternVLConfig:
     max_dynamic_patch: int = 12
     use_thumbnail: bool = True
     compressor: dict = field(default_factory=dict)  # a compressed student's {"method", "ratio"}; {}: none
-    source: dict = field(default_factory=dict, repr=False)  # the config.json read; fields we don't model survive a save
+    source: dict = field(default_factory=dict, repr=False)  # the config.json read: a save keeps what we don't model
 
 
 def _pick(cls, d):
@@ -104,21 +104,33 @@ def _pick(cls, d):
 
 
 def config_from_dict(d):
-    """Parse a released InternVLChatModel config.json (vision_config + llm_config)."""
+    """Parse a released InternVLChatModel config.json (vision_config + llm_config), or transformers'
+    InternVLForConditionalGeneration one (vision_config + text_config: the -hf checkpoints)."""
+    if "text_config" in d and "vision_config" in d:
+        d = config_dict_from_hf(d)
     if "vision_config" not in d or "llm_config" not in d:
-        raise ModelLoadError("config.json has no vision_config/llm_config: not an InternVL2 (InternVLChatModel) checkpoint")
+        raise ModelLoadError("config.json has no vision_config/llm_config: not an InternVL2 (InternVLChatModel) "
+                             "checkpoint")
     lc = d["llm_config"]
     arch = (lc.get("architectures") or ["?"])[0]
     if arch not in LLM_ARCHS:
-        raise ModelLoadError(f"unknown language model architecture {arch!r} in config.json; supported: {', '.join(LLM_ARCHS)}")
-    llm = _pick(LLMConfig, lc)
-    llm.architecture = arch
-    llm.qkv_bias = arch == "Qwen2ForCausalLM" or bool(lc.get("bias", False))
-    if "rope_theta" not in lc and "rope_parameters" in lc:  # configs written by transformers 5
-        llm.rope_theta = lc["rope_parameters"].get("rope_theta", llm.rope_theta)
+        raise ModelLoadError(f"unknown language model architecture {arch!r} in config.json; supported: "
+                             f"{', '.join(LLM_ARCHS)}")
     if d.get("ps_version", "v2") != "v2":
         raise ModelLoadError("ps_version v1 is not supported (InternVL2 uses v2)")
-    top = _pick(InternVLConfig, {k: v for k, v in d.items() if k != "source"})
+    qkv_bias = arch == "Qwen2ForCausalLM" or bool(lc.get("qkv_bias" if arch == "InternLM3ForCausalLM" else "bias"))
+    llm = _pick(LLMConfig, dict(lc, architecture=arch, qkv_bias=qkv_bias, qk_norm=arch == "Qwen3ForCausalLM"))
+    rope = lc.get("rope_parameters") or {}  # configs written by transformers 5
+    llm.rope_theta = lc.get("rope_theta", rope.get("rope_theta", llm.rope_theta))
+    if "rope_scaling" not in lc and rope.get("rope_type", "default") != "default":
+        llm.rope_scaling = rope
+    kind = (llm.rope_scaling or {}).get("type", (llm.rope_scaling or {}).get("rope_type", "default"))
+    if kind not in ("default", "dynamic", "linear"):
+        raise ModelLoadError(f"rope scaling {kind!r} in config.json is not supported (only dynamic and linear)")
+    top = _pick(InternVLConfig, d)
+    if top.template not in TEMPLATES:
+        raise ModelLoadError(f"unknown chat template {top.template!r} in config.json; supported: "
+                             f"{', '.join(TEMPLATES)}")
     top.vision, top.llm, top.source = _pick(VisionConfig, d["vision_config"]), llm, d
     if top.vision.norm_type not in ("layer_norm", "rms_norm"):
         raise ModelLoadError(f"unknown vision norm_type {top.vision.norm_type!r}")
@@ -131,12 +143,51 @@ def config_to_dict(cfg):
     top = {k: v for k, v in asdict(cfg).items() if k not in ("vision", "llm", "source") and (k != "compressor" or v)}
     vision = dict(src.get("vision_config", {}), architectures=["InternVisionModel"], model_type="intern_vit_6b",
                   num_channels=3, **asdict(cfg.vision))
-    llm = dict(src.get("llm_config", {}), **{k: v for k, v in asdict(cfg.llm).items() if k not in ("architecture", "qkv_bias")})
-    llm.update(architectures=[arch], model_type=LLM_ARCHS[arch])
-    if arch == "InternLM2ForCausalLM":
-        llm["bias"] = cfg.llm.qkv_bias
+    llm = dict(src.get("llm_config", {}), **llm_fields(cfg.llm), architectures=[arch], model_type=LLM_ARCHS[arch])
+    if arch in ("InternLM2ForCausalLM", "InternLM3ForCausalLM"):
+        llm["bias" if arch == "InternLM2ForCausalLM" else "qkv_bias"] = cfg.llm.qkv_bias
     return dict(src, **top, architectures=["InternVLChatModel"], model_type="internvl_chat", dynamic_image_size=True,
                 vision_config=vision, llm_config=llm)
+
+
+def llm_fields(cfg):
+    return {k: v for k, v in asdict(cfg).items() if k not in ("architecture", "qkv_bias", "qk_norm") and v is not None}
+
+
+HF_TEXT = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}
+
+
+def config_dict_from_hf(d):
+    """transformers' InternVLConfig dict (-hf layout) -> the released layout's, with that layout's defaults."""
+    v, t = d["vision_config"], d["text_config"]
+    if t.get("model_type") not in HF_TEXT or d.get("vision_feature_select_strategy", "default") != "default":
+        raise ModelLoadError(f"text_config model_type {t.get('model_type')!r} or vision_feature_select_strategy "
+                             f"{d.get('vision_feature_select_strategy')!r} is not supported (qwen2, qwen3, llama; "
+                             "default)")
+    one = lambda x: x[0] if isinstance(x, list) else x  # transformers writes [height, width]
+    vision = dict(v, image_size=one(v.get("image_size", 448)), patch_size=one(v.get("patch_size", 14)),
+                  qkv_bias=v.get("attention_bias", False), qk_normalization=v.get("use_qk_norm", False))
+    llm = dict(t, architectures=[HF_TEXT[t["model_type"]]], tie_word_embeddings=d.get("tie_word_embeddings", True))
+    rest = {k: x for k, x in d.items() if k not in ("vision_config", "text_config", "architectures", "model_type")}
+    return rest | dict(vision_config=vision, llm_config=llm, force_image_size=vision["image_size"],
+                       select_layer=d.get("vision_feature_layer", -1), template=d.get("template", "internvl2_5"))
+
+
+def config_to_hf(cfg, image_token_id):
+    """config_to_dict's counterpart in transformers' InternVLConfig layout; InternLM2/3 become Llama."""
+    v, lm, arch = cfg.vision, cfg.llm, cfg.llm.architecture
+    text_type = {a: t for t, a in HF_TEXT.items()}.get(arch, "llama")
+    if text_type == "llama" and lm.qkv_bias:
+        raise ValueError(f"{arch} with q/k/v biases has no transformers (Llama) equivalent: save layout='original'")
+    text = dict(llm_fields(lm), model_type=text_type, architectures=[HF_TEXT[text_type]])
+    vision = dict(asdict(v), model_type="internvl_vision", image_size=[v.image_size] * 2, patch_size=[v.patch_size] * 2,
+                  attention_bias=v.qkv_bias, use_qk_norm=v.qk_normalization, num_channels=3)
+    top = {k: getattr(cfg, k) for k in ("downsample_ratio", "template", "min_dynamic_patch", "max_dynamic_patch",
+                                        "use_thumbnail")}  # transformers keeps the last four as extras
+    return dict(top, architectures=["InternVLForConditionalGeneration"], model_type="internvl", vision_config=vision,
+                text_config=text, image_token_id=image_token_id, vision_feature_layer=cfg.select_layer,
+                vision_feature_select_strategy="default", projector_hidden_act="gelu",
+                tie_word_embeddings=lm.tie_word_embeddings)
 
 
 def tiny_config(vocab_size=512, image_size=56):
@@ -149,8 +200,7 @@ def tiny_config(vocab_size=512, image_size=56):
         force_image_size=image_size, max_dynamic_patch=6)
 
 
-# ----------------------------------------------------------------------------------------------
-# InternViT
+# ---- InternViT ----
 
 class RMSNorm(nn.Module):
     """Normalise in fp32, scale in the input dtype (InternLM2 / InternViT-6B)."""
@@ -204,26 +254,18 @@ class VisionAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, N, C))
 
 
-class VisionMLP(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(cfg.hidden_size, cfg.intermediate_size), nn.Linear(cfg.intermediate_size, cfg.hidden_size)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
 class VisionBlock(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        norm = RMSNorm if cfg.norm_type == "rms_norm" else nn.LayerNorm
-        self.norm1, self.attn = norm(cfg.hidden_size, cfg.layer_norm_eps), VisionAttention(cfg)
-        self.norm2, self.mlp = norm(cfg.hidden_size, cfg.layer_norm_eps), VisionMLP(cfg)
-        self.ls1, self.ls2 = nn.Parameter(torch.ones(cfg.hidden_size)), nn.Parameter(torch.ones(cfg.hidden_size))
+        C, norm = cfg.hidden_size, RMSNorm if cfg.norm_type == "rms_norm" else nn.LayerNorm
+        self.norm1, self.attn = norm(C, cfg.layer_norm_eps), VisionAttention(cfg)
+        self.norm2 = norm(C, cfg.layer_norm_eps)
+        self.mlp = nn.ModuleDict(dict(fc1=nn.Linear(C, cfg.intermediate_size), fc2=nn.Linear(cfg.intermediate_size, C)))
+        self.ls1, self.ls2 = nn.Parameter(torch.ones(C)), nn.Parameter(torch.ones(C))
 
     def forward(self, x):
         x = x + self.ls1 * self.attn(self.norm1(x))
-        return x + self.ls2 * self.mlp(self.norm2(x))
+        return x + self.ls2 * self.mlp.fc2(F.gelu(self.mlp.fc1(self.norm2(x))))
 
 
 class InternViT(nn.Module):
@@ -242,8 +284,8 @@ class InternViT(nn.Module):
 
 
 def pixel_shuffle(x, scale=0.5):
-    """[N, h, w, C] -> [N, h*s, w*s, C/s^2]: each r x r block becomes one token, channels in
-    row-major order (TL, TR, BL, BR for r=2). Equal to InternVL's ps_version v2."""
+    """[N, h, w, C] -> [N, h*s, w*s, C/s^2]: each r x r block becomes one token, channels in row-major order
+    (TL, TR, BL, BR for r=2). Equal to InternVL's ps_version v2."""
     N, h, w, C = x.shape
     r = round(1 / scale)
     if h % r or w % r:
@@ -252,13 +294,13 @@ def pixel_shuffle(x, scale=0.5):
     return x.reshape(N, h // r, w // r, r * r * C)
 
 
-# ----------------------------------------------------------------------------------------------
-# The language model, in InternLM2's layout: q/k/v packed into one wqkv whose rows are grouped per kv head as
-# [q_{hG}, ..., q_{hG+G-1}, k_h, v_h]. Qwen2/Llama checkpoints are packed at load.
+# ---- the language model, in InternLM2's layout ----
+# q/k/v are packed in one wqkv whose rows are grouped per kv head as [q_{hG}, ..., q_{hG+G-1}, k_h, v_h];
+# the Qwen2/2.5/3, Llama and InternLM3 checkpoints' separate q/k/v are packed at load.
 
 def rope_cos_sin(cfg, position_ids, seq_len, dtype):
     """Rotary cos/sin for position_ids [B, L]; seq_len (cache included) is what dynamic NTK scaling checks."""
-    d = cfg.hidden_size // cfg.num_attention_heads
+    d = head_dim(cfg)
     base, pos, scaling = cfg.rope_theta, position_ids.float(), cfg.rope_scaling or {}
     kind, factor = scaling.get("type", scaling.get("rope_type")), scaling.get("factor", 1.0)
     if ntk_rescales(cfg, seq_len):
@@ -284,8 +326,7 @@ def apply_rope(x, cos, sin):
 
 class KVCache:
     """A preallocated per-layer cache [B, n_kv, max_len, d]. Eager: the filled prefix is attended and length grows.
-    Static (index, set by decode_step): k, v are written at index and the whole buffer is attended under the
-    caller's mask, so a step's shapes never change."""
+    Static (index set by decode_step): k, v go in at index, the whole buffer is attended under the caller's mask."""
 
     def __init__(self, batch, n_kv, max_len, head_dim, dtype, device):
         self.k = torch.zeros(batch, n_kv, max_len, head_dim, dtype=dtype, device=device)
@@ -306,24 +347,28 @@ class KVCache:
 
 def new_caches(cfg, batch, max_len, dtype, device):
     """One preallocated KVCache per decoder layer of LLMConfig cfg."""
-    d = cfg.hidden_size // cfg.num_attention_heads
-    return [KVCache(batch, cfg.num_key_value_heads, max_len, d, dtype, device) for _ in range(cfg.num_hidden_layers)]
+    return [KVCache(batch, cfg.num_key_value_heads, max_len, head_dim(cfg), dtype, device)
+            for _ in range(cfg.num_hidden_layers)]
 
 
 class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
-        self.head_dim, self.group = cfg.hidden_size // self.n_heads, self.n_heads // self.n_kv
+        self.head_dim, self.group = head_dim(cfg), self.n_heads // self.n_kv
         self.wqkv = nn.Linear(cfg.hidden_size, (self.n_heads + 2 * self.n_kv) * self.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
+        if cfg.qk_norm:  # Qwen3: over each head, before the rotary
+            self.q_norm, self.k_norm = (RMSNorm(self.head_dim, cfg.rms_norm_eps) for _ in "qk")
 
     def project_qkv(self, x, cos, sin):
         """-> q [B, heads, L, d], k and v [B, kv heads, L, d], rotary applied to q and k."""
         B, L, _ = x.shape
         qkv = self.wqkv(x).view(B, L, self.n_kv, self.group + 2, self.head_dim)
-        q = qkv[:, :, :, :self.group].reshape(B, L, self.n_heads, self.head_dim).transpose(1, 2)
-        k, v = qkv[:, :, :, -2].transpose(1, 2), qkv[:, :, :, -1].transpose(1, 2)
+        q, k, v = qkv[:, :, :, :self.group].flatten(2, 3), qkv[:, :, :, -2], qkv[:, :, :, -1]  # [B, L, heads, d]
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(self, x, cos, sin, mask, cache):
@@ -331,9 +376,8 @@ class Attention(nn.Module):
         q, k, v = self.project_qkv(x, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v)
-        # query head i reads kv head i // group (wqkv's order). Decode: each kv head's queries as one [group, d]
-        # block, so the cache is not repeated (under compile + CUDA graph this gave 266 tok/s on an H100 against a
-        # hand-written Triton flash-decoding kernel's 257: the simpler path stays)
+        # query head i reads kv head i // group (wqkv's order). Decode: each kv head's queries as one [group, d] block,
+        # so the cache is not repeated (266 tok/s on an H100 under compile + CUDA graph; a Triton flash-decoding 257)
         if L == 1:
             y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv, self.group, -1), k, v, attn_mask=mask)
             return self.wo(y.reshape(B, 1, -1))
@@ -341,26 +385,20 @@ class Attention(nn.Module):
         return self.wo(y.transpose(1, 2).reshape(B, L, -1))
 
 
-class FeedForward(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        self.w1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)  # gate
-        self.w3 = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)  # up
-        self.w2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)  # down
-
-    def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
-
-
 class DecoderLayer(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.attention, self.feed_forward = Attention(cfg), FeedForward(cfg)
-        self.attention_norm, self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps), RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        D, H = cfg.hidden_size, cfg.intermediate_size
+        self.attention = Attention(cfg)
+        self.feed_forward = nn.ModuleDict(dict(w1=nn.Linear(D, H, bias=False),  # gate
+                                               w3=nn.Linear(D, H, bias=False),  # up
+                                               w2=nn.Linear(H, D, bias=False)))  # down
+        self.attention_norm, self.ffn_norm = RMSNorm(D, cfg.rms_norm_eps), RMSNorm(D, cfg.rms_norm_eps)
 
     def forward(self, x, cos, sin, mask, cache):
         x = x + self.attention(self.attention_norm(x), cos, sin, mask, cache)
-        return x + self.feed_forward(self.ffn_norm(x))
+        ff, h = self.feed_forward, self.ffn_norm(x)
+        return x + ff.w2(F.silu(ff.w1(h)) * ff.w3(h))
 
 
 class LanguageModel(nn.Module):
@@ -398,10 +436,10 @@ def static_decode_ok(lm, max_len):
 
 
 def decode_step(lm, caches, attention_mask, graph=None, compile=False):
-    """step(token [B]) -> logits [B, V] of the next position, after a prefill of L tokens into caches
-    (attention_mask [B, L]: the real ones). Decode reads every weight once per token, so launch overhead is what an
-    eager loop loses (gpt-fast's point): the step works on static buffers, captured once as a CUDA graph on CUDA.
-    compile: torch.compile it first (a compile per batch size). Each step overwrites the logits it returned."""
+    """step(token [B]) -> logits [B, V] of the next position, after a prefill of L tokens into caches (attention_mask
+    [B, L]: the real ones). Decode reads every weight once per token, so an eager loop loses to launch overhead
+    (gpt-fast's point): the step runs on static buffers, replayed as one CUDA graph on CUDA (graph=None) and
+    torch.compiled if compile. Each step overwrites the logits it returned."""
     (B, L), device, max_len = attention_mask.shape, attention_mask.device, caches[0].k.shape[2]
     if not static_decode_ok(lm, max_len):
         raise ValueError(f"decode_step needs an LLM without a before_layer hook and, under dynamic rope, at most "
@@ -442,8 +480,7 @@ def decode_step(lm, caches, attention_mask, graph=None, compile=False):
     return step
 
 
-# ----------------------------------------------------------------------------------------------
-# InternVL2: ViT -> pixel shuffle -> mlp1 -> image tokens spliced into the LLM's input embeddings
+# ---- InternVL2: ViT -> pixel shuffle -> mlp1 -> image tokens spliced into the LLM's input embeddings ----
 
 class InternVLChat(nn.Module):
     """InternVL2. compressor (None: InternVL2 itself) is the extension point for methods that hand the LLM fewer
@@ -479,8 +516,7 @@ class InternVLChat(nn.Module):
         return pixel_shuffle(x.reshape(x.shape[0], g, g, -1), self.config.downsample_ratio)
 
     def project(self, grid, tiles_per_image=None):
-        """Token grid -> (mlp1's features [tokens, llm_hidden], the compressor's positions or None), through the
-        compressor if any (which needs each image's tile count)."""
+        """Token grid -> (mlp1's features [tokens, llm_hidden], the compressor's positions or None)."""
         if self.compressor is None:
             return self.mlp1(grid.flatten(0, 2)), None
         tokens, positions = self.compressor.compress(grid, tiles_per_image, self.mlp1)
@@ -497,9 +533,9 @@ class InternVLChat(nn.Module):
         return (torch.bincount(image) // self.num_image_token).tolist() if is_img.any() else []
 
     def position_gaps(self, is_img, positions, tiles, tile_tokens):
-        """[B, L + 1]: the position ids the compressor left out before each token (the last column: before the
-        next one), so that a kept token sits at its image's first position id + its positions entry and the
-        text after an image follows all tiles x tile_tokens of it. positions, tiles: project's, tiles_per_image's."""
+        """[B, L + 1]: the position ids the compressor left out before each token (the last column: before the next
+        one), so that a kept token sits at its image's first id + its positions entry and the text after an image
+        follows all tiles x tile_tokens of it."""
         B, L = is_img.shape
         tiles = torch.tensor(tiles, device=positions.device)
         last = (tiles * self.num_image_token).cumsum(0) - 1  # each image's last kept token, in positions
@@ -514,16 +550,17 @@ class InternVLChat(nn.Module):
 
     def forward(self, pixel_values, input_ids, attention_mask=None, position_ids=None, caches=None, last_only=False,
                 grid=None, logits_mask=None):
-        """Logits [B, L, V]. IMG_CONTEXT positions take the image features in order: tiles of the first sample,
-        then the second, ... attention_mask [B, T] marks real tokens (left or right padding); with caches it covers
-        the cache too. grid: visual_grid's output instead of pixel_values (distillation runs the ViT once for two
-        projectors). logits_mask [B, L]: logits only where it is true, as [n, V] (training needs only the answers')."""
+        """Logits [B, L, V]. IMG_CONTEXT positions take the tiles' features in order, sample by sample.
+        attention_mask [B, T] marks real tokens (left or right padding; with caches it covers the cache too).
+        grid: visual_grid's output in place of pixel_values (distillation runs the ViT once for two projectors).
+        logits_mask [B, L]: logits only where it is true, as [n, V] (training needs only the answers')."""
         embeds = self.language_model.model.tok_embeddings(input_ids)
-        B, L = input_ids.shape
+        (B, L), device = input_ids.shape, input_ids.device
         is_img, gaps = None, None
         if pixel_values is not None or grid is not None:
             if self.img_context_token_id is None:
-                raise ValueError("model.img_context_token_id is not set: load the model from a folder with tokenizer files")
+                raise ValueError("model.img_context_token_id is not set: load the model from a folder with tokenizer "
+                                 "files")
             is_img = input_ids == self.img_context_token_id
             grid = self.visual_grid(pixel_values) if grid is None else grid
             tiles = self.tiles_per_image(is_img) if self.compressor is not None else None
@@ -537,18 +574,18 @@ class InternVLChat(nn.Module):
         past = caches[0].length if caches else 0
         if position_ids is None:
             if past and caches[0].next_position is not None:  # generation continues from the last position id
-                position_ids = caches[0].next_position + torch.arange(L, device=input_ids.device)
+                position_ids = caches[0].next_position + torch.arange(L, device=device)
             elif attention_mask is not None:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -L:]
             else:
-                position_ids = torch.arange(past, past + L, device=input_ids.device).expand(B, L)
+                position_ids = torch.arange(past, past + L, device=device).expand(B, L)
             position_ids = position_ids if gaps is None else position_ids + gaps[:, :L]
-        if caches:
-            caches[0].next_position = position_ids[:, -1:] + 1 + (0 if gaps is None else gaps[:, L:] - gaps[:, L - 1:L])
+        if caches:  # the next token follows the last one and the position ids the compressor left out after it
+            caches[0].next_position = position_ids[:, -1:] + 1 + (0 if gaps is None else gaps[:, L:] - gaps[:, -2:-1])
         mask = None
         if attention_mask is not None and not bool(attention_mask.all()):
-            keys = torch.arange(attention_mask.shape[1], device=input_ids.device)
-            queries = keys[-L:, None] if caches is None else past + torch.arange(L, device=keys.device)[:, None]
+            keys = torch.arange(attention_mask.shape[1], device=device)
+            queries = keys[-L:, None] if caches is None else past + torch.arange(L, device=device)[:, None]
             mask = (keys <= queries) & attention_mask.bool()[:, None, :]
             mask = (mask | (keys == queries))[:, None]  # a padded query sees itself: no all-masked row, no NaN
         return self.language_model(embeds, position_ids, mask, caches, last_only, is_img, logits_mask)
@@ -557,14 +594,14 @@ class InternVLChat(nn.Module):
     def generate(self, pixel_values, input_ids, attention_mask=None, max_new_tokens=64, stop_ids=(), min_new_tokens=0,
                  stats=None):
         """Greedy decoding with a KV cache for a left-padded batch -> each row's new ids, cut before a stop id."""
-        B, L = input_ids.shape
-        caches = new_caches(self.config.llm, B, L + max_new_tokens, self.language_model.output.weight.dtype, input_ids.device)
-        mask = torch.ones(B, L, dtype=torch.long, device=input_ids.device) if attention_mask is None else attention_mask.long()
-        stop = torch.tensor(list(stop_ids) or [-1], device=input_ids.device)
-        out, done = [], torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-        t0 = _now(input_ids.device)
+        (B, L), device = input_ids.shape, input_ids.device
+        caches = new_caches(self.config.llm, B, L + max_new_tokens, self.language_model.output.weight.dtype, device)
+        mask = torch.ones(B, L, dtype=torch.long, device=device) if attention_mask is None else attention_mask.long()
+        stop = torch.tensor(list(stop_ids) or [-1], device=device)
+        out, done = [], torch.zeros(B, dtype=torch.bool, device=device)
+        t0 = _now(device)
         logits = self(pixel_values, input_ids, mask, caches=caches, last_only=True)
-        t1 = _now(input_ids.device)
+        t1 = _now(device)
         # on CUDA, the decode loop replays one captured step (see decode_step); an LLM with a hook stays eager
         static = input_ids.is_cuda and max_new_tokens > 1 and static_decode_ok(self.language_model, L + max_new_tokens)
         next_logits = decode_step(self.language_model, caches, mask) if static else None
@@ -581,16 +618,16 @@ class InternVLChat(nn.Module):
                 continue
             mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=mask.device)], dim=1)
             logits = self(None, token[:, None], mask, caches=caches)
-        t2 = _now(input_ids.device)
+        t2 = _now(device)
         ids = torch.stack(out, dim=1).tolist()
         ids = [row[:next((i for i, t in enumerate(row) if t in stop_ids), len(row))] for row in ids]
         if stats is not None:
-            stats["prefill_s"] = stats.get("prefill_s", 0.0) + t1 - t0
-            stats["decode_s"] = stats.get("decode_s", 0.0) + t2 - t1
-            stats["decode_tokens"] = stats.get("decode_tokens", 0) + B * (len(out) - 1)
+            for key, value in (("prefill_s", t1 - t0), ("decode_s", t2 - t1), ("decode_tokens", B * (len(out) - 1))):
+                stats[key] = stats.get(key, 0) + value
         return ids
 
-    def batch_chat(self, tok, pixel_values_list, questions, max_new_tokens=64, min_new_tokens=0, history=None, stats=None):
+    def batch_chat(self, tok, pixel_values_list, questions, max_new_tokens=64, min_new_tokens=0, history=None,
+                   stats=None):
         """One answer per (image tiles, question) pair, greedy, as InternVL's chat()."""
         prompts = [chat_prompt(q, None if pv is None else len(pv) * self.num_image_token, self.config.template,
                                history=history) for pv, q in zip(pixel_values_list, questions)]
@@ -617,62 +654,76 @@ def _now(device):
     return time.perf_counter()
 
 
-# ----------------------------------------------------------------------------------------------
-# Chat template: internlm2-chat and Hermes-2 are the same text (note: no newline after <|im_end|>)
+# ---- chat templates: InternVL's conversation.py, chosen by config.json's template ----
 
-TEMPLATES = {"internlm2-chat", "Hermes-2"}
 STOP_TOKEN = "<|im_end|>"  # the template's separator: InternVL's chat() stops on it alone
+TEMPLATES = {  # name -> (default system message, what ends each turn); Hermes-2 and internlm2-chat are the same text
+    "Hermes-2": (SYSTEM_MESSAGE, "<|im_end|>"), "internlm2-chat": (SYSTEM_MESSAGE, "<|im_end|>"),
+    "internvl2_5": ("你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。",
+                    "<|im_end|>\n")}  # InternVL2.5, 3 and 3.5
 
 
-def chat_prompt(question, num_image_tokens=None, template="internlm2-chat", system_message=SYSTEM_MESSAGE, history=None):
+def chat_prompt(question, num_image_tokens=None, template="internlm2-chat", system_message=None, history=None):
     """The query string InternVL's chat() builds. num_image_tokens: IMG_CONTEXT count for the image (tiles x
-    tokens per tile), or None for a text-only question."""
+    tokens per tile), a list of them for several images (each fills the next <image> in the question), or None
+    for a text-only question. Unlike the original, an empty question or answer keeps its separator."""
     if template not in TEMPLATES:
-        raise ValueError(f"unknown chat template {template!r}; supported: {', '.join(sorted(TEMPLATES))}")
+        raise ValueError(f"unknown chat template {template!r}; supported: {', '.join(TEMPLATES)}")
+    default_system, sep = TEMPLATES[template]
     if num_image_tokens is not None and not history and "<image>" not in question:
         question = "<image>\n" + question  # as InternVL's chat(): with history, the image is in an earlier turn
-    turns = [*(history or []), (question, None)]
-    prompt = f"<|im_start|>system\n{system_message}<|im_end|>"
-    for q, a in turns:
-        prompt += f"<|im_start|>user\n{q}<|im_end|><|im_start|>assistant\n"
+    prompt = f"<|im_start|>system\n{default_system if system_message is None else system_message}{sep}"
+    for q, a in [*(history or []), (question, None)]:
+        prompt += f"<|im_start|>user\n{q}{sep}<|im_start|>assistant\n"
         if a is not None:
-            prompt += f"{a}<|im_end|>"
-    if num_image_tokens is not None:
-        prompt = prompt.replace("<image>", IMG_START + IMG_CONTEXT * num_image_tokens + IMG_END, 1)
+            prompt += f"{a}{sep}"
+    for n in [num_image_tokens] if isinstance(num_image_tokens, int) else num_image_tokens or []:
+        prompt = prompt.replace("<image>", IMG_START + IMG_CONTEXT * n + IMG_END, 1)
     return prompt
 
 
-# ----------------------------------------------------------------------------------------------
-# Tokenizer: sentencepiece for the text between special tokens, which are split out first and mapped to their own
-# ids (InternLM2Tokenizer, slow, as InternVL's eval uses it).
+# ---- tokenizers: InternLM2's sentencepiece (slow, as InternVL's eval uses it) and Qwen2's byte-level BPE ----
+# Both split the added tokens out of the text first, longest first, and map them to their own ids.
 
-class Tokenizer:
-    def __init__(self, folder):
-        import sentencepiece as spm
-        self.sp = spm.SentencePieceProcessor(model_file=os.path.join(folder, "tokenizer.model"))
-        base = (self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id())
-        self.special = {self.sp.id_to_piece(i): i for i in base if i >= 0} | added_tokens(folder)
-        self.id_to_special = {i: s for s, i in self.special.items()}
-        self.add_bos = _read_json(os.path.join(folder, "tokenizer_config.json"), {}).get("add_bos_token", True)
-        self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
-        self.vocab_size = max(self.sp.get_piece_size(), max(self.id_to_special) + 1)
-        self._split = re.compile("(" + "|".join(map(re.escape, sorted(self.special, key=len, reverse=True))) + ")")
+class _Tokenizer:
+    """What the two share: special (added token -> id), add_bos, vocab_size, token_to_id, encode."""
+
+    def _set_special(self, special, bos_id, add_bos):
+        self.special, self.id_to_special = special, {i: s for s, i in special.items()}
+        self.bos_id, self.add_bos = bos_id, bool(add_bos) and bos_id is not None
+        longest_first = "|".join(map(re.escape, sorted(special, key=len, reverse=True)))
+        self._split = re.compile(f"({longest_first or '(?!)'})")  # (?!): no added tokens, nothing to split out
 
     def token_to_id(self, token):
-        if token not in self.special:
-            raise KeyError(f"{token!r} is not a special token of this tokenizer")
         return self.special[token]
 
     def encode(self, text, bos=None):
+        if bos and self.bos_id is None:
+            raise ValueError("this tokenizer has no BOS token (as Qwen2): encode with bos=False")
         ids = [self.bos_id] if (self.add_bos if bos is None else bos) else []
         for i, chunk in enumerate(self._split.split(text)):
             if i % 2:
                 ids.append(self.special[chunk])
             elif chunk:
-                ids.extend(self.sp.encode(chunk))
+                ids.extend(self._encode(chunk))
         return ids
 
+
+class Tokenizer(_Tokenizer):
+    """InternLM2Tokenizer: sentencepiece encodes the text between the added tokens."""
+
+    def __init__(self, folder):
+        import sentencepiece as spm
+        self.sp = spm.SentencePieceProcessor(model_file=os.path.join(folder, "tokenizer.model"))
+        base = (self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id())
+        add_bos = _read_json(os.path.join(folder, "tokenizer_config.json"), {}).get("add_bos_token", True)
+        bos = self.sp.bos_id() if self.sp.bos_id() >= 0 else None
+        self._set_special({self.sp.id_to_piece(i): i for i in base if i >= 0} | added_tokens(folder), bos, add_bos)
+        self.vocab_size = max(self.sp.get_piece_size(), max(self.id_to_special) + 1)
+        self._encode = self.sp.encode
+
     def decode(self, ids, skip_special_tokens=True):
+        """Sentencepiece decodes each run of text ids between the special tokens."""
         ids = [i for i in ids if i < self.vocab_size]  # a model's vocab can be padded past its tokenizer's
         text = ""
         for special, run in itertools.groupby(ids, lambda i: i in self.id_to_special):
@@ -687,16 +738,111 @@ class Tokenizer:
         return text
 
 
+# Qwen2's pre-tokenizer in the Oniguruma syntax of the `tokenizers` library; word_regex() is its Python translation
+QWEN2_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+                 r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
+
+
+def bytes_to_unicode():
+    """GPT-2's map of the 256 bytes to printable characters: printable latin-1 bytes stay, the others become 256+n."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    return {b: chr(b) for b in keep} | {b: chr(256 + n) for n, b in enumerate(b for b in range(256) if b not in keep)}
+
+
+@functools.cache
+def unicode_classes():
+    r"""Regex class bodies (code-point ranges, no brackets) for \p{L}, \p{N} and \s, which Python's re lacks or
+    defines otherwise: categories L* and N* of unicodedata, and for Oniguruma's Unicode \s Z* plus \t \n \v \f \r
+    and U+0085 (Python's \s also matches U+001C..U+001F)."""
+    cat = "".join("Z" if c in "\t\n\v\f\r\x85" else unicodedata.category(c)[0] for c in map(chr, range(0x110000)))
+    return tuple("".join(f"{re.escape(chr(m.start()))}-{re.escape(chr(m.end() - 1))}"
+                         for m in re.finditer(k + "+", cat)) for k in "LNZ")
+
+
+@functools.cache
+def word_regex():
+    """QWEN2_PATTERN in Python's re, class by class. (?i:...) folds case as Oniguruma does: 'ſ' matches 's'."""
+    L, N, S = unicode_classes()
+    return re.compile(rf"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n{L}{N}]?[{L}]+|[{N}]| ?[^{S}{L}{N}]+[\r\n]*|[{S}]*[\r\n]+"
+                      rf"|[{S}]+(?![^{S}])|[{S}]+")
+
+
+class BPETokenizer(_Tokenizer):
+    """Qwen2's byte-level BPE (Qwen2, 2.5 and 3: InternVL2-1B, InternVL2.5, 3, 3.5), in the spirit of minGPT's
+    bpe.py. The text between added tokens is NFC-normalised, cut into words by Qwen2's pre-tokenizer regex, and each
+    word's UTF-8 bytes, spelled as printable characters (GPT-2's bytes_to_unicode), are merged pairwise, lowest merge
+    rank first, into vocab entries. Reads tokenizer.json, or vocab.json + merges.txt."""
+
+    def __init__(self, folder):
+        path = functools.partial(os.path.join, folder)
+        config, tj = _read_json(path("tokenizer_config.json"), {}), _read_json(path("tokenizer.json"))
+        if tj is not None:
+            qwen2 = json.dumps(QWEN2_PATTERN) in json.dumps(tj.get("pre_tokenizer"))
+            if (tj.get("model") or {}).get("type") != "BPE" or not qwen2:
+                raise ModelLoadError(f"{path('tokenizer.json')} is not a byte-level BPE with Qwen2's pre-tokenizer, "
+                                     "the only kind supported besides sentencepiece")
+            vocab, merges = tj["model"]["vocab"], tj["model"]["merges"]
+            self.nfc = (tj.get("normalizer") or {}).get("type") == "NFC"
+        else:  # the slow Qwen2Tokenizer's files; it always NFC-normalises
+            vocab, self.nfc = _read_json(path("vocab.json")), True
+            with open(path("merges.txt"), encoding="utf-8") as f:
+                merges = [m for m in f.read().splitlines() if m and not m.startswith("#version")]
+        self.vocab = vocab
+        self.ranks = {tuple(m.split(" ") if isinstance(m, str) else m): r for r, m in enumerate(merges)}
+        special, bos = added_tokens(folder), config.get("bos_token")  # Qwen2 has no BOS
+        bos = bos["content"] if isinstance(bos, dict) else bos
+        self._set_special(special, special.get(bos), config.get("add_bos_token", False))
+        self.skipped = set(added_tokens(folder, special_only=True).values())  # decode keeps the other added tokens
+        self.id_to_token = {i: s for s, i in vocab.items()} | self.id_to_special
+        self.vocab_size = max(self.id_to_token) + 1
+        self.byte_char = bytes_to_unicode()
+        self.char_byte = {c: b for b, c in self.byte_char.items()}
+        self._bpe = functools.lru_cache(maxsize=1 << 16)(self._bpe)
+
+    def _bpe(self, word):
+        """The ids of one pre-tokenized word: merge the lowest-ranked adjacent pair everywhere until none is left."""
+        parts = [self.byte_char[b] for b in word.encode("utf-8")]
+        while len(parts) > 1:
+            pair = min(zip(parts, parts[1:]), key=lambda p: self.ranks.get(p, math.inf))
+            if pair not in self.ranks:
+                break
+            i = 0
+            while i < len(parts) - 1:  # left to right, as `tokenizers`: "aaa" -> "aa" "a"
+                if (parts[i], parts[i + 1]) == pair:
+                    parts[i:i + 2] = [parts[i] + parts[i + 1]]
+                i += 1
+        return [self.vocab[p] for p in parts]
+
+    def _encode(self, text):
+        words = word_regex().findall(unicodedata.normalize("NFC", text) if self.nfc else text)
+        return [i for word in words for i in self._bpe(word)]
+
+    def decode(self, ids, skip_special_tokens=True):
+        """As the `tokenizers` ByteLevel decoder: a token spelled in byte-level characters gives those bytes, any other
+        token its UTF-8 (the two agree for "<img>" and such); invalid UTF-8 becomes U+FFFD. Unknown ids are skipped."""
+        data = bytearray()
+        for i in map(int, ids):
+            token = self.id_to_token.get(i)  # None past vocab_size: a model's vocab can be padded past its tokenizer's
+            if token is None or (skip_special_tokens and i in self.skipped):
+                continue
+            data += bytes(map(self.char_byte.get, token)) if all(c in self.char_byte for c in token) else token.encode()
+        return data.decode("utf-8", errors="replace")
+
+
 def load_tokenizer(path):
-    """The tokenizer of a checkpoint folder (tokenizer.model + added_tokens.json / tokenizer_config.json)."""
+    """The tokenizer of a checkpoint folder: sentencepiece (tokenizer.model) or byte-level BPE (tokenizer.json, or
+    vocab.json + merges.txt), with the added tokens of tokenizer.json, tokenizer_config.json and added_tokens.json."""
     if not os.path.isdir(path):
         raise ModelLoadError(f"tokenizer folder {path} {'is a file' if os.path.isfile(path) else 'does not exist'}: "
                              "pass a checkpoint folder")
-    if not os.path.exists(os.path.join(path, "tokenizer.model")):
-        bpe = os.path.exists(os.path.join(path, "merges.txt"))
-        hint = " (a Qwen2 byte-level BPE tokenizer, which is not supported)" if bpe else ""
-        raise ModelLoadError(f"no tokenizer.model in {path}{hint}: copy the checkpoint's sentencepiece tokenizer files there")
-    tok = Tokenizer(path)
+    has = lambda *names: all(os.path.exists(os.path.join(path, n)) for n in names)
+    if has("tokenizer.model"):
+        tok = Tokenizer(path)
+    elif has("tokenizer.json") or has("vocab.json", "merges.txt"):
+        tok = BPETokenizer(path)
+    else:
+        raise ModelLoadError(f"no tokenizer.model, tokenizer.json or vocab.json + merges.txt in {path}: copy the "
+                             "checkpoint's tokenizer files there")
     for needed in (IMG_START, IMG_END, IMG_CONTEXT, "<|im_start|>", "<|im_end|>"):
         if needed not in tok.special:
             raise ModelLoadError(f"tokenizer in {path} lacks the special token {needed}: add it to added_tokens.json")
@@ -713,8 +859,7 @@ def _read_json(path, default=None):
         raise ModelLoadError(f"{path} is not valid JSON ({e}): restore it from the original checkpoint")
 
 
-# ----------------------------------------------------------------------------------------------
-# Image preprocessing: dynamic tiling with a thumbnail, ImageNet normalisation
+# ---- image preprocessing: dynamic tiling with a thumbnail, ImageNet normalisation ----
 
 def find_grid(width, height, min_num=1, max_num=12, image_size=448):
     """The (cols, rows) tile grid whose aspect ratio is closest to the image's. On an exact tie the grid with more
@@ -760,76 +905,92 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
-def load_image(image_or_path, max_num=12, image_size=448, min_num=1, use_thumbnail=True):
+def load_image(image, max_num=12, image_size=448, min_num=1, use_thumbnail=True):
     """A path or PIL image -> pixel_values [tiles, 3, S, S] (the thumbnail last when tiles > 1)."""
-    image = image_or_path
     if not isinstance(image, Image.Image):
         try:
-            with Image.open(image_or_path) as f:
+            with Image.open(image) as f:
                 image = to_rgb(f)
         except Image.DecompressionBombError as e:
-            raise ValueError(f"cannot read image {image_or_path}: {e} Downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS "
-                             f"if you trust the file") from None
+            raise ValueError(f"cannot read image {image}: {e} Downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS if "
+                             "you trust the file") from None
         except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read image {image_or_path}: {e}") from None
+            raise ValueError(f"cannot read image {image}: {e}") from None
     tiles = dynamic_preprocess(to_rgb(image), min_num, max_num, image_size, use_thumbnail)
     return torch.stack([to_tensor(t, image_size) for t in tiles])
 
 
-# ----------------------------------------------------------------------------------------------
-# Checkpoints in the released layout: config.json + model.safetensors (or shards with an index). Our parameter
-# names are the released InternLM2 names; other LLMs are renamed on the way.
+# ---- checkpoints: config.json + model.safetensors (or shards with an index), released or -hf layout ----
+# Our parameter names are the released InternLM2 names; other LLMs and transformers' layout are renamed on the way.
 
-QWEN_NAMES = [("model.embed_tokens.", "model.tok_embeddings."), (".self_attn.o_proj.", ".attention.wo."),
-              (".mlp.gate_proj.", ".feed_forward.w1."), (".mlp.up_proj.", ".feed_forward.w3."),
-              (".mlp.down_proj.", ".feed_forward.w2."), (".input_layernorm.", ".attention_norm."),
-              (".post_attention_layernorm.", ".ffn_norm."), ("lm_head.", "output.")]
-QKV_RE = re.compile(r"(language_model\.model\.layers\.\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$")
-
-
-def checkpoint_name(key, arch):
-    """A checkpoint key -> (our parameter name, slot): slot None, or the q/k/v part of the packed wqkv it fills."""
-    if arch == "InternLM2ForCausalLM" or not key.startswith("language_model."):
-        return key, None
-    m = QKV_RE.match(key)
-    if m:
-        return f"{m[1]}.attention.wqkv.{m[3]}", m[2]
-    for theirs, ours in QWEN_NAMES:
-        key = key.replace(theirs, ours)
-    return key, None
+LLAMA_NAMES = [("model.tok_embeddings.", "model.embed_tokens."), (".attention.wo.", ".self_attn.o_proj."),
+               (".attention.q_norm.", ".self_attn.q_norm."), (".attention.k_norm.", ".self_attn.k_norm."),
+               (".feed_forward.w1.", ".mlp.gate_proj."), (".feed_forward.w3.", ".mlp.up_proj."),
+               (".feed_forward.w2.", ".mlp.down_proj."), (".attention_norm.", ".input_layernorm."),
+               (".ffn_norm.", ".post_attention_layernorm."), ("language_model.output.", "language_model.lm_head.")]
+HF_VISION_NAMES = [("vision_model.", "model.vision_tower."), ("class_embedding", "cls_token"), (".layers.", ".layer."),
+                   ("position_embedding", "position_embeddings"), ("patch_embedding", "patch_embeddings.projection"),
+                   ("ls1", "lambda_1"), ("ls2", "lambda_2"), ("attn.proj.", "attention.projection_layer."),
+                   ("attn.", "attention."), ("norm1.", "layernorm_before."), ("norm2.", "layernorm_after.")]
+HF_NAMES = [("mlp1.0.", "model.multi_modal_projector.layer_norm."), ("language_model.lm_head.", "lm_head."),
+            ("mlp1.1.", "model.multi_modal_projector.linear_1."), ("language_model.model.", "model.language_model."),
+            ("mlp1.3.", "model.multi_modal_projector.linear_2.")]
 
 
-def wqkv_part(tensor, slot, cfg):
-    """View of the q, k or v rows inside a packed wqkv weight/bias (rows grouped per kv head)."""
-    n_kv, d = cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads
-    g = cfg.num_attention_heads // n_kv
-    grouped = tensor.view(n_kv, g + 2, d, *tensor.shape[1:])
+def checkpoint_keys(name, config, layout="original"):
+    """Our parameter `name` -> [(checkpoint key, slot)] in `layout`: "original" (InternVL's released one) or "hf"
+    (transformers' InternVLForConditionalGeneration). slot: None, or which part (q, k or v) of our packed qkv the key
+    holds: checkpoints keep the LLM's apart (but InternLM2's released ones) and -hf ones the ViT's."""
+    split = None
+    if name.startswith("language_model.") and (layout == "hf" or config.llm.architecture != "InternLM2ForCausalLM"):
+        for ours, theirs in LLAMA_NAMES:
+            name = name.replace(ours, theirs)
+        split = ".attention.wqkv.", ".self_attn.{}_proj."
+    if layout == "hf":
+        for ours, theirs in HF_VISION_NAMES if name.startswith("vision_model.") else HF_NAMES:
+            name = name.replace(ours, theirs)
+        split = split or (".attention.qkv.", ".attention.{}_proj.")
+    if split is None or split[0] not in name:
+        return [(name, None)]
+    return [(name.replace(split[0], split[1].format(s)), s) for s in "qkv"]
+
+
+def qkv_part(tensor, name, slot, config):
+    """View of the q, k or v rows inside our packed qkv weight/bias `name`: the ViT's rows are [q; k; v], the LLM's
+    wqkv's grouped per kv head."""
+    if name.startswith("vision_model."):
+        return tensor.view(3, -1, *tensor.shape[1:])["qkv".index(slot)]
+    n_kv, g = config.llm.num_key_value_heads, config.llm.num_attention_heads // config.llm.num_key_value_heads
+    grouped = tensor.view(n_kv, g + 2, head_dim(config.llm), *tensor.shape[1:])
     return {"q": grouped[:, :g], "k": grouped[:, g:g + 1], "v": grouped[:, g + 1:]}[slot]
 
 
 def load_model(path, device="cpu", dtype=torch.float32, build_compressor=None):
-    """Build InternVL2 from a checkpoint folder, streaming tensors shard by shard into the modules. A compressed
-    student's folder needs build_compressor(config) -> module: compress.build."""
+    """Build InternVL from a checkpoint folder in the released layout or -hf's (config.json with a text_config),
+    streaming tensors shard by shard into the modules. A compressed student's folder needs build_compressor(config)
+    -> module: compress.build."""
     from safetensors import SafetensorError, safe_open
     if not os.path.isdir(path):
-        raise ModelLoadError(f"{path} is a file: pass the checkpoint folder that holds config.json and model*.safetensors"
-                             if os.path.isfile(path) else f"checkpoint folder {path} does not exist")
+        raise ModelLoadError(f"{path} is a file: pass the checkpoint folder that holds config.json and "
+                             "model*.safetensors" if os.path.isfile(path) else
+                             f"checkpoint folder {path} does not exist")
     cfg_dict = _read_json(os.path.join(path, "config.json"))
     if cfg_dict is None:
         raise ModelLoadError(f"no config.json in {path}: a checkpoint folder holds config.json and model*.safetensors")
-    config = config_from_dict(cfg_dict)
+    config, layout = config_from_dict(cfg_dict), "hf" if "text_config" in cfg_dict else "original"
     index = _read_json(os.path.join(path, "model.safetensors.index.json"))
     if index is not None:
         if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
-            raise ModelLoadError(f"model.safetensors.index.json in {path} has no weight_map: restore it from the original "
-                                 "checkpoint")
+            raise ModelLoadError(f"model.safetensors.index.json in {path} has no weight_map: restore it from the "
+                                 "original checkpoint")
         files = sorted(set(index["weight_map"].values()))
     elif os.path.exists(os.path.join(path, "model.safetensors")):
         files = ["model.safetensors"]
     elif any(f.endswith(".bin") for f in os.listdir(path)):
-        raise ModelLoadError(f"{path} holds only pickle weights (*.bin), which are not loaded (unpickling can run code): "
-                             "convert them once, in your own environment, with safetensors.torch.save_file(torch.load(f, "
-                             "weights_only=True), 'model.safetensors') (shards: each one, and an index naming the new files)")
+        raise ModelLoadError(f"{path} holds only pickle weights (*.bin), which are not loaded (unpickling can run "
+                             "code): convert them once, in your own environment, with safetensors.torch.save_file("
+                             "torch.load(f, weights_only=True), 'model.safetensors') (shards: each one, and an index "
+                             "naming the new files)")
     else:
         raise ModelLoadError(f"no model.safetensors or model.safetensors.index.json in {path}: copy the checkpoint's "
                              "weights there")
@@ -838,11 +999,12 @@ def load_model(path, device="cpu", dtype=torch.float32, build_compressor=None):
                              f"load_model(path, build_compressor=compress.build), as evaluate.py does")
     with torch.device("meta"):
         model = InternVLChat(config, build_compressor(config) if config.compressor else None)
-    expected = {k: t.shape for k, t in export_state_dict(model)}  # on meta: costs no memory
+    expected = {k: t.shape for k, t in export_state_dict(model, layout)}  # on meta: costs no memory
     model = model.to(dtype).to_empty(device=device)  # allocate once, in the target dtype
     if config.llm.tie_word_embeddings:  # to_empty gave the tied output its own (uninitialised) storage: tie it again
         model.language_model.output.weight = model.language_model.model.tok_embeddings.weight
     params = dict(model.named_parameters())
+    where = {key: (name, slot) for name in params for key, slot in checkpoint_keys(name, config, layout)}
     seen, bad_shape = set(), []
     for fname in files:
         fpath = os.path.join(path, fname)
@@ -858,8 +1020,8 @@ def load_model(path, device="cpu", dtype=torch.float32, build_compressor=None):
                     if t.shape != expected[key]:
                         bad_shape.append(f"{key} {tuple(t.shape)} (expected {tuple(expected[key])})")
                         continue
-                    name, slot = checkpoint_name(key, config.llm.architecture)
-                    target = params[name].data if slot is None else wqkv_part(params[name].data, slot, config.llm)
+                    name, slot = where[key]
+                    target = params[name].data if slot is None else qkv_part(params[name].data, name, slot, config)
                     target.copy_(t.view(target.shape))
         except (SafetensorError, OSError) as e:
             raise ModelLoadError(f"cannot read {fpath}: {e} (corrupt or truncated file: download it again)") from None
@@ -868,42 +1030,39 @@ def load_model(path, device="cpu", dtype=torch.float32, build_compressor=None):
                  ("mis-shaped", bad_shape)) if keys]
     if problems:
         raise ModelLoadError(f"checkpoint {path} does not match its config.json: " + "; ".join(problems))
-    model.img_context_token_id = added_tokens(path).get(IMG_CONTEXT)
+    model.img_context_token_id = added_tokens(path).get(IMG_CONTEXT, cfg_dict.get("image_token_id"))
     return model.eval()
 
 
-def added_tokens(path):
-    """content -> id of the tokens added on top of sentencepiece (tokenizer_config.json, added_tokens.json)."""
-    tc = _read_json(os.path.join(path, "tokenizer_config.json"), {})
-    tokens = {v["content"]: int(k) for k, v in tc.get("added_tokens_decoder", {}).items()}
-    tokens.update(_read_json(os.path.join(path, "added_tokens.json"), {}))
-    return tokens
+def added_tokens(path, special_only=False):
+    """content -> id of the tokens added on top of the vocabulary (tokenizer.json, tokenizer_config.json,
+    added_tokens.json). special_only: those marked special (added_tokens.json's count as special)."""
+    tj, tc = (_read_json(os.path.join(path, f), {}) for f in ("tokenizer.json", "tokenizer_config.json"))
+    listed = tj.get("added_tokens", []) + [dict(t, id=int(i)) for i, t in tc.get("added_tokens_decoder", {}).items()]
+    tokens = {t["content"]: t["id"] for t in listed if t.get("special", True) or not special_only}
+    return tokens | _read_json(os.path.join(path, "added_tokens.json"), {})
 
 
-def export_state_dict(model):
-    """Our parameters under the checkpoint's own key names (q/k/v unpacked for Qwen2/Llama)."""
-    cfg = model.config.llm
+def export_state_dict(model, layout="original"):
+    """Our parameters under the checkpoint's key names in `layout` (see checkpoint_keys)."""
     for name, t in model.state_dict().items():
-        if cfg.tie_word_embeddings and name == "language_model.output.weight":
+        if model.config.llm.tie_word_embeddings and name == "language_model.output.weight":
             continue
-        if cfg.architecture == "InternLM2ForCausalLM" or not name.startswith("language_model."):
-            yield name, t
-        elif ".attention.wqkv." in name:
-            layer, kind = name.split(".attention.wqkv.")
-            for slot in "qkv":
-                yield f"{layer}.self_attn.{slot}_proj.{kind}", wqkv_part(t, slot, cfg).flatten(0, 2)
-        else:
-            for theirs, ours in QWEN_NAMES:
-                name = name.replace(ours, theirs)
-            yield name, t
+        for key, slot in checkpoint_keys(name, model.config, layout):
+            yield key, t if slot is None else qkv_part(t, name, slot, model.config).reshape(-1, *t.shape[1:])
 
 
-def save_model(model, path, max_shard_bytes=5 * 2**30, tokenizer_dir=None):
-    """Write config.json and safetensors (sharded with an index past max_shard_bytes) in the released layout."""
+def save_model(model, path, max_shard_bytes=5 * 2**30, tokenizer_dir=None, layout="original"):
+    """Write config.json and safetensors (sharded with an index past max_shard_bytes) in the released layout, or with
+    layout="hf" in transformers' (InternVLForConditionalGeneration). Each file is written beside and renamed into
+    place: a crash leaves no half-written file."""
     from safetensors.torch import save_file
+    if layout not in ("original", "hf") or (layout == "hf" and model.compressor is not None):
+        raise ValueError(f"layout {layout!r}: save 'original' or, for a model without a compressor, 'hf'")
+    cfg = config_to_hf(model.config, model.img_context_token_id) if layout == "hf" else config_to_dict(model.config)
     os.makedirs(path, exist_ok=True)
     shards, size = [{}], 0
-    for name, t in export_state_dict(model):
+    for name, t in export_state_dict(model, layout):
         nbytes = t.numel() * t.element_size()
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append({})
@@ -914,8 +1073,7 @@ def save_model(model, path, max_shard_bytes=5 * 2**30, tokenizer_dir=None):
         [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     for shard, fname in zip(shards, names):
         save_file(shard, os.path.join(path, fname + ".tmp"), metadata={"format": "pt"})
-        os.replace(os.path.join(path, fname + ".tmp"), os.path.join(path, fname))  # no half-written file on a crash
-    cfg = config_to_dict(model.config)
+        os.replace(os.path.join(path, fname + ".tmp"), os.path.join(path, fname))
     cfg["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
     files = {"config.json": cfg}
     if len(shards) > 1:
@@ -929,13 +1087,12 @@ def save_model(model, path, max_shard_bytes=5 * 2**30, tokenizer_dir=None):
             json.dump(obj, f, indent=2, ensure_ascii=False)
         os.replace(os.path.join(path, fname + ".tmp"), os.path.join(path, fname))
     if tokenizer_dir is not None:
-        for fname in ("tokenizer.model", "tokenizer_config.json", "added_tokens.json", "special_tokens_map.json"):
+        for fname in ("tokenizer.model", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+                      "added_tokens.json", "special_tokens_map.json"):
             src = os.path.join(tokenizer_dir, fname)
             if os.path.exists(src) and os.path.abspath(src) != os.path.abspath(os.path.join(path, fname)):
                 shutil.copyfile(src, os.path.join(path, fname))
 
-
-# ----------------------------------------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line and exit code 2, as for every other bad input
@@ -945,7 +1102,7 @@ class _Parser(argparse.ArgumentParser):
 
 if __name__ == "__main__":
     parser = _Parser(description="Ask InternVL2 a question about an image.")
-    parser.add_argument("--model", required=True, help="checkpoint folder in the released layout")
+    parser.add_argument("--model", required=True, help="checkpoint folder, released or -hf layout")
     parser.add_argument("--image", required=True)
     parser.add_argument("--question", required=True)
     parser.add_argument("--max-num", type=int, default=12, help="most tiles (a thumbnail is added)")

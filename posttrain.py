@@ -5,28 +5,21 @@ training loop of this repository: distill.py (stages I and II of FCoT-VL) and te
     # the tiny model from scratch on synthetic documents, tables, charts, infographics and signs
     python posttrain.py --init tiny --out runs/sft-tiny --steps 300
     # a released checkpoint on your data in InternVL's fine-tuning format; projector + LLM learn
-    python posttrain.py --init /path/to/InternVL2-2B --data train.jsonl --image-root /data/images \
-        --trainable projector,llm --lr 1e-5 --micro-batch 2 --grad-accum 8 --grad-checkpointing --workers 8 --out runs/sft-2b
+    python posttrain.py --init /path/to/InternVL2-2B --data train.jsonl --image-root /data/images --out runs/sft-2b \
+        --trainable projector,llm --lr 1e-5 --micro-batch 2 --grad-accum 8 --grad-checkpointing --workers 8
     # several GPUs, or CPU processes (gloo): the global batch is micro-batch x grad-accum x processes
     torchrun --standalone --nproc_per_node 4 posttrain.py --init tiny --out runs/sft-ddp
     # continue an interrupted run from OUT/checkpoint/ (same flags plus --resume)
     python posttrain.py --init tiny --out runs/sft-tiny --steps 300 --resume
     python -m pytest tests/test_posttrain.py -q
 
-Sample i of a run is the same on any number of processes and after a resume: synth.make_sample(kind,
-seed_offset + i) turned into one conversation (transcription, extractive QA, reasoning with or
-without a rationale), or line i mod N of --data (shuffled per epoch). The loss is next-token
-cross-entropy on the assistant tokens only, summed and divided by the label tokens of the whole
-global batch, so any split into processes and micro-batches takes the same step. OUT/ ends as an
-InternVL2 checkpoint folder (config.json, model.safetensors, tokenizer files) with log.jsonl (the
-loss curve) and checkpoint/ (weights, optimizer, step, RNG: safetensors + JSON, no pickle). Since a
-step's batches are a function of the step, --workers N processes can build them ahead (a GPU waits on
-image loading otherwise), and the run is the same.
+Sample i of a run is a function of i alone (synthetic sample seed_offset + i as one conversation, or line i mod N of
+--data, shuffled per epoch): any number of processes, a resume, or --workers building batches ahead take the same
+steps. OUT/ ends as an InternVL2 checkpoint folder with log.jsonl (the loss curve) and checkpoint/ (no pickle).
 """
 import contextlib, functools, json, math, os, random, shutil, sys, time, warnings
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -98,15 +91,13 @@ def parse_args(argv=None):
     return cli.parse(TrainConfig, argv, "posttrain.py", __doc__, **BOUNDS)
 
 
-# ---------------------------------------------------------------------------------------------- data
-
 def make_conversation(sample, rng, cfg):
     """A synth sample -> {"image", "conversations": [{"from": "human" | "gpt", "value"}, ...], "sample"}."""
     r = rng.random() * (cfg.p_transcribe + cfg.p_qa + cfg.p_reason)
     if r >= cfg.p_transcribe + cfg.p_qa and sample["reasoning"]:
         q = rng.choice(sample["reasoning"])
-        cot = rng.random() < cfg.cot_frac
-        turns = [(q["question"], q["rationale"] + COT_SEP + q["answer"]) if cot else (q["question"] + SHORT, q["answer"])]
+        turns = [(q["question"], q["rationale"] + COT_SEP + q["answer"]) if rng.random() < cfg.cot_frac
+                 else (q["question"] + SHORT, q["answer"])]
     elif r >= cfg.p_transcribe and sample["qa"]:
         qa = rng.sample(sample["qa"], rng.randint(1, min(cfg.qa_turns, len(sample["qa"]))))
         turns = [(q["question"] + SHORT, q["answer"]) for q in qa]
@@ -118,8 +109,7 @@ def make_conversation(sample, rng, cfg):
 
 
 def read_jsonl(path, image_root):
-    """InternVL's fine-tuning format, one object a line: {"image": "rel/path.png", "conversations":
-    [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}, ...]}."""
+    """InternVL's fine-tuning format, one object a line (the errors below spell it out)."""
     if not os.path.isfile(path):
         raise Error(f"--data {path} does not exist")
     records = []
@@ -133,13 +123,14 @@ def read_jsonl(path, image_root):
             except json.JSONDecodeError as e:
                 raise Error(f"{where} is not valid JSON ({e.msg}): write one JSON object per line") from None
             if not isinstance(r, dict) or not isinstance(r.get("image"), str):
-                raise Error(f'{where} has no "image" path: each line needs {{"image": "rel/path.png", "conversations": [...]}}')
+                raise Error(f'{where} has no "image" path: each line needs '
+                            f'{{"image": "rel/path.png", "conversations": [...]}}')
             turns = r.get("conversations")
             if not (isinstance(turns, list) and turns and len(turns) % 2 == 0 and all(
                     isinstance(t, dict) and t.get("from") == ("human", "gpt")[i % 2] and isinstance(t.get("value"), str)
                     for i, t in enumerate(turns))):
                 raise Error(f'{where}: "conversations" must alternate {{"from": "human", "value": ...}} and '
-                                 f'{{"from": "gpt", "value": ...}}, starting with human')
+                            f'{{"from": "gpt", "value": ...}}, starting with human')
             image = os.path.join(image_root, r["image"])
             if not os.path.isfile(image):
                 raise Error(f"{where}: image {image} not found: fix the path or --image-root")
@@ -172,42 +163,33 @@ def next_turn_text(question, template):
     return M.chat_prompt(question, None, template, history=[("", "")])[len(head):]
 
 
-def encode_conversation(conv, tok, model, cfg, pv=None):
-    """-> (ids, labels, pixel_values). The first prompt is chat_prompt's text with tiles x num_image_token
-    IMG_CONTEXT; each answer is encoded on its own plus <|im_end|>: the tokens greedy decoding yields.
-    pv: the image's tiles when they are already loaded."""
-    if pv is None:
-        # a conversation may carry its own tile budget, as InternVL's per-dataset max_dynamic_patch
-        max_num = conv.get("max_num") or cfg.max_num or model.config.max_dynamic_patch
-        try:
-            pv = M.load_image(conv["image"], max_num, model.config.force_image_size, use_thumbnail=model.config.use_thumbnail)
-        except ValueError as e:
-            raise Error(f"{e}: replace the file or drop its line") from None
-    end, turns, template = tok.token_to_id(M.STOP_TOKEN), conv["conversations"], model.config.template
-    ids, labels = [], []
-    for t in range(0, len(turns), 2):
-        q, a = turns[t]["value"], turns[t + 1]["value"]
-        prompt = tok.encode(M.chat_prompt(q, len(pv) * model.num_image_token, template)) if t == 0 \
-            else tok.encode(next_turn_text(q, template), bos=False)
-        answer = tok.encode(a, bos=False) + [end]
-        ids += prompt + answer
-        labels += [-100] * len(prompt) + answer
-    return ids, labels, pv
-
-
 def collate(convs, tok, model, cfg, pixels=None):
-    """Conversations -> a right-padded batch: input_ids, labels (-100 but on answers), attention_mask,
-    pixel_values (all tiles in sample order), num_tiles, n_labels, n_tokens, truncated, convs.
-    pixels: each conversation's tiles, when an earlier collate loaded them."""
-    rows, truncated, img = [], 0, model.img_context_token_id
-    for i, conv in enumerate(convs):
-        ids, labels, pv = encode_conversation(conv, tok, model, cfg, None if pixels is None else pixels[i])
+    """Conversations (pixels: their tiles, if already loaded) -> a right-padded batch: input_ids, labels (-100 but on
+    answers), attention_mask, pixel_values, num_tiles, n_labels, n_tokens, truncated, convs. The first prompt is
+    chat_prompt's text with its IMG_CONTEXT tokens; each answer is encoded alone plus <|im_end|>, as decoded."""
+    mc, end, img = model.config, tok.token_to_id(M.STOP_TOKEN), model.img_context_token_id
+    rows, truncated = [], 0
+    for conv, pv in zip(convs, pixels or [None] * len(convs)):
+        if pv is None:
+            try:  # a conversation may carry its own tile budget, as InternVL's per-dataset max_dynamic_patch
+                pv = M.load_image(conv["image"], conv.get("max_num") or cfg.max_num or mc.max_dynamic_patch,
+                                  mc.force_image_size, use_thumbnail=mc.use_thumbnail)
+            except ValueError as e:
+                raise Error(f"{e}: replace the file or drop its line") from None
+        ids, labels, turns = [], [], conv["conversations"]
+        for t in range(0, len(turns), 2):
+            q, a = turns[t]["value"], turns[t + 1]["value"]
+            prompt = tok.encode(M.chat_prompt(q, len(pv) * model.num_image_token, mc.template)) if t == 0 \
+                else tok.encode(next_turn_text(q, mc.template), bos=False)
+            answer = tok.encode(a, bos=False) + [end]
+            ids += prompt + answer
+            labels += [-100] * len(prompt) + answer
         if len(ids) > cfg.max_len:
             truncated += 1
             ids, labels = ids[:cfg.max_len], labels[:cfg.max_len]
             if ids.count(img) < len(pv) * model.num_image_token:
                 raise Error(f"--max-len {cfg.max_len} cuts into the image tokens ({len(pv)} tiles x "
-                                 f"{model.num_image_token}): raise --max-len or lower --max-num")
+                            f"{model.num_image_token}): raise --max-len or lower --max-num")
         rows.append((ids, labels, pv))
     L = max(len(r[0]) for r in rows)
     input_ids = torch.tensor([ids + [0] * (L - len(ids)) for ids, _, _ in rows])
@@ -220,14 +202,11 @@ def collate(convs, tok, model, cfg, pixels=None):
 
 
 def micro_batches(step, cfg, tok, model, records, rank, world, collate=collate):
-    """This process's micro-batches of optimizer step `step`: global samples step * G + rank * per_rank + ..."""
-    per_rank = cfg.micro_batch * cfg.grad_accum
-    start = (step * world + rank) * per_rank
+    """This process's micro-batches of optimizer step `step`: its slice of the step's global samples, in order."""
+    start = (step * world + rank) * cfg.micro_batch * cfg.grad_accum
     return [collate([conversation_at(start + a * cfg.micro_batch + j, cfg, records) for j in range(cfg.micro_batch)],
                     tok, model, cfg) for a in range(cfg.grad_accum)]
 
-
-# --------------------------------------------------------------------------------------------- model
 
 def build_model(cfg, device):
     """-> (model in train mode, tokenizer, tokenizer folder)."""
@@ -243,11 +222,11 @@ def build_model(cfg, device):
         except (OSError, json.JSONDecodeError) as e:
             raise Error(f"cannot read --model-config {cfg.model_config}: {e}") from None
         for key, value in overrides.items():
-            nested = key in ("vision", "llm")
-            for k, v in value.items() if nested else [(key, value)]:
-                if not hasattr(getattr(mc, key) if nested else mc, k):
-                    raise Error(f"--model-config {cfg.model_config}: unknown field {key + '.' + k if nested else k}")
-                setattr(getattr(mc, key) if nested else mc, k, v)
+            obj, items = (getattr(mc, key), value.items()) if key in ("vision", "llm") else (mc, [(key, value)])
+            for k, v in items:
+                if not hasattr(obj, k):
+                    raise Error(f"--model-config {cfg.model_config}: unknown field {k if obj is mc else key + '.' + k}")
+                setattr(obj, k, v)
     torch.manual_seed(cfg.seed)
     model = M.InternVLChat(mc)
     with torch.no_grad():  # GPT-2 style init: matrices N(0, 0.02), biases 0, norms and layer scales 1
@@ -290,7 +269,7 @@ def build_optimizer(model, cfg):
 
 
 def lr_at(step, cfg):
-    """Multiplier of each group's base lr at optimizer step `step` (0-based): linear warmup, then cosine to min_lr_frac."""
+    """Multiplier of the groups' base lr at step `step` (0-based): linear warmup, then cosine to min_lr_frac."""
     if step < cfg.warmup:
         return (step + 1) / cfg.warmup
     t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
@@ -319,10 +298,8 @@ def default_lm_loss(model, batch):
     return loss / batch["n_labels_global"], {}
 
 
-# ----------------------------------------------------------------------------------------- checkpoints
-
 def save_checkpoint(path, model, opt, state):
-    """Replace folder `path` atomically: model/optimizer/rng .safetensors + state.json (step, scalars, RNG)."""
+    """Replace folder `path` atomically: model/optimizer/rng .safetensors + state.json (step, param groups, ...)."""
     tmp, old = path + ".tmp", path + ".old"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -332,15 +309,12 @@ def save_checkpoint(path, model, opt, state):
     sd = opt.state_dict()
     save_file({f"{i}.{k}": v.cpu().contiguous() for i, s in sd["state"].items() for k, v in s.items()},
               os.path.join(tmp, "optimizer.safetensors"))
-    rng = {"torch": torch.get_rng_state()}
+    rng = {"torch": torch.get_rng_state()}  # the data seeds its own generators; nothing draws from random or numpy
     if torch.cuda.is_available():
         rng["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
     save_file(rng, os.path.join(tmp, "rng.safetensors"))
-    np_rng = np.random.get_state()
-    state = dict(state, param_groups=sd["param_groups"], python_rng=random.getstate(),
-                 numpy_rng=[np_rng[0], np_rng[1].tolist(), *np_rng[2:]])
     with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as f:
-        json.dump(state, f)
+        json.dump(dict(state, param_groups=sd["param_groups"]), f)
     shutil.rmtree(old, ignore_errors=True)
     if os.path.exists(path):
         os.replace(path, old)
@@ -350,8 +324,7 @@ def save_checkpoint(path, model, opt, state):
 
 def load_checkpoint(path, model, opt=None):
     """Restore weights (and optimizer, RNG) in place; -> the state dict saved with them."""
-    if not os.path.exists(os.path.join(path, "state.json")) and os.path.exists(os.path.join(path + ".old", "state.json")):
-        path += ".old"
+    path = next((p for p in (path, path + ".old") if os.path.exists(os.path.join(p, "state.json"))), path)
     if not os.path.exists(os.path.join(path, "state.json")):
         raise Error(f"no checkpoint in {path} to resume: drop --resume to start a new run")
     weights, params = load_file(os.path.join(path, "model.safetensors")), dict(model.named_parameters())
@@ -359,7 +332,7 @@ def load_checkpoint(path, model, opt=None):
     # every trainable weight, and nothing foreign (a checkpoint may also hold frozen ones: they are --init's)
     if not trainable <= set(weights) or any(k not in params or params[k].shape != t.shape for k, t in weights.items()):
         raise Error(f"checkpoint {path} does not match the model built from --init/--model-config and "
-                         f"--trainable: use the run's flags")
+                    f"--trainable: use the run's flags")
     with torch.no_grad():
         for k, t in weights.items():
             params[k].copy_(t)
@@ -378,41 +351,19 @@ def load_checkpoint(path, model, opt=None):
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(list(rng["cuda"]))
-    v, s, g = state["python_rng"]
-    random.setstate((v, tuple(s), g))
-    n = state["numpy_rng"]
-    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
     return state
 
-
-# --------------------------------------------------------------------------------------------- train
 
 def dist_info():
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
-def to_device(batch, device):
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def step_stream(batches, first, last, workers, pin):
-    """batches(step) for each step in order; with workers, built by forked processes (they read only the
-    model's config) so a GPU does not wait on image rendering."""
-    if workers == 0:
-        return (batches(step) for step in range(first, last))
-    # with batch_size=None the DataLoader hands each item alone to collate_fn, in the worker: a step number
-    return iter(torch.utils.data.DataLoader(range(first, last), batch_size=None, collate_fn=batches, num_workers=workers,
-                                            pin_memory=pin, prefetch_factor=4, multiprocessing_context="fork"))
-
-
 def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):
-    """Run optimizer steps until cfg.steps (or cfg.stop_at); -> the step reached. batches(step) -> this
-    process's micro-batches; loss_fn(model, batch) -> (loss, {name: float}), where the losses of all
-    micro-batches on all processes sum to the step's objective (batch["n_labels_global"] and
-    batch["n_samples_global"] give the global counts) and metrics follow the same rule, same keys.
-    Under torchrun loss_fn gets the DistributedDataParallel wrapper: call it for the forward pass, reach
-    the model's other methods through .module. after_step(step, record), on rank 0 after each step's log
-    line and checkpoint, is where a caller evaluates or logs more."""
+    """Run optimizer steps until cfg.steps (or cfg.stop_at); -> the step reached. batches(step) -> this process's
+    micro-batches; loss_fn(model, batch) -> (loss, {name: float}): the losses (and metrics) of all micro-batches on
+    all processes sum to the step's (batch["n_labels_global"], batch["n_samples_global"]: the global counts). Under
+    torchrun loss_fn gets the DDP wrapper: call it to run forward, reach other methods through .module.
+    after_step(step, record) runs on rank 0 after each step's log line and checkpoint: evaluate or log more there."""
     rank, world = dist_info()
     device = next(model.parameters()).device
     set_trainable(model, cfg.trainable)
@@ -425,7 +376,7 @@ def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):
         state = load_checkpoint(ckpt, model, opt)
         if state["global_batch"] != global_batch:
             raise Error(f"the checkpoint's global batch is {state['global_batch']}, this run's {global_batch}: "
-                             f"keep micro-batch x grad-accum x processes")
+                        f"keep micro-batch x grad-accum x processes")
         step = state["step"]
     trainable = [p for p in model.parameters() if p.requires_grad]
     # (DDP warns about the grad strides of the [1, 1, C] class embedding: harmless, a copy per step)
@@ -440,7 +391,11 @@ def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):
         log.flush()
     bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0, dynamic_ncols=True, desc="posttrain")
     last, n_truncated = min(cfg.steps, cfg.stop_at or cfg.steps), 0
-    stream = step_stream(batches, step, last, cfg.workers, device.type == "cuda")
+    stream = (batches(s) for s in range(step, last))
+    if cfg.workers:  # forked processes build batches ahead, so a GPU does not wait on images (collate_fn gets a step)
+        stream = iter(torch.utils.data.DataLoader(range(step, last), batch_size=None, collate_fn=batches,
+                                                  num_workers=cfg.workers, pin_memory=device.type == "cuda",
+                                                  prefetch_factor=4, multiprocessing_context="fork"))
     while step < last:
         t0 = time.perf_counter()
         factor = lr_at(step, cfg)
@@ -453,7 +408,8 @@ def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):
             dist.all_reduce(counts)
         total, metrics = 0.0, {}
         for a, b in enumerate(micro):
-            b = dict(to_device(b, device), n_labels_global=max(1.0, counts[0].item()), n_samples_global=counts[3].item())
+            b = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
+            b.update(n_labels_global=max(1.0, counts[0].item()), n_samples_global=counts[3].item())
             with ddp.no_sync() if world > 1 and a < len(micro) - 1 else contextlib.nullcontext():
                 with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
                     loss, m = loss_fn(ddp, b)
@@ -490,8 +446,6 @@ def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):
     return step
 
 
-# ---------------------------------------------------------------------------------------------- main
-
 def check(cfg):
     """The settings no flag range covers; --out made and writable."""
     if cfg.image_size % 28 or cfg.min_lr_frac > 1:
@@ -507,7 +461,8 @@ def check(cfg):
     if set(cfg.kinds.split(",")) - set(synth.KINDS):
         raise Error(f"--kinds {cfg.kinds}: choose from {','.join(synth.KINDS)}")
     if not cfg.data and cfg.seed_offset + cfg.steps * cfg.micro_batch * cfg.grad_accum * dist_info()[1] > 10**9:
-        raise Error("synthetic training seeds must stay below 10**9 (eval sets use the seeds above): lower --seed-offset")
+        raise Error("synthetic training seeds must stay below 10**9 (eval sets use the seeds above): "
+                    "lower --seed-offset")
     if not cfg.resume and os.path.exists(os.path.join(cfg.out, "checkpoint")):
         raise Error(f"{cfg.out} already holds a run: add --resume to continue it or choose another --out")
 
@@ -524,15 +479,12 @@ def setup(cfg):
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     return device
 
 
 def leave_group():
-    """Under torchrun, every rank waits here for rank 0's save, then all shut the process group down together
-    (a rank that shuts down while its peer still works can abort at exit, failing a finished run)."""
+    """Under torchrun, all ranks wait for rank 0's save and shut down together (an early one can fail the run)."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -3,8 +3,10 @@ The FCoT-VL results table. For each ratio: stage I (distill.py), three stage-II 
 stage-I student with its LLM learning too (distill.py --student): (a) and (c) with chain-of-thought, 30% and
 20% of the conversations reasoning questions answered as rationale + final answer, learnt by CE alone, the
 rest distilled from the teacher; (b), the run without it, distilled on the teacher's answers alone. Then the
-average of the two chain-of-thought runs (merge.py), and every row on every task (evaluate.py): teacher,
-pool, FastV, stage I, stage I+II (a), (b) and (c), stage I+II+merge.
+average of the two chain-of-thought runs (merge.py), and every row on every task (evaluate.py): teacher; the
+training-free baselines (compress.py) pool, FastV, untrained select, DivPrune, random (the mean of seeds 0, 1 and 2,
+each a row of results.json), fewer tiles, VisionZip, PyramidDrop; stage I, stage I+II (a), (b) and (c), and
+stage I+II+merge.
 
     python results.py --jobs 2 --threads 1     # embedded teacher, ratios 0.5 0.25, all five tasks (2-core CPU: about 100 min)
     python results.py --quick --threads 1      # smoke run: 4 steps, 4 tiles, 4 questions per task
@@ -23,13 +25,14 @@ results.md, results.json, score_vs_tokens.png. A training step whose folder hold
 (config.json + model*.safetensors) is skipped, one with only checkpoint/ gets --resume, an evaluation
 whose settings and weights have not changed is skipped: after a kill, the same command continues. Delete
 a folder to redo its step. Runs (a), (c) and the merge are asked with the CoT prompt (only the final answer
-is scored), the others with the direct one. Columns: visual tokens per image; the LLM's prefill FLOPs (counted,
+is scored), the others with the direct one. Columns: visual tokens per image (fewer tiles: those its tiles made);
+per LLM layer, where FastV and PyramidDrop drop them inside the LLM: its layers' mean; the LLM's prefill FLOPs (counted,
 not timed: at the tiny model's size wall-clock prefill is the ViT's and noise; mean of per-task ratios) and
 peak memory (each row's evaluations run in one process) relative to the teacher;
 each task's score in its unit (OCRBench: hits); avg, the mean over tasks with OCRBench as percent;
 reasoning, the mean over tasks of the reasoning questions' score.
 """
-import functools, glob, json, math, multiprocessing, os, shlex, sys, time
+import collections, functools, glob, json, math, multiprocessing, os, shlex, sys, time
 from dataclasses import asdict, dataclass, replace
 
 import cli
@@ -46,7 +49,7 @@ class Config:
     out: str = "runs/results"  # everything goes here
     ratios: tuple = (0.5, 0.25)  # shares of visual tokens kept
     tasks: tuple = TASKS  # evaluation tasks
-    compressor: str = "select"  # V_c: select | conv | gate | mlp | dwconv | pool
+    compressor: str = "select"  # V_c: select | pool
     distill_steps: int = 300  # stage I steps
     distill_lr: float = 1e-3  # stage I lr (V_c and A_s)
     stage2_steps: int = 300  # steps of stage-II run (b)
@@ -80,7 +83,13 @@ STAGE2 = {"a": dict(seed_offset=610_000_000, cot=True, merge=True, mix=dict(p_tr
           "c": dict(seed_offset=620_000_000, cot=True, merge=True, mix=dict(p_transcribe=0.35, p_qa=0.45, p_reason=0.2,
                                                                             cot_frac=1.0))}
 MERGED = [k for k, s in STAGE2.items() if s["merge"]]
-FAMILIES = {"teacher": (0, 0, 0), "pool": (31, 119, 180), "FastV": (255, 127, 14), "stage I": (44, 160, 44),
+# the training-free baselines: evaluate.py's --method -> the row's family (random: a row per seed, reported as the mean)
+BASELINES = {"pool": "pool", "fastv": "FastV", "select": "untrained select", "divprune": "DivPrune", "random": "random",
+             "tiles": "fewer tiles", "visionzip": "VisionZip", "pdrop": "PyramidDrop"}
+SEEDS = (0, 1, 2)
+FAMILIES = {"teacher": (0, 0, 0), "pool": (31, 119, 180), "FastV": (255, 127, 14), "untrained select": (127, 127, 127),
+            "DivPrune": (188, 189, 34), "random": (23, 190, 207), "fewer tiles": (174, 199, 232),
+            "VisionZip": (255, 187, 120), "PyramidDrop": (152, 223, 138), "stage I": (44, 160, 44),
             "stage I+II (a)": (214, 39, 40), "stage I+II (b)": (140, 86, 75), "stage I+II (c)": (227, 119, 194),
             "stage I+II+merge": (148, 103, 189)}
 
@@ -207,18 +216,30 @@ def ratio_pipeline(cfg, r):
              functools.partial(merge.merge, [os.path.join(d, f"stage2-{k}") for k in MERGED], merged), fresh=not on_cpu(cfg))
 
 
+Row = collections.namedtuple("Row", "key family ratio model method cot seed", defaults=(False, None))
+
+
 def rows(cfg):
-    """(key, family, ratio, model folder, method, asked with the CoT prompt) of every evaluated row."""
-    out = [("teacher", "teacher", 1.0, cfg.teacher, "none", False)]
+    """Every evaluated row: its key, family, ratio, model folder, evaluate.py's method, whether it is asked with the
+    CoT prompt, and random's seed."""
+    out = [Row("teacher", "teacher", 1.0, cfg.teacher, "none")]
     for r in cfg.ratios:
         d = os.path.join(cfg.out, f"r{r:g}")
-        out += [(f"pool-r{r:g}", "pool", r, cfg.teacher, "pool", False), (f"fastv-r{r:g}", "FastV", r, cfg.teacher, "fastv", False),
-                (f"stage1-r{r:g}", "stage I", r, os.path.join(d, "stage1"), "none", False),
-                *[(f"stage2-{k}-r{r:g}", f"stage I+II ({k})", r, os.path.join(d, f"stage2-{k}"), "none", s["cot"])
+        for method, family in BASELINES.items():
+            out += [Row(f"random-seed{s}-r{r:g}", family, r, cfg.teacher, method, seed=s) for s in SEEDS] \
+                if method == "random" else [Row(f"{method}-r{r:g}", family, r, cfg.teacher, method)]
+        out += [Row(f"stage1-r{r:g}", "stage I", r, os.path.join(d, "stage1"), "none"),
+                *[Row(f"stage2-{k}-r{r:g}", f"stage I+II ({k})", r, os.path.join(d, f"stage2-{k}"), "none", s["cot"])
                   for k, s in STAGE2.items()],
-                (f"merged-r{r:g}", "stage I+II+merge", r, os.path.join(d, "merged"), "none",
-                 any(STAGE2[k]["cot"] for k in MERGED))]
+                Row(f"merged-r{r:g}", "stage I+II+merge", r, os.path.join(d, "merged"), "none",
+                    any(STAGE2[k]["cot"] for k in MERGED))]
     return out
+
+
+def table_keys(cfg):
+    """The table's rows: every evaluated row, but random's seeds are one row, random-r<ratio>, their mean."""
+    keys = [f"random-r{row.ratio:g}" if row.seed is not None else row.key for row in rows(cfg)]
+    return list(dict.fromkeys(keys))
 
 
 def evaluate_rows(cfg):
@@ -227,14 +248,15 @@ def evaluate_rows(cfg):
     settings resume them where evaluate.py's run key allows (it starts a file of other settings afresh)."""
     import torch, model, compress  # once, in the parent: only imports happen before the forks
     work = []
-    for key, _, r, folder, method, cot in rows(cfg):
+    for key, _, r, folder, method, cot, seed in rows(cfg):
         todo, edir = [], os.path.join(cfg.out, "eval", key)
         stamp = sorted((os.path.basename(f), os.path.getsize(f), os.path.getmtime(f))
                        for f in glob.glob(os.path.join(folder, "model*.safetensors")))
         for task in cfg.tasks:
             settings = dict(task=task, model=folder, method=method, ratio=r, fastv_layer=cfg.fastv_layer,
                             batch_size=cfg.batch_size, out=os.path.join(edir, task + ".jsonl"), cot=cot,
-                            **{k: getattr(cfg, k) for k in ("limit", "max_num", "max_new_tokens", "device") if getattr(cfg, k)})
+                            **{k: getattr(cfg, k) for k in ("limit", "max_num", "max_new_tokens", "device")
+                               if getattr(cfg, k)}, **({"seed": seed} if seed is not None else {}))
             side, want = os.path.join(edir, task + ".inputs.json"), json.loads(json.dumps(dict(settings=settings, weights=stamp)))
             old = load(side) if os.path.isfile(side) else None
             if old == want and os.path.isfile(os.path.join(edir, task + ".json")):
@@ -266,23 +288,34 @@ def evaluate_row(todo):
 def summarise(cfg):
     """-> ({key: row}, the table's row keys, {ratio: the merged stage-II run with the best average})."""
     res, mean = {}, lambda xs: sum(xs) / len(xs) if xs else None
-    for key, fam, r, folder, method, _ in rows(cfg):
+    for key, fam, r, folder, method, _, seed in rows(cfg):
         ev = {t: load(p) for t in cfg.tasks if os.path.isfile(p := os.path.join(cfg.out, "eval", key, t + ".json"))}
-        res[key] = dict(key=key, family=fam, ratio=r, model=folder, method=method, eval=ev, complete=len(ev) == len(cfg.tasks),
-                        scores={t: e["score"] for t, e in ev.items()},
-                        average=mean([e["score"] * (100 / e["n"] if e["metric"] == "ocrbench" else 1) for e in ev.values()]),
+        per_layer = [e.get("visual_tokens_layer_mean") for e in ev.values()]  # FastV, PyramidDrop: inside the LLM
+        res[key] = dict(key=key, family=fam, ratio=r, model=folder, method=method, seed=seed, eval=ev,
+                        complete=len(ev) == len(cfg.tasks), scores={t: e["score"] for t, e in ev.items()},
+                        average=mean([e["score"] * (100 / e["n"] if e["metric"] == "ocrbench" else 1)
+                                      for e in ev.values()]),
                         reasoning=mean([e["reasoning"]["score"] for e in ev.values() if e.get("reasoning")]),
-                        visual_tokens=mean([e["visual_tokens_per_image"] for e in ev.values()]))
-        if method == "fastv" and ev:  # the LLM's input keeps every token; layers >= K see `ratio` of them
-            res[key]["visual_tokens_after_k"] = res[key]["visual_tokens"] * r
+                        visual_tokens=mean([e["visual_tokens_per_image"] for e in ev.values()]),
+                        visual_tokens_layer_mean=None if None in per_layer else mean(per_layer))
     t, peak = res["teacher"]["eval"], lambda ev: max(e["peak_memory_mb"] for e in ev.values())
     for x in res.values():
         x["flops_vs_teacher"] = mean([e["llm_prefill_gflops"] / t[k]["llm_prefill_gflops"]
                                       for k, e in x["eval"].items() if k in t and t[k]["llm_prefill_gflops"]])
         x["memory_vs_teacher"] = peak(x["eval"]) / peak(t) if x["eval"] and t else None
+    figures = ("average", "reasoning", "visual_tokens", "visual_tokens_layer_mean", "flops_vs_teacher",
+               "memory_vs_teacher")
+    for r in cfg.ratios:  # random's reported row: each figure the mean of its seeds' (None where one lacks it)
+        seeds = [res[f"random-seed{s}-r{r:g}"] for s in SEEDS]
+        row = dict(key=f"random-r{r:g}", family="random", ratio=r, model=cfg.teacher, method="random",
+                   seeds=[x["key"] for x in seeds], eval={}, complete=all(x["complete"] for x in seeds))
+        row["scores"] = {t: mean([x["scores"][t] for x in seeds]) for t in cfg.tasks
+                         if all(t in x["scores"] for x in seeds)}
+        row.update({k: None if None in (v := [x[k] for x in seeds]) else mean(v) for k in figures})
+        res[row["key"]] = row
     best = {r: max([f"stage2-{k}-r{r:g}" for k in MERGED], key=lambda k: -1 if res[k]["average"] is None else res[k]["average"])
             for r in cfg.ratios}  # what the merge must at least match
-    return res, [k for k, *_ in rows(cfg)], best
+    return res, table_keys(cfg), best
 
 
 def fmt(x, f="{:.1f}"):
@@ -290,16 +323,17 @@ def fmt(x, f="{:.1f}"):
 
 
 def markdown(cfg, res, table, best):
-    head = ["row", "ratio", "visual tokens / image", "LLM prefill FLOPs vs teacher", "peak memory vs teacher", *cfg.tasks, "avg",
-            "reasoning"]
+    head = ["row", "ratio", "visual tokens / image", "per LLM layer", "LLM prefill FLOPs vs teacher",
+            "peak memory vs teacher", *cfg.tasks, "avg", "reasoning"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for x in map(res.get, table):
-        name = x["family"] + (f" (K={cfg.fastv_layer})" if x["family"] == "FastV" else "")
-        tok = fmt(x["visual_tokens"], "{:.0f}") + (f" -> {x['visual_tokens_after_k']:.0f} after layer {cfg.fastv_layer}"
-                                                  if "visual_tokens_after_k" in x else "")
-        lines.append("| " + " | ".join([name, f"{x['ratio']:g}", tok, fmt(x["flops_vs_teacher"], "{:.2f}x"),
-                                        fmt(x["memory_vs_teacher"], "{:.2f}x"), *[fmt(x["scores"].get(t)) for t in cfg.tasks],
-                                        fmt(x["average"]), fmt(x["reasoning"])]) + " |")
+        name = x["family"] + (f" (K={cfg.fastv_layer})" if x["family"] == "FastV" else
+                              f" (mean of seeds {', '.join(map(str, SEEDS))})" if x["family"] == "random" else "")
+        per_layer = "" if x["method"] not in ("fastv", "pdrop") else fmt(x["visual_tokens_layer_mean"], "{:.0f}")
+        cells = [name, f"{x['ratio']:g}", fmt(x["visual_tokens"], "{:.0f}"), per_layer,
+                 fmt(x["flops_vs_teacher"], "{:.2f}x"), fmt(x["memory_vs_teacher"], "{:.2f}x"),
+                 *[fmt(x["scores"].get(t)) for t in cfg.tasks], fmt(x["average"]), fmt(x["reasoning"])]
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     d = lambda a, b, k: fmt(None if a[k] is None or b[k] is None else a[k] - b[k], "{:+.1f}")
     vs = lambda a, b, name: f"{name}: avg {d(a, b, 'average')}, reasoning {d(a, b, 'reasoning')}"
@@ -312,13 +346,15 @@ def markdown(cfg, res, table, best):
 
 
 def plot(cfg, res, table, path):
-    """Average score against visual tokens per image (FastV: after layer K), a colour per family; PIL only."""
+    """Average score against visual tokens per image (FastV, PyramidDrop: per LLM layer), a colour per family; PIL
+    only."""
     from PIL import Image, ImageDraw, ImageFont
     (W, H), font = PLOT_SIZE, ImageFont.load_default()
     L, R, T, B = 80, W - 230, 40, H - 70
     img = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(img)
-    pts = {f: sorted((res[k].get("visual_tokens_after_k", res[k]["visual_tokens"]), res[k]["average"]) for k in table
+    tokens = lambda x: x["visual_tokens"] if x["visual_tokens_layer_mean"] is None else x["visual_tokens_layer_mean"]
+    pts = {f: sorted((tokens(res[k]), res[k]["average"]) for k in table
                      if res[k]["family"] == f and res[k]["average"] is not None) for f in FAMILIES}
 
     def axis(hi):  # a round upper bound and its ticks, steps of 1, 2 or 5 x 10^k
@@ -334,7 +370,8 @@ def plot(cfg, res, table, path):
     for y in yt:
         d.line([(L - 5, sy(y)), (L if y == 0 else R, sy(y))], fill="black" if y == 0 else (225, 225, 225))
         d.text((L - 8, sy(y)), f"{y:g}", fill="black", font=font, anchor="rm")
-    d.text(((L + R) / 2, H - 30), "visual tokens per image (FastV: after layer K)", fill="black", font=font, anchor="ma")
+    d.text(((L + R) / 2, H - 30), "visual tokens per image (FastV, PyramidDrop: the mean over LLM layers)",
+           fill="black", font=font, anchor="ma")
     d.text(((L + R) / 2, 12), f"average score vs visual tokens ({', '.join(cfg.tasks)})", fill="black", font=font, anchor="ma")
     label = Image.new("RGB", (240, 14), "white")
     ImageDraw.Draw(label).text((120, 7), "average score over tasks", fill="black", font=font, anchor="mm")

@@ -35,7 +35,7 @@ def run(*argv, procs=1):
                           cwd=ROOT, timeout=600)
 
 
-@pytest.mark.parametrize("with_rationale,method", [(0, "select"), (1, "select"), (3, "select"), (0, "conv")])
+@pytest.mark.parametrize("with_rationale,method", [(0, "select"), (1, "select"), (3, "select"), (0, "pool")])
 def test_loss_equals_two_separate_forward_passes(teacher_dir, with_rationale, method):
     """Shared ViT + logits at the answers only = two full, independent forward passes and a textbook KL;
     an answer with a rationale is learnt by CE alone (the teacher never wrote rationales)."""

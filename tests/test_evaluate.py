@@ -159,8 +159,12 @@ def test_cli_bad_inputs(tmp_path):
     assert_clean_error(cli('--task', 'docvqa', '--method', 'tome'), "invalid choice: 'tome'")
     assert_clean_error(cli('--task', 'docvqa', '--method', 'fastv', '--skip-thumbnail'), '--method select')
     assert_clean_error(cli('--task', 'docvqa', '--rank-projected'), '--rank-projected is an option of --method select')
+    assert_clean_error(cli('--task', 'docvqa', '--method', 'pool', '--seed', '1'),
+                       '--seed is an option of --method random')
+    assert_clean_error(cli('--task', 'docvqa', '--method', 'random', '--seed', '-1'), '--seed -1: must be >= 0')
     import compress
     assert E.SELECT_OPTIONS == compress.SELECT_OPTIONS  # every option select has is a flag here, checked before torch loads
+    assert set(E.METHODS) == {'none', *compress.COMPRESSORS, *compress.TRAINING_FREE}  # every method compress.py has
 
 def prefilled(out, items, answers, *argv):
     """Predictions as the run of `argv` writes them: its key first (E.prepare), then a record per item."""
@@ -346,5 +350,39 @@ def test_prefill_flops():
     mlp = n * 3 * 8 * 12
     attn = 2 * sum(range(1, n + 1)) * 8  # each query sees itself and the positions before it: scores, then values
     assert E.prefill_flops(llm, n) == 3 * 2 * (proj + mlp + attn)
-    fastv = E.prefill_flops(llm, n, visual=4, fastv=(1, 0.5))  # layers 1 and 2 see 5 - 4 + 2 tokens
+    fastv = E.prefill_flops(llm, n, visual=4, schedule={1: 0.5})  # layers 1 and 2 see 5 - 4 + 2 tokens
     assert fastv == E.prefill_flops(llm, n) // 3 + 2 * E.prefill_flops(llm, 3) // 3
+    pdrop = E.prefill_flops(llm, n, visual=4, schedule={1: 0.5, 2: 0.25})  # layer 1 sees 5 - 4 + 2, layer 2 5 - 4 + 1
+    assert pdrop == (E.prefill_flops(llm, n) + E.prefill_flops(llm, 3) + E.prefill_flops(llm, 2)) // 3
+
+def test_random_seed_is_in_the_run_key_and_the_file_name(tmp_path, monkeypatch):
+    docvqa_fixture(str(tmp_path), n=1)
+    monkeypatch.chdir(tmp_path)  # the default --out, results/..., is relative
+    key = lambda *argv: E.prepare(E.parse_args(['--task', 'docvqa', '--data', str(tmp_path), *argv]))[3:]
+    (out0, head0), (out1, head1) = key('--method', 'random', '--ratio', '0.5'), key('--method', 'random', '--seed', '1')
+    assert head0['run']['seed'] == 0 and head1['run']['seed'] == 1  # no --seed: seed 0
+    assert out0.endswith('docvqa_random0.5_seed0.jsonl') and out1.endswith('docvqa_random1_seed1.jsonl')
+    assert {**head0['run'], 'seed': 1, 'ratio': 1.0} == head1['run']  # the seed and the ratio, nothing else
+    assert 'seed' not in key('--method', 'pool', '--ratio', '0.5')[1]['run']
+
+def test_tiles_and_pdrop_end_to_end(tmp_path, tiny_model):
+    """tiles gives each image the max_num compress.budget_max_num picks (the tiles made: its visual tokens); pdrop
+    (here one stage: the tiny LLM has 2 layers) records the image tokens its LLM layers see on average."""
+    import compress, model as M
+    t = str(tmp_path)
+    docvqa_fixture(t + '/docvqa', n=2)
+    png(t + '/docvqa/documents/doc1_1.png', size=(400, 100))  # 4 x 1 tiles + a thumbnail at --max-num 6
+    settings = dict(model=tiny_model, data=t + '/docvqa', max_num=6, max_new_tokens=2, device='cpu', ratio=0.75)
+    res = E.evaluate(None, None, 'docvqa', **settings, method='tiles', out=t + '/tiles.jsonl')
+    recs = predicted(t + '/tiles.jsonl')
+    for qid, (w, h) in ((100, (64, 48)), (101, (400, 100))):
+        want = compress.budget_max_num(w, h, 6, 0.75, M.find_grid, 56)
+        assert recs[str(qid)]['max_num'] == want and recs[str(qid)]['visual_tokens'] == 4 * compress.tile_count(
+            w, h, want, M.find_grid, 56)
+    assert recs['101']['max_num'] == 2 and res['visual_tokens_layer_mean'] is None  # 2 x 1 + 1 tiles of 4 tokens
+    res = E.evaluate(None, None, 'docvqa', **settings, method='pdrop', out=t + '/pdrop.jsonl')
+    recs = predicted(t + '/pdrop.jsonl')
+    full = [4 * compress.tile_count(w, h, 6, M.find_grid, 56) for w, h in ((64, 48), (400, 100))]
+    assert full == [28, 20] and [r['visual_tokens'] for r in recs.values()] == full  # the LLM's input keeps them all
+    assert [r['visual_tokens_layer_mean'] for r in recs.values()] == [(28 + 21) / 2, (20 + 15) / 2]  # layers 0, 1
+    assert res['visual_tokens_layer_mean'] == (24.5 + 17.5) / 2

@@ -15,7 +15,8 @@ import model as M
 
 transformers = pytest.importorskip("transformers")  # test-only dependency (requirements-test.txt)
 from transformers import (InternVLConfig, InternVLForConditionalGeneration, InternVLVisionConfig,  # noqa: E402
-                          InternVLVisionModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+                          InternVLVisionModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+                          Qwen3Config, Qwen3ForCausalLM)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMG_CTX = 250  # <IMG_CONTEXT> id of the random-weight models below
@@ -45,9 +46,18 @@ def hf_vision_config(image_size=56, **kw):
 
 def hf_text_config(cls=LlamaConfig, **kw):
     # GQA with 2 query heads per kv head; rope_theta as InternLM2
-    return cls(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-               intermediate_size=96, rms_norm_eps=1e-5, max_position_embeddings=512, tie_word_embeddings=False,
-               rope_parameters={"rope_type": "default", "rope_theta": 1e6}, **kw)
+    return cls(**dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=96, rms_norm_eps=1e-5, max_position_embeddings=512, tie_word_embeddings=False,
+                      rope_parameters={"rope_type": "default", "rope_theta": 1e6}) | kw)
+
+
+def released_llm(arch, **kw):
+    """Our LLMConfig as parsed from a released config.json's llm_config (transformers 4 field names) of `arch`;
+    a field given None is left out."""
+    lc = dict(architectures=[arch], vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, intermediate_size=96, rms_norm_eps=1e-5, rope_theta=1e6,
+              max_position_embeddings=512, tie_word_embeddings=False) | kw
+    return M.config_from_dict({"vision_config": {}, "llm_config": {k: v for k, v in lc.items() if v is not None}}).llm
 
 
 # -- the released InternVL2 layout, written from transformers' weights (the inverse of transformers'
@@ -159,26 +169,41 @@ def llm_pair(kind):
                           rope_scaling={"type": "dynamic", "factor": 2.0})
         sd = llama_to_internlm2(hf.state_dict(), "model.", hf.config)
         sd["language_model.output.weight"] = hf.state_dict()["lm_head.weight"]
-    else:
+    elif kind == "qwen2":
         hf = randomize(Qwen2ForCausalLM(hf_text_config(Qwen2Config)))
         cfg = M.LLMConfig(architecture="Qwen2ForCausalLM", vocab_size=256, hidden_size=64, num_hidden_layers=2,
                           num_attention_heads=4, num_key_value_heads=2, intermediate_size=96, qkv_bias=True,
                           max_position_embeddings=512)
         sd = {"language_model." + k: v for k, v in hf.state_dict().items()}
+    elif kind == "qwen2.5-tied":  # Qwen2.5-0.5B/3B (InternVL2.5/3-1B, -4B): Qwen2's layout, output tied
+        hf = randomize(Qwen2ForCausalLM(hf_text_config(Qwen2Config, tie_word_embeddings=True, rms_norm_eps=1e-6)))
+        cfg = released_llm("Qwen2ForCausalLM", tie_word_embeddings=True, rms_norm_eps=1e-6, rope_scaling=None)
+        sd = {"language_model." + k: v for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+    elif kind == "qwen3":  # InternVL3.5: q/k RMSNorm per head, no biases, head_dim 32 (not hidden / heads = 16)
+        hf = randomize(Qwen3ForCausalLM(hf_text_config(Qwen3Config, head_dim=32, rms_norm_eps=1e-6)))
+        cfg = released_llm("Qwen3ForCausalLM", head_dim=32, rms_norm_eps=1e-6, attention_bias=False)
+        sd = {"language_model." + k: v for k, v in hf.state_dict().items()}
+    else:  # internlm3 (InternVL3-9B): Llama's math and names, its own head_dim, dynamic NTK rope (here past 16 tokens)
+        rope = {"rope_type": "dynamic", "factor": 6.0}
+        hf = randomize(LlamaForCausalLM(hf_text_config(head_dim=32, max_position_embeddings=16,
+                                                       rope_parameters=dict(rope, rope_theta=5e7))))
+        cfg = released_llm("InternLM3ForCausalLM", head_dim=32, max_position_embeddings=16, rope_theta=5e7,
+                           rope_scaling=rope, qkv_bias=False, bias=False)
+        sd = {"language_model." + k: v for k, v in hf.state_dict().items()}
     ours = M.LanguageModel(cfg).eval()
-    params = dict(ours.named_parameters(prefix="language_model"))
+    config, params = M.InternVLConfig(llm=cfg), dict(ours.named_parameters(prefix="language_model"))
+    where = {key: (name, slot) for name in params for key, slot in M.checkpoint_keys(name, config)}
     with torch.no_grad():  # through the loader's own key mapping and wqkv packing
         for key, t in sd.items():
-            name, slot = M.checkpoint_name(key, cfg.architecture)
-            target = params[name].data
-            (M.wqkv_part(target, slot, cfg) if slot else target).copy_(t.view((M.wqkv_part(target, slot, cfg) if slot else target).shape))
+            name, slot = where[key]
+            target = params[name].data if slot is None else M.qkv_part(params[name].data, name, slot, config)
+            target.copy_(t.view(target.shape))
     return hf, ours
 
 
 def greedy(ours, ids, n):
     with torch.no_grad():
-        caches = [M.KVCache(ids.shape[0], ours.config.num_key_value_heads, ids.shape[1] + n, 16, torch.float32, "cpu")
-                  for _ in ours.model.layers]
+        caches = M.new_caches(ours.config, ids.shape[0], ids.shape[1] + n, torch.float32, "cpu")
         pos = torch.arange(ids.shape[1])[None]
         logits = ours(ours.model.tok_embeddings(ids), pos, caches=caches)
         out = []
@@ -189,8 +214,10 @@ def greedy(ours, ids, n):
         return torch.stack(out, 1)
 
 
-@pytest.mark.parametrize("kind", ["internlm2", "internlm2-dynamic-ntk", "qwen2"])
+@pytest.mark.parametrize("kind", ["internlm2", "internlm2-dynamic-ntk", "qwen2", "qwen2.5-tied", "qwen3", "internlm3"])
 def test_llm_matches_transformers(kind):
+    """InternLM2/2.5 against Llama with q/k/v packed per kv head; Qwen2/2.5, Qwen3 against their own classes;
+    InternLM3 against Llama, which it subclasses (its modular file) but for q/k/v and o/MLP bias switches, off here."""
     hf, ours = llm_pair(kind)
     ids = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -264,9 +291,11 @@ def test_left_padded_batch_equals_one_by_one(tmp_path):
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="the captured CUDA graph needs a GPU; on a CPU the same step runs eagerly"))])
-def test_static_decode_step_equals_eager_decoding(tmp_path, device):
-    """decode_step (static buffers; on CUDA a replayed graph) gives the eager cached loop's logits, left padding too."""
-    _, ours = full_model_pair(tmp_path)
+@pytest.mark.parametrize("arch", ["InternLM2ForCausalLM", "Qwen3ForCausalLM"])
+def test_static_decode_step_equals_eager_decoding(tmp_path, device, arch):
+    """decode_step (static buffers; on CUDA a replayed graph) gives the eager cached loop's logits, left padding too
+    (Qwen3: its own head_dim and q/k norms)."""
+    ours = full_model_pair(tmp_path)[1] if arch == "InternLM2ForCausalLM" else tiny_family(arch)
     ours = ours.to(device)
     a, b = image_prompt(3, 4, seed=1), image_prompt(1, 4, seed=2)
     L = a.shape[1]
@@ -419,6 +448,79 @@ def test_tied_embeddings_load_tied(tmp_path, arch):
         assert torch.equal(back(pv, ids), m(pv, ids))
 
 
+def tiny_family(arch, tied=False):
+    """A random tiny InternVL of LLM `arch` (Qwen3: head_dim 32, not hidden / heads = 16), weights at a trained
+    model's scale."""
+    cfg = M.tiny_config(vocab_size=256)
+    cfg.llm.architecture, cfg.llm.qkv_bias, cfg.llm.tie_word_embeddings = arch, arch == "Qwen2ForCausalLM", tied
+    if arch == "Qwen3ForCausalLM":
+        cfg.llm.head_dim, cfg.llm.qk_norm, cfg.llm.rms_norm_eps = 32, True, 1e-6
+    if arch == "InternLM2ForCausalLM":
+        cfg.llm.rope_scaling = {"type": "dynamic", "factor": 2.0}
+    torch.manual_seed(0)
+    m = randomize(M.InternVLChat(cfg))
+    m.img_context_token_id = IMG_CTX
+    return m
+
+
+@pytest.mark.parametrize("arch,tied", [("InternLM2ForCausalLM", False), ("Qwen2ForCausalLM", True),
+                                       ("Qwen3ForCausalLM", False)])
+def test_hf_layout_round_trip_and_transformers_loads_it(tmp_path, arch, tied):
+    """Released layout -> ours -> -hf -> ours -> released: identical logits; transformers' own
+    InternVLForConditionalGeneration.from_pretrained reads our -hf folder and gives the same logits and greedy tokens
+    (InternLM2 is written as Llama, as transformers' converter does)."""
+    m = tiny_family(arch, tied)
+    M.save_model(m, str(tmp_path / "orig"))
+    json.dump({"<IMG_CONTEXT>": IMG_CTX}, open(tmp_path / "orig" / "added_tokens.json", "w"))
+    a = M.load_model(str(tmp_path / "orig"))
+    M.save_model(a, str(tmp_path / "hf"), layout="hf", max_shard_bytes=100_000)  # sharded, with an index
+    saved = json.load(open(tmp_path / "hf" / "config.json"))
+    assert saved["model_type"] == "internvl" and "lm_head.weight" not in json.dumps(saved) and \
+        os.path.exists(tmp_path / "hf" / "model.safetensors.index.json")
+    b = M.load_model(str(tmp_path / "hf"))  # no tokenizer files: the image token id is config.json's
+    assert b.img_context_token_id == IMG_CTX and b.config.template == "internlm2-chat"
+    assert b.config.llm.architecture == {"InternLM2ForCausalLM": "LlamaForCausalLM"}.get(arch, arch)
+    M.save_model(b, str(tmp_path / "back"))
+    json.dump({"<IMG_CONTEXT>": IMG_CTX}, open(tmp_path / "back" / "added_tokens.json", "w"))
+    c = M.load_model(str(tmp_path / "back"))
+    pv, ids = torch.randn(3, 3, 56, 56), image_prompt(3, 4)
+    with torch.no_grad():
+        want = m(pv, ids)
+        assert all(torch.equal(x(pv, ids), want) for x in (a, b, c))
+    hf = InternVLForConditionalGeneration.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
+    assert (hf.lm_head.weight is hf.model.language_model.embed_tokens.weight) == tied
+    with torch.no_grad():
+        assert (hf(input_ids=ids, pixel_values=pv).logits - want).abs().max() < ATOL
+    ref = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pv, max_new_tokens=20,
+                      min_new_tokens=20, do_sample=False, pad_token_id=0)
+    assert b.generate(pv, ids, max_new_tokens=20) == ref[:, ids.shape[1]:].tolist()
+    with pytest.raises(ValueError, match="layout 'hf'"):
+        M.save_model(M.InternVLChat(a.config, EveryOther(True)), str(tmp_path / "student"), layout="hf")
+
+
+def test_config_fields_of_each_family():
+    """What the released config.json files of each family say, as config_from_dict reads them."""
+    internlm2_5 = released_llm("InternLM2ForCausalLM", bias=False, rope_scaling={"type": "dynamic", "factor": 2.0})
+    assert internlm2_5.rope_scaling == {"type": "dynamic", "factor": 2.0} and not internlm2_5.qkv_bias
+    assert released_llm("Qwen2ForCausalLM").qkv_bias and M.head_dim(released_llm("Qwen2ForCausalLM")) == 16
+    qwen3 = released_llm("Qwen3ForCausalLM", head_dim=32, attention_bias=False)
+    assert qwen3.qk_norm and not qwen3.qkv_bias and M.head_dim(qwen3) == 32
+    assert released_llm("InternLM3ForCausalLM", qkv_bias=True).qkv_bias  # its own field name
+    written_by_5 = released_llm("Qwen2ForCausalLM", rope_theta=None, rope_parameters={  # transformers 5's fields
+        "rope_type": "dynamic", "factor": 2.0, "rope_theta": 5e5})
+    assert written_by_5.rope_theta == 5e5 and written_by_5.rope_scaling["factor"] == 2.0
+    with pytest.raises(M.ModelLoadError, match="rope scaling 'yarn'"):
+        released_llm("Qwen2ForCausalLM", rope_scaling={"type": "yarn", "factor": 4.0})
+    with pytest.raises(M.ModelLoadError, match="unknown chat template 'phi3-chat'"):
+        M.config_from_dict({"vision_config": {}, "llm_config": {"architectures": ["Qwen2ForCausalLM"]},
+                            "template": "phi3-chat"})
+    hf = {"vision_config": {"image_size": [448, 448]}, "text_config": {"model_type": "gpt_oss"}}
+    with pytest.raises(M.ModelLoadError, match="text_config model_type 'gpt_oss'"):
+        M.config_from_dict(hf)
+    hf["text_config"] = {"model_type": "qwen2"}
+    assert M.config_from_dict(hf).template == "internvl2_5"  # the -hf checkpoints are InternVL2.5, 3 and 3.5
+
+
 # -- preprocessing
 
 def test_32_bit_integer_images_keep_their_8_bit_values():
@@ -507,6 +609,64 @@ def test_tokenizer_splits_special_tokens(tokenizer_dir):
     assert ids == want
     assert tok.decode(sp.encode("The total is 42") + [sp.piece_to_id("<|im_end|>")]) == "The total is 42"
     assert tok.decode(sp.encode("a .")) == "a."  # InternLM2Tokenizer's clean-up of spaces before punctuation
+    text = "<|im_start|>user<img><IMG_CONTEXT></img>The total?<|im_end|>"  # this tokenizer turns newlines to spaces
+    assert tok.decode(tok.encode(text), skip_special_tokens=False) == "<s>" + text
+
+
+# The query strings of InternVL's chat() (conversation.py and modeling_internvl_chat.py at OpenGVLab/InternVL 2410d1d,
+# run there with num_image_token 2), after the system turn: (question, tiles per image, history, query). {C2}: 2
+# <IMG_CONTEXT>. Hermes-2 and internlm2-chat are the same text; InternVL3.5's chat() (internvl_chat_gpt_oss) builds
+# its query as InternVL2.5's.
+ORIGINAL_SYSTEM = {
+    "Hermes-2": "<|im_start|>system\n你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, "
+                "是一个有用无害的人工智能助手。<|im_end|>",
+    "internvl2_5": "<|im_start|>system\n你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位"
+                   "联合开发的多模态大语言模型。<|im_end|>\n"}
+ORIGINAL_QUERIES = {
+    "Hermes-2": [
+        ("What is the total?", [1], None,
+         "<|im_start|>user\n<img>{C2}</img>\nWhat is the total?<|im_end|><|im_start|>assistant\n"),
+        ("Hi", [], None, "<|im_start|>user\nHi<|im_end|><|im_start|>assistant\n"),
+        ("And the date?", [], [("<image>\nWhat is the total?", "42")],
+         "<|im_start|>user\n<image>\nWhat is the total?<|im_end|><|im_start|>assistant\n42<|im_end|>"
+         "<|im_start|>user\nAnd the date?<|im_end|><|im_start|>assistant\n"),
+        ("And the date?", [3], [("<image>\nWhat is the total?", "42")],
+         "<|im_start|>user\n<img>{C2}{C2}{C2}</img>\nWhat is the total?<|im_end|><|im_start|>assistant\n42<|im_end|>"
+         "<|im_start|>user\nAnd the date?<|im_end|><|im_start|>assistant\n"),
+        ("Image-1: <image>\nImage-2: <image>\nCompare them.", [1, 2], None,
+         "<|im_start|>user\nImage-1: <img>{C2}</img>\nImage-2: <img>{C2}{C2}</img>\nCompare them.<|im_end|>"
+         "<|im_start|>assistant\n"),
+        ("Next?", [2], [("a?", "b"), ("c?", "d")],  # with history and no <image> in it, the image goes nowhere
+         "<|im_start|>user\na?<|im_end|><|im_start|>assistant\nb<|im_end|><|im_start|>user\nc?<|im_end|>"
+         "<|im_start|>assistant\nd<|im_end|><|im_start|>user\nNext?<|im_end|><|im_start|>assistant\n")],
+    "internvl2_5": [
+        ("What is the total?", [1], None,
+         "<|im_start|>user\n<img>{C2}</img>\nWhat is the total?<|im_end|>\n<|im_start|>assistant\n"),
+        ("Hi", [], None, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"),
+        ("And the date?", [], [("<image>\nWhat is the total?", "42")],
+         "<|im_start|>user\n<image>\nWhat is the total?<|im_end|>\n<|im_start|>assistant\n42<|im_end|>\n"
+         "<|im_start|>user\nAnd the date?<|im_end|>\n<|im_start|>assistant\n"),
+        ("And the date?", [3], [("<image>\nWhat is the total?", "42")],
+         "<|im_start|>user\n<img>{C2}{C2}{C2}</img>\nWhat is the total?<|im_end|>\n<|im_start|>assistant\n42"
+         "<|im_end|>\n<|im_start|>user\nAnd the date?<|im_end|>\n<|im_start|>assistant\n"),
+        ("Image-1: <image>\nImage-2: <image>\nCompare them.", [1, 2], None,
+         "<|im_start|>user\nImage-1: <img>{C2}</img>\nImage-2: <img>{C2}{C2}</img>\nCompare them.<|im_end|>\n"
+         "<|im_start|>assistant\n"),
+        ("Next?", [2], [("a?", "b"), ("c?", "d")],
+         "<|im_start|>user\na?<|im_end|>\n<|im_start|>assistant\nb<|im_end|>\n<|im_start|>user\nc?<|im_end|>\n"
+         "<|im_start|>assistant\nd<|im_end|>\n<|im_start|>user\nNext?<|im_end|>\n<|im_start|>assistant\n")]}
+
+
+@pytest.mark.parametrize("template", ["Hermes-2", "internlm2-chat", "internvl2_5"])
+def test_chat_prompt_reproduces_internvl(template):
+    original = "internvl2_5" if template == "internvl2_5" else "Hermes-2"
+    for question, tiles, history, want in ORIGINAL_QUERIES[original]:
+        counts = [2 * t for t in tiles]
+        got = M.chat_prompt(question, counts if len(counts) > 1 else counts[0] if counts else None, template,
+                            history=history)
+        assert got == ORIGINAL_SYSTEM[original] + want.format(C2="<IMG_CONTEXT>" * 2), (question, history)
+    with pytest.raises(ValueError, match="unknown chat template 'phi3-chat'"):
+        M.chat_prompt("hi", template="phi3-chat")
 
 
 def test_chat_prompt_is_the_internlm2_template():

@@ -1,6 +1,7 @@
 """results.py: the whole pipeline (stage I, three stage-II runs, merge, every row on two tasks) on a random
-tiny teacher with 2-step runs; every row and task in the JSON, token counts r x the teacher's, the merge
-is the average of the CoT runs, the plot opens, a rerun is a no-op, --table-only, resume of a cut run, one-line errors.
+tiny teacher with 2-step runs; every row and task in the JSON, token counts r x the teacher's, random's row the mean
+of its seeds', the merge is the average of the CoT runs, the plot opens, a rerun is a no-op, --table-only, resume of a
+cut run, one-line errors.
 
     OMP_NUM_THREADS=1 python -m pytest tests/test_results.py -q      (CPU, about a minute)
 """
@@ -19,6 +20,11 @@ import results as R
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATIOS, TASKS = (0.5, 0.25), ("docvqa", "ocrbench")
+BASELINES = ("pool", "fastv", "select", "divprune", "random-seed0", "random-seed1", "random-seed2", "tiles", "visionzip",
+             "pdrop")
+TRAINED = ("stage1", "stage2-a", "stage2-b", "stage2-c", "merged")
+KEYS = ["teacher"] + [f"{k}-r{r:g}" for r in RATIOS for k in BASELINES + TRAINED]  # every evaluated row
+TABLE = ["teacher"] + [f"{k}-r{r:g}" for r in RATIOS for k in BASELINES[:4] + ("random",) + BASELINES[7:] + TRAINED]
 
 
 def args(teacher_dir, out, *extra):
@@ -52,8 +58,8 @@ def snapshot(out):
 def test_every_row_and_task(first):
     out, p, _ = first
     res = json.load(open(os.path.join(out, "results.json")))
-    keys = ["teacher"] + [f"{k}-r{r:g}" for r in RATIOS for k in ("pool", "fastv", "stage1", "stage2-a", "stage2-b", "stage2-c", "merged")]
-    assert sorted(res["rows"]) == sorted(keys)
+    keys = KEYS
+    assert sorted(res["rows"]) == sorted(keys + [f"random-r{r:g}" for r in RATIOS])
     for k in keys:
         row = res["rows"][k]
         assert row["complete"] and sorted(row["scores"]) == sorted(TASKS), k
@@ -66,14 +72,17 @@ def test_every_row_and_task(first):
     for k in keys:  # the runs that learnt rationales, and the merge that holds them, are asked for them
         settings = json.load(open(os.path.join(out, "eval", k, "docvqa.inputs.json")))["settings"]
         assert settings["cot"] == (k.startswith(("stage2-a", "stage2-c", "merged"))), k
-    assert res["table"] == keys  # every row, in order; stage2_best names the better run the merge averages, its bar
+        assert settings.get("seed") == (int(k[11]) if k.startswith("random-seed") else None), k
+    assert res["table"] == TABLE  # every row, in order; stage2_best names the better run the merge averages, its bar
     for r in RATIOS:
         best, runs = res["stage2_best"][f"{r:g}"], [f"stage2-{k}-r{r:g}" for k in "ac"]
         assert best in runs and res["rows"][best]["average"] == max(res["rows"][k]["average"] for k in runs)
     md = open(os.path.join(out, "results.md")).read()
-    assert len([ln for ln in md.splitlines() if ln.startswith("| ")]) == 1 + 1 + 7 * len(RATIOS)
-    for col in (*TASKS, "avg", "reasoning", "visual tokens / image", "LLM prefill FLOPs vs teacher", "peak memory vs teacher"):
+    assert len([ln for ln in md.splitlines() if ln.startswith("| ")]) == 1 + len(TABLE)
+    for col in (*TASKS, "avg", "reasoning", "visual tokens / image", "per LLM layer", "LLM prefill FLOPs vs teacher",
+                "peak memory vs teacher"):
         assert col in md.splitlines()[0]
+    assert md.count("| random (mean of seeds 0, 1, 2) |") == md.count("| PyramidDrop |") == len(RATIOS)
     assert md.count("| stage I+II (a) |") == md.count("| stage I+II (b) |") == md.count("| stage I+II (c) |") == len(RATIOS)
     assert md.count("vs stage I: avg") == 3 * len(RATIOS) and md.count("merge vs the better run it averages") == len(RATIOS)
     assert md.splitlines()[0] in p.stdout  # the table is printed
@@ -86,12 +95,31 @@ def test_visual_tokens_are_ratio_times_teacher(first):
         full = rows["teacher"]["eval"][t]["visual_tokens_per_image"]
         assert 4 <= full <= 3 * 4  # per image: 1 tile, or 2 tiles + a thumbnail; 2x2 tokens each
         for r in RATIOS:
-            for k in ("pool", "stage1", "stage2-a", "stage2-b", "stage2-c", "merged"):
+            for k in ("pool", "select", "divprune", "random-seed1", "visionzip", *TRAINED):
                 assert rows[f"{k}-r{r:g}"]["eval"][t]["visual_tokens_per_image"] == pytest.approx(r * full), (k, r)
-            assert rows[f"fastv-r{r:g}"]["eval"][t]["visual_tokens_per_image"] == full  # FastV prunes inside the LLM
+            assert rows[f"tiles-r{r:g}"]["eval"][t]["visual_tokens_per_image"] <= full  # what its fewer tiles made
+            for k in ("fastv", "pdrop"):  # inside the LLM: its input keeps every token
+                assert rows[f"{k}-r{r:g}"]["eval"][t]["visual_tokens_per_image"] == full
     for r in RATIOS:
-        assert rows[f"fastv-r{r:g}"]["visual_tokens_after_k"] == pytest.approx(r * rows["teacher"]["visual_tokens"])
-        assert rows[f"stage1-r{r:g}"]["visual_tokens"] == pytest.approx(r * rows["teacher"]["visual_tokens"])
+        teacher = rows["teacher"]["visual_tokens"]
+        for k in ("fastv", "pdrop"):  # K = 1 of 2 layers (pdrop: its 3 stages on one layer): n, then r n
+            per_layer = rows[f"{k}-r{r:g}"]["visual_tokens_layer_mean"]  # evaluate.py's: to 0.1 a task
+            assert per_layer == pytest.approx((1 + r) / 2 * teacher, abs=0.05)
+        assert rows[f"stage1-r{r:g}"]["visual_tokens"] == pytest.approx(r * teacher)
+        assert rows[f"stage1-r{r:g}"]["visual_tokens_layer_mean"] is None
+
+
+def test_random_reports_the_mean_of_its_seeds(first):
+    out, _, _ = first
+    rows = json.load(open(os.path.join(out, "results.json")))["rows"]
+    for r in RATIOS:
+        seeds = [rows[f"random-seed{s}-r{r:g}"] for s in (0, 1, 2)]
+        mean = rows[f"random-r{r:g}"]
+        assert mean["seeds"] == [x["key"] for x in seeds] and mean["complete"]
+        for t in TASKS:
+            assert mean["scores"][t] == pytest.approx(sum(x["scores"][t] for x in seeds) / 3)
+        assert mean["average"] == pytest.approx(sum(x["average"] for x in seeds) / 3)
+        assert mean["flops_vs_teacher"] == pytest.approx(sum(x["flops_vs_teacher"] for x in seeds) / 3)
 
 
 def test_merged_is_the_average_of_the_cot_runs(first):
