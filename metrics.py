@@ -1,7 +1,8 @@
 """
 The metrics of InternVL2's evaluation, copied from the scripts that produced its numbers, quirks included
 (metrics-and-formats.md, section 3): ANLS (DocVQA, InfoVQA), relaxed accuracy (ChartQA), VQA accuracy with
-EvalAI's answer processor (TextVQA), OCRBench's substring hit. Standard library only: copy it alone.
+EvalAI's answer processor (TextVQA), OCRBench's substring hit; and a paired bootstrap interval for the difference
+of two systems' scores. Standard library only (the bootstrap: numpy too): copy it alone.
 
     python -m pytest tests/test_metrics.py -q
 """
@@ -103,3 +104,25 @@ def ocrbench_hit(prediction, answers, category):
         norm = lambda s: s.lower().strip().replace('\n', ' ')
     p = norm(prediction)
     return int(any(norm(a) in p for a in ([answers] if isinstance(answers, str) else answers)))
+
+
+def paired_bootstrap(a, b, rounds=10000, seed=0, weights=None, strata=None):
+    """-> (mean difference, low, high): mean(a - b) over the questions and its 95% percentile bootstrap interval, the
+    questions resampled with replacement `rounds` times (numpy's default_rng(seed)). a, b: two systems' per-question
+    scores, same questions, same order. weights: per question, for a weighted mean. strata: a label per question; each
+    label's questions are resampled among themselves, so every resample keeps each label's count (and, with weights
+    equal within a label, its share of the mean)."""
+    import numpy as np  # here: the metrics above need only the standard library
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    w = np.ones(len(d)) if weights is None else np.asarray(weights, dtype=np.float64)
+    labels = np.zeros(len(d)) if strata is None else np.asarray(strata)
+    if d.ndim != 1 or not len(d) or not len(a) == len(b) == len(w) == len(labels) or rounds < 1:
+        raise ValueError(f"paired_bootstrap: a, b (and weights, strata) need the same non-zero length and rounds >= 1, "
+                         f"got {len(a)}, {len(b)}, {len(w)}, {len(labels)} and {rounds}")
+    rng, groups = np.random.default_rng(seed), [np.flatnonzero(labels == s) for s in np.unique(labels)]
+    stats, chunk = [], max(1, 2**22 // len(d))  # rounds a chunk at a time: chunk x questions indices in memory
+    for start in range(0, rounds, chunk):
+        idx = np.concatenate([g[rng.integers(0, len(g), (min(chunk, rounds - start), len(g)))] for g in groups], axis=1)
+        stats.append((w[idx] * d[idx]).sum(1) / w[idx].sum(1))
+    low, high = np.percentile(np.concatenate(stats), [2.5, 97.5])
+    return float((w * d).sum() / w.sum()), float(low), float(high)

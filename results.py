@@ -30,13 +30,17 @@ per LLM layer, where FastV and PyramidDrop drop them inside the LLM: its layers'
 not timed: at the tiny model's size wall-clock prefill is the ViT's and noise; mean of per-task ratios) and
 peak memory (each row's evaluations run in one process) relative to the teacher;
 each task's score in its unit (OCRBench: hits); avg, the mean over tasks with OCRBench as percent;
-reasoning, the mean over tasks of the reasoning questions' score.
+reasoning, the mean over tasks of the reasoning questions' score. Under the table, per ratio: what training adds,
+the best trained row minus the strongest training-free row (each by avg, of the rows with every task evaluated), and
+stage I minus untrained select, in points averaged over the tasks with a 95% bootstrap interval, paired over the main
+set's questions; results.json also has each task's difference and interval.
 """
 import collections, functools, glob, json, math, multiprocessing, os, shlex, sys, time
 from dataclasses import asdict, dataclass, replace
 
 import cli
 import evaluate as E
+import metrics
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TASKS = ("docvqa", "chartqa", "infovqa", "textvqa", "ocrbench")
@@ -318,19 +322,95 @@ def summarise(cfg):
     return res, table_keys(cfg), best
 
 
+@functools.lru_cache(maxsize=None)
+def main_items(task, ann, n):
+    """evaluate.prepare's main set of annotation `ann`: its first n questions (--limit cuts from the front; a shipped
+    reasoning.json's questions come after them and are scored apart)."""
+    return E.TASKS[task].read(ann, ann if os.path.isdir(ann) else os.path.dirname(ann))[:n]
+
+
+def question_scores(cfg, key, task):
+    """{qid: (stratum, score)} of row `key`'s main-set questions on `task`, each as evaluate.score_items scores it, in
+    points (0..100; an OCRBench hit is 100): the task's score is their mean, chartqa's the mean of its splits' means
+    (its stratum: the split; the other tasks': the task). random-r<ratio>: the mean of its seeds'. None if the row
+    lacks the evaluation, or its annotation or predictions are gone."""
+    if key.startswith("random-r"):
+        seeds = [question_scores(cfg, f"random-seed{s}-{key[7:]}", task) for s in SEEDS]
+        return None if None in seeds else {q: (s, sum(x[q][1] for x in seeds) / len(seeds))
+                                           for q, (s, _) in seeds[0].items() if all(q in x for x in seeds)}
+    base = os.path.join(cfg.out, "eval", key, task)
+    if not os.path.isfile(base + ".json") or (e := load(base + ".json")).get("score") is None:
+        return None
+    try:
+        items, done = main_items(task, e["data"], e["n"]), E.load_done(base + ".jsonl", repair=False)[1]
+    except cli.Error:
+        return None
+    if any(str(it["qid"]) not in done for it in items):
+        return None
+    score = lambda it: 100 * E.item_score(E.TASKS[task].metric, E.final_answer(done[str(it["qid"])]["answer"]), it)
+    return {str(it["qid"]): (it["extra"].get("split", task), score(it)) for it in items}
+
+
+def paired_scores(cfg, a, b, task):
+    """(strata, a's scores, b's scores) over the main-set questions of `task` that both rows answered, in one order;
+    None if either lacks the evaluation."""
+    sa, sb = question_scores(cfg, a, task), question_scores(cfg, b, task)
+    qs = [q for q in sa or () if q in (sb or ())]
+    return ([sa[q][0] for q in qs], [sa[q][1] for q in qs], [sb[q][1] for q in qs]) if qs else None
+
+
+def gain(cfg, a, b):
+    """Row a minus row b in points, paired over questions, with 95% bootstrap intervals (metrics.paired_bootstrap):
+    averaged over the tasks and per task; None unless both rows have every task's evaluation."""
+    def ci(sa, sb, w, strata):
+        diff, low, high = metrics.paired_bootstrap(sa, sb, weights=w, strata=strata)
+        return dict(diff=diff, low=low, high=high, n=len(sa))
+    per, pooled = {}, ([], [], [], [])  # every task's questions: a's and b's scores, weights, strata
+    for t in cfg.tasks:
+        if (p := paired_scores(cfg, a, b, t)) is None:
+            return None
+        strata, sa, sb = p
+        # a question weighs 1 / (its task's strata x its stratum's questions): the weighted mean of a task's questions
+        # is its score (chartqa's: the mean of its two splits'), and each task's questions weigh 1 together, so pooled
+        # every task counts equally whatever its size, as in the avg column. Questions are resampled within their
+        # task and split (the strata), so each task keeps its weight in every resample.
+        count = collections.Counter(strata)
+        w = [1 / (len(count) * count[s]) for s in strata]
+        per[t] = ci(sa, sb, w, strata)
+        for acc, xs in zip(pooled, (sa, sb, w, [f"{t}/{s}" for s in strata])):
+            acc += xs
+    return dict(a=a, b=b, **ci(*pooled), tasks=per)
+
+
+def gains(cfg, res):
+    """{ratio: the best trained row vs the strongest training-free row (each by avg, of the rows with every task
+    evaluated), and stage I vs untrained select}: gain()'s, None where a row lacks an evaluation."""
+    out = {}
+    for r in cfg.ratios:
+        top = lambda keys: max((k for k in keys if res[k]["complete"]), key=lambda k: res[k]["average"], default=None)
+        trained = top([f"stage1-r{r:g}", *[f"stage2-{k}-r{r:g}" for k in STAGE2], f"merged-r{r:g}"])
+        free = top([k for k in table_keys(cfg) if res[k]["family"] in BASELINES.values() and res[k]["ratio"] == r])
+        out[f"{r:g}"] = dict(trained_vs_training_free=gain(cfg, trained, free) if trained and free else None,
+                             stage1_vs_select=gain(cfg, f"stage1-r{r:g}", f"select-r{r:g}"))
+    return out
+
+
+def name(cfg, x):
+    return x["family"] + (f" (K={cfg.fastv_layer})" if x["family"] == "FastV" else
+                          f" (mean of seeds {', '.join(map(str, SEEDS))})" if x["family"] == "random" else "")
+
+
 def fmt(x, f="{:.1f}"):
     return "-" if x is None else f.format(x)
 
 
-def markdown(cfg, res, table, best):
+def markdown(cfg, res, table, best, gain_of):
     head = ["row", "ratio", "visual tokens / image", "per LLM layer", "LLM prefill FLOPs vs teacher",
             "peak memory vs teacher", *cfg.tasks, "avg", "reasoning"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for x in map(res.get, table):
-        name = x["family"] + (f" (K={cfg.fastv_layer})" if x["family"] == "FastV" else
-                              f" (mean of seeds {', '.join(map(str, SEEDS))})" if x["family"] == "random" else "")
         per_layer = "" if x["method"] not in ("fastv", "pdrop") else fmt(x["visual_tokens_layer_mean"], "{:.0f}")
-        cells = [name, f"{x['ratio']:g}", fmt(x["visual_tokens"], "{:.0f}"), per_layer,
+        cells = [name(cfg, x), f"{x['ratio']:g}", fmt(x["visual_tokens"], "{:.0f}"), per_layer,
                  fmt(x["flops_vs_teacher"], "{:.2f}x"), fmt(x["memory_vs_teacher"], "{:.2f}x"),
                  *[fmt(x["scores"].get(t)) for t in cfg.tasks], fmt(x["average"]), fmt(x["reasoning"])]
         lines.append("| " + " | ".join(cells) + " |")
@@ -342,6 +422,15 @@ def markdown(cfg, res, table, best):
         parts = [vs(res[f"stage2-{k}-r{r:g}"], s1, f"stage I+II ({k}) vs stage I") for k in STAGE2]
         parts.append(vs(mg, top, f"merge vs the better run it averages ({best[r].split('-')[1]})"))
         lines.append(f"- ratio {r:g}: " + "; ".join(parts))
+    for r in cfg.ratios:
+        for what, g in zip(("best trained vs strongest training-free row, by avg", "stage I vs untrained select"),
+                           gain_of[f"{r:g}"].values()):
+            if g is None:
+                lines.append(f"- ratio {r:g}: {what}: - (not every task evaluated for both rows)")
+                continue
+            pair = f"{name(cfg, res[g['a']])} vs {name(cfg, res[g['b']])}"
+            lines.append(f"- ratio {r:g}: {pair}{'' if pair == what else f' ({what})'}: {g['diff']:+.1f} points "
+                         f"(95% CI {g['low']:+.1f}..{g['high']:+.1f}) averaged over the {len(cfg.tasks)} tasks")
     return "\n".join(lines) + "\n"
 
 
@@ -397,10 +486,12 @@ def run(cfg):
     if not os.path.isdir(os.path.join(cfg.out, "eval", "teacher")):
         raise cli.Error(f"no teacher evaluation in {cfg.out}/eval: run without --table-only first")
     res, table, best = summarise(cfg)
-    md = markdown(cfg, res, table, best)
+    gain_of = gains(cfg, res)
+    md = markdown(cfg, res, table, best, gain_of)
     cli.write_text(os.path.join(cfg.out, "results.md"), md)
     cli.write_json(os.path.join(cfg.out, "results.json"), dict(
-        config=asdict(cfg), table=table, stage2_best={f"{r:g}": k for r, k in best.items()}, rows=res))
+        config=asdict(cfg), table=table, stage2_best={f"{r:g}": k for r, k in best.items()}, gains=gain_of,
+        rows=res))
     plot(cfg, res, table, os.path.join(cfg.out, "score_vs_tokens.png"))
     print("\n" + md + f"\n-> {cfg.out}/results.md, results.json, score_vs_tokens.png ({time.time() - t0:.0f} s)")
 

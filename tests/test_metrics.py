@@ -87,3 +87,57 @@ def test_ocrbench_hit():
     assert metrics.ocrbench_hit('x + y', ['x+y'], hme) == 1
     assert metrics.ocrbench_hit('x +\ny = z', ['x+y=z'], 'HME100k') == 1
     assert metrics.ocrbench_hit('X + y', ['x+y'], hme) == 0  # case kept for formulas
+
+# ----------------------------------------------------------------------------- paired bootstrap
+
+def slow_bootstrap(a, b, rounds, seed, weights, strata):
+    """The interval by hand: an explicit loop over rounds and questions, Python's own generator, nearest-rank
+    percentiles."""
+    import random
+    rng, by = random.Random(seed), {}
+    for i, s in enumerate(strata):
+        by.setdefault(s, []).append(i)
+    stats = []
+    for _ in range(rounds):
+        picks = [rng.choice(qs) for qs in by.values() for _ in qs]
+        stats.append(sum(weights[i] * (a[i] - b[i]) for i in picks) / sum(weights[i] for i in picks))
+    stats.sort()
+    return stats[int(0.025 * rounds)], stats[int(0.975 * rounds) - 1]
+
+def test_bootstrap_exact_cases():
+    import numpy as np
+    b = np.random.default_rng(0).random(50)
+    assert metrics.paired_bootstrap(b, b) == (0, 0, 0)  # identical systems
+    assert metrics.paired_bootstrap(b + 0.25, b) == approx((0.25, 0.25, 0.25))  # a constant shift
+    # d = 0, 1, 3: a resample's mean is 0 (all zeros) or 3 (all threes) each with chance 1/27 > 2.5%
+    assert metrics.paired_bootstrap([0, 1, 3], [0, 0, 0]) == approx((4 / 3, 0, 3))
+    assert metrics.paired_bootstrap([2, 2], [1, 3], weights=[3, 1]) == approx((0.5, -1, 1))  # weighted mean
+    with pytest.raises(ValueError, match='same non-zero length'):
+        metrics.paired_bootstrap([1, 2], [1])
+
+def test_bootstrap_matches_a_slow_loop():
+    import numpy as np
+    g = np.random.default_rng(1)
+    n = 40
+    a, b = g.random(n).tolist(), (g.random(n) * 0.8).tolist()
+    strata = ['x'] * 10 + ['y'] * 30  # each stratum weighs one half, whatever its size
+    weights = [1 / 20] * 10 + [1 / 60] * 30
+    mean, low, high = metrics.paired_bootstrap(a, b, rounds=4000, seed=3, weights=weights, strata=strata)
+    want = sum(a[:10]) / 20 - sum(b[:10]) / 20 + sum(a[10:]) / 60 - sum(b[10:]) / 60
+    assert mean == approx(want)
+    slow_low, slow_high = slow_bootstrap(a, b, 4000, 3, weights, strata)
+    tol = 0.08 * (high - low)  # Monte-Carlo error of a 2.5% quantile of 4000 draws: about 1% of the width
+    assert low == approx(slow_low, abs=tol) and high == approx(slow_high, abs=tol)
+    assert metrics.paired_bootstrap(a, b, rounds=4000, seed=3, weights=weights, strata=strata) == (mean, low, high)
+
+def test_bootstrap_interval_shrinks_and_covers():
+    import numpy as np
+    g = np.random.default_rng(2)
+    width = lambda n: (lambda m, lo, hi: hi - lo)(*metrics.paired_bootstrap(g.random(n), g.random(n), rounds=2000))
+    assert width(1600) < width(100) / 2.5  # 1 / sqrt(n): a quarter
+    hits = 0
+    for seed in range(200):  # per-question differences with mean 0.3: the interval holds it about 95% of the time
+        a = g.normal(0.3, 1, 40) + (b := g.normal(0, 1, 40))
+        _, low, high = metrics.paired_bootstrap(a, b, rounds=1000, seed=seed)
+        hits += low <= 0.3 <= high
+    assert 0.86 <= hits / 200 <= 0.99

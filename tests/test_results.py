@@ -1,7 +1,7 @@
 """results.py: the whole pipeline (stage I, three stage-II runs, merge, every row on two tasks) on a random
 tiny teacher with 2-step runs; every row and task in the JSON, token counts r x the teacher's, random's row the mean
 of its seeds', the merge is the average of the CoT runs, the plot opens, a rerun is a no-op, --table-only, resume of a
-cut run, one-line errors.
+cut run, one-line errors; and, on hand-made evaluation folders, the gains' paired intervals.
 
     OMP_NUM_THREADS=1 python -m pytest tests/test_results.py -q      (CPU, about a minute)
 """
@@ -86,6 +86,10 @@ def test_every_row_and_task(first):
     assert md.count("| stage I+II (a) |") == md.count("| stage I+II (b) |") == md.count("| stage I+II (c) |") == len(RATIOS)
     assert md.count("vs stage I: avg") == 3 * len(RATIOS) and md.count("merge vs the better run it averages") == len(RATIOS)
     assert md.splitlines()[0] in p.stdout  # the table is printed
+    for r in RATIOS:  # the gains' point estimates are the table's differences (their intervals: test_gains_* below)
+        for g in res["gains"][f"{r:g}"].values():
+            assert g["diff"] == pytest.approx(res["rows"][g["a"]]["average"] - res["rows"][g["b"]]["average"])
+    assert md.count(f"averaged over the {len(TASKS)} tasks") == 2 * len(RATIOS)
 
 
 def test_visual_tokens_are_ratio_times_teacher(first):
@@ -187,3 +191,102 @@ def test_failing_step_is_one_line(teacher_dir, tmp_path, jobs):
     assert all(ln.startswith("results.py: error: stage I 0.") and "failed (exit 2)" in ln for ln in errors)
     assert p.stderr.strip().splitlines()[-1] in errors
     assert not os.path.exists(tmp_path / "bad" / "eval")  # nothing evaluated after a failed pipeline
+
+
+# ----------------------------------------------------------------------------- gains, on hand-made eval folders
+
+GAIN_TASKS = ("docvqa", "chartqa", "ocrbench")
+QUALITY = {"teacher": 0.9, "pool": 0.3, "select": 0.35, "divprune": 0.95, "random-seed0": 0.5, "random-seed1": 0.45,
+           "random-seed2": 0.55, "stage1": 0.5, "stage2-a": 0.6, "merged": 0.8}  # chance of a right answer
+# per task: (answer, a wrong answer, one partly right or right by the metric's leniency)
+ANSWERS = {"docvqa": ("abcd", "zzzz", "abcx"), "chartqa": ("10", "50", "10.3"), "ocrbench": ("stop", "go", "a stop")}
+
+
+def annotations(root):
+    """Small annotation files of three tasks (chartqa: 3 human and 5 augmented questions, unequal splits) -> {task:
+    the path evaluate.py's reader takes}."""
+    Image.new("RGB", (8, 8)).save(os.path.join(root, "img.png"))
+    doc = dict(data=[dict(questionId=i, question=f"q{i}", image="img.png", answers=["abcd"]) for i in range(12)])
+    json.dump(doc, open(os.path.join(root, "docvqa.json"), "w"))
+    for split, n in (("human", 3), ("augmented", 5)):
+        json.dump([dict(imgname="img.png", query=f"{split} {i}", label="10") for i in range(n)],
+                  open(os.path.join(root, f"test_{split}.json"), "w"))
+    json.dump([dict(image_path="img.png", question=f"q{i}", answers=["stop"], type="Regular Text Recognition",
+                    dataset_name="IIIT5K") for i in range(10)], open(os.path.join(root, "ocrbench.json"), "w"))
+    return dict(docvqa=os.path.join(root, "docvqa.json"), chartqa=root, ocrbench=os.path.join(root, "ocrbench.json"))
+
+
+def eval_folder(out, key, task, ann, ratio):
+    """eval/<key>/<task>.jsonl and .json as evaluate.py writes them, the answers drawn by the row's quality."""
+    import random
+    import evaluate as E
+    items, rng = E.TASKS[task].read(ann, ann if os.path.isdir(ann) else os.path.dirname(ann)), random.Random(key + task)
+    right, wrong, near = ANSWERS[task]
+    preds = [rng.choice([right, near]) if rng.random() < QUALITY[key.rsplit("-r", 1)[0]] else wrong for _ in items]
+    os.makedirs(d := os.path.join(out, "eval", key), exist_ok=True)
+    with open(os.path.join(d, task + ".jsonl"), "w") as f:
+        f.writelines(json.dumps(x) + "\n" for x in [dict(run={}), *[dict(qid=it["qid"], answer=a)
+                                                                    for it, a in zip(items, preds)]])
+    scores = E.score_items(E.TASKS[task], items, preds)
+    json.dump(dict(task=task, metric=E.TASKS[task].metric, data=ann, visual_tokens_per_image=16 * ratio,
+                   visual_tokens_layer_mean=None, llm_prefill_gflops=ratio, peak_memory_mb=100.0, **scores),
+              open(os.path.join(d, task + ".json"), "w"))
+
+
+@pytest.fixture(scope="module")
+def gains_run(tmp_path_factory):
+    """Rows at ratio 0.5 (divprune, the best by score, lacks two tasks; stage2-b, stage2-c none) and none at 0.25."""
+    out = str(tmp_path_factory.mktemp("gains"))
+    anns = annotations(str(tmp_path_factory.mktemp("ann")))
+    for key in QUALITY:
+        for t in GAIN_TASKS[:1] if key == "divprune" else GAIN_TASKS:
+            eval_folder(out, key if key == "teacher" else f"{key}-r0.5", t, anns[t], 1.0 if key == "teacher" else 0.5)
+    argv = ["--table-only", "--out", out, "--ratios", "0.5", "0.25", "--tasks", *GAIN_TASKS]
+    R.run(R.parse_args(argv))
+    return out, R.parse_args(argv), json.load(open(os.path.join(out, "results.json")))
+
+
+def test_question_scores_are_the_headline_scores(gains_run):
+    out, cfg, res = gains_run
+    for key, row in res["rows"].items():
+        for t, e in row["eval"].items():
+            qs = R.question_scores(cfg, key, t)
+            splits = {s for s, _ in qs.values()}
+            mean = sum(sum(x for s, x in qs.values() if s == sp) / sum(s == sp for s, _ in qs.values())
+                       for sp in splits) / len(splits)  # chartqa: the mean of its splits' means
+            assert len(qs) == e["n"] and mean == pytest.approx(e["score"] * (100 / e["n"] if t == "ocrbench" else 1))
+            assert splits == ({"human", "augmented"} if t == "chartqa" else {t}), (key, t)
+    seeds = [R.question_scores(cfg, f"random-seed{s}-r0.5", "docvqa") for s in R.SEEDS]
+    for q, (_, x) in R.question_scores(cfg, "random-r0.5", "docvqa").items():  # random: the mean of its seeds'
+        assert x == pytest.approx(sum(s[q][1] for s in seeds) / 3)
+    assert R.question_scores(cfg, "divprune-r0.5", "chartqa") is None  # not evaluated: no pairs, no gain
+    assert R.paired_scores(cfg, "stage1-r0.5", "divprune-r0.5", "ocrbench") is None
+    assert R.gain(cfg, "stage1-r0.5", "divprune-r0.5") is None
+
+
+def test_gains_pick_and_intervals(gains_run):
+    out, cfg, res = gains_run
+    rows, g = res["rows"], res["gains"]["0.5"]
+    top, free = g["trained_vs_training_free"], g["stage1_vs_select"]
+    trained = ["stage1-r0.5", "stage2-a-r0.5", "merged-r0.5"]  # divprune lacks tasks: not the strongest baseline
+    assert top["a"] == max(trained, key=lambda k: rows[k]["average"])
+    assert top["b"] == max(["pool-r0.5", "select-r0.5", "random-r0.5"], key=lambda k: rows[k]["average"])
+    assert (top["a"], top["b"], free["a"], free["b"]) == ("merged-r0.5", "random-r0.5", "stage1-r0.5", "select-r0.5")
+    for x in (top, free):  # every task counts equally: the difference of the avg column; per task, of the scores
+        a, b = rows[x["a"]], rows[x["b"]]
+        assert x["diff"] == pytest.approx(a["average"] - b["average"]) and x["low"] < x["diff"] < x["high"]
+        assert x["n"] == 12 + 8 + 10
+        for t, y in x["tasks"].items():
+            unit = 100 / a["eval"][t]["n"] if t == "ocrbench" else 1
+            assert y["diff"] == pytest.approx((a["scores"][t] - b["scores"][t]) * unit) and y["low"] <= y["high"]
+        assert x["high"] - x["low"] < min(y["high"] - y["low"] for y in x["tasks"].values())  # pooling narrows
+    assert res["gains"]["0.25"] == dict(trained_vs_training_free=None, stage1_vs_select=None)
+    same = R.gain(cfg, "pool-r0.5", "pool-r0.5")
+    assert (same["diff"], same["low"], same["high"]) == (0, 0, 0)
+    md = open(os.path.join(out, "results.md")).read()
+    name = lambda k: rows[k]["family"] + (" (mean of seeds 0, 1, 2)" if k.startswith("random") else "")
+    assert (f"- ratio 0.5: {name(top['a'])} vs {name(top['b'])} (best trained vs strongest training-free row, by "
+            f"avg): {top['diff']:+.1f} points (95% CI {top['low']:+.1f}..{top['high']:+.1f}) averaged over the 3 tasks"
+            in md)
+    assert f"- ratio 0.5: stage I vs untrained select: {free['diff']:+.1f} points" in md
+    assert md.count("- ratio 0.25: ") == 1 + 2 and md.count("- (not every task evaluated for both rows)") == 2
