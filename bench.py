@@ -18,8 +18,6 @@ import gc
 import math
 import os
 import time
-import types
-from dataclasses import replace
 
 import torch
 
@@ -149,17 +147,6 @@ def figures(impl, args, **row):
     return row
 
 
-# our names -> transformers' (the inverse of its convert_internvl_weights_to_hf.py). The LLM's come from
-# model.export_state_dict, which writes Llama names and unpacks wqkv when the config says Llama.
-VIT_NAMES = [("vision_model.", "model.vision_tower."), ("class_embedding", "cls_token"), (".layers.", ".layer."),
-             ("position_embedding", "position_embeddings"), ("patch_embedding", "patch_embeddings.projection"),
-             ("ls1", "lambda_1"), ("ls2", "lambda_2"), ("attn.proj", "attention.projection_layer"),
-             ("attn.", "attention."), ("norm1", "layernorm_before"), ("norm2", "layernorm_after")]
-TOP_NAMES = [("mlp1.0.", "model.multi_modal_projector.layer_norm."), ("language_model.lm_head.", "lm_head."),
-             ("mlp1.1.", "model.multi_modal_projector.linear_1."), ("language_model.model.", "model.language_model."),
-             ("mlp1.3.", "model.multi_modal_projector.linear_2.")]
-
-
 def to_transformers(model):
     """The same weights in InternVLForConditionalGeneration with a Llama text config (InternLM2 is Llama with
     q/k/v packed per kv head). Tensors are shared where the layouts agree; the LLM's q/k/v are copies."""
@@ -180,12 +167,7 @@ def to_transformers(model):
         vision_feature_layer=cfg.select_layer, tie_word_embeddings=lm.tie_word_embeddings)
     with torch.device("meta"):
         hf = InternVLForConditionalGeneration(hf)
-    sd, llama = {}, replace(cfg, llm=replace(lm, architecture="LlamaForCausalLM"))
-    for key, t in M.export_state_dict(types.SimpleNamespace(config=llama, state_dict=model.state_dict)):
-        for ours_, theirs in (VIT_NAMES if key.startswith("vision_model.") else []) + TOP_NAMES:
-            key = key.replace(ours_, theirs)
-        parts = zip(("q_proj", "k_proj", "v_proj"), t.chunk(3)) if ".attention.qkv." in key else [("qkv", t)]
-        sd.update({key.replace(".qkv.", f".{name}."): part for name, part in parts})  # the ViT's qkv: [q; k; v]
+    sd = dict(M.export_state_dict(model, layout="hf"))  # our weights under their names, q/k/v apart
     hf.load_state_dict(sd, strict=True, assign=True)
     rotary = hf.model.language_model.rotary_emb  # inv_freq is a buffer outside the state dict: still on meta
     hf.model.language_model.rotary_emb = type(rotary)(hf.config.text_config).to(model.mlp1[1].weight.device)
