@@ -30,13 +30,14 @@ after 3d91e24: git checkout 3d91e24 && python distill.py --compressor conv --rat
     student = make_student(teacher, "select", 0.5)  # shares the teacher's ViT and LLM
     apply(model, "fastv", 0.5)                      # in place: a training-free baseline
     model = M.load_model(folder, build_compressor=build)   # a saved student
-    python compress.py --bench                      # weighted-merge kernel vs eager, torch.compile, copy
+    python compress.py --bench                      # merge's and select's kernels vs eager, torch.compile
     python -m pytest tests/test_compress.py -q
 
 Imports nothing but torch (and Triton if installed), not even model.py: it works on the model it is given
 through model.py's two extension points (InternVLChat's compressor, LanguageModel.before_layer), so it serves
 whichever copy of model.py the caller loaded. Pool's weighted merge runs as a Triton kernel on CUDA, as a
-depthwise convolution through torch_npu on Ascend NPUs, and in plain PyTorch elsewhere.
+depthwise convolution through torch_npu on Ascend NPUs, and in plain PyTorch elsewhere. Select's rarity and
+gather likewise: Triton kernels on CUDA, a matmul formulation on NPUs, PyTorch elsewhere, in O(n) memory.
 """
 import argparse
 import copy
@@ -89,7 +90,7 @@ class Compressor(nn.Module):
     def tokens_per_tile(self, n):
         return n // self.window_size
 
-    def compress(self, grid, tiles_per_image, projector):
+    def compress(self, grid, tiles_per_image, projector, counts=None):
         return self(grid).flatten(0, 2), None
 
     def install(self, model):
@@ -102,27 +103,147 @@ class Compressor(nn.Module):
 
 
 class Subset(Compressor):
-    """Keeps, per image, len(image) // k of its tokens at the position ids they had: pick(image [n, C], b, tiles:
-    the image's slice of the grid's tiles, projector) -> (tokens [b, C], their indices in the image [b], sorted).
-    compress runs without grad: the training-free subsets learn nothing (select, which does, has its own)."""
+    """Keeps, per image, b of its tokens at the position ids they had (b: the image's count in the prompt, or
+    len(image) // k): pick(image [n, C], b, tiles: the image's slice of the grid's tiles, projector) -> (tokens
+    [b, C], their indices in the image [b], sorted). compress runs without grad: the training-free subsets learn
+    nothing (select, which does, has its own)."""
 
-    def subsets(self, grid, tiles_per_image, projector):
+    def subsets(self, grid, tiles_per_image, projector, counts=None):
         tokens, keep, first = [], [], 0
-        for n in tiles_per_image:
+        for i, n in enumerate(tiles_per_image):
             image = grid[first:first + n].flatten(0, 2)
-            t, kept = self.pick(image, len(image) // self.window_size, slice(first, first + n), projector)
+            b = len(image) // self.window_size if counts is None else counts[i]
+            t, kept = self.pick(image, b, slice(first, first + n), projector)
             tokens.append(t)
             keep.append(kept)
             first += n
         return torch.cat(tokens), torch.cat(keep)
 
     @torch.no_grad()
-    def compress(self, grid, tiles_per_image, projector):
-        return self.subsets(grid, tiles_per_image, projector)
+    def compress(self, grid, tiles_per_image, projector, counts=None):
+        return self.subsets(grid, tiles_per_image, projector, counts)
 
 
 # ----------------------------------------------------------------------------------------------
 # select: V_c, FCoT-VL's compressor, and its options
+#
+# select's kernel path: rarity (k nearest distances, blockwise) and the fold's gather, on three backends. Rarity is
+# each token's mean Euclidean distance to its k nearest others, in fp32, in O(n) memory: an image of 25 tiles has
+# 6,400 tokens, whose n x n distances would take 164 MB. A lone token (n = 1, k = 0) scores 0 on every backend; the
+# old whole-matrix cdist gave NaN there (a mean of nothing), which never mattered: its one token is kept or not.
+
+def rarity_torch(x, k, block=1024):
+    """[n, C] -> [n]: torch.cdist over row blocks, the simplest reference. O(block x n) memory."""
+    x = x.float()
+    return torch.cat([torch.cdist(x[a:a + block], x).topk(k + 1, largest=False).values[:, 1:].sum(-1) / max(k, 1)
+                      for a in range(0, len(x), block)])  # the smallest (the token itself, or a twin at 0) dropped
+
+
+def rarity_npu(x, k, block=1024):
+    """rarity_torch as addmm, elementwise ops and topk only, ops torch_npu maps to CANN kernels (written for Ascend,
+    tested here on the CPU as plain PyTorch). Squared distances |a|^2 + |b|^2 - 2 a.b, sqrt only of the k+1 kept."""
+    x = x.float()
+    sq = x.square().sum(-1)
+    out = []
+    for a in range(0, len(x), block):
+        d = torch.addmm(sq[None], x[a:a + block], x.T, alpha=-2).add_(sq[a:a + block, None]).clamp_(min=0)
+        out.append(d.topk(k + 1, largest=False).values[:, 1:].sqrt().sum(-1) / max(k, 1))
+    return torch.cat(out)
+
+
+if triton is not None:
+    @triton.jit
+    def _rarity_kernel(x_ptr, part_ptr, n, C, span, K: tl.constexpr, KP: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+        # one program: BLOCK_M rows against its range of columns [lo, hi), keeping each row's K+1 smallest squared
+        # distances in registers, [BLOCK_M, KP]: slots past K sit at -inf, never the maximum an insertion replaces
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        slot = tl.arange(0, KP)[None, :]
+        best = tl.where(slot <= K, float("inf"), float("-inf")) + tl.zeros([BLOCK_M, KP], tl.float32)
+        lo = tl.program_id(1) * span
+        hi = tl.minimum(lo + span, n)
+        for start in range(lo, hi, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            dot = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+            na, nb = tl.zeros([BLOCK_M], tl.float32), tl.zeros([BLOCK_N], tl.float32)
+            for c0 in range(0, C, BLOCK_C):  # channel blocks, the tail masked to 0: any C
+                c = c0 + tl.arange(0, BLOCK_C)[None, :]
+                a = tl.load(x_ptr + rows[:, None].to(tl.int64) * C + c, mask=(rows[:, None] < n) & (c < C), other=0.0)
+                b = tl.load(x_ptr + cols[:, None].to(tl.int64) * C + c, mask=(cols[:, None] < hi) & (c < C), other=0.0)
+                dot = tl.dot(a, tl.trans(b), dot, input_precision="tf32x3")  # near fp32 for fp32 x; bf16 ignores it
+                na += tl.sum(a.to(tl.float32) * a.to(tl.float32), 1)
+                nb += tl.sum(b.to(tl.float32) * b.to(tl.float32), 1)
+            d = tl.maximum(na[:, None] + nb[None, :] - 2 * dot, 0.0)
+            d = tl.where(cols[None, :] < hi, d, float("inf"))
+            for _ in tl.static_range(K + 1):  # the tile's K+1 smallest per row, each replacing the row's max if smaller
+                m = tl.min(d, 1)
+                d = tl.where(tl.arange(0, BLOCK_N)[None, :] == tl.argmin(d, 1)[:, None], float("inf"), d)
+                top = (slot == tl.argmax(best, 1)[:, None]) & (m < tl.max(best, 1))[:, None]
+                best = tl.where(top, m[:, None], best)
+        out = part_ptr + (rows[:, None].to(tl.int64) * tl.num_programs(1) + tl.program_id(1)) * KP + slot
+        tl.store(out, tl.where(slot <= K, best, float("inf")), mask=rows[:, None] < n)
+
+    @triton.jit
+    def _gather_kernel(x_ptr, tile_ptr, i_ptr, j_ptr, y_ptr, H, W, C, BLOCK: tl.constexpr):
+        # one program: one kept token x BLOCK channels of its left, own and right cells, zeros past the row's ends
+        tok = tl.program_id(0).to(tl.int64)
+        c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        t, i, j = tl.load(tile_ptr + tok), tl.load(i_ptr + tok), tl.load(j_ptr + tok)  # int64: gather_triton's
+        for dj in tl.static_range(3):
+            jj = j + dj - 1
+            # past the row's ends, no channels: one vector mask (the interpreter rejects scalar & vector)
+            width = tl.where((jj >= 0) & (jj < W), C, 0)
+            v = tl.load(x_ptr + ((t * H + i) * W + jj) * C + c, mask=c < width, other=0.0)
+            tl.store(y_ptr + (tok * 3 + dj) * C + c, v, mask=c < C)
+
+
+def rarity_triton(x, k, split=None):
+    """The Triton kernel: O(n k) memory. The columns run in `split` ranges (default: enough programs to fill the
+    GPU, as n / 64 row blocks alone would not), whose K+1 smallest per row one topk merges."""
+    x = x.contiguous()
+    n, C = x.shape
+    if split is None:
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 1
+        split = max(1, 2 * sms // triton.cdiv(n, 64))
+    span = triton.cdiv(triton.cdiv(n, split), 64) * 64  # whole column blocks per range
+    kp = triton.next_power_of_2(k + 1)
+    part = torch.empty(n, triton.cdiv(n, span), kp, dtype=torch.float32, device=x.device)
+    _rarity_kernel[(triton.cdiv(n, 64), part.shape[1])](x, part, n, C, span, K=k, KP=kp, BLOCK_M=64, BLOCK_N=64,
+                                                        BLOCK_C=min(64, max(16, triton.next_power_of_2(C))))
+    return part.view(n, -1).topk(k + 1, largest=False).values[:, 1:].sqrt().sum(-1) / max(k, 1)
+
+
+def gather_torch(grid, tile, i, j):
+    """grid [tiles, h, w, C] -> [kept, 3C]: each kept token's left neighbour, itself and its right neighbour (zeros
+    past the row's ends)."""
+    padded = F.pad(grid, (0, 0, 1, 1))  # a zero token left and right of every row
+    return torch.cat([padded[tile, i, j], padded[tile, i, j + 1], padded[tile, i, j + 2]], -1)
+
+
+def gather_triton(grid, tile, i, j):
+    """The Triton kernel (forward only: training takes the PyTorch path, which autograd can follow)."""
+    T, H, W, C = grid.shape
+    y = torch.empty(len(tile), 3 * C, dtype=grid.dtype, device=grid.device)
+    block = min(1024, triton.next_power_of_2(C))
+    tile, i, j = (v.long().contiguous() for v in (tile, i, j))
+    _gather_kernel[(len(tile), triton.cdiv(C, block))](grid.contiguous(), tile, i, j, y, H, W, C, BLOCK=block)
+    return y
+
+
+def triton_runs(x):
+    """Whether the Triton kernels run on x: on CUDA, or on the CPU under TRITON_INTERPRET=1 (the tests' way in)."""
+    interpret = x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+    return triton is not None and (x.device.type == "cuda" or interpret)
+
+
+def rarity_backend(x):  # no grad rule: rarity is a ranking, always run without grad
+    return rarity_triton if triton_runs(x) else rarity_npu if x.device.type == "npu" else rarity_torch
+
+
+def gather_backend(grid):
+    needs_grad = torch.is_grad_enabled() and grid.requires_grad
+    return gather_triton if triton_runs(grid) and not needs_grad else gather_torch
+
 
 class Select(Subset):
     """Keeps, per image, the 1/k of its tokens with the fewest near-duplicates (the largest mean distance to
@@ -130,8 +251,12 @@ class Select(Subset):
     each kept token's horizontal neighbours into it (learned). Options: skip_thumbnail ranks a many-tile
     image's thumbnail below every tile token (on a page it is too coarse to read, but on a small crop, a word,
     it is the view that reads); rank_projected counts near-duplicates among A_s's outputs, what the LLM reads
-    (the choice then follows A_s as it learns, though no gradient asks it to move)."""
+    (the choice then follows A_s as it learns, though no gradient asks it to move).
+    A student trained for a range of ratios (set_budget) keeps `ratio` of each tile's tokens, any share, or with
+    a threshold each image's tokens whose rarity is above it (at least `floor` of them): a budget by content."""
     neighbours = 4  # rarity = mean distance to this many nearest tokens (2 to 8 choose alike; README)
+    # a ranged student's budget (budget() sets them on the instance; a fixed select keeps 1/k and hashes as before)
+    ratio, threshold, floor = None, None, 0.0
 
     def __init__(self, window, width, skip_thumbnail=False, rank_projected=False):  # window: only its size k counts
         super().__init__(window, width)
@@ -143,39 +268,60 @@ class Select(Subset):
 
     def rarity(self, image):
         """[n, C] -> [n]: each token's mean distance to its nearest others. Uniform regions (paper, a bar,
-        sky) score near zero wherever they lie, so a chart's bars do not crowd out its labels."""
-        x = image.float()
-        distance = torch.cdist(x, x)  # one GEMM: real images have thousands of tokens
-        k = min(self.neighbours, len(x) - 1)
-        return distance.topk(k + 1, largest=False).values[:, 1:].mean(-1)  # the first is the token itself
+        sky) score near zero wherever they lie, so a chart's bars do not crowd out its labels. O(n) memory, on
+        the fastest backend for the image's device (rarity_backend)."""
+        return rarity_backend(image)(image, min(self.neighbours, len(image) - 1))
 
-    def pick(self, image, b, tiles, projector):
-        with torch.no_grad():
-            score = self.rarity(projector(image) if self.rank_projected else image)
+    def tokens_per_tile(self, n):
+        if self.threshold is not None:
+            return None
+        return n // self.window_size if self.ratio is None else max(1, round(self.ratio * n))
+
+    @torch.no_grad()
+    def score(self, image, tiles, projector):
+        """What pick ranks by: rarity (of A_s's outputs with rank_projected), a skipped thumbnail at -1."""
+        score = self.rarity(projector(image) if self.rank_projected else image)
         n = tiles.stop - tiles.start
         if self.skip_thumbnail and n > 1:  # the last tile; at ratio <= 1/2 the tiles alone fill the budget
             score[-(len(image) // n):] = -1
-        kept = score.topk(b).indices.sort().values
+        return score
+
+    def pick(self, image, b, tiles, projector):
+        kept = self.score(image, tiles, projector).topk(b).indices.sort().values  # in torch: n scalars
         return image[kept], kept
 
-    def forward(self, grid, tiles_per_image, projector=None):
+    def counts(self, grid, tiles_per_image, projector):
+        """Each image's tokens scoring above the threshold, at least floor of them (model.py's extension point;
+        compress ranks again and keeps as many: the same tokens, but for ties at the threshold)."""
+        counts, first = [], 0
+        for n in tiles_per_image:
+            image = grid[first:first + n].flatten(0, 2)
+            above = int((self.score(image, slice(first, first + n), projector) > self.threshold).sum())
+            counts.append(min(len(image), max(1, math.ceil(self.floor * len(image)), above)))
+            first += n
+        return counts
+
+    def forward(self, grid, tiles_per_image, projector=None, counts=None):
         """grid [tiles, h, w, C], the images' tiles in order -> (tokens [kept, C], keep [kept]: each
         kept token's index in its image's uncompressed token sequence). projector: the model's (A_s), which
-        rank_projected measures rarity after; model.py passes it."""
+        rank_projected measures rarity after; model.py passes it. counts: each image's tokens to keep (model.py
+        passes its prompt's; default: tokens_per_tile's, or by content with a threshold)."""
         if self.rank_projected and projector is None:
             raise CompressError("select with rank_projected needs the model's projector: call it as "
                                 "compressor(grid, tiles_per_image, model.mlp1)")
-        tokens, keep = self.subsets(grid, tiles_per_image, projector)
         h, w = grid.shape[1:3]
+        if counts is None:
+            counts = self.counts(grid, tiles_per_image, projector) if self.threshold is not None else \
+                [t * self.tokens_per_tile(h * w) for t in tiles_per_image]
+        tokens, keep = self.subsets(grid, tiles_per_image, projector, counts)
         n = torch.as_tensor(tiles_per_image, device=keep.device)  # flat: the index into grid.flatten(0, 2)
-        flat = keep + ((n.cumsum(0) - n) * h * w).repeat_interleave(n * h * w // self.window_size)
+        flat = keep + ((n.cumsum(0) - n) * h * w).repeat_interleave(torch.as_tensor(counts, device=keep.device))
         tile, i, j = flat // (h * w), flat % (h * w) // w, flat % w
-        padded = F.pad(grid, (0, 0, 1, 1))  # a zero token left and right of every row
-        cells = torch.cat([padded[tile, i, j], padded[tile, i, j + 1], padded[tile, i, j + 2]], -1)  # left, self, right
+        cells = gather_backend(grid)(grid, tile, i, j)  # left, self, right
         return tokens + self.fc2(F.gelu(self.fc1(self.norm(cells)))), keep
 
-    def compress(self, grid, tiles_per_image, projector):  # the kept tokens and their indices: their position ids
-        return self(grid, tiles_per_image, projector)
+    def compress(self, grid, tiles_per_image, projector, counts=None):  # the kept tokens and their position ids
+        return self(grid, tiles_per_image, projector, counts)
 
 
 SELECT_OPTIONS = ("skip_thumbnail", "rank_projected")  # select's switches, off unless config.compressor has them
@@ -320,10 +466,10 @@ class Random(Subset):
     def install(self, model):
         self.hook = model.vision_model.register_forward_pre_hook(lambda vit, args: self.sums.append(tile_sums(args[0])))
 
-    def compress(self, grid, tiles_per_image, projector):
+    def compress(self, grid, tiles_per_image, projector, counts=None):
         sums = recorded(self.sums, len(grid))
         self.checksums = (tile_sums(grid) if sums is None else sums).tolist()  # one host sync per batch
-        return super().compress(grid, tiles_per_image, projector)
+        return super().compress(grid, tiles_per_image, projector, counts)
 
     def pick(self, image, b, tiles, projector):
         key = self.seed
@@ -366,7 +512,7 @@ class VisionZip(Subset):
         attn = layers[s if s < 0 else s - 1].attn  # the last layer run (select_layer -1: the last)
         self.hook = attn.register_forward_pre_hook(lambda attn, args: self.scores.append(cls_attention(attn, args[0])))
 
-    def compress(self, grid, tiles_per_image, projector):
+    def compress(self, grid, tiles_per_image, projector, counts=None):
         scores = recorded(self.scores, len(grid))
         if scores is None:
             raise CompressError("visionzip reads the ViT's CLS attention: install it with apply(model, 'visionzip', "
@@ -374,7 +520,7 @@ class VisionZip(Subset):
         (T, h, w), g = grid.shape[:3], math.isqrt(scores.shape[1])
         r = g // h  # pixel shuffle folds each r x r block of patches into one token, row-major
         self.token_scores = scores.view(T, h, r, w, r).sum((2, 4)).flatten(1)  # [tiles, h * w]
-        return super().compress(grid, tiles_per_image, projector)
+        return super().compress(grid, tiles_per_image, projector, counts)
 
     def pick(self, image, b, tiles, projector):
         n_ctx = max(1, round(b * (1 - self.dominant))) if b > 1 else 0
@@ -524,20 +670,91 @@ def build(config):
         raise CompressError(f"unknown compressor {method!r}: choose one of {', '.join(COMPRESSORS)}")
     grid = int(config.force_image_size // config.vision.patch_size * config.downsample_ratio)
     width = config.vision.hidden_size * round(1 / config.downsample_ratio) ** 2
-    window = window_for(ratio, grid, grid)
+    ranged = method == "select" and "ratio_range" in config.compressor
+    window = (1, 1) if ranged else window_for(ratio, grid, grid)  # a ranged select keeps any share, no window
     options = select_options(config) if method == "select" else \
         {"seed": config.compressor.get("seed", 0)} if method == "random" else {}
-    return COMPRESSORS[method](window, width, **options)
+    compressor = COMPRESSORS[method](window, width, **options)
+    if ranged:
+        budget(compressor, config.compressor)
+    return compressor
 
 
-def make_student(teacher, method="select", ratio=0.5, **options):
+# one student for every ratio, and a budget by content (distill.py --budget auto)
+
+THRESHOLD_SHARES = tuple(round(0.05 * i, 2) for i in range(1, 20))  # the mean shares calibrate() sets thresholds for
+
+
+def budget(select, record):
+    """Set a ranged select from its config.compressor record: ratio, floor and, with "budget": "auto", the
+    threshold interpolated (linearly in the share) from the calibrated table."""
+    lo, hi = record["ratio_range"]
+    ratio = record["ratio"]
+    if not lo <= ratio <= hi:
+        raise CompressError(f"ratio {ratio:g} is outside the range this student was trained for, {lo:g} to {hi:g}: "
+                            "pass a ratio inside it")
+    select.ratio, select.floor, select.threshold = ratio, lo, None
+    if record.get("budget") == "auto":
+        table = record.get("thresholds")
+        if not table:
+            raise CompressError("this student has no calibrated thresholds: train it with distill.py --budget auto")
+        shares = [s for s, _ in table]
+        if not shares[0] <= ratio <= shares[-1]:
+            raise CompressError(f"--budget auto at {ratio:g}: thresholds are calibrated for mean shares "
+                                f"{shares[0]:g} to {shares[-1]:g}; pass a ratio inside them")
+        i = max(j for j in range(len(shares)) if shares[j] <= ratio)
+        (s0, t0), (s1, t1) = table[i], table[min(i + 1, len(table) - 1)]
+        select.threshold = t0 if s1 == s0 else t0 + (t1 - t0) * (ratio - s0) / (s1 - s0)
+    return select
+
+
+def set_budget(model, ratio, auto=False):
+    """A student of distill.py --budget auto, in place, at `ratio`: each tile keeps that share of its tokens, or,
+    with auto, each image its tokens above the threshold that kept that share of the training images' tokens."""
+    record = model.config.compressor
+    if "ratio_range" not in record and ratio == record.get("ratio") and not auto:
+        return model  # a fixed student at its own ratio
+    if "ratio_range" not in record:
+        raise CompressError(f"this student keeps {record.get('ratio')} of the tokens only: drop --ratio and "
+                            f"--budget, or train one for a range of ratios (distill.py --budget auto)")
+    record = {k: v for k, v in record.items() if k != "budget"} | {"ratio": ratio} | ({"budget": "auto"} if auto else {})
+    budget(model.compressor, record)
+    model.config = replace(model.config, compressor=record)
+    return model
+
+
+@torch.no_grad()
+def calibrate(select, grids, projector, shares=THRESHOLD_SHARES):
+    """Thresholds for the budget by content, set on training images (never an evaluation set): for each share s,
+    the rarity threshold at which grids' images ([tiles, h, w, C] each) keep s of their tokens on average, each at
+    least select.floor of its own -> [[s, threshold], ...], by bisection (the kept share falls as it rises)."""
+    scores = [select.score(g.flatten(0, 2), slice(0, len(g)), projector).float() for g in grids]
+    floor = [max(1, math.ceil(select.floor * len(s))) / len(s) for s in scores]
+
+    def kept(t):
+        return sum(max(f, (s > t).float().mean().item()) for s, f in zip(scores, floor)) / len(scores)
+
+    table, low, high = [], min(s.min().item() for s in scores) - 1, max(s.max().item() for s in scores)
+    for share in (s for s in shares if s > select.floor):  # below the floor no threshold reaches
+        a, b = low, high
+        for _ in range(50):
+            a, b = ((a + b) / 2, b) if kept((a + b) / 2) > share else (a, (a + b) / 2)
+        table.append([share, b])
+    return table
+
+
+def make_student(teacher, method="select", ratio=0.5, ratio_range=None, **options):
     """The FCoT-VL student: the teacher's ViT and LLM (shared, not copied), a new compressor V_c and
     a student projector A_s initialised as a copy of the teacher's mlp1. Saved by model.save_model
-    as an ordinary checkpoint folder whose config.json records the compressor. options: select's."""
+    as an ordinary checkpoint folder whose config.json records the compressor. options: select's.
+    ratio_range (lo, hi): a select student for every ratio in it, at `ratio` until set_budget says otherwise."""
     if method in TRAINING_FREE:
         how = "evaluate.py --method tiles" if method == "tiles" else f"compress.apply(model, {method!r}, {ratio})"
         raise CompressError(f"{method} is a training-free baseline, not a student: {how}")
-    config = replace(teacher.config, compressor=spec(method, ratio, **options))
+    if ratio_range and method != "select":
+        raise CompressError(f"a range of ratios is select's (its ranking does not depend on the ratio), not {method}'s")
+    config = replace(teacher.config, compressor=spec(method, ratio, **options)
+                     | ({"ratio_range": list(ratio_range)} if ratio_range else {}))
     compressor = build(config)
     with torch.device("meta"):  # the ViT and LLM built here are replaced by the teacher's: free
         student = type(teacher)(config)
@@ -571,7 +788,8 @@ def apply(model, method, ratio, fastv_layer=2, seed=None, **options):
 
 
 # ----------------------------------------------------------------------------------------------
-# python compress.py --bench: the weighted merge's bandwidth against eager PyTorch, torch.compile and a copy
+# python compress.py --bench: the weighted merge's bandwidth against eager PyTorch, torch.compile and a copy;
+# select's rarity (TFLOP/s) and gather (GB/s) on each backend
 
 def bench_ms(fn, rounds=50):
     """ms per call. CUDA: calls queued back to back between two events, as a pipeline runs them (a sync per call
@@ -618,8 +836,43 @@ def bench(tiles, grid, width, device, dtype):
             print(f"{ratio:>6} {name:>14} {ms:>8.3f} {nbytes / ms / 1e6:>8.0f} {share:>9.0f}%   max |diff| {err:.1e}")
 
 
+PEAK_TFLOPS = (("H100 PCIe", 756), ("H100", 989), ("H200", 989))  # dense bf16, NVIDIA's datasheets
+
+
+def bench_select(tiles, grid, width, device, dtype):
+    """select's step on one image of the bench's tiles: rarity's TFLOP/s (2 n^2 C, the distance GEMM) and the
+    gather's GB/s, per backend. The PyTorch paths compute in fp32; Triton reads x as it is (bf16 on CUDA)."""
+    x = torch.randn(tiles, grid, grid, width, device=device, dtype=dtype)
+    n = tiles * grid * grid
+    image, k = x.view(n, width), min(Select.neighbours, n - 1)
+    name = torch.cuda.get_device_name() if device == "cuda" else ""
+    peak = next((tf for key, tf in PEAK_TFLOPS if key in name), None) if dtype == torch.bfloat16 else None
+    rounds = 20 if device == "cuda" else 3  # a CPU takes seconds per call at real sizes
+    paths = {"eager": rarity_torch, "npu-addmm": rarity_npu, "compile": torch.compile(rarity_torch)}
+    if device == "cuda" and triton is not None:
+        paths["triton"] = rarity_triton
+    print(f"select's rarity, {n} tokens, k = {k}:")
+    print(f"{'backend':>14} {'ms':>8} {'TFLOP/s':>8}" + (f" {'% of ' + str(peak):>8}" if peak else ""))
+    ref = rarity_torch(image, k)
+    for label, fn in paths.items():
+        err = (fn(image, k) - ref).abs().max().item()
+        ms = bench_ms(lambda: fn(image, k), rounds)
+        tflops = 2 * n * n * width / ms / 1e9
+        share = f" {100 * tflops / peak:>7.0f}%" if peak else ""
+        print(f"{label:>14} {ms:>8.3f} {tflops:>8.2f}{share}   max |diff| {err:.1e}")
+    flat = torch.randperm(n, device=device)[:n // 2].sort().values  # half the tokens kept
+    tile, i, j = flat // (grid * grid), flat % (grid * grid) // grid, flat % grid
+    nbytes = 2 * 3 * len(flat) * width * x.element_size()  # read three cells per kept token, write them
+    print(f"select's gather, {len(flat)} kept tokens x 3 cells:\n{'backend':>14} {'ms':>8} {'GB/s':>8}")
+    ref = gather_torch(x, tile, i, j)
+    for label, fn in ({"eager": gather_torch} | ({"triton": gather_triton} if "triton" in paths else {})).items():
+        err = (fn(x, tile, i, j) - ref).abs().max().item()
+        ms = bench_ms(lambda: fn(x, tile, i, j))
+        print(f"{label:>14} {ms:>8.3f} {nbytes / ms / 1e6:>8.0f}   max |diff| {err:.1e}")
+
+
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(prog="compress.py", description="benchmark the weighted-merge backends")
+    p = argparse.ArgumentParser(prog="compress.py", description="benchmark the weighted-merge and select's backends")
     p.error = lambda message: p.exit(2, f"compress.py: error: {message} (see python compress.py --help)\n")  # one line
     p.add_argument("--bench", action="store_true", required=True)
     p.add_argument("--tiles", type=int, default=13, help="12 tiles + the thumbnail")
@@ -630,6 +883,8 @@ if __name__ == "__main__":
         p.error(f"--tiles, --grid and --width must be >= 1 (got {args.tiles}, {args.grid}, {args.width})")
     gpu = torch.cuda.is_available()
     try:
-        bench(args.tiles, args.grid, args.width, "cuda" if gpu else "cpu", torch.bfloat16 if gpu else torch.float32)
+        device, dtype = ("cuda", torch.bfloat16) if gpu else ("cpu", torch.float32)
+        bench(args.tiles, args.grid, args.width, device, dtype)
+        bench_select(args.tiles, args.grid, args.width, device, dtype)
     except CompressError as e:  # a grid no window of 0.5 or 0.25 tiles
         p.error(f"--grid {args.grid}: {e}")

@@ -15,6 +15,9 @@ student with its LLM learning too (--student, --trainable compressor,projector,l
     python distill.py --ratio 0.25 --temperature 2 --ce-weight 0.5   # the KL at T = 2, the CE at lambda = 0.5
     python distill.py --ratio 0.25 --skip-thumbnail    # select: a page's thumbnail gives its budget to the tiles
     python distill.py --ratio 0.25 --skip-thumbnail --rank-projected   # and rarity is measured after A_s
+    python distill.py --budget auto --ratio 0.5   # one student for every ratio in --ratio-range (one drawn per
+                                                  # batch), then evaluate.py --budget auto: each image keeps its
+                                                  # tokens above a rarity threshold set on the training images
     python distill.py --ratio 0.5 --student runs/distill-select0.5 --trainable compressor,projector,llm --lr 5e-4 \
         --lr-llm 1.5e-4 --out runs/stage2-select0.5   # stage II: the student's LLM learns too (a copy: the
                                                       # teacher's stays as it is)
@@ -35,8 +38,11 @@ full prompt up to layer K, the kept one after), the score. Wall-clock speed at s
 this size the ViT, which every row runs in full, dominates a prefill's time.
 """
 import copy
+import json
 import os
+import random
 import sys
+import zlib
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -67,7 +73,7 @@ class DistillConfig(P.TrainConfig):
     save_every: int = 100  # steps between checkpoints in OUT/checkpoint (0: only at the end)
     # distillation's own
     teacher: str = os.path.join(HERE, "checkpoints", "tiny")  # the uncompressed model (checkpoint folder)
-    ratio: float = 0.5  # share of visual tokens kept: 0.5, 0.25 or 1/k
+    ratio: float = 0.5  # share of visual tokens kept: 0.5, 0.25 or 1/k (--budget auto: any, the comparison's)
     compressor: str = "select"  # V_c: select | pool (compress.py)
     temperature: float = 1.0  # T of the KL term
     ce_weight: float = 0.5  # lambda of the cross-entropy term
@@ -79,18 +85,40 @@ class DistillConfig(P.TrainConfig):
     student: str = ""  # start from this student folder (same compressor and ratio) instead of a new V_c and A_s
     skip_thumbnail: bool = False  # select: rank a many-tile image's thumbnail last (README: pages gain, word crops lose)
     rank_projected: bool = False  # select: count near-duplicates among A_s's outputs, not the ViT's (README)
+    budget: str = "fixed"  # fixed: a student for --ratio; auto: for every ratio in --ratio-range, and by content
+    ratio_range: str = "0.125,1"  # with --budget auto: LO,HI of the ratios drawn, log-uniform, one per micro-batch
+    calibration_images: int = 64  # with --budget auto: training images the rarity thresholds are set on
 
     def __post_init__(self):
         self.init = self.teacher  # the model the run starts from
-        self.out = self.out or os.path.join("runs", f"distill-{self.compressor}{self.ratio:g}")
+        tag = "auto" if self.budget == "auto" else f"{self.ratio:g}"
+        self.out = self.out or os.path.join("runs", f"distill-{self.compressor}{tag}")
 
 
 def parse_args(argv=None, **defaults):
     """The command line's DistillConfig; `defaults` replace the fields' own (results.py's settings under its flags).
     posttrain's flags that build a model from scratch are not offered: the student starts as the teacher."""
     return cli.parse(DistillConfig, argv, "distill.py", __doc__, skip=("init", "tokenizer", "model_config", "image_size"),
-                     defaults=defaults, **P.BOUNDS, temperature=(0, float("inf")), ce_weight=0, eval_limit=0,
-                     eval_batch_size=1)
+                     defaults=defaults, choices=dict(budget=["fixed", "auto"]), **P.BOUNDS,
+                     temperature=(0, float("inf")), ce_weight=0, eval_limit=0, eval_batch_size=1, calibration_images=1)
+
+
+def ratio_range(cfg):
+    """--ratio-range as (lo, hi), 0 < lo < hi <= 1, holding --ratio."""
+    try:
+        lo, hi = (float(x) for x in cfg.ratio_range.split(","))
+    except ValueError:
+        raise Error(f"--ratio-range {cfg.ratio_range}: give two shares LO,HI, e.g. 0.125,1") from None
+    if not 0 < lo < hi <= 1 or not lo <= cfg.ratio <= hi:
+        raise Error(f"--ratio-range {cfg.ratio_range} with --ratio {cfg.ratio:g}: need 0 < LO <= ratio <= HI <= 1")
+    return lo, hi
+
+
+def draw_ratio(convs, lo, hi):
+    """A ratio in [lo, hi], log-uniform (each halving as likely), drawn from the conversations' text: the same
+    micro-batch draws the same ratio in any process, worker or resume."""
+    rng = random.Random(zlib.crc32(json.dumps([c["conversations"] for c in convs]).encode()))
+    return lo * (hi / lo) ** rng.random()
 
 
 def select_flags(cfg):
@@ -102,12 +130,16 @@ def has_rationale(conv):
     return any(P.COT_SEP in turn["value"] for turn in conv["conversations"] if turn["from"] == "gpt")
 
 
-def pair_collate(teacher):
+def pair_collate(teacher, ratios=None):
     """posttrain.collate for the student, plus, for the teacher, the conversations whose answers it has targets
     for (those without a rationale: the teacher never wrote rationales) with its own image tokens:
-    teacher_ids, teacher_mask, teacher_labels, and teacher_tiles (their tiles' indices in pixel_values)."""
+    teacher_ids, teacher_mask, teacher_labels, and teacher_tiles (their tiles' indices in pixel_values).
+    ratios (lo, hi): the student's prompt keeps a share drawn from them (draw_ratio) of each tile's tokens."""
     def collate(convs, tok, student, cfg):
-        batch = P.collate(convs, tok, student, cfg)
+        per_tile = None
+        if ratios:
+            per_tile = max(1, round(draw_ratio(convs, *ratios) * teacher.num_image_token))
+        batch = P.collate(convs, tok, student, cfg, tile_tokens=per_tile)
         tiles = batch["pixel_values"].split(batch["num_tiles"])  # the images are loaded once
         own = torch.tensor([has_rationale(c) for c in convs])
         kept = (~own).nonzero()[:, 0].tolist()
@@ -128,7 +160,8 @@ def make_loss(teacher, T, ce_weight):
         with torch.no_grad():
             grid = teacher.visual_grid(batch["pixel_values"])  # once, for both projectors
         at = P.answer_positions(batch["labels"])
-        s_logits = student(None, batch["input_ids"], batch["attention_mask"], grid=grid, logits_mask=at).float()
+        s_logits = student(None, batch["input_ids"], batch["attention_mask"], grid=grid, logits_mask=at,
+                           tiles_per_image=batch.get("num_tiles")).float()  # needed where r varies
         # answers with a rationale (--p-reason, --cot-frac; row flag `own`) are learnt from their text alone;
         # the others from the teacher, whose answers come in the same order: row i of both is the same token
         own = batch["own"][at.nonzero()[:, 0]]
@@ -153,17 +186,20 @@ def start_student(cfg, teacher, device, dtype, own_llm):
     both); so is the LLM while the student's equals it and does not learn: a copy when it learns, so that
     the teacher's targets stay those of the uncompressed model."""
     if not cfg.student:
-        student = C.make_student(teacher, cfg.compressor, cfg.ratio, **select_flags(cfg))
+        student = C.make_student(teacher, cfg.compressor, cfg.ratio, **select_flags(cfg),
+                                 ratio_range=ratio_range(cfg) if cfg.budget == "auto" else None)
     else:
         student = M.load_model(cfg.student, device, dtype, build_compressor=C.build)
+        record = student.config.compressor
         want = {"method": cfg.compressor, "ratio": cfg.ratio}
-        if {k: student.config.compressor[k] for k in want} != want:
-            raise Error(f"--student {cfg.student} has compressor {student.config.compressor}, not {want}: "
-                               "pass its --compressor and --ratio")
+        if {k: record[k] for k in want} != want:
+            raise Error(f"--student {cfg.student} has compressor {record}, not {want}: pass its --compressor and --ratio")
+        if record.get("ratio_range") != (list(ratio_range(cfg)) if cfg.budget == "auto" else None):
+            raise Error(f"--student {cfg.student} was trained for ratios {record.get('ratio_range') or cfg.ratio}: "
+                        "pass --budget auto and its --ratio-range for a range, --budget fixed for one ratio")
         on = {k: True for k, v in select_flags(cfg).items() if v}
         if on:  # options switched on for a student trained without them
-            options = {k: v for k, v in student.config.compressor.items() if k in C.SELECT_OPTIONS} | on
-            student.config = replace(student.config, compressor=C.spec(cfg.compressor, cfg.ratio, **options))
+            student.config = replace(student.config, compressor=dict(record) | on)
             for k, v in C.select_options(student.config).items():
                 setattr(student.compressor, k, v)
         same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
@@ -178,15 +214,32 @@ def start_student(cfg, teacher, device, dtype, own_llm):
     return student
 
 
+def calibrate_thresholds(cfg, teacher, student, records):
+    """--budget auto's rarity thresholds (compress.calibrate), set on the run's first --calibration-images training
+    images, into the student's config.compressor["thresholds"]."""
+    p = next(teacher.parameters())
+    with torch.no_grad(), torch.autocast(p.device.type, torch.bfloat16, enabled=p.device.type == "cuda"):
+        grids = [teacher.visual_grid(P.load_tiles(P.conversation_at(i, cfg, records), teacher, cfg).to(
+            p.device, p.dtype)) for i in range(cfg.calibration_images)]  # as in training: autocast on GPUs
+        table = C.calibrate(student.compressor, grids, student.mlp1)
+    student.config = replace(student.config, compressor=dict(student.config.compressor, thresholds=table))
+
+
 def compare(cfg, student_dir):
     """Teacher, the training-free baselines at the same ratio and the student on one task: a table."""
-    rows = [("teacher", cfg.teacher, "none", 1.0), (f"pool {cfg.ratio:g}", cfg.teacher, "pool", cfg.ratio),
-            (f"FastV {cfg.ratio:g} (K={cfg.fastv_layer})", cfg.teacher, "fastv", cfg.ratio),
-            (f"FCoT stage I ({cfg.compressor} {cfg.ratio:g})", student_dir, "none", 1.0)]
+    rows = [("teacher", cfg.teacher, "none", None, "fixed"), (f"pool {cfg.ratio:g}", cfg.teacher, "pool", cfg.ratio,
+            "fixed"), (f"FastV {cfg.ratio:g} (K={cfg.fastv_layer})", cfg.teacher, "fastv", cfg.ratio, "fixed"),
+            (f"FCoT stage I ({cfg.compressor} {cfg.ratio:g})", student_dir, "none", None, "fixed")]
+    if abs(round(1 / cfg.ratio) * cfg.ratio - 1) > 1e-6:  # pool's windows need 1/k: a ranged student's need not
+        rows.pop(1)
+    if cfg.budget == "auto":
+        rows.append((f"FCoT stage I auto ({cfg.compressor}, mean {cfg.ratio:g} on training images)", student_dir,
+                     "none", cfg.ratio, "auto"))
     results = []
-    for name, folder, method, ratio in rows:
+    for name, folder, method, ratio, budget in rows:
         ecfg = E.EvalConfig(cfg.eval_task, folder, data=cfg.eval_data or None, limit=cfg.eval_limit or None,
-                            batch_size=cfg.eval_batch_size, method=method, ratio=ratio, fastv_layer=cfg.fastv_layer,
+                            batch_size=cfg.eval_batch_size, method=method, ratio=ratio, budget=budget,
+                            fastv_layer=cfg.fastv_layer,
                             out=os.path.join(cfg.out, "eval", f"{cfg.eval_task}_{name.split(' (')[0].replace(' ', '_')}.jsonl"))
         res = E.evaluate(E.load_model(ecfg), M.load_tokenizer(folder), cfg.eval_task, **asdict(ecfg))
         if method == "fastv":  # the LLM's input keeps every token; layers >= K see `ratio` of them
@@ -217,6 +270,13 @@ def run(cfg):
         if not set(cfg.trainable.split(",")) <= {"compressor", "projector", "llm"}:  # the ViT runs once, for both
             raise Error(f"--trainable {cfg.trainable}: distillation trains compressor, projector and, "
                         "optionally, llm (the ViT is the teacher's own; train it with posttrain.py)")
+        if cfg.budget == "auto":
+            if cfg.compressor != "select":
+                raise Error(f"--budget auto is select's (its ranking does not depend on the ratio), not "
+                            f"{cfg.compressor}'s")
+            ratio_range(cfg)  # a bad range fails now, not after training
+        elif (cfg.ratio_range, cfg.calibration_images) != (DistillConfig.ratio_range, DistillConfig.calibration_images):
+            raise Error("--ratio-range and --calibration-images are --budget auto's: add it or drop them")
         if cfg.eval_task and cfg.eval_task not in E.TASKS:
             raise Error(f"--eval-task {cfg.eval_task}: choose one of {', '.join(E.TASKS)} or '' for none")
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -228,11 +288,13 @@ def run(cfg):
         if student.language_model is not teacher.language_model:
             student.language_model.float()
         records = P.read_jsonl(cfg.data, cfg.image_root or os.path.dirname(cfg.data)) if cfg.data else None
-        collate = pair_collate(teacher)
+        collate = pair_collate(teacher, ratio_range(cfg) if cfg.budget == "auto" else None)
         step = P.train(cfg, student, tok,
                        lambda s: P.micro_batches(s, cfg, tok, student, records, rank, world, collate),
                        make_loss(teacher, cfg.temperature, cfg.ce_weight))
         if rank == 0 and step >= cfg.steps:
+            if cfg.budget == "auto":
+                calibrate_thresholds(cfg, teacher, student, records)
             M.save_model(student, cfg.out, tokenizer_dir=cfg.teacher)
             print(f"saved the student to {cfg.out} (log: {os.path.join(cfg.out, 'log.jsonl')})", file=sys.stderr)
         P.leave_group()  # before the evaluation: rank 0 evaluates alone, the others exit

@@ -9,6 +9,9 @@ InfoVQA, TextVQA and OCRBench with InternVL2's official protocol and metrics.
                                     # pool, select, fastv, divprune, random, tiles, visionzip, pdrop
     python evaluate.py --task docvqa --method random --ratio 0.5 --seed 1   # report the mean of seeds 0, 1 and 2
     python evaluate.py --task docvqa --model runs/distill-select0.5   # a distilled student: no extra flag
+    python evaluate.py --task docvqa --model runs/distill-selectauto --ratio 0.3   # a student for every ratio
+    python evaluate.py --task docvqa --model runs/distill-selectauto --budget auto --ratio 0.3   # tokens by content:
+                                    # the rarity threshold that kept 0.3 of the tokens on its training images
     python evaluate.py --task docvqa --data /data/docvqa/test_v1.0.json  # no answers: submission
     torchrun --nproc_per_node 8 evaluate.py --task docvqa --model /models/InternVL2-8B --data /data/docvqa
                                     # a shard of the questions per process, each resuming on its own; rank 0 scores
@@ -46,7 +49,9 @@ class EvalConfig:
     device: str = None  # cpu | cuda (default: cuda if available)
     dtype: str = None  # float32 | bfloat16 | float16 (default: bfloat16 on cuda, the official setting; float32 on cpu)
     method: str = 'none'  # training-free compression (compress.py's docstring); none for a distilled student
-    ratio: float = 1.0  # share of visual tokens kept by --method
+    ratio: float = None  # share of visual tokens kept by --method (default 1), or by a student of a range of ratios
+    budget: str = 'fixed'  # fixed | auto: with a student of distill.py --budget auto, tokens above the rarity
+                           # threshold that kept --ratio of its training images' tokens (the mean; per image it varies)
     fastv_layer: int = 2  # FastV prunes before this decoder layer (K)
     seed: int = None  # with --method random: the subsets' seed (default 0; report the mean over 0, 1, 2)
     skip_thumbnail: bool = False  # with --method select: rank a many-tile image's thumbnail below its tiles
@@ -56,7 +61,7 @@ class EvalConfig:
 
 def parse_args(argv=None):
     cfg = cli.parse(EvalConfig, argv, 'evaluate.py', __doc__, choices=dict(
-        task=sorted(TASKS), method=METHODS, dtype=['float32', 'bfloat16', 'float16']),
+        task=sorted(TASKS), method=METHODS, dtype=['float32', 'bfloat16', 'float16'], budget=['fixed', 'auto']),
         max_num=1, max_new_tokens=1, limit=1, batch_size=1, threads=0, fastv_layer=1, ratio=(0, 1), seed=0)
     if not cfg.task:
         raise Error("the following arguments are required: --task (see python evaluate.py --help)")
@@ -65,6 +70,8 @@ def parse_args(argv=None):
             raise Error(f"--{k.replace('_', '-')} is an option of --method select; add --method select or drop it")
     if cfg.seed is not None and cfg.method != 'random':
         raise Error("--seed is an option of --method random; add --method random or drop it")
+    if cfg.budget == 'auto' and cfg.method != 'none':
+        raise Error("--budget auto is for a student of distill.py --budget auto; drop --method")
     return cfg
 
 # ----------------------------------------------------------------------------- readers
@@ -336,6 +343,7 @@ def prepare(cfg, model=None, tokenizer=None):
     change) and every setting that changes an answer; not batch size, device index, threads, --limit, process count."""
     task = TASKS[cfg.task]
     cfg.seed = (cfg.seed or 0) if cfg.method == 'random' else cfg.seed
+    cfg.ratio = 1.0 if cfg.ratio is None and cfg.method != 'none' else cfg.ratio  # a method's default: all tokens
     data = cfg.data or os.path.join(HERE, 'data', 'eval', cfg.task)
     ann = find_annotation(cfg.task, data)
     every = task.read(ann, cfg.images or (ann if os.path.isdir(ann) else os.path.dirname(ann)))
@@ -363,7 +371,8 @@ def prepare(cfg, model=None, tokenizer=None):
                         f"tokenizer files)")
     if not os.path.isdir(cfg.model):
         raise Error(f"model folder {cfg.model} not found; build or download one, or pass --model PATH")
-    tag = f"_{cfg.method}{cfg.ratio:g}" if cfg.method != 'none' else ''
+    tag = f"_{cfg.method}{cfg.ratio:g}" if cfg.method != 'none' else f"_r{cfg.ratio:g}" if cfg.ratio else ''
+    tag += '_auto' if cfg.budget == 'auto' else ''
     tag += ''.join('_' + k.replace('_', '-') for k in SELECT_OPTIONS if getattr(cfg, k))
     tag += f'_seed{cfg.seed}' if cfg.method == 'random' else ''  # each seed its own file
     out = cfg.out or os.path.join('results', os.path.basename(os.path.normpath(cfg.model)), f'{cfg.task}{tag}.jsonl')
@@ -380,7 +389,8 @@ def prepare(cfg, model=None, tokenizer=None):
                images_sha256=hashlib.sha256(' '.join(images[it['image']][4] for it in every).encode()).hexdigest(),
                method=cfg.method, max_num=cfg.max_num, max_new_tokens=max_new_tokens(cfg, task), cot=cfg.cot,
                prompt=task.suffix, dtype=cfg.dtype, device=cfg.device.split(':')[0])
-    key.update({'ratio': cfg.ratio} if cfg.method != 'none' else {})
+    key.update({'ratio': cfg.ratio} if cfg.ratio is not None else {})
+    key.update({'budget': cfg.budget} if cfg.budget != 'fixed' else {})
     key.update({'fastv_layer': cfg.fastv_layer} if cfg.method == 'fastv' else {})
     key.update({'seed': cfg.seed} if cfg.method == 'random' else {})
     key.update({k: getattr(cfg, k) for k in SELECT_OPTIONS} if cfg.method == 'select' else {})
@@ -422,6 +432,11 @@ def load_model(cfg):
         if cfg.method not in ('none', 'tiles'):  # tiles changes the inputs (generate), not the model
             compress.apply(model, method=cfg.method, ratio=cfg.ratio, fastv_layer=cfg.fastv_layer, seed=cfg.seed,
                            **{k: getattr(cfg, k) for k in SELECT_OPTIONS})
+        elif cfg.method == 'none' and (cfg.ratio is not None or cfg.budget == 'auto'):  # a student's budget
+            if model.compressor is None:
+                raise Error(f"{cfg.model} is not compressed: --ratio needs --method, e.g. --method select")
+            if cfg.budget == 'auto' or cfg.ratio != model.config.compressor.get('ratio'):
+                compress.set_budget(model, cfg.ratio or model.config.compressor['ratio'], auto=cfg.budget == 'auto')
     except (M.ModelLoadError, compress.CompressError) as e:
         raise Error(str(e))
     return model
@@ -477,10 +492,9 @@ def generate(model, tok, cfg, task, todo, out_path):
             answers = model.batch_chat(tok, pixels, questions, max_new_tokens=max_new_tokens(cfg, task, any(cot)),
                                        min_new_tokens=1, stats=stats)  # min_new_tokens=1 as InternVL's eval
             peak_mb, peak_kind = peak_memory(cfg.device)
-            for it, a, q, pv, max_num in zip(batch, answers, questions, pixels, max_nums):
-                visual = len(pv) * model.num_image_token
+            for it, a, q, visual, max_num in zip(batch, answers, questions, stats['image_tokens'], max_nums):
                 n = len(tok.encode(M.chat_prompt(q, visual, model.config.template)))
-                rec = dict(qid=it['qid'], answer=a, **{k: stats.get(k, 0) / len(batch) for k in STATS},
+                rec = dict(qid=it['qid'], answer=a, **{k: stats.get(k, 0) / len(batch) for k in STATS}, image_tokens=visual,
                            prompt_tokens=n, prefill_flops=prefill_flops(model.config.llm, n, visual, schedule),
                            peak_mb=peak_mb, peak_kind=peak_kind)
                 if schedule:  # FastV, pdrop: the image tokens the LLM's layers see, on average
@@ -490,6 +504,12 @@ def generate(model, tok, cfg, task, todo, out_path):
                     rec['max_num'] = max_num
                 f.write(json.dumps(rec, ensure_ascii=False) + '\n')
             f.flush()
+
+def spread(values):
+    """min, 10th percentile, median, 90th percentile and max of the visual tokens per question's image."""
+    v = sorted(values)
+    return {name: v[min(len(v) - 1, int(q * len(v)))] for name, q in
+            (('min', 0), ('p10', 0.1), ('median', 0.5), ('p90', 0.9), ('max', 1))}
 
 def max_new_tokens(cfg, task, cot=False):
     n = cfg.max_new_tokens or task.max_new_tokens
@@ -537,10 +557,12 @@ def evaluate(model, tokenizer, task, /, rank=0, world=1, **settings):
     peaks = [(r['peak_mb'], r['peak_kind']) for r in recs if 'peak_mb' in r]  # older files: this process's
     mem = max(peaks) if peaks else peak_memory(cfg.device)
     res = dict(task=cfg.task, metric=task.metric, model=cfg.model, data=ann, method=cfg.method,
-               ratio=cfg.ratio, max_num=cfg.max_num, device=cfg.device, dtype=cfg.dtype,
+               ratio=cfg.ratio, budget=cfg.budget, max_num=cfg.max_num, device=cfg.device, dtype=cfg.dtype,
                max_new_tokens=max_new_tokens(cfg, task), cot=cfg.cot, n=len(items), new_predictions=generated,
                predictions=out, wall_s=round(time.time() - t0, 2),
                visual_tokens_per_image=round(tot['visual_tokens'] / len(recs), 1),
+               visual_tokens_spread=spread([r['image_tokens'] for r in recs]) if all('image_tokens' in r for r in recs)
+               else None,  # older files: unknown
                visual_tokens_layer_mean=round(sum(r['visual_tokens_layer_mean'] for r in recs) / len(recs), 1)
                if all('visual_tokens_layer_mean' in r for r in recs) else None,  # FastV, pdrop: over the LLM's layers
                prefill_ms_per_image=round(1000 * tot['prefill_s'] / len(recs), 2),

@@ -485,13 +485,17 @@ def decode_step(lm, caches, attention_mask, graph=None, compile=False):
 class InternVLChat(nn.Module):
     """InternVL2. compressor (None: InternVL2 itself) is the extension point for methods that hand the LLM fewer
     visual tokens (compress.build makes FCoT-VL's). It sits between the pixel shuffle and mlp1:
-      tokens_per_tile(n) -> how many of a tile's n tokens it hands on (num_image_token: the prompt's count);
-      compress(grid, tiles_per_image, projector) -> (tokens [kept, C], positions [kept] or None): grid [tiles, h,
-        w, C] holds the images' tiles in order, projector is mlp1 (to rank tokens as the LLM reads them).
-        positions: each token's index in its image's uncompressed sequence, its position id from the image's
-        first one; the text after the image and the generated tokens follow the whole uncompressed image, as if
-        no token had gone. None: consecutive position ids.
-    A method inside the LLM uses language_model.before_layer instead (LanguageModel.forward)."""
+      tokens_per_tile(n) -> how many of a tile's n tokens it hands on (num_image_token: the prompt's count), or
+        None when the count follows the content; then
+      counts(grid, tiles_per_image, projector) -> each image's count, which the prompt is built with;
+      compress(grid, tiles_per_image, projector, counts) -> (tokens [sum(counts), C], positions [sum(counts)] or
+        None): grid [tiles, h, w, C] holds the images' tiles in order, projector is mlp1 (to rank tokens as the
+        LLM reads them), counts the <IMG_CONTEXT> tokens each image has in the prompt. positions: each token's
+        index in its image's uncompressed sequence, its position id from the image's first one; the text after
+        the image and the generated tokens follow the whole uncompressed image, as if no token had gone. None:
+        consecutive position ids.
+    A prompt whose images have other counts than num_image_token per tile (a variable budget) needs
+    tiles_per_image in forward and generate. A method inside the LLM uses language_model.before_layer instead."""
 
     def __init__(self, config, compressor=None):
         super().__init__()
@@ -515,30 +519,46 @@ class InternVLChat(nn.Module):
         g = math.isqrt(x.shape[1])
         return pixel_shuffle(x.reshape(x.shape[0], g, g, -1), self.config.downsample_ratio)
 
-    def project(self, grid, tiles_per_image=None):
+    def project(self, grid, tiles_per_image=None, counts=None):
         """Token grid -> (mlp1's features [tokens, llm_hidden], the compressor's positions or None)."""
         if self.compressor is None:
             return self.mlp1(grid.flatten(0, 2)), None
-        tokens, positions = self.compressor.compress(grid, tiles_per_image, self.mlp1)
+        counts = counts or self.image_token_counts(grid, tiles_per_image)
+        tokens, positions = self.compressor.compress(grid, tiles_per_image, self.mlp1, counts)
         return self.mlp1(tokens), positions
 
     def extract_feature(self, pixel_values):
         """[tiles, 3, S, S] of one image -> [tokens, llm_hidden]."""
         return self.project(self.visual_grid(pixel_values), [len(pixel_values)])[0]
 
-    def tiles_per_image(self, is_img):
-        """The tile count of each image in the batch, in order: each run of <IMG_CONTEXT> tokens is one image."""
+    def image_token_counts(self, grid, tiles_per_image):
+        """The <IMG_CONTEXT> count of each image's prompt: tiles x num_image_token, or the compressor's by content."""
+        if self.num_image_token is None:
+            return self.compressor.counts(grid, tiles_per_image, self.mlp1)
+        return [n * self.num_image_token for n in tiles_per_image]
+
+    @staticmethod
+    def image_runs(is_img):
+        """The length of each run of <IMG_CONTEXT> tokens, in order: one image each."""
         starts = is_img & ~F.pad(is_img, (1, 0))[:, :-1]
         image = starts.flatten().long().cumsum(0)[is_img.flatten()] - 1  # each image token's image
-        return (torch.bincount(image) // self.num_image_token).tolist() if is_img.any() else []
+        return torch.bincount(image).tolist() if is_img.any() else []
 
-    def position_gaps(self, is_img, positions, tiles, tile_tokens):
+    def tiles_from_runs(self, runs):
+        """Each image's tile count, from its run of <IMG_CONTEXT> tokens when every tile has num_image_token."""
+        per_tile = self.num_image_token
+        if per_tile is None or any(n % per_tile for n in runs):
+            what = "vary by content" if per_tile is None else f"are not whole tiles of {per_tile}"
+            raise ValueError(f"image token runs {runs} {what}: pass tiles_per_image")
+        return [n // per_tile for n in runs]
+
+    def position_gaps(self, is_img, positions, runs, tiles, tile_tokens):
         """[B, L + 1]: the position ids the compressor left out before each token (the last column: before the next
         one), so that a kept token sits at its image's first id + its positions entry and the text after an image
         follows all tiles x tile_tokens of it."""
         B, L = is_img.shape
         tiles = torch.tensor(tiles, device=positions.device)
-        last = (tiles * self.num_image_token).cumsum(0) - 1  # each image's last kept token, in positions
+        last = torch.tensor(runs, device=positions.device).cumsum(0) - 1  # each image's last kept token, in positions
         prev = positions.roll(1)
         prev[torch.cat([last.new_zeros(1), last[:-1] + 1])] = -1  # an image's first kept token: none before it
         gap = torch.zeros(B, L + 1, dtype=torch.long, device=is_img.device)
@@ -549,11 +569,12 @@ class InternVLChat(nn.Module):
         return gap.cumsum(-1)
 
     def forward(self, pixel_values, input_ids, attention_mask=None, position_ids=None, caches=None, last_only=False,
-                grid=None, logits_mask=None):
+                grid=None, logits_mask=None, tiles_per_image=None):
         """Logits [B, L, V]. IMG_CONTEXT positions take the tiles' features in order, sample by sample.
         attention_mask [B, T] marks real tokens (left or right padding; with caches it covers the cache too).
         grid: visual_grid's output in place of pixel_values (distillation runs the ViT once for two projectors).
-        logits_mask [B, L]: logits only where it is true, as [n, V] (training needs only the answers')."""
+        logits_mask [B, L]: logits only where it is true, as [n, V] (training needs only the answers').
+        tiles_per_image: each image's tile count, needed only where the prompt's counts vary (class docstring)."""
         embeds = self.language_model.model.tok_embeddings(input_ids)
         (B, L), device = input_ids.shape, input_ids.device
         is_img, gaps = None, None
@@ -563,14 +584,15 @@ class InternVLChat(nn.Module):
                                  "files")
             is_img = input_ids == self.img_context_token_id
             grid = self.visual_grid(pixel_values) if grid is None else grid
-            tiles = self.tiles_per_image(is_img) if self.compressor is not None else None
-            feats, positions = self.project(grid, tiles)
+            runs = self.image_runs(is_img) if self.compressor is not None else None
+            tiles = tiles_per_image or (self.tiles_from_runs(runs) if runs is not None else None)
+            feats, positions = self.project(grid, tiles, runs)
             if is_img.sum() != len(feats):
                 raise ValueError(f"{int(is_img.sum())} <IMG_CONTEXT> tokens but {len(grid)} tiles give {len(feats)} "
-                                 f"features: build the prompt with model.num_image_token per tile")
+                                 f"features: build the prompt with model.image_token_counts")
             embeds = embeds.masked_scatter(is_img[..., None], feats.to(embeds.dtype))
             if positions is not None and position_ids is None:
-                gaps = self.position_gaps(is_img, positions, tiles, grid.shape[1] * grid.shape[2])
+                gaps = self.position_gaps(is_img, positions, runs, tiles, grid.shape[1] * grid.shape[2])
         past = caches[0].length if caches else 0
         if position_ids is None:
             if past and caches[0].next_position is not None:  # generation continues from the last position id
@@ -592,15 +614,17 @@ class InternVLChat(nn.Module):
 
     @torch.inference_mode()
     def generate(self, pixel_values, input_ids, attention_mask=None, max_new_tokens=64, stop_ids=(), min_new_tokens=0,
-                 stats=None):
-        """Greedy decoding with a KV cache for a left-padded batch -> each row's new ids, cut before a stop id."""
+                 stats=None, grid=None, tiles_per_image=None):
+        """Greedy decoding with a KV cache for a left-padded batch -> each row's new ids, cut before a stop id.
+        grid, tiles_per_image: as forward's."""
         (B, L), device = input_ids.shape, input_ids.device
         caches = new_caches(self.config.llm, B, L + max_new_tokens, self.language_model.output.weight.dtype, device)
         mask = torch.ones(B, L, dtype=torch.long, device=device) if attention_mask is None else attention_mask.long()
         stop = torch.tensor(list(stop_ids) or [-1], device=device)
         out, done = [], torch.zeros(B, dtype=torch.bool, device=device)
         t0 = _now(device)
-        logits = self(pixel_values, input_ids, mask, caches=caches, last_only=True)
+        logits = self(pixel_values, input_ids, mask, caches=caches, last_only=True, grid=grid,
+                      tiles_per_image=tiles_per_image)
         t1 = _now(device)
         # on CUDA, the decode loop replays one captured step (see decode_step); an LLM with a hook stays eager
         static = input_ids.is_cuda and max_new_tokens > 1 and static_decode_ok(self.language_model, L + max_new_tokens)
@@ -628,20 +652,33 @@ class InternVLChat(nn.Module):
 
     def batch_chat(self, tok, pixel_values_list, questions, max_new_tokens=64, min_new_tokens=0, history=None,
                    stats=None):
-        """One answer per (image tiles, question) pair, greedy, as InternVL's chat()."""
-        prompts = [chat_prompt(q, None if pv is None else len(pv) * self.num_image_token, self.config.template,
-                               history=history) for pv, q in zip(pixel_values_list, questions)]
+        """One answer per (image tiles, question) pair, greedy, as InternVL's chat(). stats gains the sums of
+        generate's timings and of the visual tokens, and image_tokens: each pair's count (0: no image)."""
+        device = self.language_model.output.weight.device
+        images = [pv for pv in pixel_values_list if pv is not None]
+        pixel_values = torch.cat(images).to(device, self.mlp1[1].weight.dtype) if images else None
+        tiles, grid, counts = [len(pv) for pv in images], None, None
+        if images and self.num_image_token is None:  # a budget by content: the ViT first, then the prompt
+            t0 = _now(device)
+            grid = self.visual_grid(pixel_values)
+            counts = self.image_token_counts(grid, tiles)
+            if stats is not None:  # the ViT's time is the prefill's, as where generate runs it
+                stats["prefill_s"] = stats.get("prefill_s", 0) + _now(device) - t0
+            pixel_values = None
+        counts = iter(counts or self.image_token_counts(grid, tiles))
+        per_pair = [0 if pv is None else next(counts) for pv in pixel_values_list]
+        prompts = [chat_prompt(q, n or None, self.config.template, history=history)
+                   for n, q in zip(per_pair, questions)]
         rows = [tok.encode(p) for p in prompts]
         L = max(map(len, rows))
-        device = self.language_model.output.weight.device
         input_ids = torch.tensor([[0] * (L - len(r)) + r for r in rows], device=device)
         attention_mask = torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows], device=device)
-        tiles = [pv for pv in pixel_values_list if pv is not None]
-        pixel_values = torch.cat(tiles).to(device, self.mlp1[1].weight.dtype) if tiles else None
         stop_ids = [tok.token_to_id(STOP_TOKEN)]
-        ids = self.generate(pixel_values, input_ids, attention_mask, max_new_tokens, stop_ids, min_new_tokens, stats)
+        ids = self.generate(pixel_values, input_ids, attention_mask, max_new_tokens, stop_ids, min_new_tokens, stats,
+                            grid, tiles)
         if stats is not None:
-            stats["visual_tokens"] = stats.get("visual_tokens", 0) + sum(len(t) for t in tiles) * self.num_image_token
+            stats["visual_tokens"] = stats.get("visual_tokens", 0) + sum(per_pair)
+            stats["image_tokens"] = per_pair
         return [tok.decode(r).strip() for r in ids]
 
     def chat(self, tok, pixel_values, question, max_new_tokens=64, history=None):

@@ -163,23 +163,32 @@ def next_turn_text(question, template):
     return M.chat_prompt(question, None, template, history=[("", "")])[len(head):]
 
 
-def collate(convs, tok, model, cfg, pixels=None):
+def load_tiles(conv, model, cfg):
+    """A conversation's image as tiles [n, 3, S, S]."""
+    mc = model.config
+    try:  # a conversation may carry its own tile budget, as InternVL's per-dataset max_dynamic_patch
+        return M.load_image(conv["image"], conv.get("max_num") or cfg.max_num or mc.max_dynamic_patch,
+                            mc.force_image_size, use_thumbnail=mc.use_thumbnail)
+    except ValueError as e:
+        raise Error(f"{e}: replace the file or drop its line") from None
+
+
+def collate(convs, tok, model, cfg, pixels=None, tile_tokens=None):
     """Conversations (pixels: their tiles, if already loaded) -> a right-padded batch: input_ids, labels (-100 but on
     answers), attention_mask, pixel_values, num_tiles, n_labels, n_tokens, truncated, convs. The first prompt is
-    chat_prompt's text with its IMG_CONTEXT tokens; each answer is encoded alone plus <|im_end|>, as decoded."""
+    chat_prompt's text with its IMG_CONTEXT tokens, tile_tokens per tile (default: model.num_image_token); each
+    answer is encoded alone plus <|im_end|>, as decoded."""
     mc, end, img = model.config, tok.token_to_id(M.STOP_TOKEN), model.img_context_token_id
+    per_tile = tile_tokens or model.num_image_token
+    if per_tile is None:
+        raise Error("this student's visual tokens follow the content (--budget auto): train it through distill.py")
     rows, truncated = [], 0
     for conv, pv in zip(convs, pixels or [None] * len(convs)):
-        if pv is None:
-            try:  # a conversation may carry its own tile budget, as InternVL's per-dataset max_dynamic_patch
-                pv = M.load_image(conv["image"], conv.get("max_num") or cfg.max_num or mc.max_dynamic_patch,
-                                  mc.force_image_size, use_thumbnail=mc.use_thumbnail)
-            except ValueError as e:
-                raise Error(f"{e}: replace the file or drop its line") from None
+        pv = load_tiles(conv, model, cfg) if pv is None else pv
         ids, labels, turns = [], [], conv["conversations"]
         for t in range(0, len(turns), 2):
             q, a = turns[t]["value"], turns[t + 1]["value"]
-            prompt = tok.encode(M.chat_prompt(q, len(pv) * model.num_image_token, mc.template)) if t == 0 \
+            prompt = tok.encode(M.chat_prompt(q, len(pv) * per_tile, mc.template)) if t == 0 \
                 else tok.encode(next_turn_text(q, mc.template), bos=False)
             answer = tok.encode(a, bos=False) + [end]
             ids += prompt + answer
@@ -187,9 +196,9 @@ def collate(convs, tok, model, cfg, pixels=None):
         if len(ids) > cfg.max_len:
             truncated += 1
             ids, labels = ids[:cfg.max_len], labels[:cfg.max_len]
-            if ids.count(img) < len(pv) * model.num_image_token:
+            if ids.count(img) < len(pv) * per_tile:
                 raise Error(f"--max-len {cfg.max_len} cuts into the image tokens ({len(pv)} tiles x "
-                            f"{model.num_image_token}): raise --max-len or lower --max-num")
+                            f"{per_tile}): raise --max-len or lower --max-num")
         rows.append((ids, labels, pv))
     L = max(len(r[0]) for r in rows)
     input_ids = torch.tensor([ids + [0] * (L - len(ids)) for ids, _, _ in rows])

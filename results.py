@@ -6,7 +6,9 @@ rest distilled from the teacher; (b), the run without it, distilled on the teach
 average of the two chain-of-thought runs (merge.py), and every row on every task (evaluate.py): teacher; the
 training-free baselines (compress.py) pool, FastV, untrained select, DivPrune, random (the mean of seeds 0, 1 and 2,
 each a row of results.json), fewer tiles, VisionZip, PyramidDrop; stage I, stage I+II (a), (b) and (c), and
-stage I+II+merge.
+stage I+II+merge. Beside them, select's one student for every ratio (distill.py --budget auto, --any-steps) at
+--any-ratios, and with its budget by content at the thresholds calibrated for --auto-shares: the
+accuracy-against-tokens curve of score_vs_tokens.png.
 
     python results.py --jobs 2 --threads 1     # embedded teacher, ratios 0.5 0.25, all five tasks (2-core CPU: about 100 min)
     python results.py --quick --threads 1      # smoke run: 4 steps, 4 tiles, 4 questions per task
@@ -20,7 +22,7 @@ Each step is a function call (distill.run, merge.merge, evaluate.evaluate) in a 
 --distill-args and --stage2-args are parsed by distill.py and win over results.py's settings but for a
 run's folder and shape (--out, --micro-batch, --warmup, --max-num, --threads, --device, --resume).
 
-Under --out (runs/results): r<ratio>/{stage1,stage2-a,stage2-b,stage2-c,merged}/, eval/<row>/<task>.jsonl and .json,
+Under --out (runs/results): r<ratio>/{stage1,stage2-a,stage2-b,stage2-c,merged}/, any/, eval/<row>/<task>.jsonl and .json,
 results.md, results.json, score_vs_tokens.png. A training step whose folder holds a finished model
 (config.json + model*.safetensors) is skipped, one with only checkpoint/ gets --resume, an evaluation
 whose settings and weights have not changed is skipped: after a kill, the same command continues. Delete
@@ -32,8 +34,9 @@ peak memory (each row's evaluations run in one process) relative to the teacher;
 each task's score in its unit (OCRBench: hits); avg, the mean over tasks with OCRBench as percent;
 reasoning, the mean over tasks of the reasoning questions' score. Under the table, per ratio: what training adds,
 the best trained row minus the strongest training-free row (each by avg, of the rows with every task evaluated), and
-stage I minus untrained select, in points averaged over the tasks with a 95% bootstrap interval, paired over the main
-set's questions; results.json also has each task's difference and interval.
+stage I minus untrained select, and the one student minus the stage-I student of the ratio, in points averaged over
+the tasks with a 95% bootstrap interval, paired over the main set's questions (results.json also has each task's);
+then, for each budget by content, each task's score and visual tokens as shares of the teacher's.
 """
 import collections, functools, glob, json, math, multiprocessing, os, shlex, sys, time
 from dataclasses import asdict, dataclass, replace
@@ -66,6 +69,9 @@ class Config:
     distill_args: str = ""  # more distill.py flags for stage I, e.g. "--data pairs.jsonl --grad-checkpointing"
     stage2_args: str = ""  # more distill.py flags for the stage-II runs
     fastv_layer: int = 2  # K of the FastV baseline
+    any_steps: int = 600  # steps of the one student for every ratio: the two per-ratio stage-I students' together
+    any_ratios: tuple = (0.125, 0.25, 0.5, 0.75)  # the one student for every ratio, evaluated at these
+    auto_shares: tuple = (0.2, 0.3, 0.4, 0.5)  # and with the budget by content, at thresholds calibrated to these
     limit: int = 0  # first N questions per task (0: all)
     max_new_tokens: int = 0  # answer length in evaluation (0: the task protocol's)
     batch_size: int = 8  # evaluation batch size
@@ -76,7 +82,7 @@ class Config:
     table_only: bool = False  # only rebuild table, JSON and plot from OUT/eval/
 
 
-QUICK = dict(distill_steps=4, stage2_steps=4, cot_steps=4, micro_batch=2, warmup=1, max_num=4, limit=4)
+QUICK = dict(distill_steps=4, any_steps=4, stage2_steps=4, cot_steps=4, micro_batch=2, warmup=1, max_num=4, limit=4)
 # the stage-II runs: their samples apart from stage I's (seed offset 5e8) and from each other's. cot: the mix holds
 # reasoning questions answered with a rationale, so the run is asked with the CoT prompt; merge: averaged into the final
 # model. (a) and (c) are two such mixes; (b) keeps distillation's own, the comparison without CoT (an average with it
@@ -91,22 +97,30 @@ MERGED = [k for k, s in STAGE2.items() if s["merge"]]
 BASELINES = {"pool": "pool", "fastv": "FastV", "select": "untrained select", "divprune": "DivPrune", "random": "random",
              "tiles": "fewer tiles", "visionzip": "VisionZip", "pdrop": "PyramidDrop"}
 SEEDS = (0, 1, 2)
+ANY, AUTO = "one student, every ratio", "budget by content"
 FAMILIES = {"teacher": (0, 0, 0), "pool": (31, 119, 180), "FastV": (255, 127, 14), "untrained select": (127, 127, 127),
             "DivPrune": (188, 189, 34), "random": (23, 190, 207), "fewer tiles": (174, 199, 232),
             "VisionZip": (255, 187, 120), "PyramidDrop": (152, 223, 138), "stage I": (44, 160, 44),
             "stage I+II (a)": (214, 39, 40), "stage I+II (b)": (140, 86, 75), "stage I+II (c)": (227, 119, 194),
-            "stage I+II+merge": (148, 103, 189)}
+            "stage I+II+merge": (148, 103, 189), ANY: (0, 100, 0), AUTO: (220, 20, 60)}
 
 
 def parse_args(argv=None):
     pos = (0, float("inf"))  # the numbers reach distill.py and evaluate.py late, after hours of training: checked now
-    cfg = cli.parse(Config, argv, "results.py", __doc__, ratios=(0, 1), distill_steps=1, stage2_steps=1, cot_steps=1,
+    cfg = cli.parse(Config, argv, "results.py", __doc__, ratios=(0, 1), any_ratios=(0, 1), auto_shares=(0, 1),
+                    distill_steps=1, any_steps=1, stage2_steps=1, cot_steps=1,
                     micro_batch=1, warmup=0, max_num=0, fastv_layer=1, limit=0, max_new_tokens=0, batch_size=1, threads=0,
                     jobs=1, distill_lr=pos, stage2_lr=pos, stage2_lr_llm=pos)
     for k, v in QUICK.items() if cfg.quick else ():
         setattr(cfg, k, v if getattr(cfg, k) == getattr(Config, k) else getattr(cfg, k))
     if set(cfg.tasks) - set(TASKS):
         raise cli.Error(f"--tasks: choose from {' '.join(TASKS)}")
+    import distill, compress  # the one student's range and calibrated shares: checked now, not after training
+    lo, hi = distill.ratio_range(distill.DistillConfig())
+    shares = [s for s in compress.THRESHOLD_SHARES if s > lo]
+    if not all(lo <= r <= hi for r in cfg.any_ratios) or not all(shares[0] <= s <= shares[-1] for s in cfg.auto_shares):
+        raise cli.Error(f"--any-ratios must lie in {lo:g}..{hi:g} and --auto-shares in {shares[0]:g}..{shares[-1]:g}, "
+                        "the one student's range and calibrated shares")
     cfg.out, cfg.teacher = os.path.abspath(cfg.out), os.path.abspath(cfg.teacher)
     return cfg
 
@@ -165,7 +179,8 @@ def run_distill(settings, flags):
     import distill as D
     shape = ("out", "micro_batch", "warmup", "max_num", "threads", "device", "resume")
     fixed, defaults = ({k: v for k, v in settings.items() if (k in shape) == want} for want in (True, False))
-    return cli.run_main("distill.py", lambda: D.run(replace(D.parse_args(shlex.split(flags), **defaults), **fixed)))
+    return cli.run_main("distill.py", lambda: D.run(replace(D.parse_args(shlex.split(flags), **defaults), **fixed)),
+                        D.M.ModelLoadError, D.C.CompressError)
 
 
 def train(cfg, what, out, flags, **settings):
@@ -200,7 +215,15 @@ def side_by_side(fns, jobs):
 
 
 def run_pipeline(cfg):
-    side_by_side([functools.partial(ratio_pipeline, cfg, r) for r in cfg.ratios], cfg.jobs)
+    ranged = [functools.partial(any_pipeline, cfg)] if cfg.compressor == "select" else []  # select's alone
+    side_by_side([functools.partial(ratio_pipeline, cfg, r) for r in cfg.ratios] + ranged, cfg.jobs)
+
+
+def any_pipeline(cfg):
+    """One stage-I student for every ratio (distill.py --budget auto), as long as each per-ratio one trains."""
+    train(cfg, "stage I, one student for every ratio", os.path.join(cfg.out, "any"), cfg.distill_args,
+          teacher=cfg.teacher, ratio=0.5, budget="auto", compressor=cfg.compressor, eval_task="",
+          fastv_layer=cfg.fastv_layer, steps=cfg.any_steps, lr=cfg.distill_lr)
 
 
 def ratio_pipeline(cfg, r):
@@ -220,12 +243,13 @@ def ratio_pipeline(cfg, r):
              functools.partial(merge.merge, [os.path.join(d, f"stage2-{k}") for k in MERGED], merged), fresh=not on_cpu(cfg))
 
 
-Row = collections.namedtuple("Row", "key family ratio model method cot seed", defaults=(False, None))
+Row = collections.namedtuple("Row", "key family ratio model method cot seed budget", defaults=(False, None, None))
 
 
 def rows(cfg):
-    """Every evaluated row: its key, family, ratio, model folder, evaluate.py's method, whether it is asked with the
-    CoT prompt, and random's seed."""
+    """Every evaluated row: its key, family, ratio (a budget by content: the mean share its threshold was calibrated
+    for), model folder, evaluate.py's method, whether it is asked with the CoT prompt, random's seed, and the one
+    student's budget (fixed or auto)."""
     out = [Row("teacher", "teacher", 1.0, cfg.teacher, "none")]
     for r in cfg.ratios:
         d = os.path.join(cfg.out, f"r{r:g}")
@@ -237,6 +261,10 @@ def rows(cfg):
                   for k, s in STAGE2.items()],
                 Row(f"merged-r{r:g}", "stage I+II+merge", r, os.path.join(d, "merged"), "none",
                     any(STAGE2[k]["cot"] for k in MERGED))]
+    if cfg.compressor == "select":  # the one student for every ratio: select's ranking does not depend on it
+        any_dir = os.path.join(cfg.out, "any")
+        out += [Row(f"any-r{r:g}", ANY, r, any_dir, "none", budget="fixed") for r in cfg.any_ratios]
+        out += [Row(f"auto-s{s:g}", AUTO, s, any_dir, "none", budget="auto") for s in cfg.auto_shares]
     return out
 
 
@@ -252,12 +280,13 @@ def evaluate_rows(cfg):
     settings resume them where evaluate.py's run key allows (it starts a file of other settings afresh)."""
     import torch, model, compress  # once, in the parent: only imports happen before the forks
     work = []
-    for key, _, r, folder, method, cot, seed in rows(cfg):
+    for key, _, r, folder, method, cot, seed, budget in rows(cfg):
         todo, edir = [], os.path.join(cfg.out, "eval", key)
         stamp = sorted((os.path.basename(f), os.path.getsize(f), os.path.getmtime(f))
                        for f in glob.glob(os.path.join(folder, "model*.safetensors")))
         for task in cfg.tasks:
-            settings = dict(task=task, model=folder, method=method, ratio=r, fastv_layer=cfg.fastv_layer,
+            settings = dict(task=task, model=folder, method=method, ratio=r if method != "none" or budget else None,
+                            **({"budget": budget} if budget else {}), fastv_layer=cfg.fastv_layer,
                             batch_size=cfg.batch_size, out=os.path.join(edir, task + ".jsonl"), cot=cot,
                             **{k: getattr(cfg, k) for k in ("limit", "max_num", "max_new_tokens", "device")
                                if getattr(cfg, k)}, **({"seed": seed} if seed is not None else {}))
@@ -292,7 +321,7 @@ def evaluate_row(todo):
 def summarise(cfg):
     """-> ({key: row}, the table's row keys, {ratio: the merged stage-II run with the best average})."""
     res, mean = {}, lambda xs: sum(xs) / len(xs) if xs else None
-    for key, fam, r, folder, method, _, seed in rows(cfg):
+    for key, fam, r, folder, method, _, seed, _ in rows(cfg):
         ev = {t: load(p) for t in cfg.tasks if os.path.isfile(p := os.path.join(cfg.out, "eval", key, t + ".json"))}
         per_layer = [e.get("visual_tokens_layer_mean") for e in ev.values()]  # FastV, PyramidDrop: inside the LLM
         res[key] = dict(key=key, family=fam, ratio=r, model=folder, method=method, seed=seed, eval=ev,
@@ -301,7 +330,8 @@ def summarise(cfg):
                                       for e in ev.values()]),
                         reasoning=mean([e["reasoning"]["score"] for e in ev.values() if e.get("reasoning")]),
                         visual_tokens=mean([e["visual_tokens_per_image"] for e in ev.values()]),
-                        visual_tokens_layer_mean=None if None in per_layer else mean(per_layer))
+                        visual_tokens_layer_mean=None if None in per_layer else mean(per_layer),
+                        visual_tokens_spread={t: e.get("visual_tokens_spread") for t, e in ev.items()})
     t, peak = res["teacher"]["eval"], lambda ev: max(e["peak_memory_mb"] for e in ev.values())
     for x in res.values():
         x["flops_vs_teacher"] = mean([e["llm_prefill_gflops"] / t[k]["llm_prefill_gflops"]
@@ -384,14 +414,17 @@ def gain(cfg, a, b):
 
 def gains(cfg, res):
     """{ratio: the best trained row vs the strongest training-free row (each by avg, of the rows with every task
-    evaluated), and stage I vs untrained select}: gain()'s, None where a row lacks an evaluation."""
+    evaluated), stage I vs untrained select, and the one student vs stage I}: gain()'s, None where a row lacks an
+    evaluation."""
     out = {}
     for r in cfg.ratios:
         top = lambda keys: max((k for k in keys if res[k]["complete"]), key=lambda k: res[k]["average"], default=None)
         trained = top([f"stage1-r{r:g}", *[f"stage2-{k}-r{r:g}" for k in STAGE2], f"merged-r{r:g}"])
         free = top([k for k in table_keys(cfg) if res[k]["family"] in BASELINES.values() and res[k]["ratio"] == r])
         out[f"{r:g}"] = dict(trained_vs_training_free=gain(cfg, trained, free) if trained and free else None,
-                             stage1_vs_select=gain(cfg, f"stage1-r{r:g}", f"select-r{r:g}"))
+                             stage1_vs_select=gain(cfg, f"stage1-r{r:g}", f"select-r{r:g}"),
+                             one_student_vs_stage1=gain(cfg, f"any-r{r:g}", f"stage1-r{r:g}")
+                             if f"any-r{r:g}" in res else None)
     return out
 
 
@@ -423,7 +456,8 @@ def markdown(cfg, res, table, best, gain_of):
         parts.append(vs(mg, top, f"merge vs the better run it averages ({best[r].split('-')[1]})"))
         lines.append(f"- ratio {r:g}: " + "; ".join(parts))
     for r in cfg.ratios:
-        for what, g in zip(("best trained vs strongest training-free row, by avg", "stage I vs untrained select"),
+        for what, g in zip(("best trained vs strongest training-free row, by avg", "stage I vs untrained select",
+                            "one student for every ratio vs the stage-I student of this ratio"),
                            gain_of[f"{r:g}"].values()):
             if g is None:
                 lines.append(f"- ratio {r:g}: {what}: - (not every task evaluated for both rows)")
@@ -431,6 +465,14 @@ def markdown(cfg, res, table, best, gain_of):
             pair = f"{name(cfg, res[g['a']])} vs {name(cfg, res[g['b']])}"
             lines.append(f"- ratio {r:g}: {pair}{'' if pair == what else f' ({what})'}: {g['diff']:+.1f} points "
                          f"(95% CI {g['low']:+.1f}..{g['high']:+.1f}) averaged over the {len(cfg.tasks)} tasks")
+    teacher = res["teacher"]
+    for x in (res[k] for k in table if res[k]["family"] == AUTO and res[k]["complete"] and teacher["complete"]):
+        kept = [100 * x["eval"][t]["visual_tokens_per_image"] / teacher["eval"][t]["visual_tokens_per_image"]
+                for t in cfg.tasks]
+        share = lambda a, b: "-" if not b else f"{100 * a / b:.1f}%"
+        lines.append(f"- {AUTO}, threshold for a mean share of {x['ratio']:g} on the training images: "
+                     + ", ".join(f"{t} {share(x['scores'][t], teacher['scores'][t])} of the teacher's score "
+                                 f"with {k:.0f}% of its visual tokens" for t, k in zip(cfg.tasks, kept)))
     return "\n".join(lines) + "\n"
 
 

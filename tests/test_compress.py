@@ -711,3 +711,171 @@ def test_pdrop_batch_with_padding_matches_one_by_one(tok):
     answers = model.batch_chat(tok, [torch.randn(3, 3, 56, 56), None], ["a?", "b?"], max_new_tokens=4)
     alone = model.batch_chat(tok, [None], ["b?"], max_new_tokens=4)
     assert answers[1] == alone[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# select's kernel path: rarity and the fold's gather on each backend
+
+def whole_matrix_rarity(x, k):
+    """The formulation the blockwise paths replace (n x n memory)."""
+    return torch.cdist(x, x).topk(k + 1, largest=False).values[:, 1:].mean(-1)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 257, 1300])  # 1300: more than one 1024-row block
+def test_rarity_torch_and_npu_equal_the_whole_matrix(n):
+    """Random tokens, and tokens with many exact twins (blank paper: distances of 0)."""
+    torch.manual_seed(n)
+    for c in (3, 24, 100):
+        x = torch.randn(n, c)
+        for x in (x, x[torch.randint(0, max(1, n // 8), (n,))]):
+            for k in {min(1, n - 1), min(C.Select.neighbours, n - 1)}:
+                want = whole_matrix_rarity(x, k) if n > 1 else torch.zeros(1)  # a lone token: 0 (the old gave NaN)
+                for fn in (C.rarity_torch, C.rarity_npu):
+                    # |a|^2 + |b|^2 - 2 a.b errs by ~eps |a|^2, which the sqrt lifts near 0 to ~1e-3 sqrt(C)
+                    got = fn(x, k)
+                    assert got.shape == (n,) and torch.allclose(got, want, rtol=1e-5, atol=1e-3 * c ** 0.5), (fn, c, k)
+    assert C.rarity_backend(x) is C.rarity_torch and C.gather_backend(x[None, None]) is C.gather_torch  # a plain CPU
+
+
+def test_rarity_holds_a_block_of_distance_rows_at_a_time(monkeypatch):
+    """An image of 25 tiles (6,400 tokens): never its 6,400 x 6,400 distances, at most 1,024 rows of them."""
+    sizes = []
+
+    def spy(real):
+        def call(*args, **kwargs):
+            out = real(*args, **kwargs)
+            sizes.append(out.numel())
+            return out
+        return call
+
+    monkeypatch.setattr(torch, "cdist", spy(torch.cdist))
+    monkeypatch.setattr(torch, "addmm", spy(torch.addmm))
+    torch.manual_seed(0)
+    x = torch.randn(6400, 8)
+    a, b = C.rarity_torch(x, 4), C.rarity_npu(x, 4)
+    assert len(sizes) == 2 * 7 and max(sizes) == 1024 * 6400 and torch.allclose(a, b, atol=1e-4)
+
+
+def test_select_kernels_in_the_interpreter(triton_interpreter):
+    """The rarity and gather kernels, run by Triton's CPU interpreter, against the PyTorch paths: channels not a
+    power of two, an image of 1 tile and of 41 (4 x 4 token grids: the interpreter is slow), twins, the columns in
+    several ranges, a lone token, and kept tokens at both ends of their rows."""
+    code = """
+import torch, compress as C
+x = torch.zeros(1, 1)
+assert C.rarity_backend(x) is C.rarity_triton and C.gather_backend(x[None, None]) is C.gather_triton
+assert C.gather_backend(x[None, None].requires_grad_()) is C.gather_torch  # training: autograd's path
+torch.manual_seed(0)
+for tiles, c, twins, split, ks in ((1, 24, False, None, (1, 4)), (1, 100, True, 2, (1, 4)),
+                                   (41, 100, False, None, (4,)), (41, 24, True, 3, (1,))):
+    n = tiles * 16
+    x = torch.randn(n, c)
+    x = x[torch.randint(0, n // 8, (n,))] if twins else x
+    for k in ks:
+        got, want = C.rarity_triton(x, k, split), C.rarity_torch(x, k)
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-3 * c ** 0.5), (tiles, c, twins, split, k)
+assert C.rarity_triton(torch.randn(1, 24), 0).tolist() == [0.0]
+x = torch.randn(2, 24)
+assert torch.allclose(C.rarity_triton(x, 1), C.rarity_torch(x, 1))
+grid = torch.randn(41, 4, 4, 100)
+flat = torch.arange(0, 41 * 16, 3)
+tile, i, j = flat // 16, flat % 16 // 4, flat % 4
+assert (j == 0).any() and (j == 3).any()
+assert torch.equal(C.gather_triton(grid, tile, i, j), C.gather_torch(grid, tile, i, j))
+print("ok")
+"""
+    triton_interpreter(code)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled kernels need a GPU; the interpreter test runs them here")
+def test_select_kernels_on_cuda():
+    """The compiled kernels on a GPU, picked by the backends, against the PyTorch paths: fp32 and bf16, odd sizes,
+    and an image of 25 tiles of InternVL2-2B's tokens."""
+    pytest.importorskip("triton")
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        for n, c in ((1, 24), (5, 100), (1300, 100), (6400, 4096)):
+            x = torch.randn(n, c, device="cuda").to(dtype)
+            k = min(C.Select.neighbours, n - 1)
+            assert C.rarity_backend(x) is C.rarity_triton
+            got, want = C.rarity_triton(x, k), C.rarity_torch(x, k)
+            assert torch.allclose(got, want, rtol=1e-4, atol=1e-3 * c ** 0.5), (dtype, n, c)
+        grid = torch.randn(25, 16, 16, 4096, device="cuda").to(dtype)
+        flat = torch.randperm(25 * 256, device="cuda")[:3200].sort().values
+        tile, i, j = flat // 256, flat % 256 // 16, flat % 16
+        with torch.no_grad():
+            assert C.gather_backend(grid) is C.gather_triton
+            assert torch.equal(C.gather_triton(grid, tile, i, j), C.gather_torch(grid, tile, i, j))
+
+
+# ----------------------------------------------------------------------------- one select for every ratio, by content
+
+def ranged_select(width=8, floor=0.125):
+    s = C.Select((1, 1), width)
+    s.ratio, s.floor = 0.5, floor
+    return s
+
+
+def test_a_ranged_select_keeps_any_share_of_each_tile():
+    torch.manual_seed(0)
+    grid = torch.randn(5, 4, 4, 8)
+    s = ranged_select()
+    for ratio in (0.125, 0.3, 0.5, 0.8, 1.0):
+        s.ratio = ratio
+        per_tile = max(1, round(ratio * 16))
+        tokens, keep = s(grid, [2, 3])
+        assert s.tokens_per_tile(16) == per_tile and len(tokens) == len(keep) == 5 * per_tile
+        first = keep[:2 * per_tile]  # image 0's: its per_tile x 2 rarest, by the whole-image ranking
+        assert first.tolist() == sorted(s.rarity(grid[:2].flatten(0, 2)).topk(2 * per_tile).indices.tolist())
+
+
+def test_counts_keep_every_token_above_the_threshold_and_the_floor():
+    torch.manual_seed(1)
+    grid = torch.randn(6, 4, 4, 8)
+    grid[:3] = 0.01 * grid[:3]  # image 0 nearly blank: its rarity is small everywhere
+    s = ranged_select(floor=0.25)
+    scores = [s.rarity(grid[a:b].flatten(0, 2)) for a, b in ((0, 3), (3, 6))]
+    s.threshold = float(scores[1].median())
+    counts = s.counts(grid, [3, 3], None)
+    assert counts[0] == 12 and counts[1] == int((scores[1] > s.threshold).sum())  # the floor: 1/4 of 48 tokens
+    assert s.tokens_per_tile(16) is None
+    tokens, keep = s(grid, [3, 3])  # no counts given: the threshold's
+    assert len(tokens) == sum(counts)
+    assert set(keep[counts[0]:].tolist()) == set((scores[1] > s.threshold).nonzero()[:, 0].tolist())
+
+
+def test_calibrate_hits_each_mean_share_on_its_images():
+    torch.manual_seed(2)
+    grids = [torch.randn(n, 4, 4, 8) * scale for n, scale in ((1, 1), (3, 0.2), (5, 3))]
+    s = ranged_select()
+    table = C.calibrate(s, grids, None, shares=(0.1, 0.3, 0.5, 0.9))
+    assert [x for x, _ in table] == [0.3, 0.5, 0.9]  # below the floor no threshold reaches
+    for share, t in table:  # the brute-force mean over images of max(floor, kept share) at that threshold
+        kept = [max(math.ceil(0.125 * g.numel() // 8) / (g.numel() // 8),
+                    (s.rarity(g.flatten(0, 2)) > t).float().mean().item()) for g in grids]
+        assert sum(kept) / len(kept) == pytest.approx(share, abs=0.02)
+
+
+def test_set_budget_interpolates_and_refuses_what_it_cannot_do(tok):
+    teacher = tiny(tok)
+    student = C.make_student(teacher, "select", 0.5, ratio_range=(0.125, 1))
+    student.config = replace(student.config, compressor=dict(student.config.compressor,
+                                                             thresholds=[[0.2, 4.0], [0.3, 2.0], [0.5, 1.0]]))
+    C.set_budget(student, 0.25)
+    assert student.compressor.ratio == 0.25 and student.compressor.threshold is None
+    assert student.num_image_token == 1 and student.config.compressor["ratio"] == 0.25  # of a tile's 2 x 2
+    C.set_budget(student, 0.4, auto=True)
+    assert student.compressor.threshold == pytest.approx(1.5) and student.num_image_token is None
+    assert student.config.compressor["budget"] == "auto"
+    again = C.build(student.config)  # a saved record builds the same budget
+    assert (again.ratio, again.threshold, again.floor) == (0.4, student.compressor.threshold, 0.125)
+    with pytest.raises(C.CompressError, match="outside the range"):
+        C.set_budget(student, 0.05)
+    with pytest.raises(C.CompressError, match="calibrated for mean shares 0.2 to 0.5"):
+        C.set_budget(student, 0.9, auto=True)
+    fixed = C.make_student(teacher, "select", 0.5)
+    assert C.set_budget(fixed, 0.5) is fixed  # its own ratio: nothing to do
+    with pytest.raises(C.CompressError, match="keeps 0.5 of the tokens only"):
+        C.set_budget(fixed, 0.25)
+    with pytest.raises(C.CompressError, match="a range of ratios is select's"):
+        C.make_student(teacher, "pool", 0.5, ratio_range=(0.25, 1))

@@ -181,9 +181,87 @@ def test_ddp_two_processes_equal_one(teacher_dir, tmp_path):
     (["--trainable", "vision,projector"], "distillation trains compressor, projector and, optionally, llm"),
     (["--compressor", "pool", "--skip-thumbnail"], "skip_thumbnail is an option of select"),
     (["--compressor", "pool", "--rank-projected"], "rank_projected is an option of select"),
+    (["--budget", "auto", "--compressor", "pool"], "--budget auto is select's"),
+    (["--budget", "auto", "--ratio-range", "0.5"], "--ratio-range 0.5: give two shares"),
+    (["--budget", "auto", "--ratio-range", "0.6,1"], "need 0 < LO <= ratio <= HI <= 1"),
+    (["--budget", "some"], "--budget"),
+    (["--ratio-range", "0.25,1"], "are --budget auto's"),
 ])
 def test_bad_input_is_one_line(teacher_dir, tmp_path, flags, words):
     r = run(*train_args(teacher_dir, str(tmp_path / "x")), *flags)  # the last of a repeated flag wins
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert lines[0].startswith("distill.py: error:") and words in lines[0], lines[0]
+
+
+# ----------------------------------------------------------------------------- one student for every ratio
+
+def test_ratio_draw_is_in_range_log_uniform_and_a_function_of_the_batch():
+    convs = [[{"conversations": [{"from": "human", "value": f"q{i}"}]}] for i in range(2000)]
+    draws = [D.draw_ratio(c, 0.125, 1) for c in convs]
+    assert all(0.125 <= r <= 1 for r in draws) and draws == [D.draw_ratio(c, 0.125, 1) for c in convs]
+    halves = [sum(lo <= r < 2 * lo for r in draws) for lo in (0.125, 0.25, 0.5)]  # each halving about a third
+    assert all(560 < h < 780 for h in halves), halves
+
+
+def test_a_ranged_student_batch_keeps_the_drawn_share_and_its_loss_runs(teacher_dir):
+    """pair_collate with a range: the student's prompt holds round(r x n) tokens per tile for the batch's drawn r,
+    the teacher's all of them; the loss passes the tiles, so the student keeps exactly what its prompt holds."""
+    teacher, tok = M.load_model(teacher_dir), M.load_tokenizer(teacher_dir)
+    student = C.make_student(teacher, "select", 0.5, ratio_range=(0.25, 1))
+    cfg = D.parse_args(train_args(teacher_dir, "unused", "--budget", "auto", "--ratio-range", "0.25,1"))
+    per_tile = teacher.num_image_token
+    seen = set()
+    for first in range(0, 12, 3):
+        convs = [P.conversation_at(i, cfg) for i in range(first, first + 3)]
+        batch = D.pair_collate(teacher, (0.25, 1))(convs, tok, student, cfg)
+        want = max(1, round(D.draw_ratio(convs, 0.25, 1) * per_tile))
+        n_img = int((batch["input_ids"] == student.img_context_token_id).sum())
+        assert n_img == sum(batch["num_tiles"]) * want
+        assert int((batch["teacher_ids"] == teacher.img_context_token_id).sum()) == sum(batch["num_tiles"]) * per_tile
+        loss, _ = D.make_loss(teacher, 1.0, 0.5)(student, dict(batch, n_labels_global=batch["n_labels"]))
+        assert torch.isfinite(loss)
+        seen.add(want)
+    assert len(seen) > 1  # the share changes from batch to batch
+
+
+def test_budget_auto_trains_calibrates_and_evaluates(teacher_dir, tmp_path):
+    """--budget auto: one student with a range and thresholds calibrated on training images; evaluate.py runs it at
+    any ratio in the range and by content, and refuses a ratio outside it or a fixed student at another ratio."""
+    out = str(tmp_path / "any")
+    r = run(*train_args(teacher_dir, out, "--budget", "auto", "--calibration-images", "6"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    record = json.load(open(os.path.join(out, "config.json")))["compressor"]
+    assert record["ratio_range"] == [0.125, 1.0] and record["ratio"] == 0.5 and "budget" not in record
+    shares = [s for s, _ in record["thresholds"]]
+    assert shares == [s for s in C.THRESHOLD_SHARES if s > 0.125]
+    assert all(a >= b for (_, a), (_, b) in zip(record["thresholds"], record["thresholds"][1:]))  # falls with the share
+
+    def evaluate(*flags, folder=out):
+        name = "_".join((os.path.basename(folder),) + flags)
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--task", "docvqa", "--model", folder,
+                            "--limit", "3", "--max-new-tokens", "2", "--max-num", "2", "--out",
+                            str(tmp_path / f"{name}.jsonl"), *flags], capture_output=True, text=True, cwd=ROOT,
+                           timeout=300)
+        return r, (json.load(open(tmp_path / f"{name}.json")) if r.returncode == 0 else None)
+    full = evaluate(folder=teacher_dir)[1]["visual_tokens_per_image"]
+    for ratio in ("0.25", "0.75"):
+        r, res = evaluate("--ratio", ratio)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert res["visual_tokens_per_image"] == pytest.approx(float(ratio) * full, abs=0.1)  # rounded to 0.1
+    r, res = evaluate("--budget", "auto", "--ratio", "0.5")
+    assert r.returncode == 0, r.stderr[-2000:]
+    spread = res["visual_tokens_spread"]
+    assert spread["min"] <= res["visual_tokens_per_image"] <= spread["max"] <= full
+    recs = [json.loads(line) for line in open(tmp_path / "any_--budget_auto_--ratio_0.5.jsonl")][1:]
+    assert sum(x["image_tokens"] for x in recs) / len(recs) == pytest.approx(res["visual_tokens_per_image"], abs=0.1)
+    fixed = str(tmp_path / "fixed")
+    assert run(*train_args(teacher_dir, fixed, "--steps", "1")).returncode == 0
+    for flags, folder, words in ((("--ratio", "0.05"), out, "outside the range"),
+                                 (("--ratio", "0.25"), fixed, "keeps 0.5 of the tokens only"),
+                                 (("--budget", "auto"), fixed, "keeps 0.5 of the tokens only"),
+                                 (("--ratio", "0.5"), teacher_dir, "is not compressed"),
+                                 (("--budget", "auto", "--method", "pool", "--ratio", "0.5"), out, "drop --method")):
+        r, _ = evaluate(*flags, folder=folder)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and words in lines[0], (flags, r.stderr[-2000:])

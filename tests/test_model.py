@@ -329,9 +329,26 @@ class EveryOther(torch.nn.Module):
     def tokens_per_tile(self, n):
         return n // 2
 
-    def compress(self, grid, tiles_per_image, projector):
+    def compress(self, grid, tiles_per_image, projector, counts):
+        assert counts == [n * grid.shape[1] * grid.shape[2] // 2 for n in tiles_per_image]  # the prompt's
         positions = torch.cat([torch.arange(0, n * grid.shape[1] * grid.shape[2], 2) for n in tiles_per_image])
         return grid.flatten(0, 2)[::2], positions if self.keep_positions else None
+
+
+class FirstByContent(torch.nn.Module):
+    """A budget by content, written here: each image hands on its first `count` tokens at their own position ids,
+    count = 1 + the number of its tokens whose first channel is positive (tokens_per_tile None)."""
+
+    def tokens_per_tile(self, n):
+        return None
+
+    def counts(self, grid, tiles_per_image, projector):
+        images = grid.flatten(0, 2).split([n * grid.shape[1] * grid.shape[2] for n in tiles_per_image])
+        return [1 + int((x[:, 0] > 0).sum()) for x in images]
+
+    def compress(self, grid, tiles_per_image, projector, counts):
+        images = grid.flatten(0, 2).split([n * grid.shape[1] * grid.shape[2] for n in tiles_per_image])
+        return torch.cat([x[:c] for x, c in zip(images, counts)]), torch.cat([torch.arange(c) for c in counts])
 
 
 @pytest.mark.parametrize("keep_positions", [True, False])
@@ -362,6 +379,43 @@ def test_compressor_extension_point(tmp_path, keep_positions):
                 assert torch.allclose(got, want[kept[0].bool()], atol=ATOL)
             assert torch.allclose(step, want[-1], atol=ATOL), n
         assert not torch.allclose(got[-1], full(pv, ids)[0, -1], atol=1e-2)  # something was dropped
+
+
+def test_a_budget_by_content_through_the_extension_point(tmp_path):
+    """A compressor whose counts follow the content: batch_chat builds each prompt with its image's count, and the
+    logits equal the full model's with the dropped tokens masked out as keys; forward without tiles_per_image
+    refuses a prompt whose runs are not whole tiles."""
+    _, full = full_model_pair(tmp_path)
+    small = M.InternVLChat(full.config, FirstByContent())
+    small.load_state_dict(full.state_dict())
+    small.img_context_token_id = full.img_context_token_id
+    small.eval()
+    pv = torch.randn(3, 3, 56, 56)
+    with torch.no_grad():
+        count = small.image_token_counts(small.visual_grid(pv), [3])[0]
+        assert 1 < count < 12 and count != 6  # not whole tiles of 4: the tiles must be passed
+        short, ids = image_prompt(1, count, seed=4), image_prompt(3, 4, seed=4)
+        got = small(pv, short, tiles_per_image=[3])[0]
+        kept = torch.ones_like(ids)
+        kept[0, 5 + count:5 + 12] = 0
+        want = full(pv, ids, kept, position_ids=torch.arange(ids.shape[1])[None])[0]
+        assert torch.allclose(got, want[kept[0].bool()], atol=ATOL)
+        with pytest.raises(ValueError, match="pass tiles_per_image"):
+            small(pv, short)
+
+    class CharTokenizer:  # one id per character, the image token its own: enough for batch_chat's prompts
+        def encode(self, text):
+            return [IMG_CTX if p == "\0" else ord(p) % 100 + 10 for p in text.replace(M.IMG_CONTEXT, "\0")]
+
+        def token_to_id(self, token):
+            return 1
+
+        def decode(self, ids):
+            return " ".join(map(str, ids))
+    stats, tok = {}, CharTokenizer()
+    small.batch_chat(tok, [pv, None], ["what?", "hi"], max_new_tokens=2, stats=stats)
+    assert stats["image_tokens"] == [count, 0] and stats["visual_tokens"] == count
+    assert tok.encode(M.chat_prompt("what?", count)).count(IMG_CTX) == count
 
 
 def test_before_layer_hook_runs_before_every_layer_and_may_drop_tokens(tmp_path):

@@ -23,15 +23,17 @@ RATIOS, TASKS = (0.5, 0.25), ("docvqa", "ocrbench")
 BASELINES = ("pool", "fastv", "select", "divprune", "random-seed0", "random-seed1", "random-seed2", "tiles", "visionzip",
              "pdrop")
 TRAINED = ("stage1", "stage2-a", "stage2-b", "stage2-c", "merged")
-KEYS = ["teacher"] + [f"{k}-r{r:g}" for r in RATIOS for k in BASELINES + TRAINED]  # every evaluated row
-TABLE = ["teacher"] + [f"{k}-r{r:g}" for r in RATIOS for k in BASELINES[:4] + ("random",) + BASELINES[7:] + TRAINED]
+ANY = [f"any-r{r:g}" for r in RATIOS] + ["auto-s0.5"]  # the one student for every ratio, and its budget by content
+KEYS = ["teacher"] + [f"{k}-r{r:g}" for r in RATIOS for k in BASELINES + TRAINED] + ANY  # every evaluated row
+TABLE = ["teacher"] + [f"{k}-r{r:g}" for r in RATIOS for k in BASELINES[:4] + ("random",) + BASELINES[7:] + TRAINED] \
+    + ANY
 
 
 def args(teacher_dir, out, *extra):
     return ["--teacher", teacher_dir, "--out", out, "--ratios", *map(str, RATIOS), "--tasks", *TASKS,
-            "--distill-steps", "2", "--stage2-steps", "2", "--cot-steps", "2", "--micro-batch", "1", "--warmup", "1",
+            "--distill-steps", "2", "--any-steps", "2", "--stage2-steps", "2", "--cot-steps", "2", "--micro-batch", "1", "--warmup", "1",
             "--max-num", "2", "--limit", "2", "--max-new-tokens", "4", "--batch-size", "2", "--threads", "1",
-            "--fastv-layer", "1", "--device", "cpu", *extra]
+            "--fastv-layer", "1", "--device", "cpu", "--any-ratios", *map(str, RATIOS), "--auto-shares", "0.5", *extra]
 
 
 def run(*argv):
@@ -89,7 +91,8 @@ def test_every_row_and_task(first):
     for r in RATIOS:  # the gains' point estimates are the table's differences (their intervals: test_gains_* below)
         for g in res["gains"][f"{r:g}"].values():
             assert g["diff"] == pytest.approx(res["rows"][g["a"]]["average"] - res["rows"][g["b"]]["average"])
-    assert md.count(f"averaged over the {len(TASKS)} tasks") == 2 * len(RATIOS)
+    assert md.count(f"averaged over the {len(TASKS)} tasks") == 3 * len(RATIOS)
+    assert md.count("of the teacher's score with") == len(TASKS)  # the budget by content against the teacher
 
 
 def test_visual_tokens_are_ratio_times_teacher(first):
@@ -99,7 +102,7 @@ def test_visual_tokens_are_ratio_times_teacher(first):
         full = rows["teacher"]["eval"][t]["visual_tokens_per_image"]
         assert 4 <= full <= 3 * 4  # per image: 1 tile, or 2 tiles + a thumbnail; 2x2 tokens each
         for r in RATIOS:
-            for k in ("pool", "select", "divprune", "random-seed1", "visionzip", *TRAINED):
+            for k in ("pool", "select", "divprune", "random-seed1", "visionzip", *TRAINED, "any"):
                 assert rows[f"{k}-r{r:g}"]["eval"][t]["visual_tokens_per_image"] == pytest.approx(r * full), (k, r)
             assert rows[f"tiles-r{r:g}"]["eval"][t]["visual_tokens_per_image"] <= full  # what its fewer tiles made
             for k in ("fastv", "pdrop"):  # inside the LLM: its input keeps every token
@@ -153,7 +156,7 @@ def test_rerun_is_a_noop(first, teacher_dir):
     p, dt = run(*args(teacher_dir, out))
     assert p.returncode == 0, p.stderr[-3000:]
     assert snapshot(out) == before  # no training, merge or evaluation touched a file
-    assert "== evaluate" not in p.stdout and p.stdout.count("skipped") == 4 * len(RATIOS)
+    assert "== evaluate" not in p.stdout and p.stdout.count("skipped") == 4 * len(RATIOS) + 1
     assert open(os.path.join(out, "results.md")).read() == md
     assert dt < dt1 / 3, (dt, dt1)
 
@@ -163,7 +166,8 @@ def test_table_only(first, teacher_dir):
     md = open(os.path.join(out, "results.md")).read()
     for f in ("results.md", "results.json", "score_vs_tokens.png"):
         os.remove(os.path.join(out, f))
-    p, _ = run("--table-only", "--out", out, "--ratios", *map(str, RATIOS), "--tasks", *TASKS, "--fastv-layer", "1")
+    p, _ = run("--table-only", "--out", out, "--ratios", *map(str, RATIOS), "--tasks", *TASKS, "--fastv-layer", "1",
+               "--any-ratios", *map(str, RATIOS), "--auto-shares", "0.5")
     assert p.returncode == 0, p.stderr[-3000:]
     assert open(os.path.join(out, "results.md")).read() == md
     assert Image.open(os.path.join(out, "score_vs_tokens.png")).size == R.PLOT_SIZE
@@ -280,7 +284,8 @@ def test_gains_pick_and_intervals(gains_run):
             unit = 100 / a["eval"][t]["n"] if t == "ocrbench" else 1
             assert y["diff"] == pytest.approx((a["scores"][t] - b["scores"][t]) * unit) and y["low"] <= y["high"]
         assert x["high"] - x["low"] < min(y["high"] - y["low"] for y in x["tasks"].values())  # pooling narrows
-    assert res["gains"]["0.25"] == dict(trained_vs_training_free=None, stage1_vs_select=None)
+    assert res["gains"]["0.25"] == dict(trained_vs_training_free=None, stage1_vs_select=None, one_student_vs_stage1=None)
+    assert g["one_student_vs_stage1"] is None  # no any-r0.5 evaluation here
     same = R.gain(cfg, "pool-r0.5", "pool-r0.5")
     assert (same["diff"], same["low"], same["high"]) == (0, 0, 0)
     md = open(os.path.join(out, "results.md")).read()
@@ -289,4 +294,4 @@ def test_gains_pick_and_intervals(gains_run):
             f"avg): {top['diff']:+.1f} points (95% CI {top['low']:+.1f}..{top['high']:+.1f}) averaged over the 3 tasks"
             in md)
     assert f"- ratio 0.5: stage I vs untrained select: {free['diff']:+.1f} points" in md
-    assert md.count("- ratio 0.25: ") == 1 + 2 and md.count("- (not every task evaluated for both rows)") == 2
+    assert md.count("- ratio 0.25: ") == 1 + 3 and md.count("- (not every task evaluated for both rows)") == 4
