@@ -70,7 +70,7 @@ class Config:
     stage2_args: str = ""  # more distill.py flags for the stage-II runs
     fastv_layer: int = 2  # K of the FastV baseline
     any_steps: int = 600  # steps of the one student for every ratio: the two per-ratio stage-I students' together
-    any_ratios: tuple = (0.125, 0.25, 0.5, 0.75)  # the one student for every ratio, evaluated at these
+    any_ratios: tuple = (0.125, 0.25, 0.5, 0.75, 1.0)  # the one student for every ratio, evaluated at these
     auto_shares: tuple = (0.2, 0.3, 0.4, 0.5)  # and with the budget by content, at thresholds calibrated to these
     limit: int = 0  # first N questions per task (0: all)
     max_new_tokens: int = 0  # answer length in evaluation (0: the task protocol's)
@@ -102,7 +102,7 @@ FAMILIES = {"teacher": (0, 0, 0), "pool": (31, 119, 180), "FastV": (255, 127, 14
             "DivPrune": (188, 189, 34), "random": (23, 190, 207), "fewer tiles": (174, 199, 232),
             "VisionZip": (255, 187, 120), "PyramidDrop": (152, 223, 138), "stage I": (44, 160, 44),
             "stage I+II (a)": (214, 39, 40), "stage I+II (b)": (140, 86, 75), "stage I+II (c)": (227, 119, 194),
-            "stage I+II+merge": (148, 103, 189), ANY: (0, 100, 0), AUTO: (220, 20, 60)}
+            "stage I+II+merge": (148, 103, 189), ANY: (0, 100, 0), AUTO: (0, 0, 128)}
 
 
 def parse_args(argv=None):
