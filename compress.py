@@ -290,6 +290,10 @@ class Select(Subset):
         kept = self.score(image, tiles, projector).topk(b).indices.sort().values  # in torch: n scalars
         return image[kept], kept
 
+    def least(self, n):
+        """The fewest tokens an image of n keeps under a threshold: floor of them, at least one."""
+        return max(1, math.ceil(self.floor * n))
+
     def counts(self, grid, tiles_per_image, projector):
         """Each image's tokens scoring above the threshold, at least floor of them (model.py's extension point;
         compress ranks again and keeps as many: the same tokens, but for ties at the threshold)."""
@@ -297,7 +301,7 @@ class Select(Subset):
         for n in tiles_per_image:
             image = grid[first:first + n].flatten(0, 2)
             above = int((self.score(image, slice(first, first + n), projector) > self.threshold).sum())
-            counts.append(min(len(image), max(1, math.ceil(self.floor * len(image)), above)))
+            counts.append(min(len(image), max(self.least(len(image)), above)))
             first += n
         return counts
 
@@ -729,7 +733,7 @@ def calibrate(select, grids, projector, shares=THRESHOLD_SHARES):
     the rarity threshold at which grids' images ([tiles, h, w, C] each) keep s of their tokens on average, each at
     least select.floor of its own -> [[s, threshold], ...], by bisection (the kept share falls as it rises)."""
     scores = [select.score(g.flatten(0, 2), slice(0, len(g)), projector).float() for g in grids]
-    floor = [max(1, math.ceil(select.floor * len(s))) / len(s) for s in scores]
+    floor = [select.least(len(s)) / len(s) for s in scores]
 
     def kept(t):
         return sum(max(f, (s > t).float().mean().item()) for s, f in zip(scores, floor)) / len(scores)
