@@ -94,7 +94,8 @@ def run_main(prog, fn, *errors):
     try:
         return fn() or 0
     except (Error, *errors) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.stderr.write(f"{prog}: error: {e}\n")  # one write, newline included: processes writing side by side
+        sys.stderr.flush()                          # (results.py's) cannot split each other's lines
         return 2
 
 

@@ -145,7 +145,7 @@ def fork(fn, what):
         except SystemExit as e:
             rc = e.code if isinstance(e.code, int) else 1
         except Exception as e:
-            print(f"{what}: {type(e).__name__}: {e}", file=sys.stderr)
+            sys.stderr.write(f"{what}: {type(e).__name__}: {e}\n")  # one write: siblings' lines stay whole
         finally:
             sys.stdout.flush(), sys.stderr.flush(), os._exit(rc)
     return pid
