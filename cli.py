@@ -1,7 +1,7 @@
 """
 The command-line plumbing posttrain.py, distill.py, evaluate.py, results.py, teacher.py and bench.py share: a
-flag per field of a config dataclass, one-line errors with exit code 2, atomic JSON writes. (model.py,
-compress.py and merge.py keep their own few lines of it, so that each can be copied alone.)
+flag per field of a config dataclass, one-line errors with exit code 2, atomic JSON writes. (compress.py and
+merge.py keep their own few lines of it, so that each can be copied alone.)
 
     python -m pytest tests/test_cli.py -q
 """

@@ -52,6 +52,7 @@ import cli
 import compress as C
 import evaluate as E
 import model as M
+from tokenizer import load_tokenizer
 import posttrain as P
 from cli import Error
 
@@ -237,11 +238,11 @@ def compare(cfg, student_dir):
                      "none", cfg.ratio, "auto"))
     results = []
     for name, folder, method, ratio, budget in rows:
-        ecfg = E.EvalConfig(cfg.eval_task, folder, data=cfg.eval_data or None, limit=cfg.eval_limit or None,
+        ecfg = E.EvalConfig(task=cfg.eval_task, model=folder, data=cfg.eval_data or None, limit=cfg.eval_limit or None,
                             batch_size=cfg.eval_batch_size, method=method, ratio=ratio, budget=budget,
                             fastv_layer=cfg.fastv_layer,
                             out=os.path.join(cfg.out, "eval", f"{cfg.eval_task}_{name.split(' (')[0].replace(' ', '_')}.jsonl"))
-        res = E.evaluate(E.load_model(ecfg), M.load_tokenizer(folder), cfg.eval_task, **asdict(ecfg))
+        res = E.evaluate(E.load_model(ecfg), load_tokenizer(folder), cfg.eval_task, **asdict(ecfg))
         if method == "fastv":  # the LLM's input keeps every token; layers >= K see `ratio` of them
             res["visual_tokens_after_k"] = res["visual_tokens_per_image"] * ratio
         results.append(dict(name=name, **res))
@@ -281,7 +282,7 @@ def run(cfg):
             raise Error(f"--eval-task {cfg.eval_task}: choose one of {', '.join(E.TASKS)} or '' for none")
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         teacher = M.load_model(cfg.teacher, device, dtype)
-        tok = M.load_tokenizer(cfg.teacher)
+        tok = load_tokenizer(cfg.teacher)
         student = start_student(cfg, teacher, device, dtype, "llm" in cfg.trainable.split(","))
         C.FastV(cfg.ratio, cfg.fastv_layer, teacher.config.llm.num_hidden_layers)  # a bad K fails now, not after training
         student.compressor.float(), student.mlp1.float()  # the parts that learn keep fp32 weights

@@ -13,6 +13,7 @@ InfoVQA, TextVQA and OCRBench with InternVL2's official protocol and metrics.
     python evaluate.py --task docvqa --model runs/distill-selectauto --budget auto --ratio 0.3   # tokens by content:
                                     # the rarity threshold that kept 0.3 of the tokens on its training images
     python evaluate.py --task docvqa --data /data/docvqa/test_v1.0.json  # no answers: submission
+    python evaluate.py --model /path/to/InternVL2-2B --image page.png --question "What is the total?"  # one question
     torchrun --nproc_per_node 8 evaluate.py --task docvqa --model /models/InternVL2-8B --data /data/docvqa
                                     # a shard of the questions per process, each resuming on its own; rank 0 scores
     python -m pytest tests/test_evaluate.py -q
@@ -41,8 +42,8 @@ class EvalConfig:
     model: str = os.path.join(HERE, 'checkpoints', 'tiny')  # checkpoint folder
     data: str = None  # annotation file or folder (default: data/eval/<task>/)
     images: str = None  # image root (default: the annotation file's folder)
-    max_num: int = None  # max dynamic tiles (default: per-task protocol)
-    max_new_tokens: int = None  # default: per-task protocol
+    max_num: int = None  # max dynamic tiles (default: per-task protocol; 12 with --image)
+    max_new_tokens: int = None  # default: per-task protocol; 128 with --image
     limit: int = None  # first N questions only
     batch_size: int = 1  # questions per generate call
     out: str = None  # predictions jsonl (default: results/<model>/<task>[_<method><ratio>].jsonl)
@@ -58,12 +59,18 @@ class EvalConfig:
     rank_projected: bool = False  # with --method select: count near-duplicates among mlp1's outputs, not the ViT's
     cot: bool = False  # no short-answer suffix on reasoning questions (a CoT model reasons first; >= 256 new tokens)
     threads: int = None  # CPU threads (default: all)
+    image: str = None  # instead of --task: one image to ask --question about (the answer is printed)
+    question: str = None  # with --image
 
 def parse_args(argv=None):
     cfg = cli.parse(EvalConfig, argv, 'evaluate.py', __doc__, choices=dict(
         task=sorted(TASKS), method=METHODS, dtype=['float32', 'bfloat16', 'float16'], budget=['fixed', 'auto']),
         max_num=1, max_new_tokens=1, limit=1, batch_size=1, threads=0, fastv_layer=1, ratio=(0, 1), seed=0)
-    if not cfg.task:
+    if (cfg.image is None) != (cfg.question is None):
+        raise Error("--image and --question go together: pass both, or neither and --task")
+    if cfg.image is not None and cfg.task:
+        raise Error("--task or --image and --question: pass one")
+    if not cfg.task and cfg.image is None:
         raise Error("the following arguments are required: --task (see python evaluate.py --help)")
     for k in SELECT_OPTIONS:
         if getattr(cfg, k) and cfg.method != 'select':
@@ -318,7 +325,7 @@ def object_identity(model, tokenizer):
                                    getattr(tokenizer, 'special', None)], sort_keys=True, default=str).encode())
     if hasattr(tokenizer, 'sp'):
         h.update(tokenizer.sp.serialized_model_proto())
-    elif hasattr(tokenizer, 'ranks'):  # model.BPETokenizer: its vocabulary and merges in rank order
+    elif hasattr(tokenizer, 'ranks'):  # tokenizer.BPETokenizer: its vocabulary and merges in rank order
         h.update(json.dumps([tokenizer.vocab, sorted(tokenizer.ranks, key=tokenizer.ranks.get)],
                             ensure_ascii=False).encode())
     for name, t in model.state_dict().items():  # detached tensors
@@ -421,7 +428,7 @@ def settle(cfg):
     cfg.dtype = cfg.dtype or ('bfloat16' if cfg.device.startswith('cuda') else 'float32')
 
 def load_model(cfg):
-    """The model in folder cfg.model, compressed by cfg.method; its tokenizer is model.load_tokenizer(cfg.model)."""
+    """The model in folder cfg.model, compressed by cfg.method; its tokenizer is tokenizer.load_tokenizer(cfg.model)."""
     import torch, model as M, compress
     settle(cfg)
     try:
@@ -440,6 +447,30 @@ def load_model(cfg):
     except (M.ModelLoadError, compress.CompressError) as e:
         raise Error(str(e))
     return model
+
+def load_tokenizer(cfg):
+    """tokenizer.load_tokenizer(cfg.model), its error one line."""
+    import model as M, tokenizer
+    try:
+        return tokenizer.load_tokenizer(cfg.model)
+    except M.ModelLoadError as e:
+        raise Error(str(e))
+
+def ask(cfg):
+    """The answer to cfg.question about cfg.image, by the model of load_model(cfg), tiled as InternVL's chat()."""
+    import torch, model as M
+    if M.IMG_CONTEXT in cfg.question:
+        raise Error(f"the question contains {M.IMG_CONTEXT}, the token that marks image features: remove it")
+    if cfg.method == 'tiles':
+        raise Error("--method tiles is a budget over a task's images: use it with --task")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model, tok = load_model(cfg), load_tokenizer(cfg)
+    try:
+        pixels = M.load_image(cfg.image, cfg.max_num or 12, model.config.force_image_size)
+    except ValueError as e:
+        raise Error(str(e))
+    return model.chat(tok, pixels.to(cfg.device, getattr(torch, cfg.dtype)), cfg.question, cfg.max_new_tokens or 128)
 
 STATS = ('visual_tokens', 'prefill_s', 'decode_tokens', 'decode_s')
 
@@ -534,11 +565,11 @@ def evaluate(model, tokenizer, task, /, rank=0, world=1, **settings):
         todo = [it for it in todo[rank::world] if str(it['qid']) not in part]
     t0 = time.time()
     if todo:
-        import torch, model as M
+        import torch
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        if model is None:  # checks the folder before the slow model load
-            model, tokenizer = load_model(cfg), M.load_tokenizer(cfg.model)
+        if model is None:
+            model, tokenizer = load_model(cfg), load_tokenizer(cfg)
         generate(model, tokenizer, cfg, task, todo, mine)
     generated = len(todo)
     if world > 1:
@@ -601,6 +632,8 @@ def main(argv=None):
         if world > 1:  # gloo on GPUs too: the processes only wait for each other, their answers stay apart
             import datetime, torch.distributed as dist
             dist.init_process_group('gloo', timeout=datetime.timedelta(days=1))
+        if cfg.image is not None:
+            return print(ask(cfg))
         run(cfg, rank, world)
         if world > 1:
             dist.barrier()  # rank 0 has scored: the others leave no sooner (an early leaver can abort the group)

@@ -1,27 +1,20 @@
 """
 InternVL2 from scratch in plain PyTorch: InternViT, pixel shuffle, mlp1, the InternLM2/3, Qwen2/3 and Llama LLMs, the
-released and transformers' (-hf) safetensors layouts, sentencepiece and byte-level BPE tokenizers, chat templates,
-dynamic tiling and greedy generation with a KV cache. It imports nothing from this repository: copy it as it is.
+released and transformers' (-hf) safetensors layouts, chat templates, dynamic tiling and greedy generation with a KV
+cache. It imports nothing from this repository: copy it as it is (tokenizer.py reads the checkpoints' tokenizers).
 
-    python model.py --model /path/to/InternVL2-2B --image page.png --question "What is the total?"
-
-    model, tok = load_model(path), load_tokenizer(path)
+    model, tok = load_model(path), tokenizer.load_tokenizer(path)
     print(model.chat(tok, load_image("page.png", image_size=model.config.force_image_size), "What is the total?"))
+    python evaluate.py --model /path/to/InternVL2-2B --image page.png --question "What is the total?"
 
 Token compression plugs in at InternVLChat.compressor and LanguageModel.before_layer; compress.py holds FCoT-VL's.
 Supported: InternVL2 (not the Phi-3 4B), InternVL2.5 and 3 (Qwen2.5, InternLM2.5, InternLM3), dense InternVL3.5 (Qwen3).
 """
-import argparse
-import functools
-import itertools
 import json
 import math
 import os
-import re
 import shutil
-import sys
 import time
-import unicodedata
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -719,183 +712,6 @@ def chat_prompt(question, num_image_tokens=None, template="internlm2-chat", syst
     return prompt
 
 
-# ---- tokenizers: InternLM2's sentencepiece (slow, as InternVL's eval uses it) and Qwen2's byte-level BPE ----
-# Both split the added tokens out of the text first, longest first, and map them to their own ids.
-
-class _Tokenizer:
-    """What the two share: special (added token -> id), add_bos, vocab_size, token_to_id, encode."""
-
-    def _set_special(self, special, bos_id, add_bos):
-        self.special, self.id_to_special = special, {i: s for s, i in special.items()}
-        self.bos_id, self.add_bos = bos_id, bool(add_bos) and bos_id is not None
-        longest_first = "|".join(map(re.escape, sorted(special, key=len, reverse=True)))
-        self._split = re.compile(f"({longest_first or '(?!)'})")  # (?!): no added tokens, nothing to split out
-
-    def token_to_id(self, token):
-        return self.special[token]
-
-    def encode(self, text, bos=None):
-        if bos and self.bos_id is None:
-            raise ValueError("this tokenizer has no BOS token (as Qwen2): encode with bos=False")
-        ids = [self.bos_id] if (self.add_bos if bos is None else bos) else []
-        for i, chunk in enumerate(self._split.split(text)):
-            if i % 2:
-                ids.append(self.special[chunk])
-            elif chunk:
-                ids.extend(self._encode(chunk))
-        return ids
-
-
-class Tokenizer(_Tokenizer):
-    """InternLM2Tokenizer: sentencepiece encodes the text between the added tokens."""
-
-    def __init__(self, folder):
-        import sentencepiece as spm
-        self.sp = spm.SentencePieceProcessor(model_file=os.path.join(folder, "tokenizer.model"))
-        base = (self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id())
-        add_bos = _read_json(os.path.join(folder, "tokenizer_config.json"), {}).get("add_bos_token", True)
-        bos = self.sp.bos_id() if self.sp.bos_id() >= 0 else None
-        self._set_special({self.sp.id_to_piece(i): i for i in base if i >= 0} | added_tokens(folder), bos, add_bos)
-        self.vocab_size = max(self.sp.get_piece_size(), max(self.id_to_special) + 1)
-        self._encode = self.sp.encode
-
-    def decode(self, ids, skip_special_tokens=True):
-        """Sentencepiece decodes each run of text ids between the special tokens."""
-        ids = [i for i in ids if i < self.vocab_size]  # a model's vocab can be padded past its tokenizer's
-        text = ""
-        for special, run in itertools.groupby(ids, lambda i: i in self.id_to_special):
-            if not special:
-                text += self.sp.decode(list(run))
-            elif not skip_special_tokens:
-                text += "".join(self.id_to_special[i] for i in run)
-        # InternLM2Tokenizer.convert_tokens_to_string always applies transformers' clean-up
-        for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-                     (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
-            text = text.replace(a, b)
-        return text
-
-
-# Qwen2's pre-tokenizer in the Oniguruma syntax of the `tokenizers` library; word_regex() is its Python translation
-QWEN2_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
-                 r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
-
-
-def bytes_to_unicode():
-    """GPT-2's map of the 256 bytes to printable characters: printable latin-1 bytes stay, the others become 256+n."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    return {b: chr(b) for b in keep} | {b: chr(256 + n) for n, b in enumerate(b for b in range(256) if b not in keep)}
-
-
-@functools.cache
-def unicode_classes():
-    r"""Regex class bodies (code-point ranges, no brackets) for \p{L}, \p{N} and \s, which Python's re lacks or
-    defines otherwise: categories L* and N* of unicodedata, and for Oniguruma's Unicode \s Z* plus \t \n \v \f \r
-    and U+0085 (Python's \s also matches U+001C..U+001F)."""
-    cat = "".join("Z" if c in "\t\n\v\f\r\x85" else unicodedata.category(c)[0] for c in map(chr, range(0x110000)))
-    return tuple("".join(f"{re.escape(chr(m.start()))}-{re.escape(chr(m.end() - 1))}"
-                         for m in re.finditer(k + "+", cat)) for k in "LNZ")
-
-
-@functools.cache
-def word_regex():
-    """QWEN2_PATTERN in Python's re, class by class. (?i:...) folds case as Oniguruma does: 'ſ' matches 's'."""
-    L, N, S = unicode_classes()
-    return re.compile(rf"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n{L}{N}]?[{L}]+|[{N}]| ?[^{S}{L}{N}]+[\r\n]*|[{S}]*[\r\n]+"
-                      rf"|[{S}]+(?![^{S}])|[{S}]+")
-
-
-class BPETokenizer(_Tokenizer):
-    """Qwen2's byte-level BPE (Qwen2, 2.5 and 3: InternVL2-1B, InternVL2.5, 3, 3.5), in the spirit of minGPT's
-    bpe.py. The text between added tokens is NFC-normalised, cut into words by Qwen2's pre-tokenizer regex, and each
-    word's UTF-8 bytes, spelled as printable characters (GPT-2's bytes_to_unicode), are merged pairwise, lowest merge
-    rank first, into vocab entries. Reads tokenizer.json, or vocab.json + merges.txt."""
-
-    def __init__(self, folder):
-        path = functools.partial(os.path.join, folder)
-        config, tj = _read_json(path("tokenizer_config.json"), {}), _read_json(path("tokenizer.json"))
-        if tj is not None:
-            qwen2 = json.dumps(QWEN2_PATTERN) in json.dumps(tj.get("pre_tokenizer"))
-            if (tj.get("model") or {}).get("type") != "BPE" or not qwen2:
-                raise ModelLoadError(f"{path('tokenizer.json')} is not a byte-level BPE with Qwen2's pre-tokenizer, "
-                                     "the only kind supported besides sentencepiece")
-            vocab, merges = tj["model"]["vocab"], tj["model"]["merges"]
-            self.nfc = (tj.get("normalizer") or {}).get("type") == "NFC"
-        else:  # the slow Qwen2Tokenizer's files; it always NFC-normalises
-            vocab, self.nfc = _read_json(path("vocab.json")), True
-            with open(path("merges.txt"), encoding="utf-8") as f:
-                merges = [m for m in f.read().splitlines() if m and not m.startswith("#version")]
-        self.vocab = vocab
-        self.ranks = {tuple(m.split(" ") if isinstance(m, str) else m): r for r, m in enumerate(merges)}
-        special, bos = added_tokens(folder), config.get("bos_token")  # Qwen2 has no BOS
-        bos = bos["content"] if isinstance(bos, dict) else bos
-        self._set_special(special, special.get(bos), config.get("add_bos_token", False))
-        self.skipped = set(added_tokens(folder, special_only=True).values())  # decode keeps the other added tokens
-        self.id_to_token = {i: s for s, i in vocab.items()} | self.id_to_special
-        self.vocab_size = max(self.id_to_token) + 1
-        self.byte_char = bytes_to_unicode()
-        self.char_byte = {c: b for b, c in self.byte_char.items()}
-        self._bpe = functools.lru_cache(maxsize=1 << 16)(self._bpe)
-
-    def _bpe(self, word):
-        """The ids of one pre-tokenized word: merge the lowest-ranked adjacent pair everywhere until none is left."""
-        parts = [self.byte_char[b] for b in word.encode("utf-8")]
-        while len(parts) > 1:
-            pair = min(zip(parts, parts[1:]), key=lambda p: self.ranks.get(p, math.inf))
-            if pair not in self.ranks:
-                break
-            i = 0
-            while i < len(parts) - 1:  # left to right, as `tokenizers`: "aaa" -> "aa" "a"
-                if (parts[i], parts[i + 1]) == pair:
-                    parts[i:i + 2] = [parts[i] + parts[i + 1]]
-                i += 1
-        return [self.vocab[p] for p in parts]
-
-    def _encode(self, text):
-        words = word_regex().findall(unicodedata.normalize("NFC", text) if self.nfc else text)
-        return [i for word in words for i in self._bpe(word)]
-
-    def decode(self, ids, skip_special_tokens=True):
-        """As the `tokenizers` ByteLevel decoder: a token spelled in byte-level characters gives those bytes, any other
-        token its UTF-8 (the two agree for "<img>" and such); invalid UTF-8 becomes U+FFFD. Unknown ids are skipped."""
-        data = bytearray()
-        for i in map(int, ids):
-            token = self.id_to_token.get(i)  # None past vocab_size: a model's vocab can be padded past its tokenizer's
-            if token is None or (skip_special_tokens and i in self.skipped):
-                continue
-            data += bytes(map(self.char_byte.get, token)) if all(c in self.char_byte for c in token) else token.encode()
-        return data.decode("utf-8", errors="replace")
-
-
-def load_tokenizer(path):
-    """The tokenizer of a checkpoint folder: sentencepiece (tokenizer.model) or byte-level BPE (tokenizer.json, or
-    vocab.json + merges.txt), with the added tokens of tokenizer.json, tokenizer_config.json and added_tokens.json."""
-    if not os.path.isdir(path):
-        raise ModelLoadError(f"tokenizer folder {path} {'is a file' if os.path.isfile(path) else 'does not exist'}: "
-                             "pass a checkpoint folder")
-    has = lambda *names: all(os.path.exists(os.path.join(path, n)) for n in names)
-    if has("tokenizer.model"):
-        tok = Tokenizer(path)
-    elif has("tokenizer.json") or has("vocab.json", "merges.txt"):
-        tok = BPETokenizer(path)
-    else:
-        raise ModelLoadError(f"no tokenizer.model, tokenizer.json or vocab.json + merges.txt in {path}: copy the "
-                             "checkpoint's tokenizer files there")
-    for needed in (IMG_START, IMG_END, IMG_CONTEXT, "<|im_start|>", "<|im_end|>"):
-        if needed not in tok.special:
-            raise ModelLoadError(f"tokenizer in {path} lacks the special token {needed}: add it to added_tokens.json")
-    return tok
-
-
-def _read_json(path, default=None):
-    if not os.path.exists(path):
-        return default
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ModelLoadError(f"{path} is not valid JSON ({e}): restore it from the original checkpoint")
-
-
 # ---- image preprocessing: dynamic tiling with a thumbnail, ImageNet normalisation ----
 
 def find_grid(width, height, min_num=1, max_num=12, image_size=448):
@@ -974,6 +790,16 @@ HF_NAMES = [("mlp1.0.", "model.multi_modal_projector.layer_norm."), ("language_m
             ("mlp1.3.", "model.multi_modal_projector.linear_2.")]
 
 
+def read_json(path, default=None):
+    if not os.path.exists(path):
+        return default
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{path} is not valid JSON ({e}): restore it from the original checkpoint")
+
+
 def checkpoint_keys(name, config, layout="original"):
     """Our parameter `name` -> [(checkpoint key, slot)] in `layout`: "original" (InternVL's released one) or "hf"
     (transformers' InternVLForConditionalGeneration). slot: None, or which part (q, k or v) of our packed qkv the key
@@ -1011,11 +837,11 @@ def load_model(path, device="cpu", dtype=torch.float32, build_compressor=None):
         raise ModelLoadError(f"{path} is a file: pass the checkpoint folder that holds config.json and "
                              "model*.safetensors" if os.path.isfile(path) else
                              f"checkpoint folder {path} does not exist")
-    cfg_dict = _read_json(os.path.join(path, "config.json"))
+    cfg_dict = read_json(os.path.join(path, "config.json"))
     if cfg_dict is None:
         raise ModelLoadError(f"no config.json in {path}: a checkpoint folder holds config.json and model*.safetensors")
     config, layout = config_from_dict(cfg_dict), "hf" if "text_config" in cfg_dict else "original"
-    index = _read_json(os.path.join(path, "model.safetensors.index.json"))
+    index = read_json(os.path.join(path, "model.safetensors.index.json"))
     if index is not None:
         if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
             raise ModelLoadError(f"model.safetensors.index.json in {path} has no weight_map: restore it from the "
@@ -1074,10 +900,10 @@ def load_model(path, device="cpu", dtype=torch.float32, build_compressor=None):
 def added_tokens(path, special_only=False):
     """content -> id of the tokens added on top of the vocabulary (tokenizer.json, tokenizer_config.json,
     added_tokens.json). special_only: those marked special (added_tokens.json's count as special)."""
-    tj, tc = (_read_json(os.path.join(path, f), {}) for f in ("tokenizer.json", "tokenizer_config.json"))
+    tj, tc = (read_json(os.path.join(path, f), {}) for f in ("tokenizer.json", "tokenizer_config.json"))
     listed = tj.get("added_tokens", []) + [dict(t, id=int(i)) for i, t in tc.get("added_tokens_decoder", {}).items()]
     tokens = {t["content"]: t["id"] for t in listed if t.get("special", True) or not special_only}
-    return tokens | _read_json(os.path.join(path, "added_tokens.json"), {})
+    return tokens | read_json(os.path.join(path, "added_tokens.json"), {})
 
 
 def export_state_dict(model, layout="original"):
@@ -1129,37 +955,3 @@ def save_model(model, path, max_shard_bytes=5 * 2**30, tokenizer_dir=None, layou
             src = os.path.join(tokenizer_dir, fname)
             if os.path.exists(src) and os.path.abspath(src) != os.path.abspath(os.path.join(path, fname)):
                 shutil.copyfile(src, os.path.join(path, fname))
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit code 2, as for every other bad input
-        print(f"model.py: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    parser = _Parser(description="Ask InternVL2 a question about an image.")
-    parser.add_argument("--model", required=True, help="checkpoint folder, released or -hf layout")
-    parser.add_argument("--image", required=True)
-    parser.add_argument("--question", required=True)
-    parser.add_argument("--max-num", type=int, default=12, help="most tiles (a thumbnail is added)")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32",
-                        choices=["float32", "bfloat16", "float16"])
-    args = parser.parse_args()
-    if args.max_num < 1 or args.max_new_tokens < 1:
-        parser.error("--max-num and --max-new-tokens must be >= 1")
-    try:
-        torch.empty(0, device=args.device)
-    except (RuntimeError, AssertionError) as e:
-        parser.error(f"--device {args.device} is not usable here ({str(e).splitlines()[0]}): pass --device cpu")
-    if IMG_CONTEXT in args.question:
-        parser.error(f"the question contains {IMG_CONTEXT}, the token that marks image features: remove it")
-    try:
-        model = load_model(args.model, args.device, getattr(torch, args.dtype))
-        tok = load_tokenizer(args.model)
-        pixel_values = load_image(args.image, args.max_num, model.config.force_image_size).to(args.device)
-    except (ModelLoadError, ValueError, OSError) as e:
-        parser.error(str(e))
-    print(model.chat(tok, pixel_values, args.question, args.max_new_tokens))

@@ -29,6 +29,7 @@ from tqdm import tqdm
 import cli
 import compress
 import model as M
+from tokenizer import load_tokenizer
 from cli import Error
 from data import synth
 from evaluate import COT_ANSWER as EVAL_COT_ANSWER, PROMPT as EVAL_PROMPT
@@ -221,8 +222,8 @@ def build_model(cfg, device):
     """-> (model in train mode, tokenizer, tokenizer folder)."""
     if cfg.init != "tiny":
         model = M.load_model(cfg.init, device, build_compressor=compress.build)  # a distilled student too
-        return model.train(), M.load_tokenizer(cfg.init), cfg.init
-    tok = M.load_tokenizer(cfg.tokenizer)
+        return model.train(), load_tokenizer(cfg.init), cfg.init
+    tok = load_tokenizer(cfg.tokenizer)
     mc = M.tiny_config(vocab_size=tok.vocab_size, image_size=cfg.image_size)
     if cfg.model_config:
         try:

@@ -68,6 +68,7 @@ from safetensors.torch import load_file
 
 import cli
 import model as M
+from tokenizer import load_tokenizer
 import posttrain as P
 from cli import Error
 from data.build import CROP_QUESTION, KIE_SUFFIX, OCRB_TYPES, crop_run
@@ -548,10 +549,10 @@ def run(cfg):
                     glyph_loss, lambda s, r: after_step(s, r, lambda: glyph_eval(net)))
             return
         if cfg.init != "tiny":  # continue from a checkpoint folder, e.g. checkpoints/tiny
-            model, tok = M.load_model(cfg.init, device), M.load_tokenizer(cfg.init)
+            model, tok = M.load_model(cfg.init, device), load_tokenizer(cfg.init)
             cfg = replace(cfg, tokenizer=cfg.init)
         else:
-            tok = M.load_tokenizer(cfg.tokenizer)
+            tok = load_tokenizer(cfg.tokenizer)
             model = M.InternVLChat(teacher_config(tok.vocab_size))
             model.img_context_token_id = tok.token_to_id(M.IMG_CONTEXT)
         model.to(device)

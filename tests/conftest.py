@@ -1,4 +1,5 @@
 """Fixtures every test file shares: one CPU thread, and a random tiny teacher saved in the released layout."""
+import json
 import os
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 import model as M
+from tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOK = os.path.join(ROOT, "data", "tokenizer")
@@ -24,7 +26,7 @@ def one_thread():  # tiny models gain nothing from threads, and 2 threads on a b
 def teacher_dir(tmp_path_factory):
     """A random tiny InternVL2 (56 px tiles, 2x2 tokens each, 2 decoder layers) in the released layout, bf16,
     its weights at a trained model's scale so that outputs depend on inputs."""
-    tok = M.load_tokenizer(TOK)
+    tok = load_tokenizer(TOK)
     torch.manual_seed(0)
     model = M.InternVLChat(M.tiny_config(tok.vocab_size, 56))
     with torch.no_grad():
@@ -47,3 +49,24 @@ def triton_interpreter():
         r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
     return run
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    """A sentencepiece tokenizer trained here, with InternLM2's chat tokens and InternVL's added tokens."""
+    spm = pytest.importorskip("sentencepiece")
+    d = tmp_path_factory.mktemp("tok")
+    text = ["The total is 42.", "Answer the question using a single word or phrase.", "What is the date?",
+            M.SYSTEM_MESSAGE, "invoice number A7-203 dated 12/05"] * 50
+    (d / "corpus.txt").write_text("\n".join(text), encoding="utf-8")
+    chat = ["<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>", "<|im_end|>", "<|im_start|>"]
+    spm.SentencePieceTrainer.train(input=str(d / "corpus.txt"), model_prefix=str(d / "tokenizer"), vocab_size=400,
+                                   model_type="bpe", byte_fallback=True, character_coverage=1.0, num_threads=1,
+                                   user_defined_symbols=chat, bos_id=1, eos_id=2, unk_id=0, pad_id=-1)
+    sp = spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model"))
+    n = sp.get_piece_size()
+    added = {s: n + i for i, s in enumerate(["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"])}
+    (d / "added_tokens.json").write_text(json.dumps(added))
+    decoder = {str(sp.piece_to_id(s)): {"content": s, "special": True} for s in chat}
+    (d / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": decoder, "add_bos_token": True}))
+    return str(d)

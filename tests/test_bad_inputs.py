@@ -24,6 +24,7 @@ import distill as D
 import evaluate as E
 import merge
 import model as M
+from tokenizer import load_tokenizer
 import posttrain as P
 import results as R
 from test_evaluate import docvqa_fixture, dump, predicted, rrc
@@ -53,7 +54,7 @@ def one_line(err, prog, *words):
 def random_model(path, seed):
     """A random tiny InternVL2 (56 px tiles) whose answers depend on its weights, as conftest's teacher."""
     torch.manual_seed(seed)
-    model = M.InternVLChat(M.tiny_config(M.load_tokenizer(TOK).vocab_size, 56))
+    model = M.InternVLChat(M.tiny_config(load_tokenizer(TOK).vocab_size, 56))
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() > 1:
@@ -230,7 +231,7 @@ def test_a_model_object_keys_the_run_on_itself(tmp_path, capsys):
     import compress as C
     data = docvqa_fixture(str(tmp_path / "docvqa"), n=2)
     load = lambda: M.load_model(os.path.join(ROOT, "checkpoints", "tiny"), build_compressor=C.build)
-    tok = M.load_tokenizer(os.path.join(ROOT, "checkpoints", "tiny"))
+    tok = load_tokenizer(os.path.join(ROOT, "checkpoints", "tiny"))
     run = lambda m: E.evaluate(m, tok, "docvqa", data=data, out=str(tmp_path / "r.jsonl"), **dict(
         max_num=2, max_new_tokens=4, device="cpu"))["new_predictions"]
     m = load()

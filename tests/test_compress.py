@@ -15,6 +15,7 @@ from PIL import Image
 
 import compress as C
 import model as M
+from tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOK = os.path.join(ROOT, "data", "tokenizer")
@@ -22,7 +23,7 @@ TOK = os.path.join(ROOT, "data", "tokenizer")
 
 @pytest.fixture(scope="module")
 def tok():
-    return M.load_tokenizer(TOK)
+    return load_tokenizer(TOK)
 
 
 def tiny(tok, seed=0, image_size=56, layers=None, qk_norm=False):

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 import compress as C
 import distill as D
 import model as M
+from tokenizer import load_tokenizer
 import posttrain as P
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +40,7 @@ def run(*argv, procs=1):
 def test_loss_equals_two_separate_forward_passes(teacher_dir, with_rationale, method):
     """Shared ViT + logits at the answers only = two full, independent forward passes and a textbook KL;
     an answer with a rationale is learnt by CE alone (the teacher never wrote rationales)."""
-    teacher, tok = M.load_model(teacher_dir), M.load_tokenizer(teacher_dir)
+    teacher, tok = M.load_model(teacher_dir), load_tokenizer(teacher_dir)
     student = C.make_student(teacher, method, 0.5)
     with torch.no_grad():
         for p in student.compressor.parameters():
@@ -112,7 +113,7 @@ def test_going_on_from_a_student_whose_llm_learns(teacher_dir, tmp_path):
     first, second = str(tmp_path / "first"), str(tmp_path / "second")
     assert run(*train_args(teacher_dir, first)).returncode == 0
     cfg = D.parse_args(train_args(teacher_dir, "unused", "--student", first))
-    teacher, tok = M.load_model(teacher_dir), M.load_tokenizer(teacher_dir)
+    teacher, tok = M.load_model(teacher_dir), load_tokenizer(teacher_dir)
     student = D.start_student(cfg, teacher, "cpu", torch.float32, own_llm=True)
     saved = load_file(os.path.join(first, "model.safetensors"))
     assert torch.equal(student.compressor.fc1.weight, saved["compressor.fc1.weight"].float())
@@ -207,7 +208,7 @@ def test_ratio_draw_is_in_range_log_uniform_and_a_function_of_the_batch():
 def test_a_ranged_student_batch_keeps_the_drawn_share_and_its_loss_runs(teacher_dir):
     """pair_collate with a range: the student's prompt holds round(r x n) tokens per tile for the batch's drawn r,
     the teacher's all of them; the loss passes the tiles, so the student keeps exactly what its prompt holds."""
-    teacher, tok = M.load_model(teacher_dir), M.load_tokenizer(teacher_dir)
+    teacher, tok = M.load_model(teacher_dir), load_tokenizer(teacher_dir)
     student = C.make_student(teacher, "select", 0.5, ratio_range=(0.25, 1))
     cfg = D.parse_args(train_args(teacher_dir, "unused", "--budget", "auto", "--ratio-range", "0.25,1"))
     per_tile = teacher.num_image_token

@@ -248,13 +248,14 @@ def toy_tokenizer(path):
 def tiny_model(tmp_path_factory):
     import torch
     import model as M
+    from tokenizer import load_tokenizer
     torch.manual_seed(0)
     path = str(tmp_path_factory.mktemp('tiny'))
     tok_dir = os.path.join(ROOT, 'data', 'tokenizer')
     if not os.path.isfile(os.path.join(tok_dir, 'tokenizer.model')):
         tok_dir = str(tmp_path_factory.mktemp('tok'))
         toy_tokenizer(tok_dir)
-    vocab = M.load_tokenizer(tok_dir).vocab_size  # every generated id decodes
+    vocab = load_tokenizer(tok_dir).vocab_size  # every generated id decodes
     M.save_model(M.InternVLChat(M.tiny_config(vocab_size=vocab)), path, tokenizer_dir=tok_dir)
     return path
 
@@ -323,19 +324,19 @@ def test_final_answer_of_a_chain_of_thought():
 
 def test_evaluate_a_model_in_memory(tmp_path, tiny_model):
     """evaluate(model, tokenizer, task, ...) on a loaded model = the command line on its folder; the same model resumes."""
-    import model as M
+    from tokenizer import load_tokenizer
     t = str(tmp_path)
     docvqa_fixture(t + '/docvqa', n=4)
     settings = dict(model=tiny_model, data=t + '/docvqa', max_num=2, max_new_tokens=4, batch_size=2, device='cpu')
     r = cli('--task', 'docvqa', *[f"--{k.replace('_', '-')}={v}" for k, v in settings.items()], '--out', t + '/cli.jsonl')
     assert r.returncode == 0, r.stderr
     model = E.load_model(E.EvalConfig('docvqa', **settings))
-    res = E.evaluate(model, M.load_tokenizer(tiny_model), 'docvqa', **settings, out=t + '/fn.jsonl')
+    res = E.evaluate(model, load_tokenizer(tiny_model), 'docvqa', **settings, out=t + '/fn.jsonl')
     assert res == json.load(open(t + '/fn.json')) and res['new_predictions'] == res['n'] == 4
     answers = lambda p: {q: r['answer'] for q, r in predicted(p).items()}
     assert answers(t + '/fn.jsonl') == answers(t + '/cli.jsonl')
     assert res['score'] == json.load(open(t + '/cli.json'))['score']
-    again = lambda m: E.evaluate(m, M.load_tokenizer(tiny_model), 'docvqa', **settings, out=t + '/fn.jsonl')
+    again = lambda m: E.evaluate(m, load_tokenizer(tiny_model), 'docvqa', **settings, out=t + '/fn.jsonl')
     assert again(model)['new_predictions'] == 0  # the same object: resumed
     assert again(E.load_model(E.EvalConfig('docvqa', **settings)))['new_predictions'] == 0  # the same bytes reloaded
     # keyed on the object, not on its folder's files: the command line's run on the folder starts afresh
@@ -386,3 +387,18 @@ def test_tiles_and_pdrop_end_to_end(tmp_path, tiny_model):
     assert full == [28, 20] and [r['visual_tokens'] for r in recs.values()] == full  # the LLM's input keeps them all
     assert [r['visual_tokens_layer_mean'] for r in recs.values()] == [(28 + 21) / 2, (20 + 15) / 2]  # layers 0, 1
     assert res['visual_tokens_layer_mean'] == (24.5 + 17.5) / 2
+
+@pytest.mark.parametrize('args,words', [
+    (['--model', 'MISSING', '--image', 'x.png', '--question', 'hi'], 'checkpoint folder MISSING does not exist'),
+    (['--image', 'x.png', '--question', 'what <IMG_CONTEXT> is'], 'contains <IMG_CONTEXT>'),
+    (['--image', 'x.png', '--question', 'hi', '--max-num', '0'], 'must be >= 1'),
+    (['--image', 'x.png', '--question', 'hi', '--max-num', 'abc'], 'invalid int value'),
+    (['--image', 'absent.png', '--question', 'hi'], 'cannot read image absent.png'),
+    (['--image', 'x.png', '--question', 'hi', '--dtype', 'int8'], 'invalid choice'),
+    (['--image', 'x.png', '--question', 'hi', '--device', 'tpu'], 'pass cpu or cuda'),
+    (['--image', 'x.png'], '--image and --question go together'),
+    (['--image', 'x.png', '--question', 'hi', '--task', 'docvqa'], 'pass one'),
+])
+def test_one_question_errors_are_one_line(tmp_path, args, words):
+    args = [str(tmp_path / a) if a == 'MISSING' else a for a in args]
+    assert_clean_error(cli(*args), words.replace('MISSING', str(tmp_path / 'MISSING')))

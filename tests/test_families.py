@@ -1,5 +1,5 @@
 """Each supported checkpoint family end to end, on a tiny random model in a folder laid out as the released ones:
-`python model.py`, `evaluate.py --task docvqa --limit 2` and `distill.py --teacher DIR --steps 2` run, and the
+`evaluate.py --image --question`, `evaluate.py --task docvqa --limit 2` and `distill.py --teacher DIR --steps 2` run, and the
 student distill.py writes loads with its teacher's tokenizer. The byte-level BPE is trained here by `tokenizers`.
     python -m pytest tests/test_families.py"""
 import json
@@ -15,6 +15,7 @@ import compress as C
 import distill as D
 import evaluate as E
 import model as M
+from tokenizer import QWEN2_PATTERN, BPETokenizer, load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>"]
@@ -36,7 +37,7 @@ def bpe_dir(tmp_path_factory):
     tk = tk_.Tokenizer(tk_.models.BPE())
     tk.normalizer = tk_.normalizers.NFC()
     tk.pre_tokenizer = tk_.pre_tokenizers.Sequence([
-        tk_.pre_tokenizers.Split(tk_.Regex(M.QWEN2_PATTERN), "isolated"),
+        tk_.pre_tokenizers.Split(tk_.Regex(QWEN2_PATTERN), "isolated"),
         tk_.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tk.decoder = tk_.decoders.ByteLevel()
     corpus = ["What is the total? Answer the question using a single word or phrase.", "INVOICE No. 1234 dated 12/05",
@@ -54,7 +55,7 @@ def bpe_dir(tmp_path_factory):
 def family_folder(path, family, tok_dir):
     """A random tiny model of `family` saved with its tokenizer; an -hf folder keeps only transformers' fields."""
     arch, fields, template, _, layout = FAMILIES[family]
-    tok = M.load_tokenizer(tok_dir)
+    tok = load_tokenizer(tok_dir)
     cfg = M.tiny_config(tok.vocab_size, image_size=56)
     cfg.template, cfg.llm.architecture, cfg.llm.qkv_bias = template, arch, arch == "Qwen2ForCausalLM"
     for k, v in fields.items():
@@ -86,11 +87,11 @@ def exit_code(main, argv):
 def test_family_end_to_end(tmp_path, family, bpe_dir, capsys):
     tok_dir = bpe_dir if FAMILIES[family][3] == "bpe" else os.path.join(ROOT, "data", "tokenizer")
     folder = family_folder(str(tmp_path / family), family, tok_dir)
-    model, tok = M.load_model(folder), M.load_tokenizer(folder)
+    model, tok = M.load_model(folder), load_tokenizer(folder)
     assert model.config.template == FAMILIES[family][2] and model.config.llm.architecture == FAMILIES[family][0]
-    assert isinstance(tok, M.BPETokenizer) == (FAMILIES[family][3] == "bpe")
+    assert isinstance(tok, BPETokenizer) == (FAMILIES[family][3] == "bpe")
     Image.new("RGB", (112, 56), "white").save(tmp_path / "page.png")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "model.py"), "--model", folder, "--image",
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--model", folder, "--image",
                         str(tmp_path / "page.png"), "--question", "What is the total?", "--max-new-tokens", "4",
                         "--device", "cpu", "--dtype", "float32"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
@@ -104,4 +105,4 @@ def test_family_end_to_end(tmp_path, family, bpe_dir, capsys):
                               "--eval-task", ""]) == 0, capsys.readouterr().err
     s = M.load_model(student, build_compressor=C.build)
     assert s.compressor is not None and s.config.template == FAMILIES[family][2]
-    assert M.load_tokenizer(student).special == tok.special
+    assert load_tokenizer(student).special == tok.special

@@ -2,8 +2,6 @@
 checkpoint, tokenizer, preprocessing and error paths.   python -m pytest tests/test_model.py"""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import model as M
+from tokenizer import load_tokenizer
 
 transformers = pytest.importorskip("transformers")  # test-only dependency (requirements-test.txt)
 from transformers import (InternVLConfig, InternVLForConditionalGeneration, InternVLVisionConfig,  # noqa: E402
@@ -629,43 +628,7 @@ def test_tiles_row_major_then_thumbnail():
     assert torch.allclose(pv[0, :, 3, 7], torch.tensor(want), atol=1e-6)
 
 
-# -- tokenizer and template
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    spm = pytest.importorskip("sentencepiece")
-    d = tmp_path_factory.mktemp("tok")
-    text = ["The total is 42.", "Answer the question using a single word or phrase.", "What is the date?",
-            M.SYSTEM_MESSAGE, "invoice number A7-203 dated 12/05"] * 50
-    (d / "corpus.txt").write_text("\n".join(text), encoding="utf-8")
-    chat = ["<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>", "<|im_end|>", "<|im_start|>"]
-    spm.SentencePieceTrainer.train(input=str(d / "corpus.txt"), model_prefix=str(d / "tokenizer"), vocab_size=400,
-                                   model_type="bpe", byte_fallback=True, character_coverage=1.0, num_threads=1,
-                                   user_defined_symbols=chat, bos_id=1, eos_id=2, unk_id=0, pad_id=-1)
-    sp = spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model"))
-    n = sp.get_piece_size()
-    added = {s: n + i for i, s in enumerate(["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"])}
-    (d / "added_tokens.json").write_text(json.dumps(added))
-    decoder = {str(sp.piece_to_id(s)): {"content": s, "special": True} for s in chat}
-    (d / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": decoder, "add_bos_token": True}))
-    return str(d)
-
-
-def test_tokenizer_splits_special_tokens(tokenizer_dir):
-    import sentencepiece as spm
-    tok = M.load_tokenizer(tokenizer_dir)
-    sp = spm.SentencePieceProcessor(model_file=os.path.join(tokenizer_dir, "tokenizer.model"))
-    n = sp.get_piece_size()
-    assert tok.token_to_id("<IMG_CONTEXT>") == n + 2 and tok.token_to_id("<img>") == n
-    ids = tok.encode("<|im_start|>user\n<img><IMG_CONTEXT><IMG_CONTEXT></img>\nThe total?<|im_end|>")
-    want = [1, sp.piece_to_id("<|im_start|>")] + sp.encode("user\n") + [n, n + 2, n + 2, n + 1] + sp.encode("\nThe total?") \
-        + [sp.piece_to_id("<|im_end|>")]
-    assert ids == want
-    assert tok.decode(sp.encode("The total is 42") + [sp.piece_to_id("<|im_end|>")]) == "The total is 42"
-    assert tok.decode(sp.encode("a .")) == "a."  # InternLM2Tokenizer's clean-up of spaces before punctuation
-    text = "<|im_start|>user<img><IMG_CONTEXT></img>The total?<|im_end|>"  # this tokenizer turns newlines to spaces
-    assert tok.decode(tok.encode(text), skip_special_tokens=False) == "<s>" + text
-
+# -- chat template
 
 # The query strings of InternVL's chat() (conversation.py and modeling_internvl_chat.py at OpenGVLab/InternVL 2410d1d,
 # run there with num_image_token 2), after the system turn: (question, tiles per image, history, query). {C2}: 2
@@ -739,7 +702,7 @@ def test_chat_prompt_is_the_internlm2_template():
 
 def test_chat_end_to_end(tmp_path, tokenizer_dir):
     _, ours = full_model_pair(tmp_path)
-    tok = M.load_tokenizer(tokenizer_dir)
+    tok = load_tokenizer(tokenizer_dir)
     ours.img_context_token_id = tok.token_to_id("<IMG_CONTEXT>")
     ours = randomize(M.InternVLChat(M.tiny_config(vocab_size=tok.vocab_size)))
     ours.img_context_token_id = tok.token_to_id("<IMG_CONTEXT>")
@@ -786,24 +749,5 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
     os.remove(weights)
     with pytest.raises(M.ModelLoadError, match="no model.safetensors"):
         M.load_model(folder)
-    with pytest.raises(M.ModelLoadError, match="no tokenizer.model"):
-        M.load_tokenizer(folder)
     with pytest.raises(ValueError, match="cannot read image"):
         M.load_image(os.path.join(folder, "config.json"))
-
-
-@pytest.mark.parametrize("args,words", [
-    (["--model", "MISSING", "--image", "x.png", "--question", "hi"], "checkpoint folder MISSING does not exist"),
-    (["--model", "checkpoints/tiny", "--image", "x.png", "--question", "what <IMG_CONTEXT> is"], "contains <IMG_CONTEXT>"),
-    (["--model", "checkpoints/tiny", "--image", "x.png", "--question", "hi", "--max-num", "0"], "must be >= 1"),
-    (["--model", "checkpoints/tiny", "--image", "x.png", "--question", "hi", "--max-num", "abc"], "invalid int value"),
-    (["--model", "checkpoints/tiny", "--image", "absent.png", "--question", "hi"], "cannot read image absent.png"),
-    (["--model", "checkpoints/tiny", "--image", "x.png", "--question", "hi", "--dtype", "int8"], "invalid choice"),
-    (["--model", "checkpoints/tiny", "--image", "x.png", "--question", "hi", "--device", "tpu"], "pass --device cpu"),
-])
-def test_cli_error_is_one_line(tmp_path, args, words):
-    args = [str(tmp_path / a) if a == "MISSING" else a for a in args]
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "model.py"), *args], capture_output=True, text=True, cwd=ROOT)
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("model.py: error: "), r.stderr
-    assert words.replace("MISSING", str(tmp_path / "MISSING")) in lines[0], lines

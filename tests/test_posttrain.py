@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import model as M  # noqa: E402
+from tokenizer import load_tokenizer
 import cli  # noqa: E402
 import posttrain as P  # noqa: E402
 from data import synth  # noqa: E402
@@ -166,7 +167,7 @@ def test_resume_is_exact_and_final_folder_chats(tmp_path):
     log = lambda d: [json.loads(line)["loss"] for line in open(os.path.join(d, "log.jsonl"))]
     assert log(straight) == log(cut) and len(log(cut)) == 6
     # the final folder is an InternVL2 checkpoint
-    model, tok = M.load_model(cut), M.load_tokenizer(cut)
+    model, tok = M.load_model(cut), load_tokenizer(cut)
     last = load_file(os.path.join(cut, "checkpoint", "model.safetensors"))  # the weights of step 6, our names
     assert all(torch.equal(p, last[k]) for k, p in model.named_parameters())
     image = synth.make_sample("doc", 1)["image"]

@@ -1,6 +1,7 @@
 """model.py, compress.py and merge.py can each be copied alone into another project, as the README promises:
-their imports name nothing of this repository, and each one, copied into an empty folder (compress.py beside
-model.py, whose extension point it plugs into), imports and runs there in a fresh Python.
+their imports name nothing of this repository, and each one, copied into an empty folder (compress.py and
+tokenizer.py beside model.py, whose extension point and constants they use), imports and runs there in a fresh
+Python.
 
     python -m pytest tests/test_standalone.py -q
 """
@@ -14,7 +15,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OURS = {f[:-3] for f in os.listdir(ROOT) if f.endswith(".py")} | {"data", "tests"}  # this repository's modules
-ALLOWED = {"model.py": {"torch", "numpy", "PIL", "safetensors", "sentencepiece"},
+ALLOWED = {"model.py": {"torch", "numpy", "PIL", "safetensors"},
            "compress.py": {"torch", "triton"},  # triton: optional (the pool kernel), imported under try/except
            "merge.py": {"torch", "safetensors"}}
 
@@ -37,6 +38,11 @@ def test_imports_only_torch_and_its_kin(file):
     assert names <= ALLOWED[file], f"{file} needs {names - ALLOWED[file]} besides {ALLOWED[file]}"
 
 
+def test_tokenizer_needs_only_model_and_sentencepiece():
+    names = imported("tokenizer.py")
+    assert names <= {"model", "sentencepiece"}, f"tokenizer.py imports {names - {'model', 'sentencepiece'}}"
+
+
 RUN = {  # what each copy must do in its empty folder
     "model.py": "import torch, model as M\n"
                 "m = M.InternVLChat(M.tiny_config()).eval()\n"
@@ -50,12 +56,13 @@ RUN = {  # what each copy must do in its empty folder
                    "ids = torch.tensor([[1] + [5] * 2 * s.num_image_token + [7]])\n"
                    "assert s.num_image_token == 2 and s(torch.randn(2, 3, 56, 56), ids).shape == (1, 6, 512)\n",
     "merge.py": "import merge\nassert callable(merge.merge)\n",
+    "tokenizer.py": "import tokenizer\nassert tokenizer.word_regex().findall('Total: 42') == ['Total', ':', ' ', '4', '2']\n",
 }
 
 
 @pytest.mark.parametrize("file", sorted(RUN))
 def test_copied_alone_it_runs(file, tmp_path):
-    for f in {file, "model.py"} if file == "compress.py" else {file}:
+    for f in {file, "model.py"} if file in ("compress.py", "tokenizer.py") else {file}:
         shutil.copy(os.path.join(ROOT, f), tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # only the copy's folder: the working directory
     r = subprocess.run([sys.executable, "-c", f"import sys; assert sys.path[0] == ''\n{RUN[file]}print('ok')"],

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import model as M
+from tokenizer import load_tokenizer
 import posttrain as P
 import teacher as T
 
@@ -18,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def tok():
-    return M.load_tokenizer(os.path.join(ROOT, "data", "tokenizer"))
+    return load_tokenizer(os.path.join(ROOT, "data", "tokenizer"))
 
 
 def ink(pixels):

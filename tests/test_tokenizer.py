@@ -1,7 +1,8 @@
-"""model.py's BPETokenizer against `tokenizers` and transformers' Qwen2TokenizerFast on a tiny byte-level BPE trained
+"""tokenizer.py's BPETokenizer against `tokenizers` and transformers' Qwen2TokenizerFast on a tiny byte-level BPE trained
 here with Qwen2's pipeline (NFC, the Qwen2 Split regex, ByteLevel without regex, ByteLevel decoder).
     python -m pytest tests/test_tokenizer.py"""
 import json
+import os
 import random
 import re
 import unicodedata
@@ -9,7 +10,7 @@ import unicodedata
 import pytest
 
 import model as M
-from model import QWEN2_PATTERN, BPETokenizer, unicode_classes, word_regex
+from tokenizer import QWEN2_PATTERN, BPETokenizer, load_tokenizer, unicode_classes, word_regex
 
 pytest.importorskip("transformers")  # test-only dependencies (requirements-test.txt), `tokenizers` comes with it
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers  # noqa
@@ -105,24 +106,24 @@ def test_attributes(folders, tok):
     with pytest.raises(ValueError, match="no BOS"):
         tok.encode("hi", bos=True)
     for name in dirs:  # load_tokenizer picks BPE for tokenizer.json or vocab.json + merges.txt
-        assert isinstance(M.load_tokenizer(str(dirs[name])), BPETokenizer)
+        assert isinstance(load_tokenizer(str(dirs[name])), BPETokenizer)
 
 
 def test_unsupported_folders(folders, tmp_path):
     with pytest.raises(M.ModelLoadError, match="no tokenizer.model, tokenizer.json or vocab.json"):
-        M.load_tokenizer(str(tmp_path))
+        load_tokenizer(str(tmp_path))
     gpt2 = json.loads(folders[0].to_str()) | {"pre_tokenizer": {"type": "ByteLevel", "use_regex": True}}
     (tmp_path / "tokenizer.json").write_text(json.dumps(gpt2))
     with pytest.raises(M.ModelLoadError, match="not a byte-level BPE with Qwen2's pre-tokenizer"):
-        M.load_tokenizer(str(tmp_path))
+        load_tokenizer(str(tmp_path))
     (tmp_path / "tokenizer.json").write_text("{")
     with pytest.raises(M.ModelLoadError, match="tokenizer.json is not valid JSON"):
-        M.load_tokenizer(str(tmp_path))
+        load_tokenizer(str(tmp_path))
     tj = json.loads(folders[0].to_str())
     tj["added_tokens"] = [t for t in tj["added_tokens"] if t["content"] != "<IMG_CONTEXT>"]
     (tmp_path / "tokenizer.json").write_text(json.dumps(tj))  # and no tokenizer_config.json to list it
     with pytest.raises(M.ModelLoadError, match="lacks the special token <IMG_CONTEXT>"):
-        M.load_tokenizer(str(tmp_path))
+        load_tokenizer(str(tmp_path))
 
 
 @pytest.mark.parametrize("name", ["pairs", "strings", "files"])
@@ -189,3 +190,18 @@ def test_pretokenizer_every_code_point():
     for s in ("a".join(chars), "!".join(chars), "".join("'" + c + "a" for c in letters)):
         assert word_regex().findall(s) == [w for w, _ in ref.pre_tokenize_str(s)]
 
+
+def test_tokenizer_splits_special_tokens(tokenizer_dir):
+    import sentencepiece as spm
+    tok = load_tokenizer(tokenizer_dir)
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(tokenizer_dir, "tokenizer.model"))
+    n = sp.get_piece_size()
+    assert tok.token_to_id("<IMG_CONTEXT>") == n + 2 and tok.token_to_id("<img>") == n
+    ids = tok.encode("<|im_start|>user\n<img><IMG_CONTEXT><IMG_CONTEXT></img>\nThe total?<|im_end|>")
+    want = [1, sp.piece_to_id("<|im_start|>")] + sp.encode("user\n") + [n, n + 2, n + 2, n + 1] + sp.encode("\nThe total?") \
+        + [sp.piece_to_id("<|im_end|>")]
+    assert ids == want
+    assert tok.decode(sp.encode("The total is 42") + [sp.piece_to_id("<|im_end|>")]) == "The total is 42"
+    assert tok.decode(sp.encode("a .")) == "a."  # InternLM2Tokenizer's clean-up of spaces before punctuation
+    text = "<|im_start|>user<img><IMG_CONTEXT></img>The total?<|im_end|>"  # this tokenizer turns newlines to spaces
+    assert tok.decode(tok.encode(text), skip_special_tokens=False) == "<s>" + text
