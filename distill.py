@@ -52,9 +52,9 @@ import cli
 import compress as C
 import evaluate as E
 import model as M
-from tokenizer import load_tokenizer
 import posttrain as P
 from cli import Error
+from tokenizer import load_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

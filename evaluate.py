@@ -38,7 +38,7 @@ METHODS = ['none', 'pool', 'select', 'fastv', 'divprune', 'random', 'tiles', 'vi
 
 @dataclass
 class EvalConfig:
-    task: str = ''  # docvqa | chartqa | infovqa | textvqa | ocrbench
+    task: str = ''  # docvqa | chartqa | infovqa | textvqa | ocrbench (or --image and --question)
     model: str = os.path.join(HERE, 'checkpoints', 'tiny')  # checkpoint folder
     data: str = None  # annotation file or folder (default: data/eval/<task>/)
     images: str = None  # image root (default: the annotation file's folder)
@@ -71,7 +71,19 @@ def parse_args(argv=None):
     if cfg.image is not None and cfg.task:
         raise Error("--task or --image and --question: pass one")
     if not cfg.task and cfg.image is None:
-        raise Error("the following arguments are required: --task (see python evaluate.py --help)")
+        raise Error("the following arguments are required: --task, or --image and --question "
+                    "(see python evaluate.py --help)")
+    if cfg.image is not None:
+        unused = [k for k in ('data', 'images', 'limit', 'out') if getattr(cfg, k) is not None]
+        unused += ['batch_size'] * (cfg.batch_size != 1) + ['cot'] * cfg.cot
+        if unused:
+            raise Error(f"--{unused[0].replace('_', '-')} is for a --task run; drop it with --image")
+        if cfg.method == 'tiles':
+            raise Error("--method tiles is a budget over a task's images; use it with --task")
+        if not os.path.isfile(cfg.image):
+            raise Error(f"cannot read image {cfg.image}: no such file; pass the path of an image")
+        if IMG_CONTEXT in cfg.question:
+            raise Error(f"the question contains {IMG_CONTEXT}, the token that marks image features: remove it")
     for k in SELECT_OPTIONS:
         if getattr(cfg, k) and cfg.method != 'select':
             raise Error(f"--{k.replace('_', '-')} is an option of --method select; add --method select or drop it")
@@ -344,13 +356,17 @@ def _all_or_none_answered(items, path):
 IMG_CONTEXT = '<IMG_CONTEXT>'  # model.IMG_CONTEXT: the token each image feature replaces
 EVAL_PROTOCOL = 2  # in the run key: bump it with every change here that alters an answer (prompt, reader, decoding)
 
+def method_defaults(cfg):
+    """A method's ratio left unset keeps all tokens; random's seed is 0."""
+    cfg.seed = (cfg.seed or 0) if cfg.method == 'random' else cfg.seed
+    cfg.ratio = 1.0 if cfg.ratio is None and cfg.method != 'none' else cfg.ratio
+
 def prepare(cfg, model=None, tokenizer=None):
     """-> (task, annotation, items, predictions path, header). The header's run key, which a predictions file must
     hold to be resumed, covers EVAL_PROTOCOL, the model's bytes, the question files, every image's bytes (--limit may
     change) and every setting that changes an answer; not batch size, device index, threads, --limit, process count."""
     task = TASKS[cfg.task]
-    cfg.seed = (cfg.seed or 0) if cfg.method == 'random' else cfg.seed
-    cfg.ratio = 1.0 if cfg.ratio is None and cfg.method != 'none' else cfg.ratio  # a method's default: all tokens
+    method_defaults(cfg)
     data = cfg.data or os.path.join(HERE, 'data', 'eval', cfg.task)
     ann = find_annotation(cfg.task, data)
     every = task.read(ann, cfg.images or (ann if os.path.isdir(ann) else os.path.dirname(ann)))
@@ -459,10 +475,7 @@ def load_tokenizer(cfg):
 def ask(cfg):
     """The answer to cfg.question about cfg.image, by the model of load_model(cfg), tiled as InternVL's chat()."""
     import torch, model as M
-    if M.IMG_CONTEXT in cfg.question:
-        raise Error(f"the question contains {M.IMG_CONTEXT}, the token that marks image features: remove it")
-    if cfg.method == 'tiles':
-        raise Error("--method tiles is a budget over a task's images: use it with --task")
+    method_defaults(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model, tok = load_model(cfg), load_tokenizer(cfg)
@@ -633,6 +646,8 @@ def main(argv=None):
             import datetime, torch.distributed as dist
             dist.init_process_group('gloo', timeout=datetime.timedelta(days=1))
         if cfg.image is not None:
+            if world > 1:
+                raise Error("--image answers one question in one process: run it without torchrun")
             return print(ask(cfg))
         run(cfg, rank, world)
         if world > 1:

@@ -5,7 +5,8 @@ cache. It imports nothing from this repository: copy it as it is (tokenizer.py r
 
     model, tok = load_model(path), tokenizer.load_tokenizer(path)
     print(model.chat(tok, load_image("page.png", image_size=model.config.force_image_size), "What is the total?"))
-    python evaluate.py --model /path/to/InternVL2-2B --image page.png --question "What is the total?"
+
+or from the shell: python evaluate.py --model /path/to/InternVL2-2B --image page.png --question "What is the total?"
 
 Token compression plugs in at InternVLChat.compressor and LanguageModel.before_layer; compress.py holds FCoT-VL's.
 Supported: InternVL2 (not the Phi-3 4B), InternVL2.5 and 3 (Qwen2.5, InternLM2.5, InternLM3), dense InternVL3.5 (Qwen3).

@@ -29,10 +29,10 @@ from tqdm import tqdm
 import cli
 import compress
 import model as M
-from tokenizer import load_tokenizer
 from cli import Error
 from data import synth
 from evaluate import COT_ANSWER as EVAL_COT_ANSWER, PROMPT as EVAL_PROMPT
+from tokenizer import load_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRANSCRIBE = "Transcribe all the text in the image."

@@ -308,11 +308,9 @@ def evaluate_rows(cfg):
 
 def evaluate_row(todo):
     """One row's evaluations (`todo`: each task's EvalConfig fields): the row's model, loaded once."""
-    from tokenizer import load_tokenizer
-
     def run():
         first = E.EvalConfig(**todo[0])
-        model, tok = E.load_model(first), load_tokenizer(first.model)
+        model, tok = E.load_model(first), E.load_tokenizer(first)
         for settings in todo:
             E.evaluate(model, tok, settings["task"], **settings)
     return cli.run_main("evaluate.py", run)

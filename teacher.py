@@ -68,10 +68,10 @@ from safetensors.torch import load_file
 
 import cli
 import model as M
-from tokenizer import load_tokenizer
 import posttrain as P
 from cli import Error
 from data.build import CROP_QUESTION, KIE_SUFFIX, OCRB_TYPES, crop_run
+from tokenizer import load_tokenizer
 from data.synth import KINDS, Config, make_sample
 from evaluate import PROMPT, TASKS
 

@@ -18,11 +18,10 @@ import unicodedata
 
 from model import IMG_CONTEXT, IMG_END, IMG_START, ModelLoadError, added_tokens, read_json
 
-# Both split the added tokens out of the text first, longest first, and map them to their own ids.
-
 
 class _Tokenizer:
-    """What the two share: special (added token -> id), add_bos, vocab_size, token_to_id, encode."""
+    """What the two share: special (added token -> id), add_bos, vocab_size, token_to_id, and encode, which splits
+    the added tokens out of the text first, longest first, and maps them to their own ids."""
 
     def _set_special(self, special, bos_id, add_bos):
         self.special, self.id_to_special = special, {i: s for s, i in special.items()}

@@ -24,10 +24,10 @@ import distill as D
 import evaluate as E
 import merge
 import model as M
-from tokenizer import load_tokenizer
 import posttrain as P
 import results as R
 from test_evaluate import docvqa_fixture, dump, predicted, rrc
+from tokenizer import load_tokenizer
 from test_merge import make, read
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

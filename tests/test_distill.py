@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 import compress as C
 import distill as D
 import model as M
-from tokenizer import load_tokenizer
 import posttrain as P
+from tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

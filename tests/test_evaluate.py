@@ -392,13 +392,31 @@ def test_tiles_and_pdrop_end_to_end(tmp_path, tiny_model):
     (['--model', 'MISSING', '--image', 'x.png', '--question', 'hi'], 'checkpoint folder MISSING does not exist'),
     (['--image', 'x.png', '--question', 'what <IMG_CONTEXT> is'], 'contains <IMG_CONTEXT>'),
     (['--image', 'x.png', '--question', 'hi', '--max-num', '0'], 'must be >= 1'),
+    (['--image', 'x.png', '--question', 'hi', '--max-new-tokens', '0'], 'must be >= 1'),
     (['--image', 'x.png', '--question', 'hi', '--max-num', 'abc'], 'invalid int value'),
     (['--image', 'absent.png', '--question', 'hi'], 'cannot read image absent.png'),
+    (['--image', 'config.json', '--question', 'hi'], 'cannot read image'),
     (['--image', 'x.png', '--question', 'hi', '--dtype', 'int8'], 'invalid choice'),
     (['--image', 'x.png', '--question', 'hi', '--device', 'tpu'], 'pass cpu or cuda'),
     (['--image', 'x.png'], '--image and --question go together'),
+    (['--question', 'hi'], '--image and --question go together'),
     (['--image', 'x.png', '--question', 'hi', '--task', 'docvqa'], 'pass one'),
+    (['--image', 'x.png', '--question', 'hi', '--cot'], '--cot is for a --task run'),
+    (['--image', 'x.png', '--question', 'hi', '--limit', '3'], '--limit is for a --task run'),
+    (['--image', 'x.png', '--question', 'hi', '--method', 'tiles'], 'use it with --task'),
+    (['--image', 'x.png', '--question', 'hi', '--ratio', '0.5'], '--ratio needs --method'),
 ])
 def test_one_question_errors_are_one_line(tmp_path, args, words):
-    args = [str(tmp_path / a) if a == 'MISSING' else a for a in args]
+    png(str(tmp_path / 'x.png'))
+    open(tmp_path / 'config.json', 'w').write('{}')
+    args = [str(tmp_path / a) if a in ('MISSING', 'x.png', 'config.json') else a for a in args]
     assert_clean_error(cli(*args), words.replace('MISSING', str(tmp_path / 'MISSING')))
+
+@pytest.mark.parametrize('method', [['--method', 'none'], ['--method', 'pool', '--ratio', '0.5'],
+                                    ['--method', 'select', '--ratio', '0.5'], ['--method', 'fastv']])
+def test_one_question_is_answered(tmp_path, method):
+    """One line out, exit 0; a method without --ratio keeps every token, as with --task."""
+    png(str(tmp_path / 'x.png'))
+    r = cli('--image', str(tmp_path / 'x.png'), '--question', 'What is the total?', *method,
+            '--max-new-tokens', '4', '--device', 'cpu', '--threads', '1')
+    assert r.returncode == 0 and r.stdout.count('\n') == 1, r.stderr[-2000:]  # the answer (a blank page's may be empty)

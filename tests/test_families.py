@@ -105,4 +105,8 @@ def test_family_end_to_end(tmp_path, family, bpe_dir, capsys):
                               "--eval-task", ""]) == 0, capsys.readouterr().err
     s = M.load_model(student, build_compressor=C.build)
     assert s.compressor is not None and s.config.template == FAMILIES[family][2]
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--model", student, "--image",
+                        str(tmp_path / "page.png"), "--question", "What is the total?", "--max-new-tokens", "4",
+                        "--device", "cpu"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr  # the student answers one question too
     assert load_tokenizer(student).special == tok.special

@@ -1,5 +1,5 @@
 """model.py against transformers as the reference (tiny random weights, fp32, CPU), and the
-checkpoint, tokenizer, preprocessing and error paths.   python -m pytest tests/test_model.py"""
+checkpoint, chat template, preprocessing and error paths.   python -m pytest tests/test_model.py"""
 import json
 import os
 

@@ -11,11 +11,11 @@ from safetensors.torch import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import model as M  # noqa: E402
-from tokenizer import load_tokenizer
 import cli  # noqa: E402
+import model as M  # noqa: E402
 import posttrain as P  # noqa: E402
 from data import synth  # noqa: E402
+from tokenizer import load_tokenizer  # noqa: E402
 
 TINY = ["--init", "tiny", "--image-size", "56", "--max-num", "2", "--warmup", "2", "--lr", "3e-3", "--threads", "1"]
 

@@ -1,7 +1,7 @@
-"""model.py, compress.py and merge.py can each be copied alone into another project, as the README promises:
-their imports name nothing of this repository, and each one, copied into an empty folder (compress.py and
-tokenizer.py beside model.py, whose extension point and constants they use), imports and runs there in a fresh
-Python.
+"""model.py, compress.py, merge.py and tokenizer.py can be copied into another project, as the README promises: the
+first three import nothing of this repository, tokenizer.py only model.py, and each one, copied into an empty folder
+(compress.py beside model.py, whose extension point it plugs into; tokenizer.py beside model.py and a tokenizer),
+imports and runs there in a fresh Python.
 
     python -m pytest tests/test_standalone.py -q
 """
@@ -56,7 +56,9 @@ RUN = {  # what each copy must do in its empty folder
                    "ids = torch.tensor([[1] + [5] * 2 * s.num_image_token + [7]])\n"
                    "assert s.num_image_token == 2 and s(torch.randn(2, 3, 56, 56), ids).shape == (1, 6, 512)\n",
     "merge.py": "import merge\nassert callable(merge.merge)\n",
-    "tokenizer.py": "import tokenizer\nassert tokenizer.word_regex().findall('Total: 42') == ['Total', ':', ' ', '4', '2']\n",
+    "tokenizer.py": "import tokenizer\nassert tokenizer.word_regex().findall('Total: 42') == ['Total', ':', ' ', '4', '2']\n"
+                    "tok = tokenizer.load_tokenizer('tok')\n"  # model.py's added-token reader, in the copy
+                    "assert tok.decode(tok.encode('<img>The total?</img>'), skip_special_tokens=False) == '<s><img>The total?</img>'\n",
 }
 
 
@@ -64,6 +66,8 @@ RUN = {  # what each copy must do in its empty folder
 def test_copied_alone_it_runs(file, tmp_path):
     for f in {file, "model.py"} if file in ("compress.py", "tokenizer.py") else {file}:
         shutil.copy(os.path.join(ROOT, f), tmp_path)
+    if file == "tokenizer.py":
+        shutil.copytree(os.path.join(ROOT, "data", "tokenizer"), tmp_path / "tok")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # only the copy's folder: the working directory
     r = subprocess.run([sys.executable, "-c", f"import sys; assert sys.path[0] == ''\n{RUN[file]}print('ok')"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

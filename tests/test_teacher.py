@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import model as M
-from tokenizer import load_tokenizer
 import posttrain as P
 import teacher as T
+from tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

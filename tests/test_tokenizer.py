@@ -1,5 +1,6 @@
 """tokenizer.py's BPETokenizer against `tokenizers` and transformers' Qwen2TokenizerFast on a tiny byte-level BPE trained
-here with Qwen2's pipeline (NFC, the Qwen2 Split regex, ByteLevel without regex, ByteLevel decoder).
+here with Qwen2's pipeline (NFC, the Qwen2 Split regex, ByteLevel without regex, ByteLevel decoder), and the
+sentencepiece Tokenizer against sentencepiece itself with InternVL's added tokens split out.
     python -m pytest tests/test_tokenizer.py"""
 import json
 import os
