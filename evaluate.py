@@ -642,13 +642,13 @@ def main(argv=None):
 
     def go():
         cfg = parse_args(argv)
-        if world > 1:  # gloo on GPUs too: the processes only wait for each other, their answers stay apart
-            import datetime, torch.distributed as dist
-            dist.init_process_group('gloo', timeout=datetime.timedelta(days=1))
-        if cfg.image is not None:
+        if cfg.image is not None:  # before any process group: one question is one process's
             if world > 1:
                 raise Error("--image answers one question in one process: run it without torchrun")
             return print(ask(cfg))
+        if world > 1:  # gloo on GPUs too: the processes only wait for each other, their answers stay apart
+            import datetime, torch.distributed as dist
+            dist.init_process_group('gloo', timeout=datetime.timedelta(days=1))
         run(cfg, rank, world)
         if world > 1:
             dist.barrier()  # rank 0 has scored: the others leave no sooner (an early leaver can abort the group)
