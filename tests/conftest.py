@@ -1,4 +1,5 @@
-"""Fixtures every test file shares: one CPU thread, and a random tiny teacher saved in the released layout."""
+"""Fixtures every test file shares: one CPU thread, a random tiny teacher saved in the released layout, and a
+sentencepiece tokenizer trained here."""
 import json
 import os
 import subprocess
