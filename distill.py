@@ -11,7 +11,8 @@ wrote rationales, so it does not even read those conversations. Stage II goes on
 student with its LLM learning too (--student, --trainable compressor,projector,llm; results.py runs it).
 
     python distill.py --ratio 0.5                # the embedded teacher on synthetic pairs (CPU, minutes),
-                                                 # then teacher / pool / FastV / student on DocVQA-format
+                                                 # then teacher / pool / FastV / student on DocVQA-format,
+                                                 # shipped and held-out pages
     python distill.py --ratio 0.25 --temperature 2 --ce-weight 0.5   # the KL at T = 2, the CE at lambda = 0.5
     python distill.py --ratio 0.25 --skip-thumbnail    # select: a page's thumbnail gives its budget to the tiles
     python distill.py --ratio 0.25 --skip-thumbnail --rank-projected   # and rarity is measured after A_s
@@ -34,7 +35,8 @@ under OUT/checkpoint/ hold only those two parts; OUT/ ends as an ordinary Intern
 whose config.json records the compressor, which evaluate.py and model.load_model(build_compressor=
 compress.build) load as it is. OUT/results.md holds the comparison table: visual tokens per image, the
 LLM's prefill FLOPs relative to the teacher's (from the model config and each prompt's length; FastV: the
-full prompt up to layer K, the kept one after), the score. Wall-clock speed at scale is bench.py's: at
+full prompt up to layer K, the kept one after), the score on the shipped set and on the held-out family's
+(data/eval-heldout: fonts, layouts and phrasings the teacher never trained on). Wall-clock speed at scale is bench.py's: at
 this size the ViT, which every row runs in full, dominates a prefill's time.
 """
 import copy
@@ -80,6 +82,7 @@ class DistillConfig(P.TrainConfig):
     ce_weight: float = 0.5  # lambda of the cross-entropy term
     eval_task: str = "docvqa"  # the task of the closing comparison ('': none)
     eval_data: str = ""  # its annotation file or folder ('': the shipped set)
+    eval_heldout: str = os.path.join(HERE, "data", "eval-heldout")  # the held-out family's sets: the task's too ('': not)
     eval_limit: int = 0  # first N questions only (0: all)
     eval_batch_size: int = 8  # questions per generate call in the comparison
     fastv_layer: int = 2  # K of the FastV baseline
@@ -226,8 +229,22 @@ def calibrate_thresholds(cfg, teacher, student, records):
     student.config = replace(student.config, compressor=dict(student.config.compressor, thresholds=table))
 
 
+def heldout_set(cfg):
+    """The held-out family's annotation of the comparison's task, or None (--eval-heldout '', or --eval-data given:
+    the comparison is then on the user's set alone)."""
+    if cfg.eval_data and cfg.eval_heldout not in ("", DistillConfig.eval_heldout):
+        raise Error("--eval-data and --eval-heldout: the comparison runs on the user's set alone; drop --eval-heldout")
+    if not cfg.eval_heldout or cfg.eval_data:
+        return None
+    if not os.path.isdir(path := os.path.join(cfg.eval_heldout, cfg.eval_task)):
+        raise Error(f"--eval-heldout {cfg.eval_heldout} has no {cfg.eval_task}/ set; python data/build.py "
+                    "--heldout-family writes it, or pass --eval-heldout ''")
+    return path
+
+
 def compare(cfg, student_dir):
-    """Teacher, the training-free baselines at the same ratio and the student on one task: a table."""
+    """Teacher, the training-free baselines at the same ratio and the student on one task, on the shipped set (or
+    --eval-data) and the held-out family's: a table."""
     rows = [("teacher", cfg.teacher, "none", None, "fixed"), (f"pool {cfg.ratio:g}", cfg.teacher, "pool", cfg.ratio,
             "fixed"), (f"FastV {cfg.ratio:g} (K={cfg.fastv_layer})", cfg.teacher, "fastv", cfg.ratio, "fixed"),
             (f"FCoT stage I ({cfg.compressor} {cfg.ratio:g})", student_dir, "none", None, "fixed")]
@@ -236,25 +253,34 @@ def compare(cfg, student_dir):
     if cfg.budget == "auto":
         rows.append((f"FCoT stage I auto ({cfg.compressor}, mean {cfg.ratio:g} on training images)", student_dir,
                      "none", cfg.ratio, "auto"))
-    results = []
+    results, heldout = [], heldout_set(cfg)
     for name, folder, method, ratio, budget in rows:
-        ecfg = E.EvalConfig(task=cfg.eval_task, model=folder, data=cfg.eval_data or None, limit=cfg.eval_limit or None,
-                            batch_size=cfg.eval_batch_size, method=method, ratio=ratio, budget=budget,
-                            fastv_layer=cfg.fastv_layer,
-                            out=os.path.join(cfg.out, "eval", f"{cfg.eval_task}_{name.split(' (')[0].replace(' ', '_')}.jsonl"))
-        res = E.evaluate(E.load_model(ecfg), load_tokenizer(folder), cfg.eval_task, **asdict(ecfg))
-        if method == "fastv":  # the LLM's input keeps every token; layers >= K see `ratio` of them
-            res["visual_tokens_after_k"] = res["visual_tokens_per_image"] * ratio
-        results.append(dict(name=name, **res))
+        model, tok = None, load_tokenizer(folder)
+        for data, tag in ((cfg.eval_data or None, ""), (heldout, "_heldout"))[:1 + bool(heldout)]:
+            ecfg = E.EvalConfig(task=cfg.eval_task, model=folder, data=data, limit=cfg.eval_limit or None,
+                                batch_size=cfg.eval_batch_size, method=method, ratio=ratio, budget=budget,
+                                fastv_layer=cfg.fastv_layer, out=os.path.join(cfg.out, "eval", f"{cfg.eval_task}{tag}_"
+                                                                              f"{name.split(' (')[0].replace(' ', '_')}.jsonl"))
+            model = E.load_model(ecfg) if model is None else model
+            res = E.evaluate(model, tok, cfg.eval_task, **asdict(ecfg))
+            if method == "fastv":  # the LLM's input keeps every token; layers >= K see `ratio` of them
+                res["visual_tokens_after_k"] = res["visual_tokens_per_image"] * ratio
+            if tag:
+                results[-1]["heldout"] = res
+            else:
+                results.append(dict(name=name, **res))
     t = results[0]
-    lines = [f"| {cfg.eval_task} | visual tokens / image | LLM prefill FLOPs vs teacher | {t['metric']} | % of teacher |",
-             "|---|---|---|---|---|"]
+    pct = lambda r, t: f"{r['score']:.1f} | {100 * r['score'] / max(t['score'], 1e-9):.1f}%"
+    lines = [f"| {cfg.eval_task} | visual tokens / image | LLM prefill FLOPs vs teacher | {t['metric']} | % of teacher |"
+             + (f" {t['metric']}, held-out family | % of teacher |" if heldout else ""),
+             "|---|---|---|---|---|" + "---|---|" * bool(heldout)]
     for r in results:
         tokens = f"{r['visual_tokens_per_image']:.0f}" + (f" -> {r['visual_tokens_after_k']:.0f} after layer "
                                                            f"{cfg.fastv_layer}" if "visual_tokens_after_k" in r else "")
         flops = "-" if None in (r["llm_prefill_gflops"], t["llm_prefill_gflops"]) else \
             f"{r['llm_prefill_gflops'] / t['llm_prefill_gflops']:.2f}x"
-        lines.append(f"| {r['name']} | {tokens} | {flops} | {r['score']:.1f} | {100 * r['score'] / max(t['score'], 1e-9):.1f}% |")
+        lines.append(f"| {r['name']} | {tokens} | {flops} | {pct(r, t)} |"
+                     + (f" {pct(r['heldout'], t['heldout'])} |" if heldout else ""))
     table = "\n".join(lines)
     cli.write_json(os.path.join(cfg.out, "results.json"), dict(config=asdict(cfg), rows=results))
     cli.write_text(os.path.join(cfg.out, "results.md"), table + "\n")
@@ -280,6 +306,8 @@ def run(cfg):
             raise Error("--ratio-range and --calibration-images are --budget auto's: add it or drop them")
         if cfg.eval_task and cfg.eval_task not in E.TASKS:
             raise Error(f"--eval-task {cfg.eval_task}: choose one of {', '.join(E.TASKS)} or '' for none")
+        if cfg.eval_task:
+            heldout_set(cfg)  # a missing set fails now, not after training
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         teacher = M.load_model(cfg.teacher, device, dtype)
         tok = load_tokenizer(cfg.teacher)

@@ -8,7 +8,8 @@ training-free baselines (compress.py) pool, FastV, untrained select, DivPrune, r
 each a row of results.json), fewer tiles, VisionZip, PyramidDrop; stage I, stage I+II (a), (b) and (c), and
 stage I+II+merge. Beside them, select's one student for every ratio (distill.py --budget auto, --any-steps) at
 --any-ratios, and with its budget by content at the thresholds calibrated for --auto-shares: the
-accuracy-against-tokens curve of score_vs_tokens.png.
+accuracy-against-tokens curve of score_vs_tokens.png. Every row is evaluated twice: on the shipped sets and on the
+held-out family's (--heldout, data/eval-heldout: fonts, layouts and phrasings the teacher never trained on).
 
     python results.py --jobs 2 --threads 1     # embedded teacher, ratios 0.5 0.25, all five tasks (2-core CPU: about 100 min)
     python results.py --quick --threads 1      # smoke run: 4 steps, 4 tiles, 4 questions per task
@@ -22,8 +23,9 @@ Each step is a function call (distill.run, merge.merge, evaluate.evaluate) in a 
 --distill-args and --stage2-args are parsed by distill.py and win over results.py's settings but for a
 run's folder and shape (--out, --micro-batch, --warmup, --max-num, --threads, --device, --resume).
 
-Under --out (runs/results): r<ratio>/{stage1,stage2-a,stage2-b,stage2-c,merged}/, any/, eval/<row>/<task>.jsonl and .json,
-results.md, results.json, score_vs_tokens.png. A training step whose folder holds a finished model
+Under --out (runs/results): r<ratio>/{stage1,stage2-a,stage2-b,stage2-c,merged}/, any/, eval/<row>/<task>.jsonl and .json
+(the held-out family's: heldout-<task>, and heldout-docvqa-reworded), results.md, results.json, score_vs_tokens.png and
+score_vs_tokens_heldout.png. A training step whose folder holds a finished model
 (config.json + model*.safetensors) is skipped, one with only checkpoint/ gets --resume, an evaluation
 whose settings and weights have not changed is skipped: after a kill, the same command continues. Delete
 a folder to redo its step. Runs (a), (c) and the merge are asked with the CoT prompt (only the final answer
@@ -32,11 +34,13 @@ per LLM layer, where FastV and PyramidDrop drop them inside the LLM: its layers'
 not timed: at the tiny model's size wall-clock prefill is the ViT's and noise; mean of per-task ratios) and
 peak memory (each row's evaluations run in one process) relative to the teacher;
 each task's score in its unit (OCRBench: hits); avg, the mean over tasks with OCRBench as percent;
-reasoning, the mean over tasks of the reasoning questions' score. Under the table, per ratio: what training adds,
+reasoning, the mean over tasks of the reasoning questions' score; held-out avg, avg on the held-out family, whose
+scores per task follow in a second table. Under them, per ratio: what training adds,
 the best trained row minus the strongest training-free row (each by avg, of the rows with every task evaluated), and
 stage I minus untrained select, and the one student minus the stage-I student of the ratio, in points averaged over
-the tasks with a 95% bootstrap interval, paired over the main set's questions (results.json also has each task's);
-then, for each budget by content, each task's score and visual tokens as shares of the teacher's.
+the tasks with a 95% bootstrap interval, paired over the main set's questions (results.json also has each task's),
+on the shipped sets and, for the same two rows, the held-out family's; then, for each budget by content, each task's
+score and visual tokens as shares of the teacher's, on both.
 """
 import collections, functools, glob, json, math, multiprocessing, os, shlex, sys, time
 from dataclasses import asdict, dataclass, replace
@@ -47,6 +51,7 @@ import metrics
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TASKS = ("docvqa", "chartqa", "infovqa", "textvqa", "ocrbench")
+HELDOUT = "heldout-"  # an evaluation on the held-out family's set is named heldout-<task>
 PLOT_SIZE = (900, 520)
 
 
@@ -56,6 +61,7 @@ class Config:
     out: str = "runs/results"  # everything goes here
     ratios: tuple = (0.5, 0.25)  # shares of visual tokens kept
     tasks: tuple = TASKS  # evaluation tasks
+    heldout: str = os.path.join(HERE, "data", "eval-heldout")  # the held-out family's sets: every row on them too ('': not)
     compressor: str = "select"  # V_c: select | pool
     distill_steps: int = 300  # stage I steps
     distill_lr: float = 1e-3  # stage I lr (V_c and A_s)
@@ -121,7 +127,11 @@ def parse_args(argv=None):
     if not all(lo <= r <= hi for r in cfg.any_ratios) or not all(shares[0] <= s <= shares[-1] for s in cfg.auto_shares):
         raise cli.Error(f"--any-ratios must lie in {lo:g}..{hi:g} and --auto-shares in {shares[0]:g}..{shares[-1]:g}, "
                         "the one student's range and calibrated shares")
+    if cfg.heldout and (missing := [d for _, d in sets(cfg).values() if d and not os.path.exists(d)]):
+        raise cli.Error(f"--heldout {cfg.heldout} lacks {missing[0]}; python data/build.py --heldout-family writes "
+                        "the held-out sets, or pass --heldout '' to evaluate on the shipped sets only")
     cfg.out, cfg.teacher = os.path.abspath(cfg.out), os.path.abspath(cfg.teacher)
+    cfg.heldout = cfg.heldout and os.path.abspath(cfg.heldout)
     return cfg
 
 
@@ -268,6 +278,17 @@ def rows(cfg):
     return out
 
 
+def sets(cfg):
+    """{name: (task, annotation)} of a row's evaluations: each task's shipped set (evaluate.py's default), then its
+    held-out family set, heldout-<task>, and the held-out DocVQA pages with reworded questions."""
+    out = {t: (t, None) for t in cfg.tasks}
+    if cfg.heldout:
+        out.update({HELDOUT + t: (t, os.path.join(cfg.heldout, t)) for t in cfg.tasks})
+        if "docvqa" in cfg.tasks:
+            out[HELDOUT + "docvqa-reworded"] = ("docvqa", os.path.join(cfg.heldout, "docvqa", "val_reworded.json"))
+    return out
+
+
 def table_keys(cfg):
     """The table's rows: every evaluated row, but random's seeds are one row, random-r<ratio>, their mean."""
     keys = [f"random-r{row.ratio:g}" if row.seed is not None else row.key for row in rows(cfg)]
@@ -275,7 +296,7 @@ def table_keys(cfg):
 
 
 def evaluate_rows(cfg):
-    """A row's tasks in one child process (--jobs of them at a time). A task is skipped when its .json exists and its
+    """A row's sets in one child process (--jobs of them at a time). A set is skipped when its .json exists and its
     settings and weights (name, size, mtime) are those in .inputs.json; other weights drop the old predictions, other
     settings resume them where evaluate.py's run key allows (it starts a file of other settings afresh)."""
     import torch, model, compress  # once, in the parent: only imports happen before the forks
@@ -284,19 +305,20 @@ def evaluate_rows(cfg):
         todo, edir = [], os.path.join(cfg.out, "eval", key)
         stamp = sorted((os.path.basename(f), os.path.getsize(f), os.path.getmtime(f))
                        for f in glob.glob(os.path.join(folder, "model*.safetensors")))
-        for task in cfg.tasks:
-            settings = dict(task=task, model=folder, method=method, ratio=r if method != "none" or budget else None,
-                            **({"budget": budget} if budget else {}), fastv_layer=cfg.fastv_layer,
-                            batch_size=cfg.batch_size, out=os.path.join(edir, task + ".jsonl"), cot=cot,
+        for set_name, (task, data) in sets(cfg).items():
+            settings = dict(task=task, **({"data": data} if data else {}), model=folder, method=method,
+                            ratio=r if method != "none" or budget else None, **({"budget": budget} if budget else {}), fastv_layer=cfg.fastv_layer,
+                            batch_size=cfg.batch_size, out=os.path.join(edir, set_name + ".jsonl"), cot=cot,
                             **{k: getattr(cfg, k) for k in ("limit", "max_num", "max_new_tokens", "device")
                                if getattr(cfg, k)}, **({"seed": seed} if seed is not None else {}))
-            side, want = os.path.join(edir, task + ".inputs.json"), json.loads(json.dumps(dict(settings=settings, weights=stamp)))
+            side = os.path.join(edir, set_name + ".inputs.json")
+            want = json.loads(json.dumps(dict(settings=settings, weights=stamp)))
             old = load(side) if os.path.isfile(side) else None
-            if old == want and os.path.isfile(os.path.join(edir, task + ".json")):
+            if old == want and os.path.isfile(os.path.join(edir, set_name + ".json")):
                 continue
             for ext in (".jsonl", ".json") if old and old["weights"] != want["weights"] else (".json",):
-                if os.path.exists(os.path.join(edir, task + ext)):
-                    os.remove(os.path.join(edir, task + ext))
+                if os.path.exists(os.path.join(edir, set_name + ext)):
+                    os.remove(os.path.join(edir, set_name + ext))
             os.makedirs(edir, exist_ok=True)
             cli.write_text(side, json.dumps(want))
             todo.append(settings)
@@ -307,7 +329,7 @@ def evaluate_rows(cfg):
 
 
 def evaluate_row(todo):
-    """One row's evaluations (`todo`: each task's EvalConfig fields): the row's model, loaded once."""
+    """One row's evaluations (`todo`: each set's EvalConfig fields): the row's model, loaded once."""
     def run():
         first = E.EvalConfig(**todo[0])
         model, tok = E.load_model(first), E.load_tokenizer(first)
@@ -316,34 +338,54 @@ def evaluate_row(todo):
     return cli.run_main("evaluate.py", run)
 
 
+def mean(xs):
+    return sum(xs) / len(xs) if xs else None
+
+
+def figures(cfg, ev):
+    """A row's figures from its evaluations `ev` ({set: evaluate.py's summary}) on one family's sets: scores of
+    each, the rest of the tasks' own sets (the held-out family's reworded DocVQA is a score beside them)."""
+    main = [ev[t] for t in cfg.tasks if t in ev]
+    per_layer = [e.get("visual_tokens_layer_mean") for e in main]  # FastV, PyramidDrop: inside the LLM
+    return dict(eval=ev, complete=len(main) == len(cfg.tasks), scores={t: e["score"] for t, e in ev.items()},
+                average=mean([e["score"] * (100 / e["n"] if e["metric"] == "ocrbench" else 1) for e in main]),
+                reasoning=mean([e["reasoning"]["score"] for e in main if e.get("reasoning")]),
+                visual_tokens=mean([e["visual_tokens_per_image"] for e in main]),
+                visual_tokens_layer_mean=None if None in per_layer else mean(per_layer),
+                visual_tokens_spread={t: e.get("visual_tokens_spread") for t, e in ev.items()})
+
+
+def seed_mean(cfg, seeds, more=()):
+    """random's figures: each the mean of its seeds' (None where one lacks it); scores, of the sets all have."""
+    out = dict(eval={}, complete=all(x["complete"] for x in seeds),
+               scores={t: mean([x["scores"][t] for x in seeds]) for t in seeds[0]["scores"]
+                       if all(t in x["scores"] for x in seeds)})
+    out.update({k: None if None in (v := [x[k] for x in seeds]) else mean(v) for k in
+                ("average", "reasoning", "visual_tokens", "visual_tokens_layer_mean", *more)})
+    return out
+
+
 def summarise(cfg):
-    """-> ({key: row}, the table's row keys, {ratio: the merged stage-II run with the best average})."""
-    res, mean = {}, lambda xs: sum(xs) / len(xs) if xs else None
+    """-> ({key: row}, the table's row keys, {ratio: the merged stage-II run with the best average}). A row's figures
+    are on the shipped sets; under "heldout", the same on the held-out family's (its reworded DocVQA beside them, out
+    of the average)."""
+    res = {}
     for key, fam, r, folder, method, _, seed, _ in rows(cfg):
-        ev = {t: load(p) for t in cfg.tasks if os.path.isfile(p := os.path.join(cfg.out, "eval", key, t + ".json"))}
-        per_layer = [e.get("visual_tokens_layer_mean") for e in ev.values()]  # FastV, PyramidDrop: inside the LLM
-        res[key] = dict(key=key, family=fam, ratio=r, model=folder, method=method, seed=seed, eval=ev,
-                        complete=len(ev) == len(cfg.tasks), scores={t: e["score"] for t, e in ev.items()},
-                        average=mean([e["score"] * (100 / e["n"] if e["metric"] == "ocrbench" else 1)
-                                      for e in ev.values()]),
-                        reasoning=mean([e["reasoning"]["score"] for e in ev.values() if e.get("reasoning")]),
-                        visual_tokens=mean([e["visual_tokens_per_image"] for e in ev.values()]),
-                        visual_tokens_layer_mean=None if None in per_layer else mean(per_layer),
-                        visual_tokens_spread={t: e.get("visual_tokens_spread") for t, e in ev.items()})
+        done = {n: load(p) for n in sets(cfg) if os.path.isfile(p := os.path.join(cfg.out, "eval", key, n + ".json"))}
+        held = {n[len(HELDOUT):]: e for n, e in done.items() if n.startswith(HELDOUT)}
+        res[key] = dict(key=key, family=fam, ratio=r, model=folder, method=method, seed=seed,
+                        **figures(cfg, {t: done[t] for t in cfg.tasks if t in done}),
+                        heldout=figures(cfg, held) if cfg.heldout else None)
     t, peak = res["teacher"]["eval"], lambda ev: max(e["peak_memory_mb"] for e in ev.values())
     for x in res.values():
         x["flops_vs_teacher"] = mean([e["llm_prefill_gflops"] / t[k]["llm_prefill_gflops"]
                                       for k, e in x["eval"].items() if k in t and t[k]["llm_prefill_gflops"]])
         x["memory_vs_teacher"] = peak(x["eval"]) / peak(t) if x["eval"] and t else None
-    figures = ("average", "reasoning", "visual_tokens", "visual_tokens_layer_mean", "flops_vs_teacher",
-               "memory_vs_teacher")
-    for r in cfg.ratios:  # random's reported row: each figure the mean of its seeds' (None where one lacks it)
+    for r in cfg.ratios:  # random's reported row
         seeds = [res[f"random-seed{s}-r{r:g}"] for s in SEEDS]
         row = dict(key=f"random-r{r:g}", family="random", ratio=r, model=cfg.teacher, method="random",
-                   seeds=[x["key"] for x in seeds], eval={}, complete=all(x["complete"] for x in seeds))
-        row["scores"] = {t: mean([x["scores"][t] for x in seeds]) for t in cfg.tasks
-                         if all(t in x["scores"] for x in seeds)}
-        row.update({k: None if None in (v := [x[k] for x in seeds]) else mean(v) for k in figures})
+                   seeds=[x["key"] for x in seeds], **seed_mean(cfg, seeds, ("flops_vs_teacher", "memory_vs_teacher")),
+                   heldout=seed_mean(cfg, [x["heldout"] for x in seeds]) if cfg.heldout else None)
         res[row["key"]] = row
     best = {r: max([f"stage2-{k}-r{r:g}" for k in MERGED], key=lambda k: -1 if res[k]["average"] is None else res[k]["average"])
             for r in cfg.ratios}  # what the merge must at least match
@@ -357,16 +399,16 @@ def main_items(task, ann, n):
     return E.TASKS[task].read(ann, ann if os.path.isdir(ann) else os.path.dirname(ann))[:n]
 
 
-def question_scores(cfg, key, task):
-    """{qid: (stratum, score)} of row `key`'s main-set questions on `task`, each as evaluate.score_items scores it, in
-    points (0..100; an OCRBench hit is 100): the task's score is their mean, chartqa's the mean of its splits' means
-    (its stratum: the split; the other tasks': the task). random-r<ratio>: the mean of its seeds'. None if the row
-    lacks the evaluation, or its annotation or predictions are gone."""
+def question_scores(cfg, key, task, prefix=""):
+    """{qid: (stratum, score)} of row `key`'s main-set questions on `task` (prefix HELDOUT: its held-out family set),
+    each as evaluate.score_items scores it, in points (0..100; an OCRBench hit is 100): the task's score is their mean,
+    chartqa's the mean of its splits' means (its stratum: the split; the other tasks': the task). random-r<ratio>: the
+    mean of its seeds'. None if the row lacks the evaluation, or its annotation or predictions are gone."""
     if key.startswith("random-r"):
-        seeds = [question_scores(cfg, f"random-seed{s}-{key[7:]}", task) for s in SEEDS]
+        seeds = [question_scores(cfg, f"random-seed{s}-{key[7:]}", task, prefix) for s in SEEDS]
         return None if None in seeds else {q: (s, sum(x[q][1] for x in seeds) / len(seeds))
                                            for q, (s, _) in seeds[0].items() if all(q in x for x in seeds)}
-    base = os.path.join(cfg.out, "eval", key, task)
+    base = os.path.join(cfg.out, "eval", key, prefix + task)
     if not os.path.isfile(base + ".json") or (e := load(base + ".json")).get("score") is None:
         return None
     try:
@@ -379,23 +421,24 @@ def question_scores(cfg, key, task):
     return {str(it["qid"]): (it["extra"].get("split", task), score(it)) for it in items}
 
 
-def paired_scores(cfg, a, b, task):
+def paired_scores(cfg, a, b, task, prefix=""):
     """(strata, a's scores, b's scores) over the main-set questions of `task` that both rows answered, in one order;
     None if either lacks the evaluation."""
-    sa, sb = question_scores(cfg, a, task), question_scores(cfg, b, task)
+    sa, sb = question_scores(cfg, a, task, prefix), question_scores(cfg, b, task, prefix)
     qs = [q for q in sa or () if q in (sb or ())]
     return ([sa[q][0] for q in qs], [sa[q][1] for q in qs], [sb[q][1] for q in qs]) if qs else None
 
 
-def gain(cfg, a, b):
+def gain(cfg, a, b, prefix=""):
     """Row a minus row b in points, paired over questions, with 95% bootstrap intervals (metrics.paired_bootstrap):
-    averaged over the tasks and per task; None unless both rows have every task's evaluation."""
+    averaged over the tasks and per task, on the shipped sets (prefix '') or the held-out family's (HELDOUT); None
+    unless both rows have every task's evaluation there."""
     def ci(sa, sb, w, strata):
         diff, low, high = metrics.paired_bootstrap(sa, sb, weights=w, strata=strata)
         return dict(diff=diff, low=low, high=high, n=len(sa))
     per, pooled = {}, ([], [], [], [])  # every task's questions: a's and b's scores, weights, strata
     for t in cfg.tasks:
-        if (p := paired_scores(cfg, a, b, t)) is None:
+        if (p := paired_scores(cfg, a, b, t, prefix)) is None:
             return None
         strata, sa, sb = p
         # a question weighs 1 / (its task's strata x its stratum's questions): the weighted mean of a task's questions
@@ -411,9 +454,10 @@ def gain(cfg, a, b):
 
 
 def gains(cfg, res):
-    """{ratio: the best trained row vs the strongest training-free row (each by avg, of the rows with every task
-    evaluated), stage I vs untrained select, and the one student vs stage I}: gain()'s, None where a row lacks an
-    evaluation."""
+    """{ratio: the best trained row vs the strongest training-free row (each by avg on the shipped sets, of the rows
+    with every task evaluated), stage I vs untrained select, and the one student vs stage I}: gain()'s, None where a
+    row lacks an evaluation; each with the same two rows' gain on the held-out family's sets under "heldout" (the
+    rows are picked on the shipped sets: no gain there, none held out)."""
     out = {}
     for r in cfg.ratios:
         top = lambda keys: max((k for k in keys if res[k]["complete"]), key=lambda k: res[k]["average"], default=None)
@@ -423,6 +467,9 @@ def gains(cfg, res):
                              stage1_vs_select=gain(cfg, f"stage1-r{r:g}", f"select-r{r:g}"),
                              one_student_vs_stage1=gain(cfg, f"any-r{r:g}", f"stage1-r{r:g}")
                              if f"any-r{r:g}" in res else None)
+        for g in out[f"{r:g}"].values():
+            if g is not None and cfg.heldout:
+                g["heldout"] = gain(cfg, g["a"], g["b"], HELDOUT)
     return out
 
 
@@ -437,15 +484,25 @@ def fmt(x, f="{:.1f}"):
 
 def markdown(cfg, res, table, best, gain_of):
     head = ["row", "ratio", "visual tokens / image", "per LLM layer", "LLM prefill FLOPs vs teacher",
-            "peak memory vs teacher", *cfg.tasks, "avg", "reasoning"]
+            "peak memory vs teacher", *cfg.tasks, "avg", *["held-out avg"] * bool(cfg.heldout), "reasoning"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for x in map(res.get, table):
         per_layer = "" if x["method"] not in ("fastv", "pdrop") else fmt(x["visual_tokens_layer_mean"], "{:.0f}")
         cells = [name(cfg, x), f"{x['ratio']:g}", fmt(x["visual_tokens"], "{:.0f}"), per_layer,
                  fmt(x["flops_vs_teacher"], "{:.2f}x"), fmt(x["memory_vs_teacher"], "{:.2f}x"),
-                 *[fmt(x["scores"].get(t)) for t in cfg.tasks], fmt(x["average"]), fmt(x["reasoning"])]
+                 *[fmt(x["scores"].get(t)) for t in cfg.tasks], fmt(x["average"]),
+                 *[fmt(x["heldout"]["average"])] * bool(cfg.heldout), fmt(x["reasoning"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    if cfg.heldout:  # the same rows on the held-out family's sets: fonts, layouts and phrasings never trained on
+        held = [n[len(HELDOUT):] for n in sets(cfg) if n.startswith(HELDOUT)]
+        head = ["row (held-out family)", "ratio", *held, "avg"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for x in map(res.get, table):
+            lines.append("| " + " | ".join([name(cfg, x), f"{x['ratio']:g}", *[fmt(x["heldout"]["scores"].get(t))
+                                                                               for t in held],
+                                            fmt(x["heldout"]["average"])]) + " |")
+        lines.append("")
     d = lambda a, b, k: fmt(None if a[k] is None or b[k] is None else a[k] - b[k], "{:+.1f}")
     vs = lambda a, b, name: f"{name}: avg {d(a, b, 'average')}, reasoning {d(a, b, 'reasoning')}"
     for r in cfg.ratios:
@@ -461,30 +518,36 @@ def markdown(cfg, res, table, best, gain_of):
                 lines.append(f"- ratio {r:g}: {what}: - (not every task evaluated for both rows)")
                 continue
             pair = f"{name(cfg, res[g['a']])} vs {name(cfg, res[g['b']])}"
+            h = g.get("heldout")
             lines.append(f"- ratio {r:g}: {pair}{'' if pair == what else f' ({what})'}: {g['diff']:+.1f} points "
-                         f"(95% CI {g['low']:+.1f}..{g['high']:+.1f}) averaged over the {len(cfg.tasks)} tasks")
-    teacher = res["teacher"]
-    for x in (res[k] for k in table if res[k]["family"] == AUTO and res[k]["complete"] and teacher["complete"]):
-        kept = [100 * x["eval"][t]["visual_tokens_per_image"] / teacher["eval"][t]["visual_tokens_per_image"]
-                for t in cfg.tasks]
-        share = lambda a, b: "-" if not b else f"{100 * a / b:.1f}%"
-        lines.append(f"- {AUTO}, threshold for a mean share of {x['ratio']:g} on the training images: "
-                     + ", ".join(f"{t} {share(x['scores'][t], teacher['scores'][t])} of the teacher's score "
-                                 f"with {k:.0f}% of its visual tokens" for t, k in zip(cfg.tasks, kept)))
+                         f"(95% CI {g['low']:+.1f}..{g['high']:+.1f}) averaged over the {len(cfg.tasks)} tasks"
+                         + (f"; held-out family: {h['diff']:+.1f} ({h['low']:+.1f}..{h['high']:+.1f})" if h else
+                            "; held-out family: - (not every task evaluated for both rows)" if cfg.heldout else ""))
+    share = lambda a, b: "-" if not b else f"{100 * a / b:.1f}%"
+    for where, get in (("", lambda x: x), (" (held-out family)", lambda x: x["heldout"]))[:1 + bool(cfg.heldout)]:
+        teacher = get(res["teacher"])
+        for k in (k for k in table if res[k]["family"] == AUTO and get(res[k])["complete"] and teacher["complete"]):
+            x = get(res[k])
+            kept = [100 * x["eval"][t]["visual_tokens_per_image"] / teacher["eval"][t]["visual_tokens_per_image"]
+                    for t in cfg.tasks]
+            lines.append(f"- {AUTO}{where}, threshold for a mean share of {res[k]['ratio']:g} on the training images: "
+                         + ", ".join(f"{t} {share(x['scores'][t], teacher['scores'][t])} of the teacher's score "
+                                     f"with {n:.0f}% of its visual tokens" for t, n in zip(cfg.tasks, kept)))
     return "\n".join(lines) + "\n"
 
 
-def plot(cfg, res, table, path):
-    """Average score against visual tokens per image (FastV, PyramidDrop: per LLM layer), a colour per family; PIL
-    only."""
+def plot(cfg, res, table, path, heldout=False):
+    """Average score against visual tokens per image (FastV, PyramidDrop: per LLM layer), a colour per family, on the
+    shipped sets or the held-out family's; PIL only."""
     from PIL import Image, ImageDraw, ImageFont
     (W, H), font = PLOT_SIZE, ImageFont.load_default()
     L, R, T, B = 80, W - 230, 40, H - 70
     img = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(img)
     tokens = lambda x: x["visual_tokens"] if x["visual_tokens_layer_mean"] is None else x["visual_tokens_layer_mean"]
-    pts = {f: sorted((tokens(res[k]), res[k]["average"]) for k in table
-                     if res[k]["family"] == f and res[k]["average"] is not None) for f in FAMILIES}
+    on = (lambda k: res[k]["heldout"]) if heldout else (lambda k: res[k])
+    pts = {f: sorted((tokens(on(k)), on(k)["average"]) for k in table
+                     if res[k]["family"] == f and on(k)["average"] is not None) for f in FAMILIES}
 
     def axis(hi):  # a round upper bound and its ticks, steps of 1, 2 or 5 x 10^k
         mag = 10 ** math.floor(math.log10(max(hi, 1.0) / 5))
@@ -501,7 +564,8 @@ def plot(cfg, res, table, path):
         d.text((L - 8, sy(y)), f"{y:g}", fill="black", font=font, anchor="rm")
     d.text(((L + R) / 2, H - 30), "visual tokens per image (FastV, PyramidDrop: the mean over LLM layers)",
            fill="black", font=font, anchor="ma")
-    d.text(((L + R) / 2, 12), f"average score vs visual tokens ({', '.join(cfg.tasks)})", fill="black", font=font, anchor="ma")
+    d.text(((L + R) / 2, 12), f"average score vs visual tokens ({', '.join(cfg.tasks)}"
+           + (", held-out family)" if heldout else ")"), fill="black", font=font, anchor="ma")
     label = Image.new("RGB", (240, 14), "white")
     ImageDraw.Draw(label).text((120, 7), "average score over tasks", fill="black", font=font, anchor="mm")
     img.paste(label.rotate(90, expand=True), (12, (T + B) // 2 - 120))
@@ -525,6 +589,8 @@ def run(cfg):
         evaluate_rows(cfg)
     if not os.path.isdir(os.path.join(cfg.out, "eval", "teacher")):
         raise cli.Error(f"no teacher evaluation in {cfg.out}/eval: run without --table-only first")
+    if cfg.heldout and not glob.glob(os.path.join(cfg.out, "eval", "teacher", HELDOUT + "*.json")):
+        raise cli.Error(f"no held-out evaluation in {cfg.out}/eval: run without --table-only first, or pass --heldout ''")
     res, table, best = summarise(cfg)
     gain_of = gains(cfg, res)
     md = markdown(cfg, res, table, best, gain_of)
@@ -533,7 +599,9 @@ def run(cfg):
         config=asdict(cfg), table=table, stage2_best={f"{r:g}": k for r, k in best.items()}, gains=gain_of,
         rows=res))
     plot(cfg, res, table, os.path.join(cfg.out, "score_vs_tokens.png"))
-    print("\n" + md + f"\n-> {cfg.out}/results.md, results.json, score_vs_tokens.png ({time.time() - t0:.0f} s)")
+    if cfg.heldout:
+        plot(cfg, res, table, os.path.join(cfg.out, "score_vs_tokens_heldout.png"), heldout=True)
+    print("\n" + md + f"\n-> {cfg.out}/results.md, results.json, score_vs_tokens*.png ({time.time() - t0:.0f} s)")
 
 
 def main(argv=None):

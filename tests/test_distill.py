@@ -105,6 +105,13 @@ def test_only_compressor_and_projector_learn_and_the_student_evaluates(teacher_d
     table = open(os.path.join(out, "results.md")).read()
     assert "| LLM prefill FLOPs vs teacher |" in table and table.splitlines()[2].startswith("| teacher | ") \
         and " | 1.00x | " in table.splitlines()[2], table
+    assert "| anls, held-out family | % of teacher |" in table.splitlines()[0]  # each row on the held-out pages too
+    for r in rows:
+        assert r["heldout"]["data"].startswith(os.path.join(ROOT, "data", "eval-heldout", "docvqa")), r["heldout"]["data"]
+        line = next(ln for ln in table.splitlines() if ln.startswith(f"| {r['name']} |"))
+        share = 100 * r["heldout"]["score"] / max(rows[0]["heldout"]["score"], 1e-9)
+        assert line.endswith(f"| {r['heldout']['score']:.1f} | {share:.1f}% |"), line
+        assert r["data"] != r["heldout"]["data"]
 
 
 def test_going_on_from_a_student_whose_llm_learns(teacher_dir, tmp_path):
@@ -177,6 +184,8 @@ def test_ddp_two_processes_equal_one(teacher_dir, tmp_path):
     (["--ratio", "0.3"], "invalid ratio 0.3"),
     (["--compressor", "tome"], "unknown compressor 'tome'"),
     (["--eval-task", "mmmu"], "--eval-task mmmu"),
+    (["--eval-task", "docvqa", "--eval-heldout", "/nonexistent"], "--eval-heldout /nonexistent has no docvqa/ set"),
+    (["--eval-task", "docvqa", "--eval-data", "x.json", "--eval-heldout", "/x"], "drop --eval-heldout"),
     (["--fastv-layer", "5"], "FastV layer K=5"),
     (["--teacher", "/nonexistent"], "/nonexistent does not exist"),
     (["--trainable", "vision,projector"], "distillation trains compressor, projector and, optionally, llm"),

@@ -54,7 +54,7 @@ def first(teacher_dir, tmp_path_factory):
 def snapshot(out):
     """path -> mtime of every file the pipeline made, but the outputs rebuilt on each run."""
     return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs
-            if f not in ("results.md", "results.json", "score_vs_tokens.png")}
+            if f not in ("results.md", "results.json", "score_vs_tokens.png", "score_vs_tokens_heldout.png")}
 
 
 def test_every_row_and_task(first):
@@ -69,6 +69,12 @@ def test_every_row_and_task(first):
         assert row["reasoning"] is not None and row["average"] is not None
         assert 0 < row["flops_vs_teacher"] <= 1 and row["memory_vs_teacher"] > 0  # compression never adds LLM FLOPs
         assert all(row["eval"][t]["n"] == 2 for t in TASKS)  # --limit reached evaluate.py
+        held = row["heldout"]  # and every row on the held-out family's sets, its reworded DocVQA beside them
+        assert held["complete"] and sorted(held["scores"]) == sorted(TASKS + ("docvqa-reworded",)), k
+        assert held["average"] is not None and all(e["n"] == 2 for e in held["eval"].values())
+        for name, e in held["eval"].items():
+            want = os.path.join(ROOT, "data", "eval-heldout", *name.split("-reworded")[:1])
+            assert e["data"].startswith(want) and e["data"].endswith("val_reworded.json") == name.endswith("reworded")
     assert res["rows"]["teacher"]["flops_vs_teacher"] == res["rows"]["teacher"]["memory_vs_teacher"] == 1.0
     assert all(res["rows"][f"pool-r{r:g}"]["flops_vs_teacher"] < 1 for r in RATIOS)
     for k in keys:  # the runs that learnt rationales, and the merge that holds them, are asked for them
@@ -80,19 +86,23 @@ def test_every_row_and_task(first):
         best, runs = res["stage2_best"][f"{r:g}"], [f"stage2-{k}-r{r:g}" for k in "ac"]
         assert best in runs and res["rows"][best]["average"] == max(res["rows"][k]["average"] for k in runs)
     md = open(os.path.join(out, "results.md")).read()
-    assert len([ln for ln in md.splitlines() if ln.startswith("| ")]) == 1 + len(TABLE)
-    for col in (*TASKS, "avg", "reasoning", "visual tokens / image", "per LLM layer", "LLM prefill FLOPs vs teacher",
+    assert len([ln for ln in md.splitlines() if ln.startswith("| ")]) == 2 * (1 + len(TABLE))  # shipped, held-out
+    assert md.count("| row (held-out family) |") == 1
+    for col in (*TASKS, "avg", "held-out avg", "reasoning", "visual tokens / image", "per LLM layer", "LLM prefill FLOPs vs teacher",
                 "peak memory vs teacher"):
         assert col in md.splitlines()[0]
-    assert md.count("| random (mean of seeds 0, 1, 2) |") == md.count("| PyramidDrop |") == len(RATIOS)
-    assert md.count("| stage I+II (a) |") == md.count("| stage I+II (b) |") == md.count("| stage I+II (c) |") == len(RATIOS)
+    rows_per_ratio = 2 * len(RATIOS)  # in the shipped table and the held-out one
+    assert md.count("| random (mean of seeds 0, 1, 2) |") == md.count("| PyramidDrop |") == rows_per_ratio
+    assert md.count("| stage I+II (a) |") == md.count("| stage I+II (b) |") == md.count("| stage I+II (c) |") == rows_per_ratio
     assert md.count("vs stage I: avg") == 3 * len(RATIOS) and md.count("merge vs the better run it averages") == len(RATIOS)
     assert md.splitlines()[0] in p.stdout  # the table is printed
     for r in RATIOS:  # the gains' point estimates are the table's differences (their intervals: test_gains_* below)
         for g in res["gains"][f"{r:g}"].values():
             assert g["diff"] == pytest.approx(res["rows"][g["a"]]["average"] - res["rows"][g["b"]]["average"])
-    assert md.count(f"averaged over the {len(TASKS)} tasks") == 3 * len(RATIOS)
-    assert md.count("of the teacher's score with") == len(TASKS)  # the budget by content against the teacher
+            held = [res["rows"][g[k]]["heldout"]["average"] for k in "ab"]
+            assert g["heldout"]["diff"] == pytest.approx(held[0] - held[1])  # the same two rows, held out
+    assert md.count(f"averaged over the {len(TASKS)} tasks") == md.count("; held-out family: ") == 3 * len(RATIOS)
+    assert md.count("of the teacher's score with") == 2 * len(TASKS)  # the budget by content vs the teacher, twice
 
 
 def test_visual_tokens_are_ratio_times_teacher(first):
@@ -127,6 +137,7 @@ def test_random_reports_the_mean_of_its_seeds(first):
             assert mean["scores"][t] == pytest.approx(sum(x["scores"][t] for x in seeds) / 3)
         assert mean["average"] == pytest.approx(sum(x["average"] for x in seeds) / 3)
         assert mean["flops_vs_teacher"] == pytest.approx(sum(x["flops_vs_teacher"] for x in seeds) / 3)
+        assert mean["heldout"]["average"] == pytest.approx(sum(x["heldout"]["average"] for x in seeds) / 3)
 
 
 def test_merged_is_the_average_of_the_cot_runs(first):
@@ -142,9 +153,10 @@ def test_merged_is_the_average_of_the_cot_runs(first):
         assert json.load(open(os.path.join(d, "merged", "config.json")))["compressor"]["ratio"] == r
 
 
-def test_plot(first):
+@pytest.mark.parametrize("png", ["score_vs_tokens.png", "score_vs_tokens_heldout.png"])
+def test_plot(first, png):
     out, _, _ = first
-    img = Image.open(os.path.join(out, "score_vs_tokens.png"))
+    img = Image.open(os.path.join(out, png))
     assert img.format == "PNG" and img.size == R.PLOT_SIZE
     colours = {c for _, c in img.convert("RGB").getcolors(1 << 20)}
     assert all(c in colours for c in R.FAMILIES.values())
@@ -164,13 +176,14 @@ def test_rerun_is_a_noop(first, teacher_dir):
 def test_table_only(first, teacher_dir):
     out, _, _ = first
     md = open(os.path.join(out, "results.md")).read()
-    for f in ("results.md", "results.json", "score_vs_tokens.png"):
+    for f in ("results.md", "results.json", "score_vs_tokens.png", "score_vs_tokens_heldout.png"):
         os.remove(os.path.join(out, f))
     p, _ = run("--table-only", "--out", out, "--ratios", *map(str, RATIOS), "--tasks", *TASKS, "--fastv-layer", "1",
                "--any-ratios", *map(str, RATIOS), "--auto-shares", "0.5")
     assert p.returncode == 0, p.stderr[-3000:]
     assert open(os.path.join(out, "results.md")).read() == md
-    assert Image.open(os.path.join(out, "score_vs_tokens.png")).size == R.PLOT_SIZE
+    assert all(Image.open(os.path.join(out, f)).size == R.PLOT_SIZE
+               for f in ("score_vs_tokens.png", "score_vs_tokens_heldout.png"))
 
 
 def test_cut_run_resumes(first, teacher_dir):
@@ -220,34 +233,50 @@ def annotations(root):
     return dict(docvqa=os.path.join(root, "docvqa.json"), chartqa=root, ocrbench=os.path.join(root, "ocrbench.json"))
 
 
-def eval_folder(out, key, task, ann, ratio):
-    """eval/<key>/<task>.jsonl and .json as evaluate.py writes them, the answers drawn by the row's quality."""
+def eval_folder(out, key, task, ann, ratio, family=""):
+    """eval/<key>/<family><task>.jsonl and .json as evaluate.py writes them, the answers drawn by the row's quality."""
     import random
     import evaluate as E
-    items, rng = E.TASKS[task].read(ann, ann if os.path.isdir(ann) else os.path.dirname(ann)), random.Random(key + task)
+    items = E.TASKS[task].read(ann, ann if os.path.isdir(ann) else os.path.dirname(ann))
+    rng, task_file = random.Random(key + family + task), family + task
     right, wrong, near = ANSWERS[task]
     preds = [rng.choice([right, near]) if rng.random() < QUALITY[key.rsplit("-r", 1)[0]] else wrong for _ in items]
     os.makedirs(d := os.path.join(out, "eval", key), exist_ok=True)
-    with open(os.path.join(d, task + ".jsonl"), "w") as f:
+    with open(os.path.join(d, task_file + ".jsonl"), "w") as f:
         f.writelines(json.dumps(x) + "\n" for x in [dict(run={}), *[dict(qid=it["qid"], answer=a)
                                                                     for it, a in zip(items, preds)]])
     scores = E.score_items(E.TASKS[task], items, preds)
     json.dump(dict(task=task, metric=E.TASKS[task].metric, data=ann, visual_tokens_per_image=16 * ratio,
                    visual_tokens_layer_mean=None, llm_prefill_gflops=ratio, peak_memory_mb=100.0, **scores),
-              open(os.path.join(d, task + ".json"), "w"))
+              open(os.path.join(d, task_file + ".json"), "w"))
 
 
 @pytest.fixture(scope="module")
 def gains_run(tmp_path_factory):
-    """Rows at ratio 0.5 (divprune, the best by score, lacks two tasks; stage2-b, stage2-c none) and none at 0.25."""
+    """Rows at ratio 0.5 (divprune, the best by score, lacks two tasks; stage2-b, stage2-c none) and none at 0.25;
+    the teacher, stage I and select on the held-out family's sets too."""
     out = str(tmp_path_factory.mktemp("gains"))
     anns = annotations(str(tmp_path_factory.mktemp("ann")))
     for key in QUALITY:
         for t in GAIN_TASKS[:1] if key == "divprune" else GAIN_TASKS:
             eval_folder(out, key if key == "teacher" else f"{key}-r0.5", t, anns[t], 1.0 if key == "teacher" else 0.5)
+    for key, t in ((k, t) for k in ("stage1", "select") for t in GAIN_TASKS):
+        eval_folder(out, f"{key}-r0.5", t, anns[t], 0.5, R.HELDOUT)
+    for t in GAIN_TASKS:
+        eval_folder(out, "teacher", t, anns[t], 1.0, R.HELDOUT)
     argv = ["--table-only", "--out", out, "--ratios", "0.5", "0.25", "--tasks", *GAIN_TASKS]
     R.run(R.parse_args(argv))
     return out, R.parse_args(argv), json.load(open(os.path.join(out, "results.json")))
+
+
+def test_table_only_without_heldout_evaluations_is_one_line(tmp_path):
+    """An --out evaluated before the held-out family (or with --heldout ''): --table-only says so, no blank table."""
+    eval_folder(str(tmp_path), "teacher", "docvqa", annotations(str(tmp_path))["docvqa"], 1.0)
+    argv = ["--table-only", "--out", str(tmp_path), "--tasks", "docvqa"]
+    with pytest.raises(R.cli.Error, match="no held-out evaluation in .*--heldout ''"):
+        R.run(R.parse_args(argv))
+    with pytest.raises(R.cli.Error, match="no held-out evaluation"):  # a half-made folder is none either
+        R.run(R.parse_args(argv + ["--heldout", os.path.join(ROOT, "data", "eval-heldout")]))
 
 
 def test_question_scores_are_the_headline_scores(gains_run):
@@ -294,4 +323,9 @@ def test_gains_pick_and_intervals(gains_run):
             f"avg): {top['diff']:+.1f} points (95% CI {top['low']:+.1f}..{top['high']:+.1f}) averaged over the 3 tasks"
             in md)
     assert f"- ratio 0.5: stage I vs untrained select: {free['diff']:+.1f} points" in md
-    assert md.count("- ratio 0.25: ") == 1 + 3 and md.count("- (not every task evaluated for both rows)") == 4
+    held = free["heldout"]  # the same pair on the held-out family's questions, drawn apart from the shipped ones
+    assert held["diff"] == pytest.approx(rows["stage1-r0.5"]["heldout"]["average"] - rows["select-r0.5"]["heldout"]["average"])
+    assert held["diff"] != free["diff"] and held["n"] == x["n"] and held["low"] < held["diff"] < held["high"]
+    assert f"held-out family: {held['diff']:+.1f} ({held['low']:+.1f}..{held['high']:+.1f})" in md
+    assert top["heldout"] is None and md.count("; held-out family: - (not every") == 1  # merged, random: not evaluated there
+    assert md.count("- ratio 0.25: ") == 1 + 3 and md.count(": - (not every task evaluated for both rows)") == 5
