@@ -1,10 +1,13 @@
 """cli.py: a config dataclass's flags (help from the comments, a subclass's defaults, switches, lists, skipped
-fields, choices, ranges), one-line errors with exit code 2, atomic writes.
+fields, choices, ranges), one-line errors with exit code 2, atomic writes; and every command a script's docstring
+gives parses with that script's flags.
 
     python -m pytest tests/test_cli.py -q
 """
+import importlib
 import json
 import os
+import shlex
 from dataclasses import dataclass
 
 import pytest
@@ -110,3 +113,35 @@ def test_writable(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(cli.Error, match=r"^--out x: cannot write there \(.*\); pass --out in a writable folder$"):
         cli.writable(str(tmp_path / "f" / "sub"), "--out x")  # a file where a folder should be
+
+
+SCRIPTS = ("teacher", "distill", "evaluate", "posttrain", "results", "bench")
+
+
+def docstring_commands(doc, script):
+    """Each `python SCRIPT ...` or `torchrun ... SCRIPT ...` command in a docstring, its continuation lines joined
+    and its comments dropped -> the arguments after the script."""
+    out, cur = [], None
+    for line in doc.splitlines():
+        code = line.split(" #")[0].strip()
+        if cur is None and not (code.startswith(("python ", "torchrun ")) and script in shlex.split(code)):
+            continue
+        cur = (cur or "") + " " + code.rstrip("\\")
+        if not code.endswith("\\"):
+            argv, cur = shlex.split(cur), None
+            out.append(argv[argv.index(script) + 1:])
+    return out
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_docstring_commands_parse(name, tmp_path, monkeypatch):
+    """A reader copies these: each must name only flags the script has, with valid values (the image a one-question
+    command names is made here; a missing model or data is found when the run starts, not when its flags parse)."""
+    module = importlib.import_module(name)
+    commands = docstring_commands(module.__doc__, name + ".py")
+    assert len(commands) >= 2, name  # the extraction found them
+    from PIL import Image
+    Image.new("RGB", (8, 8)).save(tmp_path / "page.png")
+    monkeypatch.chdir(tmp_path)
+    for argv in commands:
+        module.parse_args(argv)
