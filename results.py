@@ -11,7 +11,7 @@ stage I+II+merge. Beside them, select's one student for every ratio (distill.py 
 accuracy-against-tokens curve of score_vs_tokens.png. Every row is evaluated twice: on the shipped sets and on the
 held-out family's (--heldout, data/eval-heldout: fonts, layouts and phrasings the teacher never trained on).
 
-    python results.py --jobs 2 --threads 1     # embedded teacher, ratios 0.5 0.25, all five tasks (2-core CPU: about 100 min)
+    python results.py --jobs 2 --threads 1     # embedded teacher, ratios 0.5 0.25, all five tasks (2-core CPU: about 115 min)
     python results.py --quick --threads 1      # smoke run: 4 steps, 4 tiles, 4 questions per task
     python results.py --table-only             # table, JSON and plot again from OUT/eval/, no training
     python results.py --teacher /models/InternVL2-2B --device cuda --micro-batch 2 --distill-steps 2000 --distill-lr 1e-4 \

@@ -13,39 +13,35 @@ supervision that the generator's glyph boxes make possible:
           Optionally (--pair-layer L) a pair loss: head 0 of layer L, from the token of each such key's
           last glyph, must attend to its value's tokens, so that the key's token holds the value.
 
-The commands that make the shipped checkpoint (checkpoints/tiny is the last one's bf16 export; docs/teacher.md has
-every run as it was made, some started from a bf16 export, so a rerun lands near the shipped model, not on it):
+The commands that make the shipped checkpoint. First the shipped family's chain, docs/teacher.md's first block
+(glyphs, then read six times, the last on one H100), whose result was checkpoints/tiny until 2026-12-05 (`git show
+0f432fd:checkpoints/tiny/model.safetensors`; runs/teacher-gpu below). Then data/wide.py's training family, mixed
+30/70 with the shipped one (--family mix): the glyph stage on its 13 fonts, the read stage three times. Some runs
+started from a bf16 export (docs/teacher.md), so a rerun lands near the shipped model, not on it:
 
-    # glyphs (its result: checkpoints/teacher-wip/glyphs.safetensors), then read, continued three times
-    python teacher.py --stage glyphs --out runs/teacher-glyphs --steps 5500 --micro-batch 1 --glyph-tiles 48 \
-        --lr 2e-3 --warmup 100 --save-every 100
-    python teacher.py --stage read --vision-from runs/teacher-glyphs --out runs/teacher-read --steps 3000 \
-        --micro-batch 8 --lr 1e-3 --warmup 100 --save-every 100
-    python teacher.py --stage read --init runs/teacher-read --out runs/teacher-read2 --steps 1000 \
-        --micro-batch 8 --lr 5e-4 --warmup 50
-    torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init runs/teacher-read2 --out runs/teacher-read3 \
-        --steps 5200 --micro-batch 4 --lr 5e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3
-    torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init runs/teacher-read3 --out runs/teacher-read4 \
-        --steps 5600 --micro-batch 4 --lr 3e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3 \
-        --seed-offset 100000000 --kinds doc,table,chart,chart,info,info,scene
-    # glyphs again with OCRBench's word crops (its result: checkpoints/teacher-wip/glyphs2.safetensors)
-    python teacher.py --stage glyphs --vision-from checkpoints/teacher-wip/glyphs.safetensors --out runs/teacher-glyphs2 \
-        --steps 1500 --micro-batch 1 --glyph-tiles 48 --glyph-crops 4 --lr 5e-4 --warmup 50 --threads 1 \
-        --seed-offset 20000 --eval-every 250
-    # read with that ViT, continued twice on the CPU, then on one H100 (9 min; 12 processes render the pages)
-    torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init runs/teacher-read4 \
-        --vision-from checkpoints/teacher-wip/glyphs2.safetensors --out runs/teacher-read5 --steps 3000 --micro-batch 4 \
-        --lr 3e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3 --crop-frac 0.15 \
-        --seed-offset 400000000 --kinds doc,table,chart,chart,info,info,scene --eval-every 500
-    torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init runs/teacher-read5 --out runs/teacher-nopair \
-        --steps 1500 --micro-batch 4 --lr 3e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3 --crop-frac 0.15 \
-        --seed-offset 410000000 --kinds doc,table,chart,chart,info,info,scene --eval-every 250
-    torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init runs/teacher-nopair --out runs/teacher-read6 \
-        --steps 1700 --micro-batch 4 --lr 3e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3 --crop-frac 0.15 \
-        --seed-offset 420000000 --kinds doc,table,chart,chart,info,info,scene --eval-every 850
-    python teacher.py --stage read --init runs/teacher-read6 --out runs/teacher-gpu --steps 1778 --micro-batch 64 \
-        --lr 5e-4 --warmup 100 --threads 4 --workers 12 --qa-turns 5 --transcribe-frac 0.3 --crop-frac 0.15 \
-        --seed-offset 440000000 --kinds doc,table,chart,chart,chart,info,scene --eval-every 2000 --save-every 100
+    python teacher.py --stage glyphs --vision-from checkpoints/teacher-wip/glyphs2.safetensors --out runs/wide-glyphs \
+        --steps 3000 --micro-batch 1 --glyph-tiles 48 --glyph-crops 4 --lr 8e-4 --warmup 50 --threads 2 \
+        --seed-offset 30000 --eval-every 250 --save-every 250 --family mix
+    python teacher.py --stage glyphs --vision-from runs/wide-glyphs --out runs/wide-glyphs2 --steps 7000 \
+        --micro-batch 1 --glyph-tiles 48 --glyph-crops 4 --lr 6e-4 --warmup 50 --threads 2 --seed-offset 40000 \
+        --eval-every 500 --save-every 250 --family mix        # -> checkpoints/teacher-wip/wide-glyphs.safetensors
+    python teacher.py --stage glyphs --vision-from checkpoints/teacher-wip/wide-glyphs.safetensors \
+        --out runs/wide-glyphs3 --steps 10000 --micro-batch 1 --glyph-tiles 48 --glyph-crops 4 --lr 6e-4 --warmup 50 \
+        --threads 2 --seed-offset 50000 --eval-every 500 --save-every 250 --family mix   # -> .../wide-glyphs3.safetensors
+    torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init runs/teacher-gpu \
+        --vision-from checkpoints/teacher-wip/wide-glyphs.safetensors --out runs/wide-read --steps 5000 --micro-batch 4 \
+        --lr 3e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3 --crop-frac 0.15 --seed-offset 500000000 \
+        --kinds doc,table,chart,chart,info,info,scene --eval-every 500 --family mix   # from teacher-gpu's bf16 export
+    torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init runs/wide-read \
+        --vision-from checkpoints/teacher-wip/wide-glyphs3.safetensors --out runs/wide-read2 --steps 5000 --micro-batch 4 \
+        --lr 3e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3 --crop-frac 0.15 --seed-offset 600000000 \
+        --kinds doc,table,chart,chart,chart,info,info,scene --eval-every 500 --family mix
+    torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init runs/wide-read2 --out runs/wide-read3 \
+        --steps 3500 --micro-batch 4 --lr 2e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3 \
+        --crop-frac 0.15 --seed-offset 700000000 --kinds doc,table,chart,chart,chart,info,info,scene \
+        --eval-every 500 --family mix
+    python -c "import torch, model as M; M.save_model(M.load_model('runs/wide-read3', dtype=torch.bfloat16), \
+        'checkpoints/tiny', tokenizer_dir='runs/wide-read3')"     # the bf16 export: checkpoints/tiny, byte for byte
     (add --resume to continue an interrupted stage; the other flags are posttrain.py's: python teacher.py --help)
     python -m pytest tests/test_teacher.py -q
 
