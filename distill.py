@@ -36,8 +36,8 @@ whose config.json records the compressor, which evaluate.py and model.load_model
 compress.build) load as it is. OUT/results.md holds the comparison table: visual tokens per image, the
 LLM's prefill FLOPs relative to the teacher's (from the model config and each prompt's length; FastV: the
 full prompt up to layer K, the kept one after), the score on the shipped set and on the held-out family's
-(data/eval-heldout: fonts, layouts and phrasings the teacher never trained on). Wall-clock speed at scale is bench.py's: at
-this size the ViT, which every row runs in full, dominates a prefill's time.
+(data/eval-heldout: fonts, layouts and phrasings the teacher never trained on). Wall-clock speed at scale is
+bench.py's: at this size the ViT, which every row runs in full, dominates a prefill's time.
 """
 import copy
 import json
@@ -82,7 +82,7 @@ class DistillConfig(P.TrainConfig):
     ce_weight: float = 0.5  # lambda of the cross-entropy term
     eval_task: str = "docvqa"  # the task of the closing comparison ('': none)
     eval_data: str = ""  # its annotation file or folder ('': the shipped set)
-    eval_heldout: str = os.path.join(HERE, "data", "eval-heldout")  # the held-out family's sets: the task's too ('': not)
+    eval_heldout: str = E.HELDOUT_SETS  # the held-out family's sets: the task's too ('': not)
     eval_limit: int = 0  # first N questions only (0: all)
     eval_batch_size: int = 8  # questions per generate call in the comparison
     fastv_layer: int = 2  # K of the FastV baseline
@@ -255,20 +255,16 @@ def compare(cfg, student_dir):
                      "none", cfg.ratio, "auto"))
     results, heldout = [], heldout_set(cfg)
     for name, folder, method, ratio, budget in rows:
-        model, tok = None, load_tokenizer(folder)
+        base = E.EvalConfig(task=cfg.eval_task, model=folder, limit=cfg.eval_limit or None, method=method, ratio=ratio,
+                            batch_size=cfg.eval_batch_size, budget=budget, fastv_layer=cfg.fastv_layer)
+        model, tok, ran = E.load_model(base), load_tokenizer(folder), []
         for data, tag in ((cfg.eval_data or None, ""), (heldout, "_heldout"))[:1 + bool(heldout)]:
-            ecfg = E.EvalConfig(task=cfg.eval_task, model=folder, data=data, limit=cfg.eval_limit or None,
-                                batch_size=cfg.eval_batch_size, method=method, ratio=ratio, budget=budget,
-                                fastv_layer=cfg.fastv_layer, out=os.path.join(cfg.out, "eval", f"{cfg.eval_task}{tag}_"
-                                                                              f"{name.split(' (')[0].replace(' ', '_')}.jsonl"))
-            model = E.load_model(ecfg) if model is None else model
-            res = E.evaluate(model, tok, cfg.eval_task, **asdict(ecfg))
+            ecfg = replace(base, data=data, out=os.path.join(
+                cfg.out, "eval", f"{cfg.eval_task}{tag}_{name.split(' (')[0].replace(' ', '_')}.jsonl"))
+            ran.append(E.evaluate(model, tok, cfg.eval_task, **asdict(ecfg)))
             if method == "fastv":  # the LLM's input keeps every token; layers >= K see `ratio` of them
-                res["visual_tokens_after_k"] = res["visual_tokens_per_image"] * ratio
-            if tag:
-                results[-1]["heldout"] = res
-            else:
-                results.append(dict(name=name, **res))
+                ran[-1]["visual_tokens_after_k"] = ran[-1]["visual_tokens_per_image"] * ratio
+        results.append(dict(name=name, **ran[0], **({"heldout": ran[1]} if heldout else {})))
     t = results[0]
     pct = lambda r, t: f"{r['score']:.1f} | {100 * r['score'] / max(t['score'], 1e-9):.1f}%"
     lines = [f"| {cfg.eval_task} | visual tokens / image | LLM prefill FLOPs vs teacher | {t['metric']} | % of teacher |"

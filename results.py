@@ -61,7 +61,7 @@ class Config:
     out: str = "runs/results"  # everything goes here
     ratios: tuple = (0.5, 0.25)  # shares of visual tokens kept
     tasks: tuple = TASKS  # evaluation tasks
-    heldout: str = os.path.join(HERE, "data", "eval-heldout")  # the held-out family's sets: every row on them too ('': not)
+    heldout: str = E.HELDOUT_SETS  # the held-out family's sets: every row on them too ('': not)
     compressor: str = "select"  # V_c: select | pool
     distill_steps: int = 300  # stage I steps
     distill_lr: float = 1e-3  # stage I lr (V_c and A_s)
@@ -355,7 +355,7 @@ def figures(cfg, ev):
                 visual_tokens_spread={t: e.get("visual_tokens_spread") for t, e in ev.items()})
 
 
-def seed_mean(cfg, seeds, more=()):
+def seed_mean(seeds, more=()):
     """random's figures: each the mean of its seeds' (None where one lacks it); scores, of the sets all have."""
     out = dict(eval={}, complete=all(x["complete"] for x in seeds),
                scores={t: mean([x["scores"][t] for x in seeds]) for t in seeds[0]["scores"]
@@ -384,8 +384,8 @@ def summarise(cfg):
     for r in cfg.ratios:  # random's reported row
         seeds = [res[f"random-seed{s}-r{r:g}"] for s in SEEDS]
         row = dict(key=f"random-r{r:g}", family="random", ratio=r, model=cfg.teacher, method="random",
-                   seeds=[x["key"] for x in seeds], **seed_mean(cfg, seeds, ("flops_vs_teacher", "memory_vs_teacher")),
-                   heldout=seed_mean(cfg, [x["heldout"] for x in seeds]) if cfg.heldout else None)
+                   seeds=[x["key"] for x in seeds], **seed_mean(seeds, ("flops_vs_teacher", "memory_vs_teacher")),
+                   heldout=seed_mean([x["heldout"] for x in seeds]) if cfg.heldout else None)
         res[row["key"]] = row
     best = {r: max([f"stage2-{k}-r{r:g}" for k in MERGED], key=lambda k: -1 if res[k]["average"] is None else res[k]["average"])
             for r in cfg.ratios}  # what the merge must at least match
