@@ -1,10 +1,15 @@
 """
 Scores by question form: which of the generator's questions a model answers, in each task's own
-metric, from the predictions evaluate.py wrote for the shipped sets. A diagnostic for the embedded
-teacher: a task's score hides that it answers one form of question and not another.
+metric, from the predictions evaluate.py wrote. A diagnostic for the embedded teacher: a task's score
+hides that it answers one form of question and not another, or reads one layout and not another.
 
     python evaluate.py --task chartqa --out runs/eval/chartqa.jsonl     # ... one file per task
     python -m data.forms runs/eval                                      # prints a markdown table
+    python evaluate.py --task chartqa --data data/eval-heldout/chartqa --out runs/eval-heldout/chartqa.jsonl
+    python -m data.forms runs/eval-heldout --data data/eval-heldout --by-layout   # data/wide.py's forms, per layout
+
+The shipped sets' forms are told apart by question pattern (FORMS); a data/wide.py family's set names each
+question's form and layout in its samples.jsonl, which is read instead.
 """
 import argparse
 import json
@@ -12,6 +17,7 @@ import os
 import re
 import sys
 
+import cli
 import evaluate as E
 
 FORMS = [  # (task, form, question pattern): the question templates of data/synth.py, most specific first
@@ -36,36 +42,50 @@ def form_of(task, question):
     return next((f for t, f, pat in FORMS if t == task and re.fullmatch(pat, question, re.S)), "unmatched")
 
 
-def by_form(task, predictions, data=None):
-    """{form: (n, mean score in %)} over the main set's questions that have a prediction."""
+def sidecar_forms(folder):
+    """(image path, question) -> (layout, form) from a wide family's samples.jsonl in folder; {} where there is none
+    (the shipped sets, OCRBench's crops). The reworded question of each pair maps there too."""
+    path, found = os.path.join(folder, "samples.jsonl"), {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            for s in map(json.loads, f):
+                for q in s.get("qa", []):
+                    for text in (q["question"], q.get("reworded")) if "form" in q else ():
+                        found[(os.path.abspath(os.path.join(folder, s["image"])), text)] = (s["layout"], q["form"])
+    return found
+
+
+def by_form(task, predictions, data=None, by_layout=False):
+    """{form: (n, mean score in %)} over the main set's questions that have a prediction; by_layout: keyed
+    "layout: form" where the set's samples.jsonl names them."""
     t = E.TASKS[task]
-    data = data or os.path.join(E.HERE, "data", "eval", task)
+    data = str(data or os.path.join(E.HERE, "data", "eval", task))
     path = E.find_annotation(task, data)
-    items = t.read(path, data if os.path.isdir(data) else os.path.dirname(path))
+    folder = data if os.path.isdir(data) else os.path.dirname(path)
+    items, wide = t.read(path, folder), sidecar_forms(folder)
     preds = {q: r["answer"] for q, r in E.load_done(str(predictions), repair=False)[1].items()}  # after the run's key
     scores = {}
     for it in items:
-        if str(it["qid"]) in preds:
+        if str(it["qid"]) in preds and not it["extra"].get("reasoning_file"):
             x = E.item_score(t.metric, E.final_answer(preds[str(it["qid"])]), it)
-            scores.setdefault(form_of(task, it["question"]), []).append(float(x))
-    return {f: (len(xs), 100 * sum(xs) / len(xs)) for f, xs in scores.items()}
+            layout, form = wide.get((os.path.abspath(it["image"]), it["question"]), ("", form_of(task, it["question"])))
+            scores.setdefault(f"{layout}: {form}" if by_layout and layout else form, []).append(float(x))
+    return {f: (len(xs), 100 * sum(xs) / len(xs)) for f, xs in sorted(scores.items())}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", help="holds <task>.jsonl predictions from evaluate.py --out")
+    p.add_argument("--data", default=os.path.join(E.HERE, "data", "eval"), help="the sets they answer, a folder per task")
+    p.add_argument("--by-layout", action="store_true", help="a row per layout and form (a data/wide.py family's sets)")
     args = p.parse_args(argv)
-    print("| task | question form | n | score |\n|---|---|---|---|")
-    found = False
-    for task in E.TASKS:
-        f = os.path.join(args.folder, task + ".jsonl")
-        if os.path.isfile(f):
-            found = True
-            for form, (n, s) in by_form(task, f).items():
-                print(f"| {task} | {form} | {n} | {s:.1f} |")
+    found = [t for t in E.TASKS if os.path.isfile(os.path.join(args.folder, t + ".jsonl"))]
     if not found:
-        sys.exit(f"data/forms.py: error: no <task>.jsonl in {args.folder}; write them with evaluate.py --out")
+        raise cli.Error(f"no <task>.jsonl in {args.folder}; write them with evaluate.py --out")
+    rows = [f"| {t} | {form} | {n} | {s:.1f} |" for t in found for form, (n, s) in
+            by_form(t, os.path.join(args.folder, t + ".jsonl"), os.path.join(args.data, t), args.by_layout).items()]
+    print("| task | question form | n | score |\n|---|---|---|---|\n" + "\n".join(rows))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run_main("data/forms.py", main))
