@@ -7,6 +7,8 @@ Commands (from the repo root, venv active):
   python data/build.py --check            # verify data/eval/SHA256SUMS against the files on disk
   python data/build.py --heldout runs/heldout/docvqa   # 128 more DocVQA-format pages, not shipped (README)
   python data/build.py --heldout-family   # data/eval-heldout/**: the held-out family's sets (data/wide.py)
+  python data/build.py --train-family runs/eval-train   # the same sets in the training family, unseen seeds, not
+                                          # shipped: a score there and not held out is a generalisation gap
   cd data/eval && sha256sum -c SHA256SUMS # same check with coreutils
 
 Output is byte-identical on re-run with the same Pillow/zlib/sentencepiece versions (pinned in the venv).
@@ -50,6 +52,7 @@ HELDOUT_DIR = ROOT / "data" / "eval-heldout"
 EVAL_SEED = 10 ** 9
 HELDOUT_SEED = 1_500_000_000  # --heldout: far from every shipped set's seeds
 HELDOUT_FAMILY_SEED = 2 * 10 ** 9  # --heldout-family
+TRAIN_FAMILY_SEED = 25 * 10 ** 8  # --train-family
 TASKS = ("docvqa", "chartqa", "infovqa", "textvqa", "ocrbench")
 SYSTEM, PROMPT = SYSTEM_MESSAGE, EVAL_PROMPT  # in the tokenizer corpus: every prompt carries them, keep them short
 KIE_SUFFIX = " Answer this question using the text in the image directly."
@@ -245,11 +248,12 @@ def sha256sums(d):
     return "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(d).as_posix()}\n" for p in files)
 
 
-def build_eval(root=EVAL_DIR, family=False):
-    """Every task's set into root; family=True: the held-out family's."""
+def build_eval(root=EVAL_DIR, family=None):
+    """Every task's set into root: the shipped family's, or data/wide.py's family "heldout" or "train"."""
     tmp, old = root.with_name(root.name + ".tmp"), root.with_name(root.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
-    kw = dict(seed=HELDOUT_FAMILY_SEED, cfg=HELDOUT_CFG) if family else {}
+    kw = dict(seed={"heldout": HELDOUT_FAMILY_SEED, "train": TRAIN_FAMILY_SEED}[family], cfg=Config(family=family)) \
+        if family else {}
     for t in TASKS:
         globals()["build_" + t](tmp / t, **kw)
         print(f"built {t}")
@@ -332,10 +336,14 @@ def main(argv=None):
     ap.add_argument("--heldout", metavar="DIR", help="only a held-out DocVQA-format set in DIR (128 pages, 512 "
                     "questions, seeds from HELDOUT_SEED; not shipped): to check a choice made on the shipped sets")
     ap.add_argument("--heldout-family", action="store_true", help="only data/eval-heldout (the held-out family's sets)")
+    ap.add_argument("--train-family", metavar="DIR", help="only the same sets in the training family into DIR (seeds "
+                    "from TRAIN_FAMILY_SEED, never trained on; not shipped): to tell underfitting from a family's gap")
     a = ap.parse_args(argv)
     try:
         if a.heldout_family:
-            return build_eval(HELDOUT_DIR, family=True)
+            return build_eval(HELDOUT_DIR, family="heldout")
+        if a.train_family:
+            return build_eval(Path(a.train_family).resolve(), family="train")
         if a.heldout:
             return build_docvqa(Path(a.heldout), n=128, seed=HELDOUT_SEED)
     except OSError as e:  # a read-only or full place: one line, no traceback

@@ -142,3 +142,15 @@ def test_heldout_docvqa_regenerates_identically(tmp_path):
     for p in tmp_path.rglob("*"):
         if p.is_file():
             assert build.hashlib.sha256(p.read_bytes()).hexdigest() == want["docvqa/" + p.relative_to(tmp_path).as_posix()], p
+
+
+def test_train_family_sets_are_drawn_in_the_training_family(tmp_path, monkeypatch):
+    for t in build.TASKS:  # each writer at two images (OCRBench: two crops per type), to run in seconds
+        small = dict(per_type=2) if t == "ocrbench" else dict(n=2)
+        monkeypatch.setattr(build, "build_" + t, lambda out, real=getattr(build, "build_" + t), small=small, **kw: real(out, **small, **kw))
+    build.main(["--train-family", str(tmp_path / "sets")])
+    root = tmp_path / "sets"
+    assert build.check_eval(root) and not (tmp_path / "sets.tmp").exists()
+    for t in ("docvqa", "chartqa", "infovqa"):
+        for s in map(json.loads, (root / t / "samples.jsonl").read_text().splitlines()):
+            assert s["family"] == "train" and s["seed"] >= build.TRAIN_FAMILY_SEED and s["font"] not in wide.FONTS["heldout"]
