@@ -80,6 +80,7 @@ KEY_QUESTION = re.compile(r"^What (?:is the value for|percentage) (.+)\?$")  # a
 EVAL_SEEDS = range(10**9 - 2000, 10**9 - 1960)  # held out: training seeds stay below 10**9 - 2000
 S = 112  # tile size
 FAMILY = "shipped"  # --family: which of synth.py's families the training images are drawn from
+SHIPPED_TENTHS = 3  # --shipped-share x 10: with --family mix, images whose seed ends in 0..2 are the shipped family's
 
 
 @dataclass
@@ -100,6 +101,7 @@ class TeacherConfig(P.TrainConfig):
     glyph_crops: int = 0  # of them, OCRBench-style word crops
     crop_frac: float = 0.0  # share of word-crop conversations (read)
     family: str = "shipped"  # training images: shipped, train or mix (data/wide.py; never the held-out family)
+    shipped_share: float = 0.3  # with --family mix: the share of the shipped family's images, in tenths
 
 
 def parse_args(argv=None):
@@ -112,10 +114,11 @@ def parse_args(argv=None):
 
 
 def sample(kind, seed, family=None):
-    """An image of `family` (default --family's). mix: 30% synth.py's shipped family, 70% data/wide.py's training
-    family (by seed, so a resumed run sees the same images). Training never asks for the held-out family."""
+    """An image of `family` (default --family's). mix: --shipped-share of synth.py's shipped family (30%), the rest
+    data/wide.py's training family (by seed, so a resumed run sees the same images). Training never asks for the
+    held-out family."""
     family = family or FAMILY
-    family = family if family != "mix" else ("shipped" if seed % 10 < 3 else "train")
+    family = family if family != "mix" else ("shipped" if seed % 10 < SHIPPED_TENTHS else "train")
     return make_sample(kind, seed, Config(family=family))
 
 
@@ -507,10 +510,13 @@ def read_eval(model, tok):
 # ----------------------------------------------------------------------------------------------
 
 def run(cfg):
-    global FAMILY
-    FAMILY = cfg.family
+    global FAMILY, SHIPPED_TENTHS
+    FAMILY, SHIPPED_TENTHS = cfg.family, round(10 * cfg.shipped_share)
     if FAMILY not in ("shipped", "train", "mix"):
         raise Error(f"--family {FAMILY!r}: one of shipped, train, mix (the held-out family is never trained on)")
+    if not 0 <= cfg.shipped_share <= 1 or abs(10 * cfg.shipped_share - SHIPPED_TENTHS) > 1e-9:
+        raise Error(f"--shipped-share {cfg.shipped_share}: a multiple of 0.1 from 0 to 1 (the shipped family's "
+                    "images are those whose seed ends in a digit below 10 x the share)")
     kinds = cfg.kinds.split(",")
     if not set(kinds) <= set(KINDS):
         raise Error(f"--kinds {cfg.kinds!r}: each must be one of {','.join(KINDS)}")

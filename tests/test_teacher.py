@@ -147,6 +147,9 @@ def test_wide_family_keys_point_at_the_printed_key(monkeypatch):
     monkeypatch.setattr(T, "FAMILY", "mix")
     families = [T.sample("doc", seed).get("family", "shipped") for seed in range(20)]
     assert families.count("shipped") == 6 and set(families) == {"shipped", "train"}
+    monkeypatch.setattr(T, "SHIPPED_TENTHS", 1)  # --shipped-share 0.1: the seeds ending in 0
+    assert [T.sample("chart", seed).get("family", "shipped") for seed in range(20)].count("shipped") == 2
+    monkeypatch.setattr(T, "SHIPPED_TENTHS", 3)
     two_hop = 0
     for seed in range(3, 40):
         if seed % 10 < 3:
@@ -173,6 +176,9 @@ def test_kinds_choose_the_images_and_bad_kinds_are_refused():
     r = subprocess.run([sys.executable, os.path.join(ROOT, "teacher.py"), "--stage", "read", "--family", "heldout",
                         "--out", "unused", "--steps", "1"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "the held-out family is never trained on" in r.stderr.strip(), r.stderr
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "teacher.py"), "--stage", "read", "--family", "mix",
+                        "--shipped-share", "0.25", "--out", "unused", "--steps", "1"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr.strip().startswith("teacher.py: error: --shipped-share 0.25: a multiple of 0.1")
 
 
 @pytest.mark.parametrize("argv,words", [
