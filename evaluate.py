@@ -362,6 +362,16 @@ def method_defaults(cfg):
     cfg.seed = (cfg.seed or 0) if cfg.method == 'random' else cfg.seed
     cfg.ratio = 1.0 if cfg.ratio is None and cfg.method != 'none' else cfg.ratio
 
+def question_files(task, data):
+    """(the files a run's data_sha256 covers, the set's reasoning.json or None): the annotation (ChartQA: its two
+    splits), then reasoning.json where the set has one (the shipped sets keep multi-fact questions there, in the
+    same format: scored apart)."""
+    ann = find_annotation(task, data)
+    files = [ann] if os.path.isfile(ann) else [os.path.join(ann, f'test_{s}.json') for s in ('human', 'augmented')]
+    rfile = os.path.join(data if os.path.isdir(data) else os.path.dirname(data), 'reasoning.json')
+    rfile = rfile if os.path.isfile(rfile) and os.path.abspath(rfile) != os.path.abspath(ann) else None
+    return files + [rfile] * (rfile is not None), rfile
+
 def prepare(cfg, model=None, tokenizer=None):
     """-> (task, annotation, items, predictions path, header). The header's run key, which a predictions file must
     hold to be resumed, covers EVAL_PROTOCOL, the model's bytes, the question files, every image's bytes (--limit may
@@ -372,18 +382,15 @@ def prepare(cfg, model=None, tokenizer=None):
     ann = find_annotation(cfg.task, data)
     every = task.read(ann, cfg.images or (ann if os.path.isdir(ann) else os.path.dirname(ann)))
     _all_or_none_answered(every, ann)
-    items, files = every[:cfg.limit], [ann] if os.path.isfile(ann) else [
-        os.path.join(ann, f'test_{s}.json') for s in ('human', 'augmented')]
+    items, (files, rfile) = every[:cfg.limit], question_files(cfg.task, data)
     if not items:
         raise Error(f"{ann}: no questions in the annotation; pass --data with a non-empty file")
-    # the shipped sets keep multi-fact questions in <task>/reasoning.json (same format): scored apart
-    rfile = os.path.join(data if os.path.isdir(data) else os.path.dirname(data), 'reasoning.json')
-    if os.path.isfile(rfile) and os.path.abspath(rfile) != os.path.abspath(ann):
+    if rfile:
         reasoning = task.read(rfile, cfg.images or os.path.dirname(rfile))
         _all_or_none_answered(reasoning, rfile)
         for it in reasoning:
             it['extra'].update(reasoning=True, reasoning_file=True)
-        every, items, files = every + reasoning, items + reasoning[:cfg.limit], files + [rfile]
+        every, items = every + reasoning, items + reasoning[:cfg.limit]
     if len({str(it['qid']) for it in items}) < len(items):
         raise Error(f"{ann}: question ids are not unique; resuming needs unique ids")
     bad = next((it for it in items if IMG_CONTEXT in it['question']), None)

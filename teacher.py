@@ -101,7 +101,7 @@ class TeacherConfig(P.TrainConfig):
     glyph_crops: int = 0  # of them, OCRBench-style word crops
     crop_frac: float = 0.0  # share of word-crop conversations (read)
     family: str = "shipped"  # training images: shipped, train or mix (data/wide.py; never the held-out family)
-    shipped_share: float = 0.3  # with --family mix: the share of the shipped family's images, in tenths
+    shipped_share: float = 0.3  # with --family mix: the share of the shipped family's images (a multiple of 0.1)
 
 
 def parse_args(argv=None):
@@ -511,12 +511,15 @@ def read_eval(model, tok):
 
 def run(cfg):
     global FAMILY, SHIPPED_TENTHS
-    FAMILY, SHIPPED_TENTHS = cfg.family, round(10 * cfg.shipped_share)
-    if FAMILY not in ("shipped", "train", "mix"):
-        raise Error(f"--family {FAMILY!r}: one of shipped, train, mix (the held-out family is never trained on)")
-    if not 0 <= cfg.shipped_share <= 1 or abs(10 * cfg.shipped_share - SHIPPED_TENTHS) > 1e-9:
+    if cfg.family not in ("shipped", "train", "mix"):
+        raise Error(f"--family {cfg.family!r}: one of shipped, train, mix (the held-out family is never trained on)")
+    tenths = 10 * cfg.shipped_share
+    if not (0 <= tenths <= 10 and abs(tenths - round(tenths)) < 1e-9):  # NaN fails too
         raise Error(f"--shipped-share {cfg.shipped_share}: a multiple of 0.1 from 0 to 1 (the shipped family's "
                     "images are those whose seed ends in a digit below 10 x the share)")
+    if cfg.family != "mix" and cfg.shipped_share != TeacherConfig.shipped_share:
+        raise Error(f"--shipped-share applies to --family mix only, not {cfg.family}")
+    FAMILY, SHIPPED_TENTHS = cfg.family, round(tenths)
     kinds = cfg.kinds.split(",")
     if not set(kinds) <= set(KINDS):
         raise Error(f"--kinds {cfg.kinds!r}: each must be one of {','.join(KINDS)}")

@@ -61,6 +61,8 @@ CHAT_TOKENS = ["<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_star
 IMG_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
 EVAL_CFG = Config()  # built-in font only (truetype=False): machine-independent
 HELDOUT_CFG = Config(family="heldout")  # its fonts ship in data/fonts
+FAMILY_SETS = {"heldout": dict(seed=HELDOUT_FAMILY_SEED, cfg=HELDOUT_CFG),  # build_eval's settings per family
+               "train": dict(seed=TRAIN_FAMILY_SEED, cfg=Config(family="train"))}
 
 
 def write_bytes(path, data):
@@ -252,8 +254,7 @@ def build_eval(root=EVAL_DIR, family=None):
     """Every task's set into root: the shipped family's, or data/wide.py's family "heldout" or "train"."""
     tmp, old = root.with_name(root.name + ".tmp"), root.with_name(root.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
-    kw = dict(seed={"heldout": HELDOUT_FAMILY_SEED, "train": TRAIN_FAMILY_SEED}[family], cfg=Config(family=family)) \
-        if family else {}
+    kw = FAMILY_SETS[family] if family else {}
     for t in TASKS:
         globals()["build_" + t](tmp / t, **kw)
         print(f"built {t}")
@@ -343,7 +344,12 @@ def main(argv=None):
         if a.heldout_family:
             return build_eval(HELDOUT_DIR, family="heldout")
         if a.train_family:
-            return build_eval(Path(a.train_family).resolve(), family="train")
+            root = Path(a.train_family).resolve()
+            if root in (EVAL_DIR, HELDOUT_DIR) or root.is_dir() and any(root.iterdir()) and not (root / "SHA256SUMS").exists():
+                print(f"build.py: error: --train-family {a.train_family} holds other files, which the build would replace; "
+                      "pass a new folder (or one an earlier --train-family wrote)", file=sys.stderr)
+                sys.exit(2)
+            return build_eval(root, family="train")
         if a.heldout:
             return build_docvqa(Path(a.heldout), n=128, seed=HELDOUT_SEED)
     except OSError as e:  # a read-only or full place: one line, no traceback

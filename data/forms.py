@@ -5,13 +5,13 @@ hides that it answers one form of question and not another, or reads one layout 
 
     python evaluate.py --task chartqa --out runs/eval/chartqa.jsonl     # ... one file per task
     python -m data.forms runs/eval                                      # prints a markdown table
-    python evaluate.py --task chartqa --data data/eval-heldout/chartqa --out runs/eval-heldout/chartqa.jsonl
-    python -m data.forms runs/eval-heldout --data data/eval-heldout --by-layout   # data/wide.py's forms, per layout
+    python evaluate.py --task chartqa --data data/eval-heldout/chartqa --out runs/preds-heldout/chartqa.jsonl
+    python -m data.forms runs/preds-heldout --data data/eval-heldout --by-layout   # data/wide.py's forms, per layout
 
 The shipped sets' forms are told apart by question pattern (FORMS); a data/wide.py family's set names each
-question's form and layout in its samples.jsonl, which is read instead.
+question's form and layout in its samples.jsonl, which is read instead (OCRBench's word crops have none).
+Predictions of other questions than --data's are refused: their ids would score against the wrong answers.
 """
-import argparse
 import json
 import os
 import re
@@ -19,6 +19,9 @@ import sys
 
 import cli
 import evaluate as E
+from data.build import KIE_SUFFIX
+
+SHIPPED = os.path.join(E.HERE, "data", "eval")
 
 FORMS = [  # (task, form, question pattern): the question templates of data/synth.py, most specific first
     ("docvqa", "title", r"What is the title of the document\?"),
@@ -43,40 +46,43 @@ def form_of(task, question):
 
 
 def sidecar_forms(folder):
-    """(image path, question) -> (layout, form) from a wide family's samples.jsonl in folder; {} where there is none
-    (the shipped sets, OCRBench's crops). The reworded question of each pair maps there too."""
+    """(image path, question) -> (layout, form) from a wide family's samples.jsonl in folder; {} for the shipped
+    sets. A question's reworded phrasing maps there too."""
     path, found = os.path.join(folder, "samples.jsonl"), {}
     if os.path.isfile(path):
         with open(path) as f:
             for s in map(json.loads, f):
-                for q in s.get("qa", []):
-                    for text in (q["question"], q.get("reworded")) if "form" in q else ():
-                        found[(os.path.abspath(os.path.join(folder, s["image"])), text)] = (s["layout"], q["form"])
+                image = os.path.abspath(os.path.join(folder, s["image"]))
+                for q in (q for q in s.get("qa", []) if "form" in q):
+                    found.update({(image, text): (s["layout"], q["form"]) for text in (q["question"], q.get("reworded"))})
     return found
 
 
 def by_form(task, predictions, data=None, by_layout=False):
-    """{form: (n, mean score in %)} over the main set's questions that have a prediction; by_layout: keyed
-    "layout: form" where the set's samples.jsonl names them."""
+    """{form: (n, mean score in %)} over the main set's questions (not reasoning.json's) that have a prediction;
+    by_layout: keyed "layout: form" where the set's samples.jsonl names them."""
     t = E.TASKS[task]
-    data = str(data or os.path.join(E.HERE, "data", "eval", task))
+    data = str(data or os.path.join(SHIPPED, task))
     path = E.find_annotation(task, data)
     folder = data if os.path.isdir(data) else os.path.dirname(path)
+    header, done = E.load_done(str(predictions), repair=False)
+    if header and header["run"]["data_sha256"] != E.sha256_files(E.question_files(task, data)[0]):
+        raise cli.Error(f"{predictions} answers other questions than {data}'s; pass --data with the sets it was made on")
     items, wide = t.read(path, folder), sidecar_forms(folder)
-    preds = {q: r["answer"] for q, r in E.load_done(str(predictions), repair=False)[1].items()}  # after the run's key
-    scores = {}
+    preds, scores = {q: r["answer"] for q, r in done.items()}, {}
     for it in items:
-        if str(it["qid"]) in preds and not it["extra"].get("reasoning_file"):
+        if str(it["qid"]) in preds:
             x = E.item_score(t.metric, E.final_answer(preds[str(it["qid"])]), it)
-            layout, form = wide.get((os.path.abspath(it["image"]), it["question"]), ("", form_of(task, it["question"])))
+            question = it["question"].removesuffix(KIE_SUFFIX)  # OCRBench's key-information prompt
+            layout, form = wide.get((os.path.abspath(it["image"]), question), ("", form_of(task, it["question"])))
             scores.setdefault(f"{layout}: {form}" if by_layout and layout else form, []).append(float(x))
     return {f: (len(xs), 100 * sum(xs) / len(xs)) for f, xs in sorted(scores.items())}
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(prog="data/forms.py", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", help="holds <task>.jsonl predictions from evaluate.py --out")
-    p.add_argument("--data", default=os.path.join(E.HERE, "data", "eval"), help="the sets they answer, a folder per task")
+    p.add_argument("--data", default=SHIPPED, help="the sets they answer, a folder per task (default: the shipped sets)")
     p.add_argument("--by-layout", action="store_true", help="a row per layout and form (a data/wide.py family's sets)")
     args = p.parse_args(argv)
     found = [t for t in E.TASKS if os.path.isfile(os.path.join(args.folder, t + ".jsonl"))]

@@ -277,36 +277,38 @@ def test_question_forms_cover_the_shipped_sets(tmp_path):
     assert forms.form_of("docvqa", "What is the invoice number?") == "form field"
 
 
+def wide_layouts(task):
+    from data import wide
+    kinds = {"chartqa": ["chart"], "docvqa": ["doc", "table"], "ocrbench": list(wide.LAYOUTS)}[task]
+    return [x for k in kinds for fam in wide.LAYOUTS[k].values() for x in fam]
+
+
 def test_question_forms_of_the_heldout_family_come_from_its_samples(tmp_path):
     import evaluate as E
     from data import forms
     heldout = Path(E.HELDOUT_SETS)
-    for task, data in (("chartqa", heldout / "chartqa"), ("docvqa", heldout / "docvqa" / "val_reworded.json")):
+    for task, data in (("chartqa", heldout / "chartqa"), ("docvqa", heldout / "docvqa" / "val_reworded.json"),
+                       ("ocrbench", heldout / "ocrbench")):
         items = E.TASKS[task].read(E.find_annotation(task, str(data)), str(data if data.is_dir() else data.parent))
-        main = [it for it in items if not it["extra"].get("reasoning")]
         with open(tmp_path / f"{task}.jsonl", "w") as f:  # right on the first half of the questions only
-            for k, it in enumerate(main):
-                f.write(json.dumps({"qid": it["qid"], "answer": it["answers"][0] if k < len(main) // 2 else "zzz"}) + "\n")
+            for k, it in enumerate(items):
+                f.write(json.dumps({"qid": it["qid"], "answer": it["answers"][0] if k < len(items) // 2 else "zzz"}) + "\n")
         got = forms.by_form(task, tmp_path / f"{task}.jsonl", data, by_layout=True)
-        assert sum(n for n, _ in got.values()) == len(main), task
-        assert abs(sum(n * s / 100 for n, s in got.values()) - len(main) // 2) < 1e-6, task
-        layouts = {k.split(": ")[0] for k in got}  # every question found in samples.jsonl: none left to the patterns
-        assert all(": " in k for k in got) and layouts & set(wide_layouts(task)), (task, sorted(got))
+        assert sum(n for n, _ in got.values()) == len(items), task
+        assert abs(sum(n * s / 100 for n, s in got.values()) - len(items) // 2) < 1e-6, task
+        # every question found in samples.jsonl (OCRBench's key-information prompt too), but OCRBench's word crops
+        assert [k for k in got if ": " not in k] == (["word crop"] if task == "ocrbench" else []), (task, sorted(got))
+        assert {k.split(": ")[0] for k in got if ": " in k} <= set(wide_layouts(task)), task
     assert "hgroup: series" in forms.by_form("chartqa", tmp_path / "chartqa.jsonl", heldout / "chartqa", by_layout=True)
     assert "series" in forms.by_form("chartqa", tmp_path / "chartqa.jsonl", heldout / "chartqa")
 
 
 def test_question_forms_refuse_in_one_line(tmp_path):
-    (tmp_path / "chartqa.jsonl").write_text("")
-    for argv, words in (([str(tmp_path / "none")], "no <task>.jsonl"), ([str(tmp_path), "--data", str(tmp_path)], "does not exist")):
+    (tmp_path / "chartqa.jsonl").write_text(json.dumps({"run": {"data_sha256": "another set's"}}) + "\n")
+    for argv, words in (([str(tmp_path / "none")], "no <task>.jsonl"), ([str(tmp_path), "--data", str(tmp_path)], "does not exist"),
+                        ([str(tmp_path)], "answers other questions than"), ([], "required: folder")):
         r = subprocess.run([sys.executable, "-m", "data.forms", *argv], cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 2 and words in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
-
-
-def wide_layouts(task):
-    from data import wide
-    kinds = {"chartqa": ["chart"], "docvqa": ["doc", "table"]}[task]
-    return [x for k in kinds for fam in wide.LAYOUTS[k].values() for x in fam]
 
 
 def test_heldout_into_a_read_only_place_is_one_line(capsys, tmp_path):

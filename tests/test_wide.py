@@ -154,3 +154,13 @@ def test_train_family_sets_are_drawn_in_the_training_family(tmp_path, monkeypatc
     for t in ("docvqa", "chartqa", "infovqa"):
         for s in map(json.loads, (root / t / "samples.jsonl").read_text().splitlines()):
             assert s["family"] == "train" and s["seed"] >= build.TRAIN_FAMILY_SEED and s["font"] not in wide.FONTS["heldout"]
+    build.main(["--train-family", str(root)])  # an earlier set is rebuilt; a folder of other files is refused
+    (tmp_path / "runs" / "mine").mkdir(parents=True)
+    monkeypatch.setattr(build, "EVAL_DIR", tmp_path / "shipped")  # the shipped sets' place, even with a SHA256SUMS
+    (tmp_path / "shipped").mkdir()
+    (tmp_path / "shipped" / "SHA256SUMS").write_text("")
+    for place in (tmp_path / "runs", build.EVAL_DIR):
+        with pytest.raises(SystemExit) as e:
+            build.main(["--train-family", str(place)])
+        assert e.value.code == 2
+    assert (tmp_path / "runs" / "mine").is_dir() and (tmp_path / "shipped" / "SHA256SUMS").exists()
