@@ -190,6 +190,7 @@ def read_ocrbench(path, images):
 # ----------------------------------------------------------------------------- protocol
 
 PROMPT = 'Answer the question using a single word or phrase.'
+KIE_SUFFIX = ' Answer this question using the text in the image directly.'  # OCRBench's key-information questions
 
 @dataclass
 class Task:

@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from data.synth import Config, KINDS, make_sample, meta  # noqa: E402
-from evaluate import PROMPT as EVAL_PROMPT  # noqa: E402
+from evaluate import KIE_SUFFIX, PROMPT as EVAL_PROMPT  # noqa: E402
 from model import SYSTEM_MESSAGE  # noqa: E402
 
 EVAL_DIR, TOK_DIR = ROOT / "data" / "eval", ROOT / "data" / "tokenizer"
@@ -55,7 +55,6 @@ HELDOUT_FAMILY_SEED = 2 * 10 ** 9  # --heldout-family
 TRAIN_FAMILY_SEED = 25 * 10 ** 8  # --train-family
 TASKS = ("docvqa", "chartqa", "infovqa", "textvqa", "ocrbench")
 SYSTEM, PROMPT = SYSTEM_MESSAGE, EVAL_PROMPT  # in the tokenizer corpus: every prompt carries them, keep them short
-KIE_SUFFIX = " Answer this question using the text in the image directly."
 CROP_QUESTION = "what is written in the image?"  # OCRBench's text-recognition question
 CHAT_TOKENS = ["<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>", "<|im_end|>", "<|im_start|>"]
 IMG_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]

@@ -19,7 +19,6 @@ import sys
 
 import cli
 import evaluate as E
-from data.build import KIE_SUFFIX
 
 SHIPPED = os.path.join(E.HERE, "data", "eval")
 
@@ -73,7 +72,7 @@ def by_form(task, predictions, data=None, by_layout=False):
     for it in items:
         if str(it["qid"]) in preds:
             x = E.item_score(t.metric, E.final_answer(preds[str(it["qid"])]), it)
-            question = it["question"].removesuffix(KIE_SUFFIX)  # OCRBench's key-information prompt
+            question = it["question"].removesuffix(E.KIE_SUFFIX)  # OCRBench's key-information prompt
             layout, form = wide.get((os.path.abspath(it["image"]), question), ("", form_of(task, it["question"])))
             scores.setdefault(f"{layout}: {form}" if by_layout and layout else form, []).append(float(x))
     return {f: (len(xs), 100 * sum(xs) / len(xs)) for f, xs in sorted(scores.items())}
