@@ -16,8 +16,8 @@ supervision that the generator's glyph boxes make possible:
 The commands that make the shipped checkpoint. First the shipped family's chain, docs/teacher.md's first block
 (glyphs, then read six times, the last on one H100), whose result was checkpoints/tiny until 2026-12-05 (`git show
 0f432fd:checkpoints/tiny/model.safetensors`; runs/teacher-gpu below). Then data/wide.py's training family, mixed
-30/70 with the shipped one (--family mix): the glyph stage on its 13 fonts, the read stage three times. Some runs
-started from a bf16 export (docs/teacher.md), so a rerun lands near the shipped model, not on it:
+30/70 with the shipped one (--family mix): the glyph stage on its 13 fonts four times, the read stage five times. Some
+runs started from a bf16 export (docs/teacher.md), so a rerun lands near the shipped model, not on it:
 
     python teacher.py --stage glyphs --vision-from checkpoints/teacher-wip/glyphs2.safetensors --out runs/wide-glyphs \
         --steps 3000 --micro-batch 1 --glyph-tiles 48 --glyph-crops 4 --lr 8e-4 --warmup 50 --threads 2 \
@@ -41,7 +41,20 @@ started from a bf16 export (docs/teacher.md), so a rerun lands near the shipped 
         --crop-frac 0.15 --seed-offset 700000000 --kinds doc,table,chart,chart,chart,info,info,scene \
         --eval-every 500 --family mix
     python -c "import torch, model as M; M.save_model(M.load_model('runs/wide-read3', dtype=torch.bfloat16), \
-        'checkpoints/tiny', tokenizer_dir='runs/wide-read3')"     # the bf16 export: checkpoints/tiny, byte for byte
+        'runs/wide-read3-bf16', tokenizer_dir='runs/wide-read3')"   # checkpoints/tiny until stage 5 (8f16db6)
+    python teacher.py --stage glyphs --vision-from checkpoints/teacher-wip/wide-glyphs3.safetensors \
+        --out runs/wide-glyphs4 --steps 5000 --micro-batch 1 --glyph-tiles 48 --glyph-crops 4 --lr 6e-4 --warmup 50 \
+        --threads 2 --seed-offset 70000 --eval-every 500 --save-every 250 --family mix   # -> .../wide-glyphs4.safetensors
+    torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init runs/wide-read3-bf16 \
+        --vision-from checkpoints/teacher-wip/wide-glyphs4.safetensors --out runs/wide-read4 --steps 5000 \
+        --micro-batch 4 --lr 2e-4 --warmup 50 --threads 1 --qa-turns 5 --transcribe-frac 0.3 --crop-frac 0.15 \
+        --seed-offset 800000000 --kinds doc,table,chart,chart,chart,info,info,scene --eval-every 500 --family mix
+    torchrun --standalone --nproc_per_node 2 teacher.py --stage read --init runs/wide-read4 --out runs/wide-read5 \
+        --steps 1200 --micro-batch 4 --grad-accum 4 --lr 3e-4 --warmup 50 --threads 1 --qa-turns 8 \
+        --transcribe-frac 0.2 --crop-frac 0.15 --seed-offset 900000000 \
+        --kinds doc,table,chart,chart,chart,chart,info,info,scene --eval-every 200 --family mix --shipped-share 0.1
+    python -c "import torch, model as M; M.save_model(M.load_model('runs/wide-read5', dtype=torch.bfloat16), \
+        'checkpoints/tiny', tokenizer_dir='runs/wide-read5')"     # the bf16 export: checkpoints/tiny, byte for byte
     (add --resume to continue an interrupted stage; the other flags are posttrain.py's: python teacher.py --help)
     python -m pytest tests/test_teacher.py -q
 
