@@ -672,6 +672,9 @@ def build(config):
     method, ratio = config.compressor.get("method"), config.compressor.get("ratio")
     if method not in COMPRESSORS:
         raise CompressError(f"unknown compressor {method!r}: choose one of {', '.join(COMPRESSORS)}")
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+        raise CompressError(f"config.json's compressor record {config.compressor} needs a ratio in (0, 1]: the share "
+                            "of visual tokens kept, as compress.spec writes it")
     grid = int(config.force_image_size // config.vision.patch_size * config.downsample_ratio)
     width = config.vision.hidden_size * round(1 / config.downsample_ratio) ** 2
     ranged = method == "select" and "ratio_range" in config.compressor

@@ -88,6 +88,8 @@ def parse_args(argv=None):
     for k in SELECT_OPTIONS:
         if getattr(cfg, k) and cfg.method != 'select':
             raise Error(f"--{k.replace('_', '-')} is an option of --method select; add --method select or drop it")
+    if cfg.fastv_layer != EvalConfig.fastv_layer and cfg.method != 'fastv':
+        raise Error("--fastv-layer is an option of --method fastv; add --method fastv or drop it")
     if cfg.seed is not None and cfg.method != 'random':
         raise Error("--seed is an option of --method random; add --method random or drop it")
     if cfg.budget == 'auto' and cfg.method != 'none':
@@ -173,8 +175,13 @@ def read_textvqa(path, images):
     out = []
     for i, r, get in _rows(path, envelope=True):
         cands = [f'{d}{get("image_id")}.{ext}' for d in ('train_images/', '') for ext in ('jpg', 'png')]
-        out.append(_item(get('question_id'), _image(images, cands, path, i), get('question'),
-                         _answers(get('answers'), path, i), reasoning=bool(r.get('reasoning'))))
+        answers = _answers(get('answers'), path, i)
+        if answers is not None and len(answers) != 10:
+            # the accuracy is a mean over the 10 leave-one-out subsets: with fewer answers 1.0 is out of reach
+            raise Error(f"{path}: item {i} has {len(answers)} answer(s); TextVQA's accuracy needs the 10 human "
+                        f"answers per question: use the original annotation file")
+        out.append(_item(get('question_id'), _image(images, cands, path, i), get('question'), answers,
+                         reasoning=bool(r.get('reasoning'))))
     return out
 
 def read_ocrbench(path, images):
@@ -410,6 +417,8 @@ def prepare(cfg, model=None, tokenizer=None):
     out = cfg.out or os.path.join('results', os.path.basename(os.path.normpath(cfg.model)), f'{cfg.task}{tag}.jsonl')
     if os.path.isdir(out):
         raise Error(f"--out {out} is a folder: pass a file in it, e.g. {os.path.join(out, 'predictions.jsonl')}")
+    if not out.endswith('.jsonl'):  # the scores go to <out without .jsonl>.json: a .json --out would be overwritten
+        raise Error(f"--out {out}: the predictions file must end in .jsonl (the scores go beside it, in .json)")
     cli.writable(os.path.dirname(out), f"--out {out}")
     settle(cfg)
     cfg.max_num = cfg.max_num or task.max_num
@@ -627,7 +636,7 @@ def evaluate(model, tokenizer, task, /, rank=0, world=1, **settings):
         res.update(score_items(task, items, [r['answer'] for r in recs]))
     else:  # test split: the answers live on the RRC server
         res.update(score=None, submission=base + '_submission.json')
-        write_json(res['submission'], [dict(questionId=int(it['qid']), answer=r['answer'])
+        write_json(res['submission'], [dict(questionId=it['qid'], answer=r['answer'])  # the file's own id
                                        for it, r in zip(items, recs) if not it['extra'].get('reasoning_file')])
     write_json(base + '.json', res)
     score = f"submission {res['submission']}" if res['score'] is None else f"ocrbench {res['score']}/{res['n']}" \

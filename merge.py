@@ -30,7 +30,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 INDEX, SINGLE = "model.safetensors.index.json", "model.safetensors"
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "added_tokens.json", "special_tokens_map.json")
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+                   "added_tokens.json", "special_tokens_map.json")  # model.TOKENIZER_FILES: merge.py stands alone
 # config.json must be equal across inputs at every depth, except these fields: they say where or how a
 # file was written, not what its weights mean (the dtype is compared tensor by tensor instead)
 IGNORED_FIELDS = {"_name_or_path", "_commit_hash", "transformers_version", "torch_dtype", "dtype"}

@@ -916,6 +916,10 @@ def export_state_dict(model, layout="original"):
             yield key, t if slot is None else qkv_part(t, name, slot, model.config).reshape(-1, *t.shape[1:])
 
 
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+                   "added_tokens.json", "special_tokens_map.json")  # sentencepiece's and BPE's, and the added tokens
+
+
 def save_model(model, path, max_shard_bytes=5 * 2**30, tokenizer_dir=None, layout="original"):
     """Write config.json and safetensors (sharded with an index past max_shard_bytes) in the released layout, or with
     layout="hf" in transformers' (InternVLForConditionalGeneration). Each file is written beside and renamed into
@@ -951,8 +955,7 @@ def save_model(model, path, max_shard_bytes=5 * 2**30, tokenizer_dir=None, layou
             json.dump(obj, f, indent=2, ensure_ascii=False)
         os.replace(os.path.join(path, fname + ".tmp"), os.path.join(path, fname))
     if tokenizer_dir is not None:
-        for fname in ("tokenizer.model", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
-                      "added_tokens.json", "special_tokens_map.json"):
+        for fname in TOKENIZER_FILES:
             src = os.path.join(tokenizer_dir, fname)
             if os.path.exists(src) and os.path.abspath(src) != os.path.abspath(os.path.join(path, fname)):
                 shutil.copyfile(src, os.path.join(path, fname))

@@ -82,6 +82,12 @@ class TrainConfig:
     workers: int = 0  # processes per training process that build batches ahead (0: built in the loop)
 
 
+# the settings a resumed run may change: how it runs, not what it learns (the global batch is checked apart), and
+# the evaluations along the way (eval_*)
+HOW_IT_RUNS = ("out", "resume", "stop_at", "save_every", "threads", "workers", "device", "micro_batch", "grad_accum",
+               "grad_checkpointing")
+
+
 # the flags' ranges, checked as they are parsed (distill.py's and teacher.py's too)
 BOUNDS = dict(image_size=28, seed_offset=0, max_num=0, lr=(0, float("inf")), lr_vision=0, lr_projector=0, lr_llm=0,
               lr_compressor=0, min_lr_frac=0, weight_decay=0, grad_clip=0, save_every=0, stop_at=0, threads=0,
@@ -388,6 +394,12 @@ def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):
             raise Error(f"the checkpoint's global batch is {state['global_batch']}, this run's {global_batch}: "
                         f"keep micro-batch x grad-accum x processes")
         step = state["step"]
+        saved, now = state.get("config", {}), asdict(cfg)
+        if changed := [k for k in now if k in saved and saved[k] != now[k] and k not in HOW_IT_RUNS
+                       and not k.startswith("eval")]:
+            raise Error(f"--resume: {ckpt} is a run with other settings ("
+                        + ", ".join(f"--{k.replace('_', '-')} {saved[k]!r}, not {now[k]!r}" for k in changed)
+                        + "): resume it with its own, or pass another --out for a new run")
     trainable = [p for p in model.parameters() if p.requires_grad]
     # (DDP warns about the grad strides of the [1, 1, C] class embedding: harmless, a copy per step)
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
@@ -467,6 +479,10 @@ def check(cfg):
         raise Error("--p-transcribe/--p-qa/--p-reason must be >= 0 with a positive sum, --cot-frac in [0, 1]")
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         raise Error(f"--out {cfg.out} is a file: pass a folder for the run (checkpoint, log, final model)")
+    for name in ("teacher", "student", "init"):  # the run ends by writing its model into --out
+        src = getattr(cfg, name, "")
+        if src and os.path.isdir(src) and os.path.realpath(src) == os.path.realpath(cfg.out):
+            raise Error(f"--out {cfg.out} is the --{name} folder, which the run would overwrite: pass another --out")
     cli.writable(cfg.out, f"--out {cfg.out}")
     if set(cfg.kinds.split(",")) - set(synth.KINDS):
         raise Error(f"--kinds {cfg.kinds}: choose from {','.join(synth.KINDS)}")

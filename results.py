@@ -12,7 +12,7 @@ accuracy-against-tokens curve of score_vs_tokens.png. Every row is evaluated twi
 held-out family's (--heldout, data/eval-heldout: fonts, layouts and phrasings the teacher never trained on).
 
     python results.py --jobs 2 --threads 1     # embedded teacher, ratios 0.5 0.25, all five tasks (2-core CPU: about 115 min)
-    python results.py --quick --threads 1      # smoke run: 4 steps, 4 tiles, 4 questions per task
+    python results.py --quick --threads 1      # smoke run into runs/results-quick: 4 steps, 4 tiles, 4 questions a task
     python results.py --table-only             # table, JSON and plot again from OUT/eval/, no training
     python results.py --teacher /models/InternVL2-2B --device cuda --micro-batch 2 --distill-steps 2000 --distill-lr 1e-4 \
         --stage2-steps 2000 --cot-steps 2000 --stage2-lr 2e-5 --distill-args "--data pairs.jsonl --image-root /data" \
@@ -25,10 +25,11 @@ run's folder and shape (--out, --micro-batch, --warmup, --max-num, --threads, --
 
 Under --out (runs/results): r<ratio>/{stage1,stage2-a,stage2-b,stage2-c,merged}/, any/, eval/<row>/<task>.jsonl and .json
 (the held-out family's: heldout-<task>, and heldout-docvqa-reworded), results.md, results.json, score_vs_tokens.png and
-score_vs_tokens_heldout.png. A training step whose folder holds a finished model
-(config.json + model*.safetensors) is skipped, one with only checkpoint/ gets --resume, an evaluation
-whose settings and weights have not changed is skipped: after a kill, the same command continues. Delete
-a folder to redo its step. Runs (a), (c) and the merge are asked with the CoT prompt (only the final answer
+score_vs_tokens_heldout.png. Each step records its settings and inputs beside its folder (<folder>.inputs.json): a
+finished model made from the same is skipped, one made from others is refused (delete it to redo the step), one with
+only checkpoint/ gets --resume; an evaluation whose settings, weights and data have not changed is skipped: after a
+kill, the same command continues. --table-only takes the evaluations' own settings (FastV's K, --limit, ...) from
+those records, and refuses others. Runs (a), (c) and the merge are asked with the CoT prompt (only the final answer
 is scored), the others with the direct one. Columns: visual tokens per image (fewer tiles: those its tiles made);
 per LLM layer, where FastV and PyramidDrop drop them inside the LLM: its layers' mean; the LLM's prefill FLOPs (counted,
 not timed: at the tiny model's size wall-clock prefill is the ViT's and noise; mean of per-task ratios) and
@@ -84,11 +85,13 @@ class Config:
     threads: int = 0  # CPU threads per process (0: each script's default)
     jobs: int = 1  # ratios trained, and rows evaluated, side by side (a 2-core CPU does most as --jobs 2 --threads 1)
     device: str = ""  # cpu | cuda ('': cuda if available)
-    quick: bool = False  # smoke preset (flags left at their default): 4 steps, micro-batch 2, 4 tiles, --limit 4
+    quick: bool = False  # smoke preset (flags left at their default): 4 steps, micro-batch 2, 4 tiles, --limit 4,
+                         # --out runs/results-quick
     table_only: bool = False  # only rebuild table, JSON and plot from OUT/eval/
 
 
-QUICK = dict(distill_steps=4, any_steps=4, stage2_steps=4, cot_steps=4, micro_batch=2, warmup=1, max_num=4, limit=4)
+QUICK = dict(distill_steps=4, any_steps=4, stage2_steps=4, cot_steps=4, micro_batch=2, warmup=1, max_num=4, limit=4,
+             out="runs/results-quick")  # a folder of its own: its students are not the real run's
 # the stage-II runs: their samples apart from stage I's (seed offset 5e8) and from each other's. cot: the mix holds
 # reasoning questions answered with a rationale, so the run is asked with the CoT prompt; merge: averaged into the final
 # model. (a) and (c) are two such mixes; (b) keeps distillation's own, the comparison without CoT (an average with it
@@ -193,11 +196,39 @@ def run_distill(settings, flags):
                         D.M.ModelLoadError, D.C.CompressError)
 
 
-def train(cfg, what, out, flags, **settings):
+def stamp(*folders):
+    """(name, size, mtime) of the weights and config.json in each folder: what a step's inputs were."""
+    return [sorted((os.path.basename(f), os.path.getsize(f), os.path.getmtime(f)) for f in
+                   glob.glob(os.path.join(d, "model*.safetensors")) + glob.glob(os.path.join(d, "config.json")))
+            for d in folders]
+
+
+def recorded(what, out, want):
+    """Whether the step that makes folder `out` from `want` (settings and inputs, JSON) is done: out + '.inputs.json'
+    records what a step started with; a finished folder made from anything else is refused, not reused."""
+    side, want = out + ".inputs.json", json.loads(json.dumps(want))
+    old = load(side) if os.path.isfile(side) else None
+    started = finished(out) or os.path.isdir(os.path.join(out, "checkpoint"))
+    if started and old != want and (old is not None or finished(out)):
+        differ = "no record of its settings" if old is None else "other " + ", ".join(
+            k for k in sorted(set(old) | set(want)) if old.get(k) != want.get(k))
+        raise cli.Error(f"{what}: {out} was made with {differ}; delete it to redo the step (and the steps that go on "
+                        "from it), or pass another --out")
     if finished(out):
-        return print(f"== {what}: done in {out}, skipped")
+        return True
+    os.makedirs(os.path.dirname(side), exist_ok=True)
+    cli.write_text(side, json.dumps(want))
+    return False
+
+
+def train(cfg, what, out, flags, **settings):
     settings.update(out=out, micro_batch=cfg.micro_batch, warmup=cfg.warmup, max_num=cfg.max_num, threads=cfg.threads,
-                    resume=os.path.isdir(os.path.join(out, "checkpoint")), **({"device": cfg.device} if cfg.device else {}))
+                    **({"device": cfg.device} if cfg.device else {}))
+    inputs = stamp(*[settings[k] for k in ("teacher", "student") if k in settings])
+    if recorded(what, out, dict(settings={k: v for k, v in settings.items() if k not in ("threads", "device")},
+                                flags=flags, inputs=inputs)):
+        return print(f"== {what}: done in {out}, skipped")
+    settings["resume"] = os.path.isdir(os.path.join(out, "checkpoint"))  # distill.py refuses another run's checkpoint
     shown = ", ".join(f"{k}={v!r}" for k, v in settings.items())
     step(what, functools.partial(run_distill, settings, flags), cfg.threads, not on_cpu(cfg),
          f"distill.py with {shown}" + (f" and {flags}" if flags else ""))
@@ -246,11 +277,11 @@ def ratio_pipeline(cfg, r):
               student=os.path.join(d, "stage1"), trainable="compressor,projector,llm",
               steps=cfg.cot_steps if s["cot"] else cfg.stage2_steps, lr=cfg.stage2_lr, lr_llm=cfg.stage2_lr_llm,
               seed_offset=s["seed_offset"], **s["mix"])
-    merged = os.path.join(d, "merged")
-    if not finished(merged):  # merge.py swaps a finished folder in: a folder named merged is complete
+    merged, parts = os.path.join(d, "merged"), [os.path.join(d, f"stage2-{k}") for k in MERGED]
+    if not recorded(f"merge {r:g}", merged, dict(inputs=stamp(*parts))):  # merge.py swaps a finished folder in
         import merge
         step(f"merge {r:g}: {' + '.join(f'stage2-{k}' for k in MERGED)} -> {merged}",
-             functools.partial(merge.merge, [os.path.join(d, f"stage2-{k}") for k in MERGED], merged), fresh=not on_cpu(cfg))
+             functools.partial(merge.merge, parts, merged), fresh=not on_cpu(cfg))
 
 
 Row = collections.namedtuple("Row", "key family ratio model method cot seed budget", defaults=(False, None, None))
@@ -295,37 +326,54 @@ def table_keys(cfg):
     return list(dict.fromkeys(keys))
 
 
-def evaluate_rows(cfg):
-    """A row's sets in one child process (--jobs of them at a time). A set is skipped when its .json exists and its
-    settings and weights (name, size, mtime) are those in .inputs.json; other weights drop the old predictions, other
-    settings resume them where evaluate.py's run key allows (it starts a file of other settings afresh)."""
-    import torch, model, compress  # once, in the parent: only imports happen before the forks
-    work = []
+def data_stamp(task, data):
+    """(path, size, mtime) of every file beside a set's annotation (its folder's, or the file's folder's): a rebuilt
+    set, or new images, is another evaluation."""
+    root = data if data and os.path.isdir(data) else os.path.dirname(data) if data else os.path.join(HERE, "data",
+                                                                                                     "eval", task)
+    return sorted((os.path.relpath(os.path.join(d, f), root), os.path.getsize(os.path.join(d, f)),
+                   os.path.getmtime(os.path.join(d, f))) for d, _, fs in os.walk(root) for f in fs)
+
+
+def eval_inputs(cfg, with_stamps=True):
+    """(row key, set name, evaluate.py's settings, what .inputs.json records of them) of every row's every set;
+    without stamps, the settings alone."""
+    files = {n: data_stamp(t, d) for n, (t, d) in sets(cfg).items()} if with_stamps else {}
     for key, _, r, folder, method, cot, seed, budget in rows(cfg):
-        todo, edir = [], os.path.join(cfg.out, "eval", key)
-        stamp = sorted((os.path.basename(f), os.path.getsize(f), os.path.getmtime(f))
-                       for f in glob.glob(os.path.join(folder, "model*.safetensors")))
+        weights = stamp(folder)[0] if with_stamps else None
         for set_name, (task, data) in sets(cfg).items():
             settings = dict(task=task, **({"data": data} if data else {}), model=folder, method=method,
-                            ratio=r if method != "none" or budget else None, **({"budget": budget} if budget else {}), fastv_layer=cfg.fastv_layer,
-                            batch_size=cfg.batch_size, out=os.path.join(edir, set_name + ".jsonl"), cot=cot,
+                            ratio=r if method != "none" or budget else None, **({"budget": budget} if budget else {}),
+                            **({"fastv_layer": cfg.fastv_layer} if method == "fastv" else {}), batch_size=cfg.batch_size,
+                            out=os.path.join(cfg.out, "eval", key, set_name + ".jsonl"), cot=cot,
                             **{k: getattr(cfg, k) for k in ("limit", "max_num", "max_new_tokens", "device")
                                if getattr(cfg, k)}, **({"seed": seed} if seed is not None else {}))
-            side = os.path.join(edir, set_name + ".inputs.json")
-            want = json.loads(json.dumps(dict(settings=settings, weights=stamp)))
-            old = load(side) if os.path.isfile(side) else None
-            if old == want and os.path.isfile(os.path.join(edir, set_name + ".json")):
-                continue
-            for ext in (".jsonl", ".json") if old and old["weights"] != want["weights"] else (".json",):
-                if os.path.exists(os.path.join(edir, set_name + ext)):
-                    os.remove(os.path.join(edir, set_name + ext))
-            os.makedirs(edir, exist_ok=True)
-            cli.write_text(side, json.dumps(want))
-            todo.append(settings)
-        if todo:
-            work.append(functools.partial(step, f"evaluate {key}", functools.partial(evaluate_row, todo), cfg.threads,
-                                          fresh=not on_cpu(cfg)))
-    side_by_side(work, cfg.jobs)
+            yield key, set_name, settings, json.loads(json.dumps(dict(settings=settings, weights=weights,
+                                                                      data=files.get(set_name))))
+
+
+def evaluate_rows(cfg):
+    """A row's sets in one child process (--jobs of them at a time). A set is skipped when its .json exists and its
+    settings, weights and data (name, size, mtime) are those in .inputs.json; other weights or data drop the old
+    predictions, other settings resume them where evaluate.py's run key allows (it starts a file of other settings
+    afresh)."""
+    import torch, model, compress  # once, in the parent: only imports happen before the forks
+    todo = {}  # row key -> the settings of its sets to evaluate
+    for key, set_name, settings, want in eval_inputs(cfg):
+        edir = os.path.join(cfg.out, "eval", key)
+        side = os.path.join(edir, set_name + ".inputs.json")
+        old = load(side) if os.path.isfile(side) else None
+        if old == want and os.path.isfile(os.path.join(edir, set_name + ".json")):
+            continue
+        stale = old and (old["weights"], old.get("data")) != (want["weights"], want["data"])
+        for ext in (".jsonl", ".json") if stale else (".json",):
+            if os.path.exists(os.path.join(edir, set_name + ext)):
+                os.remove(os.path.join(edir, set_name + ext))
+        os.makedirs(edir, exist_ok=True)
+        cli.write_text(side, json.dumps(want))
+        todo.setdefault(key, []).append(settings)
+    side_by_side([functools.partial(step, f"evaluate {key}", functools.partial(evaluate_row, sets_), cfg.threads,
+                                    fresh=not on_cpu(cfg)) for key, sets_ in todo.items()], cfg.jobs)
 
 
 def evaluate_row(todo):
@@ -491,7 +539,7 @@ def markdown(cfg, res, table, best, gain_of):
         cells = [name(cfg, x), f"{x['ratio']:g}", fmt(x["visual_tokens"], "{:.0f}"), per_layer,
                  fmt(x["flops_vs_teacher"], "{:.2f}x"), fmt(x["memory_vs_teacher"], "{:.2f}x"),
                  *[fmt(x["scores"].get(t)) for t in cfg.tasks], fmt(x["average"]),
-                 *[fmt(x["heldout"]["average"])] * bool(cfg.heldout), fmt(x["reasoning"])]
+                 *([fmt(x["heldout"]["average"])] if cfg.heldout else []), fmt(x["reasoning"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if cfg.heldout:  # the same rows on the held-out family's sets: fonts, layouts and phrasings never trained on
@@ -580,6 +628,37 @@ def plot(cfg, res, table, path, heldout=False):
     os.replace(path + ".tmp", path)
 
 
+EVAL_FLAGS = ("limit", "max_num", "max_new_tokens", "batch_size", "device", "fastv_layer")  # evaluate.py's settings
+
+
+def recorded_settings(cfg):
+    """--table-only: the evaluation flags left at their default take the values the evaluations were made with (the
+    table names FastV's K, results.json the limit); a flag given otherwise, or rows evaluated with mixed settings, are
+    refused."""
+    first = {}
+    for key, set_name, _, _ in eval_inputs(cfg, with_stamps=False):
+        side = os.path.join(cfg.out, "eval", key, set_name + ".inputs.json")
+        if os.path.isfile(side):
+            old = load(side)["settings"]
+            first.update({k: old.get(k, getattr(Config, k)) for k in EVAL_FLAGS if k != "fastv_layer" or
+                          old["method"] == "fastv" and k not in first})
+    for k, v in first.items():
+        if getattr(cfg, k) not in (getattr(Config, k), v):
+            raise cli.Error(f"--table-only --{k.replace('_', '-')} {getattr(cfg, k)}: the evaluations in {cfg.out}/eval "
+                            f"were made with {v!r}; drop the flag, or run without --table-only to evaluate again")
+        setattr(cfg, k, v)
+    for key, set_name, _, want in eval_inputs(cfg, with_stamps=False):
+        side = os.path.join(cfg.out, "eval", key, set_name + ".inputs.json")
+        if not os.path.isfile(side):
+            continue
+        old, now = ({k: v for k, v in x.items() if k not in ("out", "model")}  # where, not how: a moved --out
+                    for x in (load(side)["settings"], want["settings"]))
+        if old != now:
+            differ = ", ".join(f"{k} {old.get(k)!r}" for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k))
+            raise cli.Error(f"--table-only: eval/{key}/{set_name} was evaluated with {differ}, unlike the other rows; "
+                            "run without --table-only to evaluate it again")
+
+
 def run(cfg):
     t0 = time.time()
     if not cfg.table_only:
@@ -587,6 +666,8 @@ def run(cfg):
             raise cli.Error(f"--teacher {cfg.teacher} holds no model (config.json + model*.safetensors)")
         run_pipeline(cfg)
         evaluate_rows(cfg)
+    else:
+        recorded_settings(cfg)
     if not os.path.isdir(os.path.join(cfg.out, "eval", "teacher")):
         raise cli.Error(f"no teacher evaluation in {cfg.out}/eval: run without --table-only first")
     if cfg.heldout and not glob.glob(os.path.join(cfg.out, "eval", "teacher", HELDOUT + "*.json")):

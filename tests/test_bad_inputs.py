@@ -105,6 +105,9 @@ EVAL_CASES = {  # name: (argv, words of the one line); {t}: tmp_path, {teacher}:
     "device tpu": (["--device", "tpu"], ["--device tpu", "pass cpu or cuda"]),
     "device cuda": (["--device", "cuda"], ["--device cuda", "pass --device cpu"]),
     "out is a folder": (["--out", "{t}"], ["is a folder", "pass a file in it"]),
+    "out ends in .json": (["--out", "{t}/r.json"], ["must end in .jsonl", "the scores go beside it"]),
+    "fastv-layer without fastv": (["--method", "pool", "--ratio", "0.25", "--fastv-layer", "3"],
+                                  ["--fastv-layer is an option of --method fastv"]),
     "out read-only": (["--out", "{ro}/r.jsonl"], ["cannot write there", "writable folder"]),
     "model is a file": (["--model", "{teacher}/config.json"], ["is a file", "pass the checkpoint folder"]),
     "index without weight_map": (["--model", "{no-weight-map}"], ["has no weight_map", "restore it"]),
@@ -359,6 +362,38 @@ def test_distill_flags(tmp_path, teacher_dir, capsys, argv, words):
 ])
 def test_other_scripts_flags(main, prog, argv, words, capsys):
     one_line(exits_2(main, argv, capsys), prog, words)
+
+
+def test_a_resumed_run_keeps_its_settings(tmp_path, capsys):
+    """--resume continues the run in --out, not another one: what it learns may not change, how it runs may."""
+    base = ["--image-size", "56", "--max-num", "2", "--steps", "4", "--stop-at", "2", "--micro-batch", "1",
+            "--threads", "1", "--lr", "3e-4", "--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as e:
+        P.main(base)
+    assert e.value.code == 0
+    err = exits_2(P.main, base + ["--resume", "--lr", "1e-3", "--seed-offset", "7"], capsys)
+    one_line(err, "posttrain.py", "--resume", "--lr 0.0003, not 0.001", "--seed-offset 0, not 7", "another --out")
+    with pytest.raises(SystemExit) as e:  # how it runs may change: the same run
+        P.main(base + ["--resume", "--save-every", "1", "--threads", "2"])
+    assert e.value.code == 0
+
+
+def test_a_run_never_writes_over_the_model_it_starts_from(teacher_dir, tmp_path, capsys):
+    teacher = shutil.copytree(teacher_dir, tmp_path / "teacher")
+    err = exits_2(D.main, ["--teacher", str(teacher), "--out", str(teacher), "--steps", "1"], capsys)
+    one_line(err, "distill.py", "is the --teacher folder", "pass another --out")
+    err = exits_2(D.main, ["--teacher", teacher_dir, "--student", str(teacher), "--out", str(teacher) + "/.",
+                           "--steps", "1"], capsys)
+    one_line(err, "distill.py", "is the --student folder")
+
+
+def test_a_compressor_record_without_its_ratio_is_one_line(teacher_dir, tmp_path):
+    import compress as C
+    config = M.load_model(teacher_dir).config
+    for record in ({"method": "select"}, {"method": "pool", "ratio": "0.25"}, {"method": "select", "ratio": 0}):
+        config.compressor = record
+        with pytest.raises(C.CompressError, match="needs a ratio in"):
+            C.build(config)
 
 
 def test_compress_bench_grid():

@@ -96,6 +96,11 @@ def test_read_textvqa(tmp_path):
     a, b = E.read_textvqa(path, str(tmp_path))
     assert a['image'].endswith('train_images/abc.jpg') and b['image'].endswith('train_images/def.png')
     assert a['qid'] == 34602 and len(a['answers']) == 10
+    for answers in ('nous', ['nous'], ['nous'] * 9):  # the right answer would score 0, 0 and 0.9: refused
+        items[1]['answers'] = answers
+        dump(path, dict(dataset_type='val', dataset_name='textvqa', dataset_version='0.5.1', data=items))
+        with pytest.raises(E.Error, match=r"item 1 has \d+ answer\(s\); TextVQA's accuracy needs the 10"):
+            E.read_textvqa(path, str(tmp_path))
 
 def ocrbench_fixture(root):
     rows = [('Regular Text Recognition', 'IIIT5K', 'STOP', 'stop'),
@@ -200,6 +205,14 @@ def test_scoring_from_finished_predictions(tmp_path):
     assert json.load(open(t + '/d_submission.json')) == [dict(questionId=100, answer='a'),
                                                         dict(questionId=101, answer='b')]
     assert json.load(open(t + '/d.json'))['score'] is None
+    data = json.load(open(test))  # ids that are not numbers go to the submission as they are
+    for it in data['data']:
+        it['questionId'] = f"q{it['questionId']}"
+    dump(test, data)
+    prefilled(t + '/s.jsonl', E.read_docvqa(test, t + '/dtest'), ['a', 'b'], '--task', 'docvqa', '--data', test)
+    assert cli('--task', 'docvqa', '--data', test, '--out', t + '/s.jsonl').returncode == 0
+    assert json.load(open(t + '/s_submission.json')) == [dict(questionId='q100', answer='a'),
+                                                        dict(questionId='q101', answer='b')]
 
 @pytest.mark.parametrize('task', sorted(E.TASKS))
 def test_shipped_sets_with_oracle_answers(tmp_path, task):

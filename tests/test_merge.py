@@ -126,6 +126,19 @@ def test_merge_with_itself_is_identity(ck, tmp_path, name):
         assert read(os.path.join(out, f)) == read(os.path.join(ck[name], f)), f
 
 
+def test_every_tokenizer_file_goes_with_the_soup(ck, tmp_path):
+    """A BPE checkpoint (Qwen2's tokenizer.json, vocab.json, merges.txt) keeps its tokenizer: merge.py copies what
+    model.save_model does (its own list: merge.py imports nothing from this repo)."""
+    assert merge.TOKENIZER_FILES == M.TOKENIZER_FILES
+    a, b = copy(ck["a"], tmp_path / "a"), copy(ck["b"], tmp_path / "b")
+    for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+        open(os.path.join(a, name), "w").write(name)
+    merge.merge([a, b], str(tmp_path / "out"))
+    assert all(read(os.path.join(tmp_path, "out", f)) == read(os.path.join(a, f))
+               for f in M.TOKENIZER_FILES if os.path.exists(os.path.join(a, f)))
+    assert os.path.exists(tmp_path / "out" / "merges.txt")
+
+
 def test_ignored_config_fields_and_stale_files(ck, tmp_path):
     b = copy(ck["b"], tmp_path / "b")
     edit_config(b, _name_or_path="/elsewhere/b", transformers_version="9.9", llm_config__torch_dtype="float16")

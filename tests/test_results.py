@@ -178,12 +178,34 @@ def test_table_only(first, teacher_dir):
     md = open(os.path.join(out, "results.md")).read()
     for f in ("results.md", "results.json", "score_vs_tokens.png", "score_vs_tokens_heldout.png"):
         os.remove(os.path.join(out, f))
-    p, _ = run("--table-only", "--out", out, "--ratios", *map(str, RATIOS), "--tasks", *TASKS, "--fastv-layer", "1",
+    p, _ = run("--table-only", "--out", out, "--ratios", *map(str, RATIOS), "--tasks", *TASKS,  # K, limit: recorded
                "--any-ratios", *map(str, RATIOS), "--auto-shares", "0.5")
     assert p.returncode == 0, p.stderr[-3000:]
-    assert open(os.path.join(out, "results.md")).read() == md
+    assert open(os.path.join(out, "results.md")).read() == md and "FastV (K=1)" in md
+    assert json.load(open(os.path.join(out, "results.json")))["config"]["limit"] == 2
     assert all(Image.open(os.path.join(out, f)).size == R.PLOT_SIZE
                for f in ("score_vs_tokens.png", "score_vs_tokens_heldout.png"))
+
+
+def test_other_flags_are_refused_not_reused(first, teacher_dir):
+    """A finished student made with other settings is not reported as this run's, nor a table under flags its
+    evaluations were not made with; a --quick run has a folder of its own."""
+    out, _, _ = first
+    p, _ = run(*args(teacher_dir, out, "--distill-steps", "3"))
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert "stage I 0.5: " in p.stderr and "was made with other settings" in p.stderr and "delete it" in p.stderr
+    p, _ = run("--table-only", "--out", out, "--ratios", *map(str, RATIOS), "--tasks", *TASKS, "--fastv-layer", "3",
+               "--any-ratios", *map(str, RATIOS), "--auto-shares", "0.5")
+    assert p.returncode == 2 and "--table-only --fastv-layer 3: the evaluations in" in p.stderr
+    assert "were made with 1; drop the flag" in p.stderr
+    assert R.parse_args(["--quick"]).out == os.path.abspath("runs/results-quick")
+
+
+def test_a_rebuilt_set_is_another_evaluation(tmp_path):
+    ann = annotations(str(tmp_path))["docvqa"]
+    before = R.data_stamp("docvqa", ann)
+    json.dump(dict(data=[]), open(ann, "w"))
+    assert R.data_stamp("docvqa", ann) != before
 
 
 def test_cut_run_resumes(first, teacher_dir):
@@ -277,6 +299,15 @@ def test_table_only_without_heldout_evaluations_is_one_line(tmp_path):
         R.run(R.parse_args(argv))
     with pytest.raises(R.cli.Error, match="no held-out evaluation"):  # a half-made folder is none either
         R.run(R.parse_args(argv + ["--heldout", os.path.join(ROOT, "data", "eval-heldout")]))
+
+
+def test_table_without_the_heldout_family(gains_run):
+    out, _, _ = gains_run
+    cfg = R.parse_args(["--table-only", "--out", out, "--ratios", "0.5", "0.25", "--tasks", *GAIN_TASKS, "--heldout", ""])
+    R.run(cfg)
+    md = open(os.path.join(out, "results.md")).read()
+    assert "held-out" not in md.split("\n")[0] and "row (held-out family)" not in md
+    R.run(R.parse_args(["--table-only", "--out", out, "--ratios", "0.5", "0.25", "--tasks", *GAIN_TASKS]))
 
 
 def test_question_scores_are_the_headline_scores(gains_run):
