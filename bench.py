@@ -17,6 +17,7 @@ graph: model.decode_step). Peak GB: the TTFT run's (CUDA). After a warm-up run a
 import gc
 import math
 import os
+import sys
 import time
 
 import torch
@@ -341,7 +342,8 @@ def parse_args(argv=None):
     p = cli.Parser(prog="bench.py", description="InternVL2 teacher vs compressed students, transformers as a peer")
     p.add_argument("--shape", choices=SHAPES, help="default: 2b on CUDA, tiny on a CPU")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", help="default: bfloat16 on CUDA (tiny: float32), float32 on a CPU")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="default: bfloat16 on CUDA (tiny: float32), float32 on a CPU")
     p.add_argument("--tiles", type=int, nargs="+", default=[1, 6, 12], help="tiles per image (+ the thumbnail)")
     p.add_argument("--ratios", type=float, nargs="+", default=[1.0, 0.5, 0.25], help="share of visual tokens kept")
     p.add_argument("--text", type=int, default=64, help="prompt text tokens around the image")
@@ -356,6 +358,13 @@ def parse_args(argv=None):
     if msg := cli.out_of_range(args, tiles=1, ratios=(0, 1), text=1, answer=1, repeats=1, steps=1, distill_batches=1,
                              threads=0) or cli.check_device(args.device):
         p.error(msg)
+    if args.json and os.path.isdir(args.json):
+        p.error(f"--json {args.json} is a folder: pass a file, e.g. {os.path.join(args.json, 'bench.json')}")
+    for r in (r for r in args.ratios if r < 1):
+        try:  # the students' windows: a ratio they cannot keep fails now, not after the teacher's timings
+            C.window_for(r, 16, 16)
+        except C.CompressError as e:
+            p.error(f"--ratios {r:g}: {e}")
     cuda = args.device.startswith("cuda")
     args.shape = args.shape or ("2b" if cuda else "tiny")
     args.dtype = getattr(torch, args.dtype or ("bfloat16" if cuda and args.shape != "tiny" else "float32"))
@@ -364,7 +373,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    res = run(args)
+    try:
+        res = run(args)
+    except (C.CompressError, M.ModelLoadError) as e:
+        sys.stderr.write(f"bench.py: error: {e}\n")
+        sys.exit(2)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         cli.write_json(args.json, res)  # a temporary file, then os.replace

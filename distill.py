@@ -93,6 +93,10 @@ class DistillConfig(P.TrainConfig):
     ratio_range: str = "0.125,1"  # with --budget auto: LO,HI of the ratios drawn, log-uniform, one per micro-batch
     calibration_images: int = 64  # with --budget auto: training images the rarity thresholds are set on
 
+    # --resume may change these too: FastV's K is the closing comparison's; the rest are no flags here (init: teacher)
+    RESUME_MAY_CHANGE = P.TrainConfig.RESUME_MAY_CHANGE + ("fastv_layer", "init", "tokenizer", "model_config",
+                                                           "image_size")
+
     def __post_init__(self):
         self.init = self.teacher  # the model the run starts from
         tag = "auto" if self.budget == "auto" else f"{self.ratio:g}"

@@ -94,7 +94,17 @@ class InternVLConfig:
 
 
 def _pick(cls, d):
-    return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+    """cls from the config.json fields it has, each of its field's type (a number for a number): a hand-edited
+    config fails here, in one line, not in the model's code."""
+    out = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+    for f in fields(cls):
+        kind, v = type(f.default), out.get(f.name)
+        if kind in (int, float, bool, str) and f.name in out and not (
+                isinstance(v, bool) if kind is bool else isinstance(v, str) if kind is str else
+                isinstance(v, (int, float)) and not isinstance(v, bool)):
+            raise ModelLoadError(f"config.json: {f.name} is {v!r}, not a {'number' if kind in (int, float) else kind.__name__}; "
+                                 "use the checkpoint's own config.json")
+    return cls(**out)
 
 
 def config_from_dict(d):
@@ -102,11 +112,12 @@ def config_from_dict(d):
     InternVLForConditionalGeneration one (vision_config + text_config: the -hf checkpoints)."""
     if "text_config" in d and "vision_config" in d:
         d = config_dict_from_hf(d)
-    if "vision_config" not in d or "llm_config" not in d:
+    if not isinstance(d.get("vision_config"), dict) or not isinstance(d.get("llm_config"), dict):
         raise ModelLoadError("config.json has no vision_config/llm_config: not an InternVL2 (InternVLChatModel) "
                              "checkpoint")
     lc = d["llm_config"]
-    arch = (lc.get("architectures") or ["?"])[0]
+    archs = lc.get("architectures") or ["?"]
+    arch = archs if isinstance(archs, str) else archs[0]  # a list in every released config
     if arch not in LLM_ARCHS:
         raise ModelLoadError(f"unknown language model architecture {arch!r} in config.json; supported: "
                              f"{', '.join(LLM_ARCHS)}")
@@ -895,6 +906,9 @@ def load_model(path, device="cpu", dtype=torch.float32, build_compressor=None):
     if problems:
         raise ModelLoadError(f"checkpoint {path} does not match its config.json: " + "; ".join(problems))
     model.img_context_token_id = added_tokens(path).get(IMG_CONTEXT, cfg_dict.get("image_token_id"))
+    if (top := max(added_tokens(path).values(), default=-1)) >= config.llm.vocab_size:
+        raise ModelLoadError(f"the tokenizer in {path} has token id {top}, past the {config.llm.vocab_size} rows of the "
+                             "embedding: the tokenizer files are another model's")
     return model.eval()
 
 

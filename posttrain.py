@@ -81,11 +81,10 @@ class TrainConfig:
     threads: int = 0  # CPU threads per process (0: cores / processes on this machine)
     workers: int = 0  # processes per training process that build batches ahead (0: built in the loop)
 
-
-# the settings a resumed run may change: how it runs, not what it learns (the global batch is checked apart), and
-# the evaluations along the way (eval_*)
-HOW_IT_RUNS = ("out", "resume", "stop_at", "save_every", "threads", "workers", "device", "micro_batch", "grad_accum",
-               "grad_checkpointing")
+    # what --resume may change: how the run runs, not what it learns (the global batch is checked apart), and the
+    # evaluations along the way (eval_*); a class attribute, not a flag
+    RESUME_MAY_CHANGE = ("out", "resume", "stop_at", "save_every", "threads", "workers", "device", "micro_batch",
+                         "grad_accum", "grad_checkpointing")
 
 
 # the flags' ranges, checked as they are parsed (distill.py's and teacher.py's too)
@@ -395,8 +394,10 @@ def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):
                         f"keep micro-batch x grad-accum x processes")
         step = state["step"]
         saved, now = state.get("config", {}), asdict(cfg)
-        if changed := [k for k in now if k in saved and saved[k] != now[k] and k not in HOW_IT_RUNS
-                       and not k.startswith("eval")]:
+        same = lambda a, b: a == b or all(isinstance(x, str) and os.path.exists(x) for x in (a, b)) and \
+            os.path.realpath(a) == os.path.realpath(b)  # one folder, however it is spelt
+        if changed := [k for k in now if k in saved and not same(saved[k], now[k]) and
+                       k not in cfg.RESUME_MAY_CHANGE and not k.startswith("eval")]:
             raise Error(f"--resume: {ckpt} is a run with other settings ("
                         + ", ".join(f"--{k.replace('_', '-')} {saved[k]!r}, not {now[k]!r}" for k in changed)
                         + "): resume it with its own, or pass another --out for a new run")

@@ -43,7 +43,7 @@ the tasks with a 95% bootstrap interval, paired over the main set's questions (r
 on the shipped sets and, for the same two rows, the held-out family's; then, for each budget by content, each task's
 score and visual tokens as shares of the teacher's, on both.
 """
-import collections, functools, glob, json, math, multiprocessing, os, shlex, sys, time
+import collections, functools, glob, hashlib, json, math, multiprocessing, os, shlex, sys, time
 from dataclasses import asdict, dataclass, replace
 
 import cli
@@ -196,37 +196,58 @@ def run_distill(settings, flags):
                         D.M.ModelLoadError, D.C.CompressError)
 
 
-def stamp(*folders):
-    """(name, size, mtime) of the weights and config.json in each folder: what a step's inputs were."""
-    return [sorted((os.path.basename(f), os.path.getsize(f), os.path.getmtime(f)) for f in
-                   glob.glob(os.path.join(d, "model*.safetensors")) + glob.glob(os.path.join(d, "config.json")))
-            for d in folders]
+def identities(folders, known=None):
+    """{name: evaluate.model_identity of folder} (sha256 of config, weights and tokenizer); a digest in `known`, an
+    older record's inputs, is reused while its files' stamps hold."""
+    return {k: E.model_identity(d, (known or {}).get(k)) for k, d in folders.items()}
 
 
-def recorded(what, out, want):
-    """Whether the step that makes folder `out` from `want` (settings and inputs, JSON) is done: out + '.inputs.json'
-    records what a step started with; a finished folder made from anything else is refused, not reused."""
-    side, want = out + ".inputs.json", json.loads(json.dumps(want))
+def same(old, new):
+    """Whether two records (settings, and inputs with their sha256) say the same thing was made: paths and stamps
+    aside, so a moved folder or a fresh checkout of the same bytes is the same step."""
+    key = lambda r: [r["settings"], {k: v["sha256"] for k, v in r["inputs"].items()}]
+    try:
+        return key(old) == key(new)
+    except (KeyError, TypeError, AttributeError):  # no record, or one of an older results.py
+        return False
+
+
+def differences(old, new):
+    """What differs between two records, in words."""
+    if not isinstance(old, dict) or not isinstance(old.get("inputs"), dict):
+        return "no record of the settings it was made with (an older results.py kept none)"
+    a, b = old.get("settings", {}), new["settings"]
+    words = [f"{k} {a.get(k)!r}, not {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    words += [f"another {k}'s weights" for k in sorted(set(old["inputs"]) | set(new["inputs"]))
+              if (old["inputs"].get(k) or {}).get("sha256") != (new["inputs"].get(k) or {}).get("sha256")]
+    return ", ".join(words)
+
+
+def recorded(what, out, settings, inputs):
+    """Whether the step that makes folder `out` from `settings` (JSON) and `inputs` ({name: model folder}) is done.
+    out + '.inputs.json' records what a step started with; a finished folder, or a checkpoint, made from anything
+    else is refused, not reused."""
+    side = out + ".inputs.json"
     old = load(side) if os.path.isfile(side) else None
+    new = dict(settings=json.loads(json.dumps(settings)), inputs=identities(inputs, (old or {}).get("inputs")))
     started = finished(out) or os.path.isdir(os.path.join(out, "checkpoint"))
-    if started and old != want and (old is not None or finished(out)):
-        differ = "no record of its settings" if old is None else "other " + ", ".join(
-            k for k in sorted(set(old) | set(want)) if old.get(k) != want.get(k))
-        raise cli.Error(f"{what}: {out} was made with {differ}; delete it to redo the step (and the steps that go on "
-                        "from it), or pass another --out")
-    if finished(out):
-        return True
-    os.makedirs(os.path.dirname(side), exist_ok=True)
-    cli.write_text(side, json.dumps(want))
-    return False
+    if started and not same(old, new) and (old is not None or finished(out)):
+        raise cli.Error(f"{what}: {out} was made with {differences(old, new)}; delete it to redo the step (and the "
+                        "steps that go on from it), or pass another --out")
+    if old != new:  # new stamps of the same bytes are kept, so the digests are not computed again
+        os.makedirs(os.path.dirname(side), exist_ok=True)
+        cli.write_text(side, json.dumps(new))
+    return finished(out)
 
 
 def train(cfg, what, out, flags, **settings):
     settings.update(out=out, micro_batch=cfg.micro_batch, warmup=cfg.warmup, max_num=cfg.max_num, threads=cfg.threads,
                     **({"device": cfg.device} if cfg.device else {}))
-    inputs = stamp(*[settings[k] for k in ("teacher", "student") if k in settings])
-    if recorded(what, out, dict(settings={k: v for k, v in settings.items() if k not in ("threads", "device")},
-                                flags=flags, inputs=inputs)):
+    # not what the student learns: where it goes, how it runs, FastV's K (distill.py's comparison, off here); the
+    # teacher and student folders are compared by content, not by path
+    aside = ("out", "teacher", "student", "threads", "device", "fastv_layer")
+    if recorded(what, out, dict({k: v for k, v in settings.items() if k not in aside}, flags=flags),
+                {k: settings[k] for k in ("teacher", "student") if k in settings}):
         return print(f"== {what}: done in {out}, skipped")
     settings["resume"] = os.path.isdir(os.path.join(out, "checkpoint"))  # distill.py refuses another run's checkpoint
     shown = ", ".join(f"{k}={v!r}" for k, v in settings.items())
@@ -278,7 +299,7 @@ def ratio_pipeline(cfg, r):
               steps=cfg.cot_steps if s["cot"] else cfg.stage2_steps, lr=cfg.stage2_lr, lr_llm=cfg.stage2_lr_llm,
               seed_offset=s["seed_offset"], **s["mix"])
     merged, parts = os.path.join(d, "merged"), [os.path.join(d, f"stage2-{k}") for k in MERGED]
-    if not recorded(f"merge {r:g}", merged, dict(inputs=stamp(*parts))):  # merge.py swaps a finished folder in
+    if not recorded(f"merge {r:g}", merged, {}, {f"stage2-{k}": p for k, p in zip(MERGED, parts)}):
         import merge
         step(f"merge {r:g}: {' + '.join(f'stage2-{k}' for k in MERGED)} -> {merged}",
              functools.partial(merge.merge, parts, merged), fresh=not on_cpu(cfg))
@@ -326,52 +347,56 @@ def table_keys(cfg):
     return list(dict.fromkeys(keys))
 
 
-def data_stamp(task, data):
-    """(path, size, mtime) of every file beside a set's annotation (its folder's, or the file's folder's): a rebuilt
-    set, or new images, is another evaluation."""
+def data_identity(task, data, known=None):
+    """{sha256 of every file beside a set's annotation (its folder's, or the file's folder's), files: their stamps
+    and digests}: a rebuilt set, or new images, is another evaluation. `known`'s digests are reused while stamps hold."""
     root = data if data and os.path.isdir(data) else os.path.dirname(data) if data else os.path.join(HERE, "data",
                                                                                                      "eval", task)
-    return sorted((os.path.relpath(os.path.join(d, f), root), os.path.getsize(os.path.join(d, f)),
-                   os.path.getmtime(os.path.join(d, f))) for d, _, fs in os.walk(root) for f in fs)
+    files = E.image_identity(sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs),
+                             (known or {}).get("files"))
+    listing = sorted((os.path.relpath(p, root), v[-1]) for p, v in files.items())
+    return dict(sha256=hashlib.sha256(json.dumps(listing).encode()).hexdigest(), files=files)
 
 
-def eval_inputs(cfg, with_stamps=True):
-    """(row key, set name, evaluate.py's settings, what .inputs.json records of them) of every row's every set;
-    without stamps, the settings alone."""
-    files = {n: data_stamp(t, d) for n, (t, d) in sets(cfg).items()} if with_stamps else {}
+WHERE = ("out", "model", "data")  # an evaluation's paths: what they hold is compared instead (inputs)
+
+
+def eval_settings(cfg):
+    """(row key, model folder, set name, evaluate.py's settings) of every row's every set."""
     for key, _, r, folder, method, cot, seed, budget in rows(cfg):
-        weights = stamp(folder)[0] if with_stamps else None
         for set_name, (task, data) in sets(cfg).items():
-            settings = dict(task=task, **({"data": data} if data else {}), model=folder, method=method,
-                            ratio=r if method != "none" or budget else None, **({"budget": budget} if budget else {}),
-                            **({"fastv_layer": cfg.fastv_layer} if method == "fastv" else {}), batch_size=cfg.batch_size,
-                            out=os.path.join(cfg.out, "eval", key, set_name + ".jsonl"), cot=cot,
-                            **{k: getattr(cfg, k) for k in ("limit", "max_num", "max_new_tokens", "device")
-                               if getattr(cfg, k)}, **({"seed": seed} if seed is not None else {}))
-            yield key, set_name, settings, json.loads(json.dumps(dict(settings=settings, weights=weights,
-                                                                      data=files.get(set_name))))
+            yield key, folder, set_name, dict(
+                task=task, **({"data": data} if data else {}), model=folder, method=method,
+                ratio=r if method != "none" or budget else None, **({"budget": budget} if budget else {}),
+                **({"fastv_layer": cfg.fastv_layer} if method == "fastv" else {}), batch_size=cfg.batch_size,
+                out=os.path.join(cfg.out, "eval", key, set_name + ".jsonl"), cot=cot,
+                **{k: getattr(cfg, k) for k in ("limit", "max_num", "max_new_tokens", "device") if getattr(cfg, k)},
+                **({"seed": seed} if seed is not None else {}))
 
 
 def evaluate_rows(cfg):
     """A row's sets in one child process (--jobs of them at a time). A set is skipped when its .json exists and its
-    settings, weights and data (name, size, mtime) are those in .inputs.json; other weights or data drop the old
-    predictions, other settings resume them where evaluate.py's run key allows (it starts a file of other settings
-    afresh)."""
+    settings, model and data (sha256, cached by stamps) are those its .inputs.json records; otherwise evaluate.py
+    resumes its predictions where its run key allows (it starts a file of another model, data or settings afresh)."""
     import torch, model, compress  # once, in the parent: only imports happen before the forks
-    todo = {}  # row key -> the settings of its sets to evaluate
-    for key, set_name, settings, want in eval_inputs(cfg):
+    todo, models, data = {}, {}, {}  # row key -> the settings of its sets to evaluate; identities, each made once
+    for key, folder, set_name, settings in eval_settings(cfg):
         edir = os.path.join(cfg.out, "eval", key)
         side = os.path.join(edir, set_name + ".inputs.json")
         old = load(side) if os.path.isfile(side) else None
-        if old == want and os.path.isfile(os.path.join(edir, set_name + ".json")):
-            continue
-        stale = old and (old["weights"], old.get("data")) != (want["weights"], want["data"])
-        for ext in (".jsonl", ".json") if stale else (".json",):
-            if os.path.exists(os.path.join(edir, set_name + ext)):
-                os.remove(os.path.join(edir, set_name + ext))
-        os.makedirs(edir, exist_ok=True)
-        cli.write_text(side, json.dumps(want))
-        todo.setdefault(key, []).append(settings)
+        known = old.get("inputs") if isinstance(old, dict) and isinstance(old.get("inputs"), dict) else {}
+        models.setdefault(folder, E.model_identity(folder, known.get("model")))
+        data.setdefault(set_name, data_identity(settings["task"], settings.get("data"), known.get("data")))
+        new = json.loads(json.dumps(dict(settings={k: v for k, v in settings.items() if k not in WHERE},
+                                         inputs=dict(model=models[folder], data=data[set_name]))))
+        done = same(old, new) and os.path.isfile(os.path.join(edir, set_name + ".json"))
+        if not done and os.path.exists(os.path.join(edir, set_name + ".json")):
+            os.remove(os.path.join(edir, set_name + ".json"))
+        if old != new:  # new stamps of the same bytes are kept, so the digests are not computed again
+            os.makedirs(edir, exist_ok=True)
+            cli.write_text(side, json.dumps(new))
+        if not done:
+            todo.setdefault(key, []).append(settings)
     side_by_side([functools.partial(step, f"evaluate {key}", functools.partial(evaluate_row, sets_), cfg.threads,
                                     fresh=not on_cpu(cfg)) for key, sets_ in todo.items()], cfg.jobs)
 
@@ -635,27 +660,30 @@ def recorded_settings(cfg):
     """--table-only: the evaluation flags left at their default take the values the evaluations were made with (the
     table names FastV's K, results.json the limit); a flag given otherwise, or rows evaluated with mixed settings, are
     refused."""
+    def compared(cfg):
+        return {(key, name): {k: v for k, v in settings.items() if k not in WHERE}
+                for key, _, name, settings in eval_settings(cfg)}
+    old = {}
+    for (key, name), now in compared(cfg).items():
+        side = os.path.join(cfg.out, "eval", key, name + ".inputs.json")
+        if os.path.isfile(side):  # an older results.py kept paths, and FastV's K on every row: not compared
+            old[key, name] = {k: v for k, v in load(side)["settings"].items() if k not in WHERE and
+                              (k != "fastv_layer" or now["method"] == "fastv")}
     first = {}
-    for key, set_name, _, _ in eval_inputs(cfg, with_stamps=False):
-        side = os.path.join(cfg.out, "eval", key, set_name + ".inputs.json")
-        if os.path.isfile(side):
-            old = load(side)["settings"]
-            first.update({k: old.get(k, getattr(Config, k)) for k in EVAL_FLAGS if k != "fastv_layer" or
-                          old["method"] == "fastv" and k not in first})
+    for rec in old.values():
+        first.update({k: rec.get(k, getattr(Config, k)) for k in EVAL_FLAGS
+                      if k != "fastv_layer" or (rec["method"] == "fastv" and k not in first)})
     for k, v in first.items():
         if getattr(cfg, k) not in (getattr(Config, k), v):
             raise cli.Error(f"--table-only --{k.replace('_', '-')} {getattr(cfg, k)}: the evaluations in {cfg.out}/eval "
                             f"were made with {v!r}; drop the flag, or run without --table-only to evaluate again")
         setattr(cfg, k, v)
-    for key, set_name, _, want in eval_inputs(cfg, with_stamps=False):
-        side = os.path.join(cfg.out, "eval", key, set_name + ".inputs.json")
-        if not os.path.isfile(side):
-            continue
-        old, now = ({k: v for k, v in x.items() if k not in ("out", "model")}  # where, not how: a moved --out
-                    for x in (load(side)["settings"], want["settings"]))
-        if old != now:
-            differ = ", ".join(f"{k} {old.get(k)!r}" for k in sorted(set(old) | set(now)) if old.get(k) != now.get(k))
-            raise cli.Error(f"--table-only: eval/{key}/{set_name} was evaluated with {differ}, unlike the other rows; "
+    now = compared(cfg)
+    for (key, name), rec in old.items():
+        if rec != now[key, name]:
+            differ = ", ".join(f"{k} {rec.get(k)!r}" for k in sorted(set(rec) | set(now[key, name]))
+                               if rec.get(k) != now[key, name].get(k))
+            raise cli.Error(f"--table-only: eval/{key}/{name} was evaluated with {differ}, unlike the other rows; "
                             "run without --table-only to evaluate it again")
 
 

@@ -118,11 +118,16 @@ class TeacherConfig(P.TrainConfig):
 
 
 def parse_args(argv=None):
-    cfg = cli.parse(TeacherConfig, argv, "teacher.py", __doc__, choices=dict(stage=["glyphs", "read"]), **P.BOUNDS,
+    # posttrain.py's flags for conversations from a file and for the tiny model's shape: not this script's (its
+    # conversations are its own, its shape teacher_config's)
+    skip = ("data", "image_root", "p_transcribe", "p_qa", "p_reason", "cot_frac", "image_size", "model_config")
+    cfg = cli.parse(TeacherConfig, argv, "teacher.py", __doc__, skip, choices=dict(stage=["glyphs", "read"]), **P.BOUNDS,
                     eval_every=1, qa_turns=1, glyph_tiles=1, glyph_crops=0, pointer_layers=1, pair_layer=-1,
                     transcribe_frac=0, crop_frac=0, pointer_weight=0, pair_weight=0)
     if not cfg.stage:
         raise Error("the following arguments are required: --stage (see python teacher.py --help)")
+    if cfg.stage == "glyphs" and cfg.init != TeacherConfig.init:
+        raise Error("--init is the read stage's: the glyph stage trains the ViT alone (continue one with --vision-from)")
     return cfg
 
 
@@ -561,7 +566,11 @@ def run(cfg):
         if cfg.stage == "glyphs":
             net = GlyphReader(teacher_config(1)).to(device)
             if glyph_weights:  # continue a glyph stage: its ViT and head
-                net.load_state_dict(load_file(glyph_weights))
+                try:
+                    net.load_state_dict(load_file(glyph_weights))
+                except RuntimeError as e:
+                    raise Error(f"--vision-from {src}: not a glyph stage's ViT and head ({str(e).splitlines()[0]}); "
+                                "pass a glyph stage's run folder or its .safetensors") from None
             P.train(replace(cfg, trainable="all"), net, None,
                     lambda step: [glyph_batch((first_seed(step) + a) * 10**3, cfg.glyph_tiles, cfg.glyph_crops) for a in range(cfg.grad_accum)],
                     glyph_loss, lambda s, r: after_step(s, r, lambda: glyph_eval(net)))
@@ -575,8 +584,15 @@ def run(cfg):
             model.img_context_token_id = tok.token_to_id(M.IMG_CONTEXT)
         model.to(device)
         if glyph_weights:
-            weights = load_file(glyph_weights)
-            model.load_state_dict({k: v for k, v in weights.items() if k.startswith("vision_model.")}, strict=False)
+            vit = {k: v for k, v in load_file(glyph_weights).items() if k.startswith("vision_model.")}
+            if missing := sorted(set(k for k in model.state_dict() if k.startswith("vision_model.")) - set(vit)):
+                raise Error(f"--vision-from {src}: no {missing[0]} (and {len(missing) - 1} more ViT weights) in "
+                            f"{glyph_weights}; pass a glyph stage's run folder or its .safetensors")
+            try:
+                model.load_state_dict(vit, strict=False)  # the ViT alone: projector and LLM stay as they are
+            except RuntimeError as e:
+                raise Error(f"--vision-from {src}: another ViT's shapes ({str(e).splitlines()[-1].strip()}); pass "
+                            "this teacher's glyph stage") from None
         batches = lambda step: [read_batch([read_conversation(first_seed(step) + a * cfg.micro_batch + i,
                                                               cfg.transcribe_frac, cfg.qa_turns, kinds, cfg.crop_frac)
                                             for i in range(cfg.micro_batch)], tok, model, cfg, cfg.pair_layer >= 0)

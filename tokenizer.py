@@ -49,7 +49,11 @@ class Tokenizer(_Tokenizer):
 
     def __init__(self, folder):
         import sentencepiece as spm
-        self.sp = spm.SentencePieceProcessor(model_file=os.path.join(folder, "tokenizer.model"))
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=os.path.join(folder, "tokenizer.model"))
+        except (RuntimeError, OSError) as e:
+            raise ModelLoadError(f"cannot read {os.path.join(folder, 'tokenizer.model')} ({str(e).strip()}): corrupt or "
+                                 "truncated; copy it again from the checkpoint") from None
         base = (self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id())
         add_bos = read_json(os.path.join(folder, "tokenizer_config.json"), {}).get("add_bos_token", True)
         bos = self.sp.bos_id() if self.sp.bos_id() >= 0 else None

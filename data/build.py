@@ -339,23 +339,32 @@ def main(argv=None):
     ap.add_argument("--train-family", metavar="DIR", help="only the same sets in the training family into DIR (seeds "
                     "from TRAIN_FAMILY_SEED, never trained on; not shipped): to tell underfitting from a family's gap")
     a = ap.parse_args(argv)
+
+    def refuse(message):
+        print(f"build.py: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+    def own_folder(flag, path, marker):
+        """The folder a --train-family or --heldout build may write: never a shipped set, nor one holding other files
+        (an earlier build of the same flag leaves `marker`)."""
+        root = Path(path).resolve()
+        if any(root == d or d in root.parents for d in (EVAL_DIR, HELDOUT_DIR)) or \
+                root.is_dir() and any(root.iterdir()) and not (root / marker).exists():
+            refuse(f"{flag} {path} holds other files, which the build would replace; pass a new folder (or one an "
+                   f"earlier {flag} wrote)")
+        return root
+
     try:
         if a.heldout_family:
             return build_eval(HELDOUT_DIR, family="heldout")
         if a.train_family:
-            root = Path(a.train_family).resolve()
-            if root in (EVAL_DIR, HELDOUT_DIR) or root.is_dir() and any(root.iterdir()) and not (root / "SHA256SUMS").exists():
-                print(f"build.py: error: --train-family {a.train_family} holds other files, which the build would replace; "
-                      "pass a new folder (or one an earlier --train-family wrote)", file=sys.stderr)
-                sys.exit(2)
-            return build_eval(root, family="train")
+            return build_eval(own_folder("--train-family", a.train_family, "SHA256SUMS"), family="train")
         if a.heldout:
-            return build_docvqa(Path(a.heldout), n=128, seed=HELDOUT_SEED)
+            return build_docvqa(own_folder("--heldout", a.heldout, "val_v1.0.json"), n=128, seed=HELDOUT_SEED)
     except OSError as e:  # a read-only or full place: one line, no traceback
-        print(f"build.py: error: cannot write {e.filename}: {e.strerror}; pass a folder you can write to", file=sys.stderr)
-        sys.exit(2)
+        refuse(f"cannot write {e.filename}: {e.strerror}; pass a folder you can write to")
     if a.vocab_size < 300 or a.corpus_per_kind < 1:
-        sys.exit("error: --vocab-size must be >= 300 (256 byte pieces + specials) and --corpus-per-kind >= 1")
+        refuse("--vocab-size must be >= 300 (256 byte pieces + specials) and --corpus-per-kind >= 1")
     if a.check:
         ok = all((d / "SHA256SUMS").exists() and check_eval(d) for d in (EVAL_DIR, HELDOUT_DIR))
         print("SHA256SUMS ok" if ok else "SHA256SUMS MISMATCH")
@@ -364,7 +373,11 @@ def main(argv=None):
     if a.eval or both:
         build_eval()
     if a.tokenizer or both:
-        build_tokenizer(a.vocab_size, a.corpus_per_kind)
+        try:
+            build_tokenizer(a.vocab_size, a.corpus_per_kind)
+        except RuntimeError as e:  # sentencepiece: e.g. a vocabulary larger than the corpus allows
+            refuse(f"sentencepiece could not train a vocabulary of {a.vocab_size} ({str(e).strip().splitlines()[-1]}); "
+                   "lower --vocab-size or raise --corpus-per-kind")
 
 
 if __name__ == "__main__":

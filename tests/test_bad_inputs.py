@@ -26,6 +26,7 @@ import merge
 import model as M
 import posttrain as P
 import results as R
+import teacher
 from test_evaluate import docvqa_fixture, dump, predicted, rrc
 from tokenizer import load_tokenizer
 from test_merge import make, read
@@ -359,6 +360,11 @@ def test_distill_flags(tmp_path, teacher_dir, capsys, argv, words):
     (bench.main, "bench.py", ["--steps", "-1"], "--steps -1"),
     (bench.main, "bench.py", ["--device", "tpu"], "--device tpu"),
     (merge.main, "merge.py", ["a", "b", "--weights", "1", "-1", "--out", "o"], "negative"),
+    (bench.main, "bench.py", ["--dtype", "int8"], "invalid choice: 'int8'"),
+    (bench.main, "bench.py", ["--ratios", "0.3"], "--ratios 0.3: invalid ratio"),
+    (bench.main, "bench.py", ["--json", ROOT], "is a folder: pass a file"),
+    (teacher.main, "teacher.py", ["--stage", "read", "--data", "pairs.jsonl"], "unrecognized arguments: --data"),
+    (teacher.main, "teacher.py", ["--stage", "glyphs", "--init", "checkpoints/tiny"], "--init is the read stage's"),
 ])
 def test_other_scripts_flags(main, prog, argv, words, capsys):
     one_line(exits_2(main, argv, capsys), prog, words)
@@ -373,8 +379,9 @@ def test_a_resumed_run_keeps_its_settings(tmp_path, capsys):
     assert e.value.code == 0
     err = exits_2(P.main, base + ["--resume", "--lr", "1e-3", "--seed-offset", "7"], capsys)
     one_line(err, "posttrain.py", "--resume", "--lr 0.0003, not 0.001", "--seed-offset 0, not 7", "another --out")
-    with pytest.raises(SystemExit) as e:  # how it runs may change: the same run
-        P.main(base + ["--resume", "--save-every", "1", "--threads", "2"])
+    with pytest.raises(SystemExit) as e:  # how it runs may change, and how a path is spelt: the same run
+        P.main(base + ["--resume", "--save-every", "1", "--threads", "2",
+                       "--tokenizer", os.path.join(TOK, "..", "tokenizer")])
     assert e.value.code == 0
 
 
@@ -394,6 +401,45 @@ def test_a_compressor_record_without_its_ratio_is_one_line(teacher_dir, tmp_path
         config.compressor = record
         with pytest.raises(C.CompressError, match="needs a ratio in"):
             C.build(config)
+
+
+def test_build_never_writes_over_a_shipped_set(tmp_path):
+    shipped = os.path.join(ROOT, "data", "eval", "docvqa")
+    before = {f: os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(shipped) for f in fs}
+    build = lambda *argv: subprocess.run([sys.executable, os.path.join(ROOT, "data", "build.py"), *argv],
+                                         capture_output=True, text=True, cwd=ROOT)
+    r = build("--heldout", shipped)
+    assert r.returncode == 2
+    one_line(r.stderr, "build.py", f"--heldout {shipped} holds other files", "pass a new folder")
+    assert {f: os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(shipped) for f in fs} == before
+    r = build("--vocab-size", "200")
+    assert r.returncode == 2
+    one_line(r.stderr, "build.py", "--vocab-size must be >= 300")
+
+
+@pytest.mark.parametrize("how, words", [
+    ("hidden_size '256'", "hidden_size is '256', not a number"),
+    ("llm_config null", "no vision_config/llm_config"),
+    ("IMG_CONTEXT past the embedding", "past the"),
+    ("corrupt tokenizer.model", "corrupt or truncated"),
+])
+def test_odd_checkpoint_folders_are_one_line(teacher_dir, tmp_path, how, words):
+    d = shutil.copytree(teacher_dir, tmp_path / "odd")
+    cfg = json.load(open(d / "config.json"))
+    if how.startswith("hidden_size"):
+        cfg["llm_config"]["hidden_size"] = "256"
+    elif how.startswith("llm_config"):
+        cfg["llm_config"] = None
+    elif how.startswith("IMG_CONTEXT"):
+        added = json.load(open(d / "added_tokens.json"))
+        added[M.IMG_CONTEXT] = cfg["llm_config"]["vocab_size"] + 10
+        json.dump(added, open(d / "added_tokens.json", "w"))
+    else:
+        (d / "tokenizer.model").write_bytes(b"not a sentencepiece model")
+    json.dump(cfg, open(d / "config.json", "w"))
+    with pytest.raises(M.ModelLoadError, match=re.escape(words)):
+        M.load_model(str(d))
+        load_tokenizer(str(d))
 
 
 def test_compress_bench_grid():

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 import merge
 import model as M
+from tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOK = os.path.join(ROOT, "data", "tokenizer")
@@ -21,7 +22,7 @@ SHARD_BYTES = 300_000  # the tiny fp32 model is ~1.5 MB: several shards
 
 def make(path, seed, dtype=torch.float32, max_shard_bytes=2**40):
     torch.manual_seed(seed)
-    model = M.InternVLChat(M.tiny_config())
+    model = M.InternVLChat(M.tiny_config(load_tokenizer(TOK).vocab_size))  # the tokenizer's ids fit its embedding
     with torch.no_grad():
         for p in model.parameters():  # every tensor differs between seeds, norm weights included
             p.add_(0.1 * torch.randn_like(p))
