@@ -199,7 +199,8 @@ def run_distill(settings, flags):
 def identities(folders, known=None):
     """{name: evaluate.model_identity of folder} (sha256 of config, weights and tokenizer); a digest in `known`, an
     older record's inputs, is reused while its files' stamps hold."""
-    return {k: E.model_identity(d, (known or {}).get(k)) for k, d in folders.items()}
+    known = known if isinstance(known, dict) else {}  # an older results.py's record: nothing to reuse
+    return {k: E.model_identity(d, known.get(k)) for k, d in folders.items()}
 
 
 def same(old, new):
@@ -385,8 +386,10 @@ def evaluate_rows(cfg):
         side = os.path.join(edir, set_name + ".inputs.json")
         old = load(side) if os.path.isfile(side) else None
         known = old.get("inputs") if isinstance(old, dict) and isinstance(old.get("inputs"), dict) else {}
-        models.setdefault(folder, E.model_identity(folder, known.get("model")))
-        data.setdefault(set_name, data_identity(settings["task"], settings.get("data"), known.get("data")))
+        if folder not in models:  # a 16 GB teacher is read once, not once per row and set
+            models[folder] = E.model_identity(folder, known.get("model"))
+        if set_name not in data:
+            data[set_name] = data_identity(settings["task"], settings.get("data"), known.get("data"))
         new = json.loads(json.dumps(dict(settings={k: v for k, v in settings.items() if k not in WHERE},
                                          inputs=dict(model=models[folder], data=data[set_name]))))
         done = same(old, new) and os.path.isfile(os.path.join(edir, set_name + ".json"))

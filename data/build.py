@@ -344,12 +344,12 @@ def main(argv=None):
         print(f"build.py: error: {message}", file=sys.stderr)
         sys.exit(2)
 
-    def own_folder(flag, path, marker):
+    def own_folder(flag, path, *markers):
         """The folder a --train-family or --heldout build may write: never a shipped set, nor one holding other files
-        (an earlier build of the same flag leaves `marker`)."""
+        (an earlier build of the same flag, even a killed one, left one of `markers`)."""
         root = Path(path).resolve()
         if any(root == d or d in root.parents for d in (EVAL_DIR, HELDOUT_DIR)) or \
-                root.is_dir() and any(root.iterdir()) and not (root / marker).exists():
+                root.is_dir() and any(root.iterdir()) and not any((root / m).exists() for m in markers):
             refuse(f"{flag} {path} holds other files, which the build would replace; pass a new folder (or one an "
                    f"earlier {flag} wrote)")
         return root
@@ -360,7 +360,7 @@ def main(argv=None):
         if a.train_family:
             return build_eval(own_folder("--train-family", a.train_family, "SHA256SUMS"), family="train")
         if a.heldout:
-            return build_docvqa(own_folder("--heldout", a.heldout, "val_v1.0.json"), n=128, seed=HELDOUT_SEED)
+            return build_docvqa(own_folder("--heldout", a.heldout, "val_v1.0.json", "documents"), n=128, seed=HELDOUT_SEED)
     except OSError as e:  # a read-only or full place: one line, no traceback
         refuse(f"cannot write {e.filename}: {e.strerror}; pass a folder you can write to")
     if a.vocab_size < 300 or a.corpus_per_kind < 1:

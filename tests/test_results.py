@@ -212,6 +212,16 @@ def test_a_moved_run_is_the_same_run(first, teacher_dir, tmp_path):
     assert "== evaluate" not in p.stdout and p.stdout.count("skipped") == 4 * len(RATIOS) + 1
 
 
+def test_a_record_of_an_older_results_py_is_refused_in_one_line(teacher_dir, tmp_path):
+    out = tmp_path / "stage1"
+    os.makedirs(out)
+    for f in ("config.json", "model.safetensors"):
+        (out / f).write_text("{}")
+    json.dump(dict(settings={}, inputs=[[["model.safetensors", 1, 2.0]]]), open(str(out) + ".inputs.json", "w"))
+    with pytest.raises(R.cli.Error, match="stage I 0.5: .* no record of the settings it was made with"):
+        R.recorded("stage I 0.5", str(out), {}, {"teacher": teacher_dir})
+
+
 def test_a_rebuilt_set_is_another_evaluation(tmp_path):
     ann = annotations(str(tmp_path))["docvqa"]
     before = R.data_identity("docvqa", ann)
