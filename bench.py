@@ -373,11 +373,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        res = run(args)
-    except (C.CompressError, M.ModelLoadError) as e:
-        sys.stderr.write(f"bench.py: error: {e}\n")
-        sys.exit(2)
+    res = {}
+    if rc := cli.run_main("bench.py", lambda: res.update(run(args)), C.CompressError, M.ModelLoadError):
+        sys.exit(rc)  # its one line is printed
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         cli.write_json(args.json, res)  # a temporary file, then os.replace

@@ -905,8 +905,9 @@ def load_model(path, device="cpu", dtype=torch.float32, build_compressor=None):
                  ("mis-shaped", bad_shape)) if keys]
     if problems:
         raise ModelLoadError(f"checkpoint {path} does not match its config.json: " + "; ".join(problems))
-    model.img_context_token_id = added_tokens(path).get(IMG_CONTEXT, cfg_dict.get("image_token_id"))
-    if (top := max(added_tokens(path).values(), default=-1)) >= config.llm.vocab_size:
+    added = added_tokens(path)
+    model.img_context_token_id = added.get(IMG_CONTEXT, cfg_dict.get("image_token_id"))
+    if (top := max(added.values(), default=-1)) >= config.llm.vocab_size:
         raise ModelLoadError(f"the tokenizer in {path} has token id {top}, past the {config.llm.vocab_size} rows of the "
                              "embedding: the tokenizer files are another model's")
     return model.eval()

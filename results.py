@@ -196,10 +196,14 @@ def run_distill(settings, flags):
                         D.M.ModelLoadError, D.C.CompressError)
 
 
-def identities(folders, known=None):
-    """{name: evaluate.model_identity of folder} (sha256 of config, weights and tokenizer); a digest in `known`, an
-    older record's inputs, is reused while its files' stamps hold."""
-    known = known if isinstance(known, dict) else {}  # an older results.py's record: nothing to reuse
+def known_inputs(record):
+    """A record's inputs ({name: identity}), whose digests are reused while their files' stamps hold; {} for no record,
+    or one of an older results.py."""
+    return record["inputs"] if isinstance(record, dict) and isinstance(record.get("inputs"), dict) else {}
+
+
+def identities(folders, known):
+    """{name: evaluate.model_identity of folder} (sha256 of config, weights and tokenizer), `known`'s reused."""
     return {k: E.model_identity(d, known.get(k)) for k, d in folders.items()}
 
 
@@ -215,7 +219,7 @@ def same(old, new):
 
 def differences(old, new):
     """What differs between two records, in words."""
-    if not isinstance(old, dict) or not isinstance(old.get("inputs"), dict):
+    if not known_inputs(old):
         return "no record of the settings it was made with (an older results.py kept none)"
     a, b = old.get("settings", {}), new["settings"]
     words = [f"{k} {a.get(k)!r}, not {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
@@ -230,7 +234,7 @@ def recorded(what, out, settings, inputs):
     else is refused, not reused."""
     side = out + ".inputs.json"
     old = load(side) if os.path.isfile(side) else None
-    new = dict(settings=json.loads(json.dumps(settings)), inputs=identities(inputs, (old or {}).get("inputs")))
+    new = dict(settings=json.loads(json.dumps(settings)), inputs=identities(inputs, known_inputs(old)))
     started = finished(out) or os.path.isdir(os.path.join(out, "checkpoint"))
     if started and not same(old, new) and (old is not None or finished(out)):
         raise cli.Error(f"{what}: {out} was made with {differences(old, new)}; delete it to redo the step (and the "
@@ -362,6 +366,11 @@ def data_identity(task, data, known=None):
 WHERE = ("out", "model", "data")  # an evaluation's paths: what they hold is compared instead (inputs)
 
 
+def compared(settings):
+    """An evaluation's settings as its record compares them: without its paths."""
+    return {k: v for k, v in settings.items() if k not in WHERE}
+
+
 def eval_settings(cfg):
     """(row key, model folder, set name, evaluate.py's settings) of every row's every set."""
     for key, _, r, folder, method, cot, seed, budget in rows(cfg):
@@ -385,12 +394,12 @@ def evaluate_rows(cfg):
         edir = os.path.join(cfg.out, "eval", key)
         side = os.path.join(edir, set_name + ".inputs.json")
         old = load(side) if os.path.isfile(side) else None
-        known = old.get("inputs") if isinstance(old, dict) and isinstance(old.get("inputs"), dict) else {}
+        known = known_inputs(old)
         if folder not in models:  # a 16 GB teacher is read once, not once per row and set
             models[folder] = E.model_identity(folder, known.get("model"))
         if set_name not in data:
             data[set_name] = data_identity(settings["task"], settings.get("data"), known.get("data"))
-        new = json.loads(json.dumps(dict(settings={k: v for k, v in settings.items() if k not in WHERE},
+        new = json.loads(json.dumps(dict(settings=compared(settings),
                                          inputs=dict(model=models[folder], data=data[set_name]))))
         done = same(old, new) and os.path.isfile(os.path.join(edir, set_name + ".json"))
         if not done and os.path.exists(os.path.join(edir, set_name + ".json")):
@@ -663,15 +672,14 @@ def recorded_settings(cfg):
     """--table-only: the evaluation flags left at their default take the values the evaluations were made with (the
     table names FastV's K, results.json the limit); a flag given otherwise, or rows evaluated with mixed settings, are
     refused."""
-    def compared(cfg):
-        return {(key, name): {k: v for k, v in settings.items() if k not in WHERE}
-                for key, _, name, settings in eval_settings(cfg)}
+    def every(cfg):
+        return {(key, name): compared(settings) for key, _, name, settings in eval_settings(cfg)}
     old = {}
-    for (key, name), now in compared(cfg).items():
+    for (key, name), now in every(cfg).items():
         side = os.path.join(cfg.out, "eval", key, name + ".inputs.json")
         if os.path.isfile(side):  # an older results.py kept paths, and FastV's K on every row: not compared
-            old[key, name] = {k: v for k, v in load(side)["settings"].items() if k not in WHERE and
-                              (k != "fastv_layer" or now["method"] == "fastv")}
+            old[key, name] = {k: v for k, v in compared(load(side)["settings"]).items()
+                              if k != "fastv_layer" or now["method"] == "fastv"}
     first = {}
     for rec in old.values():
         first.update({k: rec.get(k, getattr(Config, k)) for k in EVAL_FLAGS
@@ -681,7 +689,7 @@ def recorded_settings(cfg):
             raise cli.Error(f"--table-only --{k.replace('_', '-')} {getattr(cfg, k)}: the evaluations in {cfg.out}/eval "
                             f"were made with {v!r}; drop the flag, or run without --table-only to evaluate again")
         setattr(cfg, k, v)
-    now = compared(cfg)
+    now = every(cfg)
     for (key, name), rec in old.items():
         if rec != now[key, name]:
             differ = ", ".join(f"{k} {rec.get(k)!r}" for k in sorted(set(rec) | set(now[key, name]))
