@@ -19,6 +19,7 @@ import sys
 
 import cli
 import evaluate as E
+from data import wide
 
 SHIPPED = os.path.join(E.HERE, "data", "eval")
 
@@ -46,14 +47,15 @@ def form_of(task, question):
 
 def sidecar_forms(folder):
     """(image path, question) -> (layout, form) from a wide family's samples.jsonl in folder; {} for the shipped
-    sets. A question's reworded phrasing maps there too."""
+    sets. A question's reworded phrasings map there too."""
     path, found = os.path.join(folder, "samples.jsonl"), {}
     if os.path.isfile(path):
         with open(path) as f:
             for s in map(json.loads, f):
                 image = os.path.abspath(os.path.join(folder, s["image"]))
                 for q in (q for q in s.get("qa", []) if "form" in q):
-                    found.update({(image, text): (s["layout"], q["form"]) for text in (q["question"], q.get("reworded"))})
+                    texts = (q["question"], q.get("reworded"), wide.reworded2(q) if "reworded" in q else None)
+                    found.update({(image, text): (s["layout"], q["form"]) for text in texts})
     return found
 
 

@@ -10,7 +10,8 @@ What the held-out family never shares with training (a seed range alone is not a
 - fonts: the DejaVu families (training: Pillow's built-in font and eight others, data/fonts/);
 - layouts: forms in two side-by-side columns and with right-aligned labels; receipts with the unit price
   before the quantity; horizontal grouped bars; infographics in full-width bands and caption-first cells;
-- phrasings: every question also carries `reworded`, a phrasing no training question uses.
+- phrasings: every question also carries `reworded`, a phrasing no training question uses, and build.py writes
+  each held-out DocVQA question in a second such phrasing (reworded2, FRESH_PHRASES).
 Both families draw every layout's answers at every position (a test checks it), and the training family
 also draws synth.py's own layouts in its fonts.
 """
@@ -65,6 +66,47 @@ PHRASES = {  # per question form: training phrasings, then the held-out ones (`r
     "stop": (["What does the red sign say?", "What is written on the red sign?"], ["Read the red sign."]),
     "shop": (["What is written on the shop sign?", "What does the shop sign say?"], ["Which shop is this?"]),
     "speed": (["What is the speed limit?", "What speed limit is posted?"], ["How fast may one drive here?"]),
+}
+MORE_PHRASES = {  # training phrasings added on 2026-12-06, drawn from their own stream (widen_phrasings)
+    "field": ["Tell me the {q}.", "What does the form give as the {q}?", "What {q} appears on this page?",
+              "Please give the {q}.", "What is the {q} shown here?", "Which {q} does the form list?",
+              "What is the {q} according to the document?", "What's the {q}?", "{q}?"],
+    "title": ["What is the document titled?", "What is written at the top of the page?",
+              "Give the title of this document.", "What's the title?", "Tell me the document's title."],
+    "amount": ["What amount is listed for {i}?", "How much does {i} come to?", "What was paid for {i}?",
+               "Give the amount for {i}.", "{i}: what is the amount?"],
+    "qty": ["How many units of {i} are listed?", "Give the quantity for {i}.", "What is the number of {i}?",
+            "{i}: what quantity?"],
+    "price": ["How much is one {i}?", "What is the per-unit price of {i}?", "Give the unit price for {i}.",
+              "What does {i} cost per unit?"],
+    "money": ["What {q} is shown?", "Give the {q}.", "What's the {q}?", "Tell me the {q}."],
+    "store": ["What store is this receipt from?", "Give the store's name.", "What is the shop on the receipt?"],
+    "value": ["What number does {c} show?", "Give the value of {c}.", "What is {c}'s value?", "What is shown for {c}?"],
+    "series": ["What is {c}'s {s} value?", "Give the {s} value of {c}.", "What is the value of {s} for {c}?"],
+    "which": ["What {k} has the value {v}?", "Name the {k} with a value of {v}.", "Which {k} is {v}?"],
+    "percent": ["What percent {c}?", "Give the percentage {c}.", "What is the share {c}?"],
+    "info_title": ["What is the infographic titled?", "Give the title of the infographic.",
+                   "What heading does the infographic have?"],
+    "total": ["What is the grand total?", "Give the total.", "How much is the total?", "What does it total?"],
+    "distance": ["How far away is {p}, per the green sign?", "Give the distance to {p} on the green sign.",
+                 "What is the distance to {p}?"],
+    "street": ["What street does the sign show?", "Give the street name."],
+    "stop": ["Tell me what the red sign says."],
+    "shop": ["Tell me the shop sign's text."],
+    "speed": ["What speed does the sign allow?", "Give the speed limit."],
+}
+FRESH_PHRASES = {  # a second held-out phrasing (`reworded2`), written with MORE_PHRASES and never trained on: the
+    # check of a choice (more training phrasings) made because the first held-out phrasing read poorly
+    "field": ["Tell me what the {q} is.", "What is written as the {q}?", "I need the {q} from this page."],
+    "title": ["Which heading does this document carry?"], "amount": ["How much does the {i} line come to?"],
+    "qty": ["What number of {i} was ordered?"], "price": ["How much is a single {i}?"],
+    "money": ["What figure is given as the {q}?"], "store": ["What business printed this receipt?"],
+    "value": ["What number is shown for {c}?"], "series": ["What does {c} show for {s}?"],
+    "which": ["Which {k} is at {v}?"], "percent": ["What is the percentage {c}?"],
+    "info_title": ["Which heading is at the top of the infographic?"], "total": ["What does the receipt come to?"],
+    "distance": ["What distance to {p} is on the green sign?"], "street": ["What is this street called?"],
+    "stop": ["Which word is on the red sign?"], "shop": ["What name does the shop sign show?"],
+    "speed": ["What is the posted limit?"],
 }
 SHIPPED_FORMS = [  # synth.py's own questions -> (form, slot): so its layouts are asked in every phrasing too
     (r"What is the title of the document\?", "title", None), (r"What is the name of the store\?", "store", None),
@@ -483,6 +525,38 @@ def _info(rng, st, layout):
     return cv, qa, [r]
 
 
+# ---------------------------------------------------------------- phrasings drawn after the sample
+def slots_of(form, question):
+    """The slots (a label, an item, a category...) a question was phrased with, read back from its text: the
+    phrasings below are drawn after the sample, so that the shipped held-out sets stay byte for byte the same."""
+    for phrase in sorted(PHRASES[form][0] + MORE_PHRASES[form], key=len, reverse=True):  # "What is the {q}?" last
+        if (slots := phrased(phrase, question)) is not None:
+            return slots
+    raise ValueError(f"{question!r} is in no training phrasing of {form!r}")
+
+
+def phrased(phrase, question):
+    """The slots if `question` is `phrase` filled in, else None."""
+    pattern = re.escape(phrase)
+    for name in re.findall(r"{(\w+)}", phrase):
+        pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>.+)", 1)
+    m = re.fullmatch(pattern, question)
+    return m.groupdict() if m and phrase.format(**m.groupdict()) == question else None
+
+
+def widen_phrasings(rng, qa):
+    """The training family's questions in any of its phrasings, the older and MORE_PHRASES alike."""
+    return [dict(q, question=rng.choice(PHRASES[q["form"]][0] + MORE_PHRASES[q["form"]]).format(
+        **slots_of(q["form"], q["question"]))) for q in qa]
+
+
+def reworded2(q):
+    """A question of the held-out family in its second held-out phrasing, chosen by its own text (no rng)."""
+    phrases = FRESH_PHRASES[q["form"]]
+    pick = random.Random(q["question"] + "\n" + q["reworded"]).choice(phrases)
+    return pick.format(**slots_of(q["form"], q["question"]))
+
+
 # ---------------------------------------------------------------- assembly
 def rephrase(rng, qa):
     """One of synth.py's questions in a random training phrasing of its form, with its held-out rewording.
@@ -514,6 +588,8 @@ def draw(kind, rng, family):
         qa = [rephrase(rng, q) for q in qa if not q["question"].startswith("Which ")]  # its leftmost-bar shortcut
     else:
         cv, qa, reas = DRAW[kind](rng, st, layout)
+    if family == "train":
+        qa = widen_phrasings(random.Random(rng.random()), qa)
     return cv, qa, reas, st, layout
 
 

@@ -25,7 +25,9 @@ def test_families_share_no_font_layout_or_phrasing():
     for kind, split in wide.LAYOUTS.items():
         assert not set(split["train"]) & set(split["heldout"]), kind
     for form, (train, held) in wide.PHRASES.items():
-        assert train and held and not set(train) & set(held), form
+        more, fresh = wide.MORE_PHRASES[form], wide.FRESH_PHRASES[form]
+        assert train and held and more and fresh, form
+        assert len(set(train + more + held + fresh)) == len(train + more + held + fresh), form  # no phrasing in two
     for name in wide.FONTS["train"] + wide.FONTS["heldout"]:
         assert name is None or (wide.FONT_DIR / name).is_file(), name
     assert len(list((wide.FONT_DIR / "LICENSES").iterdir())) >= 5
@@ -34,13 +36,13 @@ def test_families_share_no_font_layout_or_phrasing():
 @pytest.mark.parametrize("kind", synth.KINDS)
 def test_training_family_never_draws_held_out_things(kind):
     held_fonts, held_layouts = set(wide.FONTS["heldout"]), set(wide.LAYOUTS[kind]["heldout"])
-    held_phrasings = {p.split("{")[0] for _, held in wide.PHRASES.values() for p in held}
+    held = [p for form, (_, held) in wide.PHRASES.items() for p in held + wide.FRESH_PHRASES[form]]
     seen = collections.Counter()
     for seed in range(60):
         s = sample(kind, seed, "train")
         assert s["font"] not in held_fonts and s["layout"] not in held_layouts, (seed, s["font"], s["layout"])
         for q in s["qa"]:
-            assert not any(q["question"].startswith(h) for h in held_phrasings), q
+            assert not any(wide.phrased(p, q["question"]) is not None for p in held), q
         seen[s["layout"]] += 1
     assert set(seen) == set(wide.LAYOUTS[kind]["train"])  # and it draws every training layout
 
@@ -134,6 +136,32 @@ def test_heldout_sets_match_their_checksums():
     reworded = json.loads((root / "docvqa" / "val_reworded.json").read_text())["data"]
     assert [d["answers"] for d in plain] == [d["answers"] for d in reworded]
     assert sum(a["question"] != b["question"] for a, b in zip(plain, reworded)) == len(plain)
+
+
+def test_training_family_draws_its_added_phrasings_and_their_slots_read_back():
+    added, older = 0, 0
+    for kind in ("doc", "table", "chart", "info", "scene"):
+        for seed in range(40):
+            for q in sample(kind, seed, "train")["qa"]:
+                slots = wide.slots_of(q["form"], q["question"])
+                phrasing = next(p for p in wide.PHRASES[q["form"]][0] + wide.MORE_PHRASES[q["form"]]
+                                if p.format(**slots) == q["question"])
+                added += phrasing in wide.MORE_PHRASES[q["form"]]
+                older += phrasing in wide.PHRASES[q["form"]][0]
+    assert added > 200 and older > 200, (added, older)
+    with pytest.raises(ValueError, match="no training phrasing"):
+        wide.slots_of("field", "Find the date.")  # a held-out phrasing is not a training one
+
+
+def test_second_rewording_keeps_each_question_and_answer():
+    root = build.HELDOUT_DIR / "docvqa"
+    sets = [json.loads((root / f).read_text())["data"] for f in ("val_v1.0.json", "val_reworded.json", "val_reworded2.json")]
+    assert [d["answers"] for d in sets[0]] == [d["answers"] for d in sets[2]]
+    assert all(len({s[i]["question"] for s in sets}) == 3 for i in range(len(sets[0])))
+    fresh = [p for ps in wide.FRESH_PHRASES.values() for p in ps]
+    for plain, second in zip(sets[0], sets[2]):  # in a second held-out phrasing, naming what the question named
+        slots = [s for ps, _ in wide.PHRASES.values() for p in ps if (s := wide.phrased(p, plain["question"])) is not None]
+        assert any(wide.phrased(p, second["question"]) in slots for p in fresh), (plain, second)
 
 
 def test_heldout_docvqa_regenerates_identically(tmp_path):
