@@ -472,6 +472,8 @@ def make_sample(kind, seed, cfg=None):
         rng = random.Random(f"{cfg.family}:{kind}:{seed}")
         cv, qa, reas, style, layout = wide.draw(kind, rng, cfg.family)
         extra = {"family": cfg.family, "layout": layout, "font": style.font_path or "built-in"}
+        if cfg.family == "train":  # its added phrasings, from their own stream: the images stay as drawn before them
+            qa = wide.widen_phrasings(random.Random(f"phrasing:{kind}:{seed}"), qa)
     if cfg.noise > 0:
         _speckle(cv.img, rng, cfg.noise)
     text, char_index = _transcribe(cv.runs)

@@ -67,46 +67,47 @@ PHRASES = {  # per question form: training phrasings, then the held-out ones (`r
     "shop": (["What is written on the shop sign?", "What does the shop sign say?"], ["Which shop is this?"]),
     "speed": (["What is the speed limit?", "What speed limit is posted?"], ["How fast may one drive here?"]),
 }
-MORE_PHRASES = {  # training phrasings added on 2026-12-06, drawn from their own stream (widen_phrasings)
+MORE_PHRASES = {  # training phrasings added on 2026-12-06 (widen_phrasings: their own stream, so that the images
+    # and the held-out sets stay as drawn before them); each at least 2 word edits from every held-out phrasing
     "field": ["Tell me the {q}.", "What does the form give as the {q}?", "What {q} appears on this page?",
               "Please give the {q}.", "What is the {q} shown here?", "Which {q} does the form list?",
-              "What is the {q} according to the document?", "What's the {q}?", "{q}?"],
+              "What is the {q} according to the document?", "What is the {q} on the page?"],
     "title": ["What is the document titled?", "What is written at the top of the page?",
               "Give the title of this document.", "What's the title?", "Tell me the document's title."],
-    "amount": ["What amount is listed for {i}?", "How much does {i} come to?", "What was paid for {i}?",
+    "amount": ["What amount is listed for {i}?", "What is charged for {i}?", "What was paid for {i}?",
                "Give the amount for {i}.", "{i}: what is the amount?"],
     "qty": ["How many units of {i} are listed?", "Give the quantity for {i}.", "What is the number of {i}?",
             "{i}: what quantity?"],
     "price": ["How much is one {i}?", "What is the per-unit price of {i}?", "Give the unit price for {i}.",
               "What does {i} cost per unit?"],
-    "money": ["What {q} is shown?", "Give the {q}.", "What's the {q}?", "Tell me the {q}."],
+    "money": ["What {q} is shown?", "What {q} does the receipt show?", "Tell me the {q}."],
     "store": ["What store is this receipt from?", "Give the store's name.", "What is the shop on the receipt?"],
-    "value": ["What number does {c} show?", "Give the value of {c}.", "What is {c}'s value?", "What is shown for {c}?"],
+    "value": ["What number does {c} show?", "Tell me the value at {c}.", "What is {c}'s value?", "What is shown for {c}?"],
     "series": ["What is {c}'s {s} value?", "Give the {s} value of {c}.", "What is the value of {s} for {c}?"],
     "which": ["What {k} has the value {v}?", "Name the {k} with a value of {v}.", "Which {k} is {v}?"],
-    "percent": ["What percent {c}?", "Give the percentage {c}.", "What is the share {c}?"],
+    "percent": ["What percent {c}?", "Give the percentage who {c}.", "What share of people {c}?"],
     "info_title": ["What is the infographic titled?", "Give the title of the infographic.",
                    "What heading does the infographic have?"],
     "total": ["What is the grand total?", "Give the total.", "How much is the total?", "What does it total?"],
-    "distance": ["How far away is {p}, per the green sign?", "Give the distance to {p} on the green sign.",
-                 "What is the distance to {p}?"],
+    "distance": ["Give the distance to {p} on the green sign.", "What is the distance to {p}?"],
     "street": ["What street does the sign show?", "Give the street name."],
     "stop": ["Tell me what the red sign says."],
     "shop": ["Tell me the shop sign's text."],
     "speed": ["What speed does the sign allow?", "Give the speed limit."],
 }
-FRESH_PHRASES = {  # a second held-out phrasing (`reworded2`), written with MORE_PHRASES and never trained on: the
-    # check of a choice (more training phrasings) made because the first held-out phrasing read poorly
-    "field": ["Tell me what the {q} is.", "What is written as the {q}?", "I need the {q} from this page."],
+FRESH_PHRASES = {  # a second held-out phrasing (`reworded2`), written with MORE_PHRASES and never trained on, each at
+    # least 3 word edits from every training phrasing: the check of a choice (more training phrasings) made because
+    # the first held-out phrasing read poorly
+    "field": ["I need the {q} from this page.", "Look up the {q} for me.", "What value sits beside the {q} label?"],
     "title": ["Which heading does this document carry?"], "amount": ["How much does the {i} line come to?"],
-    "qty": ["What number of {i} was ordered?"], "price": ["How much is a single {i}?"],
+    "qty": ["In what quantity was {i} bought?"], "price": ["How is {i} priced per item?"],
     "money": ["What figure is given as the {q}?"], "store": ["What business printed this receipt?"],
-    "value": ["What number is shown for {c}?"], "series": ["What does {c} show for {s}?"],
-    "which": ["Which {k} is at {v}?"], "percent": ["What is the percentage {c}?"],
+    "value": ["Which figure belongs to {c}?"], "series": ["What does {c} show for {s}?"],
+    "which": ["{v} is the value of which {k}?"], "percent": ["What portion {c}, in percent?"],
     "info_title": ["Which heading is at the top of the infographic?"], "total": ["What does the receipt come to?"],
-    "distance": ["What distance to {p} is on the green sign?"], "street": ["What is this street called?"],
-    "stop": ["Which word is on the red sign?"], "shop": ["What name does the shop sign show?"],
-    "speed": ["What is the posted limit?"],
+    "distance": ["The green sign puts {p} how far off?"], "street": ["What is this street called?"],
+    "stop": ["Which word is on the red sign?"], "shop": ["Which business does the sign name?"],
+    "speed": ["Up to what speed may cars go?"],
 }
 SHIPPED_FORMS = [  # synth.py's own questions -> (form, slot): so its layouts are asked in every phrasing too
     (r"What is the title of the document\?", "title", None), (r"What is the name of the store\?", "store", None),
@@ -588,8 +589,6 @@ def draw(kind, rng, family):
         qa = [rephrase(rng, q) for q in qa if not q["question"].startswith("Which ")]  # its leftmost-bar shortcut
     else:
         cv, qa, reas = DRAW[kind](rng, st, layout)
-    if family == "train":
-        qa = widen_phrasings(random.Random(rng.random()), qa)
     return cv, qa, reas, st, layout
 
 

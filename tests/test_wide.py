@@ -2,7 +2,7 @@
 phrasing; every sample is well drawn (boxes on ink, no text drawn over text, every answer printed); answers
 sit at every position a question form can take; the held-out family's shipped sets match their checksums.
 Run:  python -m pytest -q tests/test_wide.py   (CPU, ~20 s)"""
-import collections, json, sys
+import collections, json, re, sys
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +136,26 @@ def test_heldout_sets_match_their_checksums():
     reworded = json.loads((root / "docvqa" / "val_reworded.json").read_text())["data"]
     assert [d["answers"] for d in plain] == [d["answers"] for d in reworded]
     assert sum(a["question"] != b["question"] for a, b in zip(plain, reworded)) == len(plain)
+
+
+def _word_edits(a, b):
+    a, b = (re.findall(r"[\w'{}]+", p.lower()) for p in (a, b))
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        diag, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            diag, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diag + (x != y))
+    return row[-1]
+
+
+def test_added_phrasings_keep_their_distance_from_the_other_side():
+    """The added training phrasings are 2+ word edits from every held-out one of their form, and the second held-out
+    phrasing 3+ from every training one: "Which {k} is at {v}?" beside a trained "Which {k} is {v}?" checks little."""
+    assert _word_edits("Which {k} is at {v}?", "Which {k} is {v}?") == 1
+    for form, (train, held) in wide.PHRASES.items():
+        more, fresh = wide.MORE_PHRASES[form], wide.FRESH_PHRASES[form]
+        assert all(_word_edits(m, h) >= 2 for m in more for h in held + fresh), form
+        assert all(_word_edits(f, t) >= 3 for f in fresh for t in train + more), form
 
 
 def test_training_family_draws_its_added_phrasings_and_their_slots_read_back():
