@@ -4,7 +4,8 @@ asked in many phrasings, split into a training family and a held-out family.
     python data/wide.py --kind chart --family heldout --seed 3 --out /tmp/chart.png   # one sample
     python data/build.py --heldout-family    # writes data/eval-heldout/ (the held-out family's sets)
 
-From code: make_sample(kind, seed, Config(family="train")) in data/synth.py calls draw() here.
+From code: make_sample(kind, seed, Config(family="train")) in data/synth.py calls draw() here, then, for the
+training family, widen_phrasings.
 
 What the held-out family never shares with training (a seed range alone is not a held-out split):
 - fonts: the DejaVu families (training: Pillow's built-in font and eight others, data/fonts/);
