@@ -5,7 +5,9 @@ carries it, and the training-free baselines it is measured against. Each tile's 
 projector A_s (at first a copy of the teacher's mlp1):
 
   select     per image, the 1/k of its tokens with the fewest near-duplicates, each at the position id it had
-             in the uncompressed sequence, plus a learned fold of its two neighbours (Select): the default
+             in the uncompressed sequence, plus a learned fold of its two neighbours (Select): the default.
+             One student for every ratio (ratio_range) has its own A_s, and leaves the teacher's projector to
+             the tokens whose neighbours all stayed: with nothing dropped it is the teacher
 
 The training-free baselines, apply's (an untrained select is one too). divprune, random and visionzip keep, as
 select does, 1/k of each image's tokens at their own position ids, so that a comparison with select isolates which
@@ -79,8 +81,9 @@ def window_for(ratio, h, w):
 
 class Compressor(nn.Module):
     """Pool's forward maps the token grid [N, h, w, C] to [N, h/kh, w/kw, C], handed on at consecutive position
-    ids; the subsets keep tokens at their own position ids. install(model): apply's call, for a compressor that
-    reads the model's ViT through a hook; remove() takes the hook off again."""
+    ids; the subsets keep tokens at their own position ids. compress hands on what is kept through the projector.
+    install(model): apply's call, for a compressor that reads the model's ViT through a hook; remove() takes the
+    hook off again."""
     hook = None  # what install() hooked on the model, if anything
 
     def __init__(self, window, width):  # width: the token's channels, for the learned parts
@@ -91,7 +94,7 @@ class Compressor(nn.Module):
         return n // self.window_size
 
     def compress(self, grid, tiles_per_image, projector, counts=None):
-        return self(grid).flatten(0, 2), None
+        return projector(self(grid).flatten(0, 2)), None
 
     def install(self, model):
         pass
@@ -121,7 +124,8 @@ class Subset(Compressor):
 
     @torch.no_grad()
     def compress(self, grid, tiles_per_image, projector, counts=None):
-        return self.subsets(grid, tiles_per_image, projector, counts)
+        tokens, keep = self.subsets(grid, tiles_per_image, projector, counts)
+        return projector(tokens), keep
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,10 +257,12 @@ class Select(Subset):
     it is the view that reads); rank_projected counts near-duplicates among A_s's outputs, what the LLM reads
     (the choice then follows A_s as it learns, though no gradient asks it to move).
     A student trained for a range of ratios (set_budget) keeps `ratio` of each tile's tokens, any share, or with
-    a threshold each image's tokens whose rarity is above it (at least `floor` of them): a budget by content."""
+    a threshold each image's tokens whose rarity is above it (at least `floor` of them): a budget by content.
+    Such a student has its own A_s, weighed per token by the neighbours dropped (compress)."""
     neighbours = 4  # rarity = mean distance to this many nearest tokens (2 to 8 choose alike; README)
     # a ranged student's budget (budget() sets them on the instance; a fixed select keeps 1/k and hashes as before)
     ratio, threshold, floor = None, None, 0.0
+    gated = False  # a ranged student's own A_s, weighed by what was dropped (compress; build sets it)
 
     def __init__(self, window, width, skip_thumbnail=False, rank_projected=False):  # window: only its size k counts
         super().__init__(window, width)
@@ -310,6 +316,12 @@ class Select(Subset):
         kept token's index in its image's uncompressed token sequence). projector: the model's (A_s), which
         rank_projected measures rarity after; model.py passes it. counts: each image's tokens to keep (model.py
         passes its prompt's; default: tokens_per_tile's, or by content with a threshold)."""
+        tokens, keep, cells, _ = self.kept(grid, tiles_per_image, projector, counts)
+        return tokens + self.fold(cells), keep
+
+    def kept(self, grid, tiles_per_image, projector=None, counts=None):
+        """forward's choice before the fold -> (tokens, keep, cells [kept, 3C]: each token's left neighbour, itself
+        and its right neighbour, dropped [kept]: the share of those two neighbours dropped)."""
         if self.rank_projected and projector is None:
             raise CompressError("select with rank_projected needs the model's projector: call it as "
                                 "compressor(grid, tiles_per_image, model.mlp1)")
@@ -322,10 +334,32 @@ class Select(Subset):
         flat = keep + ((n.cumsum(0) - n) * h * w).repeat_interleave(torch.as_tensor(counts, device=keep.device))
         tile, i, j = flat // (h * w), flat % (h * w) // w, flat % w
         cells = gather_backend(grid)(grid, tile, i, j)  # left, self, right
-        return tokens + self.fc2(F.gelu(self.fc1(self.norm(cells)))), keep
+        return tokens, keep, cells, dropped_share(flat, j, w, grid.shape[0] * h * w)
 
-    def compress(self, grid, tiles_per_image, projector, counts=None):  # the kept tokens and their position ids
-        return self(grid, tiles_per_image, projector, counts)
+    def fold(self, cells):
+        return self.fc2(F.gelu(self.fc1(self.norm(cells))))
+
+    def compress(self, grid, tiles_per_image, projector, counts=None):
+        """The kept tokens through the projector, and their position ids. A ranged student (gated) has its own A_s
+        (self.projector) and leaves the model's mlp1 the teacher's: each token is its own path, fold then A_s, in the
+        share of its two row neighbours dropped, and the teacher's projector on the token itself in the rest. Where
+        nothing was dropped the student is the teacher, so one student serves ratio 1 too."""
+        if not self.gated:
+            tokens, keep = self(grid, tiles_per_image, projector, counts)
+            return projector(tokens), keep
+        tokens, keep, cells, dropped = self.kept(grid, tiles_per_image, projector, counts)
+        teacher, g = projector(tokens), dropped[:, None].to(tokens.dtype)
+        return teacher + g * (self.projector(tokens + self.fold(cells)) - teacher), keep
+
+
+def dropped_share(flat, j, w, n):
+    """[kept]: the share of each kept token's two row neighbours that were dropped (0, 1/2 or 1; past a row's end
+    there is nothing to drop). flat: the kept tokens' indices in the flattened grid of n tokens, j: their columns."""
+    kept = torch.zeros(n + 2, dtype=torch.bool, device=flat.device)  # one slot of padding each side
+    kept[flat + 1] = True
+    left = (j > 0) & ~kept[flat]
+    right = (j < w - 1) & ~kept[flat + 2]
+    return (left.float() + right.float()) / 2
 
 
 SELECT_OPTIONS = ("skip_thumbnail", "rank_projected")  # select's switches, off unless config.compressor has them
@@ -684,6 +718,10 @@ def build(config):
     compressor = COMPRESSORS[method](window, width, **options)
     if ranged:
         budget(compressor, config.compressor)
+    if ranged and config.compressor.get("gated"):
+        D = config.llm.hidden_size  # A_s has mlp1's shape (model.py)
+        compressor.gated, compressor.projector = True, nn.Sequential(
+            nn.LayerNorm(width), nn.Linear(width, D), nn.GELU(), nn.Linear(D, D))
     return compressor
 
 
@@ -761,12 +799,14 @@ def make_student(teacher, method="select", ratio=0.5, ratio_range=None, **option
     if ratio_range and method != "select":
         raise CompressError(f"a range of ratios is select's (its ranking does not depend on the ratio), not {method}'s")
     config = replace(teacher.config, compressor=spec(method, ratio, **options)
-                     | ({"ratio_range": list(ratio_range)} if ratio_range else {}))
+                     | ({"ratio_range": list(ratio_range), "gated": True} if ratio_range else {}))
     compressor = build(config)
     with torch.device("meta"):  # the ViT and LLM built here are replaced by the teacher's: free
         student = type(teacher)(config)
     student.vision_model, student.language_model = teacher.vision_model, teacher.language_model
-    student.mlp1 = copy.deepcopy(teacher.mlp1)
+    student.mlp1 = copy.deepcopy(teacher.mlp1)  # A_s, or a ranged student's copy of the teacher's (it learns its own)
+    if ratio_range:  # a ranged select: gated, with its own A_s
+        compressor.projector.load_state_dict(teacher.mlp1.state_dict())
     p = next(teacher.mlp1.parameters())
     student.compressor = compressor.to(p.device, p.dtype)
     student.img_context_token_id = teacher.img_context_token_id

@@ -70,7 +70,8 @@ class DistillConfig(P.TrainConfig):
     p_qa: float = 0.6  # share of extractive QA, with the official short-answer prompt
     p_reason: float = 0.0  # share of multi-fact reasoning questions
     qa_turns: int = 3  # pack up to this many QA turns about one image into a conversation
-    trainable: str = "compressor,projector"  # what learns: compressor, projector and, for stage II, llm
+    trainable: str = ""  # what learns: compressor, projector and, for stage II, llm ('': compressor,projector;
+                         # --budget auto: compressor, whose A_s is its own, the model's mlp1 staying the teacher's)
     lr: float = 1e-3  # peak learning rate
     micro_batch: int = 8  # conversations per forward pass per process
     save_every: int = 100  # steps between checkpoints in OUT/checkpoint (0: only at the end)
@@ -99,6 +100,7 @@ class DistillConfig(P.TrainConfig):
 
     def __post_init__(self):
         self.init = self.teacher  # the model the run starts from
+        self.trainable = self.trainable or ("compressor" if self.budget == "auto" else "compressor,projector")
         tag = "auto" if self.budget == "auto" else f"{self.ratio:g}"
         self.out = self.out or os.path.join("runs", f"distill-{self.compressor}{tag}")
 

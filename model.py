@@ -489,16 +489,16 @@ def decode_step(lm, caches, attention_mask, graph=None, compile=False):
 
 class InternVLChat(nn.Module):
     """InternVL2. compressor (None: InternVL2 itself) is the extension point for methods that hand the LLM fewer
-    visual tokens (compress.build makes FCoT-VL's). It sits between the pixel shuffle and mlp1:
+    visual tokens (compress.build makes FCoT-VL's). It takes the pixel shuffle's grid and hands on the LLM's features:
       tokens_per_tile(n) -> how many of a tile's n tokens it hands on (num_image_token: the prompt's count), or
         None when the count follows the content; then
       counts(grid, tiles_per_image, projector) -> each image's count, which the prompt is built with;
-      compress(grid, tiles_per_image, projector, counts) -> (tokens [sum(counts), C], positions [sum(counts)] or
-        None): grid [tiles, h, w, C] holds the images' tiles in order, projector is mlp1 (to rank tokens as the
-        LLM reads them), counts the <IMG_CONTEXT> tokens each image has in the prompt. positions: each token's
-        index in its image's uncompressed sequence, its position id from the image's first one; the text after
-        the image and the generated tokens follow the whole uncompressed image, as if no token had gone. None:
-        consecutive position ids.
+      compress(grid, tiles_per_image, projector, counts) -> (features [sum(counts), D], positions [sum(counts)] or
+        None): grid [tiles, h, w, C] holds the images' tiles in order, projector is mlp1, which the compressor
+        applies to what it keeps (and may rank tokens by, as the LLM reads them), counts the <IMG_CONTEXT> tokens
+        each image has in the prompt. positions: each token's index in its image's uncompressed sequence, its
+        position id from the image's first one; the text after the image and the generated tokens follow the
+        whole uncompressed image, as if no token had gone. None: consecutive position ids.
     A prompt whose images have other counts than num_image_token per tile (a variable budget) needs
     tiles_per_image in forward and generate. A method inside the LLM uses language_model.before_layer instead."""
 
@@ -529,8 +529,7 @@ class InternVLChat(nn.Module):
         if self.compressor is None:
             return self.mlp1(grid.flatten(0, 2)), None
         counts = counts or self.image_token_counts(grid, tiles_per_image)
-        tokens, positions = self.compressor.compress(grid, tiles_per_image, self.mlp1, counts)
-        return self.mlp1(tokens), positions
+        return self.compressor.compress(grid, tiles_per_image, self.mlp1, counts)
 
     def extract_feature(self, pixel_values):
         """[tiles, 3, S, S] of one image -> [tokens, llm_hidden]."""

@@ -467,9 +467,10 @@ def test_divprune_measures_after_the_projector():
     with torch.no_grad():
         projector.weight.copy_(torch.diag(torch.tensor([0.] + [1.] * 7)))
     d = C.DivPrune((1, 4), 8)
-    assert 1 in d.compress(grid, [1], None)[1].tolist()
+    assert 1 in d.compress(grid, [1], torch.nn.Identity())[1].tolist()
     tokens, keep = d.compress(grid, [1], projector)
-    assert 6 in keep.tolist() and 1 not in keep.tolist() and torch.equal(tokens, grid.flatten(0, 2)[keep])
+    assert 6 in keep.tolist() and 1 not in keep.tolist()
+    assert torch.equal(tokens, projector(grid.flatten(0, 2)[keep]))  # handed on through the projector
 
 
 # ----------------------------------------------------------------------------------------------
@@ -565,7 +566,7 @@ def test_visionzip_token_scores_sum_the_patches_pixel_shuffle_folds():
     z = C.VisionZip((1, 2), 4)
     z.scores = [patch]
     z.pick = lambda image, b, tiles, projector: (image[:b], torch.arange(b))
-    z.compress(torch.zeros(T, 4, 4, 4), [T], None)
+    z.compress(torch.zeros(T, 4, 4, 4), [T], torch.nn.Identity())
     assert torch.allclose(z.token_scores, patch.gather(1, holds.flatten(1)).view(T, 16, 4).sum(-1))
 
 
@@ -593,7 +594,7 @@ def test_visionzip_matches_a_plain_merge():
     for ratio, k in ((0.5, 2), (0.25, 4), (1 / 16, 16)):
         z = C.VisionZip(C.window_for(ratio, 16, 16), Cw)
         z.scores = [patch_scores]
-        tokens, keep = z.compress(grid, [2, 1], None)
+        tokens, keep = z.compress(grid, [2, 1], torch.nn.Identity())
         token_scores = patch_scores.view(T, h, 2, w, 2).sum((2, 4)).flatten()
         first = [(0, 32), (32, 48)]
         want_keep, want_tokens = [], []
@@ -613,14 +614,14 @@ def test_a_blank_image_keeps_its_count_and_gives_no_nan():
     for cls in (C.VisionZip, C.DivPrune):
         m = cls((1, 2), 6)
         m.scores = [torch.ones(2, 64)]
-        tokens, keep = m.compress(grid, [2], None)  # visionzip: 14 dominant, 2 contextual
+        tokens, keep = m.compress(grid, [2], torch.nn.Identity())  # visionzip: 14 dominant, 2 contextual
         assert len(keep) == len(set(keep.tolist())) == 16 and torch.equal(tokens, torch.ones(16, 6)), cls
 
 
 def test_visionzip_needs_its_hook(tok):
     z = C.VisionZip((1, 2), 128)
     with pytest.raises(C.CompressError, match="install it"):
-        z.compress(torch.zeros(1, 2, 2, 128), [1], None)
+        z.compress(torch.zeros(1, 2, 2, 128), [1], torch.nn.Identity())
     model = C.apply(tiny(tok), "visionzip", 0.5)
     hook = model.compressor.hook
     C.apply(model, "pool", 0.5)  # the earlier hook goes
@@ -880,3 +881,39 @@ def test_set_budget_interpolates_and_refuses_what_it_cannot_do(tok):
         C.set_budget(fixed, 0.25)
     with pytest.raises(C.CompressError, match="a range of ratios is select's"):
         C.make_student(teacher, "pool", 0.5, ratio_range=(0.25, 1))
+
+
+def test_dropped_share_counts_each_kept_tokens_dropped_row_neighbours():
+    torch.manual_seed(0)
+    for tiles, h, w in ((1, 1, 1), (3, 2, 5), (2, 7, 3)):
+        n = tiles * h * w
+        flat = torch.randperm(n)[:max(1, n // 3)].sort().values
+        kept = set(flat.tolist())
+        j = flat % w
+        want = [sum(0 <= c + d < w and f + d not in kept for d in (-1, 1)) / 2
+                for f, c in zip(flat.tolist(), j.tolist())]
+        assert C.dropped_share(flat, j, w, n).tolist() == want
+
+
+def test_a_ranged_student_with_every_token_is_the_teacher(tok):
+    """A ranged student's own path (fold, then its A_s) weighs as much as a token's dropped neighbours: at ratio 1
+    it is the teacher whatever it learnt; ungated, the same fold changes every token."""
+    teacher = tiny(tok)
+    student = C.make_student(teacher, "select", 1.0, ratio_range=(0.25, 1))
+    assert student.config.compressor["gated"] and student.compressor.gated
+    assert C.build(student.config).gated  # the record builds it back, as load_model does
+    assert torch.equal(student.compressor.projector[1].weight, teacher.mlp1[1].weight)  # A_s starts as mlp1
+    with torch.no_grad():
+        for p in student.compressor.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    torch.manual_seed(1)
+    pv = torch.randn(3, 3, 56, 56)
+    ids = torch.tensor([prompt_ids(student, tok, 3)])
+    assert torch.allclose(student(pv, ids), teacher(pv, ids), atol=1e-5)
+    student.compressor.gated = False
+    assert not torch.allclose(student(pv, ids), teacher(pv, ids), atol=1e-3)
+    student.compressor.gated = True
+    C.set_budget(student, 0.5)  # half dropped: the fold acts
+    untrained = C.apply(tiny(tok), "select", 0.5)
+    ids = torch.tensor([prompt_ids(student, tok, 3)])
+    assert not torch.allclose(student(pv, ids), untrained(pv, ids), atol=1e-3)

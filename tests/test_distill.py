@@ -243,6 +243,10 @@ def test_budget_auto_trains_calibrates_and_evaluates(teacher_dir, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     record = json.load(open(os.path.join(out, "config.json")))["compressor"]
     assert record["ratio_range"] == [0.125, 1.0] and record["ratio"] == 0.5 and "budget" not in record
+    assert record["gated"]  # its own A_s learnt inside V_c; the model's mlp1 stays the teacher's
+    got, teacher = (load_file(os.path.join(d, "model.safetensors")) for d in (out, teacher_dir))
+    assert all(torch.equal(got[k], t) for k, t in teacher.items() if k.startswith("mlp1."))
+    assert not torch.equal(got["compressor.projector.1.weight"], teacher["mlp1.1.weight"])
     shares = [s for s, _ in record["thresholds"]]
     assert shares == [s for s in C.THRESHOLD_SHARES if s > 0.125]
     assert all(a >= b for (_, a), (_, b) in zip(record["thresholds"], record["thresholds"][1:]))  # falls with the share

@@ -319,7 +319,7 @@ def test_static_decode_step_equals_eager_decoding(tmp_path, device, arch):
 
 class EveryOther(torch.nn.Module):
     """The compressor extension point's contract, written here: each image hands on its tokens 0, 2, 4, ... (a
-    tile has 4), at their own position ids (keep_positions) or at consecutive ones."""
+    tile has 4) through the projector, at their own position ids (keep_positions) or at consecutive ones."""
 
     def __init__(self, keep_positions):
         super().__init__()
@@ -331,7 +331,7 @@ class EveryOther(torch.nn.Module):
     def compress(self, grid, tiles_per_image, projector, counts):
         assert counts == [n * grid.shape[1] * grid.shape[2] // 2 for n in tiles_per_image]  # the prompt's
         positions = torch.cat([torch.arange(0, n * grid.shape[1] * grid.shape[2], 2) for n in tiles_per_image])
-        return grid.flatten(0, 2)[::2], positions if self.keep_positions else None
+        return projector(grid.flatten(0, 2)[::2]), positions if self.keep_positions else None
 
 
 class FirstByContent(torch.nn.Module):
@@ -347,7 +347,8 @@ class FirstByContent(torch.nn.Module):
 
     def compress(self, grid, tiles_per_image, projector, counts):
         images = grid.flatten(0, 2).split([n * grid.shape[1] * grid.shape[2] for n in tiles_per_image])
-        return torch.cat([x[:c] for x, c in zip(images, counts)]), torch.cat([torch.arange(c) for c in counts])
+        kept = torch.cat([x[:c] for x, c in zip(images, counts)])
+        return projector(kept), torch.cat([torch.arange(c) for c in counts])
 
 
 @pytest.mark.parametrize("keep_positions", [True, False])
