@@ -37,7 +37,7 @@ after 3d91e24: git checkout 3d91e24 && python distill.py --compressor conv --rat
 
 Imports nothing but torch (and Triton if installed), not even model.py: it works on the model it is given
 through model.py's two extension points (InternVLChat's compressor, LanguageModel.before_layer), so it serves
-whichever copy of model.py the caller loaded. Pool's weighted merge runs as a Triton kernel on CUDA, as a
+any copy of model.py whose compressor hands on projected features (since 2026-12-06). Pool's weighted merge runs as a Triton kernel on CUDA, as a
 depthwise convolution through torch_npu on Ascend NPUs, and in plain PyTorch elsewhere. Select's rarity and
 gather likewise: Triton kernels on CUDA, a matmul formulation on NPUs, PyTorch elsewhere, in O(n) memory.
 """
@@ -89,6 +89,7 @@ class Compressor(nn.Module):
     def __init__(self, window, width):  # width: the token's channels, for the learned parts
         super().__init__()
         self.window, self.window_size = window, window[0] * window[1]
+        self.projector = None  # its own A_s, if any (select for every ratio: build sets it, compress weighs it)
 
     def tokens_per_tile(self, n):
         return n // self.window_size
@@ -108,8 +109,8 @@ class Compressor(nn.Module):
 class Subset(Compressor):
     """Keeps, per image, b of its tokens at the position ids they had (b: the image's count in the prompt, or
     len(image) // k): pick(image [n, C], b, tiles: the image's slice of the grid's tiles, projector) -> (tokens
-    [b, C], their indices in the image [b], sorted). compress runs without grad: the training-free subsets learn
-    nothing (select, which does, has its own)."""
+    [b, C], their indices in the image [b], sorted). compress chooses without grad: the training-free subsets
+    learn nothing (select, which does, has its own)."""
 
     def subsets(self, grid, tiles_per_image, projector, counts=None):
         tokens, keep, first = [], [], 0
@@ -122,9 +123,9 @@ class Subset(Compressor):
             first += n
         return torch.cat(tokens), torch.cat(keep)
 
-    @torch.no_grad()
     def compress(self, grid, tiles_per_image, projector, counts=None):
-        tokens, keep = self.subsets(grid, tiles_per_image, projector, counts)
+        with torch.no_grad():
+            tokens, keep = self.subsets(grid, tiles_per_image, projector, counts)
         return projector(tokens), keep
 
 
@@ -254,7 +255,7 @@ class Select(Subset):
     their nearest tokens: blank paper and the inside of a bar have hundreds of twins, a glyph few), then folds
     each kept token's horizontal neighbours into it (learned). Options: skip_thumbnail ranks a many-tile
     image's thumbnail below every tile token (on a page it is too coarse to read, but on a small crop, a word,
-    it is the view that reads); rank_projected counts near-duplicates among A_s's outputs, what the LLM reads
+    it is the view that reads); rank_projected counts near-duplicates among mlp1's outputs, what the LLM reads
     (the choice then follows A_s as it learns, though no gradient asks it to move).
     A student trained for a range of ratios (set_budget) keeps `ratio` of each tile's tokens, any share, or with
     a threshold each image's tokens whose rarity is above it (at least `floor` of them): a budget by content.
@@ -262,7 +263,6 @@ class Select(Subset):
     neighbours = 4  # rarity = mean distance to this many nearest tokens (2 to 8 choose alike; README)
     # a ranged student's budget (budget() sets them on the instance; a fixed select keeps 1/k and hashes as before)
     ratio, threshold, floor = None, None, 0.0
-    gated = False  # a ranged student's own A_s, weighed by what was dropped (compress; build sets it)
 
     def __init__(self, window, width, skip_thumbnail=False, rank_projected=False):  # window: only its size k counts
         super().__init__(window, width)
@@ -285,7 +285,7 @@ class Select(Subset):
 
     @torch.no_grad()
     def score(self, image, tiles, projector):
-        """What pick ranks by: rarity (of A_s's outputs with rank_projected), a skipped thumbnail at -1."""
+        """What pick ranks by: rarity (of mlp1's outputs with rank_projected), a skipped thumbnail at -1."""
         score = self.rarity(projector(image) if self.rank_projected else image)
         n = tiles.stop - tiles.start
         if self.skip_thumbnail and n > 1:  # the last tile; at ratio <= 1/2 the tiles alone fill the budget
@@ -313,13 +313,14 @@ class Select(Subset):
 
     def forward(self, grid, tiles_per_image, projector=None, counts=None):
         """grid [tiles, h, w, C], the images' tiles in order -> (tokens [kept, C], keep [kept]: each
-        kept token's index in its image's uncompressed token sequence). projector: the model's (A_s), which
-        rank_projected measures rarity after; model.py passes it. counts: each image's tokens to keep (model.py
-        passes its prompt's; default: tokens_per_tile's, or by content with a threshold)."""
-        tokens, keep, cells, _ = self.kept(grid, tiles_per_image, projector, counts)
+        kept token's index in its image's uncompressed token sequence), the fold added to every token (compress
+        weighs it for a student with its own A_s). projector: the model's mlp1, which rank_projected measures rarity
+        after; model.py passes it. counts: each image's tokens to keep (model.py passes its prompt's; default:
+        tokens_per_tile's, or by content with a threshold)."""
+        tokens, keep, cells, _ = self.choose(grid, tiles_per_image, projector, counts)
         return tokens + self.fold(cells), keep
 
-    def kept(self, grid, tiles_per_image, projector=None, counts=None):
+    def choose(self, grid, tiles_per_image, projector=None, counts=None):
         """forward's choice before the fold -> (tokens, keep, cells [kept, 3C]: each token's left neighbour, itself
         and its right neighbour, dropped [kept]: the share of those two neighbours dropped)."""
         if self.rank_projected and projector is None:
@@ -334,29 +335,34 @@ class Select(Subset):
         flat = keep + ((n.cumsum(0) - n) * h * w).repeat_interleave(torch.as_tensor(counts, device=keep.device))
         tile, i, j = flat // (h * w), flat % (h * w) // w, flat % w
         cells = gather_backend(grid)(grid, tile, i, j)  # left, self, right
-        return tokens, keep, cells, dropped_share(flat, j, w, grid.shape[0] * h * w)
+        return tokens, keep, cells, dropped_share(flat, w, grid.shape[0] * h * w)
 
     def fold(self, cells):
         return self.fc2(F.gelu(self.fc1(self.norm(cells))))
 
     def compress(self, grid, tiles_per_image, projector, counts=None):
-        """The kept tokens through the projector, and their position ids. A ranged student (gated) has its own A_s
-        (self.projector) and leaves the model's mlp1 the teacher's: each token is its own path, fold then A_s, in the
-        share of its two row neighbours dropped, and the teacher's projector on the token itself in the rest. Where
-        nothing was dropped the student is the teacher, so one student serves ratio 1 too."""
-        if not self.gated:
+        """The kept tokens through the projector, and their position ids. A student for every ratio has its own A_s
+        (self.projector) and leaves projector, the model's mlp1, the teacher's: with g the share of a token's two
+        row neighbours dropped,
+
+            features = (1 - g) projector(x) + g A_s(x + fold(left, x, right))
+
+        so a token whose neighbours stayed reads as the teacher's, and with nothing dropped the student is the
+        teacher."""
+        if self.projector is None:
             tokens, keep = self(grid, tiles_per_image, projector, counts)
             return projector(tokens), keep
-        tokens, keep, cells, dropped = self.kept(grid, tiles_per_image, projector, counts)
-        teacher, g = projector(tokens), dropped[:, None].to(tokens.dtype)
-        return teacher + g * (self.projector(tokens + self.fold(cells)) - teacher), keep
+        tokens, keep, cells, dropped = self.choose(grid, tiles_per_image, projector, counts)
+        own = self.projector(tokens + self.fold(cells))
+        return torch.lerp(projector(tokens), own, dropped[:, None].to(own.dtype)), keep
 
 
-def dropped_share(flat, j, w, n):
+def dropped_share(flat, w, n):
     """[kept]: the share of each kept token's two row neighbours that were dropped (0, 1/2 or 1; past a row's end
-    there is nothing to drop). flat: the kept tokens' indices in the flattened grid of n tokens, j: their columns."""
+    there is nothing to drop). flat: the kept tokens' indices in the flattened grid of n tokens, w wide."""
     kept = torch.zeros(n + 2, dtype=torch.bool, device=flat.device)  # one slot of padding each side
     kept[flat + 1] = True
+    j = flat % w
     left = (j > 0) & ~kept[flat]
     right = (j < w - 1) & ~kept[flat + 2]
     return (left.float() + right.float()) / 2
@@ -718,10 +724,9 @@ def build(config):
     compressor = COMPRESSORS[method](window, width, **options)
     if ranged:
         budget(compressor, config.compressor)
-    if ranged and config.compressor.get("gated"):
-        D = config.llm.hidden_size  # A_s has mlp1's shape (model.py)
-        compressor.gated, compressor.projector = True, nn.Sequential(
-            nn.LayerNorm(width), nn.Linear(width, D), nn.GELU(), nn.Linear(D, D))
+    if ranged and config.compressor.get("gated"):  # its own A_s, in mlp1's shape (model.py)
+        D = config.llm.hidden_size
+        compressor.projector = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, D), nn.GELU(), nn.Linear(D, D))
     return compressor
 
 
@@ -804,8 +809,8 @@ def make_student(teacher, method="select", ratio=0.5, ratio_range=None, **option
     with torch.device("meta"):  # the ViT and LLM built here are replaced by the teacher's: free
         student = type(teacher)(config)
     student.vision_model, student.language_model = teacher.vision_model, teacher.language_model
-    student.mlp1 = copy.deepcopy(teacher.mlp1)  # A_s, or a ranged student's copy of the teacher's (it learns its own)
-    if ratio_range:  # a ranged select: gated, with its own A_s
+    student.mlp1 = copy.deepcopy(teacher.mlp1)  # A_s, or, for a student with its own, the teacher's kept as it is
+    if compressor.projector is not None:
         compressor.projector.load_state_dict(teacher.mlp1.state_dict())
     p = next(teacher.mlp1.parameters())
     student.compressor = compressor.to(p.device, p.dtype)

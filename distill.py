@@ -70,8 +70,8 @@ class DistillConfig(P.TrainConfig):
     p_qa: float = 0.6  # share of extractive QA, with the official short-answer prompt
     p_reason: float = 0.0  # share of multi-fact reasoning questions
     qa_turns: int = 3  # pack up to this many QA turns about one image into a conversation
-    trainable: str = ""  # what learns: compressor, projector and, for stage II, llm ('': compressor,projector;
-                         # --budget auto: compressor, whose A_s is its own, the model's mlp1 staying the teacher's)
+    trainable: str = ""  # what learns: compressor, projector and, for stage II, llm ('': compressor,projector, or
+                         # compressor for a student with its own A_s, --budget auto's: V_c holds it)
     lr: float = 1e-3  # peak learning rate
     micro_batch: int = 8  # conversations per forward pass per process
     save_every: int = 100  # steps between checkpoints in OUT/checkpoint (0: only at the end)
@@ -100,7 +100,6 @@ class DistillConfig(P.TrainConfig):
 
     def __post_init__(self):
         self.init = self.teacher  # the model the run starts from
-        self.trainable = self.trainable or ("compressor" if self.budget == "auto" else "compressor,projector")
         tag = "auto" if self.budget == "auto" else f"{self.ratio:g}"
         self.out = self.out or os.path.join("runs", f"distill-{self.compressor}{tag}")
 
@@ -296,7 +295,7 @@ def run(cfg):
         device = P.setup(cfg)
         rank, world = P.dist_info()
         P.check(cfg)
-        if not set(cfg.trainable.split(",")) <= {"compressor", "projector", "llm"}:  # the ViT runs once, for both
+        if not set(cfg.trainable.split(",")) <= {"", "compressor", "projector", "llm"}:  # the ViT runs once, for both
             raise Error(f"--trainable {cfg.trainable}: distillation trains compressor, projector and, "
                         "optionally, llm (the ViT is the teacher's own; train it with posttrain.py)")
         if cfg.budget == "auto":
@@ -314,8 +313,13 @@ def run(cfg):
         teacher = M.load_model(cfg.teacher, device, dtype)
         tok = load_tokenizer(cfg.teacher)
         student = start_student(cfg, teacher, device, dtype, "llm" in cfg.trainable.split(","))
+        own = student.compressor.projector is not None  # V_c holds its own A_s (--budget auto's)
+        if own and "projector" in cfg.trainable.split(","):
+            raise Error(f"--trainable {cfg.trainable}: this student's A_s is V_c's own (compressor), and the model's "
+                        "mlp1 stays the teacher's so that with nothing dropped it is the teacher: drop projector")
+        cfg.trainable = cfg.trainable or ("compressor" if own else "compressor,projector")
         C.FastV(cfg.ratio, cfg.fastv_layer, teacher.config.llm.num_hidden_layers)  # a bad K fails now, not after training
-        student.compressor.float(), student.mlp1.float()  # the parts that learn keep fp32 weights
+        student.compressor.float(), student.mlp1.float()  # the parts that may learn keep fp32 weights
         if student.language_model is not teacher.language_model:
             student.language_model.float()
         records = P.read_jsonl(cfg.data, cfg.image_root or os.path.dirname(cfg.data)) if cfg.data else None

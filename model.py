@@ -495,10 +495,10 @@ class InternVLChat(nn.Module):
       counts(grid, tiles_per_image, projector) -> each image's count, which the prompt is built with;
       compress(grid, tiles_per_image, projector, counts) -> (features [sum(counts), D], positions [sum(counts)] or
         None): grid [tiles, h, w, C] holds the images' tiles in order, projector is mlp1, which the compressor
-        applies to what it keeps (and may rank tokens by, as the LLM reads them), counts the <IMG_CONTEXT> tokens
-        each image has in the prompt. positions: each token's index in its image's uncompressed sequence, its
-        position id from the image's first one; the text after the image and the generated tokens follow the
-        whole uncompressed image, as if no token had gone. None: consecutive position ids.
+        applies to what it keeps (it may rank tokens by it, and carry a projector of its own), counts the
+        <IMG_CONTEXT> tokens each image has in the prompt. positions: each token's index in its image's
+        uncompressed sequence, its position id from the image's first one; the text after the image and the
+        generated tokens follow the whole uncompressed image, as if no token had gone. None: consecutive ids.
     A prompt whose images have other counts than num_image_token per tile (a variable budget) needs
     tiles_per_image in forward and generate. A method inside the LLM uses language_model.before_layer instead."""
 
@@ -525,7 +525,8 @@ class InternVLChat(nn.Module):
         return pixel_shuffle(x.reshape(x.shape[0], g, g, -1), self.config.downsample_ratio)
 
     def project(self, grid, tiles_per_image=None, counts=None):
-        """Token grid -> (mlp1's features [tokens, llm_hidden], the compressor's positions or None)."""
+        """Token grid -> (the LLM's features [tokens, llm_hidden]: mlp1's, or the compressor's, and its positions or
+        None)."""
         if self.compressor is None:
             return self.mlp1(grid.flatten(0, 2)), None
         counts = counts or self.image_token_counts(grid, tiles_per_image)

@@ -77,7 +77,7 @@ class Config:
     stage2_args: str = ""  # more distill.py flags for the stage-II runs
     fastv_layer: int = 2  # K of the FastV baseline
     any_steps: int = 600  # steps of the one student for every ratio: the two per-ratio stage-I students' together
-    any_ratios: tuple = (0.125, 0.25, 0.5, 0.75, 1.0)  # the one student for every ratio, evaluated at these
+    any_ratios: tuple = (0.125, 0.25, 0.3, 0.5, 0.75, 1.0)  # the one student for every ratio, evaluated at these
     auto_shares: tuple = (0.2, 0.3, 0.4, 0.5)  # and with the budget by content, at thresholds calibrated to these
     limit: int = 0  # first N questions per task (0: all)
     max_new_tokens: int = 0  # answer length in evaluation (0: the task protocol's)
@@ -290,7 +290,7 @@ def any_pipeline(cfg):
     """One stage-I student for every ratio (distill.py --budget auto), as long as each per-ratio one trains."""
     train(cfg, "stage I, one student for every ratio", os.path.join(cfg.out, "any"), cfg.distill_args,
           teacher=cfg.teacher, ratio=0.5, budget="auto", compressor=cfg.compressor, eval_task="",
-          fastv_layer=cfg.fastv_layer, steps=cfg.any_steps, lr=cfg.distill_lr)
+          fastv_layer=cfg.fastv_layer, steps=cfg.any_steps, lr=cfg.distill_lr, trainable="compressor")  # its own A_s
 
 
 def ratio_pipeline(cfg, r):

@@ -196,6 +196,7 @@ def test_ddp_two_processes_equal_one(teacher_dir, tmp_path):
     (["--budget", "auto", "--ratio-range", "0.6,1"], "need 0 < LO <= ratio <= HI <= 1"),
     (["--budget", "some"], "--budget"),
     (["--ratio-range", "0.25,1"], "are --budget auto's"),
+    (["--budget", "auto", "--trainable", "compressor,projector"], "this student's A_s is V_c's own"),
 ])
 def test_bad_input_is_one_line(teacher_dir, tmp_path, flags, words):
     r = run(*train_args(teacher_dir, str(tmp_path / "x")), *flags)  # the last of a repeated flag wins
