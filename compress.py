@@ -37,9 +37,10 @@ after 3d91e24: git checkout 3d91e24 && python distill.py --compressor conv --rat
 
 Imports nothing but torch (and Triton if installed), not even model.py: it works on the model it is given
 through model.py's two extension points (InternVLChat's compressor, LanguageModel.before_layer), so it serves
-any copy of model.py whose compressor hands on projected features (since 2026-12-06). Pool's weighted merge runs as a Triton kernel on CUDA, as a
-depthwise convolution through torch_npu on Ascend NPUs, and in plain PyTorch elsewhere. Select's rarity and
-gather likewise: Triton kernels on CUDA, a matmul formulation on NPUs, PyTorch elsewhere, in O(n) memory.
+any copy of model.py whose compressor hands on projected features (since 2026-12-06). Pool's weighted merge runs
+as a Triton kernel on CUDA, as a depthwise convolution through torch_npu on Ascend NPUs, and in plain PyTorch
+elsewhere. Select's rarity and gather likewise: Triton kernels on CUDA, a matmul formulation on NPUs, PyTorch
+elsewhere, in O(n) memory.
 """
 import argparse
 import copy
@@ -322,7 +323,7 @@ class Select(Subset):
 
     def choose(self, grid, tiles_per_image, projector=None, counts=None):
         """forward's choice before the fold -> (tokens, keep, cells [kept, 3C]: each token's left neighbour, itself
-        and its right neighbour, dropped [kept]: the share of those two neighbours dropped)."""
+        and its right neighbour, flat [kept]: each token's index in grid.flatten(0, 2))."""
         if self.rank_projected and projector is None:
             raise CompressError("select with rank_projected needs the model's projector: call it as "
                                 "compressor(grid, tiles_per_image, model.mlp1)")
@@ -335,7 +336,7 @@ class Select(Subset):
         flat = keep + ((n.cumsum(0) - n) * h * w).repeat_interleave(torch.as_tensor(counts, device=keep.device))
         tile, i, j = flat // (h * w), flat % (h * w) // w, flat % w
         cells = gather_backend(grid)(grid, tile, i, j)  # left, self, right
-        return tokens, keep, cells, dropped_share(flat, w, grid.shape[0] * h * w)
+        return tokens, keep, cells, flat
 
     def fold(self, cells):
         return self.fc2(F.gelu(self.fc1(self.norm(cells))))
@@ -352,7 +353,8 @@ class Select(Subset):
         if self.projector is None:
             tokens, keep = self(grid, tiles_per_image, projector, counts)
             return projector(tokens), keep
-        tokens, keep, cells, dropped = self.choose(grid, tiles_per_image, projector, counts)
+        tokens, keep, cells, flat = self.choose(grid, tiles_per_image, projector, counts)
+        dropped = dropped_share(flat, grid.shape[2], grid.shape[:3].numel())
         own = self.projector(tokens + self.fold(cells))
         return torch.lerp(projector(tokens), own, dropped[:, None].to(own.dtype)), keep
 
@@ -724,9 +726,9 @@ def build(config):
     compressor = COMPRESSORS[method](window, width, **options)
     if ranged:
         budget(compressor, config.compressor)
-    if ranged and config.compressor.get("gated"):  # its own A_s, in mlp1's shape (model.py)
-        D = config.llm.hidden_size
-        compressor.projector = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, D), nn.GELU(), nn.Linear(D, D))
+        if config.compressor.get("gated"):  # its own A_s, in mlp1's shape (model.py)
+            D = config.llm.hidden_size
+            compressor.projector = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, D), nn.GELU(), nn.Linear(D, D))
     return compressor
 
 
