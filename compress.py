@@ -719,7 +719,11 @@ def build(config):
                             "of visual tokens kept, as compress.spec writes it")
     grid = int(config.force_image_size // config.vision.patch_size * config.downsample_ratio)
     width = config.vision.hidden_size * round(1 / config.downsample_ratio) ** 2
-    ranged = method == "select" and "ratio_range" in config.compressor
+    ranged = "ratio_range" in config.compressor
+    if (ranged and method != "select") or (config.compressor.get("gated") and not ranged):
+        raise CompressError(f"config.json's compressor record {config.compressor.get('method')!r} has "
+                            f"{'ratio_range' if ranged else 'gated'} without {'select' if ranged else 'ratio_range'}: "
+                            "only a select student for every ratio (distill.py --budget auto) records them")
     window = (1, 1) if ranged else window_for(ratio, grid, grid)  # a ranged select keeps any share, no window
     options = select_options(config) if method == "select" else \
         {"seed": config.compressor.get("seed", 0)} if method == "random" else {}
@@ -740,7 +744,7 @@ THRESHOLD_SHARES = tuple(round(0.05 * i, 2) for i in range(1, 20))  # the mean s
 def budget(select, record):
     """Set a ranged select from its config.compressor record: ratio, floor and, with "budget": "auto", the
     threshold interpolated (linearly in the share) from the calibrated table."""
-    lo, hi = record["ratio_range"]
+    lo, hi = ranged_record(record)
     ratio = record["ratio"]
     if not lo <= ratio <= hi:
         raise CompressError(f"ratio {ratio:g} is outside the range this student was trained for, {lo:g} to {hi:g}: "
@@ -750,6 +754,11 @@ def budget(select, record):
         table = record.get("thresholds")
         if not table:
             raise CompressError("this student has no calibrated thresholds: train it with distill.py --budget auto")
+        if not all(isinstance(p, list) and len(p) == 2 and all(number(x) for x in p) for p in table) or \
+                any(a[0] >= b[0] or a[1] < b[1] for a, b in zip(table, table[1:])):
+            raise CompressError(f"config.json's compressor thresholds {str(table)[:60]}... are not [share, threshold] "
+                                "pairs with the share rising and the threshold falling, as distill.py --budget auto "
+                                "calibrates them: train the student again")
         shares = [s for s, _ in table]
         if not shares[0] <= ratio <= shares[-1]:
             raise CompressError(f"--budget auto at {ratio:g}: thresholds are calibrated for mean shares "
@@ -758,6 +767,28 @@ def budget(select, record):
         (s0, t0), (s1, t1) = table[i], table[min(i + 1, len(table) - 1)]
         select.threshold = t0 if s1 == s0 else t0 + (t1 - t0) * (ratio - s0) / (s1 - s0)
     return select
+
+
+def number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def ranged_record(record):
+    """A ranged select's record checked -> its (lo, hi); one line naming config.json's field where it is malformed."""
+    lo_hi = record.get("ratio_range")
+    if not (isinstance(lo_hi, list) and len(lo_hi) == 2 and all(map(number, lo_hi)) and 0 < lo_hi[0] < lo_hi[1] <= 1):
+        raise CompressError(f"config.json's compressor ratio_range {lo_hi!r} is not [LO, HI] with 0 < LO < HI <= 1, "
+                            "as distill.py --budget auto writes it: mend it or train the student again")
+    if record.get("budget") not in (None, "auto") or not number(record.get("ratio")):
+        raise CompressError(f"config.json's compressor record has budget {record.get('budget')!r} and ratio "
+                            f"{record.get('ratio')!r}: a ranged student records a ratio and, by content, \"auto\"")
+    return tuple(lo_hi)
+
+
+def calibrated_shares(floor, shares=THRESHOLD_SHARES):
+    """The mean shares a ranged select with this floor (its lowest ratio) gets thresholds for: at or below it none
+    reaches."""
+    return [s for s in shares if s > floor]
 
 
 def set_budget(model, ratio, auto=False):
@@ -787,7 +818,7 @@ def calibrate(select, grids, projector, shares=THRESHOLD_SHARES):
         return sum(max(f, (s > t).float().mean().item()) for s, f in zip(scores, floor)) / len(scores)
 
     table, low, high = [], min(s.min().item() for s in scores) - 1, max(s.max().item() for s in scores)
-    for share in (s for s in shares if s > select.floor):  # below the floor no threshold reaches
+    for share in calibrated_shares(select.floor, shares):
         a, b = low, high
         for _ in range(50):
             a, b = ((a + b) / 2, b) if kept((a + b) / 2) > share else (a, (a + b) / 2)

@@ -41,6 +41,7 @@ bench.py's: at this size the ViT, which every row runs in full, dominates a pref
 """
 import copy
 import json
+import math
 import os
 import random
 import sys
@@ -120,6 +121,9 @@ def ratio_range(cfg):
         raise Error(f"--ratio-range {cfg.ratio_range}: give two shares LO,HI, e.g. 0.125,1") from None
     if not 0 < lo < hi <= 1 or not lo <= cfg.ratio <= hi:
         raise Error(f"--ratio-range {cfg.ratio_range} with --ratio {cfg.ratio:g}: need 0 < LO <= ratio <= HI <= 1")
+    if not C.calibrated_shares(lo):
+        raise Error(f"--ratio-range {cfg.ratio_range}: the budget by content is calibrated for mean shares above LO, "
+                    f"up to {C.THRESHOLD_SHARES[-1]:g}: pass a lower LO")
     return lo, hi
 
 
@@ -247,22 +251,31 @@ def heldout_set(cfg):
     return path
 
 
+def pool_fits(ratio, side):
+    """Whether pool's windows of 1/ratio tokens tile a side x side token grid."""
+    try:
+        return bool(C.window_for(ratio, side, side))
+    except C.CompressError:
+        return False
+
+
 def compare(cfg, student_dir):
     """Teacher, the training-free baselines at the same ratio and the student on one task, on the shipped set (or
     --eval-data) and the held-out family's: a table."""
     rows = [("teacher", cfg.teacher, "none", None, "fixed"), (f"pool {cfg.ratio:g}", cfg.teacher, "pool", cfg.ratio,
             "fixed"), (f"FastV {cfg.ratio:g} (K={cfg.fastv_layer})", cfg.teacher, "fastv", cfg.ratio, "fixed"),
             (f"FCoT stage I ({cfg.compressor} {cfg.ratio:g})", student_dir, "none", None, "fixed")]
-    if abs(round(1 / cfg.ratio) * cfg.ratio - 1) > 1e-6:  # pool's windows need 1/k: a ranged student's need not
-        rows.pop(1)
     if cfg.budget == "auto":
         rows.append((f"FCoT stage I auto ({cfg.compressor}, mean {cfg.ratio:g} on training images)", student_dir,
                      "none", cfg.ratio, "auto"))
-    results, heldout = [], heldout_set(cfg)
+    results, heldout, side = [], heldout_set(cfg), None
     for name, folder, method, ratio, budget in rows:
+        if method == "pool" and not pool_fits(ratio, side):  # a ranged student's ratio need not be 1/k
+            continue
         base = E.EvalConfig(task=cfg.eval_task, model=folder, limit=cfg.eval_limit or None, method=method, ratio=ratio,
                             batch_size=cfg.eval_batch_size, budget=budget, fastv_layer=cfg.fastv_layer)
         model, tok, ran = E.load_model(base), load_tokenizer(folder), []
+        side = side or math.isqrt(model.num_image_token)  # the teacher's (the first row's) token grid
         for data, tag in ((cfg.eval_data or None, ""), (heldout, "_heldout"))[:1 + bool(heldout)]:
             ecfg = replace(base, data=data, out=os.path.join(
                 cfg.out, "eval", f"{cfg.eval_task}{tag}_{name.split(' (')[0].replace(' ', '_')}.jsonl"))
@@ -302,7 +315,11 @@ def run(cfg):
             if cfg.compressor != "select":
                 raise Error(f"--budget auto is select's (its ranking does not depend on the ratio), not "
                             f"{cfg.compressor}'s")
-            ratio_range(cfg)  # a bad range fails now, not after training
+            shares = C.calibrated_shares(ratio_range(cfg)[0])  # a bad range fails now, not after training
+            if cfg.eval_task and not shares[0] <= cfg.ratio <= shares[-1]:
+                raise Error(f"--ratio {cfg.ratio:g}: the comparison runs the budget by content at it, which is "
+                            f"calibrated for mean shares {shares[0]:g} to {shares[-1]:g}: pass a ratio inside them, "
+                            "or --eval-task ''")
         elif (cfg.ratio_range, cfg.calibration_images) != (DistillConfig.ratio_range, DistillConfig.calibration_images):
             raise Error("--ratio-range and --calibration-images are --budget auto's: add it or drop them")
         if cfg.eval_task and cfg.eval_task not in E.TASKS:

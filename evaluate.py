@@ -52,8 +52,10 @@ class EvalConfig:
     dtype: str = None  # float32 | bfloat16 | float16 (default: bfloat16 on cuda, the official setting; float32 on cpu)
     method: str = 'none'  # training-free compression (compress.py's docstring); none for a distilled student
     ratio: float = None  # share of visual tokens kept by --method (default 1), or by a student of a range of ratios
+                         # (default: the ratio it was saved at)
     budget: str = 'fixed'  # fixed | auto: with a student of distill.py --budget auto, tokens above the rarity
-                           # threshold that kept --ratio of its training images' tokens (the mean; per image it varies)
+                           # threshold that kept --ratio of its training images' tokens (the mean; per image it varies).
+                           # The flag decides, not the budget the student was saved with
     fastv_layer: int = 2  # FastV prunes before this decoder layer (K)
     seed: int = None  # with --method random: the subsets' seed (default 0; report the mean over 0, 1, 2)
     skip_thumbnail: bool = False  # with --method select: rank a many-tile image's thumbnail below its tiles
@@ -468,16 +470,19 @@ def load_model(cfg):
     try:
         model = M.load_model(cfg.model, device=cfg.device, dtype=getattr(torch, cfg.dtype),
                              build_compressor=compress.build)
+        record = model.config.compressor or {}
         if cfg.method != 'none' and model.compressor is not None:
-            raise Error(f"{cfg.model} is already compressed ({model.config.compressor}); drop --method")
+            shown = {k: v for k, v in record.items() if k != 'thresholds'}  # a table of 19 pairs says nothing here
+            raise Error(f"{cfg.model} is already compressed ({shown}); drop --method")
         if cfg.method not in ('none', 'tiles'):  # tiles changes the inputs (generate), not the model
             compress.apply(model, method=cfg.method, ratio=cfg.ratio, fastv_layer=cfg.fastv_layer, seed=cfg.seed,
                            **{k: getattr(cfg, k) for k in SELECT_OPTIONS})
-        elif cfg.method == 'none' and (cfg.ratio is not None or cfg.budget == 'auto'):  # a student's budget
+        elif cfg.method == 'none' and (cfg.ratio is not None or cfg.budget == 'auto' or 'ratio_range' in record):
             if model.compressor is None:
-                raise Error(f"{cfg.model} is not compressed: --ratio needs --method, e.g. --method select")
-            if cfg.budget == 'auto' or cfg.ratio != model.config.compressor.get('ratio'):
-                compress.set_budget(model, cfg.ratio or model.config.compressor['ratio'], auto=cfg.budget == 'auto')
+                raise Error(f"{cfg.model} is not compressed: " + ("--ratio needs --method, e.g. --method select"
+                            if cfg.budget == 'fixed' else "--budget auto needs a student of distill.py --budget auto"))
+            # always: a student saved by content (its record says "budget": "auto") runs as --budget asks
+            compress.set_budget(model, cfg.ratio or record['ratio'], auto=cfg.budget == 'auto')
     except (M.ModelLoadError, compress.CompressError) as e:
         raise Error(str(e))
     return model

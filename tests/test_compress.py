@@ -2,6 +2,7 @@
 baselines (divprune, random, fewer tiles, visionzip, pdrop), each against another way of computing it."""
 import json
 import math
+import re
 import os
 import random
 import subprocess
@@ -881,6 +882,28 @@ def test_set_budget_interpolates_and_refuses_what_it_cannot_do(tok):
         C.set_budget(fixed, 0.25)
     with pytest.raises(C.CompressError, match="a range of ratios is select's"):
         C.make_student(teacher, "pool", 0.5, ratio_range=(0.25, 1))
+
+
+@pytest.mark.parametrize("field, words", [
+    (dict(ratio_range=[0.125, 0.5, 1]), "ratio_range [0.125, 0.5, 1] is not [LO, HI]"),
+    (dict(ratio_range=0.125), "ratio_range 0.125 is not [LO, HI]"),
+    (dict(ratio_range=["0.125", "1"]), "is not [LO, HI]"),
+    (dict(ratio_range=[1, 0.125]), "is not [LO, HI] with 0 < LO < HI <= 1"),
+    (dict(budget="Auto"), "budget 'Auto'"),
+    (dict(thresholds=[[0.2], [0.5]]), "are not [share, threshold] pairs"),
+    (dict(thresholds=[[0.2, 1.0], [0.5, 2.0]]), "the threshold falling"),  # would keep every token
+    (dict(thresholds=[[0.5, 1.0], [0.2, 2.0]]), "the share rising"),
+    (dict(method="pool"), "has ratio_range without select"),
+])
+def test_a_malformed_ranged_record_is_one_clear_error(tok, field, words):
+    """A config.json edited by hand or by another tool: refused by name, never run as something else."""
+    student = C.make_student(tiny(tok), "select", 0.5, ratio_range=(0.125, 1))
+    record = student.config.compressor | {"budget": "auto", "thresholds": [[0.2, 4.0], [0.5, 1.0]]} | field
+    with pytest.raises(C.CompressError, match=re.escape(words)):
+        C.build(replace(student.config, compressor=record))
+    gated_alone = {"method": "select", "ratio": 0.5, "gated": True}
+    with pytest.raises(C.CompressError, match="gated without ratio_range"):
+        C.build(replace(student.config, compressor=gated_alone))
 
 
 def test_dropped_share_counts_each_kept_tokens_dropped_row_neighbours():

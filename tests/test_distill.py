@@ -197,6 +197,8 @@ def test_ddp_two_processes_equal_one(teacher_dir, tmp_path):
     (["--budget", "some"], "--budget"),
     (["--ratio-range", "0.25,1"], "are --budget auto's"),
     (["--budget", "auto", "--trainable", "compressor,projector"], "this student's A_s is V_c's own"),
+    (["--budget", "auto", "--ratio-range", "0.96,1", "--ratio", "0.97"], "pass a lower LO"),
+    (["--budget", "auto", "--ratio", "0.125", "--eval-task", "docvqa"], "calibrated for mean shares 0.15 to 0.95"),
 ])
 def test_bad_input_is_one_line(teacher_dir, tmp_path, flags, words):
     r = run(*train_args(teacher_dir, str(tmp_path / "x")), *flags)  # the last of a repeated flag wins
@@ -206,6 +208,11 @@ def test_bad_input_is_one_line(teacher_dir, tmp_path, flags, words):
 
 
 # ----------------------------------------------------------------------------- one student for every ratio
+
+def test_the_pool_row_is_kept_where_its_windows_tile_the_grid():
+    assert D.pool_fits(0.5, 2) and D.pool_fits(0.25, 16) and D.pool_fits(1 / 3, 3)
+    assert not D.pool_fits(0.2, 16) and not D.pool_fits(0.3, 16) and not D.pool_fits(1.0, 16)
+
 
 def test_ratio_draw_is_in_range_log_uniform_and_a_function_of_the_batch():
     convs = [[{"conversations": [{"from": "human", "value": f"q{i}"}]}] for i in range(2000)]
@@ -266,6 +273,14 @@ def test_budget_auto_trains_calibrates_and_evaluates(teacher_dir, tmp_path):
         assert res["visual_tokens_per_image"] == pytest.approx(float(ratio) * full, abs=0.1)  # rounded to 0.1
     r, res = evaluate("--budget", "auto", "--ratio", "0.5")
     assert r.returncode == 0, r.stderr[-2000:]
+    assert res["visual_tokens_per_image"] != pytest.approx(0.5 * full, abs=0.1)  # by content: not what 0.5 keeps
+    saved = str(tmp_path / "saved")  # a record saved by content ("budget": "auto") runs as --budget asks: fixed
+    M.save_model(C.set_budget(M.load_model(out, build_compressor=C.build), 0.5, auto=True), saved, tokenizer_dir=out)
+    assert json.load(open(os.path.join(saved, "config.json")))["compressor"]["budget"] == "auto"
+    for flags in ((), ("--ratio", "0.5")):
+        r2, fixed_run = evaluate(*flags, folder=saved)
+        assert r2.returncode == 0, r2.stderr[-2000:]
+        assert fixed_run["visual_tokens_per_image"] == pytest.approx(0.5 * full, abs=0.1), flags
     spread = res["visual_tokens_spread"]
     assert spread["min"] <= res["visual_tokens_per_image"] <= spread["max"] <= full
     recs = [json.loads(line) for line in open(tmp_path / "any_--budget_auto_--ratio_0.5.jsonl")][1:]
@@ -276,6 +291,7 @@ def test_budget_auto_trains_calibrates_and_evaluates(teacher_dir, tmp_path):
                                  (("--ratio", "0.25"), fixed, "keeps 0.5 of the tokens only"),
                                  (("--budget", "auto"), fixed, "keeps 0.5 of the tokens only"),
                                  (("--ratio", "0.5"), teacher_dir, "is not compressed"),
+                                 (("--budget", "auto"), teacher_dir, "needs a student of distill.py --budget auto"),
                                  (("--budget", "auto", "--method", "pool", "--ratio", "0.5"), out, "drop --method")):
         r, _ = evaluate(*flags, folder=folder)
         lines = r.stderr.strip().splitlines()
