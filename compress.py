@@ -754,7 +754,7 @@ def budget(select, record):
         table = record.get("thresholds")
         if not table:
             raise CompressError("this student has no calibrated thresholds: train it with distill.py --budget auto")
-        if not all(isinstance(p, list) and len(p) == 2 and all(number(x) for x in p) for p in table) or \
+        if not all(isinstance(p, list) and len(p) == 2 and all(is_number(x) for x in p) for p in table) or \
                 any(a[0] >= b[0] or a[1] < b[1] for a, b in zip(table, table[1:])):
             raise CompressError(f"config.json's compressor thresholds {str(table)[:60]}... are not [share, threshold] "
                                 "pairs with the share rising and the threshold falling, as distill.py --budget auto "
@@ -769,17 +769,18 @@ def budget(select, record):
     return select
 
 
-def number(x):
+def is_number(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def ranged_record(record):
     """A ranged select's record checked -> its (lo, hi); one line naming config.json's field where it is malformed."""
     lo_hi = record.get("ratio_range")
-    if not (isinstance(lo_hi, list) and len(lo_hi) == 2 and all(map(number, lo_hi)) and 0 < lo_hi[0] < lo_hi[1] <= 1):
+    if not (isinstance(lo_hi, list) and len(lo_hi) == 2 and all(map(is_number, lo_hi))
+            and 0 < lo_hi[0] < lo_hi[1] <= 1):
         raise CompressError(f"config.json's compressor ratio_range {lo_hi!r} is not [LO, HI] with 0 < LO < HI <= 1, "
                             "as distill.py --budget auto writes it: mend it or train the student again")
-    if record.get("budget") not in (None, "auto") or not number(record.get("ratio")):
+    if record.get("budget") not in (None, "auto") or not is_number(record.get("ratio")):
         raise CompressError(f"config.json's compressor record has budget {record.get('budget')!r} and ratio "
                             f"{record.get('ratio')!r}: a ranged student records a ratio and, by content, \"auto\"")
     return tuple(lo_hi)
