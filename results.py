@@ -126,7 +126,7 @@ def parse_args(argv=None):
         raise cli.Error(f"--tasks: choose from {' '.join(TASKS)}")
     import distill, compress  # the one student's range and calibrated shares: checked now, not after training
     lo, hi = distill.ratio_range(distill.DistillConfig())
-    shares = [s for s in compress.THRESHOLD_SHARES if s > lo]
+    shares = compress.calibrated_shares(lo)
     if not all(lo <= r <= hi for r in cfg.any_ratios) or not all(shares[0] <= s <= shares[-1] for s in cfg.auto_shares):
         raise cli.Error(f"--any-ratios must lie in {lo:g}..{hi:g} and --auto-shares in {shares[0]:g}..{shares[-1]:g}, "
                         "the one student's range and calibrated shares")
