@@ -709,12 +709,16 @@ def spec(method, ratio, seed=None, **options):
     return {"method": method, "ratio": ratio} | on | ({"seed": seed or 0} if method == "random" else {})
 
 
+def is_number(x):  # a JSON number: bool is an int to isinstance
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def build(config):
     """The compressor config.compressor records (model.load_model's build_compressor)."""
     method, ratio = config.compressor.get("method"), config.compressor.get("ratio")
     if method not in COMPRESSORS:
         raise CompressError(f"unknown compressor {method!r}: choose one of {', '.join(COMPRESSORS)}")
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+    if not is_number(ratio) or not 0 < ratio <= 1:
         raise CompressError(f"config.json's compressor record {config.compressor} needs a ratio in (0, 1]: the share "
                             "of visual tokens kept, as compress.spec writes it")
     grid = int(config.force_image_size // config.vision.patch_size * config.downsample_ratio)
@@ -767,10 +771,6 @@ def budget(select, record):
         (s0, t0), (s1, t1) = table[i], table[min(i + 1, len(table) - 1)]
         select.threshold = t0 if s1 == s0 else t0 + (t1 - t0) * (ratio - s0) / (s1 - s0)
     return select
-
-
-def is_number(x):
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def ranged_record(record):

@@ -2,9 +2,9 @@
 baselines (divprune, random, fewer tiles, visionzip, pdrop), each against another way of computing it."""
 import json
 import math
-import re
 import os
 import random
+import re
 import subprocess
 import sys
 from dataclasses import replace
