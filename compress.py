@@ -764,9 +764,7 @@ def budget(select, record):
                                 "pairs with the share rising and the threshold falling, as distill.py --budget auto "
                                 "calibrates them: train the student again")
         shares = [s for s, _ in table]
-        if not shares[0] <= ratio <= shares[-1]:
-            raise CompressError(f"--budget auto at {ratio:g}: thresholds are calibrated for mean shares "
-                                f"{shares[0]:g} to {shares[-1]:g}; pass a ratio inside them")
+        check_calibrated(ratio, shares)
         i = max(j for j in range(len(shares)) if shares[j] <= ratio)
         (s0, t0), (s1, t1) = table[i], table[min(i + 1, len(table) - 1)]
         select.threshold = t0 if s1 == s0 else t0 + (t1 - t0) * (ratio - s0) / (s1 - s0)
@@ -790,6 +788,14 @@ def calibrated_shares(floor, shares=THRESHOLD_SHARES):
     """The mean shares a ranged select with this floor (its lowest ratio) gets thresholds for: at or below it none
     reaches."""
     return [s for s in shares if s > floor]
+
+
+def check_calibrated(ratio, shares):
+    """The budget by content runs only at a mean share its thresholds were calibrated for."""
+    if not shares or not shares[0] <= ratio <= shares[-1]:
+        span = f"{shares[0]:g} to {shares[-1]:g}" if shares else "none"
+        raise CompressError(f"--budget auto at {ratio:g}: thresholds are calibrated for mean shares {span}; "
+                            "pass a ratio inside them")
 
 
 def set_budget(model, ratio, auto=False):

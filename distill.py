@@ -316,10 +316,11 @@ def run(cfg):
                 raise Error(f"--budget auto is select's (its ranking does not depend on the ratio), not "
                             f"{cfg.compressor}'s")
             shares = C.calibrated_shares(ratio_range(cfg)[0])  # a bad range fails now, not after training
-            if cfg.eval_task and not shares[0] <= cfg.ratio <= shares[-1]:
-                raise Error(f"--ratio {cfg.ratio:g}: the comparison runs the budget by content at it, which is "
-                            f"calibrated for mean shares {shares[0]:g} to {shares[-1]:g}: pass a ratio inside them, "
-                            "or --eval-task ''")
+            if cfg.eval_task:
+                try:  # the comparison runs the budget by content at --ratio
+                    C.check_calibrated(cfg.ratio, shares)
+                except C.CompressError as e:
+                    raise Error(f"{e}, or --eval-task '' for no comparison") from None
         elif (cfg.ratio_range, cfg.calibration_images) != (DistillConfig.ratio_range, DistillConfig.calibration_images):
             raise Error("--ratio-range and --calibration-images are --budget auto's: add it or drop them")
         if cfg.eval_task and cfg.eval_task not in E.TASKS:

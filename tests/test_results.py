@@ -384,3 +384,12 @@ def test_gains_pick_and_intervals(gains_run):
     assert f"held-out family: {held['diff']:+.1f} ({held['low']:+.1f}..{held['high']:+.1f})" in md
     assert top["heldout"] is None and md.count("; held-out family: - (not every") == 1  # merged, random: not evaluated there
     assert md.count("- ratio 0.25: ") == 1 + 3 and md.count(": - (not every task evaluated for both rows)") == 5
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--any-ratios", "0.05"], "--any-ratios must lie in 0.125..1"),
+    (["--auto-shares", "0.1"], "--auto-shares: --budget auto at 0.1: thresholds are calibrated for mean shares 0.15 to 0.95"),
+])
+def test_ratios_the_one_student_cannot_run_are_refused_before_training(flags, message):
+    with pytest.raises(R.cli.Error, match=message):
+        R.parse_args(["--table-only", *flags])
