@@ -14,7 +14,7 @@ What the held-out family never shares with training (a seed range alone is not a
 - phrasings: every question also carries `reworded`, a phrasing no training question uses, and build.py writes
   each held-out DocVQA question in a second such phrasing (reworded2, FRESH_PHRASES).
 Both families draw every layout's answers at every position (a test checks it), and the training family
-also draws synth.py's own layouts in its fonts.
+also draws synth.py's own layouts in its fonts, stacked bars and legends placed right or below (MORE_LAYOUTS).
 """
 import argparse, io, json, math, random, re
 from pathlib import Path
@@ -38,6 +38,8 @@ LAYOUTS = {  # per kind: the training family's layouts, then the held-out family
     "info": {"train": ["panels", "beside", "icons", "progress", "shipped"], "heldout": ["bands", "capfirst"]},
     "scene": {"train": ["shipped"], "heldout": []},
 }
+MORE_LAYOUTS = {"chart": ["vstack"]}  # training layouts added on 2026-12-06, drawn by the training family only (with
+# its legend placements), so that the held-out family's sets stay as drawn: more ways to bind a series to its colour
 HELDOUT_SHARE = 0.5  # of held-out samples drawn in a held-out layout; the rest in training layouts (new fonts, phrasings)
 
 PHRASES = {  # per question form: training phrasings, then the held-out ones (`reworded`)
@@ -357,7 +359,9 @@ def _table(rng, st, layout):
 # ---------------------------------------------------------------- charts
 def _chart(rng, st, layout):
     f, ft = st.font(rng.uniform(13, 17)), st.title()
-    horizontal, series = layout in ("hbar", "hgroup"), 2 if layout in ("vgroup", "hgroup") else 1
+    horizontal, series = layout in ("hbar", "hgroup"), 2 if layout in ("vgroup", "hgroup", "vstack") else 1
+    stacked = layout == "vstack"  # a series' value labelled inside its segment: each at least 30 of the 100 a bar spans
+    legend = rng.choice(["left", "right", "bottom"]) if series > 1 and st.family == "train" else "left"
     n = rng.randint(3, 5 if series == 2 else 6)
     kind = rng.choice(["years", "months", "regions", "products"])
     if kind == "years":
@@ -371,7 +375,8 @@ def _chart(rng, st, layout):
     kname = {"years": "year", "months": "month", "regions": "region" if n <= 5 else "product", "products": "product"}[kind]
     names = rng.choice(SERIES) if series == 2 else ("",)
     dec = 1 if rng.random() < 0.25 else 0
-    vals = [[rng.randint(5, 95) * 10 ** dec + (rng.randint(0, 9) if dec else 0) for _ in cats] for _ in names]
+    vals = [[rng.randint(30 if stacked else 5, 95) * 10 ** dec + (rng.randint(0, 9) if dec else 0) for _ in cats]
+            for _ in names]
     labels = [[_fmt(v, dec) for v in vs] for vs in vals]
     colours = [st.accent, tuple(255 - c // 2 for c in st.accent[::-1])][:series]
     place = rng.choice(["end", "inside"]) if layout != "line" else "end"
@@ -384,23 +389,29 @@ def _chart(rng, st, layout):
         W = S._side(rng, S.Config(), 2 * m + max(cw + 12 + 200 + lw, heading))
         H = S._side(rng, S.Config(), 2 * m + ft.size + 30 + n * series * (f.size + 8) + n * 8 + (f.size + 10) * (series > 1))
     else:
-        W = S._side(rng, S.Config(), 2 * m + 48 + max(n * max(cw + 10, series * (lw + 8) * 5 // 4), heading))
-        H = S._side(rng, S.Config(), 2 * m + ft.size + 3 * f.size + 170 + (f.size + 10) * (series > 1))
+        per_bar = (lw + 8) * 5 // 4 * (1 if stacked else series)
+        W = S._side(rng, S.Config(), 2 * m + 48 + max(n * max(cw + 10, per_bar), heading))
+        H = S._side(rng, S.Config(), 2 * m + ft.size + 3 * f.size + (270 if stacked else 170) + (f.size + 10) * (series > 1))
     cv = Canvas(W, H, st.paper)
     centred = rng.random() < 0.6
     cv.text(W // 2 if centred else m, m, title, ft, st.ink, "center" if centred else "left")
-    y_top = m + ft.size + 10
-    if series > 1:  # legend: a colour swatch and each series' name
-        x = m + rng.randint(0, 20)
+    y_top, y_end = m + ft.size + 10, H - m
+    if series > 1:  # legend: a colour swatch and each series' name, in a row above the plot or below it
+        row = sum(f.size + Canvas.width(name, f) + 20 for name in names) - 20
+        x = {"left": m + rng.randint(0, 20), "right": W - m - row - rng.randint(0, 20), "bottom": (W - row) // 2}[legend]
+        y = H - m - f.size if legend == "bottom" else y_top
         for name, col in zip(names, colours):
-            cv.draw.rectangle([x, y_top + 3, x + f.size - 4, y_top + f.size - 1], fill=col)
-            cv.text(x + f.size + 2, y_top, name, f, st.ink)
+            cv.draw.rectangle([x, y + 3, x + f.size - 4, y + f.size - 1], fill=col)
+            cv.text(x + f.size + 2, y, name, f, st.ink)
             x += f.size + Canvas.width(name, f) + 20
-        y_top += f.size + 10
+        if legend == "bottom":
+            y_end -= f.size + 10
+        else:
+            y_top += f.size + 10
     grid = (215, 215, 215) if not st.dark else (70, 70, 70)
     bars = []  # (series, category, box) per value
     if horizontal:
-        left, right, top, bottom = m + cw + 10, W - m - lw - 8, y_top + 4, H - m
+        left, right, top, bottom = m + cw + 10, W - m - lw - 8, y_top + 4, y_end
         slot = (bottom - top) / n
         scale = (right - left) / (100 * 10 ** dec)
         cv.draw.line([(left, top), (left, bottom)], fill=st.ink)
@@ -412,26 +423,29 @@ def _chart(rng, st, layout):
                 yb = y0 + s * th
                 bars.append((s, i, [left + 1, yb, left + 1 + vals[s][i] * scale, yb + th - 2]))
     else:
-        left, right, top, bottom = m + 34, W - m, y_top + f.size + 10, H - m - f.size - 8
+        left, right, top, bottom = m + 34, W - m, y_top + f.size + 10, y_end - f.size - 8
         axis_right = rng.random() < 0.3
         if axis_right:  # the tick labels go right of the plot
             left, right = m + 8, right - 30
-        slot = (right - left) / n
-        scale = (bottom - top) / (100 * 10 ** dec)
+        slot, span = (right - left) / n, 200 if stacked else 100  # the axis: 0 to 100, or 200 for two stacked values
+        scale = (bottom - top) / (span * 10 ** dec)
         ax = right if axis_right else left
-        for t in range(0, 101, 25):
+        for t in range(0, span + 1, span // 4):
             ty = bottom - t * 10 ** dec * scale
             if rng.random() < 0.8:
                 cv.draw.line([(left + 1, ty), (right, ty)], fill=grid)
             cv.text(ax + (4 if axis_right else -4), ty - f.size * 0.6, str(t), st.font(10), st.ink, "left" if axis_right else "right")
         cv.draw.line([(left, bottom), (right, bottom)], fill=st.ink)
-        bw = slot * 0.8 / series  # at least a value label wide (W above): grouped labels never touch
+        bw = slot * 0.8 / (1 if stacked else series)  # at least a value label wide (W above): labels never touch
         for i, c in enumerate(cats):
             cx = left + slot * i + slot / 2
             cv.text(cx, bottom + 5, c, f, st.ink, "center")
+            base = bottom
             for s in range(series):
-                x0 = cx - series * bw / 2 + s * bw
-                bars.append((s, i, [x0 + 1, bottom - vals[s][i] * scale, x0 + bw - 1, bottom - 1]))
+                x0 = cx - bw / 2 if stacked else cx - series * bw / 2 + s * bw
+                y0 = base - vals[s][i] * scale
+                bars.append((s, i, [x0 + 1, y0, x0 + bw - 1, base - 1]))
+                base = y0 if stacked else base
     if layout == "line":
         pts = [((b[0] + b[2]) / 2, b[1]) for _, _, b in bars]
         cv.draw.line(pts, fill=colours[0], width=2)
@@ -448,7 +462,7 @@ def _chart(rng, st, layout):
             x, y = (b[2] - 4, (b[1] + b[3]) / 2 - f.size * 0.6) if inside else (b[2] + 4, (b[1] + b[3]) / 2 - f.size * 0.6)
             cv.text(x, y, txt, f, on_bar[s] if inside else st.ink, "right" if inside else "left")
         else:
-            inside = place == "inside" and b[3] - b[1] > f.size + 8 and b[2] - b[0] > w
+            inside = (place == "inside" or stacked) and b[3] - b[1] > f.size + 8 and b[2] - b[0] > w
             y = b[1] + 3 if inside else b[1] - f.size - 6
             if layout == "line":
                 cv.draw.rectangle([(b[0] + b[2]) / 2 - w / 2 - 2, y - 1, (b[0] + b[2]) / 2 + w / 2 + 2, y + f.size], fill=st.paper)
@@ -578,7 +592,7 @@ def choose_layout(rng, kind, family):
     own = LAYOUTS[kind][family]
     if family == "heldout" and own and rng.random() < HELDOUT_SHARE:
         return rng.choice(own)
-    return rng.choice(LAYOUTS[kind]["train"])
+    return rng.choice(LAYOUTS[kind]["train"] + (MORE_LAYOUTS.get(kind, []) if family == "train" else []))
 
 
 def draw(kind, rng, family):
