@@ -128,9 +128,10 @@ def parse_args(argv=None):
     lo, hi = distill.ratio_range(distill.DistillConfig())
     if not all(lo <= r <= hi for r in cfg.any_ratios):
         raise cli.Error(f"--any-ratios must lie in {lo:g}..{hi:g}, the one student's range")
+    shares = compress.calibrated_shares(lo)
     for share in cfg.auto_shares:
         try:
-            compress.check_calibrated(share, compress.calibrated_shares(lo))
+            compress.check_calibrated(share, shares)
         except compress.CompressError as e:
             raise cli.Error(f"--auto-shares: {e}") from None
     if cfg.heldout and (missing := [d for _, d in sets(cfg).values() if d and not os.path.exists(d)]):

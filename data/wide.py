@@ -360,7 +360,7 @@ def _table(rng, st, layout):
 def _chart(rng, st, layout):
     f, ft = st.font(rng.uniform(13, 17)), st.title()
     horizontal, series = layout in ("hbar", "hgroup"), 2 if layout in ("vgroup", "hgroup", "vstack") else 1
-    stacked = layout == "vstack"  # a series' value labelled inside its segment: each at least 30 of the 100 a bar spans
+    stacked = layout == "vstack"  # each value labelled inside its segment: values from 30, so a segment holds its label
     legend = rng.choice(["left", "right", "bottom"]) if series > 1 and st.family == "train" else "left"
     n = rng.randint(3, 5 if series == 2 else 6)
     kind = rng.choice(["years", "months", "regions", "products"])
@@ -588,11 +588,16 @@ def rephrase(rng, qa):
 DRAW = {"doc": _doc, "table": _table, "chart": _chart, "info": _info}
 
 
+def training_layouts(kind):
+    """Every layout the training family draws for a kind."""
+    return LAYOUTS[kind]["train"] + MORE_LAYOUTS.get(kind, [])
+
+
 def choose_layout(rng, kind, family):
     own = LAYOUTS[kind][family]
     if family == "heldout" and own and rng.random() < HELDOUT_SHARE:
         return rng.choice(own)
-    return rng.choice(LAYOUTS[kind]["train"] + (MORE_LAYOUTS.get(kind, []) if family == "train" else []))
+    return rng.choice(training_layouts(kind) if family == "train" else LAYOUTS[kind]["train"])
 
 
 def draw(kind, rng, family):

@@ -24,7 +24,7 @@ def sample(kind, seed, family, **kw):
 def test_families_share_no_font_layout_or_phrasing():
     assert not set(wide.FONTS["train"]) & set(wide.FONTS["heldout"])
     for kind, split in wide.LAYOUTS.items():
-        assert not set(split["train"] + wide.MORE_LAYOUTS.get(kind, [])) & set(split["heldout"]), kind
+        assert not set(wide.training_layouts(kind)) & set(split["heldout"]), kind
     for form, (train, held) in wide.PHRASES.items():
         more, fresh = wide.MORE_PHRASES[form], wide.FRESH_PHRASES[form]
         assert train and held and more and fresh, form
@@ -45,7 +45,7 @@ def test_training_family_never_draws_held_out_things(kind):
         for q in s["qa"]:
             assert not any(wide.phrased(p, q["question"]) is not None for p in held), q
         seen[s["layout"]] += 1
-    assert set(seen) == set(wide.LAYOUTS[kind]["train"] + wide.MORE_LAYOUTS.get(kind, []))  # every training layout
+    assert set(seen) == set(wide.training_layouts(kind))  # and it draws every training layout
 
 
 @pytest.mark.parametrize("family", wide.FAMILIES)
