@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 
 import cli
+import baselines
 import compress as C
 import evaluate as E
 import model as M
@@ -336,7 +337,7 @@ def run(cfg):
             raise Error(f"--trainable {cfg.trainable}: this student's A_s is V_c's own (compressor), and the model's "
                         "mlp1 stays the teacher's so that with nothing dropped it is the teacher: drop projector")
         cfg.trainable = cfg.trainable or ("compressor" if own else "compressor,projector")
-        C.FastV(cfg.ratio, cfg.fastv_layer, teacher.config.llm.num_hidden_layers)  # a bad K fails now, not after training
+        baselines.FastV(cfg.ratio, cfg.fastv_layer, teacher.config.llm.num_hidden_layers)  # a bad K fails now, not after training
         student.compressor.float(), student.mlp1.float()  # the parts that may learn keep fp32 weights
         if student.language_model is not teacher.language_model:
             student.language_model.float()

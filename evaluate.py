@@ -5,7 +5,7 @@ InfoVQA, TextVQA and OCRBench with InternVL2's official protocol and metrics.
     python evaluate.py --task docvqa                       # shipped synthetic set, checkpoints/tiny
     python evaluate.py --task chartqa --model checkpoints/internvl2-2b --device cuda \
         --data "/data/ChartQA Dataset/test" --batch-size 8
-    python evaluate.py --task textvqa --method pool --ratio 0.5     # a training-free baseline (compress.py):
+    python evaluate.py --task textvqa --method pool --ratio 0.5     # a training-free baseline (baselines.py):
                                     # pool, select, fastv, divprune, random, tiles, visionzip, pdrop
     python evaluate.py --task docvqa --method random --ratio 0.5 --seed 1   # report the mean of seeds 0, 1 and 2
     python evaluate.py --task docvqa --model runs/distill-select0.5   # a distilled student: no extra flag
@@ -35,7 +35,7 @@ from metrics import HME, anls, ocrbench_hit, relaxed_accuracy, vqa_accuracy
 HERE = os.path.dirname(os.path.abspath(__file__))  # defaults (shipped sets, embedded model) live beside this file
 HELDOUT_SETS = os.path.join(HERE, 'data', 'eval-heldout')  # the five tasks drawn in the held-out family, a folder each
 SELECT_OPTIONS = ('skip_thumbnail', 'rank_projected')  # compress.SELECT_OPTIONS, copied: flags parse before torch loads
-METHODS = ['none', 'pool', 'select', 'fastv', 'divprune', 'random', 'tiles', 'visionzip', 'pdrop']  # compress.py's
+METHODS = ['none', 'pool', 'select', 'fastv', 'divprune', 'random', 'tiles', 'visionzip', 'pdrop']  # compress.py's and baselines.py's
 
 @dataclass
 class EvalConfig:
@@ -50,7 +50,7 @@ class EvalConfig:
     out: str = None  # predictions jsonl (default: results/<model>/<task>[_<method><ratio>].jsonl)
     device: str = None  # cpu | cuda (default: cuda if available)
     dtype: str = None  # float32 | bfloat16 | float16 (default: bfloat16 on cuda, the official setting; float32 on cpu)
-    method: str = 'none'  # training-free compression (compress.py's docstring); none for a distilled student
+    method: str = 'none'  # training-free compression (baselines.py's docstring); none for a distilled student
     ratio: float = None  # share of visual tokens kept by --method (default 1), or by a student of a range of ratios
                          # (default: the ratio it was saved at)
     budget: str = 'fixed'  # fixed | auto: with a student of distill.py --budget auto, tokens above the rarity
@@ -334,7 +334,7 @@ def image_identity(paths, known=None):
     return files
 
 def object_identity(model, tokenizer):
-    """sha256 of a model in memory: its tensors (names, dtypes, shapes, bytes), config, what compress.apply attaches
+    """sha256 of a model in memory: its tensors (names, dtypes, shapes, bytes), config, what baselines.apply attaches
     (compressor, the LLM's before_layer hook: type and settings) and the tokenizer's vocabulary; ~30 s for 16 GB. An
     untrained select draws random weights its output ignores: each such object is a new run."""
     import torch
@@ -465,17 +465,17 @@ def settle(cfg):
 
 def load_model(cfg):
     """The model in folder cfg.model, compressed by cfg.method; its tokenizer is tokenizer.load_tokenizer(cfg.model)."""
-    import torch, model as M, compress
+    import torch, model as M, baselines, compress
     settle(cfg)
     try:
         model = M.load_model(cfg.model, device=cfg.device, dtype=getattr(torch, cfg.dtype),
-                             build_compressor=compress.build)
+                             build_compressor=baselines.build)
         record = model.config.compressor or {}
         if cfg.method != 'none' and model.compressor is not None:
             shown = {k: v for k, v in record.items() if k != 'thresholds'}  # a table of 19 pairs says nothing here
             raise Error(f"{cfg.model} is already compressed ({shown}); drop --method")
         if cfg.method not in ('none', 'tiles'):  # tiles changes the inputs (generate), not the model
-            compress.apply(model, method=cfg.method, ratio=cfg.ratio, fastv_layer=cfg.fastv_layer, seed=cfg.seed,
+            baselines.apply(model, method=cfg.method, ratio=cfg.ratio, fastv_layer=cfg.fastv_layer, seed=cfg.seed,
                            **{k: getattr(cfg, k) for k in SELECT_OPTIONS})
         elif cfg.method == 'none' and (cfg.ratio is not None or cfg.budget == 'auto' or 'ratio_range' in record):
             if model.compressor is None:
@@ -526,14 +526,14 @@ def prefill_flops(llm, n, visual=0, schedule=None):
     layer = lambda n: 2 * n * (2 * h * q + 2 * h * kv + 3 * h * llm.intermediate_size) + 2 * q * n * (n + 1)
     if not schedule:
         return llm.num_hidden_layers * layer(n)
-    import compress
-    return sum(layer(n - visual + v) for v in compress.image_tokens_per_layer(visual, schedule, llm.num_hidden_layers))
+    import baselines
+    return sum(layer(n - visual + v) for v in baselines.image_tokens_per_layer(visual, schedule, llm.num_hidden_layers))
 
 def generate(model, tok, cfg, task, todo, out_path):
     """Greedy answers appended to out_path, flushed per batch, each with its share of the batch's stats (resume re-sums
     them), its prompt's length and LLM prefill FLOPs, and the process's peak memory so far; with FastV or pdrop the mean
     of the image tokens its LLM layers see, with tiles the max_num it got."""
-    import torch, model as M, compress
+    import torch, model as M, baselines
     from PIL import Image
     from tqdm import tqdm
     schedule, layers = getattr(model.language_model.before_layer, 'stages', None), model.config.llm.num_hidden_layers
@@ -546,7 +546,7 @@ def generate(model, tok, cfg, task, todo, out_path):
                     max_num = cfg.max_num
                     if cfg.method == 'tiles':  # fewer tiles: the most whose count fits ratio x max_num's
                         with Image.open(it['image']) as im:  # the header: its size
-                            max_num = compress.budget_max_num(*im.size, cfg.max_num, cfg.ratio, M.find_grid, size)
+                            max_num = baselines.budget_max_num(*im.size, cfg.max_num, cfg.ratio, M.find_grid, size)
                     pv = M.load_image(it['image'], max_num=max_num, image_size=size)
                 except (ValueError, OSError, Image.DecompressionBombError) as e:
                     raise Error(f"{e if it['image'] in str(e) else it['image'] + ': ' + str(e)}; "
@@ -565,7 +565,7 @@ def generate(model, tok, cfg, task, todo, out_path):
                            prompt_tokens=n, prefill_flops=prefill_flops(model.config.llm, n, visual, schedule),
                            peak_mb=peak_mb, peak_kind=peak_kind)
                 if schedule:  # FastV, pdrop: the image tokens the LLM's layers see, on average
-                    per_layer = compress.image_tokens_per_layer(visual, schedule, layers)
+                    per_layer = baselines.image_tokens_per_layer(visual, schedule, layers)
                     rec['visual_tokens_layer_mean'] = sum(per_layer) / layers
                 if cfg.method == 'tiles':
                     rec['max_num'] = max_num

@@ -8,7 +8,8 @@ cache. It imports nothing from this repository: copy it as it is (tokenizer.py r
 
 or from the shell: python evaluate.py --model /path/to/InternVL2-2B --image page.png --question "What is the total?"
 
-Token compression plugs in at InternVLChat.compressor and LanguageModel.before_layer; compress.py holds FCoT-VL's.
+Token compression plugs in at InternVLChat.compressor and LanguageModel.before_layer; compress.py holds FCoT-VL's,
+baselines.py the training-free ones.
 Supported: InternVL2 (not the Phi-3 4B), InternVL2.5 and 3 (Qwen2.5, InternLM2.5, InternLM3), dense InternVL3.5 (Qwen3).
 """
 import json

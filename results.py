@@ -4,7 +4,7 @@ stage-I student with its LLM learning too (distill.py --student): (a) and (c) wi
 20% of the conversations reasoning questions answered as rationale + final answer, learnt by CE alone, the
 rest distilled from the teacher; (b), the run without it, distilled on the teacher's answers alone. Then the
 average of the two chain-of-thought runs (merge.py), and every row on every task (evaluate.py): teacher; the
-training-free baselines (compress.py) pool, FastV, untrained select, DivPrune, random (the mean of seeds 0, 1 and 2,
+training-free baselines (baselines.py) pool, FastV, untrained select, DivPrune, random (the mean of seeds 0, 1 and 2,
 each a row of results.json), fewer tiles, VisionZip, PyramidDrop; stage I, stage I+II (a), (b) and (c), and
 stage I+II+merge. Beside them, select's one student for every ratio (distill.py --budget auto, --any-steps) at
 --any-ratios, and with its budget by content at the thresholds calibrated for --auto-shares: the

@@ -230,9 +230,9 @@ def test_image_digests_are_reused_while_their_stamps_hold(tmp_path):
 
 
 def test_a_model_object_keys_the_run_on_itself(tmp_path, capsys):
-    """evaluate() on a model object keys the run on its weights, config and what compress.apply attached, not on
+    """evaluate() on a model object keys the run on its weights, config and what baselines.apply attached, not on
     the settings that name it: the same model (object or reloaded) resumes, a compressed or changed one does not."""
-    import compress as C
+    import baselines as B, compress as C
     data = docvqa_fixture(str(tmp_path / "docvqa"), n=2)
     load = lambda: M.load_model(os.path.join(ROOT, "checkpoints", "tiny"), build_compressor=C.build)
     tok = load_tokenizer(os.path.join(ROOT, "checkpoints", "tiny"))
@@ -240,10 +240,10 @@ def test_a_model_object_keys_the_run_on_itself(tmp_path, capsys):
         max_num=2, max_new_tokens=4, device="cpu"))["new_predictions"]
     m = load()
     assert run(m) == 2 and run(m) == 0 and run(load()) == 0  # the same object, the same bytes reloaded: resumed
-    assert run(C.apply(load(), "pool", 0.5)) == 2 and "model_sha256" in capsys.readouterr().err
-    assert run(C.apply(load(), "fastv", 0.5, fastv_layer=1)) == 2
-    assert run(C.apply(load(), "fastv", 0.25, fastv_layer=1)) == 2  # FastV's ratio is in the key
-    assert run(C.apply(load(), "fastv", 0.25, fastv_layer=1)) == 0
+    assert run(B.apply(load(), "pool", 0.5)) == 2 and "model_sha256" in capsys.readouterr().err
+    assert run(B.apply(load(), "fastv", 0.5, fastv_layer=1)) == 2
+    assert run(B.apply(load(), "fastv", 0.25, fastv_layer=1)) == 2  # FastV's ratio is in the key
+    assert run(B.apply(load(), "fastv", 0.25, fastv_layer=1)) == 0
     with torch.no_grad():
         m.mlp1[-1].bias.add_(1)  # other weights in the same object
     assert run(m) == 2

@@ -167,9 +167,9 @@ def test_cli_bad_inputs(tmp_path):
     assert_clean_error(cli('--task', 'docvqa', '--method', 'pool', '--seed', '1'),
                        '--seed is an option of --method random')
     assert_clean_error(cli('--task', 'docvqa', '--method', 'random', '--seed', '-1'), '--seed -1: must be >= 0')
-    import compress
+    import baselines, compress
     assert E.SELECT_OPTIONS == compress.SELECT_OPTIONS  # every option select has is a flag here, checked before torch loads
-    assert set(E.METHODS) == {'none', *compress.COMPRESSORS, *compress.TRAINING_FREE}  # every method compress.py has
+    assert set(E.METHODS) == {'none', *compress.COMPRESSORS, *baselines.TRAINING_FREE}  # every method compress.py and baselines.py have
 
 def prefilled(out, items, answers, *argv):
     """Predictions as the run of `argv` writes them: its key first (E.prepare), then a record per item."""
@@ -380,9 +380,9 @@ def test_random_seed_is_in_the_run_key_and_the_file_name(tmp_path, monkeypatch):
     assert 'seed' not in key('--method', 'pool', '--ratio', '0.5')[1]['run']
 
 def test_tiles_and_pdrop_end_to_end(tmp_path, tiny_model):
-    """tiles gives each image the max_num compress.budget_max_num picks (the tiles made: its visual tokens); pdrop
+    """tiles gives each image the max_num baselines.budget_max_num picks (the tiles made: its visual tokens); pdrop
     (here one stage: the tiny LLM has 2 layers) records the image tokens its LLM layers see on average."""
-    import compress, model as M
+    import baselines, model as M
     t = str(tmp_path)
     docvqa_fixture(t + '/docvqa', n=2)
     png(t + '/docvqa/documents/doc1_1.png', size=(400, 100))  # 4 x 1 tiles + a thumbnail at --max-num 6
@@ -390,13 +390,13 @@ def test_tiles_and_pdrop_end_to_end(tmp_path, tiny_model):
     res = E.evaluate(None, None, 'docvqa', **settings, method='tiles', out=t + '/tiles.jsonl')
     recs = predicted(t + '/tiles.jsonl')
     for qid, (w, h) in ((100, (64, 48)), (101, (400, 100))):
-        want = compress.budget_max_num(w, h, 6, 0.75, M.find_grid, 56)
-        assert recs[str(qid)]['max_num'] == want and recs[str(qid)]['visual_tokens'] == 4 * compress.tile_count(
+        want = baselines.budget_max_num(w, h, 6, 0.75, M.find_grid, 56)
+        assert recs[str(qid)]['max_num'] == want and recs[str(qid)]['visual_tokens'] == 4 * baselines.tile_count(
             w, h, want, M.find_grid, 56)
     assert recs['101']['max_num'] == 2 and res['visual_tokens_layer_mean'] is None  # 2 x 1 + 1 tiles of 4 tokens
     res = E.evaluate(None, None, 'docvqa', **settings, method='pdrop', out=t + '/pdrop.jsonl')
     recs = predicted(t + '/pdrop.jsonl')
-    full = [4 * compress.tile_count(w, h, 6, M.find_grid, 56) for w, h in ((64, 48), (400, 100))]
+    full = [4 * baselines.tile_count(w, h, 6, M.find_grid, 56) for w, h in ((64, 48), (400, 100))]
     assert full == [28, 20] and [r['visual_tokens'] for r in recs.values()] == full  # the LLM's input keeps them all
     assert [r['visual_tokens_layer_mean'] for r in recs.values()] == [(28 + 21) / 2, (20 + 15) / 2]  # layers 0, 1
     assert res['visual_tokens_layer_mean'] == (24.5 + 17.5) / 2

@@ -1,7 +1,7 @@
-"""model.py, compress.py, merge.py and tokenizer.py can be copied into another project, as the README promises: the
-first three import nothing of this repository, tokenizer.py only model.py, and each one, copied into an empty folder
-(compress.py beside model.py, whose extension point it plugs into; tokenizer.py beside model.py and a tokenizer),
-imports and runs there in a fresh Python.
+"""model.py, compress.py, merge.py, baselines.py and tokenizer.py can be copied into another project, as the README
+promises: the first three import nothing of this repository, baselines.py only compress.py, tokenizer.py only model.py,
+and each one, copied into an empty folder (compress.py beside model.py, whose extension point it plugs into;
+baselines.py beside both; tokenizer.py beside model.py and a tokenizer), imports and runs there in a fresh Python.
 
     python -m pytest tests/test_standalone.py -q
 """
@@ -38,6 +38,11 @@ def test_imports_only_torch_and_its_kin(file):
     assert names <= ALLOWED[file], f"{file} needs {names - ALLOWED[file]} besides {ALLOWED[file]}"
 
 
+def test_baselines_need_only_compress_and_torch():
+    names = imported("baselines.py")
+    assert names <= {"compress", "torch"}, f"baselines.py imports {names - {'compress', 'torch'}}"
+
+
 def test_tokenizer_needs_only_model_and_sentencepiece():
     names = imported("tokenizer.py")
     assert names <= {"model", "sentencepiece"}, f"tokenizer.py imports {names - {'model', 'sentencepiece'}}"
@@ -55,6 +60,12 @@ RUN = {  # what each copy must do in its empty folder
                    "s = C.make_student(t, 'select', 0.5)\n"
                    "ids = torch.tensor([[1] + [5] * 2 * s.num_image_token + [7]])\n"
                    "assert s.num_image_token == 2 and s(torch.randn(2, 3, 56, 56), ids).shape == (1, 6, 512)\n",
+    "baselines.py": "import torch, model as M, baselines as B\n"
+                    "t = M.InternVLChat(M.tiny_config()).eval()\n"
+                    "t.img_context_token_id = 5\n"
+                    "s = B.apply(t, 'divprune', 0.5)\n"
+                    "ids = torch.tensor([[1] + [5] * 2 * s.num_image_token + [7]])\n"
+                    "assert s.num_image_token == 2 and s(torch.randn(2, 3, 56, 56), ids).shape == (1, 6, 512)\n",
     "merge.py": "import merge\nassert callable(merge.merge)\n",
     "tokenizer.py": "import tokenizer\nassert tokenizer.word_regex().findall('Total: 42') == ['Total', ':', ' ', '4', '2']\n"
                     "tok = tokenizer.load_tokenizer('tok')\n"  # model.py's added-token reader, in the copy
@@ -64,7 +75,8 @@ RUN = {  # what each copy must do in its empty folder
 
 @pytest.mark.parametrize("file", sorted(RUN))
 def test_copied_alone_it_runs(file, tmp_path):
-    for f in {file, "model.py"} if file in ("compress.py", "tokenizer.py") else {file}:
+    needs = {"compress.py": {"model.py"}, "baselines.py": {"model.py", "compress.py"}, "tokenizer.py": {"model.py"}}
+    for f in {file} | needs.get(file, set()):
         shutil.copy(os.path.join(ROOT, f), tmp_path)
     if file == "tokenizer.py":
         shutil.copytree(os.path.join(ROOT, "data", "tokenizer"), tmp_path / "tok")
