@@ -14,9 +14,9 @@ fastv and pdrop prune inside the LLM; tiles gives an image fewer tiles:
              token attended to most in layer K-1, with their original position ids
   pdrop      PyramidDrop (Xing et al., 2025): FastV at three layers, each keeping fewer (pdrop_schedule)
 
-    from baselines import apply
-    apply(model, "fastv", 0.5)                       # in place; "select" is the untrained select, "pool" pool
-    model = M.load_model(folder, build_compressor=baselines.build)  # a model apply() compressed, then saved
+    import baselines, model as M
+    baselines.apply(model, "fastv", 0.5)             # in place; "select" is the untrained select, "pool" pool
+    model = M.load_model(folder, build_compressor=baselines.build)  # a model apply() changed, then saved
     python -m pytest tests/test_baselines.py -q
 
 Imports torch and compress.py (the subsets are compress.Subset's), not model.py: the subsets plug into model.py's
@@ -265,7 +265,6 @@ def image_tokens_per_layer(n, schedule, n_layers):
     return out
 
 
-# ----------------------------------------------------------------------------------------------
 # apply: a baseline in place
 
 SUBSETS = {"divprune": DivPrune, "random": Random, "visionzip": VisionZip}

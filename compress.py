@@ -68,7 +68,7 @@ def window_for(ratio, h, w):
 class Compressor(nn.Module):
     """Pool's forward maps the token grid [N, h, w, C] to [N, h/kh, w/kw, C], handed on at consecutive position
     ids; the subsets keep tokens at their own position ids. compress hands on what is kept through the projector.
-    install(model): apply's call, for a compressor that reads the model's ViT through a hook; remove() takes the
+    install(model): baselines.apply's call, for a compressor that reads the model's ViT through a hook; remove() takes the
     hook off again."""
     hook = None  # what install() hooked on the model, if anything
 
@@ -467,8 +467,8 @@ def build(config, compressors=COMPRESSORS):
     method, ratio = config.compressor.get("method"), config.compressor.get("ratio")
     if method not in compressors:
         raise CompressError(f"unknown compressor {method!r}: choose one of {', '.join(compressors)}"
-                            + ("" if compressors is not COMPRESSORS else " (a model baselines.apply compressed loads "
-                               "with build_compressor=baselines.build)"))
+                            + ("; a model that baselines.apply changed loads with build_compressor=baselines.build"
+                               if compressors is COMPRESSORS else ""))
     if not is_number(ratio) or not 0 < ratio <= 1:
         raise CompressError(f"config.json's compressor record {config.compressor} needs a ratio in (0, 1]: the share "
                             "of visual tokens kept, as compress.spec writes it")
@@ -591,7 +591,7 @@ def make_student(teacher, method="select", ratio=0.5, ratio_range=None, **option
     ratio_range (lo, hi): a select student for every ratio in it, at `ratio` until set_budget says otherwise."""
     if method not in COMPRESSORS:
         raise CompressError(f"unknown compressor {method!r} for a student: train select or pool (the training-free "
-                            "baselines are applied, not trained: baselines.py)")
+                            "baselines are applied, not trained: baselines.apply)")
     if ratio_range and method != "select":
         raise CompressError(f"a range of ratios is select's (its ranking does not depend on the ratio), not {method}'s")
     config = replace(teacher.config, compressor=spec(method, ratio, **options)

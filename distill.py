@@ -51,8 +51,8 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
-import cli
 import baselines
+import cli
 import compress as C
 import evaluate as E
 import model as M

@@ -2,7 +2,6 @@
 random, visionzip and fewer tiles, each against another way of computing it."""
 import math
 import random
-import re
 
 import pytest
 import torch

@@ -3,7 +3,6 @@ every ratio and the budget by content, each against another way of computing it 
 import json
 import math
 import os
-import random
 import re
 import subprocess
 import sys
@@ -11,8 +10,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
 import baselines as B
 import compress as C
