@@ -389,7 +389,7 @@ def _chart(rng, st, layout):
         W = S._side(rng, S.Config(), 2 * m + max(cw + 12 + 200 + lw, heading))
         H = S._side(rng, S.Config(), 2 * m + ft.size + 30 + n * series * (f.size + 8) + n * 8 + (f.size + 10) * (series > 1))
     else:
-        per_bar = (lw + 8) * 5 // 4 * (1 if stacked else series)
+        per_bar = (lw + 8) * 5 // 4 if stacked else series * (lw + 8) * 5 // 4  # grouped: as drawn before vstack
         W = S._side(rng, S.Config(), 2 * m + 48 + max(n * max(cw + 10, per_bar), heading))
         H = S._side(rng, S.Config(), 2 * m + ft.size + 3 * f.size + (270 if stacked else 170) + (f.size + 10) * (series > 1))
     cv = Canvas(W, H, st.paper)
@@ -398,7 +398,10 @@ def _chart(rng, st, layout):
     y_top, y_end = m + ft.size + 10, H - m
     if series > 1:  # legend: a colour swatch and each series' name, in a row above the plot or below it
         row = sum(f.size + Canvas.width(name, f) + 20 for name in names) - 20
-        x = {"left": m + rng.randint(0, 20), "right": W - m - row - rng.randint(0, 20), "bottom": (W - row) // 2}[legend]
+        if legend == "left":  # one draw, as before placed legends: the held-out family's charts regenerate as shipped
+            x = m + rng.randint(0, 20)
+        else:
+            x = W - m - row - rng.randint(0, 20) if legend == "right" else (W - row) // 2
         y = H - m - f.size if legend == "bottom" else y_top
         for name, col in zip(names, colours):
             cv.draw.rectangle([x, y + 3, x + f.size - 4, y + f.size - 1], fill=col)

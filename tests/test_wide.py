@@ -84,6 +84,29 @@ def test_samples_are_deterministic(family):
     assert sample("doc", 3, "train")["image"].tobytes() != sample("doc", 3, "heldout")["image"].tobytes()
 
 
+def heldout_draws_digest(monkeypatch, seeds=3):
+    """sha256 over images and questions of `seeds` held-out-family samples in each layout it draws."""
+    import hashlib
+    h = hashlib.sha256()
+    for kind, layouts in wide.LAYOUTS.items():
+        for layout in layouts["train"] + layouts["heldout"]:
+            monkeypatch.setattr(wide, "choose_layout", lambda rng, k, f, layout=layout: (rng.random(), layout)[1])
+            for seed in range(seeds):
+                s = synth.make_sample(kind, 2_900_000_000 + seed, synth.Config(family="heldout"))
+                h.update(s["image"].tobytes() + json.dumps(s["qa"], sort_keys=True).encode())
+    return h.hexdigest()
+
+
+# The held-out family as its sets were shipped, drawn at seeds no set uses. A generator change that moves it (a draw
+# added where it draws, a width rounded another way) changes this: then it changes the held-out family too, whose
+# shipped sets and every figure on them would no longer be what the code draws. Change the training family instead.
+HELDOUT_DRAWS = "f750e7241fc9e6f8c91f719760d1f5946f30b354be0de98c90e069f0afa5d736"
+
+
+def test_heldout_family_draws_as_shipped(monkeypatch):
+    assert heldout_draws_digest(monkeypatch) == HELDOUT_DRAWS
+
+
 @pytest.mark.parametrize("family", wide.FAMILIES)
 def test_no_text_is_cut_off_or_touches_other_text(family, monkeypatch):
     """Over many more samples than above, without rotation (which clips boxes to the image): every glyph lies
@@ -179,12 +202,16 @@ def test_second_rewording_keeps_each_question_and_answer():
         assert any(wide.phrased(p, second["question"]) in slots for p in fresh), (plain, second)
 
 
-def test_heldout_docvqa_regenerates_identically(tmp_path):
-    build.build_docvqa(tmp_path, seed=build.HELDOUT_FAMILY_SEED, cfg=build.HELDOUT_CFG)
-    want = {l.split("  ", 1)[1]: l.split("  ", 1)[0] for l in (build.HELDOUT_DIR / "SHA256SUMS").read_text().splitlines()}
-    for p in tmp_path.rglob("*"):
-        if p.is_file():
-            assert build.hashlib.sha256(p.read_bytes()).hexdigest() == want["docvqa/" + p.relative_to(tmp_path).as_posix()], p
+@pytest.mark.parametrize("task", build.TASKS)
+def test_heldout_sets_regenerate_identically(tmp_path, task):
+    """Byte for byte, every file: a change to the generator that moves the held-out family's random stream (a draw
+    added where it draws, even one whose value goes unused) fails here, not in a later probe."""
+    getattr(build, "build_" + task)(tmp_path, seed=build.HELDOUT_FAMILY_SEED, cfg=build.HELDOUT_CFG)
+    want = {l.split("  ", 1)[1]: l.split("  ", 1)[0] for l in (build.HELDOUT_DIR / "SHA256SUMS").read_text().splitlines()
+            if l.split("  ", 1)[1].startswith(task + "/")}
+    got = {f"{task}/{p.relative_to(tmp_path).as_posix()}": build.hashlib.sha256(p.read_bytes()).hexdigest()
+           for p in tmp_path.rglob("*") if p.is_file()}
+    assert got == want, sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))[:5]
 
 
 def test_train_family_sets_are_drawn_in_the_training_family(tmp_path, monkeypatch):
