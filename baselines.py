@@ -279,7 +279,9 @@ def build(config):
 def apply(model, method, ratio, fastv_layer=2, seed=None, **options):
     """Training-free compression in place -> the model: pool, an untrained select, divprune, random (seed) or
     visionzip before mlp1; fastv (before layer fastv_layer) or pdrop inside the LLM. options: select's."""
-    record = C.spec(method, ratio, seed, **options)  # select's options, or a seed, given to another method fail here
+    if seed is not None and method != "random":
+        raise C.CompressError(f"seed is an option of random, not of {method}: drop it or use random")
+    record = C.spec(method, ratio, **options) | ({"seed": seed or 0} if method == "random" else {})  # options: select's
     if method == "tiles":
         raise C.CompressError("tiles changes the input, not the model: load_image(max_num=budget_max_num(...)), "
                               "as evaluate.py --method tiles does")

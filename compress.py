@@ -443,18 +443,16 @@ class Pool(Compressor):
 COMPRESSORS = {"select": Select, "pool": Pool}  # V_c's; baselines.build adds the training-free subsets
 
 
-def spec(method, ratio, seed=None, **options):
-    """config.compressor of a compressed model: {"method", "ratio"}, random's seed (0 unless given), and select's
-    options (SELECT_OPTIONS) that are on."""
+def spec(method, ratio, **options):
+    """config.compressor of a compressed model: {"method", "ratio"} and select's options (SELECT_OPTIONS) that are
+    on. Any other key a record holds is its compressor's keyword argument (build; random's seed: baselines.apply)."""
     on = {k: True for k, v in options.items() if v}
     for k in on:
         if k not in SELECT_OPTIONS:
             raise CompressError(f"unknown compressor option {k!r}: choose from {', '.join(SELECT_OPTIONS)}")
         if method != "select":
             raise CompressError(f"{k} is an option of select, not of {method}: drop it or use select")
-    if seed is not None and method != "random":
-        raise CompressError(f"seed is an option of random, not of {method}: drop it or use random")
-    return {"method": method, "ratio": ratio} | on | ({"seed": seed or 0} if method == "random" else {})
+    return {"method": method, "ratio": ratio} | on
 
 
 def is_number(x):  # a JSON number: bool is an int to isinstance
@@ -481,8 +479,12 @@ def build(config, compressors=COMPRESSORS):
                             "only a select student for every ratio (distill.py --budget auto) records them")
     window = (1, 1) if ranged else window_for(ratio, grid, grid)  # a ranged select keeps any share, no window
     options = select_options(config) if method == "select" else \
-        {"seed": config.compressor.get("seed", 0)} if method == "random" else {}
-    compressor = compressors[method](window, width, **options)
+        {k: v for k, v in config.compressor.items() if k not in ("method", "ratio")}
+    try:
+        compressor = compressors[method](window, width, **options)
+    except TypeError:  # a key the class does not take
+        raise CompressError(f"config.json's compressor record {config.compressor} has {sorted(options)}, which "
+                            f"{method} does not take: remove them") from None
     if ranged:
         budget(compressor, config.compressor)
         if config.compressor.get("gated"):  # its own A_s, in mlp1's shape (model.py)

@@ -2,6 +2,7 @@
 random, visionzip and fewer tiles, each against another way of computing it."""
 import math
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -27,6 +28,9 @@ def test_an_applied_subset_saves_and_loads_through_baselines_build(tok, tmp_path
         M.load_model(str(tmp_path), build_compressor=C.build)
     loaded = M.load_model(str(tmp_path), build_compressor=B.build)
     assert type(loaded.compressor) is B.Random and loaded.compressor.seed == 3
+    record = dict(loaded.config.compressor, method="pool")  # a key pool does not take: one line, not a TypeError
+    with pytest.raises(C.CompressError, match=r"has \['seed'\], which pool does not take"):
+        B.build(replace(loaded.config, compressor=record))
 
 
 def reference_fastv_logits(model, pv, ids, ratio, K):
