@@ -68,8 +68,8 @@ def window_for(ratio, h, w):
 class Compressor(nn.Module):
     """Pool's forward maps the token grid [N, h, w, C] to [N, h/kh, w/kw, C], handed on at consecutive position
     ids; the subsets keep tokens at their own position ids. compress hands on what is kept through the projector.
-    install(model): baselines.apply's call, for a compressor that reads the model's ViT through a hook; remove() takes the
-    hook off again."""
+    install(model): baselines.apply's call, for a compressor that reads the model's ViT through a hook; remove()
+    takes the hook off again."""
     hook = None  # what install() hooked on the model, if anything
 
     def __init__(self, window, width):  # width: the token's channels, for the learned parts

@@ -337,7 +337,8 @@ def run(cfg):
             raise Error(f"--trainable {cfg.trainable}: this student's A_s is V_c's own (compressor), and the model's "
                         "mlp1 stays the teacher's so that with nothing dropped it is the teacher: drop projector")
         cfg.trainable = cfg.trainable or ("compressor" if own else "compressor,projector")
-        baselines.FastV(cfg.ratio, cfg.fastv_layer, teacher.config.llm.num_hidden_layers)  # a bad K fails now, not after training
+        # a bad K fails now, not after training
+        baselines.FastV(cfg.ratio, cfg.fastv_layer, teacher.config.llm.num_hidden_layers)
         student.compressor.float(), student.mlp1.float()  # the parts that may learn keep fp32 weights
         if student.language_model is not teacher.language_model:
             student.language_model.float()

@@ -35,7 +35,8 @@ from metrics import HME, anls, ocrbench_hit, relaxed_accuracy, vqa_accuracy
 HERE = os.path.dirname(os.path.abspath(__file__))  # defaults (shipped sets, embedded model) live beside this file
 HELDOUT_SETS = os.path.join(HERE, 'data', 'eval-heldout')  # the five tasks drawn in the held-out family, a folder each
 SELECT_OPTIONS = ('skip_thumbnail', 'rank_projected')  # compress.SELECT_OPTIONS, copied: flags parse before torch loads
-METHODS = ['none', 'pool', 'select', 'fastv', 'divprune', 'random', 'tiles', 'visionzip', 'pdrop']  # compress.py's and baselines.py's
+# compress.py's methods and baselines.py's
+METHODS = ['none', 'pool', 'select', 'fastv', 'divprune', 'random', 'tiles', 'visionzip', 'pdrop']
 
 @dataclass
 class EvalConfig:

@@ -872,7 +872,8 @@ def load_model(path, device="cpu", dtype=torch.float32, build_compressor=None):
                              "weights there")
     if config.compressor and build_compressor is None:
         raise ModelLoadError(f"{path} is a compressed student ({config.compressor}): load it with "
-                             f"load_model(path, build_compressor=compress.build) (baselines.build for a model baselines.apply changed)")
+                             "load_model(path, build_compressor=compress.build) (baselines.build for a model "
+                             "baselines.apply changed)")
     with torch.device("meta"):
         model = InternVLChat(config, build_compressor(config) if config.compressor else None)
     expected = {k: t.shape for k, t in export_state_dict(model, layout)}  # on meta: costs no memory

@@ -400,8 +400,10 @@ def _chart(rng, st, layout):
         row = sum(f.size + Canvas.width(name, f) + 20 for name in names) - 20
         if legend == "left":  # one draw, as before placed legends: the held-out family's charts regenerate as shipped
             x = m + rng.randint(0, 20)
+        elif legend == "right":
+            x = W - m - row - rng.randint(0, 20)
         else:
-            x = W - m - row - rng.randint(0, 20) if legend == "right" else (W - row) // 2
+            x = (W - row) // 2
         y = H - m - f.size if legend == "bottom" else y_top
         for name, col in zip(names, colours):
             cv.draw.rectangle([x, y + 3, x + f.size - 4, y + f.size - 1], fill=col)
