@@ -29,6 +29,7 @@ gather likewise: Triton kernels on CUDA, a matmul formulation on NPUs, PyTorch e
 """
 import argparse
 import copy
+import inspect
 import math
 import os
 import time
@@ -480,11 +481,12 @@ def build(config, compressors=COMPRESSORS):
     window = (1, 1) if ranged else window_for(ratio, grid, grid)  # a ranged select keeps any share, no window
     options = select_options(config) if method == "select" else \
         {k: v for k, v in config.compressor.items() if k not in ("method", "ratio")}
-    try:
-        compressor = compressors[method](window, width, **options)
-    except TypeError:  # a key the class does not take
+    try:  # bind first, so that only a key the class does not take is this line, not any TypeError inside it
+        inspect.signature(compressors[method]).bind(window, width, **options)
+    except TypeError:
         raise CompressError(f"config.json's compressor record {config.compressor} has {sorted(options)}, which "
                             f"{method} does not take: remove them") from None
+    compressor = compressors[method](window, width, **options)
     if ranged:
         budget(compressor, config.compressor)
         if config.compressor.get("gated"):  # its own A_s, in mlp1's shape (model.py)

@@ -157,6 +157,18 @@ def test_build_errors(tok):
         C.make_student(teacher, "pool", 0.125)  # 8 tokens per window: more than the tiny tile has
 
 
+def test_build_passes_on_a_type_error_from_inside_a_compressor(tok):
+    """Only a key the class does not take becomes build's one line; a bug inside the constructor stays a bug."""
+    class Broken(C.Pool):
+        def __init__(self, window, width):
+            raise TypeError("a bug inside the constructor")
+    config = replace(tiny(tok).config, compressor=C.spec("pool", 0.5))
+    with pytest.raises(TypeError, match="a bug inside"):
+        C.build(config, {"pool": Broken})
+    with pytest.raises(C.CompressError, match=r"has \['seed'\], which pool does not take"):
+        C.build(replace(config, compressor=config.compressor | {"seed": 1}), {"pool": Broken})
+
+
 def cached_logits(model, pv, ids, mask, steps=3):
     """Prefill then greedy decode steps with a KV cache, as generate does: the logits of each step."""
     caches = M.new_caches(model.config.llm, ids.shape[0], ids.shape[1] + steps, torch.float32, "cpu")
