@@ -2,7 +2,7 @@
 phrasing; every sample is well drawn (boxes on ink, no text drawn over text, every answer printed); answers
 sit at every position a question form can take; the held-out family's shipped sets match their checksums.
 Run:  python -m pytest -q tests/test_wide.py   (CPU, ~20 s)"""
-import collections, json, re, sys
+import collections, hashlib, json, re, sys
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +86,6 @@ def test_samples_are_deterministic(family):
 
 def heldout_draws_digest(monkeypatch, seeds=3):
     """sha256 over images and questions of `seeds` held-out-family samples in each layout it draws."""
-    import hashlib
     h = hashlib.sha256()
     for kind, layouts in wide.LAYOUTS.items():
         for layout in layouts["train"] + layouts["heldout"]:
