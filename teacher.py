@@ -94,6 +94,7 @@ EVAL_SEEDS = range(10**9 - 2000, 10**9 - 1960)  # held out: training seeds stay 
 S = 112  # tile size
 FAMILY = "shipped"  # --family: which of synth.py's families the training images are drawn from
 SHIPPED_TENTHS = 3  # --shipped-share x 10: with --family mix, images whose seed ends in 0..2 are the shipped family's
+GLYPH_VARY = 0.0  # --glyph-vary
 
 
 @dataclass
@@ -115,6 +116,7 @@ class TeacherConfig(P.TrainConfig):
     crop_frac: float = 0.0  # share of word-crop conversations (read)
     family: str = "shipped"  # training images: shipped, train or mix (data/wide.py; never the held-out family)
     shipped_share: float = 0.3  # with --family mix: the share of the shipped family's images (a multiple of 0.1)
+    glyph_vary: float = 0.0  # share of the training family's images drawn with reshaped glyphs (wide.vary_glyphs)
 
 
 def parse_args(argv=None):
@@ -123,7 +125,7 @@ def parse_args(argv=None):
     skip = ("data", "image_root", "p_transcribe", "p_qa", "p_reason", "cot_frac", "image_size", "model_config")
     cfg = cli.parse(TeacherConfig, argv, "teacher.py", __doc__, skip, choices=dict(stage=["glyphs", "read"]), **P.BOUNDS,
                     eval_every=1, qa_turns=1, glyph_tiles=1, glyph_crops=0, pointer_layers=1, pair_layer=-1,
-                    transcribe_frac=0, crop_frac=0, pointer_weight=0, pair_weight=0)
+                    transcribe_frac=0, crop_frac=0, pointer_weight=0, pair_weight=0, glyph_vary=0)
     if not cfg.stage:
         raise Error("the following arguments are required: --stage (see python teacher.py --help)")
     if cfg.stage == "glyphs" and cfg.init != TeacherConfig.init:
@@ -137,7 +139,7 @@ def sample(kind, seed, family=None):
     held-out family."""
     family = family or FAMILY
     family = family if family != "mix" else ("shipped" if seed % 10 < SHIPPED_TENTHS else "train")
-    return make_sample(kind, seed, Config(family=family))
+    return make_sample(kind, seed, Config(family=family, glyph_vary=GLYPH_VARY))  # reshapes the training family's only
 
 
 def teacher_config(vocab_size):
@@ -528,7 +530,7 @@ def read_eval(model, tok):
 # ----------------------------------------------------------------------------------------------
 
 def run(cfg):
-    global FAMILY, SHIPPED_TENTHS
+    global FAMILY, SHIPPED_TENTHS, GLYPH_VARY
     if cfg.family not in ("shipped", "train", "mix"):
         raise Error(f"--family {cfg.family!r}: one of shipped, train, mix (the held-out family is never trained on)")
     tenths = 10 * cfg.shipped_share
@@ -537,7 +539,9 @@ def run(cfg):
                     "images are those whose seed ends in a digit below 10 x the share)")
     if cfg.family != "mix" and cfg.shipped_share != TeacherConfig.shipped_share:
         raise Error(f"--shipped-share applies to --family mix only, not {cfg.family}")
-    FAMILY, SHIPPED_TENTHS = cfg.family, round(tenths)
+    if cfg.glyph_vary > 1:
+        raise Error(f"--glyph-vary {cfg.glyph_vary:g}: a share, from 0 to 1")
+    FAMILY, SHIPPED_TENTHS, GLYPH_VARY = cfg.family, round(tenths), cfg.glyph_vary
     kinds = cfg.kinds.split(",")
     if not set(kinds) <= set(KINDS):
         raise Error(f"--kinds {cfg.kinds!r}: each must be one of {','.join(KINDS)}")

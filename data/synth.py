@@ -37,6 +37,7 @@ class Config:
     truetype: bool = False       # also use system TrueType fonts (not machine-independent)
     family: str = "shipped"      # "shipped": the layouts below; "train" / "heldout": data/wide.py's families
     fonts: tuple = ()            # font files to draw in instead (None: the built-in font); set by data/wide.py
+    glyph_vary: float = 0.0      # training family only: share of images whose glyphs are reshaped (wide.vary_glyphs)
 
 
 # ---------------------------------------------------------------- vocabularies (short, readable values)
@@ -478,6 +479,8 @@ def make_sample(kind, seed, cfg=None):
         _speckle(cv.img, rng, cfg.noise)
     text, char_index = _transcribe(cv.runs)
     words, chars, image = [w for r in cv.runs for w in r["words"]], [c for r in cv.runs for c in r["chars"]], cv.img
+    if extra and cfg.family == "train" and cfg.glyph_vary > 0:  # its own stream: the images stay as drawn otherwise
+        image = wide.vary_glyphs(image, random.Random(f"glyphs:{kind}:{seed}"), cfg.glyph_vary, style, words + chars)
     if extra:  # rotation, blur, JPEG, noise; boxes follow the rotation
         image, angle = wide.damage(image, rng, style.paper)
         for item in words + chars if angle else []:

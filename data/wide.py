@@ -200,6 +200,28 @@ def damage(img, rng, paper):
     return img, angle
 
 
+def vary_glyphs(img, rng, share, style, items):
+    """On `share` of the images, new glyph shapes from the same fonts: wider or narrower (x 0.8 to 1.25), slanted
+    (a shear of up to 12 degrees either way) and bolder (the ink grown by a pixel), each on some of them. The boxes
+    of `items` follow. More faces than the font files hold, to test whether breadth in faces carries to unseen ones."""
+    if rng.random() >= share:
+        return img
+    sx = rng.uniform(0.8, 1.25) if rng.random() < 0.7 else 1.0
+    k = rng.uniform(-0.21, 0.21) if rng.random() < 0.5 else 0.0
+    if sx != 1.0 or k:  # x' = sx * x + k * y + c, y' = y; c keeps x' >= 0
+        w, h = img.size
+        c = -k * h if k < 0 else 0.0
+        img = img.transform((math.ceil(sx * w + abs(k) * h), h), Image.AFFINE, (1 / sx, -k / sx, -c / sx, 0, 1, 0),
+                            resample=Image.BICUBIC, fillcolor=style.paper)
+        for item in items:
+            x0, y0, x1, y1 = item["box"]
+            xs = [sx * x + k * y + c for x in (x0, x1) for y in (y0, y1)]
+            item["box"] = [max(0, math.floor(min(xs))), y0, min(img.width, math.ceil(max(xs))), y1]
+    if rng.random() < 0.3:  # ink is the darker colour on light paper, the lighter on dark
+        img = img.filter(ImageFilter.MaxFilter(3) if style.dark else ImageFilter.MinFilter(3))
+    return img
+
+
 def rotate_box(box, angle, w, h):
     """Where a box lands after Image.rotate(angle) about the image centre: its corners' bounding box."""
     t = math.radians(angle)

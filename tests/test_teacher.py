@@ -186,6 +186,8 @@ def test_kinds_choose_the_images_and_bad_kinds_are_refused():
     (["--stage", "read", "--pointer-layers", "0"], "--pointer-layers 0: must be >= 1"),
     (["--stage", "read", "--init", "checkpoints/tiny", "--pointer-layers", "9"], "at most the decoder's 4 layers"),
     (["--stage", "read", "--transcribe-frac", "-0.5"], "--transcribe-frac -0.5: must be >= 0"),
+    (["--stage", "glyphs", "--glyph-vary", "-0.1"], "--glyph-vary -0.1: must be >= 0"),
+    (["--stage", "glyphs", "--glyph-vary", "1.5"], "--glyph-vary 1.5: a share, from 0 to 1"),
 ])
 def test_bad_flags_are_one_line(argv, words, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)

@@ -2,8 +2,9 @@
 phrasing; every sample is well drawn (boxes on ink, no text drawn over text, every answer printed); answers
 sit at every position a question form can take; the held-out family's shipped sets match their checksums.
 Run:  python -m pytest -q tests/test_wide.py   (CPU, ~20 s)"""
-import collections, hashlib, json, re, sys
+import collections, hashlib, json, random, re, sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -147,6 +148,37 @@ def test_rotated_boxes_follow_the_ink():
     ys, xs = np.nonzero(np.asarray(rotated.convert("L")) < 128)
     box = wide.rotate_box([240, 30, 250, 40], 1.5, 300, 200)
     assert abs((box[0] + box[2]) / 2 - xs.mean() - 0.5) < 1 and abs((box[1] + box[3]) / 2 - ys.mean() - 0.5) < 1
+
+
+def test_reshaped_boxes_follow_the_ink():
+    """vary_glyphs' stretch, slant and bolder ink keep every glyph in the image and move each box with its glyph
+    (the glyph stage's labels sit at box centres)."""
+    moved = 0
+    for seed in range(40):
+        img = Image.new("RGB", (300, 200), "white")
+        items = [{"box": [240, 10, 250, 20]}, {"box": [4, 180, 14, 190]}]  # top right, bottom left: the slant's ends
+        for it in items:
+            ImageDraw.Draw(img).rectangle([it["box"][0], it["box"][1], it["box"][2] - 1, it["box"][3] - 1], fill="black")
+        out = wide.vary_glyphs(img, random.Random(seed), 1.0, SimpleNamespace(paper=(255, 255, 255), dark=False), items)
+        ink = np.asarray(out.convert("L")) < 128
+        assert ink.sum() >= 2 * 100 * 0.8 * 0.9, seed  # nothing cut off (the narrowest stretch is 0.8)
+        for it in items:
+            b = it["box"]
+            ys, xs = np.nonzero(ink[max(0, b[1] - 4):b[3] + 4, max(0, b[0] - 4):b[2] + 4])
+            cx, cy = xs.mean() + max(0, b[0] - 4), ys.mean() + max(0, b[1] - 4)
+            assert abs((b[0] + b[2]) / 2 - cx - 0.5) < 1 and abs((b[1] + b[3]) / 2 - cy - 0.5) < 1, (seed, b)
+        moved += out.size != img.size
+    assert moved >= 10  # most draws stretch or slant
+
+
+def test_glyph_vary_reshapes_the_training_family_only():
+    pixels = lambda s: np.asarray(s["image"])
+    for kind, seed in (("doc", 1), ("chart", 2), ("info", 3)):
+        assert (pixels(sample(kind, seed, "heldout", glyph_vary=1.0)) == pixels(sample(kind, seed, "heldout"))).all()
+        plain, varied = sample(kind, seed, "train"), sample(kind, seed, "train", glyph_vary=1.0)
+        assert varied["qa"] == plain["qa"] and varied["transcription"] == plain["transcription"]
+    assert any(sample("doc", seed, "train", glyph_vary=1.0)["image"].tobytes() != sample("doc", seed, "train")["image"].tobytes()
+               for seed in range(4))
 
 
 def test_heldout_sets_match_their_checksums():
