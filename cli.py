@@ -5,7 +5,7 @@ merge.py keep their own few lines of it, so that each can be copied alone.)
 
     python -m pytest tests/test_cli.py -q
 """
-import argparse, dataclasses, inspect, json, os, re, sys
+import argparse, dataclasses, inspect, json, math, os, re, sys
 
 
 class Error(Exception):
@@ -57,10 +57,10 @@ def out_of_range(args, **bounds):
     for k, b in bounds.items():
         v = getattr(args, k)
         for x in v if isinstance(v, (list, tuple)) else [] if v is None else [v]:
-            if not (b[0] < x <= b[1] if isinstance(b, tuple) else x >= b):  # NaN fails both
+            if not (math.isfinite(x) and (b[0] < x <= b[1] if isinstance(b, tuple) else x >= b)):  # NaN fails too
                 want = f">= {b:g}" if not isinstance(b, tuple) else f"> {b[0]:g}" + (
                     f" and <= {b[1]:g}" if b[1] != float("inf") else "")
-                return f"--{k.replace('_', '-')} {x:g}: must be {want}"
+                return f"--{k.replace('_', '-')} {x:g}: must be {'finite and ' if math.isinf(x) else ''}{want}"
     return None
 
 

@@ -125,8 +125,8 @@ def _rows(path, envelope):
 
 def _answers(a, path, i):
     a = [a] if isinstance(a, (str, int, float)) else a  # OCRBench/ChartQA: a bare string
-    if a is not None and (not isinstance(a, list) or not a):
-        raise Error(f"{path}: item {i} has malformed answers {a!r}; expected a non-empty list")
+    if a is not None and (not isinstance(a, list) or not a or not all(isinstance(x, (str, int, float)) for x in a)):
+        raise Error(f"{path}: item {i} has malformed answers {a!r}; expected a non-empty list of strings")
     return None if a is None else [str(x) for x in a]
 
 def _image(images, rels, path, i):  # the first candidate under --images that exists; the error names the first
@@ -399,6 +399,9 @@ def prepare(cfg, model=None, tokenizer=None):
     if rfile:
         reasoning = task.read(rfile, cfg.images or os.path.dirname(rfile))
         _all_or_none_answered(reasoning, rfile)
+        if reasoning and (reasoning[0]['answers'] is None) != (every[0]['answers'] is None):  # or the answered set goes unscored
+            raise Error(f"{rfile} {'lacks' if reasoning[0]['answers'] is None else 'has'} answers and {ann} does "
+                        f"not: a set's reasoning.json is answered as its annotation is; fix it or move it away")
         for it in reasoning:
             it['extra'].update(reasoning=True, reasoning_file=True)
         every, items = every + reasoning, items + reasoning[:cfg.limit]
@@ -423,6 +426,11 @@ def prepare(cfg, model=None, tokenizer=None):
     if not out.endswith('.jsonl'):  # the scores go to <out without .jsonl>.json: a .json --out would be overwritten
         raise Error(f"--out {out}: the predictions file must end in .jsonl (the scores go beside it, in .json)")
     cli.writable(os.path.dirname(out), f"--out {out}")
+    inputs = {os.path.realpath(f) for f in files} | {os.path.realpath(os.path.join(cfg.model, f)) for f in MODEL_FILES}
+    if clash := next((f for f in (out, out[:-6] + '.json', out[:-6] + '_submission.json')
+                      if os.path.realpath(f) in inputs), None):
+        raise Error(f"--out {out} would write {clash}, an input of this run (the questions or the model): "
+                    f"pass another --out")
     settle(cfg)
     cfg.max_num = cfg.max_num or task.max_num
     old, _ = load_done(out, repair=False)

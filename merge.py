@@ -18,7 +18,6 @@ This file imports only the standard library, torch and safetensors: copy it into
 """
 import argparse
 import contextlib
-import glob
 import json
 import math
 import os
@@ -111,6 +110,14 @@ def average(sources, key, weights):
     return acc.to(dtype)
 
 
+def holds_only_a_checkpoint(folder):
+    """True for a folder that is empty or holds a checkpoint's files alone (a previous or killed merge's): only such
+    a folder may be replaced whole."""
+    names = os.listdir(folder) if os.path.isdir(folder) else [None]
+    checkpoint_file = lambda n: n == "config.json" or n in TOKENIZER_FILES or (n.startswith("model") and ".safetensors" in n)
+    return all(n is not None and os.path.isfile(os.path.join(folder, n)) and checkpoint_file(n) for n in names)
+
+
 def write_json(path, obj):
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2, ensure_ascii=False)
@@ -130,14 +137,16 @@ def merge(inputs: list[str], out: str, weights: list[float] | None = None):
     total = sum(weights)
     if total <= 0:
         raise MergeError("--weights sum to 0: give at least one input a positive weight")
+    if not math.isfinite(total):  # 1e308 twice: each weight would become w / inf = 0, and so would every tensor
+        raise MergeError(f"--weights sum to {total}: scale them down (only their ratios matter)")
     weights = [w / total for w in weights]
     for path in inputs:
         if os.path.realpath(path) == os.path.realpath(out):
             raise MergeError(f"--out {out} is the input {path}: write the merge to a new folder")
     out = os.path.normpath(out)
-    if os.path.exists(out) and not (os.path.isdir(out) and (not os.listdir(out) or glob.glob(os.path.join(out, "model*"))
-                                                           or os.path.isfile(os.path.join(out, "config.json")))):
-        raise MergeError(f"--out {out} exists and holds no checkpoint, and a merge replaces it whole: pass a new folder")
+    if os.path.exists(out) and not holds_only_a_checkpoint(out):
+        raise MergeError(f"--out {out} exists and holds more than a checkpoint, and a merge replaces it whole: "
+                         "pass a new folder")
     with contextlib.ExitStack() as stack:
         ckpts = [open_checkpoint(p, stack) for p in inputs]
         (config, index, handles, where), a = ckpts[0], inputs[0]

@@ -31,7 +31,7 @@ import compress
 import model as M
 from cli import Error
 from data import synth
-from evaluate import COT_ANSWER as EVAL_COT_ANSWER, PROMPT as EVAL_PROMPT
+from evaluate import COT_ANSWER as EVAL_COT_ANSWER, PROMPT as EVAL_PROMPT, model_identity, sha256_files, stamp
 from tokenizer import load_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -337,6 +337,25 @@ def save_checkpoint(path, model, opt, state):
     shutil.rmtree(old, ignore_errors=True)
 
 
+INPUTS = ("init", "teacher", "student", "vision_from", "data")  # what a run learns from: a resume needs the same bytes
+
+
+def input_identities(cfg, known=None):
+    """{flag: {sha256, files}} of the run's INPUTS that are files or folders (checkpoint folders: evaluate's
+    model_identity); an identity in `known` is reused while its files' stamps hold."""
+    known, out = known or {}, {}
+    for k in INPUTS:
+        path = getattr(cfg, k, "")
+        if not path or not os.path.exists(path):
+            continue
+        if os.path.isdir(path):
+            out[k] = model_identity(path, known.get(k))
+        else:
+            files = {os.path.basename(path): [os.path.realpath(path), *stamp(path)]}
+            out[k] = known[k] if known.get(k, {}).get("files") == files else dict(sha256=sha256_files([path]), files=files)
+    return out
+
+
 def load_checkpoint(path, model, opt=None):
     """Restore weights (and optimizer, RNG) in place; -> the state dict saved with them."""
     path = next((p for p in (path, path + ".old") if os.path.exists(os.path.join(p, "state.json"))), path)
@@ -387,8 +406,9 @@ def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):
     opt, step = build_optimizer(model, cfg), 0
     ckpt, log_path = os.path.join(cfg.out, "checkpoint"), os.path.join(cfg.out, "log.jsonl")
     global_batch = cfg.micro_batch * cfg.grad_accum * world
+    state = load_checkpoint(ckpt, model, opt) if cfg.resume else {}
+    inputs = input_identities(cfg, state.get("inputs"))
     if cfg.resume:
-        state = load_checkpoint(ckpt, model, opt)
         if state["global_batch"] != global_batch:
             raise Error(f"the checkpoint's global batch is {state['global_batch']}, this run's {global_batch}: "
                         f"keep micro-batch x grad-accum x processes")
@@ -401,6 +421,9 @@ def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):
             raise Error(f"--resume: {ckpt} is a run with other settings ("
                         + ", ".join(f"--{k.replace('_', '-')} {saved[k]!r}, not {now[k]!r}" for k in changed)
                         + "): resume it with its own, or pass another --out for a new run")
+        if changed := [k for k in inputs if inputs[k]["sha256"] != state.get("inputs", {}).get(k, inputs[k])["sha256"]]:
+            raise Error(f"--resume: --{changed[0].replace('_', '-')} {getattr(cfg, changed[0])} holds other bytes than "
+                        f"when the run began: resume with the same, or pass another --out for a new run")
     trainable = [p for p in model.parameters() if p.requires_grad]
     # (DDP warns about the grad strides of the [1, 1, C] class embedding: harmless, a copy per step)
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
@@ -409,9 +432,13 @@ def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):
     if rank == 0:
         os.makedirs(cfg.out, exist_ok=True)
         old = open(log_path, encoding="utf-8").readlines() if cfg.resume and os.path.exists(log_path) else []
-        log = open(log_path, "w", encoding="utf-8")  # a resumed run keeps the curve up to its checkpoint
-        log.writelines(line for line in old if line.endswith("\n") and json.loads(line)["step"] <= step)
-        log.flush()
+        try:  # a resumed run keeps the curve up to its checkpoint; a torn last line (no newline) is dropped
+            kept = [line for line in old if line.endswith("\n") and json.loads(line)["step"] <= step]
+        except (ValueError, TypeError, KeyError) as e:
+            raise Error(f"{log_path} is not a log this script wrote ({type(e).__name__}: {e}): move it away to resume "
+                        "without the curve so far") from None
+        cli.write_text(log_path, "".join(kept))
+        log = open(log_path, "a", encoding="utf-8")
     bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0, dynamic_ncols=True, desc="posttrain")
     last, n_truncated = min(cfg.steps, cfg.stop_at or cfg.steps), 0
     stream = (batches(s) for s in range(step, last))
@@ -441,6 +468,9 @@ def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v)
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        if not torch.isfinite(grad_norm):  # the same on every process; before the step, so no weight turns NaN
+            raise Error(f"step {step + 1}: the gradient norm is {grad_norm.item()} (loss {total:.4g}): lower --lr or "
+                        f"check the data; {ckpt} holds the last good step, --resume goes on from it")
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
@@ -458,7 +488,8 @@ def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):
             bar.set_postfix(loss=f"{rec['loss']:.4f}", samples_s=f"{rec['samples_per_s']:.1f}")
             bar.update(1)
             if (cfg.save_every and step % cfg.save_every == 0) or step == last:
-                save_checkpoint(ckpt, model, opt, dict(step=step, global_batch=global_batch, config=asdict(cfg)))
+                save_checkpoint(ckpt, model, opt, dict(step=step, global_batch=global_batch, config=asdict(cfg),
+                                                       inputs=inputs))
             if after_step is not None:
                 after_step(step, rec)
     bar.close()

@@ -359,6 +359,10 @@ def main(argv=None):
                    f"earlier {flag} wrote)")
         return root
 
+    modes = [flag for flag, on in (("--check", a.check), ("--heldout", a.heldout), ("--heldout-family", a.heldout_family),
+                                   ("--train-family", a.train_family), ("--eval/--tokenizer", a.eval or a.tokenizer)) if on]
+    if len(modes) > 1:  # each is its own build: taking the first would build when asked to check
+        refuse(f"{modes[0]} and {modes[1]} are separate jobs: pass one of them per command")
     try:
         if a.heldout_family:
             return build_eval(HELDOUT_DIR, family="heldout")

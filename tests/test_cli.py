@@ -87,6 +87,10 @@ def test_out_of_range():
     assert cli.out_of_range(cfg, lr=(0, 1)) is None
     assert cli.out_of_range(cfg, lr=(0, 1), steps=0) == "--steps -1: must be >= 0"
     assert cli.out_of_range(cfg, sizes=1) == "--sizes 0: must be >= 1"
+    for inf in (float("inf"), float("-inf")):  # a bound with no top still takes no infinity: it trains NaN weights
+        assert cli.out_of_range(Base(lr=inf), lr=(0, float("inf"))) == f"--lr {inf:g}: must be finite and > 0"
+    assert cli.out_of_range(Base(lr=float("inf")), lr=0) == "--lr inf: must be finite and >= 0"
+    assert cli.out_of_range(Base(lr=float("nan")), lr=0) == "--lr nan: must be >= 0"
 
 
 def test_writes_are_atomic(tmp_path, monkeypatch):

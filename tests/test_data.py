@@ -318,3 +318,15 @@ def test_heldout_into_a_read_only_place_is_one_line(capsys, tmp_path):
         build.main(["--heldout", place + "/docvqa"])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and "cannot write" in err[0] and "Traceback" not in err[0], err
+
+
+@pytest.mark.parametrize("argv", [["--check", "--heldout", "x"], ["--check", "--heldout-family"],
+                                  ["--heldout-family", "--train-family", "x"], ["--eval", "--check"]])
+def test_build_jobs_are_one_per_command(argv, capsys, monkeypatch):
+    """Two jobs in one command are refused before either runs: taking the first would build when asked to check."""
+    for job in ("build_eval", "build_docvqa", "build_tokenizer", "check_eval"):
+        monkeypatch.setattr(build, job, lambda *a, **k: pytest.fail("a job ran"))
+    with pytest.raises(SystemExit) as e:
+        build.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "separate jobs" in err[0], err

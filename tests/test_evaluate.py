@@ -3,7 +3,7 @@ evaluate() on a model in memory, the LLM's prefill FLOPs (the metrics: tests/tes
 
     python -m pytest tests/test_evaluate.py -q
 """
-import json, os, subprocess, sys
+import json, os, shutil, subprocess, sys
 import pytest
 from PIL import Image
 
@@ -167,6 +167,21 @@ def test_cli_bad_inputs(tmp_path):
     assert_clean_error(cli('--task', 'docvqa', '--method', 'pool', '--seed', '1'),
                        '--seed is an option of --method random')
     assert_clean_error(cli('--task', 'docvqa', '--method', 'random', '--seed', '-1'), '--seed -1: must be >= 0')
+    dump(t + '/bad/null.json', rrc([dict(questionId=1, question='q', image='x.png', answers=[None])]))
+    assert_clean_error(cli('--task', 'docvqa', '--data', t + '/bad/null.json'), 'malformed answers [None]')
+    # --out whose scores file (.json beside it) would overwrite this run's questions or its model's files
+    ann = json.load(open(t + '/ok/val_v1.0.json'))
+    assert_clean_error(cli('--task', 'docvqa', '--data', t + '/ok', '--out', t + '/ok/val_v1.0.jsonl'), 'would write',
+                       'val_v1.0.json')
+    shutil.copytree(os.path.join(ROOT, 'checkpoints', 'tiny'), t + '/tiny')
+    config = open(t + '/tiny/config.json').read()
+    assert_clean_error(cli('--task', 'docvqa', '--data', t + '/ok', '--model', t + '/tiny', '--out',
+                           t + '/tiny/config.jsonl'), 'would write', 'config.json')
+    assert json.load(open(t + '/ok/val_v1.0.json')) == ann and open(t + '/tiny/config.json').read() == config
+    # an answered set with an unanswered reasoning.json would go to submission mode, its answers never scored
+    items = ann['data']
+    dump(t + '/ok/reasoning.json', rrc([{k: v for k, v in items[0].items() if k != 'answers'}]))
+    assert_clean_error(cli('--task', 'docvqa', '--data', t + '/ok'), 'reasoning.json lacks answers')
     import baselines, compress
     assert E.SELECT_OPTIONS == compress.SELECT_OPTIONS  # every option select has is a flag here, checked before torch loads
     assert set(E.METHODS) == {'none', *compress.COMPRESSORS, *baselines.TRAINING_FREE}  # every method compress.py and baselines.py have

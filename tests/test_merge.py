@@ -243,6 +243,7 @@ def test_refused_inputs(ck, tmp_path, case):
     (dict(weights=[1, -0.5]), r"negative"),
     (dict(weights=[1, float("nan")]), r"non-finite"),
     (dict(weights=[0, 0]), r"--weights sum to 0"),
+    (dict(weights=[1e308, 1e308]), r"--weights sum to inf: scale them down"),
     (dict(out="/"), r"--out .* is the input"),
     (dict(out="/."), r"--out .* is the input"),
 ])
@@ -252,6 +253,23 @@ def test_refused_arguments(ck, tmp_path, args, message):
     with pytest.raises(merge.MergeError, match=message):
         merge.merge(inputs, out, args.get("weights"))
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_out_holding_more_than_a_checkpoint_is_kept(ck, tmp_path):
+    """Only an empty folder or a checkpoint's files alone are replaced: a project folder that happens to hold a
+    config.json or a models/ folder is not."""
+    for extra in ("notes.txt", "models/keep.txt", "model_card.txt"):
+        out = tmp_path / extra.replace("/", "_")
+        (out / extra).parent.mkdir(parents=True)
+        (out / extra).write_text("mine")
+        (out / "config.json").write_text("{}")
+        with pytest.raises(merge.MergeError, match="holds more than a checkpoint"):
+            merge.merge([ck["a"], ck["b"]], str(out))
+        assert (out / extra).read_text() == "mine"
+    merge.merge([ck["a"], ck["b"]], str(tmp_path / "again"))
+    merge.merge([ck["a"], ck["b"]], str(tmp_path / "again"), [1, 3])  # a merge's own folder is replaced
+    a, b, m = tensors(ck["a"]), tensors(ck["b"]), tensors(str(tmp_path / "again"))
+    assert all(torch.equal(m[k], 0.25 * a[k] + 0.75 * b[k]) for k in a)
 
 
 def test_cli(ck, tmp_path):

@@ -103,6 +103,21 @@ def test_overfit_one_batch(tmp_path):
     assert len(losses) == 20 and losses[-1] < 0.5 * losses[0]
 
 
+def test_a_non_finite_loss_stops_before_the_weights_change(tmp_path):
+    cfg = cfg_of("--steps", "4", "--out", str(tmp_path), "--save-every", "1", "--micro-batch", "1")
+    model, tok, _ = P.build_model(cfg, torch.device("cpu"))
+    batch = P.collate([P.conversation_at(0, cfg)], tok, model, cfg)
+    at = []  # the step being taken
+
+    def loss_fn(m, b):  # the loss turns NaN at the third step
+        loss, rec = P.default_lm_loss(m, b)
+        return loss * (float("nan") if at[-1] == 2 else 1.0), rec
+    with pytest.raises(cli.Error, match="step 3: the gradient norm is nan"):
+        P.train(cfg, model, tok, lambda step: at.append(step) or [batch], loss_fn)
+    saved = load_file(tmp_path / "checkpoint" / "model.safetensors")  # step 2's, and the weights are still those
+    assert saved and all(torch.isfinite(v).all() and torch.equal(v, model.state_dict()[k]) for k, v in saved.items())
+
+
 def test_projector_only_leaves_vit_and_llm_bitwise(tmp_path):
     cfg = cfg_of("--steps", "2", "--out", str(tmp_path), "--trainable", "projector", "--micro-batch", "1")
     model, tok, _ = P.build_model(cfg, torch.device("cpu"))
@@ -221,6 +236,31 @@ def test_internvl_jsonl(tmp_path, tiny, capsys):
             P.main([*TINY, "--data", path, "--image-root", str(tmp_path / "img"), "--out", str(tmp_path / "o")])
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_resume_refuses_changed_training_data_and_keeps_a_foreign_log(tmp_path, tiny, capsys):
+    line = {"image": "0.png", "conversations": [{"from": "human", "value": "<image>\nWhat is the total?"},
+                                                {"from": "gpt", "value": "12.50"}]}
+    path = write_fixture(tmp_path, [line])
+    argv = [*TINY, "--data", path, "--image-root", str(tmp_path / "img"), "--out", str(tmp_path / "o"), "--steps", "2",
+            "--micro-batch", "1", "--save-every", "1"]
+
+    def main(*more):
+        with pytest.raises(SystemExit) as e:
+            P.main([*argv, *more])
+        return e.value.code, capsys.readouterr().err
+    assert main("--stop-at", "1")[0] == 0
+    write_fixture(tmp_path, [dict(line, conversations=[line["conversations"][0], {"from": "gpt", "value": "99.00"}])])
+    code, err = main("--resume")  # the same path, other bytes: another run's data
+    assert code == 2 and err.count("\n") == 1 and "--data " + path + " holds other bytes" in err, err
+    write_fixture(tmp_path, [line])  # the run's own data again: it goes on
+    log = tmp_path / "o" / "log.jsonl"
+    log.write_text("not json\n" + log.read_text())  # not this script's log: refused, and kept as it is
+    assert main("--resume")[0] == 2 and log.read_text().startswith("not json\n")
+    log.write_text(log.read_text().split("\n", 1)[1])
+    assert main("--resume")[0] == 0
+    assert json.load(open(tmp_path / "o" / "checkpoint" / "state.json"))["step"] == 2
+    assert [json.loads(line)["step"] for line in open(log)] == [1, 2]
 
 
 def test_bad_flags_exit_2(tmp_path, capsys):
