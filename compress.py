@@ -56,6 +56,8 @@ def window_for(ratio, h, w):
     k = round(1 / ratio) if 0 < ratio < 1 else 0
     if k < 2 or abs(k * ratio - 1) > 1e-6:
         raise CompressError(f"invalid ratio {ratio}: use 1/k for an integer k >= 2, e.g. 0.5 or 0.25")
+    if k > h * w:  # before the divisor search, which a tiny ratio (1e-20) makes endless
+        raise CompressError(f"ratio {ratio} keeps 1 of {k} tokens, more than the {h}x{w} token grid holds: use 0.5 or 0.25")
     for kh in sorted((d for d in range(1, math.isqrt(k) + 1) if k % d == 0), reverse=True):
         if h % kh == 0 and w % (k // kh) == 0:
             return kh, k // kh
@@ -456,8 +458,8 @@ def spec(method, ratio, **options):
     return {"method": method, "ratio": ratio} | on
 
 
-def is_number(x):  # a JSON number: bool is an int to isinstance
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+def is_number(x):  # a finite JSON number: bool is an int to isinstance, and json reads NaN and Infinity
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def build(config, compressors=COMPRESSORS):

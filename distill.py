@@ -205,6 +205,9 @@ def start_student(cfg, teacher, device, dtype, own_llm):
     else:
         student = M.load_model(cfg.student, device, dtype, build_compressor=C.build)
         record = student.config.compressor
+        if not record:
+            raise Error(f"--student {cfg.student} has no compressor: pass a folder distill.py wrote (a teacher is "
+                        "--teacher)")
         want = {"method": cfg.compressor, "ratio": cfg.ratio}
         if {k: record[k] for k in want} != want:
             raise Error(f"--student {cfg.student} has compressor {record}, not {want}: pass its --compressor and --ratio")
@@ -237,6 +240,12 @@ def calibrate_thresholds(cfg, teacher, student, records):
             p.device, p.dtype)) for i in range(cfg.calibration_images)]  # as in training: autocast on GPUs
         table = C.calibrate(student.compressor, grids, student.mlp1)
     student.config = replace(student.config, compressor=dict(student.config.compressor, thresholds=table))
+
+
+def scored_items(task, data):
+    """The questions evaluate.py would score for `task` in `data` (an annotation file or its folder)."""
+    ann = E.find_annotation(task, data)
+    return E.TASKS[task].read(ann, ann if os.path.isdir(ann) else os.path.dirname(ann))
 
 
 def heldout_set(cfg):
@@ -326,8 +335,11 @@ def run(cfg):
             raise Error("--ratio-range and --calibration-images are --budget auto's: add it or drop them")
         if cfg.eval_task and cfg.eval_task not in E.TASKS:
             raise Error(f"--eval-task {cfg.eval_task}: choose one of {', '.join(E.TASKS)} or '' for none")
-        if cfg.eval_task:
-            heldout_set(cfg)  # a missing set fails now, not after training
+        if cfg.eval_task:  # a missing or unanswered set fails now, not after training
+            for data in (cfg.eval_data or os.path.join(E.HERE, "data", "eval", cfg.eval_task), heldout_set(cfg)):
+                if data and any(it["answers"] is None for it in scored_items(cfg.eval_task, data)):
+                    raise Error(f"{data} has questions without answers (a test split): the comparison scores the "
+                                "student, so pass --eval-data with a validation set, or --eval-task '' for none")
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         teacher = M.load_model(cfg.teacher, device, dtype)
         tok = load_tokenizer(cfg.teacher)

@@ -480,6 +480,9 @@ def load_model(cfg):
         model = M.load_model(cfg.model, device=cfg.device, dtype=getattr(torch, cfg.dtype),
                              build_compressor=baselines.build)
         record = model.config.compressor or {}
+        if (cfg.max_new_tokens or 0) > model.config.llm.max_position_embeddings:  # its KV cache is allocated up front
+            raise Error(f"--max-new-tokens {cfg.max_new_tokens}: more than the LLM's "
+                        f"{model.config.llm.max_position_embeddings} positions; pass fewer")
         if cfg.method != 'none' and model.compressor is not None:
             shown = {k: v for k, v in record.items() if k != 'thresholds'}  # a table of 19 pairs says nothing here
             raise Error(f"{cfg.model} is already compressed ({shown}); drop --method")

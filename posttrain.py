@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -137,6 +138,9 @@ def read_jsonl(path, image_root):
                     for i, t in enumerate(turns))):
                 raise Error(f'{where}: "conversations" must alternate {{"from": "human", "value": ...}} and '
                             f'{{"from": "gpt", "value": ...}}, starting with human')
+            if any(M.IMG_CONTEXT in t["value"] for t in turns):  # the tokenizer reads it as an image feature's slot
+                raise Error(f"{where} contains {M.IMG_CONTEXT}, the token that marks image features: remove it "
+                            "(the image goes in as <image>)")
             image = os.path.join(image_root, r["image"])
             if not os.path.isfile(image):
                 raise Error(f"{where}: image {image} not found: fix the path or --image-root")
@@ -337,6 +341,14 @@ def save_checkpoint(path, model, opt, state):
     shutil.rmtree(old, ignore_errors=True)
 
 
+def read_weights(path, fix):
+    """load_file(path), or one line saying the file is no readable safetensors file and how to `fix` that."""
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise Error(f"{path} is not a readable safetensors file ({e}): {fix}") from None
+
+
 INPUTS = ("init", "teacher", "student", "vision_from", "data")  # what a run learns from: a resume needs the same bytes
 
 
@@ -361,7 +373,8 @@ def load_checkpoint(path, model, opt=None):
     path = next((p for p in (path, path + ".old") if os.path.exists(os.path.join(p, "state.json"))), path)
     if not os.path.exists(os.path.join(path, "state.json")):
         raise Error(f"no checkpoint in {path} to resume: drop --resume to start a new run")
-    weights, params = load_file(os.path.join(path, "model.safetensors")), dict(model.named_parameters())
+    fix = f"restore it, or delete {path} to start the run over"
+    weights, params = read_weights(os.path.join(path, "model.safetensors"), fix), dict(model.named_parameters())
     trainable = {k for k, p in params.items() if p.requires_grad}
     # every trainable weight, and nothing foreign (a checkpoint may also hold frozen ones: they are --init's)
     if not trainable <= set(weights) or any(k not in params or params[k].shape != t.shape for k, t in weights.items()):
@@ -373,7 +386,7 @@ def load_checkpoint(path, model, opt=None):
     with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
         state = json.load(f)
     if opt is not None:
-        flat, st = load_file(os.path.join(path, "optimizer.safetensors")), {}
+        flat, st = read_weights(os.path.join(path, "optimizer.safetensors"), fix), {}
         for key, t in flat.items():
             i, name = key.split(".", 1)
             st.setdefault(int(i), {})[name] = t
@@ -381,7 +394,7 @@ def load_checkpoint(path, model, opt=None):
             opt.load_state_dict({"state": st, "param_groups": state["param_groups"]})
         except ValueError as e:
             raise Error(f"checkpoint {path}: optimizer does not match --trainable ({e})") from None
-    rng = load_file(os.path.join(path, "rng.safetensors"))
+    rng = read_weights(os.path.join(path, "rng.safetensors"), fix)
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(list(rng["cuda"]))
@@ -451,7 +464,10 @@ def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):
         factor = lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * factor
-        micro = next(stream)
+        try:
+            micro = next(stream)
+        except Error as e:  # from a --workers process, its message ends in the worker's traceback: keep the last line
+            raise Error(str(e).strip().splitlines()[-1].removeprefix(f"{Error.__module__}.{Error.__name__}: ")) from None
         counts = torch.tensor([[b["n_labels"], b["n_tokens"], b["truncated"], len(b["convs"])] for b in micro],
                               dtype=torch.float64).sum(0)
         if world > 1:

@@ -73,7 +73,6 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 import cli
 import model as M
@@ -571,7 +570,7 @@ def run(cfg):
             net = GlyphReader(teacher_config(1)).to(device)
             if glyph_weights:  # continue a glyph stage: its ViT and head
                 try:
-                    net.load_state_dict(load_file(glyph_weights))
+                    net.load_state_dict(P.read_weights(glyph_weights, "pass a glyph stage's run folder or its .safetensors"))
                 except RuntimeError as e:
                     raise Error(f"--vision-from {src}: not a glyph stage's ViT and head ({str(e).splitlines()[0]}); "
                                 "pass a glyph stage's run folder or its .safetensors") from None
@@ -588,7 +587,8 @@ def run(cfg):
             model.img_context_token_id = tok.token_to_id(M.IMG_CONTEXT)
         model.to(device)
         if glyph_weights:
-            vit = {k: v for k, v in load_file(glyph_weights).items() if k.startswith("vision_model.")}
+            vit = {k: v for k, v in P.read_weights(glyph_weights, "pass a glyph stage's run folder or its .safetensors").items()
+                   if k.startswith("vision_model.")}
             if missing := sorted(set(k for k in model.state_dict() if k.startswith("vision_model.")) - set(vit)):
                 raise Error(f"--vision-from {src}: no {missing[0]} (and {len(missing) - 1} more ViT weights) in "
                             f"{glyph_weights}; pass a glyph stage's run folder or its .safetensors")

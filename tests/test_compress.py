@@ -52,6 +52,8 @@ def test_window_for():
             C.window_for(bad, 16, 16)
     with pytest.raises(C.CompressError, match="16x16 token grid"):
         C.window_for(1 / 3, 16, 16)
+    with pytest.raises(C.CompressError, match="more than the 16x16 token grid holds"):
+        C.window_for(1e-20, 16, 16)  # at once: the divisor search would take years
 
 
 def test_pool_is_the_mean_of_neighbours():
@@ -487,6 +489,8 @@ def test_set_budget_interpolates_and_refuses_what_it_cannot_do(tok):
     (dict(thresholds=[[0.2], [0.5]]), "are not [share, threshold] pairs"),
     (dict(thresholds=[[0.2, 1.0], [0.5, 2.0]]), "the threshold falling"),  # would keep every token
     (dict(thresholds=[[0.5, 1.0], [0.2, 2.0]]), "the share rising"),
+    (dict(thresholds=[[0.2, float("nan")], [0.5, 1.0]]), "are not [share, threshold] pairs"),  # passed every order test
+    (dict(ratio_range=[0.125, float("inf")]), "is not [LO, HI]"),
     (dict(method="pool"), "has ratio_range without select"),
 ])
 def test_a_malformed_ranged_record_is_one_clear_error(tok, field, words):

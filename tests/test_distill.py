@@ -19,6 +19,7 @@ import compress as C
 import distill as D
 import model as M
 import posttrain as P
+from data import synth
 from tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -205,6 +206,21 @@ def test_bad_input_is_one_line(teacher_dir, tmp_path, flags, words):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert lines[0].startswith("distill.py: error:") and words in lines[0], lines[0]
+
+
+def test_bad_inputs_that_need_a_folder_are_one_line(teacher_dir, tmp_path):
+    """A teacher passed as --student, and a comparison set without answers: refused before any training."""
+    test_set = tmp_path / "test" / "test_v1.0.json"
+    test_set.parent.mkdir()
+    synth.make_sample("doc", 0)["image"].save(tmp_path / "test" / "d.png")
+    test_set.write_text(json.dumps(dict(dataset_name="docvqa", dataset_split="test", data=[
+        dict(questionId=1, question="What is the title?", image="d.png", docId=0)])))
+    for flags, words in ((["--student", teacher_dir], "has no compressor"),
+                         (["--eval-task", "docvqa", "--eval-data", str(test_set)], "has questions without answers")):
+        r = run(*train_args(teacher_dir, str(tmp_path / "x")), *flags)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and words in lines[0], (flags, r.stderr[-2000:])
+    assert not os.path.exists(tmp_path / "x" / "model.safetensors")
 
 
 # ----------------------------------------------------------------------------- one student for every ratio

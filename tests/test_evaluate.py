@@ -161,6 +161,8 @@ def test_cli_bad_inputs(tmp_path):
     assert r.returncode == 0 and json.load(open(t + '/default.json'))['model'].endswith('checkpoints/tiny'), r.stderr
     os.makedirs(t + '/m')
     assert_clean_error(cli('--task', 'docvqa', '--data', t + '/ok', '--model', t + '/m'), 'config.json')
+    assert_clean_error(cli('--task', 'docvqa', '--limit', '1', '--max-new-tokens', '1000000000'),
+                       "--max-new-tokens 1000000000: more than the LLM's")
     assert_clean_error(cli('--task', 'docvqa', '--method', 'tome'), "invalid choice: 'tome'")
     assert_clean_error(cli('--task', 'docvqa', '--method', 'fastv', '--skip-thumbnail'), '--method select')
     assert_clean_error(cli('--task', 'docvqa', '--rank-projected'), '--rank-projected is an option of --method select')

@@ -230,7 +230,9 @@ def test_internvl_jsonl(tmp_path, tiny, capsys):
 
     for lines, message in ((good[:1] + ["{not json"], "train.jsonl line 2 is not valid JSON"),
                            ([dict(good[0], image="missing.png")], "train.jsonl line 1: image"),
-                           ([{"image": "0.png", "conversations": [{"from": "gpt", "value": "x"}]}], "must alternate")):
+                           ([{"image": "0.png", "conversations": [{"from": "gpt", "value": "x"}]}], "must alternate"),
+                           ([dict(good[0], conversations=[good[0]["conversations"][0], {"from": "gpt", "value": "a <IMG_CONTEXT>"}])],
+                            "train.jsonl line 1 contains <IMG_CONTEXT>")):
         path = write_fixture(tmp_path, lines)
         with pytest.raises(SystemExit) as e:
             P.main([*TINY, "--data", path, "--image-root", str(tmp_path / "img"), "--out", str(tmp_path / "o")])
@@ -238,7 +240,7 @@ def test_internvl_jsonl(tmp_path, tiny, capsys):
         assert e.value.code == 2 and err.count("\n") == 1 and message in err, err
 
 
-def test_resume_refuses_changed_training_data_and_keeps_a_foreign_log(tmp_path, tiny, capsys):
+def test_resume_refuses_changed_data_a_broken_checkpoint_and_a_foreign_log(tmp_path, tiny, capsys):
     line = {"image": "0.png", "conversations": [{"from": "human", "value": "<image>\nWhat is the total?"},
                                                 {"from": "gpt", "value": "12.50"}]}
     path = write_fixture(tmp_path, [line])
@@ -254,6 +256,12 @@ def test_resume_refuses_changed_training_data_and_keeps_a_foreign_log(tmp_path, 
     code, err = main("--resume")  # the same path, other bytes: another run's data
     assert code == 2 and err.count("\n") == 1 and "--data " + path + " holds other bytes" in err, err
     write_fixture(tmp_path, [line])  # the run's own data again: it goes on
+    weights = tmp_path / "o" / "checkpoint" / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:100])  # a checkpoint cut short: one line, not a safetensors traceback
+    code, err = main("--resume")
+    assert code == 2 and err.count("\n") == 1 and "model.safetensors is not a readable safetensors file" in err, err
+    weights.write_bytes(good)
     log = tmp_path / "o" / "log.jsonl"
     log.write_text("not json\n" + log.read_text())  # not this script's log: refused, and kept as it is
     assert main("--resume")[0] == 2 and log.read_text().startswith("not json\n")
@@ -261,6 +269,19 @@ def test_resume_refuses_changed_training_data_and_keeps_a_foreign_log(tmp_path, 
     assert main("--resume")[0] == 0
     assert json.load(open(tmp_path / "o" / "checkpoint" / "state.json"))["step"] == 2
     assert [json.loads(line)["step"] for line in open(log)] == [1, 2]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_unreadable_image_is_one_line_from_a_worker_too(tmp_path, capsys, workers):
+    path = write_fixture(tmp_path, [{"image": "0.png", "conversations": [{"from": "human", "value": "<image>\nQ?"},
+                                                                         {"from": "gpt", "value": "A"}]}])
+    (tmp_path / "img" / "0.png").write_text("not an image")
+    with pytest.raises(SystemExit) as e:
+        P.main([*TINY, "--data", path, "--image-root", str(tmp_path / "img"), "--out", str(tmp_path / "o"), "--steps",
+                "1", "--micro-batch", "1", "--workers", str(workers)])
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # beside tqdm's bar
+    assert e.value.code == 2 and len(err) == 1 and err[0].endswith("replace the file or drop its line"), err
+    assert err[0].split("posttrain.py: error: ")[1].startswith("cannot read image"), err
 
 
 def test_bad_flags_exit_2(tmp_path, capsys):

@@ -195,3 +195,13 @@ def test_bad_flags_are_one_line(argv, words, tmp_path, capsys, monkeypatch):
         T.main([*argv, "--out", str(tmp_path / "out"), "--steps", "1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and words in err[0], err
+
+
+def test_unreadable_weights_are_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(SystemExit) as e:
+        T.main(["--stage", "glyphs", "--vision-from", str(tmp_path / "junk.safetensors"), "--out", str(tmp_path / "o"),
+                "--steps", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "junk.safetensors is not a readable safetensors file" in err[0], err
