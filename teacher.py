@@ -552,6 +552,11 @@ def run(cfg):
     rank, world = P.dist_info()
     per_step = cfg.micro_batch * cfg.grad_accum  # as posttrain.micro_batches: the same samples on any split
     first_seed = lambda step: cfg.seed_offset + (step * world + rank) * per_step
+    top = cfg.seed_offset + cfg.steps * world * per_step  # the stage's sample seeds stay below this
+    top = (top + cfg.grad_accum) * 10**3 if cfg.stage == "glyphs" else top  # glyph_batch: 10**3 seeds a micro-batch
+    if top > EVAL_SEEDS[0]:
+        raise Error(f"--seed-offset {cfg.seed_offset}: this stage would draw images up to seed {top}, past "
+                    f"{EVAL_SEEDS[0]}, where its probe's images and the evaluation sets' seeds begin: pass a lower one")
 
     def after_step(step, rec, evaluate):
         if step % cfg.eval_every == 0 or step == cfg.steps:

@@ -188,6 +188,8 @@ def test_kinds_choose_the_images_and_bad_kinds_are_refused():
     (["--stage", "read", "--transcribe-frac", "-0.5"], "--transcribe-frac -0.5: must be >= 0"),
     (["--stage", "glyphs", "--glyph-vary", "-0.1"], "--glyph-vary -0.1: must be >= 0"),
     (["--stage", "glyphs", "--glyph-vary", "1.5"], "--glyph-vary 1.5: a share, from 0 to 1"),
+    (["--stage", "glyphs", "--seed-offset", "999997"], "this stage would draw images up to seed 1000002000, past 999998000"),
+    (["--stage", "read", "--seed-offset", "999997999"], "past 999998000"),
 ])
 def test_bad_flags_are_one_line(argv, words, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
