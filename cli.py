@@ -57,7 +57,8 @@ def out_of_range(args, **bounds):
     for k, b in bounds.items():
         v = getattr(args, k)
         for x in v if isinstance(v, (list, tuple)) else [] if v is None else [v]:
-            if not (math.isfinite(x) and (b[0] < x <= b[1] if isinstance(b, tuple) else x >= b)):  # NaN fails too
+            finite = isinstance(x, int) or math.isfinite(x)  # an int of 400 digits overflows isfinite
+            if not (finite and (b[0] < x <= b[1] if isinstance(b, tuple) else x >= b)):  # NaN fails too
                 want = f">= {b:g}" if not isinstance(b, tuple) else f"> {b[0]:g}" + (
                     f" and <= {b[1]:g}" if b[1] != float("inf") else "")
                 return f"--{k.replace('_', '-')} {x:g}: must be {'finite and ' if math.isinf(x) else ''}{want}"

@@ -242,12 +242,6 @@ def calibrate_thresholds(cfg, teacher, student, records):
     student.config = replace(student.config, compressor=dict(student.config.compressor, thresholds=table))
 
 
-def scored_items(task, data):
-    """The questions evaluate.py would score for `task` in `data` (an annotation file or its folder)."""
-    ann = E.find_annotation(task, data)
-    return E.TASKS[task].read(ann, ann if os.path.isdir(ann) else os.path.dirname(ann))
-
-
 def heldout_set(cfg):
     """The held-out family's annotation of the comparison's task, or None (--eval-heldout '', or --eval-data given:
     the comparison is then on the user's set alone)."""
@@ -337,7 +331,7 @@ def run(cfg):
             raise Error(f"--eval-task {cfg.eval_task}: choose one of {', '.join(E.TASKS)} or '' for none")
         if cfg.eval_task:  # a missing or unanswered set fails now, not after training
             for data in (cfg.eval_data or os.path.join(E.HERE, "data", "eval", cfg.eval_task), heldout_set(cfg)):
-                if data and any(it["answers"] is None for it in scored_items(cfg.eval_task, data)):
+                if data and E.read_questions(cfg.eval_task, data)[1][0]["answers"] is None:
                     raise Error(f"{data} has questions without answers (a test split): the comparison scores the "
                                 "student, so pass --eval-data with a validation set, or --eval-task '' for none")
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

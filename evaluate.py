@@ -383,6 +383,25 @@ def question_files(task, data):
     rfile = rfile if os.path.isfile(rfile) and os.path.abspath(rfile) != os.path.abspath(ann) else None
     return files + [rfile] * (rfile is not None), rfile
 
+def read_questions(task, data, images=None):
+    """(annotation, its questions, the files they come from, reasoning.json's questions) of the set in `data`, read
+    and checked as a run reads them: every question answered or none, reasoning.json answered as the annotation is."""
+    ann = find_annotation(task, data)
+    every = TASKS[task].read(ann, images or (ann if os.path.isdir(ann) else os.path.dirname(ann)))
+    _all_or_none_answered(every, ann)
+    if not every:
+        raise Error(f"{ann}: no questions in the annotation; pass --data with a non-empty file")
+    (files, rfile), reasoning = question_files(task, data), []
+    if rfile:
+        reasoning = TASKS[task].read(rfile, images or os.path.dirname(rfile))
+        _all_or_none_answered(reasoning, rfile)
+        if reasoning and (reasoning[0]['answers'] is None) != (every[0]['answers'] is None):  # else goes unscored
+            raise Error(f"{rfile} {'lacks' if reasoning[0]['answers'] is None else 'has'} answers and {ann} does "
+                        f"not: a set's reasoning.json is answered as its annotation is; fix it or move it away")
+        for it in reasoning:
+            it['extra'].update(reasoning=True, reasoning_file=True)
+    return ann, every, files, reasoning
+
 def prepare(cfg, model=None, tokenizer=None):
     """-> (task, annotation, items, predictions path, header). The header's run key, which a predictions file must
     hold to be resumed, covers EVAL_PROTOCOL, the model's bytes, the question files, every image's bytes (--limit may
@@ -390,21 +409,8 @@ def prepare(cfg, model=None, tokenizer=None):
     task = TASKS[cfg.task]
     method_defaults(cfg)
     data = cfg.data or os.path.join(HERE, 'data', 'eval', cfg.task)
-    ann = find_annotation(cfg.task, data)
-    every = task.read(ann, cfg.images or (ann if os.path.isdir(ann) else os.path.dirname(ann)))
-    _all_or_none_answered(every, ann)
-    items, (files, rfile) = every[:cfg.limit], question_files(cfg.task, data)
-    if not items:
-        raise Error(f"{ann}: no questions in the annotation; pass --data with a non-empty file")
-    if rfile:
-        reasoning = task.read(rfile, cfg.images or os.path.dirname(rfile))
-        _all_or_none_answered(reasoning, rfile)
-        if reasoning and (reasoning[0]['answers'] is None) != (every[0]['answers'] is None):  # or the answered set goes unscored
-            raise Error(f"{rfile} {'lacks' if reasoning[0]['answers'] is None else 'has'} answers and {ann} does "
-                        f"not: a set's reasoning.json is answered as its annotation is; fix it or move it away")
-        for it in reasoning:
-            it['extra'].update(reasoning=True, reasoning_file=True)
-        every, items = every + reasoning, items + reasoning[:cfg.limit]
+    ann, every, files, reasoning = read_questions(cfg.task, data, cfg.images)
+    items, every = every[:cfg.limit] + reasoning[:cfg.limit], every + reasoning
     if len({str(it['qid']) for it in items}) < len(items):
         raise Error(f"{ann}: question ids are not unique; resuming needs unique ids")
     bad = next((it for it in items if IMG_CONTEXT in it['question']), None)
@@ -480,7 +486,8 @@ def load_model(cfg):
         model = M.load_model(cfg.model, device=cfg.device, dtype=getattr(torch, cfg.dtype),
                              build_compressor=baselines.build)
         record = model.config.compressor or {}
-        if (cfg.max_new_tokens or 0) > model.config.llm.max_position_embeddings:  # its KV cache is allocated up front
+        if (cfg.max_new_tokens or 0) > model.config.llm.max_position_embeddings:  # a coarse bound (without the
+            # prompt): the KV cache is allocated up front, and a huge one would fail deep inside torch
             raise Error(f"--max-new-tokens {cfg.max_new_tokens}: more than the LLM's "
                         f"{model.config.llm.max_position_embeddings} positions; pass fewer")
         if cfg.method != 'none' and model.compressor is not None:

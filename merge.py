@@ -113,9 +113,11 @@ def average(sources, key, weights):
 def holds_only_a_checkpoint(folder):
     """True for a folder that is empty or holds a checkpoint's files alone (a previous or killed merge's): only such
     a folder may be replaced whole."""
-    names = os.listdir(folder) if os.path.isdir(folder) else [None]
-    checkpoint_file = lambda n: n == "config.json" or n in TOKENIZER_FILES or (n.startswith("model") and ".safetensors" in n)
-    return all(n is not None and os.path.isfile(os.path.join(folder, n)) and checkpoint_file(n) for n in names)
+    if not os.path.isdir(folder):
+        return False
+    ours = lambda n: n in ("config.json", INDEX, *TOKENIZER_FILES) or \
+        (n.startswith("model") and n.endswith((".safetensors", ".safetensors.tmp")))  # .tmp: a killed save's
+    return all(ours(n) and os.path.isfile(os.path.join(folder, n)) for n in os.listdir(folder))
 
 
 def write_json(path, obj):
@@ -145,8 +147,8 @@ def merge(inputs: list[str], out: str, weights: list[float] | None = None):
             raise MergeError(f"--out {out} is the input {path}: write the merge to a new folder")
     out = os.path.normpath(out)
     if os.path.exists(out) and not holds_only_a_checkpoint(out):
-        raise MergeError(f"--out {out} exists and holds more than a checkpoint, and a merge replaces it whole: "
-                         "pass a new folder")
+        raise MergeError(f"--out {out} exists and is " + ("a file" if os.path.isfile(out) else "a folder holding more than a checkpoint")
+                         + ", and a merge replaces it whole: pass a new folder")
     with contextlib.ExitStack() as stack:
         ckpts = [open_checkpoint(p, stack) for p in inputs]
         (config, index, handles, where), a = ckpts[0], inputs[0]

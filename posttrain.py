@@ -360,6 +360,8 @@ def input_identities(cfg, known=None):
         path = getattr(cfg, k, "")
         if not path or not os.path.exists(path):
             continue
+        if os.path.isdir(path) and k == "vision_from":  # a glyph stage's run folder: teacher.py reads its checkpoint
+            path = os.path.join(path, "checkpoint", "model.safetensors")
         if os.path.isdir(path):
             out[k] = model_identity(path, known.get(k))
         else:
@@ -420,7 +422,7 @@ def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):
     ckpt, log_path = os.path.join(cfg.out, "checkpoint"), os.path.join(cfg.out, "log.jsonl")
     global_batch = cfg.micro_batch * cfg.grad_accum * world
     state = load_checkpoint(ckpt, model, opt) if cfg.resume else {}
-    inputs = input_identities(cfg, state.get("inputs"))
+    inputs = input_identities(cfg, state.get("inputs")) if rank == 0 else {}  # rank 0 saves them; torchrun stops all
     if cfg.resume:
         if state["global_batch"] != global_batch:
             raise Error(f"the checkpoint's global batch is {state['global_batch']}, this run's {global_batch}: "
@@ -485,8 +487,8 @@ def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):
                 metrics[k] = metrics.get(k, 0.0) + float(v)
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         if not torch.isfinite(grad_norm):  # the same on every process; before the step, so no weight turns NaN
-            raise Error(f"step {step + 1}: the gradient norm is {grad_norm.item()} (loss {total:.4g}): lower --lr or "
-                        f"check the data; {ckpt} holds the last good step, --resume goes on from it")
+            raise Error(f"step {step + 1}: the gradient norm is {grad_norm.item()} (loss {total:.4g}): lower --lr in a "
+                        "new run (another --out), or check the data")
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1

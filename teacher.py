@@ -132,13 +132,14 @@ def parse_args(argv=None):
     return cfg
 
 
-def sample(kind, seed, family=None):
+def sample(kind, seed, family=None, vary=None):
     """An image of `family` (default --family's). mix: --shipped-share of synth.py's shipped family (30%), the rest
     data/wide.py's training family (by seed, so a resumed run sees the same images). Training never asks for the
     held-out family."""
     family = family or FAMILY
     family = family if family != "mix" else ("shipped" if seed % 10 < SHIPPED_TENTHS else "train")
-    return make_sample(kind, seed, Config(family=family, glyph_vary=GLYPH_VARY))  # reshapes the training family's only
+    vary = GLYPH_VARY if vary is None else vary  # the probes pass 0: the same images with or without --glyph-vary
+    return make_sample(kind, seed, Config(family=family, glyph_vary=vary))  # reshapes the training family's only
 
 
 def teacher_config(vocab_size):
@@ -166,11 +167,11 @@ def glyph_centre(box, cols, sx, sy):
 CROP_KINDS = OCRB_TYPES[0][2]  # the pages OCRBench's word images are cut from
 
 
-def word_crop(seed, rng):
+def word_crop(seed, rng, vary=None):
     """(word, image, its glyph boxes in the image): an OCRBench-style word cut from a synthetic page.
     Upscaled 4-12x into tiles, its glyphs are whole only in the thumbnail."""
     for k in range(100):
-        s = sample(CROP_KINDS[seed % len(CROP_KINDS)], seed + k * 10**8)
+        s = sample(CROP_KINDS[seed % len(CROP_KINDS)], seed + k * 10**8, vary=vary)
         r = crop_run(s, rng)
         if r:
             word, b, chars = r
@@ -213,9 +214,9 @@ def glyph_tiles(seed, crops=0, family=None):
     return torch.stack(x), torch.stack(y)
 
 
-def crop_tile(seed, rng):
+def crop_tile(seed, rng, vary=None):
     """A word crop's thumbnail, the one tile that shows its glyphs whole, and its glyph labels."""
-    word, crop, boxes = word_crop(seed, rng)
+    word, crop, boxes = word_crop(seed, rng, vary)
     g = S // 14
     labels = torch.zeros(g * g, 2, dtype=torch.long)
     for ch, box in zip(word.replace(" ", ""), boxes):
@@ -271,7 +272,7 @@ def glyph_eval(model):
     pred_other, y_other = read("heldout")  # fonts and layouts never trained on
     has, has_other = y > 0, y_other > 0
     rng = random.Random(0)
-    x, y_crop = map(torch.stack, zip(*[crop_tile(seed, rng) for seed in EVAL_SEEDS]))
+    x, y_crop = map(torch.stack, zip(*[crop_tile(seed, rng, vary=0) for seed in EVAL_SEEDS]))
     with torch.no_grad():
         pred_crop = model(x).argmax(-1)
     has_crop = y_crop > 0
@@ -509,7 +510,7 @@ def read_eval(model, tok):
             pv = M.load_image(s["image"], max_num=TASK_MAX_NUM[kind], image_size=S)
             into += [(pv, qa["question"] + P.SHORT, qa["answer"]) for qa in s["qa"][:2]]
     rng = random.Random(0)
-    crops = [word_crop(seed, rng)[:2] for seed in EVAL_SEEDS[:24]]
+    crops = [word_crop(seed, rng, vary=0)[:2] for seed in EVAL_SEEDS[:24]]
     crops = [(M.load_image(c, max_num=TASKS["ocrbench"].max_num, image_size=S), CROP_QUESTION + "\n" + PROMPT, w) for w, c in crops]
     preds, asked = [], items + crops + other
     for i in range(0, len(asked), 8):
@@ -540,6 +541,14 @@ def run(cfg):
         raise Error(f"--shipped-share applies to --family mix only, not {cfg.family}")
     if cfg.glyph_vary > 1:
         raise Error(f"--glyph-vary {cfg.glyph_vary:g}: a share, from 0 to 1")
+    if cfg.glyph_vary and cfg.family == "shipped":
+        raise Error("--glyph-vary reshapes the training family's images: add --family train or mix")
+    top = cfg.seed_offset + cfg.steps * int(os.environ.get("WORLD_SIZE", 1)) * cfg.micro_batch * cfg.grad_accum
+    if cfg.stage == "glyphs":  # glyph_batch: 10**3 seeds a micro-batch, and crop_tile 10 seeds for each of those
+        top = ((top + cfg.grad_accum) * 10**3) * (10 if cfg.glyph_crops else 1)
+    if top > EVAL_SEEDS[0]:  # the stage's sample seeds stay below top
+        raise Error(f"--seed-offset {cfg.seed_offset}: this stage would draw images at seeds up to {top}, past "
+                    f"{EVAL_SEEDS[0]}, where its probe's images and the evaluation sets' seeds begin: pass a lower one")
     FAMILY, SHIPPED_TENTHS, GLYPH_VARY = cfg.family, round(tenths), cfg.glyph_vary
     kinds = cfg.kinds.split(",")
     if not set(kinds) <= set(KINDS):
@@ -552,11 +561,6 @@ def run(cfg):
     rank, world = P.dist_info()
     per_step = cfg.micro_batch * cfg.grad_accum  # as posttrain.micro_batches: the same samples on any split
     first_seed = lambda step: cfg.seed_offset + (step * world + rank) * per_step
-    top = cfg.seed_offset + cfg.steps * world * per_step  # the stage's sample seeds stay below this
-    top = (top + cfg.grad_accum) * 10**3 if cfg.stage == "glyphs" else top  # glyph_batch: 10**3 seeds a micro-batch
-    if top > EVAL_SEEDS[0]:
-        raise Error(f"--seed-offset {cfg.seed_offset}: this stage would draw images up to seed {top}, past "
-                    f"{EVAL_SEEDS[0]}, where its probe's images and the evaluation sets' seeds begin: pass a lower one")
 
     def after_step(step, rec, evaluate):
         if step % cfg.eval_every == 0 or step == cfg.steps:

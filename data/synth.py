@@ -479,7 +479,7 @@ def make_sample(kind, seed, cfg=None):
         _speckle(cv.img, rng, cfg.noise)
     text, char_index = _transcribe(cv.runs)
     words, chars, image = [w for r in cv.runs for w in r["words"]], [c for r in cv.runs for c in r["chars"]], cv.img
-    if extra and cfg.family == "train" and cfg.glyph_vary > 0:  # its own stream: the images stay as drawn otherwise
+    if cfg.family == "train" and cfg.glyph_vary > 0:  # its own stream: the images stay as drawn otherwise
         image = wide.vary_glyphs(image, random.Random(f"glyphs:{kind}:{seed}"), cfg.glyph_vary, style, words + chars)
     if extra:  # rotation, blur, JPEG, noise; boxes follow the rotation
         image, angle = wide.damage(image, rng, style.paper)

@@ -258,14 +258,17 @@ def test_refused_arguments(ck, tmp_path, args, message):
 def test_out_holding_more_than_a_checkpoint_is_kept(ck, tmp_path):
     """Only an empty folder or a checkpoint's files alone are replaced: a project folder that happens to hold a
     config.json or a models/ folder is not."""
-    for extra in ("notes.txt", "models/keep.txt", "model_card.txt"):
+    for extra in ("notes.txt", "models/keep.txt", "model_card.txt", "model.safetensors.sha256"):
         out = tmp_path / extra.replace("/", "_")
         (out / extra).parent.mkdir(parents=True)
         (out / extra).write_text("mine")
         (out / "config.json").write_text("{}")
-        with pytest.raises(merge.MergeError, match="holds more than a checkpoint"):
+        with pytest.raises(merge.MergeError, match="a folder holding more than a checkpoint"):
             merge.merge([ck["a"], ck["b"]], str(out))
         assert (out / extra).read_text() == "mine"
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(merge.MergeError, match="exists and is a file"):
+        merge.merge([ck["a"], ck["b"]], str(tmp_path / "file"))
     merge.merge([ck["a"], ck["b"]], str(tmp_path / "again"))
     merge.merge([ck["a"], ck["b"]], str(tmp_path / "again"), [1, 3])  # a merge's own folder is replaced
     a, b, m = tensors(ck["a"]), tensors(ck["b"]), tensors(str(tmp_path / "again"))

@@ -4,6 +4,7 @@ processes) = 1 process, the InternVL JSONL reader and its errors, a final folder
     python -m pytest tests/test_posttrain.py -q      (CPU, tiny model at 56 px)
 """
 import json, os, random, subprocess, sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -282,6 +283,18 @@ def test_an_unreadable_image_is_one_line_from_a_worker_too(tmp_path, capsys, wor
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # beside tqdm's bar
     assert e.value.code == 2 and len(err) == 1 and err[0].endswith("replace the file or drop its line"), err
     assert err[0].split("posttrain.py: error: ")[1].startswith("cannot read image"), err
+
+
+def test_input_identities_are_of_the_files_the_run_reads(tmp_path):
+    """A glyph stage's run folder (teacher.py --vision-from) is its checkpoint's weights; a stamp change rehashes."""
+    weights = tmp_path / "glyphs" / "checkpoint" / "model.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"one")
+    cfg = SimpleNamespace(vision_from=str(tmp_path / "glyphs"), init="tiny", data="")
+    first = P.input_identities(cfg)
+    assert set(first) == {"vision_from"} and P.input_identities(cfg, first) == first
+    weights.write_bytes(b"two")
+    assert P.input_identities(cfg, first)["vision_from"]["sha256"] != first["vision_from"]["sha256"]
 
 
 def test_bad_flags_exit_2(tmp_path, capsys):

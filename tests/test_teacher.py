@@ -2,6 +2,7 @@
 python -m pytest tests/test_teacher.py"""
 import math
 import os
+import random
 import subprocess
 import sys
 
@@ -188,7 +189,9 @@ def test_kinds_choose_the_images_and_bad_kinds_are_refused():
     (["--stage", "read", "--transcribe-frac", "-0.5"], "--transcribe-frac -0.5: must be >= 0"),
     (["--stage", "glyphs", "--glyph-vary", "-0.1"], "--glyph-vary -0.1: must be >= 0"),
     (["--stage", "glyphs", "--glyph-vary", "1.5"], "--glyph-vary 1.5: a share, from 0 to 1"),
-    (["--stage", "glyphs", "--seed-offset", "999997"], "this stage would draw images up to seed 1000002000, past 999998000"),
+    (["--stage", "glyphs", "--seed-offset", "999997"], "this stage would draw images at seeds up to 1000002000, past"),
+    (["--stage", "glyphs", "--seed-offset", "99999", "--glyph-crops", "4"], "at seeds up to 1000040000, past 999998000"),
+    (["--stage", "glyphs", "--glyph-vary", "0.5"], "--glyph-vary reshapes the training family's images: add --family"),
     (["--stage", "read", "--seed-offset", "999997999"], "past 999998000"),
 ])
 def test_bad_flags_are_one_line(argv, words, tmp_path, capsys, monkeypatch):
@@ -207,3 +210,12 @@ def test_unreadable_weights_are_one_line(tmp_path, capsys, monkeypatch):
                 "--steps", "1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and "junk.safetensors is not a readable safetensors file" in err[0], err
+
+
+def test_the_probes_draw_the_same_crops_with_glyph_vary(monkeypatch):
+    """glyph_eval's and read_eval's word crops pass vary=0: a run with --glyph-vary is probed on the same images."""
+    monkeypatch.setattr(T, "FAMILY", "mix")
+    crops = lambda vary: [T.word_crop(seed, random.Random(0), vary)[1].tobytes() for seed in T.EVAL_SEEDS[:8]]
+    plain = crops(0)
+    monkeypatch.setattr(T, "GLYPH_VARY", 1.0)
+    assert crops(0) == plain and crops(None) != plain  # the training draws do change
