@@ -14,7 +14,8 @@ What the held-out family never shares with training (a seed range alone is not a
 - phrasings: every question also carries `reworded`, a phrasing no training question uses, and build.py writes
   each held-out DocVQA question in a second such phrasing (reworded2, FRESH_PHRASES).
 Both families draw every layout's answers at every position (a test checks it), and the training family
-also draws synth.py's own layouts in its fonts, stacked bars and legends placed right or below (MORE_LAYOUTS).
+also draws synth.py's own layouts in its fonts, stacked bars and legends placed right or below (MORE_LAYOUTS),
+and, with Config(glyph_vary=S) (teacher.py --glyph-vary), a share S of its images with reshaped glyphs (vary_glyphs).
 """
 import argparse, io, json, math, random, re
 from pathlib import Path
