@@ -672,6 +672,16 @@ def plot(cfg, res, table, path, heldout=False):
 EVAL_FLAGS = ("limit", "max_num", "max_new_tokens", "batch_size", "device", "fastv_layer")  # evaluate.py's settings
 
 
+TRAINING = ("distill_steps", "distill_lr", "stage2_steps", "cot_steps", "stage2_lr", "stage2_lr_llm", "micro_batch",
+            "warmup", "distill_args", "stage2_args", "any_steps")  # flags that only train: --table-only uses none
+
+
+def trained_with(cfg):
+    """{run folder under OUT: the settings its training step recorded (<folder>.inputs.json)}: what the rows are."""
+    sides = glob.glob(os.path.join(cfg.out, "*.inputs.json")) + glob.glob(os.path.join(cfg.out, "r*", "*.inputs.json"))
+    return {os.path.relpath(side[:-len(".inputs.json")], cfg.out): load(side)["settings"] for side in sorted(sides)}
+
+
 def recorded_settings(cfg):
     """--table-only: the evaluation flags left at their default take the values the evaluations were made with (the
     table names FastV's K, results.json the limit); a flag given otherwise, or rows evaluated with mixed settings, are
@@ -719,8 +729,9 @@ def run(cfg):
     gain_of = gains(cfg, res)
     md = markdown(cfg, res, table, best, gain_of)
     cli.write_text(os.path.join(cfg.out, "results.md"), md)
+    config = asdict(cfg) | ({k: None for k in TRAINING} if cfg.table_only else {})  # not this call's flags: the runs'
     cli.write_json(os.path.join(cfg.out, "results.json"), dict(
-        config=asdict(cfg), table=table, stage2_best={f"{r:g}": k for r, k in best.items()}, gains=gain_of,
+        config=config, trained_with=trained_with(cfg), table=table, stage2_best={f"{r:g}": k for r, k in best.items()}, gains=gain_of,
         rows=res))
     plot(cfg, res, table, os.path.join(cfg.out, "score_vs_tokens.png"))
     if cfg.heldout:

@@ -307,7 +307,7 @@ def test_a_failed_merge_leaves_the_old_folder_as_it_was(tmp_path, monkeypatch):
 def test_merge_refuses_to_replace_a_folder_that_is_no_checkpoint(tmp_path):
     a, b = make(tmp_path / "a", 0), make(tmp_path / "b", 1)
     os.makedirs(tmp_path / "home" / "notes")
-    with pytest.raises(merge.MergeError, match="holds no checkpoint, and a merge replaces it whole"):
+    with pytest.raises(merge.MergeError, match="is a folder holding more than a checkpoint, and a merge replaces it whole"):
         merge.merge([a, b], str(tmp_path / "home"))
     assert os.listdir(tmp_path / "home") == ["notes"]
 

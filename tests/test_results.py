@@ -183,7 +183,9 @@ def test_table_only(first, teacher_dir):
                "--any-ratios", *map(str, RATIOS), "--auto-shares", "0.5")
     assert p.returncode == 0, p.stderr[-3000:]
     assert open(os.path.join(out, "results.md")).read() == md and "FastV (K=1)" in md
-    assert json.load(open(os.path.join(out, "results.json")))["config"]["limit"] == 2
+    res = json.load(open(os.path.join(out, "results.json")))
+    assert res["config"]["limit"] == 2 and res["config"]["distill_steps"] is None  # a flag that only trains: unused
+    assert res["trained_with"]["r0.5/stage1"]["steps"] == 2  # what stage I was trained with, from its record
     assert all(Image.open(os.path.join(out, f)).size == R.PLOT_SIZE
                for f in ("score_vs_tokens.png", "score_vs_tokens_heldout.png"))
 
