@@ -94,6 +94,7 @@ S = 112  # tile size
 FAMILY = "shipped"  # --family: which of synth.py's families the training images are drawn from
 SHIPPED_TENTHS = 3  # --shipped-share x 10: with --family mix, images whose seed ends in 0..2 are the shipped family's
 GLYPH_VARY = 0.0  # --glyph-vary
+MORE_FONTS = False  # --more-fonts
 
 
 @dataclass
@@ -116,6 +117,7 @@ class TeacherConfig(P.TrainConfig):
     family: str = "shipped"  # training images: shipped, train or mix (data/wide.py; never the held-out family)
     shipped_share: float = 0.3  # with --family mix: the share of the shipped family's images (a multiple of 0.1)
     glyph_vary: float = 0.0  # share of the training family's images drawn with reshaped glyphs (wide.vary_glyphs)
+    more_fonts: bool = False  # the training family also draws in data/wide.py's MORE_FONTS
 
 
 def parse_args(argv=None):
@@ -139,7 +141,8 @@ def sample(kind, seed, family=None, vary=None):
     family = family or FAMILY
     family = family if family != "mix" else ("shipped" if seed % 10 < SHIPPED_TENTHS else "train")
     vary = GLYPH_VARY if vary is None else vary  # the probes pass 0: the same images with or without --glyph-vary
-    return make_sample(kind, seed, Config(family=family, glyph_vary=vary))  # reshapes the training family's only
+    return make_sample(kind, seed, Config(family=family, glyph_vary=vary, more_fonts=MORE_FONTS))  # the training
+    # family's images only: the probes' shipped and held-out ones stay as drawn
 
 
 def teacher_config(vocab_size):
@@ -530,7 +533,7 @@ def read_eval(model, tok):
 # ----------------------------------------------------------------------------------------------
 
 def run(cfg):
-    global FAMILY, SHIPPED_TENTHS, GLYPH_VARY
+    global FAMILY, SHIPPED_TENTHS, GLYPH_VARY, MORE_FONTS
     if cfg.family not in ("shipped", "train", "mix"):
         raise Error(f"--family {cfg.family!r}: one of shipped, train, mix (the held-out family is never trained on)")
     tenths = 10 * cfg.shipped_share
@@ -541,15 +544,16 @@ def run(cfg):
         raise Error(f"--shipped-share applies to --family mix only, not {cfg.family}")
     if cfg.glyph_vary > 1:
         raise Error(f"--glyph-vary {cfg.glyph_vary:g}: a share, from 0 to 1")
-    if cfg.glyph_vary and cfg.family == "shipped":
-        raise Error("--glyph-vary reshapes the training family's images: add --family train or mix")
+    if (cfg.glyph_vary or cfg.more_fonts) and cfg.family == "shipped":
+        raise Error(f"{'--glyph-vary' if cfg.glyph_vary else '--more-fonts'} changes the training family's images: add "
+                    "--family train or mix")
     top = cfg.seed_offset + cfg.steps * int(os.environ.get("WORLD_SIZE", 1)) * cfg.micro_batch * cfg.grad_accum
     if cfg.stage == "glyphs":  # glyph_batch: 10**3 seeds a micro-batch, and crop_tile 10 seeds for each of those
         top = ((top + cfg.grad_accum) * 10**3) * (10 if cfg.glyph_crops else 1)
     if top > EVAL_SEEDS[0]:  # the stage's sample seeds stay below top
         raise Error(f"--seed-offset {cfg.seed_offset}: this stage would draw images at seeds up to {top}, past "
                     f"{EVAL_SEEDS[0]}, where its probe's images and the evaluation sets' seeds begin: pass a lower one")
-    FAMILY, SHIPPED_TENTHS, GLYPH_VARY = cfg.family, round(tenths), cfg.glyph_vary
+    FAMILY, SHIPPED_TENTHS, GLYPH_VARY, MORE_FONTS = cfg.family, round(tenths), cfg.glyph_vary, cfg.more_fonts
     kinds = cfg.kinds.split(",")
     if not set(kinds) <= set(KINDS):
         raise Error(f"--kinds {cfg.kinds!r}: each must be one of {','.join(KINDS)}")

@@ -38,6 +38,7 @@ class Config:
     family: str = "shipped"      # "shipped": the layouts below; "train" / "heldout": data/wide.py's families
     fonts: tuple = ()            # font files to draw in instead (None: the built-in font); set by data/wide.py
     glyph_vary: float = 0.0      # training family only: share of images whose glyphs are reshaped (wide.vary_glyphs)
+    more_fonts: bool = False     # training family only: also draw in wide.MORE_FONTS
 
 
 # ---------------------------------------------------------------- vocabularies (short, readable values)
@@ -471,7 +472,7 @@ def make_sample(kind, seed, cfg=None):
     else:
         from data import wide
         rng = random.Random(f"{cfg.family}:{kind}:{seed}")
-        cv, qa, reas, style, layout = wide.draw(kind, rng, cfg.family)
+        cv, qa, reas, style, layout = wide.draw(kind, rng, cfg.family, cfg.more_fonts)
         extra = {"family": cfg.family, "layout": layout, "font": style.font_path or "built-in"}
         if cfg.family == "train":  # its added phrasings, from their own stream: the images stay as drawn before them
             qa = wide.widen_phrasings(random.Random(f"phrasing:{kind}:{seed}"), qa)

@@ -15,7 +15,8 @@ What the held-out family never shares with training (a seed range alone is not a
   each held-out DocVQA question in a second such phrasing (reworded2, FRESH_PHRASES).
 Both families draw every layout's answers at every position (a test checks it), and the training family
 also draws synth.py's own layouts in its fonts, stacked bars and legends placed right or below (MORE_LAYOUTS),
-and, with Config(glyph_vary=S) (teacher.py --glyph-vary), a share S of its images with reshaped glyphs (vary_glyphs).
+and, with Config(glyph_vary=S) (teacher.py --glyph-vary), a share S of its images with reshaped glyphs (vary_glyphs),
+and, with Config(more_fonts=True) (teacher.py --more-fonts), eleven more faces (MORE_FONTS).
 """
 import argparse, io, json, math, random, re
 from pathlib import Path
@@ -32,6 +33,10 @@ FONTS = {"train": [None, "LiberationSans-Regular.ttf", "LiberationSans-Bold.ttf"
                    "Roboto-Regular.ttf", "RobotoCondensed-Regular.ttf", "OpenSans-Regular.ttf"],
          "heldout": ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf"]}
 FAMILIES = tuple(FONTS)
+MORE_FONTS = ["Lato-Regular.ttf", "Lato-Bold.ttf", "texgyreheros-regular.otf", "texgyreheros-bold.otf",  # more training
+              "texgyretermes-regular.otf", "texgyrepagella-regular.otf", "texgyrebonum-regular.otf",  # faces, added on
+              "texgyreschola-regular.otf", "texgyrecursor-regular.otf", "texgyrecursor-bold.otf",  # 2026-12-07 and drawn
+              "texgyreadventor-regular.otf"]  # only with Config(more_fonts=True): earlier draws stay as they were
 LAYOUTS = {  # per kind: the training family's layouts, then the held-out family's own
     "doc": {"train": ["inline", "columns", "leaders", "grid", "above", "shipped"], "heldout": ["twocol", "rightlabel"]},
     "table": {"train": ["iqa", "qia", "iqpa", "ia", "shipped"], "heldout": ["ipqa"]},
@@ -140,9 +145,9 @@ FOOTERS = ["Thank you!", "Page 1 of 1", "Signed: ________", "Keep this copy", "Q
 class Style:
     """One sample's look: a font file at a cap height, paper and ink colours, and the post-render damage."""
 
-    def __init__(self, rng, family):
+    def __init__(self, rng, family, more_fonts=False):
         self.rng, self.family = rng, family
-        self.font_path = rng.choice(FONTS[family])
+        self.font_path = rng.choice(FONTS[family] + (MORE_FONTS if more_fonts and family == "train" else []))
         self.dark = rng.random() < 0.15
         self.paper = (rng.randint(20, 45),) * 3 if self.dark else rng.choice(
             [(255, 255, 255), S._light(rng), (rng.randint(235, 250), rng.randint(228, 242), rng.randint(205, 225))])
@@ -628,9 +633,9 @@ def choose_layout(rng, kind, family):
     return rng.choice(training_layouts(kind) if family == "train" else LAYOUTS[kind]["train"])
 
 
-def draw(kind, rng, family):
+def draw(kind, rng, family, more_fonts=False):
     """(canvas, qa, reasoning, style, layout) of one sample of a wide family; synth.make_sample finishes it."""
-    st = Style(rng, family)
+    st = Style(rng, family, more_fonts)
     layout = choose_layout(rng, kind, family)
     if layout == "shipped":  # synth.py's own layout in this family's fonts, with its own phrasings
         cv, qa, reas = S.DRAW[kind](rng, S.Config(fonts=(st.font_file(),)))

@@ -191,7 +191,8 @@ def test_kinds_choose_the_images_and_bad_kinds_are_refused():
     (["--stage", "glyphs", "--glyph-vary", "1.5"], "--glyph-vary 1.5: a share, from 0 to 1"),
     (["--stage", "glyphs", "--seed-offset", "999997"], "this stage would draw images at seeds up to 1000002000, past"),
     (["--stage", "glyphs", "--seed-offset", "99999", "--glyph-crops", "4"], "at seeds up to 1000040000, past 999998000"),
-    (["--stage", "glyphs", "--glyph-vary", "0.5"], "--glyph-vary reshapes the training family's images: add --family"),
+    (["--stage", "glyphs", "--glyph-vary", "0.5"], "--glyph-vary changes the training family's images: add --family"),
+    (["--stage", "glyphs", "--more-fonts"], "--more-fonts changes the training family's images: add --family"),
     (["--stage", "read", "--seed-offset", "999997999"], "past 999998000"),
 ])
 def test_bad_flags_are_one_line(argv, words, tmp_path, capsys, monkeypatch):

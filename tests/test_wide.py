@@ -23,14 +23,14 @@ def sample(kind, seed, family, **kw):
 
 
 def test_families_share_no_font_layout_or_phrasing():
-    assert not set(wide.FONTS["train"]) & set(wide.FONTS["heldout"])
+    assert not set(wide.FONTS["train"] + wide.MORE_FONTS) & set(wide.FONTS["heldout"])
     for kind, split in wide.LAYOUTS.items():
         assert not set(wide.training_layouts(kind)) & set(split["heldout"]), kind
     for form, (train, held) in wide.PHRASES.items():
         more, fresh = wide.MORE_PHRASES[form], wide.FRESH_PHRASES[form]
         assert train and held and more and fresh, form
         assert len(set(train + more + held + fresh)) == len(train + more + held + fresh), form  # no phrasing in two
-    for name in wide.FONTS["train"] + wide.FONTS["heldout"]:
+    for name in wide.FONTS["train"] + wide.MORE_FONTS + wide.FONTS["heldout"]:
         assert name is None or (wide.FONT_DIR / name).is_file(), name
     assert len(list((wide.FONT_DIR / "LICENSES").iterdir())) >= 5
 
@@ -107,14 +107,14 @@ def test_heldout_family_draws_as_shipped(monkeypatch):
     assert heldout_draws_digest(monkeypatch) == HELDOUT_DRAWS
 
 
-@pytest.mark.parametrize("family", wide.FAMILIES)
-def test_no_text_is_cut_off_or_touches_other_text(family, monkeypatch):
+@pytest.mark.parametrize("family, more_fonts", [(f, False) for f in wide.FAMILIES] + [("train", True)])
+def test_no_text_is_cut_off_or_touches_other_text(family, more_fonts, monkeypatch):
     """Over many more samples than above, without rotation (which clips boxes to the image): every glyph lies
     inside the image and no two words' boxes meet (a grouped bar's two labels once read "17.914.5")."""
     monkeypatch.setattr(wide, "damage", lambda img, rng, paper: (img, 0.0))
     for kind in ("doc", "table", "chart", "info"):
         for seed in range(150):
-            s = sample(kind, seed, family)
+            s = sample(kind, seed, family, more_fonts=more_fonts)
             b = np.array([c["box"] for c in s["chars"]])
             assert b[:, :2].min() >= 0 and (b[:, 2] <= s["width"]).all() and (b[:, 3] <= s["height"]).all(), (kind, seed)
             w = np.array([x["box"] for x in s["words"]], float)
@@ -148,6 +148,22 @@ def test_rotated_boxes_follow_the_ink():
     ys, xs = np.nonzero(np.asarray(rotated.convert("L")) < 128)
     box = wide.rotate_box([240, 30, 250, 40], 1.5, 300, 200)
     assert abs((box[0] + box[2]) / 2 - xs.mean() - 0.5) < 1 and abs((box[1] + box[3]) / 2 - ys.mean() - 0.5) < 1
+
+
+def test_more_fonts_draw_in_the_training_family_only():
+    """Config(more_fonts=True) draws the training family in MORE_FONTS too, every sample well drawn (as above); the
+    held-out family and a training draw without it stay as they were."""
+    used = set()
+    for seed in range(60):
+        kind = synth.KINDS[seed % len(synth.KINDS)]
+        s = sample(kind, seed, "train", more_fonts=True)
+        used.add(s["font"])
+        g = np.asarray(s["image"].convert("L"))
+        assert g.shape == (s["height"], s["width"]) and 224 <= min(g.shape) and max(g.shape) <= 768, (kind, seed)
+        assert all(any(a in s["transcription"] for a in [q["answer"]]) for q in s["qa"] if kind != "scene"), (kind, seed)
+    assert len(used & set(wide.MORE_FONTS)) >= 6
+    held = sample("doc", 5, "heldout", more_fonts=True)
+    assert held["image"].tobytes() == sample("doc", 5, "heldout")["image"].tobytes()
 
 
 def test_reshaped_boxes_follow_the_ink():
