@@ -134,15 +134,15 @@ def parse_args(argv=None):
     return cfg
 
 
-def sample(kind, seed, family=None, vary=None):
+def sample(kind, seed, family=None, probe=False):
     """An image of `family` (default --family's). mix: --shipped-share of synth.py's shipped family (30%), the rest
     data/wide.py's training family (by seed, so a resumed run sees the same images). Training never asks for the
     held-out family."""
     family = family or FAMILY
     family = family if family != "mix" else ("shipped" if seed % 10 < SHIPPED_TENTHS else "train")
-    vary = GLYPH_VARY if vary is None else vary  # the probes pass 0: the same images with or without --glyph-vary
-    return make_sample(kind, seed, Config(family=family, glyph_vary=vary, more_fonts=MORE_FONTS))  # the training
-    # family's images only: the probes' shipped and held-out ones stay as drawn
+    # --glyph-vary and --more-fonts change the training family's images, but not the probes' (the same in every run)
+    widen = dict(glyph_vary=GLYPH_VARY, more_fonts=MORE_FONTS) if not probe else {}
+    return make_sample(kind, seed, Config(family=family, **widen))
 
 
 def teacher_config(vocab_size):
@@ -170,11 +170,11 @@ def glyph_centre(box, cols, sx, sy):
 CROP_KINDS = OCRB_TYPES[0][2]  # the pages OCRBench's word images are cut from
 
 
-def word_crop(seed, rng, vary=None):
+def word_crop(seed, rng, probe=False):
     """(word, image, its glyph boxes in the image): an OCRBench-style word cut from a synthetic page.
     Upscaled 4-12x into tiles, its glyphs are whole only in the thumbnail."""
     for k in range(100):
-        s = sample(CROP_KINDS[seed % len(CROP_KINDS)], seed + k * 10**8, vary=vary)
+        s = sample(CROP_KINDS[seed % len(CROP_KINDS)], seed + k * 10**8, probe=probe)
         r = crop_run(s, rng)
         if r:
             word, b, chars = r
@@ -217,9 +217,9 @@ def glyph_tiles(seed, crops=0, family=None):
     return torch.stack(x), torch.stack(y)
 
 
-def crop_tile(seed, rng, vary=None):
+def crop_tile(seed, rng, probe=False):
     """A word crop's thumbnail, the one tile that shows its glyphs whole, and its glyph labels."""
-    word, crop, boxes = word_crop(seed, rng, vary)
+    word, crop, boxes = word_crop(seed, rng, probe)
     g = S // 14
     labels = torch.zeros(g * g, 2, dtype=torch.long)
     for ch, box in zip(word.replace(" ", ""), boxes):
@@ -275,7 +275,7 @@ def glyph_eval(model):
     pred_other, y_other = read("heldout")  # fonts and layouts never trained on
     has, has_other = y > 0, y_other > 0
     rng = random.Random(0)
-    x, y_crop = map(torch.stack, zip(*[crop_tile(seed, rng, vary=0) for seed in EVAL_SEEDS]))
+    x, y_crop = map(torch.stack, zip(*[crop_tile(seed, rng, probe=True) for seed in EVAL_SEEDS]))
     with torch.no_grad():
         pred_crop = model(x).argmax(-1)
     has_crop = y_crop > 0
@@ -513,7 +513,7 @@ def read_eval(model, tok):
             pv = M.load_image(s["image"], max_num=TASK_MAX_NUM[kind], image_size=S)
             into += [(pv, qa["question"] + P.SHORT, qa["answer"]) for qa in s["qa"][:2]]
     rng = random.Random(0)
-    crops = [word_crop(seed, rng, vary=0)[:2] for seed in EVAL_SEEDS[:24]]
+    crops = [word_crop(seed, rng, probe=True)[:2] for seed in EVAL_SEEDS[:24]]
     crops = [(M.load_image(c, max_num=TASKS["ocrbench"].max_num, image_size=S), CROP_QUESTION + "\n" + PROMPT, w) for w, c in crops]
     preds, asked = [], items + crops + other
     for i in range(0, len(asked), 8):

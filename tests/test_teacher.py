@@ -213,10 +213,14 @@ def test_unreadable_weights_are_one_line(tmp_path, capsys, monkeypatch):
     assert e.value.code == 2 and len(err) == 1 and "junk.safetensors is not a readable safetensors file" in err[0], err
 
 
-def test_the_probes_draw_the_same_crops_with_glyph_vary(monkeypatch):
-    """glyph_eval's and read_eval's word crops pass vary=0: a run with --glyph-vary is probed on the same images."""
+def test_the_probes_draw_the_same_crops_with_glyph_vary_and_more_fonts(monkeypatch):
+    """glyph_eval's and read_eval's word crops are drawn with probe=True: a run with --glyph-vary or --more-fonts is
+    probed on the same images as one without."""
     monkeypatch.setattr(T, "FAMILY", "mix")
-    crops = lambda vary: [T.word_crop(seed, random.Random(0), vary)[1].tobytes() for seed in T.EVAL_SEEDS[:8]]
-    plain = crops(0)
-    monkeypatch.setattr(T, "GLYPH_VARY", 1.0)
-    assert crops(0) == plain and crops(None) != plain  # the training draws do change
+    crops = lambda probe: [T.word_crop(seed, random.Random(0), probe)[1].tobytes() for seed in T.EVAL_SEEDS[:8]]
+    plain = crops(True)
+    for flag, value in (("GLYPH_VARY", 1.0), ("MORE_FONTS", True)):
+        monkeypatch.setattr(T, flag, value)
+        assert crops(True) == plain and crops(False) != plain, flag  # the training draws do change
+        monkeypatch.undo()
+        monkeypatch.setattr(T, "FAMILY", "mix")
