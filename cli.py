@@ -57,11 +57,12 @@ def out_of_range(args, **bounds):
     for k, b in bounds.items():
         v = getattr(args, k)
         for x in v if isinstance(v, (list, tuple)) else [] if v is None else [v]:
-            finite = isinstance(x, int) or math.isfinite(x)  # an int of 400 digits overflows isfinite
-            if not (finite and (b[0] < x <= b[1] if isinstance(b, tuple) else x >= b)):  # NaN fails too
+            infinite = isinstance(x, float) and math.isinf(x)  # not math.isinf(x): an int of 400 digits overflows it
+            if infinite or not (b[0] < x <= b[1] if isinstance(b, tuple) else x >= b):  # NaN fails both
                 want = f">= {b:g}" if not isinstance(b, tuple) else f"> {b[0]:g}" + (
                     f" and <= {b[1]:g}" if b[1] != float("inf") else "")
-                return f"--{k.replace('_', '-')} {x:g}: must be {'finite and ' if math.isinf(x) else ''}{want}"
+                shown = f"{x:g}" if isinstance(x, float) or abs(x) < 10**300 else str(x)  # :g makes an int a float
+                return f"--{k.replace('_', '-')} {shown}: must be {'finite and ' if infinite else ''}{want}"
     return None
 
 

@@ -316,8 +316,12 @@ def stamp(path):
 
 def model_identity(folder, known=None):
     """{sha256 of every byte of the config, weights (two trainings share headers and sizes) and tokenizer, files:
-    [real path, *stamp] each}. 16 GB take a minute to hash: `known` (the file's) is reused while the stamps hold."""
-    names = sorted(n for n in os.listdir(folder) if n in MODEL_FILES or re.fullmatch(r'model.*\.safetensors', n))
+    [real path, *stamp] each}; of a file alone where `folder` is one (a weights or data file). 16 GB take a minute to
+    hash: `known` (the file's) is reused while the stamps hold."""
+    if os.path.isfile(folder):
+        folder, names = os.path.dirname(folder), [os.path.basename(folder)]
+    else:
+        names = sorted(n for n in os.listdir(folder) if n in MODEL_FILES or re.fullmatch(r'model.*\.safetensors', n))
     files = {n: [os.path.realpath(os.path.join(folder, n)), *stamp(os.path.join(folder, n))] for n in names}
     if known and known.get('files') == files:
         return known

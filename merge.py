@@ -147,8 +147,8 @@ def merge(inputs: list[str], out: str, weights: list[float] | None = None):
             raise MergeError(f"--out {out} is the input {path}: write the merge to a new folder")
     out = os.path.normpath(out)
     if os.path.exists(out) and not holds_only_a_checkpoint(out):
-        raise MergeError(f"--out {out} exists and is " + ("a file" if os.path.isfile(out) else "a folder holding more than a checkpoint")
-                         + ", and a merge replaces it whole: pass a new folder")
+        what = "a file" if os.path.isfile(out) else "a folder holding more than a checkpoint"
+        raise MergeError(f"--out {out} exists and is {what}, and a merge replaces it whole: pass a new folder")
     with contextlib.ExitStack() as stack:
         ckpts = [open_checkpoint(p, stack) for p in inputs]
         (config, index, handles, where), a = ckpts[0], inputs[0]

@@ -32,7 +32,7 @@ import compress
 import model as M
 from cli import Error
 from data import synth
-from evaluate import COT_ANSWER as EVAL_COT_ANSWER, PROMPT as EVAL_PROMPT, model_identity, sha256_files, stamp
+from evaluate import COT_ANSWER as EVAL_COT_ANSWER, PROMPT as EVAL_PROMPT, model_identity
 from tokenizer import load_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -353,8 +353,8 @@ INPUTS = ("init", "teacher", "student", "vision_from", "data")  # what a run lea
 
 
 def input_identities(cfg, known=None):
-    """{flag: {sha256, files}} of the run's INPUTS that are files or folders (checkpoint folders: evaluate's
-    model_identity); an identity in `known` is reused while its files' stamps hold."""
+    """{flag: evaluate.model_identity} of the run's INPUTS that are files or checkpoint folders; an identity in `known`
+    is reused while its files' stamps hold."""
     known, out = known or {}, {}
     for k in INPUTS:
         path = getattr(cfg, k, "")
@@ -362,11 +362,7 @@ def input_identities(cfg, known=None):
             continue
         if os.path.isdir(path) and k == "vision_from":  # a glyph stage's run folder: teacher.py reads its checkpoint
             path = os.path.join(path, "checkpoint", "model.safetensors")
-        if os.path.isdir(path):
-            out[k] = model_identity(path, known.get(k))
-        else:
-            files = {os.path.basename(path): [os.path.realpath(path), *stamp(path)]}
-            out[k] = known[k] if known.get(k, {}).get("files") == files else dict(sha256=sha256_files([path]), files=files)
+        out[k] = model_identity(path, known.get(k))
     return out
 
 
@@ -469,7 +465,8 @@ def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):
         try:
             micro = next(stream)
         except Error as e:  # from a --workers process, its message ends in the worker's traceback: keep the last line
-            raise Error(str(e).strip().splitlines()[-1].removeprefix(f"{Error.__module__}.{Error.__name__}: ")) from None
+            last = str(e).strip().splitlines()[-1]
+            raise Error(last.removeprefix(f"{Error.__module__}.{Error.__name__}: ")) from None
         counts = torch.tensor([[b["n_labels"], b["n_tokens"], b["truncated"], len(b["convs"])] for b in micro],
                               dtype=torch.float64).sum(0)
         if world > 1:

@@ -731,8 +731,8 @@ def run(cfg):
     cli.write_text(os.path.join(cfg.out, "results.md"), md)
     config = asdict(cfg) | ({k: None for k in TRAINING} if cfg.table_only else {})  # not this call's flags: the runs'
     cli.write_json(os.path.join(cfg.out, "results.json"), dict(
-        config=config, trained_with=trained_with(cfg), table=table, stage2_best={f"{r:g}": k for r, k in best.items()}, gains=gain_of,
-        rows=res))
+        config=config, trained_with=trained_with(cfg), table=table, stage2_best={f"{r:g}": k for r, k in best.items()},
+        gains=gain_of, rows=res))
     plot(cfg, res, table, os.path.join(cfg.out, "score_vs_tokens.png"))
     if cfg.heldout:
         plot(cfg, res, table, os.path.join(cfg.out, "score_vs_tokens_heldout.png"), heldout=True)

@@ -574,19 +574,20 @@ def run(cfg):
             log.flush()
 
     src = cfg.vision_from  # a glyph stage's run folder, or its weights file
+    fix = "pass a glyph stage's run folder or its .safetensors"
     glyph_weights = src if not src or src.endswith(".safetensors") else os.path.join(src, "checkpoint", "model.safetensors")
     try:
         P.check(cfg)
         if glyph_weights and not os.path.isfile(glyph_weights):
-            raise Error(f"--vision-from {src}: {glyph_weights} not found; pass a glyph stage's run folder or its .safetensors")
+            raise Error(f"--vision-from {src}: {glyph_weights} not found; {fix}")
         if cfg.stage == "glyphs":
             net = GlyphReader(teacher_config(1)).to(device)
             if glyph_weights:  # continue a glyph stage: its ViT and head
                 try:
-                    net.load_state_dict(P.read_weights(glyph_weights, "pass a glyph stage's run folder or its .safetensors"))
+                    net.load_state_dict(P.read_weights(glyph_weights, fix))
                 except RuntimeError as e:
                     raise Error(f"--vision-from {src}: not a glyph stage's ViT and head ({str(e).splitlines()[0]}); "
-                                "pass a glyph stage's run folder or its .safetensors") from None
+                                f"{fix}") from None
             P.train(replace(cfg, trainable="all"), net, None,
                     lambda step: [glyph_batch((first_seed(step) + a) * 10**3, cfg.glyph_tiles, cfg.glyph_crops) for a in range(cfg.grad_accum)],
                     glyph_loss, lambda s, r: after_step(s, r, lambda: glyph_eval(net)))
@@ -600,11 +601,10 @@ def run(cfg):
             model.img_context_token_id = tok.token_to_id(M.IMG_CONTEXT)
         model.to(device)
         if glyph_weights:
-            vit = {k: v for k, v in P.read_weights(glyph_weights, "pass a glyph stage's run folder or its .safetensors").items()
-                   if k.startswith("vision_model.")}
+            vit = {k: v for k, v in P.read_weights(glyph_weights, fix).items() if k.startswith("vision_model.")}
             if missing := sorted(set(k for k in model.state_dict() if k.startswith("vision_model.")) - set(vit)):
                 raise Error(f"--vision-from {src}: no {missing[0]} (and {len(missing) - 1} more ViT weights) in "
-                            f"{glyph_weights}; pass a glyph stage's run folder or its .safetensors")
+                            f"{glyph_weights}; {fix}")
             try:
                 model.load_state_dict(vit, strict=False)  # the ViT alone: projector and LLM stay as they are
             except RuntimeError as e:

@@ -91,6 +91,9 @@ def test_out_of_range():
         assert cli.out_of_range(Base(lr=inf), lr=(0, float("inf"))) == f"--lr {inf:g}: must be finite and > 0"
     assert cli.out_of_range(Base(lr=float("inf")), lr=0) == "--lr inf: must be finite and >= 0"
     assert cli.out_of_range(Base(lr=float("nan")), lr=0) == "--lr nan: must be >= 0"
+    assert cli.out_of_range(Base(steps=-10**400), steps=0) == f"--steps {-10**400}: must be >= 0"  # too big for a float
+    assert cli.out_of_range(Base(steps=10**400), steps=0) is None and cli.out_of_range(Base(steps=-5), steps=0) == \
+        "--steps -5: must be >= 0"
 
 
 def test_writes_are_atomic(tmp_path, monkeypatch):
