@@ -403,6 +403,19 @@ def dist_info():
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
+def log_until(path, step):
+    """JSONL log `path` cut to its records up to `step` (a resumed run writes the later ones again; a fresh run,
+    step 0, starts it empty), opened for appending. A torn last line (no newline) is dropped."""
+    old = open(path, encoding="utf-8").readlines() if step and os.path.exists(path) else []
+    try:
+        kept = [line for line in old if line.endswith("\n") and json.loads(line)["step"] <= step]
+    except (ValueError, TypeError, KeyError) as e:
+        raise Error(f"{path} is not a log this script wrote ({type(e).__name__}: {e}): move it away to resume "
+                    "without the curve so far") from None
+    cli.write_text(path, "".join(kept))
+    return open(path, "a", encoding="utf-8")
+
+
 def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):
     """Run optimizer steps until cfg.steps (or cfg.stop_at); -> the step reached. batches(step) -> this process's
     micro-batches; loss_fn(model, batch) -> (loss, {name: float}): the losses (and metrics) of all micro-batches on
@@ -442,14 +455,7 @@ def train(cfg, model, tok, batches, loss_fn=default_lm_loss, after_step=None):
         if world > 1 else model
     if rank == 0:
         os.makedirs(cfg.out, exist_ok=True)
-        old = open(log_path, encoding="utf-8").readlines() if cfg.resume and os.path.exists(log_path) else []
-        try:  # a resumed run keeps the curve up to its checkpoint; a torn last line (no newline) is dropped
-            kept = [line for line in old if line.endswith("\n") and json.loads(line)["step"] <= step]
-        except (ValueError, TypeError, KeyError) as e:
-            raise Error(f"{log_path} is not a log this script wrote ({type(e).__name__}: {e}): move it away to resume "
-                        "without the curve so far") from None
-        cli.write_text(log_path, "".join(kept))
-        log = open(log_path, "a", encoding="utf-8")
+        log = log_until(log_path, step)
     bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0, dynamic_ncols=True, desc="posttrain")
     last, n_truncated = min(cfg.steps, cfg.stop_at or cfg.steps), 0
     stream = (batches(s) for s in range(step, last))

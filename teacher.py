@@ -561,12 +561,14 @@ def run(cfg):
     if cfg.stage == "read":
         cfg = replace(cfg, trainable=cfg.trainable or "projector,llm")  # the glyph-trained ViT stays frozen: 3x cheaper
     os.makedirs(cfg.out, exist_ok=True)
-    log = open(os.path.join(cfg.out, "eval.jsonl"), "a")
+    log = None  # OUT/eval.jsonl, cut on the first step to the evaluations before it (a resumed run makes the rest)
     rank, world = P.dist_info()
     per_step = cfg.micro_batch * cfg.grad_accum  # as posttrain.micro_batches: the same samples on any split
     first_seed = lambda step: cfg.seed_offset + (step * world + rank) * per_step
 
     def after_step(step, rec, evaluate):
+        nonlocal log
+        log = log or P.log_until(os.path.join(cfg.out, "eval.jsonl"), step - 1)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             r = dict(step=step, **evaluate())
             print(json.dumps(r), flush=True)

@@ -1,5 +1,6 @@
 """The teacher recipe's supervision is only as good as its labels: check where they point.
 python -m pytest tests/test_teacher.py"""
+import json
 import math
 import os
 import random
@@ -224,3 +225,25 @@ def test_the_probes_draw_the_same_crops_with_glyph_vary_and_more_fonts(monkeypat
         assert crops(True) == plain and crops(False) != plain, flag  # the training draws do change
         monkeypatch.undo()
         monkeypatch.setattr(T, "FAMILY", "mix")
+
+
+def test_a_resumed_stage_keeps_the_evaluations_before_its_checkpoint_once(tmp_path, monkeypatch):
+    """eval.jsonl, like log.jsonl, is cut to the checkpoint's step on --resume: the steps after it are evaluated
+    again, and each step appears once."""
+    monkeypatch.chdir(ROOT)
+    calls, batches, real_batch = iter(range(100)), iter(range(100)), T.glyph_batch
+    monkeypatch.setattr(T, "glyph_eval", lambda net: {"eval_call": next(calls)})  # the probe itself is not tested here
+
+    def batch_or_crash(*args):  # the run dies building step 4's batch: step 3 was evaluated, its checkpoint is step 2
+        if next(batches) == 3:
+            raise T.Error("preempted")
+        return real_batch(*args)
+
+    monkeypatch.setattr(T, "glyph_batch", batch_or_crash)
+    for more, code in (((), 2), (("--resume",), 0)):
+        with pytest.raises(SystemExit) as e:
+            T.main(["--stage", "glyphs", "--out", str(tmp_path / "o"), "--steps", "5", "--eval-every", "1",
+                    "--glyph-tiles", "1", "--glyph-crops", "0", "--save-every", "2", "--threads", "1", *more])
+        assert e.value.code == code
+    evals = [json.loads(line) for line in open(tmp_path / "o" / "eval.jsonl")]
+    assert [r["step"] for r in evals] == [1, 2, 3, 4, 5] and evals[2]["eval_call"] == 3  # step 3's second evaluation
