@@ -355,11 +355,16 @@ def parse_args(argv=None):
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile decode (CUDA)")
     p.add_argument("--json", default="", help="write every figure there (atomically)")
     args = p.parse_args(argv)
-    if msg := cli.out_of_range(args, tiles=1, ratios=(0, 1), text=1, answer=1, repeats=1, steps=1, distill_batches=1,
+    if msg := cli.out_of_range(args, tiles=(0, cli.MAX_TILES), ratios=(0, 1), text=1, answer=1, repeats=1, steps=1, distill_batches=1,
                              threads=0) or cli.check_device(args.device):
         p.error(msg)
     if args.json and os.path.isdir(args.json):
         p.error(f"--json {args.json} is a folder: pass a file, e.g. {os.path.join(args.json, 'bench.json')}")
+    if args.json:  # now, not after the timings
+        try:
+            cli.writable(os.path.dirname(os.path.abspath(args.json)), f"--json {args.json}")
+        except cli.Error as e:
+            p.error(str(e))
     for r in (r for r in args.ratios if r < 1):
         try:  # the students' windows: a ratio they cannot keep fails now, not after the teacher's timings
             C.window_for(r, 16, 16)

@@ -8,6 +8,9 @@ merge.py keep their own few lines of it, so that each can be copied alone.)
 import argparse, dataclasses, inspect, json, math, os, re, sys
 
 
+MAX_TILES = 256  # --max-num's bound: InternVL's tile-grid search (model.find_grid) grows as its cube, per image
+
+
 class Error(Exception):
     """Bad input (a flag, a path, a data line): main() prints it as one line and exits with code 2."""
 
@@ -59,7 +62,8 @@ def out_of_range(args, **bounds):
         for x in v if isinstance(v, (list, tuple)) else [] if v is None else [v]:
             infinite = isinstance(x, float) and math.isinf(x)  # not math.isinf(x): an int of 400 digits overflows it
             if infinite or not (b[0] < x <= b[1] if isinstance(b, tuple) else x >= b):  # NaN fails both
-                want = f">= {b:g}" if not isinstance(b, tuple) else f"> {b[0]:g}" + (
+                want = f">= {b:g}" if not isinstance(b, tuple) else (
+                    f">= {b[0] + 1}" if isinstance(x, int) and isinstance(b[0], int) else f"> {b[0]:g}") + (
                     f" and <= {b[1]:g}" if b[1] != float("inf") else "")
                 shown = f"{x:g}" if isinstance(x, float) or abs(x) < 10**300 else str(x)  # :g makes an int a float
                 return f"--{k.replace('_', '-')} {shown}: must be {'finite and ' if infinite else ''}{want}"

@@ -359,6 +359,7 @@ def dropped_share(flat, w, n):
 
 
 SELECT_OPTIONS = ("skip_thumbnail", "rank_projected")  # select's switches, off unless config.compressor has them
+SELECT_RECORD = ("method", "ratio", *SELECT_OPTIONS, "ratio_range", "gated", "budget", "thresholds")  # its keys
 
 
 def select_options(config):
@@ -465,6 +466,9 @@ def is_number(x):  # a finite JSON number: bool is an int to isinstance, and jso
 def build(config, compressors=COMPRESSORS):
     """The compressor config.compressor records (model.load_model's build_compressor). compressors: method -> class
     (baselines.build passes these and its own)."""
+    if not isinstance(config.compressor, dict):
+        raise CompressError(f"config.json's compressor is {config.compressor!r}: a record such as "
+                            '{"method": "select", "ratio": 0.5}, as compress.spec writes it')
     method, ratio = config.compressor.get("method"), config.compressor.get("ratio")
     if method not in compressors:
         raise CompressError(f"unknown compressor {method!r}: choose one of {', '.join(compressors)}"
@@ -481,6 +485,12 @@ def build(config, compressors=COMPRESSORS):
                             f"{'ratio_range' if ranged else 'gated'} without {'select' if ranged else 'ratio_range'}: "
                             "only a select student for every ratio (distill.py --budget auto) records them")
     window = (1, 1) if ranged else window_for(ratio, grid, grid)  # a ranged select keeps any share, no window
+    if method == "select" and (extra := sorted(set(config.compressor) - set(SELECT_RECORD))):
+        raise CompressError(f"config.json's compressor record has {extra}, which select does not take: remove them "
+                            f"(it takes {', '.join(SELECT_RECORD)})")
+    if method == "select" and (bad := next((k for k in (*SELECT_OPTIONS, "gated")
+                                            if not isinstance(config.compressor.get(k, False), bool)), None)):
+        raise CompressError(f"config.json's compressor record has {bad}: {config.compressor[bad]!r}, not true or false")
     options = select_options(config) if method == "select" else \
         {k: v for k, v in config.compressor.items() if k not in ("method", "ratio")}
     try:  # bind first, so that only a key the class does not take is this line, not any TypeError inside it

@@ -69,7 +69,7 @@ class EvalConfig:
 def parse_args(argv=None):
     cfg = cli.parse(EvalConfig, argv, 'evaluate.py', __doc__, choices=dict(
         task=sorted(TASKS), method=METHODS, dtype=['float32', 'bfloat16', 'float16'], budget=['fixed', 'auto']),
-        max_num=1, max_new_tokens=1, limit=1, batch_size=1, threads=0, fastv_layer=1, ratio=(0, 1), seed=0)
+        max_num=(0, cli.MAX_TILES), max_new_tokens=1, limit=1, batch_size=1, threads=0, fastv_layer=1, ratio=(0, 1), seed=0)
     if (cfg.image is None) != (cfg.question is None):
         raise Error("--image and --question go together: pass both, or neither and --task")
     if cfg.image is not None and cfg.task:
@@ -451,6 +451,7 @@ def prepare(cfg, model=None, tokenizer=None):
                images_sha256=hashlib.sha256(' '.join(images[it['image']][4] for it in every).encode()).hexdigest(),
                method=cfg.method, max_num=cfg.max_num, max_new_tokens=max_new_tokens(cfg, task), cot=cfg.cot,
                prompt=task.suffix, dtype=cfg.dtype, device=cfg.device.split(':')[0])
+    key.update({'max_new_tokens_reasoning': max_new_tokens(cfg, task, True)} if cfg.cot else {})  # their own batches
     key.update({'ratio': cfg.ratio} if cfg.ratio is not None else {})
     key.update({'budget': cfg.budget} if cfg.budget != 'fixed' else {})
     key.update({'fastv_layer': cfg.fastv_layer} if cfg.method == 'fastv' else {})
@@ -458,14 +459,23 @@ def prepare(cfg, model=None, tokenizer=None):
     key.update({k: getattr(cfg, k) for k in SELECT_OPTIONS} if cfg.method == 'select' else {})
     return task, ann, items, out, json.loads(json.dumps(dict(run=key, model=model_id, images=images)))
 
-def resume(path, head, write=True):
+def resume(path, head, write=True, replace=True):
     """The records of `path` if its header holds head's run key, else none (another run's predictions start afresh,
-    with a note naming the first setting that differs). write: make the file hold `head` and those records."""
+    with a note naming the first setting that differs). write: make the file hold `head` and those records. replace
+    False (the default --out, which models of one folder name and runs on other data or settings share): only
+    predictions of the same run by older code, or by the same model folder before new weights, start afresh."""
     old, recs = load_done(path, repair=write)
     a, b = (old or {}).get('run', {}), head['run']
     if recs and a != b:
         k = next((k for k in sorted({*a, *b}) if a.get(k) != b.get(k)), None)
         why = f"{k} {str(a.get(k))[:16]} there, {str(b.get(k))[:16]} now" if old else 'it has no run key'
+        folder = lambda h: {os.path.dirname(f[0]) for f in h.get('model', {}).get('files', {}).values()}
+        if not replace and old and folder(old) != folder(head):
+            why = f"the model in {', '.join(sorted(folder(old))) or 'memory'}"
+        if not replace and (why.startswith('the model') or not old or
+                            any(a.get(k) != b.get(k) for k in {*a, *b} - {'model_sha256', 'protocol'})):
+            raise Error(f"{path} holds the predictions of another run ({why}): pass --out for this one, or delete "
+                        f"{path} to replace them")
         if write:
             print(f"evaluate.py: {path} holds the predictions of another run ({why}): starting it afresh",
                   file=sys.stderr)
@@ -561,9 +571,12 @@ def generate(model, tok, cfg, task, todo, out_path):
     from tqdm import tqdm
     schedule, layers = getattr(model.language_model.before_layer, 'stages', None), model.config.llm.num_hidden_layers
     size = model.config.force_image_size
+    reasons = lambda it: cfg.cot and bool(it['extra'].get('reasoning'))  # asked to reason first, then answer
+    groups = [[it for it in todo if not reasons(it)], [it for it in todo if reasons(it)]]  # apart: their token limits
+    batches = [g[b:b + cfg.batch_size] for g in groups for b in range(0, len(g), cfg.batch_size)]
     with open(out_path, 'a', encoding='utf-8') as f:
-        for b in tqdm(range(0, len(todo), cfg.batch_size), desc=cfg.task, unit='batch'):
-            batch, pixels, max_nums = todo[b:b + cfg.batch_size], [], []
+        for batch in tqdm(batches, desc=cfg.task, unit='batch'):
+            pixels, max_nums = [], []
             for it in batch:
                 try:
                     max_num = cfg.max_num
@@ -577,9 +590,9 @@ def generate(model, tok, cfg, task, todo, out_path):
                 pixels.append(pv.to(cfg.device, getattr(torch, cfg.dtype)))
                 max_nums.append(max_num)
             stats = {}
-            cot = [cfg.cot and bool(it['extra'].get('reasoning')) for it in batch]  # reason first, then answer
-            questions = [it['question'] + ('' if c else task.suffix) for it, c in zip(batch, cot)]
-            answers = model.batch_chat(tok, pixels, questions, max_new_tokens=max_new_tokens(cfg, task, any(cot)),
+            cot = reasons(batch[0])
+            questions = [it['question'] + ('' if cot else task.suffix) for it in batch]
+            answers = model.batch_chat(tok, pixels, questions, max_new_tokens=max_new_tokens(cfg, task, cot),
                                        min_new_tokens=1, stats=stats)  # min_new_tokens=1 as InternVL's eval
             peak_mb, peak_kind = peak_memory(cfg.device)
             for it, a, q, visual, max_num in zip(batch, answers, questions, stats['image_tokens'], max_nums):
@@ -611,7 +624,7 @@ def evaluate(model, tokenizer, task, /, rank=0, world=1, **settings):
     question into its own shard file, which resumes on its own; rank 0 merges the shards into `out` and scores."""
     cfg = EvalConfig(**dict(settings, task=task))
     task, ann, items, out, head = prepare(cfg, model, tokenizer)
-    done = resume(out, head, write=rank == 0)
+    done = resume(out, head, write=rank == 0, replace=cfg.out is not None)
     mine, todo = out, [it for it in items if str(it['qid']) not in done]
     if world > 1:
         import torch, torch.distributed as dist
@@ -664,7 +677,7 @@ def evaluate(model, tokenizer, task, /, rank=0, world=1, **settings):
         res.update(score_items(task, items, [r['answer'] for r in recs]))
     else:  # test split: the answers live on the RRC server
         res.update(score=None, submission=base + '_submission.json')
-        write_json(res['submission'], [dict(questionId=it['qid'], answer=r['answer'])  # the file's own id
+        write_json(res['submission'], [dict(questionId=it['qid'], answer=final_answer(r['answer']))  # as scored
                                        for it, r in zip(items, recs) if not it['extra'].get('reasoning_file')])
     write_json(base + '.json', res)
     score = f"submission {res['submission']}" if res['score'] is None else f"ocrbench {res['score']}/{res['n']}" \

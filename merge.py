@@ -44,9 +44,13 @@ class MergeError(Exception):
 def read_json(path):
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
+            data = json.load(f)
+    except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
         raise MergeError(f"{path} is not valid JSON ({e}): restore it from the original checkpoint") from None
+    if not isinstance(data, dict):  # config.json and the index are objects
+        raise MergeError(f"{path} holds a JSON {type(data).__name__}, not an object: restore it from the original "
+                         "checkpoint")
+    return data
 
 
 def open_checkpoint(path, stack):

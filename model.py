@@ -808,9 +808,13 @@ def read_json(path, default=None):
         return default
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ModelLoadError(f"{path} is not valid JSON ({e}): restore it from the original checkpoint")
+            data = json.load(f)
+    except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
+        raise ModelLoadError(f"{path} is not valid JSON ({e}): restore it from the original checkpoint") from None
+    if not isinstance(data, dict):  # every file read here is an object
+        raise ModelLoadError(f"{path} holds a JSON {type(data).__name__}, not an object: restore it from the original "
+                             "checkpoint")
+    return data
 
 
 def checkpoint_keys(name, config, layout="original"):

@@ -89,7 +89,7 @@ class TrainConfig:
 
 
 # the flags' ranges, checked as they are parsed (distill.py's and teacher.py's too)
-BOUNDS = dict(image_size=28, seed_offset=0, max_num=0, lr=(0, float("inf")), lr_vision=0, lr_projector=0, lr_llm=0,
+BOUNDS = dict(image_size=28, seed_offset=0, max_num=(-1, cli.MAX_TILES), lr=(0, float("inf")), lr_vision=0, lr_projector=0, lr_llm=0,
               lr_compressor=0, min_lr_frac=0, weight_decay=0, grad_clip=0, save_every=0, stop_at=0, threads=0,
               workers=0)
 

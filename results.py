@@ -118,7 +118,7 @@ def parse_args(argv=None):
     pos = (0, float("inf"))  # the numbers reach distill.py and evaluate.py late, after hours of training: checked now
     cfg = cli.parse(Config, argv, "results.py", __doc__, ratios=(0, 1), any_ratios=(0, 1), auto_shares=(0, 1),
                     distill_steps=1, any_steps=1, stage2_steps=1, cot_steps=1,
-                    micro_batch=1, warmup=0, max_num=0, fastv_layer=1, limit=0, max_new_tokens=0, batch_size=1, threads=0,
+                    micro_batch=1, warmup=0, max_num=(-1, cli.MAX_TILES), fastv_layer=1, limit=0, max_new_tokens=0, batch_size=1, threads=0,
                     jobs=1, distill_lr=pos, stage2_lr=pos, stage2_lr_llm=pos)
     for k, v in QUICK.items() if cfg.quick else ():
         setattr(cfg, k, v if getattr(cfg, k) == getattr(Config, k) else getattr(cfg, k))

@@ -4,12 +4,12 @@ Commands (from the repo root, venv active):
   python data/build.py                    # everything: data/eval/** + data/eval/SHA256SUMS + data/tokenizer/*
   python data/build.py --eval             # only the eval sets
   python data/build.py --tokenizer        # only the tokenizer (--vocab-size 1000 by default)
-  python data/build.py --check            # verify data/eval/SHA256SUMS against the files on disk
+  python data/build.py --check            # verify data/eval/ and data/eval-heldout/ against their SHA256SUMS
   python data/build.py --heldout runs/heldout/docvqa   # 128 more DocVQA-format pages, not shipped (README)
   python data/build.py --heldout-family   # data/eval-heldout/**: the held-out family's sets (data/wide.py)
   python data/build.py --train-family runs/eval-train   # the same sets in the training family, unseen seeds, not
                                           # shipped: a score there and not held out is a generalisation gap
-  cd data/eval && sha256sum -c SHA256SUMS # same check with coreutils
+  cd data/eval && sha256sum -c SHA256SUMS # the same with coreutils (which passes extra files)
 
 Output is byte-identical on re-run with the same Pillow/zlib/sentencepiece versions (pinned in the venv).
 
@@ -271,8 +271,10 @@ def build_eval(root=EVAL_DIR, family=None):
 
 
 def check_eval(root=EVAL_DIR):
-    want = (root / "SHA256SUMS").read_text()
-    return want == sha256sums(root)
+    """The files of `root` that differ from its SHA256SUMS: changed, missing or extra (none: the set is as built)."""
+    line = lambda text: dict(reversed(l.split("  ", 1)) for l in text.splitlines() if "  " in l)
+    want, have = line((root / "SHA256SUMS").read_text()), line(sha256sums(root))
+    return sorted(f for f in {*want, *have} if want.get(f) != have.get(f))
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -375,9 +377,15 @@ def main(argv=None):
     if a.vocab_size < 300 or a.corpus_per_kind < 1:
         refuse("--vocab-size must be >= 300 (256 byte pieces + specials) and --corpus-per-kind >= 1")
     if a.check:
-        ok = all((d / "SHA256SUMS").exists() and check_eval(d) for d in (EVAL_DIR, HELDOUT_DIR))
-        print("SHA256SUMS ok" if ok else "SHA256SUMS MISMATCH")
-        sys.exit(0 if ok else 1)
+        for d in (EVAL_DIR, HELDOUT_DIR):
+            if not (d / "SHA256SUMS").exists():
+                refuse(f"{d} has no SHA256SUMS: restore the folder from git (git checkout -- {os.path.relpath(d, ROOT)})")
+            if bad := check_eval(d):
+                print(f"SHA256SUMS MISMATCH in {d}: {', '.join(bad[:5])}" + (f" and {len(bad) - 5} more" if bad[5:] else
+                      "") + f" differ; restore them (git checkout -- {os.path.relpath(d, ROOT)}) or rebuild: python data/build.py",
+                      file=sys.stderr)
+                sys.exit(1)
+        print("SHA256SUMS ok")
     both = not (a.eval or a.tokenizer)
     if a.eval or both:
         build_eval()

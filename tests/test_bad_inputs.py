@@ -98,6 +98,7 @@ def question_file(tmp_path, how):
 EVAL_CASES = {  # name: (argv, words of the one line); {t}: tmp_path, {teacher}: the teacher's folder
     "limit -1": (["--limit", "-1"], ["--limit -1: must be >= 1"]),
     "max-num -3": (["--max-num", "-3"], ["--max-num -3: must be >= 1"]),
+    "max-num 257": (["--max-num", "257"], ["--max-num 257: must be >= 1 and <= 256"]),  # the grid search is cubic
     "batch-size 0": (["--batch-size", "0"], ["--batch-size 0: must be >= 1"]),
     "batch-size -1": (["--batch-size", "-1"], ["--batch-size -1"]),
     "max-new-tokens -5": (["--max-new-tokens", "-5"], ["--max-new-tokens -5: must be >= 1"]),
@@ -174,23 +175,28 @@ def test_submission_only_when_no_question_has_answers(tmp_path):
 # ---------------------------------------------------------------------------------- resume: the same run only
 
 def test_two_models_in_folders_of_the_same_name(tmp_path, monkeypatch, capsys):
-    """The default predictions path is results/<folder name>/<task>.jsonl: a second model there is evaluated anew."""
+    """The default predictions path is results/<folder name>/<task>.jsonl: a second model of that name, or the same
+    model with other settings, is refused there, not written over the first; the same folder with new weights (trained
+    again) is evaluated anew."""
     a, b = random_model(tmp_path / "a" / "tiny", 1), random_model(tmp_path / "b" / "tiny", 2)
     data = docvqa_fixture(str(tmp_path / "docvqa"), n=4)
     monkeypatch.chdir(tmp_path)
     run = lambda model, *extra: E.run(E.parse_args(["--task", "docvqa", "--model", model, "--data", data, *FAST, *extra]))
+    answers = lambda res: {q: r["answer"] for q, r in predicted(res["predictions"]).items()}
     first = run(a)
-    answers_a = {q: r["answer"] for q, r in predicted(first["predictions"]).items()}
-    second = run(b)
-    assert second["predictions"] == first["predictions"] and second["new_predictions"] == 4  # nothing reused
-    assert "model_sha256" in capsys.readouterr().err  # the note names what differs
-    answers_b = {q: r["answer"] for q, r in predicted(second["predictions"]).items()}
+    answers_a = answers(first)
+    with pytest.raises(cli.Error, match=f"another run \\(the model in {re.escape(a)}\\): pass --out"):
+        run(b)
+    assert answers(first) == answers_a  # kept
     alone = run(b, "--out", str(tmp_path / "b.jsonl"))
-    assert answers_b == {q: r["answer"] for q, r in predicted(alone["predictions"]).items()} != answers_a
-    assert second["score"] == alone["score"]
-    assert run(b)["new_predictions"] == 0  # the same run resumes
-    other = run(b, "--max-new-tokens", "1")  # another setting: afresh
-    assert other["new_predictions"] == 4 and "max_new_tokens 4 there, 1 now" in capsys.readouterr().err
+    assert answers(alone) != answers_a
+    assert run(a)["new_predictions"] == 0  # the same run resumes
+    with pytest.raises(cli.Error, match="max_new_tokens 4 there, 1 now"):
+        run(a, "--max-new-tokens", "1")  # another setting
+    random_model(tmp_path / "a" / "tiny", 2)  # a trained again: b's weights in a's folder
+    again = run(a)
+    assert again["new_predictions"] == 4 and "model_sha256" in capsys.readouterr().err  # the note names what differs
+    assert answers(again) == answers(alone) and again["score"] == alone["score"]
 
 
 def test_older_predictions_without_a_key_are_not_reused(tmp_path, capsys):
@@ -325,6 +331,7 @@ def exits_2(main, argv, capsys):
     (["--threads", "-1"], "--threads -1: must be >= 0"),
     (["--lr", "-1"], "--lr -1: must be > 0"),
     (["--micro-batch", "0"], "--micro-batch"),
+    (["--max-num", "300"], "--max-num 300: must be >= 0 and <= 256"),
     (["--device", "tpu"], "--device tpu"),
     (["--out", "{file}"], "is a file: pass a folder"),
     (["--out", "{ro}"], "cannot write there"),
@@ -363,6 +370,7 @@ def test_distill_flags(tmp_path, teacher_dir, capsys, argv, words):
     (bench.main, "bench.py", ["--dtype", "int8"], "invalid choice: 'int8'"),
     (bench.main, "bench.py", ["--ratios", "0.3"], "--ratios 0.3: invalid ratio"),
     (bench.main, "bench.py", ["--json", ROOT], "is a folder: pass a file"),
+    (bench.main, "bench.py", ["--json", "/sys/fcot-readonly/b.json"], "cannot write there"),  # before the timings
     (teacher.main, "teacher.py", ["--stage", "read", "--data", "pairs.jsonl"], "unrecognized arguments: --data"),
     (teacher.main, "teacher.py", ["--stage", "glyphs", "--init", "checkpoints/tiny"], "--init is the read stage's"),
 ])
@@ -403,6 +411,20 @@ def test_a_compressor_record_without_its_ratio_is_one_line(teacher_dir, tmp_path
             C.build(config)
 
 
+def test_a_select_record_takes_its_own_keys_and_booleans(teacher_dir):
+    """A misspelt or string-valued option of a select student is refused, not read as off (or as on: "false")."""
+    import compress as C
+    config = M.load_model(teacher_dir).config
+    for record, words in (({"method": "select", "ratio": 0.5, "rank_projectd": True}, "['rank_projectd'], which select"),
+                          ({"method": "select", "ratio": 0.5, "rank_projected": "false"}, "rank_projected: 'false', not"),
+                          ("select", "compressor is 'select': a record such as")):
+        config.compressor = record
+        with pytest.raises(C.CompressError, match=re.escape(words)):
+            C.build(config)
+    config.compressor = {"method": "select", "ratio": 0.5, "rank_projected": True}
+    assert C.build(config).rank_projected
+
+
 def test_build_never_writes_over_a_shipped_set(tmp_path):
     shipped = os.path.join(ROOT, "data", "eval", "docvqa")
     before = {f: os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(shipped) for f in fs}
@@ -422,6 +444,9 @@ def test_build_never_writes_over_a_shipped_set(tmp_path):
     ("llm_config null", "no vision_config/llm_config"),
     ("IMG_CONTEXT past the embedding", "past the"),
     ("corrupt tokenizer.model", "corrupt or truncated"),
+    ("config.json not UTF-8", "config.json is not valid JSON"),
+    ("config.json a list", "config.json holds a JSON list, not an object"),
+    ("added_tokens.json a list", "added_tokens.json holds a JSON list, not an object"),
 ])
 def test_odd_checkpoint_folders_are_one_line(teacher_dir, tmp_path, how, words):
     d = shutil.copytree(teacher_dir, tmp_path / "odd")
@@ -434,9 +459,13 @@ def test_odd_checkpoint_folders_are_one_line(teacher_dir, tmp_path, how, words):
         added = json.load(open(d / "added_tokens.json"))
         added[M.IMG_CONTEXT] = cfg["llm_config"]["vocab_size"] + 10
         json.dump(added, open(d / "added_tokens.json", "w"))
-    else:
+    elif how.startswith("corrupt"):
         (d / "tokenizer.model").write_bytes(b"not a sentencepiece model")
     json.dump(cfg, open(d / "config.json", "w"))
+    if how.endswith("UTF-8"):
+        (d / "config.json").write_bytes(b'{"note": "\xff"}')
+    elif how.endswith("a list"):
+        (d / how.split()[0]).write_text("[]")
     with pytest.raises(M.ModelLoadError, match=re.escape(words)):
         M.load_model(str(d))
         load_tokenizer(str(d))
@@ -447,3 +476,11 @@ def test_compress_bench_grid():
                        text=True, timeout=120)
     assert r.returncode == 2
     one_line(r.stderr, "compress.py", "--tiles, --grid and --width must be >= 1")
+
+
+@pytest.mark.parametrize("how", ["not UTF-8", "a list"])
+def test_merge_reads_odd_json_in_one_line(teacher_dir, tmp_path, capsys, how):
+    a, b = (shutil.copytree(teacher_dir, tmp_path / n) for n in "ab")
+    (b / "config.json").write_bytes(b'{"note": "\xff"}' if how == "not UTF-8" else b"[]")
+    err = exits_2(merge.main, [str(a), str(b), "--out", str(tmp_path / "m")], capsys)
+    one_line(err, "merge.py", "config.json", "restore it from the original checkpoint")

@@ -330,3 +330,22 @@ def test_build_jobs_are_one_per_command(argv, capsys, monkeypatch):
         build.main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and "separate jobs" in err[0], err
+
+
+def test_check_names_the_files_that_differ(tmp_path, capsys, monkeypatch):
+    """--check lists changed, missing and extra files (coreutils' sha256sum -c passes an extra one), and exits 1."""
+    for name in ("a.json", "b/c.png", "d.txt"):
+        (tmp_path / "set" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "set" / name).write_text(name)
+    root = tmp_path / "set"
+    (root / "SHA256SUMS").write_text(build.sha256sums(root))
+    assert build.check_eval(root) == []
+    (root / "a.json").write_text("changed")
+    (root / "d.txt").unlink()
+    (root / "b" / ".DS_Store").write_text("extra")
+    assert build.check_eval(root) == ["a.json", "b/.DS_Store", "d.txt"]
+    monkeypatch.setattr(build, "EVAL_DIR", root)
+    with pytest.raises(SystemExit) as e:
+        build.main(["--check"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 1 and len(err) == 1 and "a.json, b/.DS_Store, d.txt differ" in err[0], err

@@ -221,6 +221,10 @@ def test_scoring_from_finished_predictions(tmp_path):
     assert cli('--task', 'docvqa', '--data', test, '--out', t + '/d.jsonl').returncode == 0
     assert json.load(open(t + '/d_submission.json')) == [dict(questionId=100, answer='a'),
                                                         dict(questionId=101, answer='b')]
+    prefilled(t + '/d.jsonl', E.read_docvqa(test, t + '/dtest'), ['a', 'b is 229.74.\nAnswer: 229.74'], '--task',
+              'docvqa', '--data', test)  # a chain of thought: its final answer is submitted, as it would be scored
+    assert cli('--task', 'docvqa', '--data', test, '--out', t + '/d.jsonl').returncode == 0
+    assert json.load(open(t + '/d_submission.json'))[1] == dict(questionId=101, answer='229.74')
     assert json.load(open(t + '/d.json'))['score'] is None
     data = json.load(open(test))  # ids that are not numbers go to the submission as they are
     for it in data['data']:
@@ -450,3 +454,44 @@ def test_one_question_is_answered(tmp_path, method):
     r = cli('--image', str(tmp_path / 'x.png'), '--question', 'What is the total?', *method,
             '--max-new-tokens', '4', '--device', 'cpu', '--threads', '1')
     assert r.returncode == 0 and r.stdout.count('\n') == 1, r.stderr[-2000:]  # the answer (a blank page's may be empty)
+
+def test_the_default_out_is_not_shared_by_two_runs(tmp_path):
+    """Two runs that differ in their data or settings both default to results/<model>/<task>.jsonl: the second is
+    refused, not written over the first. Predictions of the same run by other weights or older code start afresh."""
+    t = str(tmp_path)
+    ship, other = docvqa_fixture(t + '/a', n=2), docvqa_fixture(t + '/b', n=3)
+    out = os.path.join(t, 'results', 'tiny', 'docvqa.jsonl')
+    os.makedirs(os.path.dirname(out))
+    prefilled(out, E.read_docvqa(ship, t + '/a'), ['value 0', 'value 1'], '--task', 'docvqa', '--data', t + '/a')
+    r = cli('--task', 'docvqa', '--data', t + '/b', cwd=t)
+    assert_clean_error(r, out.replace(t + '/', ''), 'holds the predictions of another run', 'pass --out')
+    assert len(predicted(out)) == 2  # kept
+    assert cli('--task', 'docvqa', '--data', t + '/a', cwd=t).returncode == 0  # its own run: resumed and scored
+    head, recs = E.load_done(out, repair=False)
+    for k, v in (('model_sha256', 'retrained'), ('protocol', 0)):
+        assert E.resume(out, dict(head, run=dict(head['run'], **{k: v})), write=False, replace=False) == {}
+    with pytest.raises(E.Error, match='max_new_tokens'):
+        E.resume(out, dict(head, run=dict(head['run'], max_new_tokens=7)), write=False, replace=False)
+    assert E.resume(out, dict(head, run=dict(head['run'], max_new_tokens=7)), write=False) == {}  # --out given
+
+def test_reasoning_questions_are_batched_apart_with_their_own_token_limit(tmp_path, tiny_model, monkeypatch):
+    """--cot: the main questions are asked directly with the task's token limit and the reasoning ones with
+    COT_MIN_TOKENS, whatever the batch size; a batch never mixes the two."""
+    import model as M
+    t = str(tmp_path)
+    items = E.read_docvqa(docvqa_fixture(t + '/d', n=3), t + '/d')
+    dump(t + '/d/reasoning.json', rrc([dict(questionId=900 + i, question=f'Why {i}?', answers=['x'],
+                                            image=f'documents/doc{i}_1.png') for i in range(2)]))
+    seen, real = [], M.InternVLChat.batch_chat
+
+    def batch_chat(self, tok, pixels, questions, max_new_tokens, **kw):
+        seen.append(([q.endswith(E.TASKS['docvqa'].suffix) for q in questions], max_new_tokens))
+        return real(self, tok, pixels, questions, max_new_tokens=2, **kw)  # short: this is about the batches
+
+    monkeypatch.setattr(M.InternVLChat, 'batch_chat', batch_chat)
+    res = E.evaluate(None, None, 'docvqa', model=tiny_model, data=t + '/d', max_num=1, batch_size=2, cot=True,
+                     device='cpu', out=t + '/o.jsonl')
+    assert res['n'] == len(items) == 3 and res['reasoning']['n'] == 2
+    limit = E.TASKS['docvqa'].max_new_tokens
+    assert sorted(seen) == sorted([([True, True], limit), ([True], limit), ([False, False], E.COT_MIN_TOKENS)])
+    assert E.load_done(t + '/o.jsonl')[0]['run']['max_new_tokens_reasoning'] == E.COT_MIN_TOKENS
