@@ -463,6 +463,11 @@ def is_number(x):  # a finite JSON number: bool is an int to isinstance, and jso
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def token_grid(config):
+    """The side of a tile's token grid after the pixel shuffle (16 for InternVL2's 448 px tiles)."""
+    return int(config.force_image_size // config.vision.patch_size * config.downsample_ratio)
+
+
 def build(config, compressors=COMPRESSORS):
     """The compressor config.compressor records (model.load_model's build_compressor). compressors: method -> class
     (baselines.build passes these and its own)."""
@@ -477,7 +482,7 @@ def build(config, compressors=COMPRESSORS):
     if not is_number(ratio) or not 0 < ratio <= 1:
         raise CompressError(f"config.json's compressor record {config.compressor} needs a ratio in (0, 1]: the share "
                             "of visual tokens kept, as compress.spec writes it")
-    grid = int(config.force_image_size // config.vision.patch_size * config.downsample_ratio)
+    grid = token_grid(config)
     width = config.vision.hidden_size * round(1 / config.downsample_ratio) ** 2
     ranged = "ratio_range" in config.compressor
     if (ranged and method != "select") or (config.compressor.get("gated") and not ranged):

@@ -923,9 +923,17 @@ def added_tokens(path, special_only=False):
     """content -> id of the tokens added on top of the vocabulary (tokenizer.json, tokenizer_config.json,
     added_tokens.json). special_only: those marked special (added_tokens.json's count as special)."""
     tj, tc = (read_json(os.path.join(path, f), {}) for f in ("tokenizer.json", "tokenizer_config.json"))
-    listed = tj.get("added_tokens", []) + [dict(t, id=int(i)) for i, t in tc.get("added_tokens_decoder", {}).items()]
-    tokens = {t["content"]: t["id"] for t in listed if t.get("special", True) or not special_only}
-    return tokens | read_json(os.path.join(path, "added_tokens.json"), {})
+    try:
+        listed = tj.get("added_tokens", []) + [dict(t, id=int(i)) for i, t in tc.get("added_tokens_decoder", {}).items()]
+        tokens = {t["content"]: t["id"] for t in listed if t.get("special", True) or not special_only}
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # a list for a map, an entry without its content
+        raise ModelLoadError(f"the added tokens of {path} (tokenizer.json, tokenizer_config.json) are not as the "
+                             f"tokenizers library writes them ({type(e).__name__}: {e}): restore those files") from None
+    tokens |= read_json(os.path.join(path, "added_tokens.json"), {})
+    if bad := next((k for k, i in tokens.items() if not isinstance(k, str) or type(i) is not int), None):
+        raise ModelLoadError(f"added token {bad!r} of {path} has id {tokens[bad]!r}, not an integer: restore the "
+                             "tokenizer files")
+    return tokens
 
 
 def export_state_dict(model, layout="original"):

@@ -17,7 +17,7 @@ Sample i of a run is a function of i alone (synthetic sample seed_offset + i as 
 --data, shuffled per epoch): any number of processes, a resume, or --workers building batches ahead take the same
 steps. OUT/ ends as an InternVL2 checkpoint folder with log.jsonl (the loss curve) and checkpoint/ (no pickle).
 """
-import contextlib, functools, json, math, os, random, shutil, sys, time, warnings
+import contextlib, functools, glob, json, math, os, random, shutil, sys, time, warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -91,7 +91,7 @@ class TrainConfig:
 # the flags' ranges, checked as they are parsed (distill.py's and teacher.py's too)
 BOUNDS = dict(image_size=28, seed_offset=0, max_num=(-1, cli.MAX_TILES), lr=(0, float("inf")), lr_vision=0, lr_projector=0, lr_llm=0,
               lr_compressor=0, min_lr_frac=0, weight_decay=0, grad_clip=0, save_every=0, stop_at=0, threads=0,
-              workers=0)
+              workers=0, p_transcribe=0, p_qa=0, p_reason=0)
 
 
 def parse_args(argv=None):
@@ -120,13 +120,17 @@ def read_jsonl(path, image_root):
     if not os.path.isfile(path):
         raise Error(f"--data {path} does not exist")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
             where = f"{path} line {n}"
             try:
+                line = raw.decode("utf-8")
+                if not line.strip():
+                    continue
                 r = json.loads(line)
+                json.dumps(r, ensure_ascii=False).encode("utf-8")  # an unpaired surrogate (\\ud800) fails here
+            except UnicodeError as e:
+                raise Error(f"{where} is not UTF-8 text ({e.reason}): save the file as UTF-8") from None
             except json.JSONDecodeError as e:
                 raise Error(f"{where} is not valid JSON ({e.msg}): write one JSON object per line") from None
             if not isinstance(r, dict) or not isinstance(r.get("image"), str):
@@ -349,7 +353,8 @@ def read_weights(path, fix):
         raise Error(f"{path} is not a readable safetensors file ({e}): {fix}") from None
 
 
-INPUTS = ("init", "teacher", "student", "vision_from", "data")  # what a run learns from: a resume needs the same bytes
+INPUTS = ("init", "teacher", "student", "vision_from", "data", "model_config", "tokenizer")  # what a run learns from
+                                                                                      # (a resume needs the same bytes)
 
 
 def input_identities(cfg, known=None):
@@ -358,8 +363,9 @@ def input_identities(cfg, known=None):
     known, out = known or {}, {}
     for k in INPUTS:
         path = getattr(cfg, k, "")
-        if not path or not os.path.exists(path):
-            continue
+        if not path or not os.path.exists(path) or k == "tokenizer" and (
+                getattr(cfg, "init", "") != "tiny" or getattr(cfg, "teacher", "")):
+            continue  # the tokenizer folder is read only by a model built from scratch
         if os.path.isdir(path) and k == "vision_from":  # a glyph stage's run folder: teacher.py reads its checkpoint
             path = os.path.join(path, "checkpoint", "model.safetensors")
         out[k] = model_identity(path, known.get(k))
@@ -544,6 +550,15 @@ def check(cfg):
                     "lower --seed-offset")
     if not cfg.resume and os.path.exists(os.path.join(cfg.out, "checkpoint")):
         raise Error(f"{cfg.out} already holds a run: add --resume to continue it or choose another --out")
+    if not os.path.exists(os.path.join(cfg.out, "checkpoint")) and (
+            os.path.exists(os.path.join(cfg.out, "config.json")) or glob.glob(os.path.join(cfg.out, "model*.safetensors"))):
+        raise Error(f"--out {cfg.out} holds a model that is not this run's (config.json or weights, no checkpoint/), "
+                    "which the run would overwrite: pass another --out, or delete that model")
+    if cfg.image_root and not cfg.data:
+        raise Error("--image-root is the folder of --data's image paths: pass --data too, or drop it")
+    if getattr(cfg, "init", "tiny") != "tiny" and (cfg.model_config or cfg.tokenizer != TrainConfig.tokenizer):
+        raise Error(f"--{'model-config' if cfg.model_config else 'tokenizer'} shapes a model built from scratch (--init "
+                    f"tiny); --init {cfg.init} brings its own config and tokenizer: drop the flag")
 
 
 def setup(cfg):

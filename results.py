@@ -124,7 +124,14 @@ def parse_args(argv=None):
         setattr(cfg, k, v if getattr(cfg, k) == getattr(Config, k) else getattr(cfg, k))
     if set(cfg.tasks) - set(TASKS):
         raise cli.Error(f"--tasks: choose from {' '.join(TASKS)}")
-    import distill, compress  # the one student's range and calibrated shares: checked now, not after training
+    import distill, compress, model  # the ratios, the one student's range, the calibrated shares: checked now
+    try:  # a ratio the students cannot keep fails now, not after the other ratios' training
+        teacher = finished(cfg.teacher) and model.config_from_dict(model.read_json(os.path.join(cfg.teacher, "config.json")))
+        side = compress.token_grid(teacher) if teacher else 16  # InternVL2's
+        for r in cfg.ratios:
+            compress.window_for(r, side, side)
+    except (compress.CompressError, model.ModelLoadError) as e:
+        raise cli.Error(f"--ratios: {e}") from None
     lo, hi = distill.ratio_range(distill.DistillConfig())
     if not all(lo <= r <= hi for r in cfg.any_ratios):
         raise cli.Error(f"--any-ratios must lie in {lo:g}..{hi:g}, the one student's range")

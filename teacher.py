@@ -120,6 +120,11 @@ class TeacherConfig(P.TrainConfig):
     more_fonts: bool = False  # the training family also draws in data/wide.py's MORE_FONTS
 
 
+READ_ONLY = ("tokenizer", "trainable", "kinds", "qa_turns", "max_len", "transcribe_frac", "crop_frac", "pointer_weight",
+             "pointer_layers", "pair_layer", "pair_weight")  # the glyph stage trains the whole ViT on every kind
+GLYPHS_ONLY = ("glyph_tiles", "glyph_crops")
+
+
 def parse_args(argv=None):
     # posttrain.py's flags for conversations from a file and for the tiny model's shape: not this script's (its
     # conversations are its own, its shape teacher_config's)
@@ -131,7 +136,12 @@ def parse_args(argv=None):
         raise Error("the following arguments are required: --stage (see python teacher.py --help)")
     if cfg.stage == "glyphs" and cfg.init != TeacherConfig.init:
         raise Error("--init is the read stage's: the glyph stage trains the ViT alone (continue one with --vision-from)")
+    other = READ_ONLY if cfg.stage == "glyphs" else GLYPHS_ONLY  # the other stage's flags: unused here, so refused
+    if flag := next((k for k in other if getattr(cfg, k) != getattr(TeacherConfig, k)), None):
+        raise Error(f"--{flag.replace('_', '-')} is the {'read' if cfg.stage == 'glyphs' else 'glyph'} stage's, "
+                    f"unused by --stage {cfg.stage}: drop it")
     return cfg
+
 
 
 def sample(kind, seed, family=None, probe=False):

@@ -120,7 +120,10 @@ class BPETokenizer(_Tokenizer):
             if (tj.get("model") or {}).get("type") != "BPE" or not qwen2:
                 raise ModelLoadError(f"{path('tokenizer.json')} is not a byte-level BPE with Qwen2's pre-tokenizer, "
                                      "the only kind supported besides sentencepiece")
-            vocab, merges = tj["model"]["vocab"], tj["model"]["merges"]
+            vocab, merges = tj["model"].get("vocab"), tj["model"].get("merges")
+            if not isinstance(vocab, dict) or not isinstance(merges, list):
+                raise ModelLoadError(f"{path('tokenizer.json')} has no model.vocab map or model.merges list: restore it "
+                                     "from the checkpoint")
             self.nfc = (tj.get("normalizer") or {}).get("type") == "NFC"
         else:  # the slow Qwen2Tokenizer's files; it always NFC-normalises
             vocab, self.nfc = read_json(path("vocab.json")), True

@@ -363,6 +363,7 @@ def test_distill_flags(tmp_path, teacher_dir, capsys, argv, words):
     (R.main, "results.py", ["--ratios", "0.5", "-1"], "--ratios -1"),
     (R.main, "results.py", ["--jobs", "0"], "--jobs 0"),
     (R.main, "results.py", ["--distill-lr", "nan"], "--distill-lr nan"),
+    (R.main, "results.py", ["--ratios", "0.5", "0.3"], "--ratios: invalid ratio 0.3"),  # before 0.5's training
     (bench.main, "bench.py", ["--tiles", "1", "0"], "--tiles 0: must be >= 1"),
     (bench.main, "bench.py", ["--steps", "-1"], "--steps -1"),
     (bench.main, "bench.py", ["--device", "tpu"], "--device tpu"),
@@ -447,6 +448,7 @@ def test_build_never_writes_over_a_shipped_set(tmp_path):
     ("config.json not UTF-8", "config.json is not valid JSON"),
     ("config.json a list", "config.json holds a JSON list, not an object"),
     ("added_tokens.json a list", "added_tokens.json holds a JSON list, not an object"),
+    ("added token id a string", "has id '1000', not an integer"),
 ])
 def test_odd_checkpoint_folders_are_one_line(teacher_dir, tmp_path, how, words):
     d = shutil.copytree(teacher_dir, tmp_path / "odd")
@@ -459,6 +461,8 @@ def test_odd_checkpoint_folders_are_one_line(teacher_dir, tmp_path, how, words):
         added = json.load(open(d / "added_tokens.json"))
         added[M.IMG_CONTEXT] = cfg["llm_config"]["vocab_size"] + 10
         json.dump(added, open(d / "added_tokens.json", "w"))
+    elif how.startswith("added token id"):
+        json.dump({"<img>": "1000"}, open(d / "added_tokens.json", "w"))
     elif how.startswith("corrupt"):
         (d / "tokenizer.model").write_bytes(b"not a sentencepiece model")
     json.dump(cfg, open(d / "config.json", "w"))

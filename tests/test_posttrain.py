@@ -3,7 +3,7 @@ processes) = 1 process, the InternVL JSONL reader and its errors, a final folder
 
     python -m pytest tests/test_posttrain.py -q      (CPU, tiny model at 56 px)
 """
-import json, os, random, subprocess, sys
+import json, os, random, shutil, subprocess, sys
 from types import SimpleNamespace
 
 import pytest
@@ -211,7 +211,8 @@ def write_fixture(tmp_path, lines):
     for i in range(2):
         synth.make_sample("table", i)["image"].save(tmp_path / "img" / f"{i}.png")
     path = tmp_path / "train.jsonl"
-    path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
+    path.write_bytes(b"\n".join(x if isinstance(x, bytes) else (x if isinstance(x, str) else json.dumps(x)).encode()
+                                for x in lines) + b"\n")
     return str(path)
 
 
@@ -233,7 +234,11 @@ def test_internvl_jsonl(tmp_path, tiny, capsys):
                            ([dict(good[0], image="missing.png")], "train.jsonl line 1: image"),
                            ([{"image": "0.png", "conversations": [{"from": "gpt", "value": "x"}]}], "must alternate"),
                            ([dict(good[0], conversations=[good[0]["conversations"][0], {"from": "gpt", "value": "a <IMG_CONTEXT>"}])],
-                            "train.jsonl line 1 contains <IMG_CONTEXT>")):
+                            "train.jsonl line 1 contains <IMG_CONTEXT>"),
+                           ([json.dumps(good[0]).replace("12.50", "Caf\\u00e9"), b'{"caf\xe9": 1}'],
+                            "train.jsonl line 2 is not UTF-8 text"),  # Latin-1 bytes
+                           ([dict(good[0], conversations=[good[0]["conversations"][0], {"from": "gpt", "value": "x\ud800"}])],
+                            "train.jsonl line 1 is not UTF-8 text")):  # an unpaired surrogate, as json writes one
         path = write_fixture(tmp_path, lines)
         with pytest.raises(SystemExit) as e:
             P.main([*TINY, "--data", path, "--image-root", str(tmp_path / "img"), "--out", str(tmp_path / "o")])
@@ -297,10 +302,36 @@ def test_input_identities_are_of_the_files_the_run_reads(tmp_path):
     assert P.input_identities(cfg, first)["vision_from"]["sha256"] != first["vision_from"]["sha256"]
 
 
-def test_bad_flags_exit_2(tmp_path, capsys):
+def test_bad_flags_exit_2(tmp_path, capsys, teacher_dir):
     for argv in (["--trainable", "nope"], ["--steps", "0"], ["--init", str(tmp_path / "missing")], ["--kinds", "doc,x"],
                  ["--no-such-flag"]):
         with pytest.raises(SystemExit) as e:
             P.main([*TINY, "--out", str(tmp_path / "o"), *argv])
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.startswith("posttrain.py: error:") and err.count("\n") == 1, err
+    model = shutil.copytree(teacher_dir, tmp_path / "model")
+    before = (model / "model.safetensors").read_bytes()
+    for argv, words in ((["--out", str(model)], "holds a model that is not this run's"),  # kept, not trained over
+                        (["--image-root", str(tmp_path)], "pass --data too"),
+                        (["--init", teacher_dir, "--model-config", str(tmp_path / "mc.json")], "--model-config shapes"),
+                        (["--p-qa", "nan"], "--p-qa nan: must be >= 0"), (["--p-reason", "inf"], "must be finite")):
+        with pytest.raises(SystemExit) as e:
+            P.main([*TINY, "--out", str(tmp_path / "o"), *argv])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and words in err, err
+    assert (model / "model.safetensors").read_bytes() == before
+
+
+def test_resume_refuses_a_changed_model_config(tmp_path, capsys):
+    """--model-config is read by the bytes it held when the run began, as --data is."""
+    (tmp_path / "mc.json").write_text(json.dumps({"llm": {"rope_theta": 10000}}))
+    argv = [*TINY, "--model-config", str(tmp_path / "mc.json"), "--steps", "2", "--stop-at", "1", "--micro-batch", "1",
+            "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as e:
+        P.main(argv)
+    assert e.value.code == 0
+    (tmp_path / "mc.json").write_text(json.dumps({"llm": {"rope_theta": 50}}))
+    with pytest.raises(SystemExit) as e:
+        P.main([*argv, "--resume"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--model-config " + str(tmp_path / "mc.json") + " holds other bytes" in err, err

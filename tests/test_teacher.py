@@ -195,6 +195,9 @@ def test_kinds_choose_the_images_and_bad_kinds_are_refused():
     (["--stage", "glyphs", "--glyph-vary", "0.5"], "--glyph-vary changes the training family's images: add --family"),
     (["--stage", "glyphs", "--more-fonts"], "--more-fonts changes the training family's images: add --family"),
     (["--stage", "read", "--seed-offset", "999997999"], "past 999998000"),
+    (["--stage", "glyphs", "--kinds", "chart"], "--kinds is the read stage's, unused by --stage glyphs"),
+    (["--stage", "glyphs", "--trainable", "llm"], "--trainable is the read stage's"),
+    (["--stage", "read", "--glyph-tiles", "2"], "--glyph-tiles is the glyph stage's, unused by --stage read"),
 ])
 def test_bad_flags_are_one_line(argv, words, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)

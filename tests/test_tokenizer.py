@@ -125,6 +125,17 @@ def test_unsupported_folders(folders, tmp_path):
     (tmp_path / "tokenizer.json").write_text(json.dumps(tj))  # and no tokenizer_config.json to list it
     with pytest.raises(M.ModelLoadError, match="lacks the special token <IMG_CONTEXT>"):
         load_tokenizer(str(tmp_path))
+    tj = json.loads(folders[0].to_str())
+    del tj["model"]["merges"]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tj))
+    with pytest.raises(M.ModelLoadError, match="no model.vocab map or model.merges list"):
+        load_tokenizer(str(tmp_path))
+    (tmp_path / "tokenizer.json").write_text(folders[0].to_str())
+    for config, words in (({"added_tokens_decoder": []}, "not as the tokenizers library writes them"),
+                          ({"added_tokens_decoder": {"5": {"special": True}}}, "KeyError: 'content'")):
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+        with pytest.raises(M.ModelLoadError, match=words):
+            load_tokenizer(str(tmp_path))
 
 
 @pytest.mark.parametrize("name", ["pairs", "strings", "files"])
