@@ -355,7 +355,7 @@ def parse_args(argv=None):
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile decode (CUDA)")
     p.add_argument("--json", default="", help="write every figure there (atomically)")
     args = p.parse_args(argv)
-    if msg := cli.out_of_range(args, tiles=(0, cli.MAX_TILES), ratios=(0, 1), text=1, answer=1, repeats=1, steps=1, distill_batches=1,
+    if msg := cli.out_of_range(args, tiles=1, ratios=(0, 1), text=1, answer=1, repeats=1, steps=1, distill_batches=1,
                              threads=0) or cli.check_device(args.device):
         p.error(msg)
     if args.json and os.path.isdir(args.json):

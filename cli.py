@@ -8,7 +8,7 @@ merge.py keep their own few lines of it, so that each can be copied alone.)
 import argparse, dataclasses, inspect, json, math, os, re, sys
 
 
-MAX_TILES = 256  # --max-num's bound: InternVL's tile-grid search (model.find_grid) grows as its cube, per image
+MAX_TILES = 64  # --max-num's bound (InternVL evaluates with up to 40): its tile-grid search grows as its cube
 
 
 class Error(Exception):
@@ -56,7 +56,8 @@ def parse(cls, argv, prog, doc, skip=(), choices=None, defaults=None, **bounds):
 
 def out_of_range(args, **bounds):
     """'--flag V: must be ...' for the first flag outside its bound, else None. A bound is LOW (value >= LOW) or
-    (LOW, HIGH) (LOW < value <= HIGH); a flag left unset (None) is skipped, a list is checked value by value."""
+    (LOW, HIGH) (LOW < value <= HIGH: for an int flag (-1, HIGH) reads >= 0); a flag left unset (None) is skipped,
+    a list is checked value by value."""
     for k, b in bounds.items():
         v = getattr(args, k)
         for x in v if isinstance(v, (list, tuple)) else [] if v is None else [v]:

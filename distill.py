@@ -266,7 +266,7 @@ def pool_fits(ratio, side):
 def compare(cfg, student_dir):
     """Teacher, the training-free baselines at the same ratio and the student on one task, on the shipped set (or
     --eval-data) and the held-out family's: a table."""
-    stage = "stage I+II" if cfg.student else "stage I"  # --student goes on from a stage-I student
+    stage = "stage I+II" if "llm" in cfg.trainable.split(",") else "stage I"  # stage II: the LLM learns too
     rows = [("teacher", cfg.teacher, "none", None, "fixed"), (f"pool {cfg.ratio:g}", cfg.teacher, "pool", cfg.ratio,
             "fixed"), (f"FastV {cfg.ratio:g} (K={cfg.fastv_layer})", cfg.teacher, "fastv", cfg.ratio, "fixed"),
             (f"FCoT {stage} ({cfg.compressor} {cfg.ratio:g})", student_dir, "none", None, "fixed")]

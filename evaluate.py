@@ -19,9 +19,10 @@ InfoVQA, TextVQA and OCRBench with InternVL2's official protocol and metrics.
     python -m pytest tests/test_evaluate.py -q
 
 From Python: evaluate(model, tokenizer, task, **settings) -> the scores dict; model and tokenizer None: load_model's,
-loaded only if a question is left to answer. Predictions go to results/<model>/<task>[_<method><ratio>].jsonl
-(random: _random<ratio>_seed<s>) as they are produced, scores to the .json beside it; rerunning the same run (the
-key on the file's first line) resumes it.
+loaded only if a question is left to answer. Predictions go to results/<model>/<task>[_<set>][_<method><ratio>]
+[_<setting><value>].jsonl (a --data set, and each answer-changing flag given, in the name; random: _seed<s>) as they
+are produced, scores to the .json beside it; rerunning the same run (the key on the file's first line) resumes it,
+and a file there of another run is refused (--out names another).
 Metrics (metrics.py) copy InternVL's eval scripts, quirks included (metrics-and-formats.md, section 3).
 """
 import hashlib, json, os, re, resource, sys, time
@@ -48,7 +49,7 @@ class EvalConfig:
     max_new_tokens: int = None  # default: per-task protocol; 128 with --image
     limit: int = None  # first N questions only
     batch_size: int = 1  # questions per generate call
-    out: str = None  # predictions jsonl (default: results/<model>/<task>[_<method><ratio>].jsonl)
+    out: str = None  # predictions jsonl (default: results/<model>/<task>[_<set>][_<method><ratio>]...jsonl)
     device: str = None  # cpu | cuda (default: cuda if available)
     dtype: str = None  # float32 | bfloat16 | float16 (default: bfloat16 on cuda, the official setting; float32 on cpu)
     method: str = 'none'  # training-free compression (baselines.py's docstring); none for a distilled student
@@ -69,7 +70,8 @@ class EvalConfig:
 def parse_args(argv=None):
     cfg = cli.parse(EvalConfig, argv, 'evaluate.py', __doc__, choices=dict(
         task=sorted(TASKS), method=METHODS, dtype=['float32', 'bfloat16', 'float16'], budget=['fixed', 'auto']),
-        max_num=(0, cli.MAX_TILES), max_new_tokens=1, limit=1, batch_size=1, threads=0, fastv_layer=1, ratio=(0, 1), seed=0)
+        max_num=(0, cli.MAX_TILES), max_new_tokens=1, limit=1, batch_size=1, threads=0, fastv_layer=1, ratio=(0, 1),
+        seed=0)
     if (cfg.image is None) != (cfg.question is None):
         raise Error("--image and --question go together: pass both, or neither and --task")
     if cfg.image is not None and cfg.task:
@@ -426,10 +428,15 @@ def prepare(cfg, model=None, tokenizer=None):
                         f"tokenizer files)")
     if not os.path.isdir(cfg.model):
         raise Error(f"model folder {cfg.model} not found; build or download one, or pass --model PATH")
-    tag = f"_{cfg.method}{cfg.ratio:g}" if cfg.method != 'none' else f"_r{cfg.ratio:g}" if cfg.ratio else ''
+    where = os.path.realpath(ann).split(os.sep)[-3:]  # a set not the shipped one: a file of its own
+    tag = '_' + re.sub(r'[^\w.-]+', '-', '-'.join(os.path.splitext(p)[0] for p in where)) if cfg.data else ''
+    tag += f"_{cfg.method}{cfg.ratio:g}" if cfg.method != 'none' else f"_r{cfg.ratio:g}" if cfg.ratio else ''
     tag += '_auto' if cfg.budget == 'auto' else ''
     tag += ''.join('_' + k.replace('_', '-') for k in SELECT_OPTIONS if getattr(cfg, k))
     tag += f'_seed{cfg.seed}' if cfg.method == 'random' else ''  # each seed its own file
+    # and each other setting given that changes an answer: another run, another file
+    tag += ''.join(f'_{k.replace("_", "-")}{v}' for k, v in (('max_num', cfg.max_num), ('max_new_tokens',
+                   cfg.max_new_tokens), ('dtype', cfg.dtype)) if v is not None) + ('_cot' if cfg.cot else '')
     out = cfg.out or os.path.join('results', os.path.basename(os.path.normpath(cfg.model)), f'{cfg.task}{tag}.jsonl')
     if os.path.isdir(out):
         raise Error(f"--out {out} is a folder: pass a file in it, e.g. {os.path.join(out, 'predictions.jsonl')}")
@@ -462,18 +469,20 @@ def prepare(cfg, model=None, tokenizer=None):
 def resume(path, head, write=True, replace=True):
     """The records of `path` if its header holds head's run key, else none (another run's predictions start afresh,
     with a note naming the first setting that differs). write: make the file hold `head` and those records. replace
-    False (the default --out, which models of one folder name and runs on other data or settings share): only
-    predictions of the same run by older code, or by the same model folder before new weights, start afresh."""
+    False (the default --out, which models of one folder name share, and runs on other images under one annotation):
+    only predictions of the same run by older code, or by the same model folder before new weights, start afresh."""
     old, recs = load_done(path, repair=write)
     a, b = (old or {}).get('run', {}), head['run']
     if recs and a != b:
         k = next((k for k in sorted({*a, *b}) if a.get(k) != b.get(k)), None)
         why = f"{k} {str(a.get(k))[:16]} there, {str(b.get(k))[:16]} now" if old else 'it has no run key'
         folder = lambda h: {os.path.dirname(f[0]) for f in h.get('model', {}).get('files', {}).values()}
-        if not replace and old and folder(old) != folder(head):
+        older = not old or a.get('protocol') != b['protocol']  # older code's predictions: replaced
+        other_model = old and folder(old) != folder(head)  # another folder of the same name
+        if other_model:
             why = f"the model in {', '.join(sorted(folder(old))) or 'memory'}"
-        if not replace and (why.startswith('the model') or not old or
-                            any(a.get(k) != b.get(k) for k in {*a, *b} - {'model_sha256', 'protocol'})):
+        if not replace and not older and (other_model or any(a.get(k) != b.get(k) for k in a.keys() & b.keys()
+                                                             if k != 'model_sha256')):
             raise Error(f"{path} holds the predictions of another run ({why}): pass --out for this one, or delete "
                         f"{path} to replace them")
         if write:

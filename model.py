@@ -924,7 +924,8 @@ def added_tokens(path, special_only=False):
     added_tokens.json). special_only: those marked special (added_tokens.json's count as special)."""
     tj, tc = (read_json(os.path.join(path, f), {}) for f in ("tokenizer.json", "tokenizer_config.json"))
     try:
-        listed = tj.get("added_tokens", []) + [dict(t, id=int(i)) for i, t in tc.get("added_tokens_decoder", {}).items()]
+        decoder = tc.get("added_tokens_decoder", {}).items()
+        listed = tj.get("added_tokens", []) + [dict(t, id=int(i)) for i, t in decoder]
         tokens = {t["content"]: t["id"] for t in listed if t.get("special", True) or not special_only}
     except (AttributeError, KeyError, TypeError, ValueError) as e:  # a list for a map, an entry without its content
         raise ModelLoadError(f"the added tokens of {path} (tokenizer.json, tokenizer_config.json) are not as the "

@@ -89,7 +89,8 @@ class TrainConfig:
 
 
 # the flags' ranges, checked as they are parsed (distill.py's and teacher.py's too)
-BOUNDS = dict(image_size=28, seed_offset=0, max_num=(-1, cli.MAX_TILES), lr=(0, float("inf")), lr_vision=0, lr_projector=0, lr_llm=0,
+BOUNDS = dict(image_size=28, seed_offset=0, max_num=(-1, cli.MAX_TILES), lr=(0, float("inf")), lr_vision=0,
+              lr_projector=0, lr_llm=0,
               lr_compressor=0, min_lr_frac=0, weight_decay=0, grad_clip=0, save_every=0, stop_at=0, threads=0,
               workers=0, p_transcribe=0, p_qa=0, p_reason=0)
 
@@ -128,9 +129,12 @@ def read_jsonl(path, image_root):
                 if not line.strip():
                     continue
                 r = json.loads(line)
-                json.dumps(r, ensure_ascii=False).encode("utf-8")  # an unpaired surrogate (\\ud800) fails here
-            except UnicodeError as e:
+                json.dumps(r, ensure_ascii=False).encode("utf-8")  # an unpaired surrogate escape fails here
+            except UnicodeDecodeError as e:
                 raise Error(f"{where} is not UTF-8 text ({e.reason}): save the file as UTF-8") from None
+            except UnicodeEncodeError:
+                raise Error(f"{where} holds an unpaired surrogate escape (\\ud800 to \\udfff): fix that string") \
+                    from None
             except json.JSONDecodeError as e:
                 raise Error(f"{where} is not valid JSON ({e.msg}): write one JSON object per line") from None
             if not isinstance(r, dict) or not isinstance(r.get("image"), str):
@@ -550,8 +554,9 @@ def check(cfg):
                     "lower --seed-offset")
     if not cfg.resume and os.path.exists(os.path.join(cfg.out, "checkpoint")):
         raise Error(f"{cfg.out} already holds a run: add --resume to continue it or choose another --out")
-    if not os.path.exists(os.path.join(cfg.out, "checkpoint")) and (
-            os.path.exists(os.path.join(cfg.out, "config.json")) or glob.glob(os.path.join(cfg.out, "model*.safetensors"))):
+    model_there = os.path.exists(os.path.join(cfg.out, "config.json")) or \
+        glob.glob(os.path.join(glob.escape(cfg.out), "model*.safetensors"))
+    if model_there and not os.path.exists(os.path.join(cfg.out, "checkpoint")):
         raise Error(f"--out {cfg.out} holds a model that is not this run's (config.json or weights, no checkpoint/), "
                     "which the run would overwrite: pass another --out, or delete that model")
     if cfg.image_root and not cfg.data:

@@ -118,20 +118,25 @@ def parse_args(argv=None):
     pos = (0, float("inf"))  # the numbers reach distill.py and evaluate.py late, after hours of training: checked now
     cfg = cli.parse(Config, argv, "results.py", __doc__, ratios=(0, 1), any_ratios=(0, 1), auto_shares=(0, 1),
                     distill_steps=1, any_steps=1, stage2_steps=1, cot_steps=1,
-                    micro_batch=1, warmup=0, max_num=(-1, cli.MAX_TILES), fastv_layer=1, limit=0, max_new_tokens=0, batch_size=1, threads=0,
+                    micro_batch=1, warmup=0, max_num=(-1, cli.MAX_TILES), fastv_layer=1, limit=0, max_new_tokens=0,
+                    batch_size=1, threads=0,
                     jobs=1, distill_lr=pos, stage2_lr=pos, stage2_lr_llm=pos)
     for k, v in QUICK.items() if cfg.quick else ():
         setattr(cfg, k, v if getattr(cfg, k) == getattr(Config, k) else getattr(cfg, k))
     if set(cfg.tasks) - set(TASKS):
         raise cli.Error(f"--tasks: choose from {' '.join(TASKS)}")
     import distill, compress, model  # the ratios, the one student's range, the calibrated shares: checked now
-    try:  # a ratio the students cannot keep fails now, not after the other ratios' training
-        teacher = finished(cfg.teacher) and model.config_from_dict(model.read_json(os.path.join(cfg.teacher, "config.json")))
-        side = compress.token_grid(teacher) if teacher else 16  # InternVL2's
-        for r in cfg.ratios:
+    try:
+        teacher_config = model.config_from_dict(model.read_json(os.path.join(cfg.teacher, "config.json"))) \
+            if finished(cfg.teacher) else None
+    except model.ModelLoadError as e:
+        raise cli.Error(f"--teacher {cfg.teacher}: {e}") from None
+    side = compress.token_grid(teacher_config) if teacher_config else 16  # InternVL2's 448 px tiles
+    for r in cfg.ratios:  # a ratio the students cannot keep fails now, not after the other ratios' training
+        try:
             compress.window_for(r, side, side)
-    except (compress.CompressError, model.ModelLoadError) as e:
-        raise cli.Error(f"--ratios: {e}") from None
+        except compress.CompressError as e:
+            raise cli.Error(f"--ratios: {e}") from None
     lo, hi = distill.ratio_range(distill.DistillConfig())
     if not all(lo <= r <= hi for r in cfg.any_ratios):
         raise cli.Error(f"--any-ratios must lie in {lo:g}..{hi:g}, the one student's range")

@@ -120,9 +120,9 @@ class TeacherConfig(P.TrainConfig):
     more_fonts: bool = False  # the training family also draws in data/wide.py's MORE_FONTS
 
 
-READ_ONLY = ("tokenizer", "trainable", "kinds", "qa_turns", "max_len", "transcribe_frac", "crop_frac", "pointer_weight",
-             "pointer_layers", "pair_layer", "pair_weight")  # the glyph stage trains the whole ViT on every kind
-GLYPHS_ONLY = ("glyph_tiles", "glyph_crops")
+READ_STAGE_FLAGS = ("tokenizer", "trainable", "kinds", "qa_turns", "max_len", "transcribe_frac", "crop_frac",
+                    "pointer_weight", "pointer_layers", "pair_layer", "pair_weight")  # glyphs: the whole ViT, every kind
+GLYPH_STAGE_FLAGS = ("glyph_tiles", "glyph_crops")
 
 
 def parse_args(argv=None):
@@ -136,12 +136,11 @@ def parse_args(argv=None):
         raise Error("the following arguments are required: --stage (see python teacher.py --help)")
     if cfg.stage == "glyphs" and cfg.init != TeacherConfig.init:
         raise Error("--init is the read stage's: the glyph stage trains the ViT alone (continue one with --vision-from)")
-    other = READ_ONLY if cfg.stage == "glyphs" else GLYPHS_ONLY  # the other stage's flags: unused here, so refused
+    other = READ_STAGE_FLAGS if cfg.stage == "glyphs" else GLYPH_STAGE_FLAGS  # unused here, so refused
     if flag := next((k for k in other if getattr(cfg, k) != getattr(TeacherConfig, k)), None):
         raise Error(f"--{flag.replace('_', '-')} is the {'read' if cfg.stage == 'glyphs' else 'glyph'} stage's, "
                     f"unused by --stage {cfg.stage}: drop it")
     return cfg
-
 
 
 def sample(kind, seed, family=None, probe=False):

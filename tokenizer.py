@@ -122,8 +122,8 @@ class BPETokenizer(_Tokenizer):
                                      "the only kind supported besides sentencepiece")
             vocab, merges = tj["model"].get("vocab"), tj["model"].get("merges")
             if not isinstance(vocab, dict) or not isinstance(merges, list):
-                raise ModelLoadError(f"{path('tokenizer.json')} has no model.vocab map or model.merges list: restore it "
-                                     "from the checkpoint")
+                raise ModelLoadError(f"{path('tokenizer.json')} has no model.vocab map or model.merges list: "
+                                     "restore it from the checkpoint")
             self.nfc = (tj.get("normalizer") or {}).get("type") == "NFC"
         else:  # the slow Qwen2Tokenizer's files; it always NFC-normalises
             vocab, self.nfc = read_json(path("vocab.json")), True

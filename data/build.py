@@ -272,8 +272,8 @@ def build_eval(root=EVAL_DIR, family=None):
 
 def check_eval(root=EVAL_DIR):
     """The files of `root` that differ from its SHA256SUMS: changed, missing or extra (none: the set is as built)."""
-    line = lambda text: dict(reversed(l.split("  ", 1)) for l in text.splitlines() if "  " in l)
-    want, have = line((root / "SHA256SUMS").read_text()), line(sha256sums(root))
+    digests = lambda sums: dict(reversed(line.split("  ", 1)) for line in sums.splitlines() if "  " in line)
+    want, have = digests((root / "SHA256SUMS").read_text()), digests(sha256sums(root))
     return sorted(f for f in {*want, *have} if want.get(f) != have.get(f))
 
 
@@ -379,13 +379,14 @@ def main(argv=None):
     if a.check:
         for d in (EVAL_DIR, HELDOUT_DIR):
             if not (d / "SHA256SUMS").exists():
-                refuse(f"{d} has no SHA256SUMS: restore the folder from git (git checkout -- {os.path.relpath(d, ROOT)})")
+                refuse(f"{d} has no SHA256SUMS: restore the folder (git checkout -- {os.path.relpath(d, ROOT)})")
             if bad := check_eval(d):
-                print(f"SHA256SUMS MISMATCH in {d}: {', '.join(bad[:5])}" + (f" and {len(bad) - 5} more" if bad[5:] else
-                      "") + f" differ; restore them (git checkout -- {os.path.relpath(d, ROOT)}) or rebuild: python data/build.py",
-                      file=sys.stderr)
+                more = f" and {len(bad) - 5} more" if bad[5:] else ""
+                print(f"SHA256SUMS MISMATCH in {d}: {', '.join(bad[:5])}{more} differ; restore them (git checkout -- "
+                      f"{os.path.relpath(d, ROOT)}) or rebuild: python data/build.py", file=sys.stderr)
                 sys.exit(1)
         print("SHA256SUMS ok")
+        sys.exit(0)
     both = not (a.eval or a.tokenizer)
     if a.eval or both:
         build_eval()

@@ -340,11 +340,17 @@ def test_check_names_the_files_that_differ(tmp_path, capsys, monkeypatch):
     root = tmp_path / "set"
     (root / "SHA256SUMS").write_text(build.sha256sums(root))
     assert build.check_eval(root) == []
+    for job in ("build_eval", "build_tokenizer"):  # a check that passes builds nothing
+        monkeypatch.setattr(build, job, lambda *a, **k: pytest.fail("a job ran"))
+    monkeypatch.setattr(build, "EVAL_DIR", root)
+    monkeypatch.setattr(build, "HELDOUT_DIR", root)
+    with pytest.raises(SystemExit) as e:
+        build.main(["--check"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == "SHA256SUMS ok"
     (root / "a.json").write_text("changed")
     (root / "d.txt").unlink()
     (root / "b" / ".DS_Store").write_text("extra")
     assert build.check_eval(root) == ["a.json", "b/.DS_Store", "d.txt"]
-    monkeypatch.setattr(build, "EVAL_DIR", root)
     with pytest.raises(SystemExit) as e:
         build.main(["--check"])
     err = capsys.readouterr().err.strip().splitlines()

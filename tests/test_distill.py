@@ -314,15 +314,15 @@ def test_budget_auto_trains_calibrates_and_evaluates(teacher_dir, tmp_path):
         assert r.returncode == 2 and len(lines) == 1 and words in lines[0], (flags, r.stderr[-2000:])
 
 
-@pytest.mark.parametrize("student, row", [("", "FCoT stage I (select 0.5)"), ("first", "FCoT stage I+II (select 0.5)")])
-def test_the_comparison_names_the_stage_it_trained(teacher_dir, tmp_path, monkeypatch, student, row):
-    """A run that goes on from a stage-I student (--student) is stage I+II in its table, not stage I."""
+@pytest.mark.parametrize("more, row", [([], "FCoT stage I (select 0.5)"),
+                                       (["--trainable", "compressor,projector,llm"], "FCoT stage I+II (select 0.5)")])
+def test_the_comparison_names_the_stage_it_trained(teacher_dir, tmp_path, monkeypatch, more, row):
+    """A run whose LLM learns too (stage II, --student's usual run) is stage I+II in its table, not stage I."""
     ran = dict(score=50.0, metric="anls", visual_tokens_per_image=16.0, llm_prefill_gflops=1.0)
     monkeypatch.setattr(D.E, "load_model", lambda cfg: type("Model", (), {"num_image_token": 16})())
     monkeypatch.setattr(D, "load_tokenizer", lambda folder: None)
     monkeypatch.setattr(D.E, "evaluate", lambda model, tok, task, /, **settings: dict(ran, out=settings["out"]))
-    cfg = D.parse_args(train_args(teacher_dir, str(tmp_path), *(["--student", student] if student else []),
-                                  "--eval-task", "docvqa", "--eval-heldout", ""))
+    cfg = D.parse_args(train_args(teacher_dir, str(tmp_path), *more, "--eval-task", "docvqa", "--eval-heldout", ""))
     D.compare(cfg, str(tmp_path))
     rows = [line.split(" | ")[0][2:] for line in open(tmp_path / "results.md").read().splitlines()[2:]]
     assert rows[-1] == row and rows[0] == "teacher"

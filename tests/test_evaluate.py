@@ -396,7 +396,7 @@ def test_random_seed_is_in_the_run_key_and_the_file_name(tmp_path, monkeypatch):
     key = lambda *argv: E.prepare(E.parse_args(['--task', 'docvqa', '--data', str(tmp_path), *argv]))[3:]
     (out0, head0), (out1, head1) = key('--method', 'random', '--ratio', '0.5'), key('--method', 'random', '--seed', '1')
     assert head0['run']['seed'] == 0 and head1['run']['seed'] == 1  # no --seed: seed 0
-    assert out0.endswith('docvqa_random0.5_seed0.jsonl') and out1.endswith('docvqa_random1_seed1.jsonl')
+    assert out0.endswith('val_v1.0_random0.5_seed0.jsonl') and out1.endswith('val_v1.0_random1_seed1.jsonl')
     assert {**head0['run'], 'seed': 1, 'ratio': 1.0} == head1['run']  # the seed and the ratio, nothing else
     assert 'seed' not in key('--method', 'pool', '--ratio', '0.5')[1]['run']
 
@@ -455,24 +455,29 @@ def test_one_question_is_answered(tmp_path, method):
             '--max-new-tokens', '4', '--device', 'cpu', '--threads', '1')
     assert r.returncode == 0 and r.stdout.count('\n') == 1, r.stderr[-2000:]  # the answer (a blank page's may be empty)
 
-def test_the_default_out_is_not_shared_by_two_runs(tmp_path):
-    """Two runs that differ in their data or settings both default to results/<model>/<task>.jsonl: the second is
-    refused, not written over the first. Predictions of the same run by other weights or older code start afresh."""
+def test_the_default_out_keeps_runs_apart(tmp_path, monkeypatch):
+    """Runs on other sets or with other settings default to files of their own under results/<model>/; a file
+    there of another run is refused, not written over. Predictions of older code, or of the same folder's model
+    before new weights, start afresh."""
     t = str(tmp_path)
-    ship, other = docvqa_fixture(t + '/a', n=2), docvqa_fixture(t + '/b', n=3)
-    out = os.path.join(t, 'results', 'tiny', 'docvqa.jsonl')
-    os.makedirs(os.path.dirname(out))
-    prefilled(out, E.read_docvqa(ship, t + '/a'), ['value 0', 'value 1'], '--task', 'docvqa', '--data', t + '/a')
-    r = cli('--task', 'docvqa', '--data', t + '/b', cwd=t)
-    assert_clean_error(r, out.replace(t + '/', ''), 'holds the predictions of another run', 'pass --out')
-    assert len(predicted(out)) == 2  # kept
+    monkeypatch.chdir(tmp_path)  # the default --out, results/..., is relative
+    a, b = docvqa_fixture(t + '/a', n=2), docvqa_fixture(t + '/b', n=3)
+    out = lambda *argv: E.prepare(E.parse_args(['--task', 'docvqa', *argv]))[3]
+    outs = [out(), out('--data', t + '/a'), out('--data', b), out('--data', t + '/a', '--cot'),
+            out('--data', t + '/a', '--max-num', '2'), out('--data', t + '/a', '--max-new-tokens', '7')]
+    assert len(set(outs)) == len(outs) and outs[0] == os.path.join('results', 'tiny', 'docvqa.jsonl')
+    assert outs[1] == os.path.join('results', 'tiny', 'docvqa_tmp0-a-val_v1.0.jsonl'.replace('tmp0', os.path.basename(t)))
+    prefilled(outs[1], E.read_docvqa(a, t + '/a'), ['value 0', 'value 1'], '--task', 'docvqa', '--data', t + '/a')
     assert cli('--task', 'docvqa', '--data', t + '/a', cwd=t).returncode == 0  # its own run: resumed and scored
-    head, recs = E.load_done(out, repair=False)
-    for k, v in (('model_sha256', 'retrained'), ('protocol', 0)):
-        assert E.resume(out, dict(head, run=dict(head['run'], **{k: v})), write=False, replace=False) == {}
-    with pytest.raises(E.Error, match='max_new_tokens'):
-        E.resume(out, dict(head, run=dict(head['run'], max_new_tokens=7)), write=False, replace=False)
-    assert E.resume(out, dict(head, run=dict(head['run'], max_new_tokens=7)), write=False) == {}  # --out given
+    head, _ = E.load_done(outs[1], repair=False)
+    for k, v in (('model_sha256', 'retrained'), ('protocol', 0)):  # new weights in the folder; older code
+        assert E.resume(outs[1], dict(head, run=dict(head['run'], **{k: v})), write=False, replace=False) == {}
+    newer = dict(head, run=dict(head['run'], added_later=1))  # a key older code did not write: older code
+    assert E.resume(outs[1], newer, write=False, replace=False) == {}
+    with pytest.raises(E.Error, match='max_new_tokens 100 there, 7 now.*pass --out'):
+        E.resume(outs[1], dict(head, run=dict(head['run'], max_new_tokens=7)), write=False, replace=False)
+    assert E.resume(outs[1], dict(head, run=dict(head['run'], max_new_tokens=7)), write=False) == {}  # --out given
+    assert len(predicted(outs[1])) == 2
 
 def test_reasoning_questions_are_batched_apart_with_their_own_token_limit(tmp_path, tiny_model, monkeypatch):
     """--cot: the main questions are asked directly with the task's token limit and the reasoning ones with

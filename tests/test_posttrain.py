@@ -238,7 +238,7 @@ def test_internvl_jsonl(tmp_path, tiny, capsys):
                            ([json.dumps(good[0]).replace("12.50", "Caf\\u00e9"), b'{"caf\xe9": 1}'],
                             "train.jsonl line 2 is not UTF-8 text"),  # Latin-1 bytes
                            ([dict(good[0], conversations=[good[0]["conversations"][0], {"from": "gpt", "value": "x\ud800"}])],
-                            "train.jsonl line 1 is not UTF-8 text")):  # an unpaired surrogate, as json writes one
+                            "train.jsonl line 1 holds an unpaired surrogate escape")):  # as json writes one
         path = write_fixture(tmp_path, lines)
         with pytest.raises(SystemExit) as e:
             P.main([*TINY, "--data", path, "--image-root", str(tmp_path / "img"), "--out", str(tmp_path / "o")])
