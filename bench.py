@@ -382,7 +382,6 @@ def main(argv=None):
     if rc := cli.run_main("bench.py", lambda: res.update(run(args)), C.CompressError, M.ModelLoadError):
         sys.exit(rc)  # its one line is printed
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         cli.write_json(args.json, res)  # a temporary file, then os.replace
     return res
 

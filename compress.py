@@ -363,7 +363,14 @@ SELECT_RECORD = ("method", "ratio", *SELECT_OPTIONS, "ratio_range", "gated", "bu
 
 
 def select_options(config):
-    """select's switches as config.compressor records them. The thumbnail is skipped only where images have one."""
+    """select's switches as config.compressor records them (a record with a key select does not take, or a switch
+    that is not true or false, is refused). The thumbnail is skipped only where images have one."""
+    if extra := sorted(set(config.compressor) - set(SELECT_RECORD)):
+        raise CompressError(f"config.json's compressor record has {extra}, which select does not take: remove them "
+                            f"(it takes {', '.join(SELECT_RECORD)})")
+    if bad := next((k for k in (*SELECT_OPTIONS, "gated") if not isinstance(config.compressor.get(k, False), bool)),
+                   None):
+        raise CompressError(f"config.json's compressor record has {bad}: {config.compressor[bad]!r}, not true or false")
     on = {k: config.compressor.get(k, False) for k in SELECT_OPTIONS}
     return on | {"skip_thumbnail": on["skip_thumbnail"] and config.use_thumbnail}
 
@@ -490,12 +497,6 @@ def build(config, compressors=COMPRESSORS):
                             f"{'ratio_range' if ranged else 'gated'} without {'select' if ranged else 'ratio_range'}: "
                             "only a select student for every ratio (distill.py --budget auto) records them")
     window = (1, 1) if ranged else window_for(ratio, grid, grid)  # a ranged select keeps any share, no window
-    if method == "select" and (extra := sorted(set(config.compressor) - set(SELECT_RECORD))):
-        raise CompressError(f"config.json's compressor record has {extra}, which select does not take: remove them "
-                            f"(it takes {', '.join(SELECT_RECORD)})")
-    if method == "select" and (bad := next((k for k in (*SELECT_OPTIONS, "gated")
-                                            if not isinstance(config.compressor.get(k, False), bool)), None)):
-        raise CompressError(f"config.json's compressor record has {bad}: {config.compressor[bad]!r}, not true or false")
     options = select_options(config) if method == "select" else \
         {k: v for k, v in config.compressor.items() if k not in ("method", "ratio")}
     try:  # bind first, so that only a key the class does not take is this line, not any TypeError inside it

@@ -90,9 +90,8 @@ class TrainConfig:
 
 # the flags' ranges, checked as they are parsed (distill.py's and teacher.py's too)
 BOUNDS = dict(image_size=28, seed_offset=0, max_num=(-1, cli.MAX_TILES), lr=(0, float("inf")), lr_vision=0,
-              lr_projector=0, lr_llm=0,
-              lr_compressor=0, min_lr_frac=0, weight_decay=0, grad_clip=0, save_every=0, stop_at=0, threads=0,
-              workers=0, p_transcribe=0, p_qa=0, p_reason=0)
+              lr_projector=0, lr_llm=0, lr_compressor=0, min_lr_frac=0, weight_decay=0, grad_clip=0, save_every=0,
+              stop_at=0, threads=0, workers=0, p_transcribe=0, p_qa=0, p_reason=0)
 
 
 def parse_args(argv=None):
@@ -357,8 +356,8 @@ def read_weights(path, fix):
         raise Error(f"{path} is not a readable safetensors file ({e}): {fix}") from None
 
 
-INPUTS = ("init", "teacher", "student", "vision_from", "data", "model_config", "tokenizer")  # what a run learns from
-                                                                                      # (a resume needs the same bytes)
+# what a run learns from: a resume needs the same bytes
+INPUTS = ("init", "teacher", "student", "vision_from", "data", "model_config", "tokenizer")
 
 
 def input_identities(cfg, known=None):
@@ -367,9 +366,10 @@ def input_identities(cfg, known=None):
     known, out = known or {}, {}
     for k in INPUTS:
         path = getattr(cfg, k, "")
-        if not path or not os.path.exists(path) or k == "tokenizer" and (
-                getattr(cfg, "init", "") != "tiny" or getattr(cfg, "teacher", "")):
+        if k == "tokenizer" and (getattr(cfg, "init", "") != "tiny" or getattr(cfg, "teacher", "")):
             continue  # the tokenizer folder is read only by a model built from scratch
+        if not path or not os.path.exists(path):
+            continue
         if os.path.isdir(path) and k == "vision_from":  # a glyph stage's run folder: teacher.py reads its checkpoint
             path = os.path.join(path, "checkpoint", "model.safetensors")
         out[k] = model_identity(path, known.get(k))
@@ -552,11 +552,12 @@ def check(cfg):
     if not cfg.data and cfg.seed_offset + cfg.steps * cfg.micro_batch * cfg.grad_accum * dist_info()[1] > 10**9:
         raise Error("synthetic training seeds must stay below 10**9 (eval sets use the seeds above): "
                     "lower --seed-offset")
-    if not cfg.resume and os.path.exists(os.path.join(cfg.out, "checkpoint")):
+    run_there = os.path.exists(os.path.join(cfg.out, "checkpoint"))
+    if run_there and not cfg.resume:
         raise Error(f"{cfg.out} already holds a run: add --resume to continue it or choose another --out")
     model_there = os.path.exists(os.path.join(cfg.out, "config.json")) or \
         glob.glob(os.path.join(glob.escape(cfg.out), "model*.safetensors"))
-    if model_there and not os.path.exists(os.path.join(cfg.out, "checkpoint")):
+    if model_there and not run_there:
         raise Error(f"--out {cfg.out} holds a model that is not this run's (config.json or weights, no checkpoint/), "
                     "which the run would overwrite: pass another --out, or delete that model")
     if cfg.image_root and not cfg.data:
