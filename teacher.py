@@ -95,6 +95,7 @@ FAMILY = "shipped"  # --family: which of synth.py's families the training images
 SHIPPED_TENTHS = 3  # --shipped-share x 10: with --family mix, images whose seed ends in 0..2 are the shipped family's
 GLYPH_VARY = 0.0  # --glyph-vary
 MORE_FONTS = False  # --more-fonts
+SYNONYMS = False  # --synonyms
 
 
 @dataclass
@@ -118,10 +119,11 @@ class TeacherConfig(P.TrainConfig):
     shipped_share: float = 0.3  # with --family mix: the share of the shipped family's images (a multiple of 0.1)
     glyph_vary: float = 0.0  # share of the training family's images drawn with reshaped glyphs (wide.vary_glyphs)
     more_fonts: bool = False  # the training family also draws in data/wide.py's MORE_FONTS
+    synonyms: bool = False  # the training family also asks in data/wide.py's SYNONYM_PHRASES (read)
 
 
 READ_STAGE_FLAGS = ("tokenizer", "trainable", "kinds", "qa_turns", "max_len", "transcribe_frac", "crop_frac",
-                    "pointer_weight", "pointer_layers", "pair_layer", "pair_weight")  # glyphs: the whole ViT, every kind
+                    "pointer_weight", "pointer_layers", "pair_layer", "pair_weight", "synonyms")  # glyphs: the whole ViT, every kind
 GLYPH_STAGE_FLAGS = ("glyph_tiles", "glyph_crops")
 
 
@@ -149,8 +151,8 @@ def sample(kind, seed, family=None, probe=False):
     held-out family."""
     family = family or FAMILY
     family = family if family != "mix" else ("shipped" if seed % 10 < SHIPPED_TENTHS else "train")
-    # --glyph-vary and --more-fonts change the training family's images, but not the probes' (the same in every run)
-    widen = dict(glyph_vary=GLYPH_VARY, more_fonts=MORE_FONTS) if not probe else {}
+    # --glyph-vary, --more-fonts and --synonyms change the training family's samples, not the probes' (the same in every run)
+    widen = dict(glyph_vary=GLYPH_VARY, more_fonts=MORE_FONTS, synonyms=SYNONYMS) if not probe else {}
     return make_sample(kind, seed, Config(family=family, **widen))
 
 
@@ -542,7 +544,7 @@ def read_eval(model, tok):
 # ----------------------------------------------------------------------------------------------
 
 def run(cfg):
-    global FAMILY, SHIPPED_TENTHS, GLYPH_VARY, MORE_FONTS
+    global FAMILY, SHIPPED_TENTHS, GLYPH_VARY, MORE_FONTS, SYNONYMS
     if cfg.family not in ("shipped", "train", "mix"):
         raise Error(f"--family {cfg.family!r}: one of shipped, train, mix (the held-out family is never trained on)")
     tenths = 10 * cfg.shipped_share
@@ -553,16 +555,17 @@ def run(cfg):
         raise Error(f"--shipped-share applies to --family mix only, not {cfg.family}")
     if cfg.glyph_vary > 1:
         raise Error(f"--glyph-vary {cfg.glyph_vary:g}: a share, from 0 to 1")
-    if (cfg.glyph_vary or cfg.more_fonts) and cfg.family == "shipped":
-        raise Error(f"{'--glyph-vary' if cfg.glyph_vary else '--more-fonts'} changes the training family's images: add "
-                    "--family train or mix")
+    if widening := next((f for f in ("glyph_vary", "more_fonts", "synonyms") if getattr(cfg, f)), None):
+        if cfg.family == "shipped":
+            raise Error(f"--{widening.replace('_', '-')} changes the training family's samples: add --family train or mix")
     top = cfg.seed_offset + cfg.steps * int(os.environ.get("WORLD_SIZE", 1)) * cfg.micro_batch * cfg.grad_accum
     if cfg.stage == "glyphs":  # glyph_batch: 10**3 seeds a micro-batch, and crop_tile 10 seeds for each of those
         top = ((top + cfg.grad_accum) * 10**3) * (10 if cfg.glyph_crops else 1)
     if top > EVAL_SEEDS[0]:  # the stage's sample seeds stay below top
         raise Error(f"--seed-offset {cfg.seed_offset}: this stage would draw images at seeds up to {top}, past "
                     f"{EVAL_SEEDS[0]}, where its probe's images and the evaluation sets' seeds begin: pass a lower one")
-    FAMILY, SHIPPED_TENTHS, GLYPH_VARY, MORE_FONTS = cfg.family, round(tenths), cfg.glyph_vary, cfg.more_fonts
+    FAMILY, SHIPPED_TENTHS, GLYPH_VARY, MORE_FONTS, SYNONYMS = (cfg.family, round(tenths), cfg.glyph_vary,
+                                                                cfg.more_fonts, cfg.synonyms)
     kinds = cfg.kinds.split(",")
     if not set(kinds) <= set(KINDS):
         raise Error(f"--kinds {cfg.kinds!r}: each must be one of {','.join(KINDS)}")

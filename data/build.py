@@ -19,8 +19,9 @@ seeds [0, --corpus-per-kind).
 
 data/eval-heldout/ holds the same tasks drawn in the held-out family (fonts, layouts and phrasings never
 trained on: data/wide.py), seeds from HELDOUT_FAMILY_SEED, plus the DocVQA pages' questions again,
-each question in a held-out phrasing (docvqa/val_reworded.json) and in a second one, written on 2026-12-06 beside
-the training family's added phrasings and never trained on (docvqa/val_reworded2.json).
+each question in a held-out phrasing (docvqa/val_reworded.json), in a second one, written on 2026-12-06 beside
+the training family's added phrasings and never trained on (docvqa/val_reworded2.json), and in a third, written on
+2026-12-07 after the synonym phrasings by a helper who saw no model's answers (docvqa/val_reworded3.json).
 
 Layout under data/eval/ (paths inside each json are relative to the task folder, as in the real sets):
   docvqa/val_v1.0.json                  DocVQA RRC envelope; images documents/<ucsf_id>_<page>.png
@@ -109,8 +110,8 @@ def sidecar(rel, s):
 
 # ---------------------------------------------------------------- one writer per benchmark
 def build_docvqa(out, n=64, q_per=4, seed=EVAL_SEED, cfg=EVAL_CFG):
-    """A held-out family's set also gets val_reworded.json and val_reworded2.json: the same questions in its two
-    held-out phrasings (data/wide.py)."""
+    """A held-out family's set also gets val_reworded.json, val_reworded2.json and val_reworded3.json: the same
+    questions in its three held-out phrasings (data/wide.py)."""
     rng, data, reas, side = random.Random("docvqa"), [], [], []
     for i, s in samples("docvqa", ["doc", "table"], n, seed, cfg):
         ucsf, page = f"syn{i:04d}", "1"
@@ -121,15 +122,16 @@ def build_docvqa(out, n=64, q_per=4, seed=EVAL_SEED, cfg=EVAL_CFG):
         for q in pick(rng, s["qa"], q_per):
             data.append({"questionId": 100000 + len(data), "question": q["question"], "question_types": [q["type"]],
                          **common, "answers": [q["answer"]], "data_split": "val", "reworded": q.get("reworded"),
-                         "reworded2": wide.reworded2(q) if "reworded" in q else None})
+                         "reworded2": wide.reworded2(q) if "reworded" in q else None,
+                         "reworded3": wide.reworded3(q) if "reworded" in q else None})
         for q in s["reasoning"][:1]:
             reas.append({"questionId": 900000 + len(reas), "question": q["question"], "question_types": ["reasoning"],
                          **common, "answers": [q["answer"]], "data_split": "val", "rationale": q["rationale"]})
     env = {"dataset_name": "docvqa", "dataset_split": "val", "dataset_version": "1.0"}
     plain = [{k: v for k, v in d.items() if not k.startswith("reworded")} for d in data]  # the real format
     if cfg.family != "shipped":
-        for name, field in (("val_reworded.json", "reworded"), ("val_reworded2.json", "reworded2")):
-            write_json(out / name, {**env, "data": [dict(p, question=d[field]) for p, d in zip(plain, data)]})
+        for field in ("reworded", "reworded2", "reworded3"):
+            write_json(out / f"val_{field}.json", {**env, "data": [dict(p, question=d[field]) for p, d in zip(plain, data)]})
     write_json(out / "val_v1.0.json", {**env, "data": plain})
     write_json(out / "reasoning.json", {**env, "data": reas})
     write_jsonl(out / "samples.jsonl", side)

@@ -54,7 +54,8 @@ def sidecar_forms(folder):
             for s in map(json.loads, f):
                 image = os.path.abspath(os.path.join(folder, s["image"]))
                 for q in (q for q in s.get("qa", []) if "form" in q):
-                    texts = (q["question"], q.get("reworded"), wide.reworded2(q) if "reworded" in q else None)
+                    again = (wide.reworded2(q), wide.reworded3(q)) if "reworded" in q else ()
+                    texts = (q["question"], q.get("reworded"), *again)
                     found.update({(image, text): (s["layout"], q["form"]) for text in texts})
     return found
 

@@ -39,6 +39,7 @@ class Config:
     fonts: tuple = ()            # font files to draw in instead (None: the built-in font); set by data/wide.py
     glyph_vary: float = 0.0      # training family only: share of images whose glyphs are reshaped (wide.vary_glyphs)
     more_fonts: bool = False     # training family only: also draw in wide.MORE_FONTS
+    synonyms: bool = False       # training family only: also ask in wide.SYNONYM_PHRASES
 
 
 # ---------------------------------------------------------------- vocabularies (short, readable values)
@@ -475,7 +476,7 @@ def make_sample(kind, seed, cfg=None):
         cv, qa, reas, style, layout = wide.draw(kind, rng, cfg.family, cfg.more_fonts)
         extra = {"family": cfg.family, "layout": layout, "font": style.font_path or "built-in"}
         if cfg.family == "train":  # its added phrasings, from their own stream: the images stay as drawn before them
-            qa = wide.widen_phrasings(random.Random(f"phrasing:{kind}:{seed}"), qa)
+            qa = wide.widen_phrasings(random.Random(f"phrasing:{kind}:{seed}"), qa, cfg.synonyms)
     if cfg.noise > 0:
         _speckle(cv.img, rng, cfg.noise)
     text, char_index = _transcribe(cv.runs)

@@ -12,11 +12,13 @@ What the held-out family never shares with training (a seed range alone is not a
 - layouts: forms in two side-by-side columns and with right-aligned labels; receipts with the unit price
   before the quantity; horizontal grouped bars; infographics in full-width bands and caption-first cells;
 - phrasings: every question also carries `reworded`, a phrasing no training question uses, and build.py writes
-  each held-out DocVQA question in a second such phrasing (reworded2, FRESH_PHRASES).
+  each held-out DocVQA question in a second and a third such phrasing (reworded2 and reworded3, FRESH_PHRASES and
+  FRESH3_PHRASES).
 Both families draw every layout's answers at every position (a test checks it), and the training family
 also draws synth.py's own layouts in its fonts, stacked bars and legends placed right or below (MORE_LAYOUTS),
 and, with Config(glyph_vary=S) (teacher.py --glyph-vary), a share S of its images with reshaped glyphs (vary_glyphs),
-and, with Config(more_fonts=True) (teacher.py --more-fonts), eleven more faces (MORE_FONTS).
+and, with Config(more_fonts=True) (teacher.py --more-fonts), eleven more faces (MORE_FONTS), and, with
+Config(synonyms=True) (teacher.py --synonyms), more phrasings with other key words (SYNONYM_PHRASES).
 """
 import argparse, io, json, math, random, re
 from pathlib import Path
@@ -104,6 +106,62 @@ MORE_PHRASES = {  # training phrasings added on 2026-12-06 (widen_phrasings: the
     "shop": ["Tell me the shop sign's text."],
     "speed": ["What speed does the sign allow?", "Give the speed limit."],
 }
+SYNONYM_PHRASES = {  # training phrasings added on 2026-12-07, drawn only with Config(synonyms=True) (teacher.py
+    # --synonyms; earlier draws stay as they were): each form asked with other key words and frames, so that a question
+    # is told by more than one word ("count", "seller", "each"); each 2+ word edits from every held-out phrasing
+    "field": ["Can you tell me the {q}?", "Show me the {q}.", "Which {q} does this page give?", "What's the {q} here?",
+              "What is entered as the {q}?", "What is listed under {q}?", "What is printed next to {q}?",
+              "Please report the {q}.", "{q}: what is it?", "What does the document state as the {q}?",
+              "Which {q} is filled in?", "What {q} does it show?"],
+    "title": ["What is this document called?", "Give the document's heading.", "What does the heading read?",
+              "Tell me the title.", "What title does the page have?", "Name the document's title.",
+              "What is the name of this document?", "What does the top of the page say?"],
+    "amount": ["What is the total for {i}?", "How much was spent on {i}?", "What was the charge for {i}?",
+               "What is the line amount of {i}?", "Give the total paid for {i}.", "What does the {i} line total?",
+               "Tell me the amount charged for {i}.", "What is the sum for {i}?", "How much did {i} cost altogether?",
+               "What do the {i} add up to?"],
+    "qty": ["How many {i} are there?", "What is the count of {i}?", "What number of {i} was bought?",
+            "How many {i} did the customer buy?", "Give the count for {i}.", "Tell me how many {i} were bought.",
+            "How many of {i} are on the receipt?", "{i}: how many?", "What is the number of units for {i}?",
+            "How many {i} were purchased?"],
+    "price": ["What is the price of a single {i}?", "What does each {i} cost?", "How much does a single {i} cost?",
+              "What is {i}'s unit price?", "What was charged per {i}?", "What is the cost per unit of {i}?",
+              "How much for one {i}?", "Tell me the unit cost of {i}.", "What is the rate for one {i}?",
+              "What is the price per piece of {i}?"],
+    "money": ["What {q} was paid?", "What is the amount of the {q}?", "Give the {q} amount.", "How much was the {q}?",
+              "Tell me the {q} amount.", "What is the {q} amount on the receipt?", "Read the {q} off the receipt.",
+              "What was the {q}?"],
+    "store": ["Who is the seller on this receipt?", "Which business is this receipt from?", "What is the merchant's name?",
+              "Name the shop.", "Which company is the receipt from?", "Whose receipt is this?", "Where was this bought?",
+              "What name is at the top of the receipt?", "What shop sold these items?", "Who sold these items?"],
+    "value": ["What value is shown for {c}?", "How high is {c}?", "What is the figure for {c}?",
+              "What does the chart give for {c}?", "Give the number for {c}.", "What number is given for {c}?",
+              "Tell me {c}'s number.", "What does {c} reach?", "What is the reading for {c}?"],
+    "series": ["For {c}, what is the {s} value?", "What {s} value is shown for {c}?", "How much is {s} in {c}?",
+               "Give {c}'s value for {s}.", "What does {s} reach in {c}?", "Tell me the {s} figure for {c}.",
+               "What number does {s} show for {c}?"],
+    "which": ["Which {k} reaches {v}?", "What {k} is at {v}?", "Name the {k} whose value is {v}.", "Which {k} has {v}?",
+              "Tell me which {k} has the value {v}.", "Which {k} corresponds to {v}?", "What {k} shows {v}?"],
+    "percent": ["What is the percentage who {c}?", "How many people {c}, in percent?", "What proportion {c}?",
+                "Give the share who {c}.", "Tell me what percentage {c}.", "What is the share of people who {c}?",
+                "How large a share {c}?"],
+    "info_title": ["What is the name of the infographic?", "Tell me the infographic's title.",
+                   "What is this infographic called?", "What title does the infographic carry?",
+                   "Name the infographic's title."],
+    "total": ["What is the final total?", "How much was the bill?", "What was paid in total?", "What is the total due?",
+              "What is the receipt's total?", "Tell me the total amount.", "How much does the receipt total?",
+              "What is the sum at the bottom?"],
+    "distance": ["How far away is {p}?", "How far to {p}?", "Tell me the distance to {p}.",
+                 "According to the green sign, how far is {p}?", "What is the distance given for {p}?"],
+    "street": ["What street is named on the sign?", "Which street is this sign for?", "Tell me the street name.",
+               "What road is named here?", "Name the street."],
+    "stop": ["What is printed on the red sign?", "What text does the red sign show?", "Give the red sign's text.",
+             "What does the red sign tell drivers?"],
+    "shop": ["What is the shop's name on the sign?", "What name does the shop sign show?", "Give the text of the shop sign.",
+             "What shop is shown on the sign?", "Name the shop on the sign."],
+    "speed": ["What is the maximum speed?", "How fast can you go here?", "What is the posted limit?",
+              "What speed is allowed here?", "Tell me the speed limit."],
+}
 FRESH_PHRASES = {  # a second held-out phrasing (`reworded2`), written with MORE_PHRASES and never trained on, each at
     # least 3 word edits from every training phrasing: the check of a choice (more training phrasings) made because
     # the first held-out phrasing read poorly
@@ -117,6 +175,28 @@ FRESH_PHRASES = {  # a second held-out phrasing (`reworded2`), written with MORE
     "distance": ["The green sign puts {p} how far off?"], "street": ["What is this street called?"],
     "stop": ["Which word is on the red sign?"], "shop": ["Which business does the sign name?"],
     "speed": ["Up to what speed may cars go?"],
+}
+FRESH3_PHRASES = {  # a third held-out rewording (`reworded3`), written on 2026-12-07 after SYNONYM_PHRASES by a helper
+    # who saw the phrasings and no model's answers: each 3+ word edits from every training phrasing of its form, 2+ from
+    # every other held-out one; the check of a choice (SYNONYM_PHRASES) made on the first two rewordings' misses
+    "field": ["What does it say for {q}?", "Can you find the {q} for me?", "Which {q} is on this form?"],
+    "title": ["Can you read me the title of this document?", "What's the big heading at the top?"],
+    "amount": ["How much did I pay for the {i} altogether?", "What's the total cost of the {i}?"],
+    "qty": ["How many {i} did I get?", "I'd like to know how many {i} were bought."],
+    "price": ["What's the price for just one {i}?", "How much does {i} cost per item?"],
+    "money": ["How much does the {q} come to?", "What's the {q} on this bill?"],
+    "store": ["What's the store called?", "Which shop did I buy these from?"],
+    "value": ["What's the number for {c} on the chart?", "Which number goes with {c}?"],
+    "series": ["Looking at {c}, what's the {s} figure?", "Can you give me the {s} number for {c}?"],
+    "which": ["Which {k} comes in at {v}?", "Find me the {k} that has {v}."],
+    "percent": ["What's the percentage of people who {c}?", "Can you tell me what percent {c}?"],
+    "info_title": ["What's the headline of this infographic?", "Which title does this infographic have?"],
+    "total": ["What did everything come to?", "What's the total I paid?"],
+    "distance": ["How far do I have to go to reach {p}?", "What distance to {p} is shown on the green sign?"],
+    "street": ["Which street am I on?", "What does the street sign say?"],
+    "stop": ["Can you read the red sign for me?", "What does it say on the red sign?"],
+    "shop": ["What's the name of this shop?", "What does the sign over the shop say?"],
+    "speed": ["How fast am I allowed to drive here?", "What's the speed limit on this road?"],
 }
 SHIPPED_FORMS = [  # synth.py's own questions -> (form, slot): so its layouts are asked in every phrasing too
     (r"What is the title of the document\?", "title", None), (r"What is the name of the store\?", "store", None),
@@ -593,16 +673,26 @@ def phrased(phrase, question):
     return m.groupdict() if m and phrase.format(**m.groupdict()) == question else None
 
 
-def widen_phrasings(rng, qa):
-    """The training family's questions in any of its phrasings, the older and MORE_PHRASES alike."""
-    return [dict(q, question=rng.choice(PHRASES[q["form"]][0] + MORE_PHRASES[q["form"]]).format(
-        **slots_of(q["form"], q["question"]))) for q in qa]
+def widen_phrasings(rng, qa, synonyms=False):
+    """The training family's questions in any of its phrasings, the older and MORE_PHRASES alike (and, with
+    `synonyms`, SYNONYM_PHRASES)."""
+    def phrasings(form):
+        return PHRASES[form][0] + MORE_PHRASES[form] + (SYNONYM_PHRASES[form] if synonyms else [])
+    return [dict(q, question=rng.choice(phrasings(q["form"])).format(**slots_of(q["form"], q["question"]))) for q in qa]
 
 
 def reworded2(q):
     """A question of the held-out family in its second held-out phrasing, chosen by its own text (no rng)."""
-    phrases = FRESH_PHRASES[q["form"]]
-    pick = random.Random(q["question"] + "\n" + q["reworded"]).choice(phrases)
+    return _reword(q, FRESH_PHRASES, "")
+
+
+def reworded3(q):
+    """The same in its third held-out phrasing."""
+    return _reword(q, FRESH3_PHRASES, "third\n")
+
+
+def _reword(q, phrasings, salt):
+    pick = random.Random(salt + q["question"] + "\n" + q["reworded"]).choice(phrasings[q["form"]])
     return pick.format(**slots_of(q["form"], q["question"]))
 
 

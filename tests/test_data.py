@@ -286,7 +286,8 @@ def test_question_forms_of_the_heldout_family_come_from_its_samples(tmp_path):
     from data import forms
     heldout = Path(E.HELDOUT_SETS)
     for task, data in (("chartqa", heldout / "chartqa"), ("docvqa", heldout / "docvqa" / "val_reworded.json"),
-                       ("docvqa", heldout / "docvqa" / "val_reworded2.json"), ("ocrbench", heldout / "ocrbench")):
+                       ("docvqa", heldout / "docvqa" / "val_reworded2.json"),
+                       ("docvqa", heldout / "docvqa" / "val_reworded3.json"), ("ocrbench", heldout / "ocrbench")):
         items = E.TASKS[task].read(E.find_annotation(task, str(data)), str(data if data.is_dir() else data.parent))
         with open(tmp_path / f"{task}.jsonl", "w") as f:  # right on the first half of the questions only
             for k, it in enumerate(items):

@@ -27,9 +27,10 @@ def test_families_share_no_font_layout_or_phrasing():
     for kind, split in wide.LAYOUTS.items():
         assert not set(wide.training_layouts(kind)) & set(split["heldout"]), kind
     for form, (train, held) in wide.PHRASES.items():
-        more, fresh = wide.MORE_PHRASES[form], wide.FRESH_PHRASES[form]
-        assert train and held and more and fresh, form
-        assert len(set(train + more + held + fresh)) == len(train + more + held + fresh), form  # no phrasing in two
+        every = train + wide.MORE_PHRASES[form] + wide.SYNONYM_PHRASES[form] + held + wide.FRESH_PHRASES[form] \
+            + wide.FRESH3_PHRASES[form]
+        assert train and held and wide.MORE_PHRASES[form] and wide.FRESH_PHRASES[form] and wide.FRESH3_PHRASES[form]
+        assert len(set(every)) == len(every), form  # no phrasing in two
     for name in wide.FONTS["train"] + wide.MORE_FONTS + wide.FONTS["heldout"]:
         assert name is None or (wide.FONT_DIR / name).is_file(), name
     assert len(list((wide.FONT_DIR / "LICENSES").iterdir())) >= 5
@@ -38,10 +39,10 @@ def test_families_share_no_font_layout_or_phrasing():
 @pytest.mark.parametrize("kind", synth.KINDS)
 def test_training_family_never_draws_held_out_things(kind):
     held_fonts, held_layouts = set(wide.FONTS["heldout"]), set(wide.LAYOUTS[kind]["heldout"])
-    held = [p for form, (_, held) in wide.PHRASES.items() for p in held + wide.FRESH_PHRASES[form]]
+    held = [p for form, (_, held) in wide.PHRASES.items() for p in held + wide.FRESH_PHRASES[form] + wide.FRESH3_PHRASES[form]]
     seen = collections.Counter()
     for seed in range(60):
-        s = sample(kind, seed, "train")
+        s = sample(kind, seed, "train", synonyms=seed % 2 == 1)
         assert s["font"] not in held_fonts and s["layout"] not in held_layouts, (seed, s["font"], s["layout"])
         for q in s["qa"]:
             assert not any(wide.phrased(p, q["question"]) is not None for p in held), q
@@ -218,9 +219,37 @@ def test_added_phrasings_keep_their_distance_from_the_other_side():
     phrasing 3+ from every training one: "Which {k} is at {v}?" beside a trained "Which {k} is {v}?" checks little."""
     assert _word_edits("Which {k} is at {v}?", "Which {k} is {v}?") == 1
     for form, (train, held) in wide.PHRASES.items():
-        more, fresh = wide.MORE_PHRASES[form], wide.FRESH_PHRASES[form]
-        assert all(_word_edits(m, h) >= 2 for m in more for h in held + fresh), form
-        assert all(_word_edits(f, t) >= 3 for f in fresh for t in train + more), form
+        more, fresh, fresh3 = wide.MORE_PHRASES[form], wide.FRESH_PHRASES[form], wide.FRESH3_PHRASES[form]
+        assert all(_word_edits(m, h) >= 2 for m in more for h in held + fresh + fresh3), form
+        assert all(_word_edits(f, t) >= 3 for f in fresh + fresh3 for t in train + more + wide.SYNONYM_PHRASES[form]), form
+        assert all(_word_edits(f, h) >= 2 for f in fresh3 for h in held + fresh + fresh3 if h != f), form
+
+
+def test_synonym_phrasings_are_drawn_only_when_asked_and_keep_their_distance():
+    """Config(synonyms=True) asks the training family in SYNONYM_PHRASES too, from the phrasing stream alone: the
+    images, answers and positions stay as drawn, and without it every question is what it was. Each is 2+ word
+    edits from every held-out phrasing of its form, and names the same slots as the form's other phrasings."""
+    held = {form: h + wide.FRESH_PHRASES[form] for form, (_, h) in wide.PHRASES.items()}
+    for form, synonyms in wide.SYNONYM_PHRASES.items():
+        train = wide.PHRASES[form][0] + wide.MORE_PHRASES[form]
+        assert synonyms and not set(synonyms) & set(train + held[form]), form
+        assert all(_word_edits(m, h) >= 2 for m in synonyms for h in held[form]), form
+        assert all(set(re.findall(r"{(\w+)}", m)) == set(re.findall(r"{(\w+)}", train[0])) for m in synonyms), form
+    assert set(wide.SYNONYM_PHRASES) == set(wide.PHRASES)
+    drawn = 0
+    for kind in ("doc", "table", "chart", "info", "scene"):
+        for seed in range(12):
+            plain, wider = sample(kind, seed, "train"), sample(kind, seed, "train", synonyms=True)
+            assert plain["image"].tobytes() == wider["image"].tobytes()
+            assert [{**q, "question": ""} for q in plain["qa"]] == [{**q, "question": ""} for q in wider["qa"]]
+            for q in wider["qa"]:
+                slots = wide.slots_of(q["form"], plain["qa"][wider["qa"].index(q)]["question"])
+                assert any(p.format(**slots) == q["question"] for p in wide.PHRASES[q["form"]][0]
+                           + wide.MORE_PHRASES[q["form"]] + wide.SYNONYM_PHRASES[q["form"]]), q
+                drawn += any(p.format(**slots) == q["question"] for p in wide.SYNONYM_PHRASES[q["form"]])
+                assert not any(wide.phrased(p, q["question"]) is not None for p in held[q["form"]]), q
+    assert drawn > 40, drawn
+    assert sample("doc", 3, "heldout", synonyms=True)["qa"] == sample("doc", 3, "heldout")["qa"]  # training family only
 
 
 def test_training_family_draws_its_added_phrasings_and_their_slots_read_back():
@@ -238,15 +267,17 @@ def test_training_family_draws_its_added_phrasings_and_their_slots_read_back():
         wide.slots_of("field", "Find the date.")  # a held-out phrasing is not a training one
 
 
-def test_second_rewording_keeps_each_question_and_answer():
+def test_second_and_third_rewordings_keep_each_question_and_answer():
     root = build.HELDOUT_DIR / "docvqa"
-    sets = [json.loads((root / f).read_text())["data"] for f in ("val_v1.0.json", "val_reworded.json", "val_reworded2.json")]
-    assert [d["answers"] for d in sets[0]] == [d["answers"] for d in sets[2]]
-    assert all(len({s[i]["question"] for s in sets}) == 3 for i in range(len(sets[0])))
-    fresh = [p for ps in wide.FRESH_PHRASES.values() for p in ps]
-    for plain, second in zip(sets[0], sets[2]):  # in a second held-out phrasing, naming what the question named
-        slots = [s for ps, _ in wide.PHRASES.values() for p in ps if (s := wide.phrased(p, plain["question"])) is not None]
-        assert any(wide.phrased(p, second["question"]) in slots for p in fresh), (plain, second)
+    sets = [json.loads((root / f"val_{name}.json").read_text())["data"]
+            for name in ("v1.0", "reworded", "reworded2", "reworded3")]
+    assert all([d["answers"] for d in sets[0]] == [d["answers"] for d in s] for s in sets[1:])
+    assert all(len({s[i]["question"] for s in sets}) == 4 for i in range(len(sets[0])))
+    for again, phrasings in ((sets[2], wide.FRESH_PHRASES), (sets[3], wide.FRESH3_PHRASES)):
+        fresh = [p for ps in phrasings.values() for p in ps]
+        for plain, other in zip(sets[0], again):  # in another held-out phrasing, naming what the question named
+            slots = [s for ps, _ in wide.PHRASES.values() for p in ps if (s := wide.phrased(p, plain["question"])) is not None]
+            assert any(wide.phrased(p, other["question"]) in slots for p in fresh), (plain, other)
 
 
 @pytest.mark.parametrize("task", build.TASKS)
