@@ -558,6 +558,8 @@ def run(cfg):
     if widening := next((f for f in ("glyph_vary", "more_fonts", "synonyms") if getattr(cfg, f)), None):
         if cfg.family == "shipped":
             raise Error(f"--{widening.replace('_', '-')} changes the training family's samples: add --family train or mix")
+    if cfg.synonyms and cfg.pair_layer >= 0:  # read_conversation finds its pairs by the question's words (KEY_QUESTION)
+        raise Error("--pair-layer finds its pairs by the questions' wording, which --synonyms changes: drop one of them")
     top = cfg.seed_offset + cfg.steps * int(os.environ.get("WORLD_SIZE", 1)) * cfg.micro_batch * cfg.grad_accum
     if cfg.stage == "glyphs":  # glyph_batch: 10**3 seeds a micro-batch, and crop_tile 10 seeds for each of those
         top = ((top + cfg.grad_accum) * 10**3) * (10 if cfg.glyph_crops else 1)

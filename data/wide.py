@@ -176,22 +176,23 @@ FRESH_PHRASES = {  # a second held-out phrasing (`reworded2`), written with MORE
     "stop": ["Which word is on the red sign?"], "shop": ["Which business does the sign name?"],
     "speed": ["Up to what speed may cars go?"],
 }
-FRESH3_PHRASES = {  # a third held-out rewording (`reworded3`), written on 2026-12-07 after SYNONYM_PHRASES by a helper
-    # who saw the phrasings and no model's answers: each 3+ word edits from every training phrasing of its form, 2+ from
-    # every other held-out one; the check of a choice (SYNONYM_PHRASES) made on the first two rewordings' misses
+FRESH3_PHRASES = {  # a third held-out rewording (`reworded3`), written on 2026-12-07, after SYNONYM_PHRASES, by a
+    # helper who saw the phrasings and no model's answers: the check of a choice (SYNONYM_PHRASES) made on the first two
+    # rewordings' misses. Each 3+ word edits from every training phrasing of its form ("What's" read as "What is": five
+    # that were closer are dropped), 2+ from every other held-out one
     "field": ["What does it say for {q}?", "Can you find the {q} for me?", "Which {q} is on this form?"],
     "title": ["Can you read me the title of this document?", "What's the big heading at the top?"],
     "amount": ["How much did I pay for the {i} altogether?", "What's the total cost of the {i}?"],
     "qty": ["How many {i} did I get?", "I'd like to know how many {i} were bought."],
-    "price": ["What's the price for just one {i}?", "How much does {i} cost per item?"],
-    "money": ["How much does the {q} come to?", "What's the {q} on this bill?"],
+    "price": ["How much does {i} cost per item?"],
+    "money": ["How much does the {q} come to?"],
     "store": ["What's the store called?", "Which shop did I buy these from?"],
     "value": ["What's the number for {c} on the chart?", "Which number goes with {c}?"],
     "series": ["Looking at {c}, what's the {s} figure?", "Can you give me the {s} number for {c}?"],
     "which": ["Which {k} comes in at {v}?", "Find me the {k} that has {v}."],
-    "percent": ["What's the percentage of people who {c}?", "Can you tell me what percent {c}?"],
-    "info_title": ["What's the headline of this infographic?", "Which title does this infographic have?"],
-    "total": ["What did everything come to?", "What's the total I paid?"],
+    "percent": ["Can you tell me what percent {c}?"],
+    "info_title": ["Which title does this infographic have?"],
+    "total": ["What did everything come to?"],
     "distance": ["How far do I have to go to reach {p}?", "What distance to {p} is shown on the green sign?"],
     "street": ["Which street am I on?", "What does the street sign say?"],
     "stop": ["Can you read the red sign for me?", "What does it say on the red sign?"],
@@ -687,12 +688,13 @@ def reworded2(q):
 
 
 def reworded3(q):
-    """The same in its third held-out phrasing."""
-    return _reword(q, FRESH3_PHRASES, "third\n")
+    """The same in its third held-out phrasing, chosen by its answer too: a form with one question text (the store,
+    the title) is asked in each of its phrasings."""
+    return _reword(q, FRESH3_PHRASES, "third\n", "\n" + q["answer"])
 
 
-def _reword(q, phrasings, salt):
-    pick = random.Random(salt + q["question"] + "\n" + q["reworded"]).choice(phrasings[q["form"]])
+def _reword(q, phrasings, salt, pepper=""):
+    pick = random.Random(salt + q["question"] + "\n" + q["reworded"] + pepper).choice(phrasings[q["form"]])
     return pick.format(**slots_of(q["form"], q["question"]))
 
 

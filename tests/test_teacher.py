@@ -195,6 +195,8 @@ def test_kinds_choose_the_images_and_bad_kinds_are_refused():
     (["--stage", "glyphs", "--glyph-vary", "0.5"], "--glyph-vary changes the training family's samples: add --family"),
     (["--stage", "glyphs", "--more-fonts"], "--more-fonts changes the training family's samples: add --family"),
     (["--stage", "read", "--synonyms"], "--synonyms changes the training family's samples: add --family"),
+    (["--stage", "read", "--synonyms", "--family", "mix", "--pair-layer", "0", "--pointer-layers", "1"],
+     "--pair-layer finds its pairs by the questions' wording, which --synonyms changes"),
     (["--stage", "glyphs", "--synonyms", "--family", "mix"], "--synonyms is the read stage's, unused by --stage glyphs"),
     (["--stage", "read", "--seed-offset", "999997999"], "past 999998000"),
     (["--stage", "glyphs", "--kinds", "chart"], "--kinds is the read stage's, unused by --stage glyphs"),
@@ -230,6 +232,15 @@ def test_the_probes_draw_the_same_crops_with_glyph_vary_and_more_fonts(monkeypat
         assert crops(True) == plain and crops(False) != plain, flag  # the training draws do change
         monkeypatch.undo()
         monkeypatch.setattr(T, "FAMILY", "mix")
+
+
+def test_synonyms_reword_the_training_draws_and_not_the_probes(monkeypatch):
+    """read_eval's images are sample(..., probe=True): a run with --synonyms is probed on the same questions."""
+    monkeypatch.setattr(T, "FAMILY", "train")
+    questions = lambda probe: [q["question"] for seed in T.EVAL_SEEDS[:6] for q in T.sample("doc", seed, probe=probe)["qa"]]
+    plain = questions(True)
+    monkeypatch.setattr(T, "SYNONYMS", True)
+    assert questions(True) == plain and questions(False) != plain
 
 
 def test_a_resumed_stage_keeps_the_evaluations_before_its_checkpoint_once(tmp_path, monkeypatch):
