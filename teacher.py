@@ -555,9 +555,9 @@ def run(cfg):
         raise Error(f"--shipped-share applies to --family mix only, not {cfg.family}")
     if cfg.glyph_vary > 1:
         raise Error(f"--glyph-vary {cfg.glyph_vary:g}: a share, from 0 to 1")
-    if widening := next((f for f in ("glyph_vary", "more_fonts", "synonyms") if getattr(cfg, f)), None):
-        if cfg.family == "shipped":
-            raise Error(f"--{widening.replace('_', '-')} changes the training family's samples: add --family train or mix")
+    if cfg.family == "shipped" and (widening := next((f for f in ("glyph_vary", "more_fonts", "synonyms")
+                                                      if getattr(cfg, f)), None)):
+        raise Error(f"--{widening.replace('_', '-')} changes the training family's samples: add --family train or mix")
     if cfg.synonyms and cfg.pair_layer >= 0:  # read_conversation finds its pairs by the question's words (KEY_QUESTION)
         raise Error("--pair-layer finds its pairs by the questions' wording, which --synonyms changes: drop one of them")
     top = cfg.seed_offset + cfg.steps * int(os.environ.get("WORLD_SIZE", 1)) * cfg.micro_batch * cfg.grad_accum

@@ -656,10 +656,20 @@ def _info(rng, st, layout):
 
 
 # ---------------------------------------------------------------- phrasings drawn after the sample
+def training_phrasings(form, synonyms=False):
+    """A form's training phrasings: the first ones and MORE_PHRASES, and with `synonyms` SYNONYM_PHRASES."""
+    return PHRASES[form][0] + MORE_PHRASES[form] + (SYNONYM_PHRASES[form] if synonyms else [])
+
+
+def heldout_phrasings(form):
+    """A form's held-out phrasings: `reworded`'s, `reworded2`'s and `reworded3`'s."""
+    return PHRASES[form][1] + FRESH_PHRASES[form] + FRESH3_PHRASES[form]
+
+
 def slots_of(form, question):
     """The slots (a label, an item, a category...) a question was phrased with, read back from its text: the
     phrasings below are drawn after the sample, so that the shipped held-out sets stay byte for byte the same."""
-    for phrase in sorted(PHRASES[form][0] + MORE_PHRASES[form], key=len, reverse=True):  # "What is the {q}?" last
+    for phrase in sorted(training_phrasings(form), key=len, reverse=True):  # "What is the {q}?" last
         if (slots := phrased(phrase, question)) is not None:
             return slots
     raise ValueError(f"{question!r} is in no training phrasing of {form!r}")
@@ -677,24 +687,23 @@ def phrased(phrase, question):
 def widen_phrasings(rng, qa, synonyms=False):
     """The training family's questions in any of its phrasings, the older and MORE_PHRASES alike (and, with
     `synonyms`, SYNONYM_PHRASES)."""
-    def phrasings(form):
-        return PHRASES[form][0] + MORE_PHRASES[form] + (SYNONYM_PHRASES[form] if synonyms else [])
-    return [dict(q, question=rng.choice(phrasings(q["form"])).format(**slots_of(q["form"], q["question"]))) for q in qa]
+    return [dict(q, question=rng.choice(training_phrasings(q["form"], synonyms)).format(
+        **slots_of(q["form"], q["question"]))) for q in qa]
 
 
 def reworded2(q):
     """A question of the held-out family in its second held-out phrasing, chosen by its own text (no rng)."""
-    return _reword(q, FRESH_PHRASES, "")
+    return _reword(q, FRESH_PHRASES, q["question"] + "\n" + q["reworded"])
 
 
 def reworded3(q):
     """The same in its third held-out phrasing, chosen by its answer too: a form with one question text (the store,
     the title) is asked in each of its phrasings."""
-    return _reword(q, FRESH3_PHRASES, "third\n", "\n" + q["answer"])
+    return _reword(q, FRESH3_PHRASES, "third\n" + q["question"] + "\n" + q["reworded"] + "\n" + q["answer"])
 
 
-def _reword(q, phrasings, salt, pepper=""):
-    pick = random.Random(salt + q["question"] + "\n" + q["reworded"] + pepper).choice(phrasings[q["form"]])
+def _reword(q, phrasings, seed):
+    pick = random.Random(seed).choice(phrasings[q["form"]])
     return pick.format(**slots_of(q["form"], q["question"]))
 
 

@@ -26,10 +26,11 @@ def test_families_share_no_font_layout_or_phrasing():
     assert not set(wide.FONTS["train"] + wide.MORE_FONTS) & set(wide.FONTS["heldout"])
     for kind, split in wide.LAYOUTS.items():
         assert not set(wide.training_layouts(kind)) & set(split["heldout"]), kind
+    assert set(wide.SYNONYM_PHRASES) == set(wide.FRESH3_PHRASES) == set(wide.PHRASES)
     for form, (train, held) in wide.PHRASES.items():
-        every = train + wide.MORE_PHRASES[form] + wide.SYNONYM_PHRASES[form] + held + wide.FRESH_PHRASES[form] \
-            + wide.FRESH3_PHRASES[form]
-        assert train and held and wide.MORE_PHRASES[form] and wide.FRESH_PHRASES[form] and wide.FRESH3_PHRASES[form]
+        assert all([train, held, wide.MORE_PHRASES[form], wide.SYNONYM_PHRASES[form], wide.FRESH_PHRASES[form],
+                    wide.FRESH3_PHRASES[form]]), form
+        every = wide.training_phrasings(form, synonyms=True) + wide.heldout_phrasings(form)
         assert len(set(every)) == len(every), form  # no phrasing in two
     for name in wide.FONTS["train"] + wide.MORE_FONTS + wide.FONTS["heldout"]:
         assert name is None or (wide.FONT_DIR / name).is_file(), name
@@ -39,7 +40,7 @@ def test_families_share_no_font_layout_or_phrasing():
 @pytest.mark.parametrize("kind", synth.KINDS)
 def test_training_family_never_draws_held_out_things(kind):
     held_fonts, held_layouts = set(wide.FONTS["heldout"]), set(wide.LAYOUTS[kind]["heldout"])
-    held = [p for form, (_, held) in wide.PHRASES.items() for p in held + wide.FRESH_PHRASES[form] + wide.FRESH3_PHRASES[form]]
+    held = [p for form in wide.PHRASES for p in wide.heldout_phrasings(form)]
     seen = collections.Counter()
     for seed in range(60):
         s = sample(kind, seed, "train", synonyms=seed % 2 == 1)
@@ -215,39 +216,36 @@ def _word_edits(a, b):  # over words, not characters; "What's" is "What is"
 
 
 def test_added_phrasings_keep_their_distance_from_the_other_side():
-    """The added training phrasings are 2+ word edits from every held-out one of their form, and the second held-out
-    phrasing 3+ from every training one: "Which {k} is at {v}?" beside a trained "Which {k} is {v}?" checks little."""
+    """The added training phrasings (MORE_PHRASES, SYNONYM_PHRASES) are 2+ word edits from every held-out one of their
+    form, the second and third held-out phrasings 3+ from every training one, and the third 2+ from the other held-out
+    ones: "Which {k} is at {v}?" beside a trained "Which {k} is {v}?" checks little."""
     assert _word_edits("Which {k} is at {v}?", "Which {k} is {v}?") == 1
-    for form, (train, held) in wide.PHRASES.items():
-        more, fresh, fresh3 = wide.MORE_PHRASES[form], wide.FRESH_PHRASES[form], wide.FRESH3_PHRASES[form]
-        assert all(_word_edits(m, h) >= 2 for m in more for h in held + fresh + fresh3), form
-        assert all(_word_edits(f, t) >= 3 for f in fresh + fresh3 for t in train + more + wide.SYNONYM_PHRASES[form]), form
-        assert all(_word_edits(f, h) >= 2 for f in fresh3 for h in held + fresh + fresh3 if h != f), form
+    for form in wide.PHRASES:
+        held, train = wide.heldout_phrasings(form), wide.training_phrasings(form, synonyms=True)
+        added = wide.MORE_PHRASES[form] + wide.SYNONYM_PHRASES[form]
+        assert all(_word_edits(a, h) >= 2 for a in added for h in held), form
+        assert all(_word_edits(f, t) >= 3 for f in wide.FRESH_PHRASES[form] + wide.FRESH3_PHRASES[form] for t in train), form
+        assert all(_word_edits(f, h) >= 2 for f in wide.FRESH3_PHRASES[form] for h in held if h != f), form
 
 
-def test_synonym_phrasings_are_drawn_only_when_asked_and_keep_their_distance():
+def test_synonym_phrasings_are_drawn_only_when_asked():
     """Config(synonyms=True) asks the training family in SYNONYM_PHRASES too, from the phrasing stream alone: the
-    images, answers and positions stay as drawn, and without it every question is what it was. Each is 2+ word
-    edits from every held-out phrasing of its form, and names the same slots as the form's other phrasings."""
-    held = {form: h + wide.FRESH_PHRASES[form] for form, (_, h) in wide.PHRASES.items()}
+    images, answers and positions stay as drawn, and without it every question is what it was. Each synonym phrasing
+    names the same slots as its form's other phrasings (their distance from the held-out ones: the test above)."""
     for form, synonyms in wide.SYNONYM_PHRASES.items():
-        train = wide.PHRASES[form][0] + wide.MORE_PHRASES[form]
-        assert synonyms and not set(synonyms) & set(train + held[form]), form
-        assert all(_word_edits(m, h) >= 2 for m in synonyms for h in held[form]), form
-        assert all(set(re.findall(r"{(\w+)}", m)) == set(re.findall(r"{(\w+)}", train[0])) for m in synonyms), form
-    assert set(wide.SYNONYM_PHRASES) == set(wide.PHRASES)
+        slots = set(re.findall(r"{(\w+)}", wide.PHRASES[form][0][0]))
+        assert all(set(re.findall(r"{(\w+)}", m)) == slots for m in synonyms), form
     drawn = 0
     for kind in ("doc", "table", "chart", "info", "scene"):
         for seed in range(12):
             plain, wider = sample(kind, seed, "train"), sample(kind, seed, "train", synonyms=True)
             assert plain["image"].tobytes() == wider["image"].tobytes()
             assert [{**q, "question": ""} for q in plain["qa"]] == [{**q, "question": ""} for q in wider["qa"]]
-            for q in wider["qa"]:
-                slots = wide.slots_of(q["form"], plain["qa"][wider["qa"].index(q)]["question"])
-                assert any(p.format(**slots) == q["question"] for p in wide.PHRASES[q["form"]][0]
-                           + wide.MORE_PHRASES[q["form"]] + wide.SYNONYM_PHRASES[q["form"]]), q
+            for before, q in zip(plain["qa"], wider["qa"]):
+                slots = wide.slots_of(q["form"], before["question"])
+                assert any(p.format(**slots) == q["question"] for p in wide.training_phrasings(q["form"], synonyms=True)), q
                 drawn += any(p.format(**slots) == q["question"] for p in wide.SYNONYM_PHRASES[q["form"]])
-                assert not any(wide.phrased(p, q["question"]) is not None for p in held[q["form"]]), q
+                assert not any(wide.phrased(p, q["question"]) is not None for p in wide.heldout_phrasings(q["form"])), q
     assert drawn > 40, drawn
     assert sample("doc", 3, "heldout", synonyms=True)["qa"] == sample("doc", 3, "heldout")["qa"]  # training family only
 
@@ -258,8 +256,7 @@ def test_training_family_draws_its_added_phrasings_and_their_slots_read_back():
         for seed in range(40):
             for q in sample(kind, seed, "train")["qa"]:
                 slots = wide.slots_of(q["form"], q["question"])
-                phrasing = next(p for p in wide.PHRASES[q["form"]][0] + wide.MORE_PHRASES[q["form"]]
-                                if p.format(**slots) == q["question"])
+                phrasing = next(p for p in wide.training_phrasings(q["form"]) if p.format(**slots) == q["question"])
                 added += phrasing in wide.MORE_PHRASES[q["form"]]
                 older += phrasing in wide.PHRASES[q["form"]][0]
     assert added > 200 and older > 200, (added, older)
