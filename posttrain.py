@@ -88,6 +88,8 @@ class TrainConfig:
                          "grad_accum", "grad_checkpointing")
 
 
+SYNTHETIC_FLAGS = ("seed_offset", "kinds", "p_transcribe", "p_qa", "p_reason", "cot_frac", "qa_turns")  # unused with --data
+
 # the flags' ranges, checked as they are parsed (distill.py's and teacher.py's too)
 BOUNDS = dict(image_size=28, seed_offset=0, max_num=(-1, cli.MAX_TILES), lr=(0, float("inf")), lr_vision=0,
               lr_projector=0, lr_llm=0, lr_compressor=0, min_lr_frac=0, weight_decay=0, grad_clip=0, save_every=0,
@@ -562,6 +564,9 @@ def check(cfg):
                     "which the run would overwrite: pass another --out, or delete that model")
     if cfg.image_root and not cfg.data:
         raise Error("--image-root is the folder of --data's image paths: pass --data too, or drop it")
+    if cfg.data and (flag := next((k for k in SYNTHETIC_FLAGS if getattr(cfg, k) != getattr(type(cfg), k)), None)):
+        raise Error(f"--{flag.replace('_', '-')} shapes the synthetic conversations, and --data's are the file's: "
+                    "drop one of them")
     if getattr(cfg, "init", "tiny") != "tiny" and (cfg.model_config or cfg.tokenizer != TrainConfig.tokenizer):
         raise Error(f"--{'model-config' if cfg.model_config else 'tokenizer'} shapes a model built from scratch (--init "
                     f"tiny); --init {cfg.init} brings its own config and tokenizer: drop the flag")

@@ -96,6 +96,7 @@ SHIPPED_TENTHS = 3  # --shipped-share x 10: with --family mix, images whose seed
 GLYPH_VARY = 0.0  # --glyph-vary
 MORE_FONTS = False  # --more-fonts
 SYNONYMS = False  # --synonyms
+ARRANGEMENTS = False  # --arrangements
 
 
 @dataclass
@@ -120,6 +121,7 @@ class TeacherConfig(P.TrainConfig):
     glyph_vary: float = 0.0  # share of the training family's images drawn with reshaped glyphs (wide.vary_glyphs)
     more_fonts: bool = False  # the training family also draws in data/wide.py's MORE_FONTS
     synonyms: bool = False  # the training family also asks in data/wide.py's SYNONYM_PHRASES (read)
+    arrangements: bool = False  # the training family also draws data/wide.py's ARRANGEMENTS (chart, info layouts)
 
 
 READ_STAGE_FLAGS = ("tokenizer", "trainable", "kinds", "qa_turns", "max_len", "transcribe_frac", "crop_frac",
@@ -151,8 +153,9 @@ def sample(kind, seed, family=None, probe=False):
     held-out family."""
     family = family or FAMILY
     family = family if family != "mix" else ("shipped" if seed % 10 < SHIPPED_TENTHS else "train")
-    # --glyph-vary, --more-fonts and --synonyms change the training family's samples, not the probes' (the same in every run)
-    widen = dict(glyph_vary=GLYPH_VARY, more_fonts=MORE_FONTS, synonyms=SYNONYMS) if not probe else {}
+    # --glyph-vary, --more-fonts, --synonyms and --arrangements change the training family's samples, not the probes'
+    widen = {} if probe else dict(glyph_vary=GLYPH_VARY, more_fonts=MORE_FONTS, synonyms=SYNONYMS,
+                                  arrangements=ARRANGEMENTS)
     return make_sample(kind, seed, Config(family=family, **widen))
 
 
@@ -544,7 +547,7 @@ def read_eval(model, tok):
 # ----------------------------------------------------------------------------------------------
 
 def run(cfg):
-    global FAMILY, SHIPPED_TENTHS, GLYPH_VARY, MORE_FONTS, SYNONYMS
+    global FAMILY, SHIPPED_TENTHS, GLYPH_VARY, MORE_FONTS, SYNONYMS, ARRANGEMENTS
     if cfg.family not in ("shipped", "train", "mix"):
         raise Error(f"--family {cfg.family!r}: one of shipped, train, mix (the held-out family is never trained on)")
     tenths = 10 * cfg.shipped_share
@@ -555,7 +558,7 @@ def run(cfg):
         raise Error(f"--shipped-share applies to --family mix only, not {cfg.family}")
     if cfg.glyph_vary > 1:
         raise Error(f"--glyph-vary {cfg.glyph_vary:g}: a share, from 0 to 1")
-    if cfg.family == "shipped" and (widening := next((f for f in ("glyph_vary", "more_fonts", "synonyms")
+    if cfg.family == "shipped" and (widening := next((f for f in ("glyph_vary", "more_fonts", "synonyms", "arrangements")
                                                       if getattr(cfg, f)), None)):
         raise Error(f"--{widening.replace('_', '-')} changes the training family's samples: add --family train or mix")
     if cfg.synonyms and cfg.pair_layer >= 0:  # read_conversation finds its pairs by the question's words (KEY_QUESTION)
@@ -566,8 +569,8 @@ def run(cfg):
     if top > EVAL_SEEDS[0]:  # the stage's sample seeds stay below top
         raise Error(f"--seed-offset {cfg.seed_offset}: this stage would draw images at seeds up to {top}, past "
                     f"{EVAL_SEEDS[0]}, where its probe's images and the evaluation sets' seeds begin: pass a lower one")
-    FAMILY, SHIPPED_TENTHS, GLYPH_VARY, MORE_FONTS, SYNONYMS = (cfg.family, round(tenths), cfg.glyph_vary,
-                                                                cfg.more_fonts, cfg.synonyms)
+    FAMILY, SHIPPED_TENTHS, GLYPH_VARY, MORE_FONTS, SYNONYMS, ARRANGEMENTS = (
+        cfg.family, round(tenths), cfg.glyph_vary, cfg.more_fonts, cfg.synonyms, cfg.arrangements)
     kinds = cfg.kinds.split(",")
     if not set(kinds) <= set(KINDS):
         raise Error(f"--kinds {cfg.kinds!r}: each must be one of {','.join(KINDS)}")

@@ -40,6 +40,7 @@ class Config:
     glyph_vary: float = 0.0      # training family only: share of images whose glyphs are reshaped (wide.vary_glyphs)
     more_fonts: bool = False     # training family only: also draw in wide.MORE_FONTS
     synonyms: bool = False       # training family only: also ask in wide.SYNONYM_PHRASES
+    arrangements: bool = False   # training family only: also draw wide.ARRANGEMENTS' layouts
 
 
 # ---------------------------------------------------------------- vocabularies (short, readable values)
@@ -473,7 +474,8 @@ def make_sample(kind, seed, cfg=None):
     else:
         from data import wide
         rng = random.Random(f"{cfg.family}:{kind}:{seed}")
-        cv, qa, reas, style, layout = wide.draw(kind, rng, cfg.family, cfg.more_fonts)
+        cv, qa, reas, style, layout = wide.draw(kind, rng, cfg.family, cfg.more_fonts,
+                                                  cfg.arrangements and cfg.family == "train")
         extra = {"family": cfg.family, "layout": layout, "font": style.font_path or "built-in"}
         if cfg.family == "train":  # its added phrasings, from their own stream: the images stay as drawn before them
             qa = wide.widen_phrasings(random.Random(f"phrasing:{kind}:{seed}"), qa, cfg.synonyms)

@@ -18,7 +18,8 @@ Both families draw every layout's answers at every position (a test checks it), 
 also draws synth.py's own layouts in its fonts, stacked bars and legends placed right or below (MORE_LAYOUTS),
 and, with Config(glyph_vary=S) (teacher.py --glyph-vary), a share S of its images with reshaped glyphs (vary_glyphs),
 and, with Config(more_fonts=True) (teacher.py --more-fonts), eleven more faces (MORE_FONTS), and, with
-Config(synonyms=True) (teacher.py --synonyms), more phrasings with other key words (SYNONYM_PHRASES).
+Config(synonyms=True) (teacher.py --synonyms), more phrasings with other key words (SYNONYM_PHRASES), and, with
+Config(arrangements=True) (teacher.py --arrangements), four more chart and infographic layouts (ARRANGEMENTS).
 """
 import argparse, io, json, math, random, re
 from pathlib import Path
@@ -48,6 +49,9 @@ LAYOUTS = {  # per kind: the training family's layouts, then the held-out family
 }
 MORE_LAYOUTS = {"chart": ["vstack"]}  # training layouts added on 2026-12-06, drawn by the training family only (with
 # its legend placements), so that the held-out family's sets stay as drawn: more ways to bind a series to its colour
+ARRANGEMENTS = {"chart": ["hstack", "mirror"], "info": ["stack", "sidecap"]}  # training layouts added on 2026-12-07,
+# drawn only with Config(arrangements=True): the held-out layouts' parts in other arrangements (horizontal bars with
+# two series, stacked or mirrored; a caption before its number, above it in one column or beside it in a grid)
 HELDOUT_SHARE = 0.5  # of held-out samples drawn in a held-out layout; the rest in training layouts (new fonts, phrasings)
 
 PHRASES = {  # per question form: training phrasings, then the held-out ones (`reworded`)
@@ -468,8 +472,9 @@ def _table(rng, st, layout):
 # ---------------------------------------------------------------- charts
 def _chart(rng, st, layout):
     f, ft = st.font(rng.uniform(13, 17)), st.title()
-    horizontal, series = layout in ("hbar", "hgroup"), 2 if layout in ("vgroup", "hgroup", "vstack") else 1
-    stacked = layout == "vstack"  # each value labelled inside its segment: values from 30, so a segment holds its label
+    horizontal = layout in ("hbar", "hgroup", "hstack", "mirror")
+    series = 2 if layout in ("vgroup", "hgroup", "vstack", "hstack", "mirror") else 1
+    stacked = layout in ("vstack", "hstack")  # each value labelled inside its segment: from 30, so a segment holds it
     legend = rng.choice(["left", "right", "bottom"]) if series > 1 and st.family == "train" else "left"
     n = rng.randint(3, 5 if series == 2 else 6)
     kind = rng.choice(["years", "months", "regions", "products"])
@@ -494,9 +499,14 @@ def _chart(rng, st, layout):
     lw = max(Canvas.width(s, f) for row in labels for s in row)
     m = 14
     heading = max(Canvas.width(title, ft), sum(f.size + Canvas.width(s, f) + 20 for s in names) + 20)  # title, legend
-    if horizontal:
-        W = S._side(rng, S.Config(), 2 * m + max(cw + 12 + 200 + lw, heading))
-        H = S._side(rng, S.Config(), 2 * m + ft.size + 30 + n * series * (f.size + 8) + n * 8 + (f.size + 10) * (series > 1))
+    if layout == "mirror":  # a butterfly chart: the categories in a middle column, one series to each side
+        W = S._side(rng, S.Config(), 2 * m + max(2 * (160 + lw + 8) + cw + 24, heading))
+        H = S._side(rng, S.Config(), 2 * m + ft.size + 30 + n * (f.size + 16) + f.size + 10)
+    elif horizontal:
+        room = 420 if stacked else 200  # stacked: two values on one bar, the shortest segment still wider than its label
+        W = S._side(rng, S.Config(), 2 * m + max(cw + 12 + room + lw, heading))
+        H = S._side(rng, S.Config(), 2 * m + ft.size + 30 + n * (1 if stacked else series) * (f.size + 8) + n * 8
+                    + (f.size + 10) * (series > 1))
     else:
         per_bar = (lw + 8) * 5 // 4 if stacked else series * (lw + 8) * 5 // 4  # grouped: as drawn before vstack
         W = S._side(rng, S.Config(), 2 * m + 48 + max(n * max(cw + 10, per_bar), heading))
@@ -505,7 +515,11 @@ def _chart(rng, st, layout):
     centred = rng.random() < 0.6
     cv.text(W // 2 if centred else m, m, title, ft, st.ink, "center" if centred else "left")
     y_top, y_end = m + ft.size + 10, H - m
-    if series > 1:  # legend: a colour swatch and each series' name, in a row above the plot or below it
+    if layout == "mirror":  # each series named above its own side, not by a legend
+        cv.text(W // 2 - cw // 2 - 14, y_top, names[0], f, st.ink, "right")
+        cv.text(W // 2 + cw // 2 + 14, y_top, names[1], f, st.ink)
+        y_top += f.size + 10
+    elif series > 1:  # legend: a colour swatch and each series' name, in a row above the plot or below it
         row = sum(f.size + Canvas.width(name, f) + 20 for name in names) - 20
         if legend == "left":  # one draw, as before placed legends: the held-out family's charts regenerate as shipped
             x = m + rng.randint(0, 20)
@@ -524,18 +538,31 @@ def _chart(rng, st, layout):
             y_top += f.size + 10
     grid = (215, 215, 215) if not st.dark else (70, 70, 70)
     bars = []  # (series, category, box) per value
-    if horizontal:
+    if layout == "mirror":
+        mid, half, top = W // 2, cw // 2 + 10, y_top + 4
+        slot = (y_end - top) / n
+        scale = (mid - half - m - lw - 8) / (100 * 10 ** dec)  # the longest bar leaves room for its label
+        th = min(slot - 8, f.size + 12)  # a bar's thickness: tall images leave space between the rows
+        for i, c in enumerate(cats):
+            y0 = top + slot * i + (slot - th) / 2
+            cv.text(mid, y0 + th / 2 - f.size * 0.7, c, f, st.ink, "center")
+            bars.append((0, i, [mid - half - vals[0][i] * scale, y0, mid - half - 1, y0 + th]))
+            bars.append((1, i, [mid + half + 1, y0, mid + half + 1 + vals[1][i] * scale, y0 + th]))
+    elif horizontal:
         left, right, top, bottom = m + cw + 10, W - m - lw - 8, y_top + 4, y_end
         slot = (bottom - top) / n
-        scale = (right - left) / (100 * 10 ** dec)
+        scale = (right - left) / ((200 if stacked else 100) * 10 ** dec)
         cv.draw.line([(left, top), (left, bottom)], fill=st.ink)
-        th = (slot - 6) / series
+        th = (slot - 6) / (1 if stacked else series)
         for i, c in enumerate(cats):
             y0 = top + slot * i + 3
             cv.text(left - 6, y0 + slot / 2 - f.size * 0.7, c, f, st.ink, "right")
+            x = left + 1
             for s in range(series):
-                yb = y0 + s * th
-                bars.append((s, i, [left + 1, yb, left + 1 + vals[s][i] * scale, yb + th - 2]))
+                yb = y0 if stacked else y0 + s * th
+                box = [x, yb, x + vals[s][i] * scale, yb + th - 2]
+                bars.append((s, i, box))
+                x = box[2] if stacked else x  # stacked: the next segment starts where this one ends
     else:
         left, right, top, bottom = m + 34, W - m, y_top + f.size + 10, y_end - f.size - 8
         axis_right = rng.random() < 0.3
@@ -572,9 +599,12 @@ def _chart(rng, st, layout):
     for s, i, b in bars:  # value labels last, so nothing is drawn over them
         txt, w = labels[s][i], Canvas.width(labels[s][i], f)
         if horizontal:
-            inside = place == "inside" and b[2] - b[0] > w + 8
-            x, y = (b[2] - 4, (b[1] + b[3]) / 2 - f.size * 0.6) if inside else (b[2] + 4, (b[1] + b[3]) / 2 - f.size * 0.6)
-            cv.text(x, y, txt, f, on_bar[s] if inside else st.ink, "right" if inside else "left")
+            inside = (place == "inside" or stacked) and b[2] - b[0] > w + 8
+            if layout == "mirror" and s == 0:  # the left side's bars grow leftwards: their labels mirror
+                x, align = (b[0] + 4, "left") if inside else (b[0] - 4, "right")
+            else:
+                x, align = (b[2] - 4, "right") if inside else (b[2] + 4, "left")
+            cv.text(x, (b[1] + b[3]) / 2 - f.size * 0.6, txt, f, on_bar[s] if inside else st.ink, align)
         else:
             inside = (place == "inside" or stacked) and b[3] - b[1] > f.size + 8 and b[2] - b[0] > w
             y = b[1] + 3 if inside else b[1] - f.size - 6
@@ -603,11 +633,14 @@ def _info(rng, st, layout):
     nums, title = [f"{v}%" for v in vals], f"{rng.choice(S.INFO_TITLES)} {rng.randint(2015, 2024)}"
     capw, numw = max(Canvas.width(c, f) for c in caps), Canvas.width("100%", fb)
     m = rng.randint(12, 22)
-    cols = 1 if layout in ("beside", "progress", "bands") else (2 if n == 4 or layout == "capfirst" else min(n, 3))
+    cols = 2 if n == 4 or layout == "capfirst" else min(n, 3)
+    cols = 1 if layout in ("beside", "progress", "bands", "stack") else min(cols, 2) if layout == "sidecap" else cols
     rows = (n + cols - 1) // cols
     cellw = {"panels": max(capw, numw) + 20, "icons": max(capw, numw) + 20, "capfirst": max(capw, numw) + 24,
-             "beside": fb.size + numw + capw + 40, "progress": capw + 160 + numw, "bands": numw + capw + 60}[layout]
-    cellh = {"beside": fb.size + 12, "progress": f.size + 16, "bands": fb.size + 22}.get(layout, fb.size + f.size + 34)
+             "beside": fb.size + numw + capw + 40, "progress": capw + 160 + numw, "bands": numw + capw + 60,
+             "stack": max(capw, numw) + 30, "sidecap": capw + numw + 40}[layout]
+    cellh = {"beside": fb.size + 12, "progress": f.size + 16, "bands": fb.size + 22, "stack": f.size + fb.size + 18,
+             "sidecap": fb.size + 14}.get(layout, fb.size + f.size + 34)
     if cols == 3 and 3 * cellw + 40 > 448:
         cols, rows = 2, (n + 1) // 2
     gap = rng.randint(6, 12)
@@ -645,6 +678,14 @@ def _info(rng, st, layout):
             cv.draw.rectangle([0, y, W, y + cellh], fill=col)
             cv.text(m + 6, y + 10, s, fb, white)
             cv.text(m + numw + 30, y + 10 + (fb.size - f.size) // 2, c, f, white)
+        elif layout == "stack":  # a coloured rule, the caption, and its number below it, in one column
+            cv.draw.rectangle([x, y + 2, x + 5, y + cellh - 4], fill=col)
+            cv.text(x + 14, y + 2, c, f, st.ink)
+            cv.text(x + 14, y + 8 + f.size, s, fb, col if not st.dark else white)
+        elif layout == "sidecap":  # the caption, its number at the cell's right end, a coloured rule under both
+            cv.text(x, y + (fb.size - f.size) // 2 + 2, c, f, st.ink)
+            cv.text(x + cellw - 16, y, s, fb, col if not st.dark else white, "right")  # 16 px: apart from the next cell
+            cv.draw.rectangle([x, y + cellh - 5, x + cellw - 16, y + cellh - 3], fill=col)
         else:  # capfirst: a bordered cell, the caption above the number
             cv.draw.rectangle([x, y, x + cellw, y + cellh], outline=col, width=3)
             cv.text(x + cellw // 2, y + 8, c, f, st.ink, "center")
@@ -722,22 +763,22 @@ def rephrase(rng, qa):
 DRAW = {"doc": _doc, "table": _table, "chart": _chart, "info": _info}
 
 
-def training_layouts(kind):
-    """Every layout the training family draws for a kind."""
-    return LAYOUTS[kind]["train"] + MORE_LAYOUTS.get(kind, [])
+def training_layouts(kind, arrangements=False):
+    """Every layout the training family draws for a kind (with `arrangements`, ARRANGEMENTS too)."""
+    return LAYOUTS[kind]["train"] + MORE_LAYOUTS.get(kind, []) + (ARRANGEMENTS.get(kind, []) if arrangements else [])
 
 
-def choose_layout(rng, kind, family):
+def choose_layout(rng, kind, family, arrangements=False):
     own = LAYOUTS[kind][family]
     if family == "heldout" and own and rng.random() < HELDOUT_SHARE:
         return rng.choice(own)
-    return rng.choice(training_layouts(kind) if family == "train" else LAYOUTS[kind]["train"])
+    return rng.choice(training_layouts(kind, arrangements) if family == "train" else LAYOUTS[kind]["train"])
 
 
-def draw(kind, rng, family, more_fonts=False):
+def draw(kind, rng, family, more_fonts=False, arrangements=False):
     """(canvas, qa, reasoning, style, layout) of one sample of a wide family; synth.make_sample finishes it."""
     st = Style(rng, family, more_fonts)
-    layout = choose_layout(rng, kind, family)
+    layout = choose_layout(rng, kind, family, arrangements=arrangements)
     if layout == "shipped":  # synth.py's own layout in this family's fonts, with its own phrasings
         cv, qa, reas = S.DRAW[kind](rng, S.Config(fonts=(st.font_file(),)))
         qa = [rephrase(rng, q) for q in qa if not q["question"].startswith("Which ")]  # its leftmost-bar shortcut

@@ -313,6 +313,8 @@ def test_bad_flags_exit_2(tmp_path, capsys, teacher_dir):
     before = (model / "model.safetensors").read_bytes()
     for argv, words in ((["--out", str(model)], "holds a model that is not this run's"),  # kept, not trained over
                         (["--image-root", str(tmp_path)], "pass --data too"),
+                        (["--data", str(tmp_path / "c.jsonl"), "--kinds", "doc"], "--kinds shapes the synthetic"),
+                        (["--data", str(tmp_path / "c.jsonl"), "--qa-turns", "3"], "--qa-turns shapes the synthetic"),
                         (["--init", teacher_dir, "--model-config", str(tmp_path / "mc.json")], "--model-config shapes"),
                         (["--p-qa", "nan"], "--p-qa nan: must be >= 0"), (["--p-reason", "inf"], "must be finite")):
         with pytest.raises(SystemExit) as e:

@@ -25,7 +25,7 @@ def sample(kind, seed, family, **kw):
 def test_families_share_no_font_layout_or_phrasing():
     assert not set(wide.FONTS["train"] + wide.MORE_FONTS) & set(wide.FONTS["heldout"])
     for kind, split in wide.LAYOUTS.items():
-        assert not set(wide.training_layouts(kind)) & set(split["heldout"]), kind
+        assert not set(wide.training_layouts(kind, arrangements=True)) & set(split["heldout"]), kind
     assert set(wide.SYNONYM_PHRASES) == set(wide.FRESH3_PHRASES) == set(wide.PHRASES)
     for form, (train, held) in wide.PHRASES.items():
         assert all([train, held, wide.MORE_PHRASES[form], wide.SYNONYM_PHRASES[form], wide.FRESH_PHRASES[form],
@@ -51,13 +51,13 @@ def test_training_family_never_draws_held_out_things(kind):
     assert set(seen) == set(wide.training_layouts(kind))  # and it draws every training layout
 
 
-@pytest.mark.parametrize("family", wide.FAMILIES)
+@pytest.mark.parametrize("family, wider", [(f, {}) for f in wide.FAMILIES] + [("train", dict(arrangements=True))])
 @pytest.mark.parametrize("kind", synth.KINDS)
-def test_samples_are_well_drawn(kind, family):
+def test_samples_are_well_drawn(kind, family, wider):
     """Boxes inside the image and on ink; no glyph drawn over another; every answer printed; the transcription
     indexes each glyph once. Catches a layout that overlaps or clips its own text."""
     for seed in SEEDS:
-        s = sample(kind, seed, family)
+        s = sample(kind, seed, family, **wider)
         g = np.asarray(s["image"].convert("L")).astype(int)
         assert g.shape == (s["height"], s["width"]) and 224 <= min(g.shape) and max(g.shape) <= 768  # wide fonts and columns grow pages
         for c in s["chars"]:
@@ -92,7 +92,7 @@ def heldout_draws_digest(monkeypatch, seeds=3):
     h = hashlib.sha256()
     for kind, layouts in wide.LAYOUTS.items():
         for layout in layouts["train"] + layouts["heldout"]:
-            monkeypatch.setattr(wide, "choose_layout", lambda rng, k, f, layout=layout: (rng.random(), layout)[1])
+            monkeypatch.setattr(wide, "choose_layout", lambda rng, k, f, layout=layout, **_: (rng.random(), layout)[1])
             for seed in range(seeds):
                 s = synth.make_sample(kind, 2_900_000_000 + seed, synth.Config(family="heldout"))
                 h.update(s["image"].tobytes() + json.dumps(s["qa"], sort_keys=True).encode())
@@ -109,14 +109,17 @@ def test_heldout_family_draws_as_shipped(monkeypatch):
     assert heldout_draws_digest(monkeypatch) == HELDOUT_DRAWS
 
 
-@pytest.mark.parametrize("family, more_fonts", [(f, False) for f in wide.FAMILIES] + [("train", True)])
-def test_no_text_is_cut_off_or_touches_other_text(family, more_fonts, monkeypatch):
+WIDER = [dict(more_fonts=True), dict(arrangements=True)]  # the training family's opt-in widenings that change images
+
+
+@pytest.mark.parametrize("family, wider", [(f, {}) for f in wide.FAMILIES] + [("train", w) for w in WIDER])
+def test_no_text_is_cut_off_or_touches_other_text(family, wider, monkeypatch):
     """Over many more samples than above, without rotation (which clips boxes to the image): every glyph lies
     inside the image and no two words' boxes meet (a grouped bar's two labels once read "17.914.5")."""
     monkeypatch.setattr(wide, "damage", lambda img, rng, paper: (img, 0.0))
     for kind in ("doc", "table", "chart", "info"):
         for seed in range(150):
-            s = sample(kind, seed, family, more_fonts=more_fonts)
+            s = sample(kind, seed, family, **wider)
             b = np.array([c["box"] for c in s["chars"]])
             assert b[:, :2].min() >= 0 and (b[:, 2] <= s["width"]).all() and (b[:, 3] <= s["height"]).all(), (kind, seed)
             w = np.array([x["box"] for x in s["words"]], float)
@@ -130,10 +133,10 @@ def test_no_text_is_cut_off_or_touches_other_text(family, more_fonts, monkeypatc
 def test_answers_are_not_predictable_from_their_position():
     """For each question form, the answers asked about are spread over the first, middle and last position."""
     where = collections.defaultdict(collections.Counter)
-    for family in wide.FAMILIES:
+    for family, wider in [(f, {}) for f in wide.FAMILIES] + [("train", dict(arrangements=True))]:
         for kind in ("doc", "table", "chart", "info"):
             for seed in range(150):
-                for q in sample(kind, seed, family)["qa"]:
+                for q in sample(kind, seed, family, **wider)["qa"]:
                     if q["pos"] and q["pos"][1] >= 3:
                         i, n = q["pos"]
                         where[q["form"]]["first" if i == 0 else "last" if i == n - 1 else "middle"] += 1
@@ -166,6 +169,22 @@ def test_more_fonts_draw_in_the_training_family_only():
     assert len(used & set(wide.MORE_FONTS)) >= 6
     held = sample("doc", 5, "heldout", more_fonts=True)
     assert held["image"].tobytes() == sample("doc", 5, "heldout")["image"].tobytes()
+
+
+def test_arrangements_draw_their_layouts_in_the_training_family_only():
+    """Config(arrangements=True) also draws ARRANGEMENTS' chart and infographic layouts, each asked at every position
+    (as above); the other kinds, the held-out family and a training draw without it stay as they were."""
+    seen = collections.Counter()
+    for seed in range(80):
+        for kind in ("chart", "info"):
+            s = sample(kind, seed, "train", arrangements=True)
+            seen[s["layout"]] += 1
+            assert s["layout"] not in wide.LAYOUTS[kind]["heldout"], s["layout"]
+        for kind, family in (("doc", "train"), ("table", "train"), ("scene", "train"), ("chart", "heldout")):
+            a, b = sample(kind, seed, family, arrangements=True), sample(kind, seed, family)
+            assert a["image"].tobytes() == b["image"].tobytes() and a["qa"] == b["qa"], (kind, family, seed)
+    assert set(seen) == {lay for kind in ("chart", "info") for lay in wide.training_layouts(kind, arrangements=True)}
+    assert all(seen[lay] >= 3 for kind in wide.ARRANGEMENTS for lay in wide.ARRANGEMENTS[kind]), seen
 
 
 def test_reshaped_boxes_follow_the_ink():
