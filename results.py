@@ -314,11 +314,14 @@ def ratio_pipeline(cfg, r):
     shared = dict(teacher=cfg.teacher, ratio=r, compressor=cfg.compressor, eval_task="", fastv_layer=cfg.fastv_layer)
     train(cfg, f"stage I {r:g}", os.path.join(d, "stage1"), cfg.distill_args, **shared, steps=cfg.distill_steps,
           lr=cfg.distill_lr)
+    from_file = any(f == "--data" or f.startswith("--data=") for f in shlex.split(cfg.stage2_args))
     for k, s in STAGE2.items():
+        # a run's mix and seeds shape synthetic conversations; with --data the file's are used (distill.py refuses both)
+        synthetic = {} if from_file else dict(seed_offset=s["seed_offset"], **s["mix"])
         train(cfg, f"stage II-{k} {r:g}", os.path.join(d, f"stage2-{k}"), cfg.stage2_args, **shared,
               student=os.path.join(d, "stage1"), trainable="compressor,projector,llm",
               steps=cfg.cot_steps if s["cot"] else cfg.stage2_steps, lr=cfg.stage2_lr, lr_llm=cfg.stage2_lr_llm,
-              seed_offset=s["seed_offset"], **s["mix"])
+              **synthetic)
     merged, parts = os.path.join(d, "merged"), [os.path.join(d, f"stage2-{k}") for k in MERGED]
     if not recorded(f"merge {r:g}", merged, {}, {f"stage2-{k}": p for k, p in zip(MERGED, parts)}):
         import merge

@@ -503,7 +503,10 @@ def _chart(rng, st, layout):
         W = S._side(rng, S.Config(), 2 * m + max(2 * (160 + lw + 8) + cw + 24, heading))
         H = S._side(rng, S.Config(), 2 * m + ft.size + 30 + n * (f.size + 16) + f.size + 10)
     elif horizontal:
-        room = 420 if stacked else 200  # stacked: two values on one bar, the shortest segment still wider than its label
+        room = 200
+        if stacked:  # two values on one bar of at least room - 6 px for the axis' 200: each segment holds its label
+            room = max([420] + [math.ceil((Canvas.width(labels[s][i], f) + 9) * 200 * 10 ** dec / vals[s][i]) + 6
+                                for s in range(series) for i in range(n)])
         W = S._side(rng, S.Config(), 2 * m + max(cw + 12 + room + lw, heading))
         H = S._side(rng, S.Config(), 2 * m + ft.size + 30 + n * (1 if stacked else series) * (f.size + 8) + n * 8
                     + (f.size + 10) * (series > 1))

@@ -7,10 +7,12 @@ cut run, one-line errors; and, on hand-made evaluation folders, the gains' paire
 """
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -395,3 +397,21 @@ def test_gains_pick_and_intervals(gains_run):
 def test_ratios_the_one_student_cannot_run_are_refused_before_training(flags, message):
     with pytest.raises(R.cli.Error, match=message):
         R.parse_args(["--table-only", *flags])
+
+
+@pytest.mark.parametrize("stage2_args, synthetic", [("", True), ("--data cot.jsonl --image-root /data", False)])
+def test_stage2_passes_its_synthetic_mix_only_without_data(stage2_args, synthetic, monkeypatch, tmp_path):
+    """STAGE2's seeds and mixes shape synthetic conversations; distill.py refuses them with --data, so a user's
+    conversation file (the docstring's GPU command) gets the runs without them, and each run's settings parse."""
+    import distill as D, posttrain as P
+    calls = []
+    monkeypatch.setattr(R, "train", lambda cfg, what, out, flags, **settings: calls.append((flags, settings)))
+    monkeypatch.setattr(R, "recorded", lambda *a: True)  # no merge or evaluation here
+    cfg = R.parse_args(["--out", str(tmp_path), "--stage2-args", stage2_args])
+    R.ratio_pipeline(cfg, 0.5)
+    stage2 = [(f, s) for f, s in calls if "student" in s]
+    assert len(stage2) == len(R.STAGE2)
+    for flags, settings in stage2:
+        assert ("seed_offset" in settings) == synthetic
+        run = D.parse_args(shlex.split(flags), **{k: v for k, v in settings.items() if k not in ("out", "resume")})
+        P.check(replace(run, out=str(tmp_path / "o")))  # would raise: --seed-offset shapes the synthetic conversations

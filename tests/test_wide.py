@@ -109,7 +109,7 @@ def test_heldout_family_draws_as_shipped(monkeypatch):
     assert heldout_draws_digest(monkeypatch) == HELDOUT_DRAWS
 
 
-WIDER = [dict(more_fonts=True), dict(arrangements=True)]  # the training family's opt-in widenings that change images
+WIDER = [dict(more_fonts=True), dict(arrangements=True), dict(more_fonts=True, arrangements=True)]  # opt-in widenings
 
 
 @pytest.mark.parametrize("family, wider", [(f, {}) for f in wide.FAMILIES] + [("train", w) for w in WIDER])
