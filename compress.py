@@ -25,7 +25,9 @@ Imports nothing but torch (and Triton if installed), not even model.py: it works
 through model.py's extension point (InternVLChat's compressor), so it serves any copy of model.py whose
 compressor hands on projected features (since 2026-12-06). Pool's weighted merge runs as a Triton kernel on CUDA,
 as a depthwise convolution through torch_npu on Ascend NPUs, and in plain PyTorch elsewhere. Select's rarity and
-gather likewise: Triton kernels on CUDA, a matmul formulation on NPUs, PyTorch elsewhere, in O(n) memory.
+gather likewise: Triton kernels on CUDA, a matmul formulation on NPUs, PyTorch elsewhere, in O(n) memory. The choice
+between them (the top k, or the tokens above a threshold) stays torch.topk and a comparison on every device: one call
+over n scalars, beside rarity's 2 n^2 C FLOPs and the gather's reads, so a kernel of its own would save nothing.
 """
 import argparse
 import copy
@@ -684,8 +686,9 @@ PEAK_TFLOPS = (("H100 PCIe", 756), ("H100", 989), ("H200", 989))  # dense bf16, 
 
 
 def bench_select(tiles, grid, width, device, dtype):
-    """select's step on one image of the bench's tiles: rarity's TFLOP/s (2 n^2 C, the distance GEMM) and the
-    gather's GB/s, per backend. The PyTorch paths compute in fp32; Triton reads x as it is (bf16 on CUDA)."""
+    """select's step on one image of the bench's tiles: rarity's TFLOP/s (2 n^2 C, the distance GEMM; against the
+    datasheet peak on an H100 or H200) and the gather's GB/s (against a copy of as many bytes, the device's
+    practical memory peak), per backend. The PyTorch paths compute in fp32; Triton reads x as it is (bf16 on CUDA)."""
     x = torch.randn(tiles, grid, grid, width, device=device, dtype=dtype)
     n = tiles * grid * grid
     image, k = x.view(n, width), min(Select.neighbours, n - 1)
@@ -707,12 +710,16 @@ def bench_select(tiles, grid, width, device, dtype):
     flat = torch.randperm(n, device=device)[:n // 2].sort().values  # half the tokens kept
     tile, i, j = flat // (grid * grid), flat % (grid * grid) // grid, flat % grid
     nbytes = 2 * 3 * len(flat) * width * x.element_size()  # read three cells per kept token, write them
-    print(f"select's gather, {len(flat)} kept tokens x 3 cells:\n{'backend':>14} {'ms':>8} {'GB/s':>8}")
+    src = x.view(-1)[:nbytes // 2 // x.element_size()]
+    dst = torch.empty_like(src)
+    copy_ms = bench_ms(lambda: dst.copy_(src))  # as many bytes read and written: what the gather could reach
+    print(f"select's gather, {len(flat)} kept tokens x 3 cells (a copy of as many bytes: "
+          f"{nbytes / copy_ms / 1e6:.0f} GB/s):\n{'backend':>14} {'ms':>8} {'GB/s':>8} {'% of copy':>10}")
     ref = gather_torch(x, tile, i, j)
     for label, fn in ({"eager": gather_torch} | ({"triton": gather_triton} if "triton" in paths else {})).items():
         err = (fn(x, tile, i, j) - ref).abs().max().item()
         ms = bench_ms(lambda: fn(x, tile, i, j))
-        print(f"{label:>14} {ms:>8.3f} {nbytes / ms / 1e6:>8.0f}   max |diff| {err:.1e}")
+        print(f"{label:>14} {ms:>8.3f} {nbytes / ms / 1e6:>8.0f} {100 * copy_ms / ms:>9.0f}%   max |diff| {err:.1e}")
 
 
 if __name__ == "__main__":

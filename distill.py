@@ -111,7 +111,8 @@ def parse_args(argv=None, **defaults):
     posttrain's flags that build a model from scratch are not offered: the student starts as the teacher."""
     return cli.parse(DistillConfig, argv, "distill.py", __doc__, skip=("init", "tokenizer", "model_config", "image_size"),
                      defaults=defaults, choices=dict(budget=["fixed", "auto"]), **P.BOUNDS,
-                     temperature=(0, float("inf")), ce_weight=0, eval_limit=0, eval_batch_size=1, calibration_images=1)
+                     temperature=(0, float("inf")), ce_weight=0, eval_limit=0, eval_batch_size=1, calibration_images=1,
+                     ratio=(0, 1))
 
 
 def ratio_range(cfg):

@@ -93,10 +93,8 @@ EVAL_SEEDS = range(10**9 - 2000, 10**9 - 1960)  # held out: training seeds stay 
 S = 112  # tile size
 FAMILY = "shipped"  # --family: which of synth.py's families the training images are drawn from
 SHIPPED_TENTHS = 3  # --shipped-share x 10: with --family mix, images whose seed ends in 0..2 are the shipped family's
-GLYPH_VARY = 0.0  # --glyph-vary
-MORE_FONTS = False  # --more-fonts
-SYNONYMS = False  # --synonyms
-ARRANGEMENTS = False  # --arrangements
+WIDENINGS = ("glyph_vary", "more_fonts", "synonyms", "arrangements")  # flags that change the training family's samples
+WIDEN = {}  # their values for this run, as synth.Config fields
 
 
 @dataclass
@@ -153,10 +151,7 @@ def sample(kind, seed, family=None, probe=False):
     held-out family."""
     family = family or FAMILY
     family = family if family != "mix" else ("shipped" if seed % 10 < SHIPPED_TENTHS else "train")
-    # --glyph-vary, --more-fonts, --synonyms and --arrangements change the training family's samples, not the probes'
-    widen = {} if probe else dict(glyph_vary=GLYPH_VARY, more_fonts=MORE_FONTS, synonyms=SYNONYMS,
-                                  arrangements=ARRANGEMENTS)
-    return make_sample(kind, seed, Config(family=family, **widen))
+    return make_sample(kind, seed, Config(family=family, **({} if probe else WIDEN)))  # the probes are never widened
 
 
 def teacher_config(vocab_size):
@@ -547,7 +542,7 @@ def read_eval(model, tok):
 # ----------------------------------------------------------------------------------------------
 
 def run(cfg):
-    global FAMILY, SHIPPED_TENTHS, GLYPH_VARY, MORE_FONTS, SYNONYMS, ARRANGEMENTS
+    global FAMILY, SHIPPED_TENTHS, WIDEN
     if cfg.family not in ("shipped", "train", "mix"):
         raise Error(f"--family {cfg.family!r}: one of shipped, train, mix (the held-out family is never trained on)")
     tenths = 10 * cfg.shipped_share
@@ -558,8 +553,7 @@ def run(cfg):
         raise Error(f"--shipped-share applies to --family mix only, not {cfg.family}")
     if cfg.glyph_vary > 1:
         raise Error(f"--glyph-vary {cfg.glyph_vary:g}: a share, from 0 to 1")
-    if cfg.family == "shipped" and (widening := next((f for f in ("glyph_vary", "more_fonts", "synonyms", "arrangements")
-                                                      if getattr(cfg, f)), None)):
+    if cfg.family == "shipped" and (widening := next((f for f in WIDENINGS if getattr(cfg, f)), None)):
         raise Error(f"--{widening.replace('_', '-')} changes the training family's samples: add --family train or mix")
     if cfg.synonyms and cfg.pair_layer >= 0:  # read_conversation finds its pairs by the question's words (KEY_QUESTION)
         raise Error("--pair-layer finds its pairs by the questions' wording, which --synonyms changes: drop one of them")
@@ -569,8 +563,7 @@ def run(cfg):
     if top > EVAL_SEEDS[0]:  # the stage's sample seeds stay below top
         raise Error(f"--seed-offset {cfg.seed_offset}: this stage would draw images at seeds up to {top}, past "
                     f"{EVAL_SEEDS[0]}, where its probe's images and the evaluation sets' seeds begin: pass a lower one")
-    FAMILY, SHIPPED_TENTHS, GLYPH_VARY, MORE_FONTS, SYNONYMS, ARRANGEMENTS = (
-        cfg.family, round(tenths), cfg.glyph_vary, cfg.more_fonts, cfg.synonyms, cfg.arrangements)
+    FAMILY, SHIPPED_TENTHS, WIDEN = cfg.family, round(tenths), {f: getattr(cfg, f) for f in WIDENINGS}
     kinds = cfg.kinds.split(",")
     if not set(kinds) <= set(KINDS):
         raise Error(f"--kinds {cfg.kinds!r}: each must be one of {','.join(KINDS)}")

@@ -539,57 +539,12 @@ def _chart(rng, st, layout):
             y_end -= f.size + 10
         else:
             y_top += f.size + 10
-    grid = (215, 215, 215) if not st.dark else (70, 70, 70)
-    bars = []  # (series, category, box) per value
     if layout == "mirror":
-        mid, half, top = W // 2, cw // 2 + 10, y_top + 4
-        slot = (y_end - top) / n
-        scale = (mid - half - m - lw - 8) / (100 * 10 ** dec)  # the longest bar leaves room for its label
-        th = min(slot - 8, f.size + 12)  # a bar's thickness: tall images leave space between the rows
-        for i, c in enumerate(cats):
-            y0 = top + slot * i + (slot - th) / 2
-            cv.text(mid, y0 + th / 2 - f.size * 0.7, c, f, st.ink, "center")
-            bars.append((0, i, [mid - half - vals[0][i] * scale, y0, mid - half - 1, y0 + th]))
-            bars.append((1, i, [mid + half + 1, y0, mid + half + 1 + vals[1][i] * scale, y0 + th]))
+        bars = _mirror_plot(cv, st, f, cats, vals, dec, m, cw, lw, y_top, y_end)
     elif horizontal:
-        left, right, top, bottom = m + cw + 10, W - m - lw - 8, y_top + 4, y_end
-        slot = (bottom - top) / n
-        scale = (right - left) / ((200 if stacked else 100) * 10 ** dec)
-        cv.draw.line([(left, top), (left, bottom)], fill=st.ink)
-        th = (slot - 6) / (1 if stacked else series)
-        for i, c in enumerate(cats):
-            y0 = top + slot * i + 3
-            cv.text(left - 6, y0 + slot / 2 - f.size * 0.7, c, f, st.ink, "right")
-            x = left + 1
-            for s in range(series):
-                yb = y0 if stacked else y0 + s * th
-                box = [x, yb, x + vals[s][i] * scale, yb + th - 2]
-                bars.append((s, i, box))
-                x = box[2] if stacked else x  # stacked: the next segment starts where this one ends
+        bars = _horizontal_plot(cv, st, f, cats, vals, dec, stacked, m, cw, lw, y_top, y_end)
     else:
-        left, right, top, bottom = m + 34, W - m, y_top + f.size + 10, y_end - f.size - 8
-        axis_right = rng.random() < 0.3
-        if axis_right:  # the tick labels go right of the plot
-            left, right = m + 8, right - 30
-        slot, span = (right - left) / n, 200 if stacked else 100  # the axis: 0 to 100, or 200 for two stacked values
-        scale = (bottom - top) / (span * 10 ** dec)
-        ax = right if axis_right else left
-        for t in range(0, span + 1, span // 4):
-            ty = bottom - t * 10 ** dec * scale
-            if rng.random() < 0.8:
-                cv.draw.line([(left + 1, ty), (right, ty)], fill=grid)
-            cv.text(ax + (4 if axis_right else -4), ty - f.size * 0.6, str(t), st.font(10), st.ink, "left" if axis_right else "right")
-        cv.draw.line([(left, bottom), (right, bottom)], fill=st.ink)
-        bw = slot * 0.8 / (1 if stacked else series)  # at least a value label wide (W above): labels never touch
-        for i, c in enumerate(cats):
-            cx = left + slot * i + slot / 2
-            cv.text(cx, bottom + 5, c, f, st.ink, "center")
-            base = bottom
-            for s in range(series):
-                x0 = cx - bw / 2 if stacked else cx - series * bw / 2 + s * bw
-                y0 = base - vals[s][i] * scale
-                bars.append((s, i, [x0 + 1, y0, x0 + bw - 1, base - 1]))
-                base = y0 if stacked else base
+        bars = _vertical_plot(rng, cv, st, f, cats, vals, dec, stacked, m, y_top, y_end)
     if layout == "line":
         pts = [((b[0] + b[2]) / 2, b[1]) for _, _, b in bars]
         cv.draw.line(pts, fill=colours[0], width=2)
@@ -626,6 +581,73 @@ def _chart(rng, st, layout):
         qa.append(dict(ask(rng, "which", (i, n), labels[0][i], k=kname, v=labels[0][i]), answer=cats[i], type="figure/diagram"))
     reas = [_pair_reasoning(rng, list(zip(cats, vals[0])), dec, lambda c: f"value for {c}", "Which is higher, {} or {}?")]
     return cv, qa, reas
+
+
+# A chart's plot area, one function per orientation: each draws its axis and category labels and returns
+# (series, category, box) for every value; vals[s][i] is series s's value for category i (times 10**dec).
+def _mirror_plot(cv, st, f, cats, vals, dec, m, cw, lw, y_top, y_end):
+    """A butterfly chart: the categories in a middle column, series 0 growing leftwards and series 1 rightwards."""
+    n, W, bars = len(cats), cv.img.width, []
+    mid, half, top = W // 2, cw // 2 + 10, y_top + 4
+    slot = (y_end - top) / n
+    scale = (mid - half - m - lw - 8) / (100 * 10 ** dec)  # the longest bar leaves room for its label
+    th = min(slot - 8, f.size + 12)  # a bar's thickness: tall images leave space between the rows
+    for i, c in enumerate(cats):
+        y0 = top + slot * i + (slot - th) / 2
+        cv.text(mid, y0 + th / 2 - f.size * 0.7, c, f, st.ink, "center")
+        bars.append((0, i, [mid - half - vals[0][i] * scale, y0, mid - half - 1, y0 + th]))
+        bars.append((1, i, [mid + half + 1, y0, mid + half + 1 + vals[1][i] * scale, y0 + th]))
+    return bars
+
+
+def _horizontal_plot(cv, st, f, cats, vals, dec, stacked, m, cw, lw, y_top, y_end):
+    """Bars growing rightwards from an axis after the category labels: grouped (one row per series) or stacked."""
+    n, series, W, bars = len(cats), len(vals), cv.img.width, []
+    left, right, top, bottom = m + cw + 10, W - m - lw - 8, y_top + 4, y_end
+    slot = (bottom - top) / n
+    scale = (right - left) / ((200 if stacked else 100) * 10 ** dec)
+    cv.draw.line([(left, top), (left, bottom)], fill=st.ink)
+    th = (slot - 6) / (1 if stacked else series)
+    for i, c in enumerate(cats):
+        y0 = top + slot * i + 3
+        cv.text(left - 6, y0 + slot / 2 - f.size * 0.7, c, f, st.ink, "right")
+        x = left + 1
+        for s in range(series):
+            yb = y0 if stacked else y0 + s * th
+            box = [x, yb, x + vals[s][i] * scale, yb + th - 2]
+            bars.append((s, i, box))
+            x = box[2] if stacked else x  # stacked: the next segment starts where this one ends
+    return bars
+
+
+def _vertical_plot(rng, cv, st, f, cats, vals, dec, stacked, m, y_top, y_end):
+    """Columns over the category labels, with a tick axis (0 to 100, or 200 for two stacked values) left or right."""
+    n, series, W, bars = len(cats), len(vals), cv.img.width, []
+    grid = (215, 215, 215) if not st.dark else (70, 70, 70)
+    left, right, top, bottom = m + 34, W - m, y_top + f.size + 10, y_end - f.size - 8
+    axis_right = rng.random() < 0.3
+    if axis_right:  # the tick labels go right of the plot
+        left, right = m + 8, right - 30
+    slot, span = (right - left) / n, 200 if stacked else 100
+    scale = (bottom - top) / (span * 10 ** dec)
+    ax = right if axis_right else left
+    for t in range(0, span + 1, span // 4):
+        ty = bottom - t * 10 ** dec * scale
+        if rng.random() < 0.8:
+            cv.draw.line([(left + 1, ty), (right, ty)], fill=grid)
+        cv.text(ax + (4 if axis_right else -4), ty - f.size * 0.6, str(t), st.font(10), st.ink, "left" if axis_right else "right")
+    cv.draw.line([(left, bottom), (right, bottom)], fill=st.ink)
+    bw = slot * 0.8 / (1 if stacked else series)  # at least a value label wide (the image's width): labels never touch
+    for i, c in enumerate(cats):
+        cx = left + slot * i + slot / 2
+        cv.text(cx, bottom + 5, c, f, st.ink, "center")
+        base = bottom
+        for s in range(series):
+            x0 = cx - bw / 2 if stacked else cx - series * bw / 2 + s * bw
+            y0 = base - vals[s][i] * scale
+            bars.append((s, i, [x0 + 1, y0, x0 + bw - 1, base - 1]))
+            base = y0 if stacked else base
+    return bars
 
 
 # ---------------------------------------------------------------- infographics

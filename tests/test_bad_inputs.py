@@ -344,6 +344,8 @@ def test_posttrain_flags(tmp_path, capsys, argv, words):
 
 @pytest.mark.parametrize("argv, words", [
     (["--temperature", "0"], "--temperature 0: must be > 0"),
+    (["--ratio", "0"], "--ratio 0: must be > 0 and <= 1"),  # before the teacher loads, in the flag's own words
+    (["--ratio", "1.2"], "--ratio 1.2: must be > 0 and <= 1"),
     (["--eval-batch-size", "0"], "--eval-batch-size 0"),
     (["--threads", "-1"], "--threads -1"),
     (["--device", "tpu"], "--device tpu"),

@@ -228,8 +228,8 @@ def test_the_probes_draw_the_same_crops_with_glyph_vary_and_more_fonts(monkeypat
     monkeypatch.setattr(T, "FAMILY", "mix")
     crops = lambda probe: [T.word_crop(seed, random.Random(0), probe)[1].tobytes() for seed in T.EVAL_SEEDS[:8]]
     plain = crops(True)
-    for flag, value in (("GLYPH_VARY", 1.0), ("MORE_FONTS", True)):
-        monkeypatch.setattr(T, flag, value)
+    for flag, value in (("glyph_vary", 1.0), ("more_fonts", True)):
+        monkeypatch.setattr(T, "WIDEN", {flag: value})
         assert crops(True) == plain and crops(False) != plain, flag  # the training draws do change
         monkeypatch.undo()
         monkeypatch.setattr(T, "FAMILY", "mix")
@@ -240,7 +240,7 @@ def test_synonyms_reword_the_training_draws_and_not_the_probes(monkeypatch):
     monkeypatch.setattr(T, "FAMILY", "train")
     questions = lambda probe: [q["question"] for seed in T.EVAL_SEEDS[:6] for q in T.sample("doc", seed, probe=probe)["qa"]]
     plain = questions(True)
-    monkeypatch.setattr(T, "SYNONYMS", True)
+    monkeypatch.setattr(T, "WIDEN", {"synonyms": True})
     assert questions(True) == plain and questions(False) != plain
 
 
@@ -249,7 +249,7 @@ def test_arrangements_redraw_the_training_charts_and_not_the_probes(monkeypatch)
     monkeypatch.setattr(T, "FAMILY", "train")
     charts = lambda probe: [T.sample("chart", seed, probe=probe)["image"].tobytes() for seed in T.EVAL_SEEDS[:8]]
     plain = charts(True)
-    monkeypatch.setattr(T, "ARRANGEMENTS", True)
+    monkeypatch.setattr(T, "WIDEN", {"arrangements": True})
     assert charts(True) == plain and charts(False) != plain
 
 
