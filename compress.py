@@ -710,11 +710,11 @@ def bench_select(tiles, grid, width, device, dtype):
     flat = torch.randperm(n, device=device)[:n // 2].sort().values  # half the tokens kept
     tile, i, j = flat // (grid * grid), flat % (grid * grid) // grid, flat % grid
     nbytes = 2 * 3 * len(flat) * width * x.element_size()  # read three cells per kept token, write them
-    src = x.view(-1)[:nbytes // 2 // x.element_size()]
+    src = torch.randn(nbytes // 2 // x.element_size(), device=device).to(dtype)  # more than x holds at 3 cells a token
     dst = torch.empty_like(src)
     copy_ms = bench_ms(lambda: dst.copy_(src))  # as many bytes read and written: what the gather could reach
-    print(f"select's gather, {len(flat)} kept tokens x 3 cells (a copy of as many bytes: "
-          f"{nbytes / copy_ms / 1e6:.0f} GB/s):\n{'backend':>14} {'ms':>8} {'GB/s':>8} {'% of copy':>10}")
+    print(f"select's gather, {len(flat)} kept tokens x 3 cells, {nbytes} bytes (a copy of {2 * src.nbytes} bytes: "
+          f"{2 * src.nbytes / copy_ms / 1e6:.0f} GB/s):\n{'backend':>14} {'ms':>8} {'GB/s':>8} {'% of copy':>10}")
     ref = gather_torch(x, tile, i, j)
     for label, fn in ({"eager": gather_torch} | ({"triton": gather_triton} if "triton" in paths else {})).items():
         err = (fn(x, tile, i, j) - ref).abs().max().item()

@@ -637,7 +637,7 @@ def _vertical_plot(rng, cv, st, f, cats, vals, dec, stacked, m, y_top, y_end):
             cv.draw.line([(left + 1, ty), (right, ty)], fill=grid)
         cv.text(ax + (4 if axis_right else -4), ty - f.size * 0.6, str(t), st.font(10), st.ink, "left" if axis_right else "right")
     cv.draw.line([(left, bottom), (right, bottom)], fill=st.ink)
-    bw = slot * 0.8 / (1 if stacked else series)  # at least a value label wide (the image's width): labels never touch
+    bw = slot * 0.8 / (1 if stacked else series)  # at least a value label wide (_chart sizes W for it): labels never touch
     for i, c in enumerate(cats):
         cx = left + slot * i + slot / 2
         cv.text(cx, bottom + 5, c, f, st.ink, "center")

@@ -124,13 +124,14 @@ def test_bench_flag_errors_are_one_line(argv, words):
 
 def test_the_select_bench_agrees_with_pytorch_and_prints_its_shares(monkeypatch, capsys):
     """compress.py --bench's select rows on a CPU (torch.compile left out: it takes a minute here): every backend
-    matches the eager one, and the gather is put against a copy of as many bytes."""
+    matches the eager one, and the gather is put against a copy of as many bytes as it reads and writes."""
     monkeypatch.setattr(torch, "compile", lambda fn: fn)
     C.bench_select(2, 4, 24, "cpu", torch.float32)
     out = capsys.readouterr().out
     diffs = [float(line.rsplit(" ", 1)[1]) for line in out.splitlines() if "max |diff|" in line]
     assert len(diffs) == 4 and max(diffs) < 1e-4, out
-    assert "% of copy" in out and "a copy of as many bytes" in out, out
+    gather_bytes = 2 * 3 * (2 * 4 * 4 // 2) * 24 * 4  # half the 32 tokens kept, 3 cells of 24 fp32 each, read and written
+    assert f"{gather_bytes} bytes (a copy of {gather_bytes} bytes" in out and "% of copy" in out, out
 
 
 def prompt_ids(model, tok, n_tiles, question="What is the total?"):
