@@ -710,7 +710,7 @@ def bench_select(tiles, grid, width, device, dtype):
     flat = torch.randperm(n, device=device)[:n // 2].sort().values  # half the tokens kept
     tile, i, j = flat // (grid * grid), flat % (grid * grid) // grid, flat % grid
     nbytes = 2 * 3 * len(flat) * width * x.element_size()  # read three cells per kept token, write them
-    src = torch.randn(nbytes // 2 // x.element_size(), device=device).to(dtype)  # more than x holds at 3 cells a token
+    src = torch.empty(nbytes // 2 // x.element_size(), device=device, dtype=dtype)  # 3 cells a token: 1.5x of x
     dst = torch.empty_like(src)
     copy_ms = bench_ms(lambda: dst.copy_(src))  # as many bytes read and written: what the gather could reach
     print(f"select's gather, {len(flat)} kept tokens x 3 cells, {nbytes} bytes (a copy of {2 * src.nbytes} bytes: "

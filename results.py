@@ -314,7 +314,8 @@ def ratio_pipeline(cfg, r):
     shared = dict(teacher=cfg.teacher, ratio=r, compressor=cfg.compressor, eval_task="", fastv_layer=cfg.fastv_layer)
     train(cfg, f"stage I {r:g}", os.path.join(d, "stage1"), cfg.distill_args, **shared, steps=cfg.distill_steps,
           lr=cfg.distill_lr)
-    from_file = any(f == "--data" or f.startswith("--data=") for f in shlex.split(cfg.stage2_args))
+    import distill as D  # its own parser reads --stage2-args as the runs will (--data=F, an abbreviated --dat F)
+    from_file = bool(D.parse_args(shlex.split(cfg.stage2_args)).data)
     for k, s in STAGE2.items():
         # a run's mix and seeds shape synthetic conversations; with --data the file's are used (distill.py refuses both)
         synthetic = {} if from_file else dict(seed_offset=s["seed_offset"], **s["mix"])

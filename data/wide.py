@@ -658,8 +658,10 @@ def _info(rng, st, layout):
     nums, title = [f"{v}%" for v in vals], f"{rng.choice(S.INFO_TITLES)} {rng.randint(2015, 2024)}"
     capw, numw = max(Canvas.width(c, f) for c in caps), Canvas.width("100%", fb)
     m = rng.randint(12, 22)
-    cols = 2 if n == 4 or layout == "capfirst" else min(n, 3)
-    cols = 1 if layout in ("beside", "progress", "bands", "stack") else min(cols, 2) if layout == "sidecap" else cols
+    if layout in ("beside", "progress", "bands", "stack"):  # one cell a row
+        cols = 1
+    else:  # a grid: capfirst's 2 columns, sidecap's at most 2 (a caption and its number share a cell's line)
+        cols = 2 if n == 4 or layout == "capfirst" else min(n, 3 if layout != "sidecap" else 2)
     rows = (n + cols - 1) // cols
     cellw = {"panels": max(capw, numw) + 20, "icons": max(capw, numw) + 20, "capfirst": max(capw, numw) + 24,
              "beside": fb.size + numw + capw + 40, "progress": capw + 160 + numw, "bands": numw + capw + 60,

@@ -399,7 +399,8 @@ def test_ratios_the_one_student_cannot_run_are_refused_before_training(flags, me
         R.parse_args(["--table-only", *flags])
 
 
-@pytest.mark.parametrize("stage2_args, synthetic", [("", True), ("--data cot.jsonl --image-root /data", False)])
+@pytest.mark.parametrize("stage2_args, synthetic", [("", True), ("--data cot.jsonl --image-root /data", False),
+                                                     ("--data=cot.jsonl", False), ("--dat cot.jsonl", False)])
 def test_stage2_passes_its_synthetic_mix_only_without_data(stage2_args, synthetic, monkeypatch, tmp_path):
     """STAGE2's seeds and mixes shape synthetic conversations; distill.py refuses them with --data, so a user's
     conversation file (the docstring's GPU command) gets the runs without them, and each run's settings parse."""
@@ -407,7 +408,7 @@ def test_stage2_passes_its_synthetic_mix_only_without_data(stage2_args, syntheti
     calls = []
     monkeypatch.setattr(R, "train", lambda cfg, what, out, flags, **settings: calls.append((flags, settings)))
     monkeypatch.setattr(R, "recorded", lambda *a: True)  # no merge or evaluation here
-    cfg = R.parse_args(["--out", str(tmp_path), "--stage2-args", stage2_args])
+    cfg = R.parse_args(["--out", str(tmp_path), f"--stage2-args={stage2_args}"])  # '=': a value may be one --flag
     R.ratio_pipeline(cfg, 0.5)
     stage2 = [(f, s) for f, s in calls if "student" in s]
     assert len(stage2) == len(R.STAGE2)

@@ -16,6 +16,7 @@ import metrics  # noqa: E402
 from data import build, synth, wide  # noqa: E402
 
 SEEDS = range(24)
+DRAWS = [(f, {}) for f in wide.FAMILIES] + [("train", dict(arrangements=True))]  # each family, and the opt-in layouts
 
 
 def sample(kind, seed, family, **kw):
@@ -51,7 +52,7 @@ def test_training_family_never_draws_held_out_things(kind):
     assert set(seen) == set(wide.training_layouts(kind))  # and it draws every training layout
 
 
-@pytest.mark.parametrize("family, wider", [(f, {}) for f in wide.FAMILIES] + [("train", dict(arrangements=True))])
+@pytest.mark.parametrize("family, wider", DRAWS)
 @pytest.mark.parametrize("kind", synth.KINDS)
 def test_samples_are_well_drawn(kind, family, wider):
     """Boxes inside the image and on ink; no glyph drawn over another; every answer printed; the transcription
@@ -133,7 +134,7 @@ def test_no_text_is_cut_off_or_touches_other_text(family, wider, monkeypatch):
 def test_answers_are_not_predictable_from_their_position():
     """For each question form, the answers asked about are spread over the first, middle and last position."""
     where = collections.defaultdict(collections.Counter)
-    for family, wider in [(f, {}) for f in wide.FAMILIES] + [("train", dict(arrangements=True))]:
+    for family, wider in DRAWS:
         for kind in ("doc", "table", "chart", "info"):
             for seed in range(150):
                 for q in sample(kind, seed, family, **wider)["qa"]:
