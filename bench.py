@@ -7,12 +7,14 @@ step, and the same weights in transformers' InternVLForConditionalGeneration as 
     python bench.py --threads 2 --json runs/bench-tiny.json
     python bench.py --shape 2b             # InternViT-300M + InternLM2-1.8B, bf16, one GPU
     python bench.py --shape 8b --distill-batches 1 2 4 --json runs/bench-8b.json    # + InternLM2.5-7B
+    python bench.py --kernels              # compress.py's kernels per backend (2b's grid on CUDA; tiny's on a CPU)
 
 n tiles are n tiles plus the thumbnail when n > 1 (as dynamic_preprocess) inside --text prompt tokens.
 ViT ms: the encoder. Prefill ms: the LLM over the prompt's embeddings, KV cache written. TTFT ms: pixels to
 the first greedy token. Decode tok/s: a step of model.generate's loop at batch 1 and 8 (on CUDA a replayed
 graph: model.decode_step). Peak GB: the TTFT run's (CUDA). After a warm-up run a figure is the median of
---repeats runs on CUDA, the fastest on a CPU.
+--repeats runs on CUDA, the fastest on a CPU. --kernels: pool's merge and select's gather in GB/s against a copy
+of as many bytes, select's rarity in TFLOP/s against the datasheet (H100, H200), each backend against eager.
 """
 import gc
 import math
@@ -52,6 +54,36 @@ def measure(fn, args, repeats=None):
         times.append(time.perf_counter() - t0)
     ms = 1e3 * (sorted(times)[len(times) // 2] if cuda else min(times))  # CPU noise only ever adds time
     return ms, torch.cuda.max_memory_allocated() / 1e9 if cuda else None
+
+
+def kernel_ms(fn, device, rounds=50):
+    """ms per call. CUDA: calls queued back to back between two events, as a pipeline runs them (a sync per call
+    would time the launch, not the kernel); a CPU: the median call."""
+    for _ in range(3):
+        fn()
+    if str(device).startswith("cuda"):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        for _ in range(rounds):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / rounds
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * sorted(times)[len(times) // 2]
+
+
+def copy_gb_s(nbytes, device, timer=kernel_ms):
+    """Read + write GB/s of copying nbytes into a preallocated buffer (a clone's fresh pages would time page faults
+    too): what a kernel that only streams its bytes could reach, the device's practical memory peak."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    return 2 * nbytes / timer(lambda: dst.copy_(src), device) / 1e6
 
 
 def build(cfg, device, dtype, seed=0):
@@ -259,10 +291,8 @@ def bandwidth(model, rows, args):
     p = model.language_model.output.weight
     weights = sum(t.numel() * t.element_size() for k, t in model.language_model.named_parameters() if "tok_" not in k)
     kv = 2 * lm.num_hidden_layers * lm.num_key_value_heads * lm.hidden_size // lm.num_attention_heads * p.element_size()
-    x = torch.ones(2 ** (30 if cuda else 28), dtype=torch.uint8, device=p.device)
-    y = torch.zeros_like(x)
     out = dict(tiles=row["tiles"], context=row["seq_len"] + args.steps / 2,  # the cache's mean length while timed
-               copy_gb_s=2 * x.nbytes / measure(lambda: y.copy_(x), args)[0] / 1e6, modes={})
+               copy_gb_s=copy_gb_s(2 ** (30 if cuda else 28), p.device, lambda fn, _: measure(fn, args)[0]), modes={})
     impl = ours(model, *inputs(model.config, row["tiles"], model.num_image_token, args), args.steps)
     for mode in ["eager"] + (["graph"] + ["compile"] * args.compile if cuda else []):
         for b in (1,) if mode == "compile" else (1, 8):  # a compile per batch size: the bound is b1's
@@ -278,6 +308,87 @@ def bandwidth(model, rows, args):
             out["modes"][f"{mode}_b{b}"] = dict(tok_s=b * 1e3 / ms, gb_s=gb_s, copy_pct=100 * gb_s / out["copy_gb_s"],
                                                 setup_s=time.perf_counter() - t0)  # compile, capture, timing
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# python bench.py --kernels: compress.py's kernels alone, at the shape's token grid (13 tiles of 16 x 16 x 4096 for
+# 2b): pool's weighted merge and select's gather in GB/s against a copy of as many bytes, select's rarity in TFLOP/s
+
+def bench_merge(tiles, grid, width, device, dtype):
+    """Pool's weighted merge on each backend at ratios 0.5 and 0.25: GB/s (the grid read once, ratio of it written)."""
+    x = torch.randn(tiles, grid, grid, width, device=device, dtype=dtype)
+    peak = copy_gb_s(x.nbytes, device)
+    print(f"pool's weighted merge, {tiles} tiles x {grid}x{grid} tokens x {width} channels, {dtype}, {device} (a copy "
+          f"of the grid: {peak:.0f} GB/s):\n{'ratio':>6} {'backend':>14} {'ms':>8} {'GB/s':>8} {'% of copy':>10}")
+    paths = {"eager": C.merge_torch, "compile": torch.compile(C.merge_torch), "npu-conv2d": C.merge_npu}
+    if device == "cuda" and C.triton is not None:
+        paths["triton"] = C.merge_triton
+    rows = []
+    for ratio in (0.5, 0.25):
+        window = C.window_for(ratio, grid, grid)
+        w = torch.rand(window[0] * window[1], width, device=device, dtype=dtype)
+        b = torch.rand(width, device=device, dtype=dtype)
+        nbytes = x.nbytes * (1 + ratio) + w.nbytes + b.nbytes
+        ref = C.merge_torch(x, window, w, b).float()
+        for name, fn in paths.items():
+            err = (fn(x, window, w, b).float() - ref).abs().max().item()
+            ms = kernel_ms(lambda: fn(x, window, w, b), device)
+            rows.append(dict(kernel="merge", ratio=ratio, backend=name, ms=ms, gb_s=nbytes / ms / 1e6, max_diff=err))
+            print(f"{ratio:>6} {name:>14} {ms:>8.3f} {rows[-1]['gb_s']:>8.0f} {100 * rows[-1]['gb_s'] / peak:>9.0f}%"
+                  f"   max |diff| {err:.1e}")
+    return rows
+
+
+PEAK_TFLOPS = (("H100 PCIe", 756), ("H100", 989), ("H200", 989))  # dense bf16, NVIDIA's datasheets
+
+
+def bench_select(tiles, grid, width, device, dtype):
+    """select's step on one image of the tiles: rarity's TFLOP/s (2 n^2 C, the distance GEMM; against the datasheet
+    peak on an H100 or H200) and the gather's GB/s (against a copy of as many bytes), per backend. The PyTorch paths
+    compute in fp32; Triton reads x as it is (bf16 on CUDA)."""
+    x = torch.randn(tiles, grid, grid, width, device=device, dtype=dtype)
+    n = tiles * grid * grid
+    image, k = x.view(n, width), min(C.Select.neighbours, n - 1)
+    name = torch.cuda.get_device_name() if device == "cuda" else ""
+    peak = next((tf for key, tf in PEAK_TFLOPS if key in name), None) if dtype == torch.bfloat16 else None
+    rounds = 20 if device == "cuda" else 3  # a CPU takes seconds per call at real sizes
+    paths = {"eager": C.rarity_torch, "npu-addmm": C.rarity_npu, "compile": torch.compile(C.rarity_torch)}
+    if device == "cuda" and C.triton is not None:
+        paths["triton"] = C.rarity_triton
+    print(f"select's rarity, {n} tokens, k = {k}:")
+    print(f"{'backend':>14} {'ms':>8} {'TFLOP/s':>8}" + (f" {'% of ' + str(peak):>8}" if peak else ""))
+    ref, rows = C.rarity_torch(image, k), []
+    for label, fn in paths.items():
+        err = (fn(image, k) - ref).abs().max().item()
+        ms = kernel_ms(lambda: fn(image, k), device, rounds)
+        rows.append(dict(kernel="rarity", backend=label, ms=ms, tflop_s=2 * n * n * width / ms / 1e9, max_diff=err))
+        share = f" {100 * rows[-1]['tflop_s'] / peak:>7.0f}%" if peak else ""
+        print(f"{label:>14} {ms:>8.3f} {rows[-1]['tflop_s']:>8.2f}{share}   max |diff| {err:.1e}")
+    flat = torch.randperm(n, device=device)[:n // 2].sort().values  # half the tokens kept
+    tile, i, j = flat // (grid * grid), flat % (grid * grid) // grid, flat % grid
+    nbytes = 2 * 3 * len(flat) * width * x.element_size()  # read three cells per kept token, write them
+    copy = copy_gb_s(nbytes // 2, device)  # as many bytes read and written: what the gather could reach
+    print(f"select's gather, {len(flat)} kept tokens x 3 cells, {nbytes} bytes read and written (a copy of as many: "
+          f"{copy:.0f} GB/s):\n{'backend':>14} {'ms':>8} {'GB/s':>8} {'% of copy':>10}")
+    ref = C.gather_torch(x, tile, i, j)
+    for label, fn in ({"eager": C.gather_torch} | ({"triton": C.gather_triton} if "triton" in paths else {})).items():
+        err = (fn(x, tile, i, j) - ref).abs().max().item()
+        ms = kernel_ms(lambda: fn(x, tile, i, j), device)
+        rows.append(dict(kernel="gather", backend=label, ms=ms, gb_s=nbytes / ms / 1e6, max_diff=err))
+        print(f"{label:>14} {ms:>8.3f} {rows[-1]['gb_s']:>8.0f} {100 * rows[-1]['gb_s'] / copy:>9.0f}%"
+              f"   max |diff| {err:.1e}")
+    return rows
+
+
+def run_kernels(args):
+    """Both kernel tables at the shape's grid and the most tiles (+ the thumbnail); return their rows."""
+    torch.set_num_threads(args.threads) if args.threads else None
+    cfg = SHAPES[args.shape]
+    grid = int(cfg.force_image_size // cfg.vision.patch_size * cfg.downsample_ratio)
+    width, tiles = cfg.vision.hidden_size * round(1 / cfg.downsample_ratio) ** 2, max(args.tiles) + (max(args.tiles) > 1)
+    rows = bench_merge(tiles, grid, width, args.device, args.dtype)
+    return dict(shape=args.shape, torch=torch.__version__, kernels=rows + bench_select(tiles, grid, width, args.device,
+                                                                                       args.dtype))
 
 
 def run(args):
@@ -338,6 +449,9 @@ def run(args):
     return res
 
 
+MODEL_FLAGS = ("ratios", "text", "answer", "repeats", "steps", "distill_batches", "compile")  # not --kernels'
+
+
 def parse_args(argv=None):
     p = cli.Parser(prog="bench.py", description="InternVL2 teacher vs compressed students, transformers as a peer")
     p.add_argument("--shape", choices=SHAPES, help="default: 2b on CUDA, tiny on a CPU")
@@ -354,7 +468,10 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile decode (CUDA)")
     p.add_argument("--json", default="", help="write every figure there (atomically)")
+    p.add_argument("--kernels", action="store_true", help="compress.py's kernels alone, at the shape's token grid")
     args = p.parse_args(argv)
+    if args.kernels and (unused := next((f for f in MODEL_FLAGS if getattr(args, f) != p.get_default(f)), None)):
+        p.error(f"--{unused.replace('_', '-')} is the model benchmark's, unused by --kernels: drop it")
     if msg := cli.out_of_range(args, tiles=1, ratios=(0, 1), text=1, answer=1, repeats=1, steps=1, distill_batches=1,
                              threads=0) or cli.check_device(args.device):
         p.error(msg)
@@ -379,7 +496,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     res = {}
-    if rc := cli.run_main("bench.py", lambda: res.update(run(args)), C.CompressError, M.ModelLoadError):
+    bench = run_kernels if args.kernels else run
+    if rc := cli.run_main("bench.py", lambda: res.update(bench(args)), C.CompressError, M.ModelLoadError):
         sys.exit(rc)  # its one line is printed
     if args.json:
         cli.write_json(args.json, res)  # a temporary file, then os.replace

@@ -18,7 +18,7 @@ tiles) are baselines.py's, built on the classes here.
     from compress import build, make_student
     student = make_student(teacher, "select", 0.5)  # shares the teacher's ViT and LLM
     model = M.load_model(folder, build_compressor=build)   # a saved student
-    python compress.py --bench                      # merge's and select's kernels vs eager, torch.compile
+    python bench.py --kernels                       # merge's and select's kernels vs eager, torch.compile
     python -m pytest tests/test_compress.py -q
 
 Imports nothing but torch (and Triton if installed), not even model.py: it works on the model it is given
@@ -29,12 +29,10 @@ gather likewise: Triton kernels on CUDA, a matmul formulation on NPUs, PyTorch e
 between them (the top k, or the tokens above a threshold) stays torch.topk and a comparison on every device: one call
 over n scalars, beside rarity's 2 n^2 C FLOPs and the gather's reads, so a kernel of its own would save nothing.
 """
-import argparse
 import copy
 import inspect
 import math
 import os
-import time
 from dataclasses import replace
 
 import torch
@@ -631,111 +629,3 @@ def make_student(teacher, method="select", ratio=0.5, ratio_range=None, **option
     student.compressor = compressor.to(p.device, p.dtype)
     student.img_context_token_id = teacher.img_context_token_id
     return student
-
-
-# ----------------------------------------------------------------------------------------------
-# python compress.py --bench: the weighted merge's bandwidth against eager PyTorch, torch.compile and a copy;
-# select's rarity (TFLOP/s) and gather (GB/s) on each backend
-
-def bench_ms(fn, rounds=50):
-    """ms per call. CUDA: calls queued back to back between two events, as a pipeline runs them (a sync per call
-    would time the launch, not the kernel); a CPU: the median call."""
-    for _ in range(3):
-        fn()
-    if torch.cuda.is_available():
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
-        for _ in range(rounds):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / rounds
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * sorted(times)[len(times) // 2]
-
-
-def bench(tiles, grid, width, device, dtype):
-    x = torch.randn(tiles, grid, grid, width, device=device, dtype=dtype)
-    dst = torch.empty_like(x)
-    copy_ms = bench_ms(lambda: dst.copy_(x))  # into a preallocated tensor: a clone's fresh pages would count too
-    print(f"{tiles} tiles x {grid}x{grid} tokens x {width} channels, {dtype}, {device}: "
-          f"copy {2 * x.nbytes / copy_ms / 1e6:.0f} GB/s ({copy_ms:.3f} ms)")
-    print(f"{'ratio':>6} {'backend':>14} {'ms':>8} {'GB/s':>8} {'% of copy':>10}")
-    paths = {"eager": merge_torch, "compile": torch.compile(merge_torch), "npu-conv2d": merge_npu}
-    if device == "cuda" and triton is not None:
-        paths["triton"] = merge_triton
-    for ratio in (0.5, 0.25):
-        window = window_for(ratio, grid, grid)
-        w = torch.rand(window[0] * window[1], width, device=device, dtype=dtype)
-        b = torch.rand(width, device=device, dtype=dtype)
-        nbytes = x.nbytes * (1 + ratio) + w.nbytes + b.nbytes  # read the grid once, write ratio of it
-        ref = merge_torch(x, window, w, b).float()
-        for name, fn in paths.items():
-            err = (fn(x, window, w, b).float() - ref).abs().max().item()
-            ms = bench_ms(lambda: fn(x, window, w, b))
-            share = 100 * copy_ms * (1 + ratio) / 2 / ms
-            print(f"{ratio:>6} {name:>14} {ms:>8.3f} {nbytes / ms / 1e6:>8.0f} {share:>9.0f}%   max |diff| {err:.1e}")
-
-
-PEAK_TFLOPS = (("H100 PCIe", 756), ("H100", 989), ("H200", 989))  # dense bf16, NVIDIA's datasheets
-
-
-def bench_select(tiles, grid, width, device, dtype):
-    """select's step on one image of the bench's tiles: rarity's TFLOP/s (2 n^2 C, the distance GEMM; against the
-    datasheet peak on an H100 or H200) and the gather's GB/s (against a copy of as many bytes, the device's
-    practical memory peak), per backend. The PyTorch paths compute in fp32; Triton reads x as it is (bf16 on CUDA)."""
-    x = torch.randn(tiles, grid, grid, width, device=device, dtype=dtype)
-    n = tiles * grid * grid
-    image, k = x.view(n, width), min(Select.neighbours, n - 1)
-    name = torch.cuda.get_device_name() if device == "cuda" else ""
-    peak = next((tf for key, tf in PEAK_TFLOPS if key in name), None) if dtype == torch.bfloat16 else None
-    rounds = 20 if device == "cuda" else 3  # a CPU takes seconds per call at real sizes
-    paths = {"eager": rarity_torch, "npu-addmm": rarity_npu, "compile": torch.compile(rarity_torch)}
-    if device == "cuda" and triton is not None:
-        paths["triton"] = rarity_triton
-    print(f"select's rarity, {n} tokens, k = {k}:")
-    print(f"{'backend':>14} {'ms':>8} {'TFLOP/s':>8}" + (f" {'% of ' + str(peak):>8}" if peak else ""))
-    ref = rarity_torch(image, k)
-    for label, fn in paths.items():
-        err = (fn(image, k) - ref).abs().max().item()
-        ms = bench_ms(lambda: fn(image, k), rounds)
-        tflops = 2 * n * n * width / ms / 1e9
-        share = f" {100 * tflops / peak:>7.0f}%" if peak else ""
-        print(f"{label:>14} {ms:>8.3f} {tflops:>8.2f}{share}   max |diff| {err:.1e}")
-    flat = torch.randperm(n, device=device)[:n // 2].sort().values  # half the tokens kept
-    tile, i, j = flat // (grid * grid), flat % (grid * grid) // grid, flat % grid
-    nbytes = 2 * 3 * len(flat) * width * x.element_size()  # read three cells per kept token, write them
-    src = torch.empty(nbytes // 2 // x.element_size(), device=device, dtype=dtype)  # 3 cells a token: 1.5x of x
-    dst = torch.empty_like(src)
-    copy_ms = bench_ms(lambda: dst.copy_(src))  # as many bytes read and written: what the gather could reach
-    print(f"select's gather, {len(flat)} kept tokens x 3 cells, {nbytes} bytes (a copy of {2 * src.nbytes} bytes: "
-          f"{2 * src.nbytes / copy_ms / 1e6:.0f} GB/s):\n{'backend':>14} {'ms':>8} {'GB/s':>8} {'% of copy':>10}")
-    ref = gather_torch(x, tile, i, j)
-    for label, fn in ({"eager": gather_torch} | ({"triton": gather_triton} if "triton" in paths else {})).items():
-        err = (fn(x, tile, i, j) - ref).abs().max().item()
-        ms = bench_ms(lambda: fn(x, tile, i, j))
-        print(f"{label:>14} {ms:>8.3f} {nbytes / ms / 1e6:>8.0f} {100 * copy_ms / ms:>9.0f}%   max |diff| {err:.1e}")
-
-
-if __name__ == "__main__":
-    p = argparse.ArgumentParser(prog="compress.py", description="benchmark the weighted-merge and select's backends")
-    p.error = lambda message: p.exit(2, f"compress.py: error: {message} (see python compress.py --help)\n")  # one line
-    p.add_argument("--bench", action="store_true", required=True)
-    p.add_argument("--tiles", type=int, default=13, help="12 tiles + the thumbnail")
-    p.add_argument("--grid", type=int, default=16, help="tokens per side after pixel shuffle (16 at 448 px)")
-    p.add_argument("--width", type=int, default=4096, help="channels after pixel shuffle (4 x 1024, InternViT-300M)")
-    args = p.parse_args()
-    if min(args.tiles, args.grid, args.width) < 1:
-        p.error(f"--tiles, --grid and --width must be >= 1 (got {args.tiles}, {args.grid}, {args.width})")
-    gpu = torch.cuda.is_available()
-    try:
-        device, dtype = ("cuda", torch.bfloat16) if gpu else ("cpu", torch.float32)
-        bench(args.tiles, args.grid, args.width, device, dtype)
-        bench_select(args.tiles, args.grid, args.width, device, dtype)
-    except CompressError as e:  # a grid no window of 0.5 or 0.25 tiles
-        p.error(f"--grid {args.grid}: {e}")

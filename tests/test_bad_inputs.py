@@ -476,13 +476,6 @@ def test_odd_checkpoint_folders_are_one_line(teacher_dir, tmp_path, how, words):
         load_tokenizer(str(d))
 
 
-def test_compress_bench_grid():
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "compress.py"), "--bench", "--grid", "-1"], capture_output=True,
-                       text=True, timeout=120)
-    assert r.returncode == 2
-    one_line(r.stderr, "compress.py", "--tiles, --grid and --width must be >= 1")
-
-
 @pytest.mark.parametrize("how", ["not UTF-8", "a list"])
 def test_merge_reads_odd_json_in_one_line(teacher_dir, tmp_path, capsys, how):
     a, b = (shutil.copytree(teacher_dir, tmp_path / n) for n in "ab")

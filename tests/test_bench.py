@@ -129,3 +129,29 @@ def test_without_transformers_the_peer_says_so(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers raises ImportError
     res, text = run("--tiles", "1", "--distill-batches", "1")
     assert "transformers: not installed" in text and res["peer"] == [] and res["transformers"] is None
+
+
+def test_kernels_agree_with_eager_and_are_put_against_a_copy(monkeypatch, capsys):
+    """bench.py --kernels on a CPU (torch.compile left out: it takes a minute here): every backend matches the eager
+    one, and the gather is put against a copy that reads and writes as many bytes as it does."""
+    monkeypatch.setattr(torch, "compile", lambda fn: fn)
+    copies = []
+    copy_gb_s = B.copy_gb_s
+    monkeypatch.setattr(B, "copy_gb_s", lambda nbytes, *a: copies.append(nbytes) or copy_gb_s(nbytes, *a))
+    res = B.main(["--kernels", "--shape", "tiny", "--device", "cpu", "--tiles", "2", "--threads", "1"])
+    out = capsys.readouterr().out
+    rows = res["kernels"]
+    assert [r["kernel"] for r in rows] == ["merge"] * 6 + ["rarity"] * 3 + ["gather"], rows
+    assert max(r["max_diff"] for r in rows) < 1e-4 and out.count("max |diff|") == len(rows), out
+    # 2 tiles + the thumbnail of tiny's 4 x 4 grid of 256 channels: half the 48 tokens kept, 3 cells each, fp32
+    gather_bytes = 2 * 3 * (3 * 4 * 4 // 2) * 256 * 4
+    assert f"{gather_bytes} bytes read and written" in out and copies[-1] * 2 == gather_bytes, (out, copies)
+    assert copies[0] == 3 * 4 * 4 * 256 * 4 and "% of copy" in out  # the merge's: the grid
+
+
+def test_model_flags_are_refused_with_kernels(capsys):
+    with pytest.raises(SystemExit) as e:
+        B.main(["--kernels", "--steps", "3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err == ["bench.py: error: --steps is the model benchmark's, unused by --kernels: drop "
+                                         "it (see python bench.py --help)"], err

@@ -4,8 +4,6 @@ import json
 import math
 import os
 import re
-import subprocess
-import sys
 from dataclasses import replace
 
 import pytest
@@ -111,27 +109,6 @@ def test_triton_kernel_on_cuda():
                 got, ref = C.merge_triton(x, window, w, bias), C.merge_torch(x.float(), window, w.float(),
                                                                              None if bias is None else bias.float())
                 assert got.dtype == dtype and torch.allclose(got.float(), ref, atol=tol, rtol=tol), (dtype, shape, window)
-
-
-@pytest.mark.parametrize("argv, words", [(["--bench", "--grid", "abc"], "argument --grid: invalid int value: 'abc'"),
-                                         ([], "required: --bench"), (["--bench", "--grid", "3"], "--grid 3: ratio 0.5")])
-def test_bench_flag_errors_are_one_line(argv, words):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "compress.py"), *argv], capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("compress.py: error: "), r.stderr
-    assert words in r.stderr
-
-
-def test_the_select_bench_agrees_with_pytorch_and_prints_its_shares(monkeypatch, capsys):
-    """compress.py --bench's select rows on a CPU (torch.compile left out: it takes a minute here): every backend
-    matches the eager one, and the gather is put against a copy of as many bytes as it reads and writes."""
-    monkeypatch.setattr(torch, "compile", lambda fn: fn)
-    C.bench_select(2, 4, 24, "cpu", torch.float32)
-    out = capsys.readouterr().out
-    diffs = [float(line.rsplit(" ", 1)[1]) for line in out.splitlines() if "max |diff|" in line]
-    assert len(diffs) == 4 and max(diffs) < 1e-4, out
-    gather_bytes = 2 * 3 * (2 * 4 * 4 // 2) * 24 * 4  # half the 32 tokens kept, 3 cells of 24 fp32 each, read and written
-    assert f"{gather_bytes} bytes (a copy of {gather_bytes} bytes" in out and "% of copy" in out, out
 
 
 def prompt_ids(model, tok, n_tiles, question="What is the total?"):
