@@ -61,6 +61,7 @@ runs started from a bf16 export (docs/teacher.md), so a rerun lands near the shi
 Each stage runs posttrain.train (checkpoints, resume, DDP, log.jsonl). The auxiliary head and the
 pointer loss exist only here: what ships is the plain InternVL2 architecture.
 """
+import copy
 import json
 import math
 import os
@@ -120,10 +121,11 @@ class TeacherConfig(P.TrainConfig):
     more_fonts: bool = False  # the training family also draws in data/wide.py's MORE_FONTS
     synonyms: bool = False  # the training family also asks in data/wide.py's SYNONYM_PHRASES (read)
     arrangements: bool = False  # the training family also draws data/wide.py's ARRANGEMENTS (chart, info layouts)
+    grow_layers: int = 0  # decoder layers added to --init's before a read stage, outputs unchanged (grow_decoder)
 
 
 READ_STAGE_FLAGS = ("tokenizer", "trainable", "kinds", "qa_turns", "max_len", "transcribe_frac", "crop_frac",
-                    "pointer_weight", "pointer_layers", "pair_layer", "pair_weight", "synonyms")  # glyphs: the whole ViT, every kind
+                    "pointer_weight", "pointer_layers", "pair_layer", "pair_weight", "synonyms", "grow_layers")  # glyphs: the whole ViT, every kind
 GLYPH_STAGE_FLAGS = ("glyph_tiles", "glyph_crops")
 
 
@@ -133,7 +135,7 @@ def parse_args(argv=None):
     skip = ("data", "image_root", "p_transcribe", "p_qa", "p_reason", "cot_frac", "image_size", "model_config")
     cfg = cli.parse(TeacherConfig, argv, "teacher.py", __doc__, skip, choices=dict(stage=["glyphs", "read"]), **P.BOUNDS,
                     eval_every=1, qa_turns=1, glyph_tiles=1, glyph_crops=0, pointer_layers=1, pair_layer=-1,
-                    transcribe_frac=0, crop_frac=0, pointer_weight=0, pair_weight=0, glyph_vary=0)
+                    grow_layers=0, transcribe_frac=0, crop_frac=0, pointer_weight=0, pair_weight=0, glyph_vary=0)
     if not cfg.stage:
         raise Error("the following arguments are required: --stage (see python teacher.py --help)")
     if cfg.stage == "glyphs" and cfg.init != TeacherConfig.init:
@@ -509,6 +511,26 @@ def make_read_loss(model, pointer_weight, layers, pair_layer=-1, pair_weight=1.0
     return read_loss
 
 
+def grow_decoder(model, n):
+    """Deepen the LLM by n decoder layers, one after each of its first n, each a copy of the layer before it with
+    its two output projections (attention wo, feed-forward w2) zeroed: the new layers add nothing to the residual
+    stream, so the model answers as before, and learn from there (LLaMA Pro's block expansion). The last layers,
+    where the pointer loss looks, stay the trained ones."""
+    layers, cfg = model.language_model.model.layers, model.config.llm
+    if not 0 < n <= len(layers):
+        raise Error(f"--grow-layers {n}: from 1 to the LLM's {len(layers)} layers")
+    grown = []
+    for i, layer in enumerate(layers):
+        grown.append(layer)
+        if i < n:
+            new = copy.deepcopy(layer)
+            for w in (new.attention.wo.weight, new.feed_forward.w2.weight):
+                nn.init.zeros_(w)
+            grown.append(new)
+    model.language_model.model.layers = nn.ModuleList(grown)
+    cfg.num_hidden_layers = len(grown)  # the config save_model writes, and the KV caches' count
+
+
 def read_eval(model, tok):
     """Greedy ANLS / exact match on two extractive questions of each held-out image, asked as evaluate.py does;
     exact match on held-out word crops, asked as OCRBench does."""
@@ -611,6 +633,8 @@ def run(cfg):
             tok = load_tokenizer(cfg.tokenizer)
             model = M.InternVLChat(teacher_config(tok.vocab_size))
             model.img_context_token_id = tok.token_to_id(M.IMG_CONTEXT)
+        if cfg.grow_layers:  # before P.train, which resumes a grown run's weights onto it
+            grow_decoder(model, cfg.grow_layers)
         model.to(device)
         if glyph_weights:
             vit = {k: v for k, v in P.read_weights(glyph_weights, fix).items() if k.startswith("vision_model.")}

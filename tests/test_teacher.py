@@ -203,6 +203,9 @@ def test_kinds_choose_the_images_and_bad_kinds_are_refused():
     (["--stage", "glyphs", "--kinds", "chart"], "--kinds is the read stage's, unused by --stage glyphs"),
     (["--stage", "glyphs", "--trainable", "llm"], "--trainable is the read stage's"),
     (["--stage", "read", "--glyph-tiles", "2"], "--glyph-tiles is the glyph stage's, unused by --stage read"),
+    (["--stage", "read", "--grow-layers", "-1"], "--grow-layers -1: must be >= 0"),
+    (["--stage", "read", "--init", "checkpoints/tiny", "--grow-layers", "5"], "--grow-layers 5: from 1 to the LLM's 4"),
+    (["--stage", "glyphs", "--grow-layers", "2"], "--grow-layers is the read stage's, unused by --stage glyphs"),
 ])
 def test_bad_flags_are_one_line(argv, words, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
@@ -210,6 +213,25 @@ def test_bad_flags_are_one_line(argv, words, tmp_path, capsys, monkeypatch):
         T.main([*argv, "--out", str(tmp_path / "out"), "--steps", "1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and words in err[0], err
+
+
+def test_grown_decoder_answers_as_before_and_saves_its_depth(tmp_path):
+    """grow_decoder's new layers add nothing to the residual stream: the same logits, the trained layers last (where
+    the pointer loss looks), and a config that loads back at the new depth."""
+    torch.manual_seed(0)
+    model = M.InternVLChat(M.tiny_config()).eval()
+    embeds, pos = torch.randn(2, 12, 64), torch.arange(12).expand(2, 12)
+    with torch.no_grad():
+        before = model.language_model(embeds, pos)
+    trained = list(model.language_model.model.layers)
+    T.grow_decoder(model, 1)
+    layers = model.language_model.model.layers
+    assert len(layers) == 3 and layers[0] is trained[0] and layers[2] is trained[1] and layers[1] is not trained[0]
+    with torch.no_grad():
+        assert torch.equal(model.language_model(embeds, pos), before)
+    assert torch.equal(layers[1].attention.wqkv.weight, trained[0].attention.wqkv.weight)  # a copy: it learns from there
+    M.save_model(model, tmp_path / "grown")
+    assert len(M.load_model(tmp_path / "grown").language_model.model.layers) == 3
 
 
 def test_unreadable_weights_are_one_line(tmp_path, capsys, monkeypatch):
