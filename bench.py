@@ -385,10 +385,11 @@ def run_kernels(args):
     torch.set_num_threads(args.threads) if args.threads else None
     cfg = SHAPES[args.shape]
     grid = int(cfg.force_image_size // cfg.vision.patch_size * cfg.downsample_ratio)
-    width, tiles = cfg.vision.hidden_size * round(1 / cfg.downsample_ratio) ** 2, max(args.tiles) + (max(args.tiles) > 1)
+    width = cfg.vision.hidden_size * round(1 / cfg.downsample_ratio) ** 2
+    tiles = max(args.tiles) + (max(args.tiles) > 1)
     rows = bench_merge(tiles, grid, width, args.device, args.dtype)
-    return dict(shape=args.shape, torch=torch.__version__, kernels=rows + bench_select(tiles, grid, width, args.device,
-                                                                                       args.dtype))
+    rows += bench_select(tiles, grid, width, args.device, args.dtype)
+    return dict(shape=args.shape, torch=torch.__version__, kernels=rows)
 
 
 def run(args):

@@ -125,7 +125,8 @@ class TeacherConfig(P.TrainConfig):
 
 
 READ_STAGE_FLAGS = ("tokenizer", "trainable", "kinds", "qa_turns", "max_len", "transcribe_frac", "crop_frac",
-                    "pointer_weight", "pointer_layers", "pair_layer", "pair_weight", "synonyms", "grow_layers")  # glyphs: the whole ViT, every kind
+                    "pointer_weight", "pointer_layers", "pair_layer", "pair_weight", "synonyms",
+                    "grow_layers")  # glyphs: the whole ViT, every kind
 GLYPH_STAGE_FLAGS = ("glyph_tiles", "glyph_crops")
 
 
