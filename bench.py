@@ -13,8 +13,8 @@ n tiles are n tiles plus the thumbnail when n > 1 (as dynamic_preprocess) inside
 ViT ms: the encoder. Prefill ms: the LLM over the prompt's embeddings, KV cache written. TTFT ms: pixels to
 the first greedy token. Decode tok/s: a step of model.generate's loop at batch 1 and 8 (on CUDA a replayed
 graph: model.decode_step). Peak GB: the TTFT run's (CUDA). After a warm-up run a figure is the median of
---repeats runs on CUDA, the fastest on a CPU. --kernels: pool's merge and select's gather in GB/s against a copy
-of as many bytes, select's rarity in TFLOP/s against the datasheet (H100, H200), each backend against eager.
+--repeats runs on CUDA, the fastest on a CPU. --kernels: pool's merge in GB/s against a copy of the grid, select's
+gather against a copy of as many bytes as it moves, select's rarity in TFLOP/s against the datasheet (H100, H200).
 """
 import gc
 import math
@@ -61,15 +61,16 @@ def kernel_ms(fn, device, rounds=50):
     would time the launch, not the kernel); a CPU: the median call."""
     for _ in range(3):
         fn()
-    if str(device).startswith("cuda"):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
-        for _ in range(rounds):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / rounds
+    if torch.device(device).type == "cuda":
+        with torch.cuda.device(device):  # the events and the syncs on the device timed, not the current one
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            for _ in range(rounds):
+                fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / rounds
     times = []
     for _ in range(rounds):
         t = time.perf_counter()
@@ -312,7 +313,7 @@ def bandwidth(model, rows, args):
 
 # ----------------------------------------------------------------------------------------------
 # python bench.py --kernels: compress.py's kernels alone, at the shape's token grid (13 tiles of 16 x 16 x 4096 for
-# 2b): pool's weighted merge and select's gather in GB/s against a copy of as many bytes, select's rarity in TFLOP/s
+# 2b): pool's weighted merge and select's gather in GB/s against the device's copy, select's rarity in TFLOP/s
 
 def bench_merge(tiles, grid, width, device, dtype):
     """Pool's weighted merge on each backend at ratios 0.5 and 0.25: GB/s (the grid read once, ratio of it written)."""
@@ -321,7 +322,7 @@ def bench_merge(tiles, grid, width, device, dtype):
     print(f"pool's weighted merge, {tiles} tiles x {grid}x{grid} tokens x {width} channels, {dtype}, {device} (a copy "
           f"of the grid: {peak:.0f} GB/s):\n{'ratio':>6} {'backend':>14} {'ms':>8} {'GB/s':>8} {'% of copy':>10}")
     paths = {"eager": C.merge_torch, "compile": torch.compile(C.merge_torch), "npu-conv2d": C.merge_npu}
-    if device == "cuda" and C.triton is not None:
+    if torch.device(device).type == "cuda" and C.triton is not None:
         paths["triton"] = C.merge_triton
     rows = []
     for ratio in (0.5, 0.25):
@@ -333,7 +334,8 @@ def bench_merge(tiles, grid, width, device, dtype):
         for name, fn in paths.items():
             err = (fn(x, window, w, b).float() - ref).abs().max().item()
             ms = kernel_ms(lambda: fn(x, window, w, b), device)
-            rows.append(dict(kernel="merge", ratio=ratio, backend=name, ms=ms, gb_s=nbytes / ms / 1e6, max_diff=err))
+            rows.append(dict(kernel="merge", ratio=ratio, backend=name, ms=ms, gb_s=nbytes / ms / 1e6, copy_gb_s=peak,
+                             max_diff=err))
             print(f"{ratio:>6} {name:>14} {ms:>8.3f} {rows[-1]['gb_s']:>8.0f} {100 * rows[-1]['gb_s'] / peak:>9.0f}%"
                   f"   max |diff| {err:.1e}")
     return rows
@@ -349,11 +351,12 @@ def bench_select(tiles, grid, width, device, dtype):
     x = torch.randn(tiles, grid, grid, width, device=device, dtype=dtype)
     n = tiles * grid * grid
     image, k = x.view(n, width), min(C.Select.neighbours, n - 1)
-    name = torch.cuda.get_device_name() if device == "cuda" else ""
+    cuda = torch.device(device).type == "cuda"
+    name = torch.cuda.get_device_name(device) if cuda else ""
     peak = next((tf for key, tf in PEAK_TFLOPS if key in name), None) if dtype == torch.bfloat16 else None
-    rounds = 20 if device == "cuda" else 3  # a CPU takes seconds per call at real sizes
+    rounds = 20 if cuda else 3  # a CPU takes seconds per call at real sizes
     paths = {"eager": C.rarity_torch, "npu-addmm": C.rarity_npu, "compile": torch.compile(C.rarity_torch)}
-    if device == "cuda" and C.triton is not None:
+    if cuda and C.triton is not None:
         paths["triton"] = C.rarity_triton
     print(f"select's rarity, {n} tokens, k = {k}:")
     print(f"{'backend':>14} {'ms':>8} {'TFLOP/s':>8}" + (f" {'% of ' + str(peak):>8}" if peak else ""))
@@ -374,27 +377,27 @@ def bench_select(tiles, grid, width, device, dtype):
     for label, fn in ({"eager": C.gather_torch} | ({"triton": C.gather_triton} if "triton" in paths else {})).items():
         err = (fn(x, tile, i, j) - ref).abs().max().item()
         ms = kernel_ms(lambda: fn(x, tile, i, j), device)
-        rows.append(dict(kernel="gather", backend=label, ms=ms, gb_s=nbytes / ms / 1e6, max_diff=err))
+        rows.append(dict(kernel="gather", backend=label, ms=ms, gb_s=nbytes / ms / 1e6, copy_gb_s=copy, max_diff=err))
         print(f"{label:>14} {ms:>8.3f} {rows[-1]['gb_s']:>8.0f} {100 * rows[-1]['gb_s'] / copy:>9.0f}%"
               f"   max |diff| {err:.1e}")
     return rows
 
 
 def run_kernels(args):
-    """Both kernel tables at the shape's grid and the most tiles (+ the thumbnail); return their rows."""
-    torch.set_num_threads(args.threads) if args.threads else None
+    """Both kernel tables at the shape's grid and the most tiles (+ the thumbnail); return every figure."""
     cfg = SHAPES[args.shape]
     grid = int(cfg.force_image_size // cfg.vision.patch_size * cfg.downsample_ratio)
     width = cfg.vision.hidden_size * round(1 / cfg.downsample_ratio) ** 2
     tiles = max(args.tiles) + (max(args.tiles) > 1)
     rows = bench_merge(tiles, grid, width, args.device, args.dtype)
     rows += bench_select(tiles, grid, width, args.device, args.dtype)
-    return dict(shape=args.shape, torch=torch.__version__, kernels=rows)
+    device = torch.cuda.get_device_name(args.device) if torch.device(args.device).type == "cuda" else "cpu"
+    return dict(shape=args.shape, torch=torch.__version__, threads=torch.get_num_threads(), device=device,
+                args=dict(vars(args), dtype=str(args.dtype)), tiles=tiles, grid=grid, width=width, kernels=rows)
 
 
 def run(args):
     """Print the tables; return every figure (what --json writes)."""
-    torch.set_num_threads(args.threads) if args.threads else None
     cfg, ratios = SHAPES[args.shape], [1.0] + [r for r in args.ratios if r != 1]
     model = build(cfg, args.device, args.dtype)
     n_params, v, lm = sum(p.numel() for p in model.parameters()), cfg.vision, cfg.llm
@@ -469,10 +472,12 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile decode (CUDA)")
     p.add_argument("--json", default="", help="write every figure there (atomically)")
-    p.add_argument("--kernels", action="store_true", help="compress.py's kernels alone, at the shape's token grid")
+    p.add_argument("--kernels", action="store_true",
+                   help="compress.py's kernels alone, on the shape's token grid of the most --tiles (+ the thumbnail)")
     args = p.parse_args(argv)
     if args.kernels and (unused := next((f for f in MODEL_FLAGS if getattr(args, f) != p.get_default(f)), None)):
-        p.error(f"--{unused.replace('_', '-')} is the model benchmark's, unused by --kernels: drop it")
+        flag = next(a.option_strings[0] for a in p._actions if a.dest == unused)
+        p.error(f"{flag} is the model benchmark's, unused by --kernels: drop it")
     if msg := cli.out_of_range(args, tiles=1, ratios=(0, 1), text=1, answer=1, repeats=1, steps=1, distill_batches=1,
                              threads=0) or cli.check_device(args.device):
         p.error(msg)
@@ -496,6 +501,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    torch.set_num_threads(args.threads) if args.threads else None
     res = {}
     bench = run_kernels if args.kernels else run
     if rc := cli.run_main("bench.py", lambda: res.update(bench(args)), C.CompressError, M.ModelLoadError):

@@ -121,7 +121,7 @@ class TeacherConfig(P.TrainConfig):
     more_fonts: bool = False  # the training family also draws in data/wide.py's MORE_FONTS
     synonyms: bool = False  # the training family also asks in data/wide.py's SYNONYM_PHRASES (read)
     arrangements: bool = False  # the training family also draws data/wide.py's ARRANGEMENTS (chart, info layouts)
-    grow_layers: int = 0  # decoder layers added to --init's before a read stage, outputs unchanged (grow_decoder)
+    grow_layers: int = 0  # decoder layers added to --init's, outputs unchanged (grow_decoder); --pair-layer counts them
 
 
 READ_STAGE_FLAGS = ("tokenizer", "trainable", "kinds", "qa_turns", "max_len", "transcribe_frac", "crop_frac",
@@ -512,14 +512,15 @@ def make_read_loss(model, pointer_weight, layers, pair_layer=-1, pair_weight=1.0
     return read_loss
 
 
-def grow_decoder(model, n):
+def grow_decoder(model, n, keep_last=0):
     """Deepen the LLM by n decoder layers, one after each of its first n, each a copy of the layer before it with
     its two output projections (attention wo, feed-forward w2) zeroed: the new layers add nothing to the residual
-    stream, so the model answers as before, and learn from there (LLaMA Pro's block expansion). The last layers,
-    where the pointer loss looks, stay the trained ones."""
+    stream, so the model answers as before, and learn from there (LLaMA Pro's block expansion). The last keep_last
+    layers (the pointer layers) stay the trained ones, so n is at most the layers before them."""
     layers, cfg = model.language_model.model.layers, model.config.llm
-    if not 0 < n <= len(layers):
-        raise Error(f"--grow-layers {n}: from 1 to the LLM's {len(layers)} layers")
+    if not 0 < n <= len(layers) - keep_last:
+        raise Error(f"--grow-layers {n}: from 1 to the {len(layers) - keep_last} decoder layers before the "
+                    f"{keep_last} pointer layers")
     grown = []
     for i, layer in enumerate(layers):
         grown.append(layer)
@@ -635,7 +636,9 @@ def run(cfg):
             model = M.InternVLChat(teacher_config(tok.vocab_size))
             model.img_context_token_id = tok.token_to_id(M.IMG_CONTEXT)
         if cfg.grow_layers:  # before P.train, which resumes a grown run's weights onto it
-            grow_decoder(model, cfg.grow_layers)
+            if cfg.init == "tiny":
+                raise Error("--grow-layers deepens a trained model: pass its folder as --init")
+            grow_decoder(model, cfg.grow_layers, cfg.pointer_layers)
         model.to(device)
         if glyph_weights:
             vit = {k: v for k, v in P.read_weights(glyph_weights, fix).items() if k.startswith("vision_model.")}

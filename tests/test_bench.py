@@ -147,6 +147,7 @@ def test_kernels_agree_with_eager_and_are_put_against_a_copy(monkeypatch, capsys
     gather_bytes = 2 * 3 * (3 * 4 * 4 // 2) * 256 * 4
     assert f"{gather_bytes} bytes read and written" in out and copies[-1] * 2 == gather_bytes, (out, copies)
     assert copies[0] == 3 * 4 * 4 * 256 * 4 and "% of copy" in out  # the merge's: the grid
+    assert (res["tiles"], res["grid"], res["width"], res["device"]) == (3, 4, 256, "cpu") and rows[0]["copy_gb_s"] > 0
 
 
 def test_model_flags_are_refused_with_kernels(capsys):
@@ -155,3 +156,9 @@ def test_model_flags_are_refused_with_kernels(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and err == ["bench.py: error: --steps is the model benchmark's, unused by --kernels: drop "
                                          "it (see python bench.py --help)"], err
+
+
+def test_no_compile_is_refused_with_kernels_by_its_own_name(capsys):
+    with pytest.raises(SystemExit):
+        B.main(["--kernels", "--no-compile"])
+    assert "--no-compile is the model benchmark's" in capsys.readouterr().err

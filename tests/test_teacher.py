@@ -204,7 +204,9 @@ def test_kinds_choose_the_images_and_bad_kinds_are_refused():
     (["--stage", "glyphs", "--trainable", "llm"], "--trainable is the read stage's"),
     (["--stage", "read", "--glyph-tiles", "2"], "--glyph-tiles is the glyph stage's, unused by --stage read"),
     (["--stage", "read", "--grow-layers", "-1"], "--grow-layers -1: must be >= 0"),
-    (["--stage", "read", "--init", "checkpoints/tiny", "--grow-layers", "5"], "--grow-layers 5: from 1 to the LLM's 4"),
+    (["--stage", "read", "--init", "checkpoints/tiny", "--grow-layers", "3"],
+     "--grow-layers 3: from 1 to the 2 decoder layers before the 2 pointer layers"),
+    (["--stage", "read", "--grow-layers", "1"], "--grow-layers deepens a trained model: pass its folder as --init"),
     (["--stage", "glyphs", "--grow-layers", "2"], "--grow-layers is the read stage's, unused by --stage glyphs"),
 ])
 def test_bad_flags_are_one_line(argv, words, tmp_path, capsys, monkeypatch):
@@ -224,12 +226,14 @@ def test_grown_decoder_answers_as_before_and_saves_its_depth(tmp_path):
     with torch.no_grad():
         before = model.language_model(embeds, pos)
     trained = list(model.language_model.model.layers)
-    T.grow_decoder(model, 1)
+    with pytest.raises(T.Error, match="from 1 to the 1 decoder layers before the 1 pointer layers"):
+        T.grow_decoder(model, 2, keep_last=1)
+    T.grow_decoder(model, 1, keep_last=1)
     layers = model.language_model.model.layers
     assert len(layers) == 3 and layers[0] is trained[0] and layers[2] is trained[1] and layers[1] is not trained[0]
     with torch.no_grad():
         assert torch.equal(model.language_model(embeds, pos), before)
-    assert torch.equal(layers[1].attention.wqkv.weight, trained[0].attention.wqkv.weight)  # a copy: it learns from there
+    assert torch.equal(layers[1].attention.wqkv.weight, trained[0].attention.wqkv.weight)  # learns from a copy
     M.save_model(model, tmp_path / "grown")
     assert len(M.load_model(tmp_path / "grown").language_model.model.layers) == 3
 
