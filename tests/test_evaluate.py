@@ -3,7 +3,7 @@ evaluate() on a model in memory, the LLM's prefill FLOPs (the metrics: tests/tes
 
     python -m pytest tests/test_evaluate.py -q
 """
-import json, os, shutil, subprocess, sys
+import json, os, shutil, subprocess, sys, types
 import pytest
 from PIL import Image
 
@@ -440,11 +440,18 @@ def test_tiles_and_pdrop_end_to_end(tmp_path, tiny_model):
     (['--image', 'x.png', '--question', 'hi', '--method', 'tiles'], 'use it with --task'),
     (['--image', 'x.png', '--question', 'hi', '--ratio', '0.5'], '--ratio needs --method'),
 ])
-def test_one_question_errors_are_one_line(tmp_path, args, words):
+def test_one_question_errors_are_one_line(tmp_path, args, words, capsys, monkeypatch):
+    """In this process, as the command line runs it (main), so the cases share one interpreter's start."""
     png(str(tmp_path / 'x.png'))
     open(tmp_path / 'config.json', 'w').write('{}')
     args = [str(tmp_path / a) if a in ('MISSING', 'x.png', 'config.json') else a for a in args]
-    assert_clean_error(cli(*args), words.replace('MISSING', str(tmp_path / 'MISSING')))
+    monkeypatch.chdir(ROOT)  # as cli() runs it
+    try:
+        code = E.main(args)  # its exit code; argparse's refusals exit
+    except SystemExit as e:
+        code = e.code
+    r = types.SimpleNamespace(returncode=code, stderr=capsys.readouterr().err)
+    assert_clean_error(r, words.replace('MISSING', str(tmp_path / 'MISSING')))
 
 @pytest.mark.parametrize('method', [['--method', 'none'], ['--method', 'pool', '--ratio', '0.5'],
                                     ['--method', 'select', '--ratio', '0.5'], ['--method', 'fastv']])
