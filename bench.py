@@ -385,9 +385,7 @@ def bench_select(tiles, grid, width, device, dtype):
 
 def run_kernels(args):
     """Both kernel tables at the shape's grid and the most tiles (+ the thumbnail); return every figure."""
-    cfg = SHAPES[args.shape]
-    grid = int(cfg.force_image_size // cfg.vision.patch_size * cfg.downsample_ratio)
-    width = cfg.vision.hidden_size * round(1 / cfg.downsample_ratio) ** 2
+    grid, width = C.token_grid(SHAPES[args.shape]), C.token_width(SHAPES[args.shape])
     tiles = max(args.tiles) + (max(args.tiles) > 1)
     rows = bench_merge(tiles, grid, width, args.device, args.dtype)
     rows += bench_select(tiles, grid, width, args.device, args.dtype)

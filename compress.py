@@ -475,6 +475,11 @@ def token_grid(config):
     return int(config.force_image_size // config.vision.patch_size * config.downsample_ratio)
 
 
+def token_width(config):
+    """A token's channels after the pixel shuffle: the ViT's, 4x at ratio 0.5 (4096 for InternViT-300M)."""
+    return config.vision.hidden_size * round(1 / config.downsample_ratio) ** 2
+
+
 def build(config, compressors=COMPRESSORS):
     """The compressor config.compressor records (model.load_model's build_compressor). compressors: method -> class
     (baselines.build passes these and its own)."""
@@ -489,8 +494,7 @@ def build(config, compressors=COMPRESSORS):
     if not is_number(ratio) or not 0 < ratio <= 1:
         raise CompressError(f"config.json's compressor record {config.compressor} needs a ratio in (0, 1]: the share "
                             "of visual tokens kept, as compress.spec writes it")
-    grid = token_grid(config)
-    width = config.vision.hidden_size * round(1 / config.downsample_ratio) ** 2
+    grid, width = token_grid(config), token_width(config)
     ranged = "ratio_range" in config.compressor
     if (ranged and method != "select") or (config.compressor.get("gated") and not ranged):
         raise CompressError(f"config.json's compressor record {config.compressor.get('method')!r} has "

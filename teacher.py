@@ -579,6 +579,8 @@ def run(cfg):
         raise Error(f"--glyph-vary {cfg.glyph_vary:g}: a share, from 0 to 1")
     if cfg.family == "shipped" and (widening := next((f for f in WIDENINGS if getattr(cfg, f)), None)):
         raise Error(f"--{widening.replace('_', '-')} changes the training family's samples: add --family train or mix")
+    if cfg.grow_layers and cfg.init == "tiny":
+        raise Error("--grow-layers deepens a trained model: pass its folder as --init")
     if cfg.synonyms and cfg.pair_layer >= 0:  # read_conversation finds its pairs by the question's words (KEY_QUESTION)
         raise Error("--pair-layer finds its pairs by the questions' wording, which --synonyms changes: drop one of them")
     top = cfg.seed_offset + cfg.steps * int(os.environ.get("WORLD_SIZE", 1)) * cfg.micro_batch * cfg.grad_accum
@@ -636,8 +638,6 @@ def run(cfg):
             model = M.InternVLChat(teacher_config(tok.vocab_size))
             model.img_context_token_id = tok.token_to_id(M.IMG_CONTEXT)
         if cfg.grow_layers:  # before P.train, which resumes a grown run's weights onto it
-            if cfg.init == "tiny":
-                raise Error("--grow-layers deepens a trained model: pass its folder as --init")
             grow_decoder(model, cfg.grow_layers, cfg.pointer_layers)
         model.to(device)
         if glyph_weights:
