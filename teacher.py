@@ -94,7 +94,7 @@ EVAL_SEEDS = range(10**9 - 2000, 10**9 - 1960)  # held out: training seeds stay 
 S = 112  # tile size
 FAMILY = "shipped"  # --family: which of synth.py's families the training images are drawn from
 SHIPPED_TENTHS = 3  # --shipped-share x 10: with --family mix, images whose seed ends in 0..2 are the shipped family's
-WIDENINGS = ("glyph_vary", "more_fonts", "synonyms", "arrangements")  # flags that change the training family's samples
+WIDENINGS = ("glyph_vary", "more_fonts", "synonyms", "arrangements", "legends")  # flags that change the training family's samples
 WIDEN = {}  # their values for this run, as synth.Config fields
 
 
@@ -121,6 +121,7 @@ class TeacherConfig(P.TrainConfig):
     more_fonts: bool = False  # the training family also draws in data/wide.py's MORE_FONTS
     synonyms: bool = False  # the training family also asks in data/wide.py's SYNONYM_PHRASES (read)
     arrangements: bool = False  # the training family also draws data/wide.py's ARRANGEMENTS (chart, info layouts)
+    legends: bool = False  # the training family's two-series legends also run against the bars' order, or in a column
     grow_layers: int = 0  # decoder layers added to --init's, outputs unchanged (grow_decoder); --pair-layer counts them
 
 

@@ -41,6 +41,7 @@ class Config:
     more_fonts: bool = False     # training family only: also draw in wide.MORE_FONTS
     synonyms: bool = False       # training family only: also ask in wide.SYNONYM_PHRASES
     arrangements: bool = False   # training family only: also draw wide.ARRANGEMENTS' layouts
+    legends: bool = False        # training family only: two-series legends also in the bars' other order, or a column
 
 
 # ---------------------------------------------------------------- vocabularies (short, readable values)
@@ -474,7 +475,7 @@ def make_sample(kind, seed, cfg=None):
     else:
         from data import wide
         rng = random.Random(f"{cfg.family}:{kind}:{seed}")
-        cv, qa, reas, style, layout = wide.draw(kind, rng, cfg.family, cfg.more_fonts, cfg.arrangements)
+        cv, qa, reas, style, layout = wide.draw(kind, rng, cfg)
         extra = {"family": cfg.family, "layout": layout, "font": style.font_path or "built-in"}
         if cfg.family == "train":  # its added phrasings, from their own stream: the images stay as drawn before them
             qa = wide.widen_phrasings(random.Random(f"phrasing:{kind}:{seed}"), qa, cfg.synonyms)

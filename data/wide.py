@@ -19,7 +19,9 @@ also draws synth.py's own layouts in its fonts, stacked bars and legends placed 
 and, with Config(glyph_vary=S) (teacher.py --glyph-vary), a share S of its images with reshaped glyphs (vary_glyphs),
 and, with Config(more_fonts=True) (teacher.py --more-fonts), eleven more faces (MORE_FONTS), and, with
 Config(synonyms=True) (teacher.py --synonyms), more phrasings with other key words (SYNONYM_PHRASES), and, with
-Config(arrangements=True) (teacher.py --arrangements), four more chart and infographic layouts (ARRANGEMENTS).
+Config(arrangements=True) (teacher.py --arrangements), four more chart and infographic layouts (ARRANGEMENTS), and,
+with Config(legends=True) (teacher.py --legends), two-series legends in the other order from the bars' or in a
+column, so that a series is found by its colour, not by its place in the legend.
 """
 import argparse, io, json, math, random, re
 from pathlib import Path
@@ -230,8 +232,8 @@ FOOTERS = ["Thank you!", "Page 1 of 1", "Signed: ________", "Keep this copy", "Q
 class Style:
     """One sample's look: a font file at a cap height, paper and ink colours, and the post-render damage."""
 
-    def __init__(self, rng, family, more_fonts=False):
-        self.rng, self.family = rng, family
+    def __init__(self, rng, family, more_fonts=False, legends=False):
+        self.rng, self.family, self.legends = rng, family, legends and family == "train"
         self.font_path = rng.choice(FONTS[family] + (MORE_FONTS if more_fonts and family == "train" else []))
         self.dark = rng.random() < 0.15
         self.paper = (rng.randint(20, 45),) * 3 if self.dark else rng.choice(
@@ -476,6 +478,9 @@ def _chart(rng, st, layout):
     series = 2 if layout in ("vgroup", "hgroup", "vstack", "hstack", "mirror") else 1
     stacked = layout in ("vstack", "hstack")  # each value labelled inside its segment: from 30, so a segment holds it
     legend = rng.choice(["left", "right", "bottom"]) if series > 1 and st.family == "train" else "left"
+    swap = column = False  # with Config(legends=True) only: draws without it stay as they were
+    if st.legends and series > 1 and layout != "mirror":
+        swap, column = rng.random() < 0.5, rng.random() < 0.4
     n = rng.randint(3, 5 if series == 2 else 6)
     kind = rng.choice(["years", "months", "regions", "products"])
     if kind == "years":
@@ -509,11 +514,12 @@ def _chart(rng, st, layout):
                                 for s in range(series) for i in range(n)])
         W = S._side(rng, S.Config(), 2 * m + max(cw + 12 + room + lw, heading))
         H = S._side(rng, S.Config(), 2 * m + ft.size + 30 + n * (1 if stacked else series) * (f.size + 8) + n * 8
-                    + (f.size + 10) * (series > 1))
+                    + (f.size + 10) * (series > 1) + (f.size + 4) * column)
     else:
         per_bar = (lw + 8) * 5 // 4 if stacked else series * (lw + 8) * 5 // 4  # grouped: as drawn before vstack
         W = S._side(rng, S.Config(), 2 * m + 48 + max(n * max(cw + 10, per_bar), heading))
-        H = S._side(rng, S.Config(), 2 * m + ft.size + 3 * f.size + (270 if stacked else 170) + (f.size + 10) * (series > 1))
+        H = S._side(rng, S.Config(), 2 * m + ft.size + 3 * f.size + (270 if stacked else 170) + (f.size + 10) * (series > 1)
+                    + (f.size + 4) * column)
     cv = Canvas(W, H, st.paper)
     centred = rng.random() < 0.6
     cv.text(W // 2 if centred else m, m, title, ft, st.ink, "center" if centred else "left")
@@ -522,23 +528,29 @@ def _chart(rng, st, layout):
         cv.text(W // 2 - cw // 2 - 14, y_top, names[0], f, st.ink, "right")
         cv.text(W // 2 + cw // 2 + 14, y_top, names[1], f, st.ink)
         y_top += f.size + 10
-    elif series > 1:  # legend: a colour swatch and each series' name, in a row above the plot or below it
-        row = sum(f.size + Canvas.width(name, f) + 20 for name in names) - 20
+    elif series > 1:  # legend: a colour swatch and each series' name, in a row (or a column) above the plot or below it
+        keys = list(zip(names, colours))[::-1 if swap else 1]  # swapped: the legend's order is not the bars'
+        widths = [f.size + Canvas.width(name, f) + 20 for name in names]
+        row = max(widths) - 20 if column else sum(widths) - 20
+        tall = (f.size + 4) * (len(keys) if column else 1) - 4  # the legend's height
         if legend == "left":  # one draw, as before placed legends: the held-out family's charts regenerate as shipped
             x = m + rng.randint(0, 20)
         elif legend == "right":
             x = W - m - row - rng.randint(0, 20)
         else:
             x = (W - row) // 2
-        y = H - m - f.size if legend == "bottom" else y_top
-        for name, col in zip(names, colours):
+        y = H - m - tall if legend == "bottom" else y_top
+        for name, col in keys:
             cv.draw.rectangle([x, y + 3, x + f.size - 4, y + f.size - 1], fill=col)
             cv.text(x + f.size + 2, y, name, f, st.ink)
-            x += f.size + Canvas.width(name, f) + 20
+            if column:
+                y += f.size + 4
+            else:
+                x += f.size + Canvas.width(name, f) + 20
         if legend == "bottom":
-            y_end -= f.size + 10
+            y_end -= tall + 10
         else:
-            y_top += f.size + 10
+            y_top += tall + 10
     if layout == "mirror":
         bars = _mirror_plot(cv, st, f, cats, vals, dec, m, cw, lw, y_top, y_end)
     elif horizontal:
@@ -802,10 +814,10 @@ def choose_layout(rng, kind, family, arrangements=False):
     return rng.choice(training_layouts(kind, arrangements) if family == "train" else LAYOUTS[kind]["train"])
 
 
-def draw(kind, rng, family, more_fonts=False, arrangements=False):
-    """(canvas, qa, reasoning, style, layout) of one sample of a wide family; synth.make_sample finishes it."""
-    st = Style(rng, family, more_fonts)
-    layout = choose_layout(rng, kind, family, arrangements=arrangements)
+def draw(kind, rng, cfg):
+    """(canvas, qa, reasoning, style, layout) of one sample of cfg's wide family; synth.make_sample finishes it."""
+    st = Style(rng, cfg.family, cfg.more_fonts, cfg.legends)
+    layout = choose_layout(rng, kind, cfg.family, arrangements=cfg.arrangements)
     if layout == "shipped":  # synth.py's own layout in this family's fonts, with its own phrasings
         cv, qa, reas = S.DRAW[kind](rng, S.Config(fonts=(st.font_file(),)))
         qa = [rephrase(rng, q) for q in qa if not q["question"].startswith("Which ")]  # its leftmost-bar shortcut

@@ -196,6 +196,7 @@ def test_kinds_choose_the_images_and_bad_kinds_are_refused():
     (["--stage", "glyphs", "--more-fonts"], "--more-fonts changes the training family's samples: add --family"),
     (["--stage", "read", "--synonyms"], "--synonyms changes the training family's samples: add --family"),
     (["--stage", "read", "--arrangements"], "--arrangements changes the training family's samples: add --family"),
+    (["--stage", "read", "--legends"], "--legends changes the training family's samples: add --family"),
     (["--stage", "read", "--synonyms", "--family", "mix", "--pair-layer", "0", "--pointer-layers", "1"],
      "--pair-layer finds its pairs by the questions' wording, which --synonyms changes"),
     (["--stage", "glyphs", "--synonyms", "--family", "mix"], "--synonyms is the read stage's, unused by --stage glyphs"),
@@ -270,13 +271,15 @@ def test_synonyms_reword_the_training_draws_and_not_the_probes(monkeypatch):
     assert questions(True) == plain and questions(False) != plain
 
 
-def test_arrangements_redraw_the_training_charts_and_not_the_probes(monkeypatch):
-    """read_eval's images are sample(..., probe=True): a run with --arrangements is probed on the same charts."""
+def test_chart_widenings_redraw_the_training_charts_and_not_the_probes(monkeypatch):
+    """read_eval's images are sample(..., probe=True): a run with --arrangements or --legends is probed on the same
+    charts."""
     monkeypatch.setattr(T, "FAMILY", "train")
     charts = lambda probe: [T.sample("chart", seed, probe=probe)["image"].tobytes() for seed in T.EVAL_SEEDS[:8]]
     plain = charts(True)
-    monkeypatch.setattr(T, "WIDEN", {"arrangements": True})
-    assert charts(True) == plain and charts(False) != plain
+    for widening in ("arrangements", "legends"):
+        monkeypatch.setattr(T, "WIDEN", {widening: True})
+        assert charts(True) == plain and charts(False) != plain, widening
 
 
 def test_a_resumed_stage_keeps_the_evaluations_before_its_checkpoint_once(tmp_path, monkeypatch):

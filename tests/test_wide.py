@@ -16,7 +16,7 @@ import metrics  # noqa: E402
 from data import build, synth, wide  # noqa: E402
 
 SEEDS = range(24)
-DRAWS = [(f, {}) for f in wide.FAMILIES] + [("train", dict(arrangements=True))]  # each family, and the opt-in layouts
+DRAWS = [(f, {}) for f in wide.FAMILIES] + [("train", dict(arrangements=True, legends=True))]  # each family, and the opt-ins
 
 
 def sample(kind, seed, family, **kw):
@@ -110,7 +110,7 @@ def test_heldout_family_draws_as_shipped(monkeypatch):
     assert heldout_draws_digest(monkeypatch) == HELDOUT_DRAWS
 
 
-WIDER = [dict(more_fonts=True), dict(arrangements=True), dict(more_fonts=True, arrangements=True)]  # opt-in widenings
+WIDER = [dict(more_fonts=True), dict(arrangements=True), dict(more_fonts=True, arrangements=True, legends=True)]  # opt-ins
 
 
 @pytest.mark.parametrize("family, wider", [(f, {}) for f in wide.FAMILIES] + [("train", w) for w in WIDER])
@@ -186,6 +186,33 @@ def test_arrangements_draw_their_layouts_in_the_training_family_only():
             assert a["image"].tobytes() == b["image"].tobytes() and a["qa"] == b["qa"], (kind, family, seed)
     assert set(seen) == {lay for kind in ("chart", "info") for lay in wide.training_layouts(kind, arrangements=True)}
     assert all(seen[lay] >= 3 for kind in wide.ARRANGEMENTS for lay in wide.ARRANGEMENTS[kind]), seen
+
+
+def legend_reading(s):
+    """(first series listed first, listed in a column) of a two-series chart, from its series names' word boxes
+    (the legend is drawn before the plot, and no title or category holds a series name)."""
+    names = next(p for p in wide.SERIES if all(n in s["transcription"] for n in p))
+    (x0, y0, *_), (x1, y1, *_) = [next(w["box"] for w in s["words"] if w["text"] == n.split()[0]) for n in names]
+    column = abs(x0 - x1) <= 1 and abs(y0 - y1) > 4
+    return (y0 < y1 if column else x0 < x1), column
+
+
+def test_legends_run_against_the_bars_and_in_columns_in_the_training_family_only():
+    """Config(legends=True) lists a two-series chart's series in the bars' order and in the other, in a row and in a
+    column, so that a legend's place does not give a bar's series; without it the legend is one row in the bars'
+    order. The other kinds, the held-out family and a training draw without it stay as they were."""
+    seen = {True: collections.Counter(), False: collections.Counter()}
+    for seed in range(120):
+        for legends in (True, False):
+            s = sample("chart", seed, "train", legends=legends, arrangements=True)
+            if s["layout"] in ("vgroup", "vstack", "hstack"):
+                seen[legends][legend_reading(s)] += 1
+        for kind, family in (("doc", "train"), ("info", "train"), ("chart", "heldout")):
+            a, b = sample(kind, seed, family, legends=True), sample(kind, seed, family)
+            assert a["image"].tobytes() == b["image"].tobytes() and a["qa"] == b["qa"], (kind, family, seed)
+    assert set(seen[False]) == {(True, False)}, seen[False]
+    total = sum(seen[True].values())
+    assert total >= 30 and all(seen[True][k] / total >= 0.1 for k in [(a, b) for a in (True, False) for b in (True, False)]), seen
 
 
 def test_reshaped_boxes_follow_the_ink():
