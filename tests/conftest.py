@@ -1,9 +1,12 @@
-"""Fixtures every test file shares: one CPU thread, a random tiny teacher saved in the released layout, and a
-sentencepiece tokenizer trained here."""
+"""Fixtures every test file shares: one CPU thread, a script's main() run in this process, a random tiny teacher
+saved in the released layout, and a sentencepiece tokenizer trained here."""
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -21,6 +24,23 @@ def one_thread():  # tiny models gain nothing from threads, and 2 threads on a b
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def run_main(main, *argv, cwd=ROOT):
+    """(returncode, stdout, stderr) of a script's main(argv) run in this process from `cwd`, as its command line runs
+    it. A subprocess costs an interpreter's and torch's start, about 6 s on a 2-core CPU; tests/test_bad_inputs.py
+    and the torchrun tests run the scripts as commands."""
+    here, threads, out, err = os.getcwd(), torch.get_num_threads(), io.StringIO(), io.StringIO()
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in argv]) or 0
+    except SystemExit as e:  # argparse's refusals, and scripts that end in sys.exit
+        code = e.code or 0
+    finally:
+        os.chdir(here)
+        torch.set_num_threads(threads)  # a --threads flag sets them for the whole process
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 @pytest.fixture(scope="session")

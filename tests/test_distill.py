@@ -21,6 +21,7 @@ import model as M
 import posttrain as P
 from data import synth
 from tokenizer import load_tokenizer
+from conftest import run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,10 +32,11 @@ def train_args(teacher_dir, out, *extra):
 
 
 def run(*argv, procs=1):
-    launcher = [sys.executable] if procs == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)]
-    return subprocess.run([*launcher, os.path.join(ROOT, "distill.py"), *argv], capture_output=True, text=True,
-                          cwd=ROOT, timeout=600)
+    """distill.py's command line: in this process, or under torchrun with `procs` processes."""
+    if procs == 1:
+        return run_main(D.main, *argv)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs),
+                           os.path.join(ROOT, "distill.py"), *argv], capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
 @pytest.mark.parametrize("with_rationale,method", [(0, "select"), (1, "select"), (3, "select"), (0, "pool")])
@@ -94,9 +96,8 @@ def test_only_compressor_and_projector_learn_and_the_student_evaluates(teacher_d
     assert len(log) == 4 and all({"kl", "ce", "agree"} <= set(x) for x in log)
     tokens = []
     for name, folder in (("student", out), ("teacher", teacher_dir)):  # evaluate.py loads the student as it is
-        r = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--task", "docvqa", "--model", folder,
-                            "--limit", "2", "--max-new-tokens", "3", "--out", str(tmp_path / f"{name}.jsonl")],
-                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+        r = run_main(D.E.main, "--task", "docvqa", "--model", folder, "--limit", "2", "--max-new-tokens", "3",
+                     "--out", tmp_path / f"{name}.jsonl")
         assert r.returncode == 0, r.stderr[-2000:]
         tokens.append(json.load(open(tmp_path / f"{name}.json"))["visual_tokens_per_image"])
     assert tokens[0] == tokens[1] / 2
@@ -201,13 +202,10 @@ def test_ddp_two_processes_equal_one(teacher_dir, tmp_path):
     (["--budget", "auto", "--ratio-range", "0.96,1", "--ratio", "0.97"], "pass a lower LO"),
     (["--budget", "auto", "--ratio", "0.125", "--eval-task", "docvqa"], "calibrated for mean shares 0.15 to 0.95"),
 ])
-def test_bad_input_is_one_line(teacher_dir, tmp_path, flags, words, capsys, monkeypatch):
-    """In this process, as the command line runs it (main), so the cases share one interpreter's start."""
-    monkeypatch.chdir(ROOT)
-    with pytest.raises(SystemExit) as e:
-        D.main([*train_args(teacher_dir, str(tmp_path / "x")), *flags])  # the last of a repeated flag wins
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and len(lines) == 1, lines[-20:]
+def test_bad_input_is_one_line(teacher_dir, tmp_path, flags, words):
+    r = run(*train_args(teacher_dir, str(tmp_path / "x")), *flags)  # the last of a repeated flag wins
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, lines[-20:]
     assert lines[0].startswith("distill.py: error:") and words in lines[0], lines[0]
 
 
@@ -280,10 +278,8 @@ def test_budget_auto_trains_calibrates_and_evaluates(teacher_dir, tmp_path):
 
     def evaluate(*flags, folder=out):
         name = "_".join((os.path.basename(folder),) + flags)
-        r = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--task", "docvqa", "--model", folder,
-                            "--limit", "3", "--max-new-tokens", "2", "--max-num", "2", "--out",
-                            str(tmp_path / f"{name}.jsonl"), *flags], capture_output=True, text=True, cwd=ROOT,
-                           timeout=300)
+        r = run_main(D.E.main, "--task", "docvqa", "--model", folder, "--limit", "3", "--max-new-tokens", "2",
+                   "--max-num", "2", "--out", tmp_path / f"{name}.jsonl", *flags)
         return r, (json.load(open(tmp_path / f"{name}.json")) if r.returncode == 0 else None)
     full = evaluate(folder=teacher_dir)[1]["visual_tokens_per_image"]
     for ratio in ("0.25", "0.75"):

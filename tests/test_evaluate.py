@@ -3,13 +3,14 @@ evaluate() on a model in memory, the LLM's prefill FLOPs (the metrics: tests/tes
 
     python -m pytest tests/test_evaluate.py -q
 """
-import json, os, shutil, subprocess, sys, types
+import json, os, shutil, subprocess, sys
 import pytest
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import evaluate as E
+from conftest import run_main
 
 approx = pytest.approx
 
@@ -132,8 +133,8 @@ def test_find_annotation_by_real_names(tmp_path):
 # ----------------------------------------------------------------------------- CLI
 
 def cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, os.path.join(ROOT, 'evaluate.py'), *args],
-                          capture_output=True, text=True, cwd=cwd, timeout=300)
+    """evaluate.py's command line, in this process (tests/test_bad_inputs.py runs it as a command)."""
+    return run_main(E.main, *args, cwd=cwd)
 
 def assert_clean_error(r, *words, progress=False):
     assert r.returncode == 2, r.stderr
@@ -333,7 +334,7 @@ def test_killed_run_resumes(tmp_path, tiny_model):
     proc.wait()
     done_before = len(predicted(t + '/r.jsonl'))
     assert 3 <= done_before < 24, 'the run must be killed halfway'
-    r = subprocess.run(args, capture_output=True, text=True)
+    r = cli(*args[2:])  # the rerun, in this process
     assert r.returncode == 0, r.stderr
     res = json.load(open(t + '/r.json'))
     assert res['n'] == 24 and res['new_predictions'] == 24 - done_before
@@ -440,18 +441,11 @@ def test_tiles_and_pdrop_end_to_end(tmp_path, tiny_model):
     (['--image', 'x.png', '--question', 'hi', '--method', 'tiles'], 'use it with --task'),
     (['--image', 'x.png', '--question', 'hi', '--ratio', '0.5'], '--ratio needs --method'),
 ])
-def test_one_question_errors_are_one_line(tmp_path, args, words, capsys, monkeypatch):
-    """In this process, as the command line runs it (main), so the cases share one interpreter's start."""
+def test_one_question_errors_are_one_line(tmp_path, args, words):
     png(str(tmp_path / 'x.png'))
     open(tmp_path / 'config.json', 'w').write('{}')
     args = [str(tmp_path / a) if a in ('MISSING', 'x.png', 'config.json') else a for a in args]
-    monkeypatch.chdir(ROOT)  # as cli() runs it
-    try:
-        code = E.main(args)  # its exit code; argparse's refusals exit
-    except SystemExit as e:
-        code = e.code
-    r = types.SimpleNamespace(returncode=code, stderr=capsys.readouterr().err)
-    assert_clean_error(r, words.replace('MISSING', str(tmp_path / 'MISSING')))
+    assert_clean_error(cli(*args), words.replace('MISSING', str(tmp_path / 'MISSING')))
 
 @pytest.mark.parametrize('method', [['--method', 'none'], ['--method', 'pool', '--ratio', '0.5'],
                                     ['--method', 'select', '--ratio', '0.5'], ['--method', 'fastv']])

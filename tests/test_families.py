@@ -4,8 +4,6 @@ student distill.py writes loads with its teacher's tokenizer. The byte-level BPE
     python -m pytest tests/test_families.py"""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,6 +14,7 @@ import distill as D
 import evaluate as E
 import model as M
 from tokenizer import QWEN2_PATTERN, BPETokenizer, load_tokenizer
+from conftest import run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>"]
@@ -76,37 +75,29 @@ def family_folder(path, family, tok_dir):
     return path
 
 
-def exit_code(main, argv):
-    try:
-        return main(argv) or 0
-    except SystemExit as e:
-        return e.code
-
-
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_family_end_to_end(tmp_path, family, bpe_dir, capsys):
+def test_family_end_to_end(tmp_path, family, bpe_dir):
     tok_dir = bpe_dir if FAMILIES[family][3] == "bpe" else os.path.join(ROOT, "data", "tokenizer")
     folder = family_folder(str(tmp_path / family), family, tok_dir)
     model, tok = M.load_model(folder), load_tokenizer(folder)
     assert model.config.template == FAMILIES[family][2] and model.config.llm.architecture == FAMILIES[family][0]
     assert isinstance(tok, BPETokenizer) == (FAMILIES[family][3] == "bpe")
     Image.new("RGB", (112, 56), "white").save(tmp_path / "page.png")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--model", folder, "--image",
-                        str(tmp_path / "page.png"), "--question", "What is the total?", "--max-new-tokens", "4",
-                        "--device", "cpu", "--dtype", "float32"], capture_output=True, text=True, cwd=ROOT)
+    r = run_main(E.main, "--model", folder, "--image", tmp_path / "page.png", "--question", "What is the total?",
+                 "--max-new-tokens", "4", "--device", "cpu", "--dtype", "float32")
     assert r.returncode == 0, r.stderr
     out = str(tmp_path / "docvqa.jsonl")
-    assert exit_code(E.main, ["--task", "docvqa", "--model", folder, "--limit", "2", "--max-new-tokens", "3",
-                              "--out", out, "--device", "cpu"]) == 0, capsys.readouterr().err
+    r = run_main(E.main, "--task", "docvqa", "--model", folder, "--limit", "2", "--max-new-tokens", "3", "--out", out,
+                 "--device", "cpu")
+    assert r.returncode == 0, r.stderr
     assert json.load(open(out[:-1]))["n"] >= 2
     student = str(tmp_path / "student")
-    assert exit_code(D.main, ["--teacher", folder, "--out", student, "--steps", "2", "--micro-batch", "2",
-                              "--max-num", "2", "--warmup", "1", "--threads", "1", "--fastv-layer", "1",
-                              "--eval-task", ""]) == 0, capsys.readouterr().err
+    r = run_main(D.main, "--teacher", folder, "--out", student, "--steps", "2", "--micro-batch", "2", "--max-num", "2",
+                 "--warmup", "1", "--threads", "1", "--fastv-layer", "1", "--eval-task", "")
+    assert r.returncode == 0, r.stderr
     s = M.load_model(student, build_compressor=C.build)
     assert s.compressor is not None and s.config.template == FAMILIES[family][2]
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--model", student, "--image",
-                        str(tmp_path / "page.png"), "--question", "What is the total?", "--max-new-tokens", "4",
-                        "--device", "cpu"], capture_output=True, text=True, cwd=ROOT)
+    r = run_main(E.main, "--model", student, "--image", tmp_path / "page.png", "--question", "What is the total?",
+                 "--max-new-tokens", "4", "--device", "cpu")
     assert r.returncode == 0, r.stderr  # the student answers one question too
     assert load_tokenizer(student).special == tok.special

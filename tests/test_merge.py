@@ -3,8 +3,6 @@ normalisation, self-merge, and every refused input.   python -m pytest tests/tes
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,6 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import merge
+from conftest import run_main
 import model as M
 from tokenizer import load_tokenizer
 
@@ -276,9 +275,7 @@ def test_out_holding_more_than_a_checkpoint_is_kept(ck, tmp_path):
 
 
 def test_cli(ck, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    run = lambda *args: subprocess.run([sys.executable, os.path.join(ROOT, "merge.py"), *args], capture_output=True,
-                                       text=True, env=env, cwd=ROOT)
+    run = lambda *args: run_main(merge.main, *args)
     r = run(ck["a"], ck["b"], "--weights", "1", "3", "--out", str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr
     a, b, m = tensors(ck["a"]), tensors(ck["b"]), tensors(str(tmp_path / "out"))

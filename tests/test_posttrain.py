@@ -17,6 +17,7 @@ import model as M  # noqa: E402
 import posttrain as P  # noqa: E402
 from data import synth  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
+from conftest import run_main  # noqa: E402
 
 TINY = ["--init", "tiny", "--image-size", "56", "--max-num", "2", "--warmup", "2", "--lr", "3e-3", "--threads", "1"]
 
@@ -164,7 +165,7 @@ def test_lr_schedule():
 
 
 def run(*argv):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "posttrain.py"), *TINY, *argv], capture_output=True, text=True)
+    r = run_main(P.main, *TINY, *argv)
     assert r.returncode == 0, r.stderr[-2000:]
 
 
@@ -192,11 +193,11 @@ def test_resume_is_exact_and_final_folder_chats(tmp_path):
 
 
 def test_ddp_two_processes_equal_one(tmp_path):
-    common = [os.path.join(ROOT, "posttrain.py"), *TINY, "--steps", "3", "--save-every", "0", "--lr", "1e-3"]
+    steps = ["--steps", "3", "--save-every", "0", "--lr", "1e-3"]
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    r = subprocess.run([sys.executable, *common, "--micro-batch", "2", "--out", one], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *common,
+    run(*steps, "--micro-batch", "2", "--out", one)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        os.path.join(ROOT, "posttrain.py"), *TINY, *steps,
                         "--micro-batch", "1", "--out", two], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = load_file(os.path.join(one, "model.safetensors")), load_file(os.path.join(two, "model.safetensors"))

@@ -4,8 +4,6 @@ import json
 import math
 import os
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ import torch
 import model as M
 import posttrain as P
 import teacher as T
+from conftest import run_main
 from tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -171,15 +170,15 @@ def test_wide_family_keys_point_at_the_printed_key(monkeypatch):
 def test_kinds_choose_the_images_and_bad_kinds_are_refused():
     charts = [T.read_conversation(seed, 0.0, 2, kinds=["chart", "info"]) for seed in range(4)]
     assert [c["sample"]["kind"] for c in charts] == ["chart", "info", "chart", "info"]
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "teacher.py"), "--stage", "read", "--kinds", "doc,charts",
-                        "--out", "unused", "--steps", "1"], capture_output=True, text=True, cwd=ROOT)
+    r = run_main(T.main, "--stage", "read", "--kinds", "doc,charts",
+                        "--out", "unused", "--steps", "1")
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == ["teacher.py: error: --kinds 'doc,charts': each must be one of doc,table,chart,info,scene"]
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "teacher.py"), "--stage", "read", "--family", "heldout",
-                        "--out", "unused", "--steps", "1"], capture_output=True, text=True, cwd=ROOT)
+    r = run_main(T.main, "--stage", "read", "--family", "heldout",
+                        "--out", "unused", "--steps", "1")
     assert r.returncode == 2 and "the held-out family is never trained on" in r.stderr.strip(), r.stderr
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "teacher.py"), "--stage", "read", "--family", "mix",
-                        "--shipped-share", "0.25", "--out", "unused", "--steps", "1"], capture_output=True, text=True, cwd=ROOT)
+    r = run_main(T.main, "--stage", "read", "--family", "mix",
+                        "--shipped-share", "0.25", "--out", "unused", "--steps", "1")
     assert r.returncode == 2 and r.stderr.strip().startswith("teacher.py: error: --shipped-share 0.25: a multiple of 0.1")
 
 
