@@ -92,10 +92,7 @@ TRAIN_MAX_NUM = (6, 12, TASKS["ocrbench"].max_num)  # and at these: OCRBench ask
 KEY_QUESTION = re.compile(r"^What (?:is the value for|percentage) (.+)\?$")  # a value asked for by the key printed below it
 EVAL_SEEDS = range(10**9 - 2000, 10**9 - 1960)  # held out: training seeds stay below 10**9 - 2000
 S = 112  # tile size
-FAMILY = "shipped"  # --family: which of synth.py's families the training images are drawn from
-SHIPPED_TENTHS = 3  # --shipped-share x 10: with --family mix, images whose seed ends in 0..2 are the shipped family's
 WIDENINGS = ("glyph_vary", "more_fonts", "synonyms", "arrangements", "legends")  # flags that change the training family's samples
-WIDEN = {}  # their values for this run, as synth.Config fields
 
 
 @dataclass
@@ -149,13 +146,24 @@ def parse_args(argv=None):
     return cfg
 
 
-def sample(kind, seed, family=None, probe=False):
-    """An image of `family` (default --family's). mix: --shipped-share of synth.py's shipped family (30%), the rest
-    data/wide.py's training family (by seed, so a resumed run sees the same images). Training never asks for the
-    held-out family."""
-    family = family or FAMILY
-    family = family if family != "mix" else ("shipped" if seed % 10 < SHIPPED_TENTHS else "train")
-    return make_sample(kind, seed, Config(family=family, **({} if probe else WIDEN)))  # the probes are never widened
+@dataclass(frozen=True)
+class Images:
+    """The synthetic images a run draws: --family's, with --shipped-share and the WIDENINGS flags. mix draws
+    shipped_tenths / 10 of them from synth.py's shipped family and the rest from data/wide.py's training family, by
+    seed, so a resumed run sees the same images. Training never asks for the held-out family; the probes do."""
+    family: str = "shipped"  # shipped, train, mix (or heldout, for the probes)
+    shipped_tenths: int = 3  # mix: the images whose seed ends in 0 .. shipped_tenths - 1 are the shipped family's
+    widen: tuple = ()  # (synth.Config field, value) of each widening flag a run sets
+
+    def sample(self, kind, seed):
+        family = self.family if self.family != "mix" else ("shipped" if seed % 10 < self.shipped_tenths else "train")
+        return make_sample(kind, seed, Config(family=family, **dict(self.widen)))
+
+    def probe(self):  # the probes are never widened: a widened run is probed on the same images as its control
+        return replace(self, widen=())
+
+
+SHIPPED = Images()
 
 
 def teacher_config(vocab_size):
@@ -183,11 +191,11 @@ def glyph_centre(box, cols, sx, sy):
 CROP_KINDS = OCRB_TYPES[0][2]  # the pages OCRBench's word images are cut from
 
 
-def word_crop(seed, rng, probe=False):
+def word_crop(seed, rng, images=SHIPPED):
     """(word, image, its glyph boxes in the image): an OCRBench-style word cut from a synthetic page.
     Upscaled 4-12x into tiles, its glyphs are whole only in the thumbnail."""
     for k in range(100):
-        s = sample(CROP_KINDS[seed % len(CROP_KINDS)], seed + k * 10**8, probe=probe)
+        s = images.sample(CROP_KINDS[seed % len(CROP_KINDS)], seed + k * 10**8)
         r = crop_run(s, rng)
         if r:
             word, b, chars = r
@@ -204,13 +212,13 @@ def glyph_slot(x, y):
     return int(y // 14) * (S // 14) + int(x // 14), int(x % 14 >= 7)
 
 
-def glyph_tiles(seed, crops=0, family=None):
+def glyph_tiles(seed, crops=0, images=SHIPPED):
     """The tiles of one synthetic image that hold text, with two labels per 14 px patch: the characters
     whose centres lie in its left and right half (glyphs are 8-14 px wide: one label would drop some);
     then the thumbnails of `crops` word crops (glyphs 1-2x wider and 3-5x taller than on a page)."""
     rng = random.Random(seed)
     kind = KINDS[seed % len(KINDS)]
-    s = sample(kind, seed, family)
+    s = images.sample(kind, seed)
     image = s["image"].convert("RGB")
     max_num = rng.choice([6, 12, TASK_MAX_NUM[kind]])
     tiles = M.dynamic_preprocess(image, max_num=max_num, image_size=S, use_thumbnail=False)  # thumbnail glyphs: too small
@@ -224,15 +232,15 @@ def glyph_tiles(seed, crops=0, family=None):
     keep = [i for i in range(len(tiles)) if labels[i].any()]
     x, y = [M.to_tensor(tiles[i], S) for i in keep], [labels[i] for i in keep]
     for k in range(crops):
-        xk, yk = crop_tile(seed * 10 + k, rng)
+        xk, yk = crop_tile(seed * 10 + k, rng, images)
         x.append(xk)
         y.append(yk)
     return torch.stack(x), torch.stack(y)
 
 
-def crop_tile(seed, rng, probe=False):
+def crop_tile(seed, rng, images=SHIPPED):
     """A word crop's thumbnail, the one tile that shows its glyphs whole, and its glyph labels."""
-    word, crop, boxes = word_crop(seed, rng, probe)
+    word, crop, boxes = word_crop(seed, rng, images)
     g = S // 14
     labels = torch.zeros(g * g, 2, dtype=torch.long)
     for ch, box in zip(word.replace(" ", ""), boxes):
@@ -254,10 +262,10 @@ class GlyphReader(nn.Module):
         return self.glyph_head(self.vision_model(pixel_values)[:, 1:]).unflatten(-1, (2, len(CHARS) + 1))
 
 
-def glyph_batch(first_seed, n_tiles, crops=0, family=None):
+def glyph_batch(first_seed, n_tiles, crops=0, images=SHIPPED):
     xs, ys, seed = [], [], first_seed
     while sum(len(x) for x in xs) < n_tiles:
-        x, y = glyph_tiles(seed, crops, family)
+        x, y = glyph_tiles(seed, crops, images)
         xs.append(x)
         ys.append(y)
         seed += 1
@@ -279,16 +287,16 @@ def glyph_loss(model, batch):
     return ce.sum() / n, dict(char_acc=(logits.argmax(-1)[has] == y[has]).sum().item() / n)
 
 
-def glyph_eval(model):
+def glyph_eval(model, images):
     def read(family):  # (predicted, true) slots of held-out images of a family
-        batch = glyph_batch(EVAL_SEEDS[0], 256, family=family)
+        batch = glyph_batch(EVAL_SEEDS[0], 256, images=Images(family))
         with torch.no_grad():
             return model(batch["pixel_values"]).argmax(-1), batch["labels"]
     pred, y = read("shipped")
     pred_other, y_other = read("heldout")  # fonts and layouts never trained on
     has, has_other = y > 0, y_other > 0
     rng = random.Random(0)
-    x, y_crop = map(torch.stack, zip(*[crop_tile(seed, rng, probe=True) for seed in EVAL_SEEDS]))
+    x, y_crop = map(torch.stack, zip(*[crop_tile(seed, rng, images.probe()) for seed in EVAL_SEEDS]))
     with torch.no_grad():
         pred_crop = model(x).argmax(-1)
     has_crop = y_crop > 0
@@ -305,7 +313,7 @@ def short_answer(question, rng):
     return question + ("\n" if rng.random() < 0.25 else " ") + PROMPT
 
 
-def read_conversation(seed, transcribe_frac, qa_turns, kinds=KINDS, crop_frac=0.0):
+def read_conversation(seed, transcribe_frac, qa_turns, kinds=KINDS, crop_frac=0.0, images=SHIPPED):
     """A conversation about one synthetic image, and for each answer two glyph indices per character:
     where the last pointer layer must look (the glyph itself) and where the layers before it must
     (the same glyph, or the key's last glyph when the question names one, see KEY_QUESTION: its token has
@@ -315,9 +323,9 @@ def read_conversation(seed, transcribe_frac, qa_turns, kinds=KINDS, crop_frac=0.
     crop_frac: the share of conversations that are OCRBench's word-recognition question on a word crop."""
     rng = random.Random(seed)
     if crop_frac and rng.random() < crop_frac:
-        return crop_conversation(seed, rng)
+        return crop_conversation(seed, rng, images)
     kind = kinds[seed % len(kinds)]
-    s = sample(kind, seed)
+    s = images.sample(kind, seed)
     text, index = s["transcription"], s["char_index"]
 
     def glyphs(span):  # glyph index of each character of a text that occurs once on the page
@@ -345,9 +353,9 @@ def read_conversation(seed, transcribe_frac, qa_turns, kinds=KINDS, crop_frac=0.
                 glyphs=[g for _, _, g, _ in turns], hop1=[h for *_, h in turns], pairs=pairs)
 
 
-def crop_conversation(seed, rng):
+def crop_conversation(seed, rng, images=SHIPPED):
     """What is written on a word crop; its pointers go into the thumbnail (`thumbnail`)."""
-    word, crop, boxes = word_crop(seed, rng)
+    word, crop, boxes = word_crop(seed, rng, images)
     chars = [dict(char=c, box=b) for c, b in zip(word.replace(" ", ""), boxes)]
     glyph, k = [], 0
     for c in word:  # glyph index of each character, -1 for a space
@@ -534,7 +542,7 @@ def grow_decoder(model, n, keep_last=0):
     cfg.num_hidden_layers = len(grown)  # the config save_model writes, and the KV caches' count
 
 
-def read_eval(model, tok):
+def read_eval(model, tok, images):
     """Greedy ANLS / exact match on two extractive questions of each held-out image, asked as evaluate.py does;
     exact match on held-out word crops, asked as OCRBench does."""
     from metrics import anls
@@ -547,7 +555,7 @@ def read_eval(model, tok):
             pv = M.load_image(s["image"], max_num=TASK_MAX_NUM[kind], image_size=S)
             into += [(pv, qa["question"] + P.SHORT, qa["answer"]) for qa in s["qa"][:2]]
     rng = random.Random(0)
-    crops = [word_crop(seed, rng, probe=True)[:2] for seed in EVAL_SEEDS[:24]]
+    crops = [word_crop(seed, rng, images.probe())[:2] for seed in EVAL_SEEDS[:24]]
     crops = [(M.load_image(c, max_num=TASKS["ocrbench"].max_num, image_size=S), CROP_QUESTION + "\n" + PROMPT, w) for w, c in crops]
     preds, asked = [], items + crops + other
     for i in range(0, len(asked), 8):
@@ -567,7 +575,6 @@ def read_eval(model, tok):
 # ----------------------------------------------------------------------------------------------
 
 def run(cfg):
-    global FAMILY, SHIPPED_TENTHS, WIDEN
     if cfg.family not in ("shipped", "train", "mix"):
         raise Error(f"--family {cfg.family!r}: one of shipped, train, mix (the held-out family is never trained on)")
     tenths = 10 * cfg.shipped_share
@@ -590,7 +597,7 @@ def run(cfg):
     if top > EVAL_SEEDS[0]:  # the stage's sample seeds stay below top
         raise Error(f"--seed-offset {cfg.seed_offset}: this stage would draw images at seeds up to {top}, past "
                     f"{EVAL_SEEDS[0]}, where its probe's images and the evaluation sets' seeds begin: pass a lower one")
-    FAMILY, SHIPPED_TENTHS, WIDEN = cfg.family, round(tenths), {f: getattr(cfg, f) for f in WIDENINGS}
+    images = Images(cfg.family, round(tenths), tuple((f, getattr(cfg, f)) for f in WIDENINGS if getattr(cfg, f)))
     kinds = cfg.kinds.split(",")
     if not set(kinds) <= set(KINDS):
         raise Error(f"--kinds {cfg.kinds!r}: each must be one of {','.join(KINDS)}")
@@ -628,8 +635,9 @@ def run(cfg):
                     raise Error(f"--vision-from {src}: not a glyph stage's ViT and head ({str(e).splitlines()[0]}); "
                                 f"{fix}") from None
             P.train(replace(cfg, trainable="all"), net, None,
-                    lambda step: [glyph_batch((first_seed(step) + a) * 10**3, cfg.glyph_tiles, cfg.glyph_crops) for a in range(cfg.grad_accum)],
-                    glyph_loss, lambda s, r: after_step(s, r, lambda: glyph_eval(net)))
+                    lambda step: [glyph_batch((first_seed(step) + a) * 10**3, cfg.glyph_tiles, cfg.glyph_crops, images)
+                                  for a in range(cfg.grad_accum)],
+                    glyph_loss, lambda s, r: after_step(s, r, lambda: glyph_eval(net, images)))
             return
         if cfg.init != "tiny":  # continue from a checkpoint folder, e.g. checkpoints/tiny
             model, tok = M.load_model(cfg.init, device), load_tokenizer(cfg.init)
@@ -652,12 +660,13 @@ def run(cfg):
                 raise Error(f"--vision-from {src}: another ViT's shapes ({str(e).splitlines()[-1].strip()}); pass "
                             "this teacher's glyph stage") from None
         batches = lambda step: [read_batch([read_conversation(first_seed(step) + a * cfg.micro_batch + i,
-                                                              cfg.transcribe_frac, cfg.qa_turns, kinds, cfg.crop_frac)
+                                                              cfg.transcribe_frac, cfg.qa_turns, kinds, cfg.crop_frac,
+                                                              images)
                                             for i in range(cfg.micro_batch)], tok, model, cfg, cfg.pair_layer >= 0)
                                 for a in range(cfg.grad_accum)]
         step = P.train(cfg, model, tok, batches, make_read_loss(model, cfg.pointer_weight, cfg.pointer_layers,
                                                                 cfg.pair_layer, cfg.pair_weight),
-                       lambda s, r: after_step(s, r, lambda: read_eval(model, tok)))
+                       lambda s, r: after_step(s, r, lambda: read_eval(model, tok, images)))
         if rank == 0 and step >= cfg.steps:
             M.save_model(model, cfg.out, tokenizer_dir=cfg.tokenizer)
     finally:

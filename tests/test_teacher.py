@@ -50,12 +50,12 @@ def test_piece_spans_rebuild_the_text(tok):
 
 
 @pytest.mark.parametrize("family", ["shipped", "mix"])
-def test_pointers_land_on_the_glyph(tok, family, monkeypatch):
-    monkeypatch.setattr(T, "FAMILY", family)
+def test_pointers_land_on_the_glyph(tok, family):
     cfg = P.TrainConfig(max_len=4096)
     model = M.InternVLChat(T.teacher_config(tok.vocab_size))
     model.img_context_token_id = tok.token_to_id(M.IMG_CONTEXT)
-    convs = [T.read_conversation(seed, transcribe_frac=0.5, qa_turns=2, crop_frac=0.3) for seed in range(8)]
+    convs = [T.read_conversation(seed, transcribe_frac=0.5, qa_turns=2, crop_frac=0.3, images=T.Images(family))
+             for seed in range(8)]
     assert 0 < sum(c.get("thumbnail", False) for c in convs) < 8
     batch = T.read_batch(convs, tok, model, cfg)
     assert len(batch["pointers"]) > 20
@@ -142,20 +142,19 @@ def test_pairs_point_from_a_key_to_the_value_printed_above_it(tok):
         assert all(ids[b, t] == model.img_context_token_id for t in [q, *targets])
 
 
-def test_wide_family_keys_point_at_the_printed_key(monkeypatch):
+def test_wide_family_keys_point_at_the_printed_key():
     """--family mix: 30% shipped images, 70% data/wide.py's training family (never the held-out one); a keyed
     question's first hop is the key's last glyph where the key is printed after its value, else the value."""
-    monkeypatch.setattr(T, "FAMILY", "mix")
-    families = [T.sample("doc", seed).get("family", "shipped") for seed in range(20)]
+    mix = T.Images("mix")
+    families = [mix.sample("doc", seed).get("family", "shipped") for seed in range(20)]
     assert families.count("shipped") == 6 and set(families) == {"shipped", "train"}
-    monkeypatch.setattr(T, "SHIPPED_TENTHS", 1)  # --shipped-share 0.1: the seeds ending in 0
-    assert [T.sample("chart", seed).get("family", "shipped") for seed in range(20)].count("shipped") == 2
-    monkeypatch.setattr(T, "SHIPPED_TENTHS", 3)
+    tenth = T.Images("mix", shipped_tenths=1)  # --shipped-share 0.1: the seeds ending in 0
+    assert [tenth.sample("chart", seed).get("family", "shipped") for seed in range(20)].count("shipped") == 2
     two_hop = 0
     for seed in range(3, 40):
         if seed % 10 < 3:
             continue
-        conv = T.read_conversation(seed, 0.0, 5, kinds=["chart", "info", "table"])
+        conv = T.read_conversation(seed, 0.0, 5, kinds=["chart", "info", "table"], images=mix)
         chars, qas = conv["sample"]["chars"], {qa["answer"]: qa for qa in conv["sample"]["qa"]}
         answers = [m["value"] for m in conv["conversations"] if m["from"] == "gpt"]
         for a, glyphs, hop1 in zip(answers, conv["glyphs"], conv["hop1"]):
@@ -248,37 +247,30 @@ def test_unreadable_weights_are_one_line(tmp_path, capsys, monkeypatch):
     assert e.value.code == 2 and len(err) == 1 and "junk.safetensors is not a readable safetensors file" in err[0], err
 
 
-def test_the_probes_draw_the_same_crops_with_glyph_vary_and_more_fonts(monkeypatch):
-    """glyph_eval's and read_eval's word crops are drawn with probe=True: a run with --glyph-vary or --more-fonts is
-    probed on the same images as one without."""
-    monkeypatch.setattr(T, "FAMILY", "mix")
-    crops = lambda probe: [T.word_crop(seed, random.Random(0), probe)[1].tobytes() for seed in T.EVAL_SEEDS[:8]]
-    plain = crops(True)
+def test_the_probes_draw_the_same_crops_with_glyph_vary_and_more_fonts():
+    """glyph_eval's and read_eval's word crops are drawn from Images.probe(): a run with --glyph-vary or --more-fonts
+    is probed on the same images as one without."""
+    crops = lambda images: [T.word_crop(seed, random.Random(0), images)[1].tobytes() for seed in T.EVAL_SEEDS[:8]]
+    plain = crops(T.Images("mix"))
     for flag, value in (("glyph_vary", 1.0), ("more_fonts", True)):
-        monkeypatch.setattr(T, "WIDEN", {flag: value})
-        assert crops(True) == plain and crops(False) != plain, flag  # the training draws do change
-        monkeypatch.undo()
-        monkeypatch.setattr(T, "FAMILY", "mix")
+        widened = T.Images("mix", widen=((flag, value),))
+        assert crops(widened.probe()) == plain and crops(widened) != plain, flag  # the training draws do change
 
 
-def test_synonyms_reword_the_training_draws_and_not_the_probes(monkeypatch):
-    """read_eval's images are sample(..., probe=True): a run with --synonyms is probed on the same questions."""
-    monkeypatch.setattr(T, "FAMILY", "train")
-    questions = lambda probe: [q["question"] for seed in T.EVAL_SEEDS[:6] for q in T.sample("doc", seed, probe=probe)["qa"]]
-    plain = questions(True)
-    monkeypatch.setattr(T, "WIDEN", {"synonyms": True})
-    assert questions(True) == plain and questions(False) != plain
+def test_synonyms_reword_the_training_draws_and_not_the_probes():
+    """read_eval's images are Images.probe()'s: a run with --synonyms is probed on the same questions."""
+    questions = lambda images: [q["question"] for seed in T.EVAL_SEEDS[:6] for q in images.sample("doc", seed)["qa"]]
+    widened = T.Images("train", widen=(("synonyms", True),))
+    assert questions(widened.probe()) == questions(T.Images("train")) != questions(widened)
 
 
-def test_chart_widenings_redraw_the_training_charts_and_not_the_probes(monkeypatch):
-    """read_eval's images are sample(..., probe=True): a run with --arrangements or --legends is probed on the same
-    charts."""
-    monkeypatch.setattr(T, "FAMILY", "train")
-    charts = lambda probe: [T.sample("chart", seed, probe=probe)["image"].tobytes() for seed in T.EVAL_SEEDS[:8]]
-    plain = charts(True)
+def test_chart_widenings_redraw_the_training_charts_and_not_the_probes():
+    """read_eval's images are Images.probe()'s: a run with --arrangements or --legends is probed on the same charts."""
+    charts = lambda images: [images.sample("chart", seed)["image"].tobytes() for seed in T.EVAL_SEEDS[:8]]
+    plain = charts(T.Images("train"))
     for widening in ("arrangements", "legends"):
-        monkeypatch.setattr(T, "WIDEN", {widening: True})
-        assert charts(True) == plain and charts(False) != plain, widening
+        widened = T.Images("train", widen=((widening, True),))
+        assert charts(widened.probe()) == plain and charts(widened) != plain, widening
 
 
 def test_a_resumed_stage_keeps_the_evaluations_before_its_checkpoint_once(tmp_path, monkeypatch):
@@ -286,7 +278,7 @@ def test_a_resumed_stage_keeps_the_evaluations_before_its_checkpoint_once(tmp_pa
     again, and each step appears once."""
     monkeypatch.chdir(ROOT)
     calls, batches, real_batch = iter(range(100)), iter(range(100)), T.glyph_batch
-    monkeypatch.setattr(T, "glyph_eval", lambda net: {"eval_call": next(calls)})  # the probe itself is not tested here
+    monkeypatch.setattr(T, "glyph_eval", lambda net, images: {"eval_call": next(calls)})  # the probe is not tested here
 
     def batch_or_crash(*args):  # the run dies building step 4's batch: step 3 was evaluated, its checkpoint is step 2
         if next(batches) == 3:
