@@ -4,10 +4,13 @@ import contextlib
 import io
 import json
 import os
+import random
 import subprocess
 import sys
 import types
+import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,17 +32,25 @@ def one_thread():  # tiny models gain nothing from threads, and 2 threads on a b
 def run_main(main, *argv, cwd=ROOT):
     """(returncode, stdout, stderr) of a script's main(argv) run in this process from `cwd`, as its command line runs
     it. A subprocess costs an interpreter's and torch's start, about 6 s on a 2-core CPU; tests/test_bad_inputs.py
-    and the torchrun tests run the scripts as commands."""
+    and the torchrun tests run the scripts as commands. What a run sets for its process (cwd, threads, the random
+    generators' seeds, warning filters) is put back, so that no later test depends on it."""
     here, threads, out, err = os.getcwd(), torch.get_num_threads(), io.StringIO(), io.StringIO()
+    torch_rng, python_rng, numpy_rng = torch.get_rng_state(), random.getstate(), np.random.get_state()
     try:
         os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
             code = main([str(a) for a in argv]) or 0
     except SystemExit as e:  # argparse's refusals, and scripts that end in sys.exit
         code = e.code or 0
+        if not isinstance(code, int):  # sys.exit("message"): Python prints the message and exits with 1
+            err.write(f"{code}\n")
+            code = 1
     finally:
         os.chdir(here)
-        torch.set_num_threads(threads)  # a --threads flag sets them for the whole process
+        torch.set_num_threads(threads)
+        torch.set_rng_state(torch_rng)
+        random.setstate(python_rng)
+        np.random.set_state(numpy_rng)
     return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 

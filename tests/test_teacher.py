@@ -4,10 +4,12 @@ import json
 import math
 import os
 import random
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import model as M
 import posttrain as P
@@ -247,30 +249,48 @@ def test_unreadable_weights_are_one_line(tmp_path, capsys, monkeypatch):
     assert e.value.code == 2 and len(err) == 1 and "junk.safetensors is not a readable safetensors file" in err[0], err
 
 
-def test_the_probes_draw_the_same_crops_with_glyph_vary_and_more_fonts():
-    """glyph_eval's and read_eval's word crops are drawn from Images.probe(): a run with --glyph-vary or --more-fonts
-    is probed on the same images as one without."""
+def test_the_probes_are_drawn_unwidened(monkeypatch):
+    """glyph_eval and read_eval draw their word crops from images.probe(), the run's family unwidened: a widened run
+    is probed on the same images as its control."""
+    seen = []
+
+    class Drawn(Exception):
+        pass
+
+    def record(seed, rng, images):
+        seen.append(images)
+        raise Drawn  # the images asked for are all this test needs
+    monkeypatch.setattr(T, "crop_tile", record)
+    monkeypatch.setattr(T, "word_crop", record)
+    grid = (T.S // 14) ** 2
+    monkeypatch.setattr(T, "glyph_batch", lambda *a, **k: dict(pixel_values=torch.zeros(1, 3, T.S, T.S),
+                                                               labels=torch.zeros(1, grid, 2, dtype=torch.long)))
+    monkeypatch.setattr(T, "make_sample", lambda kind, seed, cfg: dict(image=Image.new("RGB", (8, 8)), qa=[]))
+    widened = T.Images("mix", widen=(("more_fonts", True),))
+    with pytest.raises(Drawn):
+        T.glyph_eval(lambda x: torch.zeros(len(x), grid, 2, len(T.CHARS) + 1), widened)
+    with pytest.raises(Drawn):
+        T.read_eval(SimpleNamespace(eval=lambda: None), None, widened)
+    assert seen == [T.Images("mix")] * 2
+
+
+def test_glyph_vary_and_more_fonts_change_the_training_crops():
     crops = lambda images: [T.word_crop(seed, random.Random(0), images)[1].tobytes() for seed in T.EVAL_SEEDS[:8]]
     plain = crops(T.Images("mix"))
     for flag, value in (("glyph_vary", 1.0), ("more_fonts", True)):
-        widened = T.Images("mix", widen=((flag, value),))
-        assert crops(widened.probe()) == plain and crops(widened) != plain, flag  # the training draws do change
+        assert crops(T.Images("mix", widen=((flag, value),))) != plain, flag
 
 
-def test_synonyms_reword_the_training_draws_and_not_the_probes():
-    """read_eval's images are Images.probe()'s: a run with --synonyms is probed on the same questions."""
+def test_synonyms_reword_the_training_draws():
     questions = lambda images: [q["question"] for seed in T.EVAL_SEEDS[:6] for q in images.sample("doc", seed)["qa"]]
-    widened = T.Images("train", widen=(("synonyms", True),))
-    assert questions(widened.probe()) == questions(T.Images("train")) != questions(widened)
+    assert questions(T.Images("train", widen=(("synonyms", True),))) != questions(T.Images("train"))
 
 
-def test_chart_widenings_redraw_the_training_charts_and_not_the_probes():
-    """read_eval's images are Images.probe()'s: a run with --arrangements or --legends is probed on the same charts."""
+def test_chart_widenings_redraw_the_training_charts():
     charts = lambda images: [images.sample("chart", seed)["image"].tobytes() for seed in T.EVAL_SEEDS[:8]]
     plain = charts(T.Images("train"))
     for widening in ("arrangements", "legends"):
-        widened = T.Images("train", widen=((widening, True),))
-        assert charts(widened.probe()) == plain and charts(widened) != plain, widening
+        assert charts(T.Images("train", widen=((widening, True),))) != plain, widening
 
 
 def test_a_resumed_stage_keeps_the_evaluations_before_its_checkpoint_once(tmp_path, monkeypatch):
