@@ -5,6 +5,7 @@ import io
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import types
@@ -29,13 +30,20 @@ def one_thread():  # tiny models gain nothing from threads, and 2 threads on a b
     torch.set_num_threads(n)
 
 
-def run_main(main, *argv, cwd=ROOT):
+def run_main(main, *argv, cwd=ROOT, timeout=600):
     """(returncode, stdout, stderr) of a script's main(argv) run in this process from `cwd`, as its command line runs
     it. A subprocess costs an interpreter's and torch's start, about 6 s on a 2-core CPU; tests/test_bad_inputs.py
     and the torchrun tests run the scripts as commands. What a run sets for its process (cwd, threads, the random
-    generators' seeds, warning filters) is put back, so that no later test depends on it."""
+    generators' seeds, warning filters) is put back, so that no later test depends on it; a run past `timeout`
+    seconds fails the test, as a subprocess's timeout would."""
     here, threads, out, err = os.getcwd(), torch.get_num_threads(), io.StringIO(), io.StringIO()
     torch_rng, python_rng, numpy_rng = torch.get_rng_state(), random.getstate(), np.random.get_state()
+
+    def too_long(*_):
+        raise TimeoutError(f"{getattr(main, '__module__', main)}.main ran past {timeout} s")
+
+    alarm = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(timeout)  # a forked worker does not inherit it
     try:
         os.chdir(cwd)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
@@ -46,6 +54,8 @@ def run_main(main, *argv, cwd=ROOT):
             err.write(f"{code}\n")
             code = 1
     finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, alarm)
         os.chdir(here)
         torch.set_num_threads(threads)
         torch.set_rng_state(torch_rng)
