@@ -530,8 +530,8 @@ def _chart(rng, st, layout):
         y_top += f.size + 10
     elif series > 1:  # legend: a colour swatch and each series' name, in a row (or a column) above the plot or below it
         keys = list(zip(names, colours))[::-1 if swap else 1]  # swapped: the legend's order is not the bars'
-        widths = [f.size + Canvas.width(name, f) + 20 for name in names]
-        row = max(widths) - 20 if column else sum(widths) - 20
+        step = {name: f.size + Canvas.width(name, f) + 20 for name in names}  # swatch, name and gap
+        row = max(step.values()) - 20 if column else sum(step.values()) - 20
         tall = (f.size + 4) * (len(keys) if column else 1) - 4  # the legend's height
         if legend == "left":  # one draw, as before placed legends: the held-out family's charts regenerate as shipped
             x = m + rng.randint(0, 20)
@@ -546,7 +546,7 @@ def _chart(rng, st, layout):
             if column:
                 y += f.size + 4
             else:
-                x += f.size + Canvas.width(name, f) + 20
+                x += step[name]
         if legend == "bottom":
             y_end -= tall + 10
         else:
