@@ -217,7 +217,7 @@ def write_fixture(tmp_path, lines):
     return str(path)
 
 
-def test_internvl_jsonl(tmp_path, tiny, capsys):
+def test_internvl_jsonl(tmp_path, tiny):
     model, tok = tiny
     good = [{"image": "0.png", "conversations": [{"from": "human", "value": "<image>\nWhat is the total?"},
                                                  {"from": "gpt", "value": "12.50"}]},
@@ -241,13 +241,11 @@ def test_internvl_jsonl(tmp_path, tiny, capsys):
                            ([dict(good[0], conversations=[good[0]["conversations"][0], {"from": "gpt", "value": "x\ud800"}])],
                             "train.jsonl line 1 holds an unpaired surrogate escape")):  # as json writes one
         path = write_fixture(tmp_path, lines)
-        with pytest.raises(SystemExit) as e:
-            P.main([*TINY, "--data", path, "--image-root", str(tmp_path / "img"), "--out", str(tmp_path / "o")])
-        err = capsys.readouterr().err
-        assert e.value.code == 2 and err.count("\n") == 1 and message in err, err
+        r = run_main(P.main, *TINY, "--data", path, "--image-root", tmp_path / "img", "--out", tmp_path / "o")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
 
 
-def test_resume_refuses_changed_data_a_broken_checkpoint_and_a_foreign_log(tmp_path, tiny, capsys):
+def test_resume_refuses_changed_data_a_broken_checkpoint_and_a_foreign_log(tmp_path, tiny):
     line = {"image": "0.png", "conversations": [{"from": "human", "value": "<image>\nWhat is the total?"},
                                                 {"from": "gpt", "value": "12.50"}]}
     path = write_fixture(tmp_path, [line])
@@ -255,9 +253,8 @@ def test_resume_refuses_changed_data_a_broken_checkpoint_and_a_foreign_log(tmp_p
             "--micro-batch", "1", "--save-every", "1"]
 
     def main(*more):
-        with pytest.raises(SystemExit) as e:
-            P.main([*argv, *more])
-        return e.value.code, capsys.readouterr().err
+        r = run_main(P.main, *argv, *more)
+        return r.returncode, r.stderr
     assert main("--stop-at", "1")[0] == 0
     write_fixture(tmp_path, [dict(line, conversations=[line["conversations"][0], {"from": "gpt", "value": "99.00"}])])
     code, err = main("--resume")  # the same path, other bytes: another run's data
@@ -279,15 +276,14 @@ def test_resume_refuses_changed_data_a_broken_checkpoint_and_a_foreign_log(tmp_p
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_an_unreadable_image_is_one_line_from_a_worker_too(tmp_path, capsys, workers):
+def test_an_unreadable_image_is_one_line_from_a_worker_too(tmp_path, workers):
     path = write_fixture(tmp_path, [{"image": "0.png", "conversations": [{"from": "human", "value": "<image>\nQ?"},
                                                                          {"from": "gpt", "value": "A"}]}])
     (tmp_path / "img" / "0.png").write_text("not an image")
-    with pytest.raises(SystemExit) as e:
-        P.main([*TINY, "--data", path, "--image-root", str(tmp_path / "img"), "--out", str(tmp_path / "o"), "--steps",
-                "1", "--micro-batch", "1", "--workers", str(workers)])
-    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # beside tqdm's bar
-    assert e.value.code == 2 and len(err) == 1 and err[0].endswith("replace the file or drop its line"), err
+    r = run_main(P.main, *TINY, "--data", path, "--image-root", tmp_path / "img", "--out", tmp_path / "o", "--steps",
+                 "1", "--micro-batch", "1", "--workers", workers)
+    err = [line for line in r.stderr.splitlines() if "error" in line]  # beside tqdm's bar
+    assert r.returncode == 2 and len(err) == 1 and err[0].endswith("replace the file or drop its line"), err
     assert err[0].split("posttrain.py: error: ")[1].startswith("cannot read image"), err
 
 
@@ -303,13 +299,12 @@ def test_input_identities_are_of_the_files_the_run_reads(tmp_path):
     assert P.input_identities(cfg, first)["vision_from"]["sha256"] != first["vision_from"]["sha256"]
 
 
-def test_bad_flags_exit_2(tmp_path, capsys, teacher_dir):
+def test_bad_flags_exit_2(tmp_path, teacher_dir):
     for argv in (["--trainable", "nope"], ["--steps", "0"], ["--init", str(tmp_path / "missing")], ["--kinds", "doc,x"],
                  ["--no-such-flag"]):
-        with pytest.raises(SystemExit) as e:
-            P.main([*TINY, "--out", str(tmp_path / "o"), *argv])
-        err = capsys.readouterr().err
-        assert e.value.code == 2 and err.startswith("posttrain.py: error:") and err.count("\n") == 1, err
+        r = run_main(P.main, *TINY, "--out", tmp_path / "o", *argv)
+        err = r.stderr
+        assert r.returncode == 2 and err.startswith("posttrain.py: error:") and err.count("\n") == 1, err
     model = shutil.copytree(teacher_dir, tmp_path / "model")
     before = (model / "model.safetensors").read_bytes()
     for argv, words in ((["--out", str(model)], "holds a model that is not this run's"),  # kept, not trained over
@@ -318,23 +313,17 @@ def test_bad_flags_exit_2(tmp_path, capsys, teacher_dir):
                         (["--data", str(tmp_path / "c.jsonl"), "--qa-turns", "3"], "--qa-turns shapes the synthetic"),
                         (["--init", teacher_dir, "--model-config", str(tmp_path / "mc.json")], "--model-config shapes"),
                         (["--p-qa", "nan"], "--p-qa nan: must be >= 0"), (["--p-reason", "inf"], "must be finite")):
-        with pytest.raises(SystemExit) as e:
-            P.main([*TINY, "--out", str(tmp_path / "o"), *argv])
-        err = capsys.readouterr().err
-        assert e.value.code == 2 and err.count("\n") == 1 and words in err, err
+        r = run_main(P.main, *TINY, "--out", tmp_path / "o", *argv)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and words in r.stderr, r.stderr
     assert (model / "model.safetensors").read_bytes() == before
 
 
-def test_resume_refuses_a_changed_model_config(tmp_path, capsys):
+def test_resume_refuses_a_changed_model_config(tmp_path):
     """--model-config is read by the bytes it held when the run began, as --data is."""
     (tmp_path / "mc.json").write_text(json.dumps({"llm": {"rope_theta": 10000}}))
     argv = [*TINY, "--model-config", str(tmp_path / "mc.json"), "--steps", "2", "--stop-at", "1", "--micro-batch", "1",
             "--out", str(tmp_path / "o")]
-    with pytest.raises(SystemExit) as e:
-        P.main(argv)
-    assert e.value.code == 0
+    assert run_main(P.main, *argv).returncode == 0
     (tmp_path / "mc.json").write_text(json.dumps({"llm": {"rope_theta": 50}}))
-    with pytest.raises(SystemExit) as e:
-        P.main([*argv, "--resume"])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and "--model-config " + str(tmp_path / "mc.json") + " holds other bytes" in err, err
+    r = run_main(P.main, *argv, "--resume")
+    assert r.returncode == 2 and "--model-config " + str(tmp_path / "mc.json") + " holds other bytes" in r.stderr, r.stderr
