@@ -61,7 +61,7 @@ def kernel_ms(fn, device, rounds=50):
     would time the launch, not the kernel); a CPU: the median call."""
     for _ in range(3):
         fn()
-    if torch.device(device).type == "cuda":
+    if str(device).startswith("cuda"):
         with torch.cuda.device(device):  # the events and the syncs on the device timed, not the current one
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             torch.cuda.synchronize()
@@ -322,7 +322,7 @@ def bench_merge(tiles, grid, width, device, dtype):
     print(f"pool's weighted merge, {tiles} tiles x {grid}x{grid} tokens x {width} channels, {dtype}, {device} (a copy "
           f"of the grid: {peak:.0f} GB/s):\n{'ratio':>6} {'backend':>14} {'ms':>8} {'GB/s':>8} {'% of copy':>10}")
     paths = {"eager": C.merge_torch, "compile": torch.compile(C.merge_torch), "npu-conv2d": C.merge_npu}
-    if torch.device(device).type == "cuda" and C.triton is not None:
+    if str(device).startswith("cuda") and C.triton is not None:
         paths["triton"] = C.merge_triton
     rows = []
     for ratio in (0.5, 0.25):
@@ -351,7 +351,7 @@ def bench_select(tiles, grid, width, device, dtype):
     x = torch.randn(tiles, grid, grid, width, device=device, dtype=dtype)
     n = tiles * grid * grid
     image, k = x.view(n, width), min(C.Select.neighbours, n - 1)
-    cuda = torch.device(device).type == "cuda"
+    cuda = str(device).startswith("cuda")
     name = torch.cuda.get_device_name(device) if cuda else ""
     peak = next((tf for key, tf in PEAK_TFLOPS if key in name), None) if dtype == torch.bfloat16 else None
     rounds = 20 if cuda else 3  # a CPU takes seconds per call at real sizes
@@ -389,7 +389,7 @@ def run_kernels(args):
     tiles = max(args.tiles) + (max(args.tiles) > 1)
     rows = bench_merge(tiles, grid, width, args.device, args.dtype)
     rows += bench_select(tiles, grid, width, args.device, args.dtype)
-    device = torch.cuda.get_device_name(args.device) if torch.device(args.device).type == "cuda" else "cpu"
+    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     return dict(shape=args.shape, torch=torch.__version__, threads=torch.get_num_threads(), device=device,
                 args=dict(vars(args), dtype=str(args.dtype)), tiles=tiles, grid=grid, width=width, kernels=rows)
 
