@@ -92,7 +92,8 @@ TRAIN_MAX_NUM = (6, 12, TASKS["ocrbench"].max_num)  # and at these: OCRBench ask
 KEY_QUESTION = re.compile(r"^What (?:is the value for|percentage) (.+)\?$")  # a value asked for by the key printed below it
 EVAL_SEEDS = range(10**9 - 2000, 10**9 - 1960)  # held out: training seeds stay below 10**9 - 2000
 S = 112  # tile size
-WIDENINGS = ("glyph_vary", "more_fonts", "synonyms", "arrangements", "legends")  # flags that change the training family's samples
+WIDENINGS = ("glyph_vary", "more_fonts", "synonyms", "arrangements", "legends",
+             "series_order")  # flags that change the training family's samples
 
 
 @dataclass
@@ -119,6 +120,7 @@ class TeacherConfig(P.TrainConfig):
     synonyms: bool = False  # the training family also asks in data/wide.py's SYNONYM_PHRASES (read)
     arrangements: bool = False  # the training family also draws data/wide.py's ARRANGEMENTS (chart, info layouts)
     legends: bool = False  # the training family's two-series legends also run against the bars' order, or in a column
+    series_order: bool = False  # the training family's pairs of series names also in the other order and colours
     grow_layers: int = 0  # decoder layers added to --init's, outputs unchanged (grow_decoder); --pair-layer counts them
 
 

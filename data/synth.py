@@ -42,6 +42,7 @@ class Config:
     synonyms: bool = False       # training family only: also ask in wide.SYNONYM_PHRASES
     arrangements: bool = False   # training family only: also draw wide.ARRANGEMENTS' layouts
     legends: bool = False        # training family only: two-series legends also in the bars' other order, or a column
+    series_order: bool = False   # training family only: each pair of series names in either order and colour
 
 
 # ---------------------------------------------------------------- vocabularies (short, readable values)

@@ -21,7 +21,9 @@ and, with Config(more_fonts=True) (teacher.py --more-fonts), eleven more faces (
 Config(synonyms=True) (teacher.py --synonyms), more phrasings with other key words (SYNONYM_PHRASES), and, with
 Config(arrangements=True) (teacher.py --arrangements), four more chart and infographic layouts (ARRANGEMENTS), and,
 with Config(legends=True) (teacher.py --legends), two-series legends in the other order from the bars' or in a
-column, so that a series is found by its colour, not by its place in the legend.
+column, so that a series is found by its colour, not by its place in the legend, and, with
+Config(series_order=True) (teacher.py --series-order), each pair of series names drawn in either order and either
+colour, so that a name does not tell the first bar from the second either.
 """
 import argparse, io, json, math, random, re
 from pathlib import Path
@@ -232,9 +234,11 @@ FOOTERS = ["Thank you!", "Page 1 of 1", "Signed: ________", "Keep this copy", "Q
 class Style:
     """One sample's look: a font file at a cap height, paper and ink colours, and the post-render damage."""
 
-    def __init__(self, rng, family, more_fonts=False, legends=False):
-        self.rng, self.family, self.legends = rng, family, legends and family == "train"
-        self.font_path = rng.choice(FONTS[family] + (MORE_FONTS if more_fonts and family == "train" else []))
+    def __init__(self, rng, cfg):
+        family, train = cfg.family, cfg.family == "train"
+        self.rng, self.family = rng, family
+        self.legends, self.series_order = cfg.legends and train, cfg.series_order and train  # opt-ins: training only
+        self.font_path = rng.choice(FONTS[family] + (MORE_FONTS if cfg.more_fonts and train else []))
         self.dark = rng.random() < 0.15
         self.paper = (rng.randint(20, 45),) * 3 if self.dark else rng.choice(
             [(255, 255, 255), S._light(rng), (rng.randint(235, 250), rng.randint(228, 242), rng.randint(205, 225))])
@@ -481,6 +485,9 @@ def _chart(rng, st, layout):
     swap = column = False  # with Config(legends=True) only: draws without it stay as they were
     if st.legends and series > 1 and layout != "mirror":
         swap, column = rng.random() < 0.5, rng.random() < 0.4
+    turn_names = turn_colours = False  # with Config(series_order=True) only
+    if st.series_order and series > 1:
+        turn_names, turn_colours = rng.random() < 0.5, rng.random() < 0.5
     n = rng.randint(3, 5 if series == 2 else 6)
     kind = rng.choice(["years", "months", "regions", "products"])
     if kind == "years":
@@ -493,11 +500,13 @@ def _chart(rng, st, layout):
         cats = rng.sample(S.REGIONS if kind == "regions" and n <= 5 else PRODUCTS, n)
     kname = {"years": "year", "months": "month", "regions": "region" if n <= 5 else "product", "products": "product"}[kind]
     names = rng.choice(SERIES) if series == 2 else ("",)
+    names = names[::-1] if turn_names else names  # turned: "2023" first, so a name does not give its bar's place
     dec = 1 if rng.random() < 0.25 else 0
     vals = [[rng.randint(30 if stacked else 5, 95) * 10 ** dec + (rng.randint(0, 9) if dec else 0) for _ in cats]
             for _ in names]
     labels = [[_fmt(v, dec) for v in vs] for vs in vals]
     colours = [st.accent, tuple(255 - c // 2 for c in st.accent[::-1])][:series]
+    colours = colours[::-1] if turn_colours else colours  # nor the accent colour the first series
     place = rng.choice(["end", "inside"]) if layout != "line" else "end"
     title = rng.choice(S.CHART_TITLES)
     cw = max(Canvas.width(c, f) for c in cats)
@@ -816,7 +825,7 @@ def choose_layout(rng, kind, family, arrangements=False):
 
 def draw(kind, rng, cfg):
     """(canvas, qa, reasoning, style, layout) of one sample of cfg's wide family; synth.make_sample finishes it."""
-    st = Style(rng, cfg.family, cfg.more_fonts, cfg.legends)
+    st = Style(rng, cfg)
     layout = choose_layout(rng, kind, cfg.family, arrangements=cfg.arrangements)
     if layout == "shipped":  # synth.py's own layout in this family's fonts, with its own phrasings
         cv, qa, reas = S.DRAW[kind](rng, S.Config(fonts=(st.font_file(),)))

@@ -197,6 +197,7 @@ def test_kinds_choose_the_images_and_bad_kinds_are_refused():
     (["--stage", "read", "--synonyms"], "--synonyms changes the training family's samples: add --family"),
     (["--stage", "read", "--arrangements"], "--arrangements changes the training family's samples: add --family"),
     (["--stage", "read", "--legends"], "--legends changes the training family's samples: add --family"),
+    (["--stage", "read", "--series-order"], "--series-order changes the training family's samples: add --family"),
     (["--stage", "read", "--synonyms", "--family", "mix", "--pair-layer", "0", "--pointer-layers", "1"],
      "--pair-layer finds its pairs by the questions' wording, which --synonyms changes"),
     (["--stage", "glyphs", "--synonyms", "--family", "mix"], "--synonyms is the read stage's, unused by --stage glyphs"),
@@ -285,7 +286,7 @@ def test_synonyms_reword_the_training_draws():
 def test_chart_widenings_redraw_the_training_charts():
     charts = lambda images: [images.sample("chart", seed)["image"].tobytes() for seed in T.EVAL_SEEDS[:8]]
     plain = charts(T.Images("train"))
-    for widening in ("arrangements", "legends"):
+    for widening in ("arrangements", "legends", "series_order"):
         assert charts(T.Images("train", widen=((widening, True),))) != plain, widening
 
 

@@ -14,9 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import metrics  # noqa: E402
 from data import build, synth, wide  # noqa: E402
+from conftest import run_main  # noqa: E402
 
 SEEDS = range(24)
-DRAWS = [(f, {}) for f in wide.FAMILIES] + [("train", dict(arrangements=True, legends=True))]  # each family, and the opt-ins
+DRAWS = [(f, {}) for f in wide.FAMILIES] + [("train", dict(arrangements=True, legends=True, series_order=True))]  # each family, and the opt-ins
 
 
 def sample(kind, seed, family, **kw):
@@ -225,6 +226,35 @@ def test_legends_run_against_the_bars_and_in_columns_in_the_training_family_only
     assert total >= 30 and all(seen[True][k] / total >= 0.1 for k in [(a, b) for a in (True, False) for b in (True, False)]), seen
 
 
+def test_series_order_turns_names_and_colours_in_the_training_family_only(monkeypatch):
+    """Config(series_order=True) draws a two-series chart's first bar under either name of its pair and in either
+    colour, so that a name gives neither its bar's place nor its colour; without it the pair's first name and the
+    accent colour always go to the first bar. The other kinds and the held-out family stay as they were."""
+    accent, vivid, rectangle = (201, 13, 77), synth._vivid, ImageDraw.ImageDraw.rectangle
+    other, fills = tuple(255 - c // 2 for c in accent[::-1]), []  # _chart's second colour
+    monkeypatch.setattr(synth, "_vivid", lambda rng: (vivid(rng), accent)[1])  # the same draws, a known accent
+
+    def recording(self, xy, fill=None, **kw):
+        fills.append(fill)
+        return rectangle(self, xy, fill=fill, **kw)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "rectangle", recording)
+    seen = {True: collections.Counter(), False: collections.Counter()}
+    for seed in range(120):
+        for turned in (True, False):
+            fills.clear()
+            s = sample("chart", seed, "train", series_order=turned)
+            if s["layout"] in ("vgroup", "vstack", "hstack"):  # a legend in the bars' order, drawn before them
+                first_named, _ = legend_reading(s)
+                seen[turned][first_named, next(f for f in fills if f in (accent, other)) == accent] += 1
+        for kind, family in (("doc", "train"), ("info", "train"), ("chart", "heldout")):
+            a, b = sample(kind, seed, family, series_order=True), sample(kind, seed, family)
+            assert a["image"].tobytes() == b["image"].tobytes() and a["qa"] == b["qa"], (kind, family, seed)
+    assert set(seen[False]) == {(True, True)}, seen[False]
+    total = sum(seen[True].values())
+    assert total >= 30 and all(seen[True][k] / total >= 0.1 for k in [(a, b) for a in (True, False) for b in (True, False)]), seen
+
+
 def test_reshaped_boxes_follow_the_ink():
     """vary_glyphs' stretch, slant and bolder ink keep every glyph in the image and move each box with its glyph
     (the glyph stage's labels sit at box centres)."""
@@ -350,19 +380,17 @@ def test_train_family_sets_are_drawn_in_the_training_family(tmp_path, monkeypatc
     for t in build.TASKS:  # each writer at two images (OCRBench: two crops per type), to run in seconds
         small = dict(per_type=2) if t == "ocrbench" else dict(n=2)
         monkeypatch.setattr(build, "build_" + t, lambda out, real=getattr(build, "build_" + t), small=small, **kw: real(out, **small, **kw))
-    build.main(["--train-family", str(tmp_path / "sets")])
+    assert run_main(build.main, "--train-family", tmp_path / "sets").returncode == 0
     root = tmp_path / "sets"
     assert not build.check_eval(root) and not (tmp_path / "sets.tmp").exists()
     for t in ("docvqa", "chartqa", "infovqa"):
         for s in map(json.loads, (root / t / "samples.jsonl").read_text().splitlines()):
             assert s["family"] == "train" and s["seed"] >= build.TRAIN_FAMILY_SEED and s["font"] not in wide.FONTS["heldout"]
-    build.main(["--train-family", str(root)])  # an earlier set is rebuilt; a folder of other files is refused
+    assert run_main(build.main, "--train-family", root).returncode == 0  # an earlier set is rebuilt; a folder of other files is refused
     (tmp_path / "runs" / "mine").mkdir(parents=True)
     monkeypatch.setattr(build, "EVAL_DIR", tmp_path / "shipped")  # the shipped sets' place, even with a SHA256SUMS
     (tmp_path / "shipped").mkdir()
     (tmp_path / "shipped" / "SHA256SUMS").write_text("")
     for place in (tmp_path / "runs", build.EVAL_DIR):
-        with pytest.raises(SystemExit) as e:
-            build.main(["--train-family", str(place)])
-        assert e.value.code == 2
+        assert run_main(build.main, "--train-family", place).returncode == 2
     assert (tmp_path / "runs" / "mine").is_dir() and (tmp_path / "shipped" / "SHA256SUMS").exists()
