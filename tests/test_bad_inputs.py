@@ -30,6 +30,7 @@ import teacher
 from test_evaluate import docvqa_fixture, dump, predicted, rrc
 from tokenizer import load_tokenizer
 from test_merge import make, read
+from conftest import run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOK = os.path.join(ROOT, "data", "tokenizer")
@@ -123,7 +124,7 @@ EVAL_CASES = {  # name: (argv, words of the one line); {t}: tmp_path, {teacher}:
 
 
 @pytest.mark.parametrize("case", list(EVAL_CASES))
-def test_evaluate_refuses_in_one_line(case, teacher_dir, tmp_path, capsys):
+def test_evaluate_refuses_in_one_line(case, teacher_dir, tmp_path):
     argv, words = EVAL_CASES[case]
     if case == "device cuda" and torch.cuda.is_available():
         pytest.skip("this torch has CUDA")
@@ -137,18 +138,19 @@ def test_evaluate_refuses_in_one_line(case, teacher_dir, tmp_path, capsys):
     argv = [a.format(**paths) for a in argv]
     base = ["--task", "docvqa", "--model", teacher_dir, "--data", docvqa_fixture(str(tmp_path / "ok"), n=2),
             "--out", str(tmp_path / "out" / "r.jsonl"), *FAST]
-    assert E.main(base + argv) == 2  # the last of a repeated flag wins
-    one_line(capsys.readouterr().err, "evaluate.py", *words)
+    r = run_main(E.main, *base, *argv)  # the last of a repeated flag wins
+    assert r.returncode == 2
+    one_line(r.stderr, "evaluate.py", *words)
 
 
-def test_decompression_bomb_is_one_line(teacher_dir, tmp_path, capsys, monkeypatch):
+def test_decompression_bomb_is_one_line(teacher_dir, tmp_path, monkeypatch):
     # a 14000 x 14000 page is 196M pixels, over PIL's 2 x 89M limit; the same check on a small page, a small limit
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    rc = E.main(["--task", "docvqa", "--model", teacher_dir, "--data", docvqa_fixture(str(tmp_path), n=1),
-                 "--out", str(tmp_path / "r.jsonl"), *FAST])
-    one_line(capsys.readouterr().err, "evaluate.py", "doc0_1.png", "decompression bomb", "MAX_IMAGE_PIXELS",
+    r = run_main(E.main, "--task", "docvqa", "--model", teacher_dir, "--data", docvqa_fixture(str(tmp_path), n=1),
+                 "--out", str(tmp_path / "r.jsonl"), *FAST)
+    one_line(r.stderr, "evaluate.py", "doc0_1.png", "decompression bomb", "MAX_IMAGE_PIXELS",
              "remove question 100")
-    assert rc == 2
+    assert r.returncode == 2
 
 
 def test_a_16_bit_page_reads_as_its_8_bit_self(tmp_path):
@@ -319,11 +321,10 @@ def test_merge_refuses_to_replace_a_folder_that_is_no_checkpoint(tmp_path):
 
 # ------------------------------------------------------------------------------- the other scripts' flags
 
-def exits_2(main, argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2
-    return capsys.readouterr().err
+def exits_2(main, argv):
+    r = run_main(main, *argv)
+    assert r.returncode == 2, r.stderr
+    return r.stderr
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -335,10 +336,10 @@ def exits_2(main, argv, capsys):
     (["--out", "{file}"], "is a file: pass a folder"),
     (["--out", "{ro}"], "cannot write there"),
 ])
-def test_posttrain_flags(tmp_path, capsys, argv, words):
+def test_posttrain_flags(tmp_path, argv, words):
     (tmp_path / "file").write_text("x")
     argv = [a.format(file=tmp_path / "file", ro=readonly(tmp_path) if a == "{ro}" else "") for a in argv]
-    err = exits_2(P.main, ["--steps", "1", "--out", str(tmp_path / "o"), *argv], capsys)
+    err = exits_2(P.main, ["--steps", "1", "--out", str(tmp_path / "o"), *argv])
     one_line(err, "posttrain.py", words)
 
 
@@ -352,10 +353,10 @@ def test_posttrain_flags(tmp_path, capsys, argv, words):
     (["--out", "{file}"], "is a file: pass a folder"),
     (["--out", "{ro}"], "cannot write there"),
 ])
-def test_distill_flags(tmp_path, teacher_dir, capsys, argv, words):
+def test_distill_flags(tmp_path, teacher_dir, argv, words):
     (tmp_path / "file").write_text("x")
     argv = [a.format(file=tmp_path / "file", ro=readonly(tmp_path) if a == "{ro}" else "") for a in argv]
-    err = exits_2(D.main, ["--teacher", teacher_dir, "--steps", "1", "--out", str(tmp_path / "o"), *argv], capsys)
+    err = exits_2(D.main, ["--teacher", teacher_dir, "--steps", "1", "--out", str(tmp_path / "o"), *argv])
     one_line(err, "distill.py", words)
 
 
@@ -376,31 +377,28 @@ def test_distill_flags(tmp_path, teacher_dir, capsys, argv, words):
     (teacher.main, "teacher.py", ["--stage", "read", "--data", "pairs.jsonl"], "unrecognized arguments: --data"),
     (teacher.main, "teacher.py", ["--stage", "glyphs", "--init", "checkpoints/tiny"], "--init is the read stage's"),
 ])
-def test_other_scripts_flags(main, prog, argv, words, capsys):
-    one_line(exits_2(main, argv, capsys), prog, words)
+def test_other_scripts_flags(main, prog, argv, words):
+    one_line(exits_2(main, argv), prog, words)
 
 
-def test_a_resumed_run_keeps_its_settings(tmp_path, capsys):
+def test_a_resumed_run_keeps_its_settings(tmp_path):
     """--resume continues the run in --out, not another one: what it learns may not change, how it runs may."""
     base = ["--image-size", "56", "--max-num", "2", "--steps", "4", "--stop-at", "2", "--micro-batch", "1",
             "--threads", "1", "--lr", "3e-4", "--out", str(tmp_path / "run")]
-    with pytest.raises(SystemExit) as e:
-        P.main(base)
-    assert e.value.code == 0
-    err = exits_2(P.main, base + ["--resume", "--lr", "1e-3", "--seed-offset", "7"], capsys)
+    assert run_main(P.main, *base).returncode == 0
+    err = exits_2(P.main, base + ["--resume", "--lr", "1e-3", "--seed-offset", "7"])
     one_line(err, "posttrain.py", "--resume", "--lr 0.0003, not 0.001", "--seed-offset 0, not 7", "another --out")
-    with pytest.raises(SystemExit) as e:  # how it runs may change, and how a path is spelt: the same run
-        P.main(base + ["--resume", "--save-every", "1", "--threads", "2",
-                       "--tokenizer", os.path.join(TOK, "..", "tokenizer")])
-    assert e.value.code == 0
+    r = run_main(P.main, *base, "--resume", "--save-every", "1", "--threads", "2",  # how it runs may change, and
+                 "--tokenizer", os.path.join(TOK, "..", "tokenizer"))  # how a path is spelt: the same run
+    assert r.returncode == 0, r.stderr
 
 
-def test_a_run_never_writes_over_the_model_it_starts_from(teacher_dir, tmp_path, capsys):
+def test_a_run_never_writes_over_the_model_it_starts_from(teacher_dir, tmp_path):
     teacher = shutil.copytree(teacher_dir, tmp_path / "teacher")
-    err = exits_2(D.main, ["--teacher", str(teacher), "--out", str(teacher), "--steps", "1"], capsys)
+    err = exits_2(D.main, ["--teacher", str(teacher), "--out", str(teacher), "--steps", "1"])
     one_line(err, "distill.py", "is the --teacher folder", "pass another --out")
     err = exits_2(D.main, ["--teacher", teacher_dir, "--student", str(teacher), "--out", str(teacher) + "/.",
-                           "--steps", "1"], capsys)
+                           "--steps", "1"])
     one_line(err, "distill.py", "is the --student folder")
 
 
@@ -477,8 +475,8 @@ def test_odd_checkpoint_folders_are_one_line(teacher_dir, tmp_path, how, words):
 
 
 @pytest.mark.parametrize("how", ["not UTF-8", "a list"])
-def test_merge_reads_odd_json_in_one_line(teacher_dir, tmp_path, capsys, how):
+def test_merge_reads_odd_json_in_one_line(teacher_dir, tmp_path, how):
     a, b = (shutil.copytree(teacher_dir, tmp_path / n) for n in "ab")
     (b / "config.json").write_bytes(b'{"note": "\xff"}' if how == "not UTF-8" else b"[]")
-    err = exits_2(merge.main, [str(a), str(b), "--out", str(tmp_path / "m")], capsys)
+    err = exits_2(merge.main, [str(a), str(b), "--out", str(tmp_path / "m")])
     one_line(err, "merge.py", "config.json", "restore it from the original checkpoint")

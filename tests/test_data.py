@@ -9,6 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from data import build, synth  # noqa: E402
+from conftest import run_main  # noqa: E402
 
 EVAL = ROOT / "data" / "eval"
 TOK = ROOT / "data" / "tokenizer"
@@ -310,30 +311,28 @@ def test_question_forms_refuse_in_one_line(tmp_path):
         assert r.returncode == 2 and words in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
 
 
-def test_heldout_into_a_read_only_place_is_one_line(capsys, tmp_path):
+def test_heldout_into_a_read_only_place_is_one_line(tmp_path):
     place = "/sys/fcot-readonly" if os.geteuid() == 0 else str(tmp_path / "ro")  # root ignores permissions
     if os.geteuid():
         os.makedirs(place)
         os.chmod(place, 0o500)
-    with pytest.raises(SystemExit) as e:
-        build.main(["--heldout", place + "/docvqa"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and len(err) == 1 and "cannot write" in err[0] and "Traceback" not in err[0], err
+    r = run_main(build.main, "--heldout", place + "/docvqa")
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "cannot write" in err[0] and "Traceback" not in err[0], err
 
 
 @pytest.mark.parametrize("argv", [["--check", "--heldout", "x"], ["--check", "--heldout-family"],
                                   ["--heldout-family", "--train-family", "x"], ["--eval", "--check"]])
-def test_build_jobs_are_one_per_command(argv, capsys, monkeypatch):
+def test_build_jobs_are_one_per_command(argv, monkeypatch):
     """Two jobs in one command are refused before either runs: taking the first would build when asked to check."""
     for job in ("build_eval", "build_docvqa", "build_tokenizer", "check_eval"):
         monkeypatch.setattr(build, job, lambda *a, **k: pytest.fail("a job ran"))
-    with pytest.raises(SystemExit) as e:
-        build.main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and len(err) == 1 and "separate jobs" in err[0], err
+    r = run_main(build.main, *argv)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "separate jobs" in err[0], err
 
 
-def test_check_names_the_files_that_differ(tmp_path, capsys, monkeypatch):
+def test_check_names_the_files_that_differ(tmp_path, monkeypatch):
     """--check lists changed, missing and extra files (coreutils' sha256sum -c passes an extra one), and exits 1."""
     for name in ("a.json", "b/c.png", "d.txt"):
         (tmp_path / "set" / name).parent.mkdir(parents=True, exist_ok=True)
@@ -345,14 +344,12 @@ def test_check_names_the_files_that_differ(tmp_path, capsys, monkeypatch):
         monkeypatch.setattr(build, job, lambda *a, **k: pytest.fail("a job ran"))
     monkeypatch.setattr(build, "EVAL_DIR", root)
     monkeypatch.setattr(build, "HELDOUT_DIR", root)
-    with pytest.raises(SystemExit) as e:
-        build.main(["--check"])
-    assert e.value.code == 0 and capsys.readouterr().out.strip() == "SHA256SUMS ok"
+    r = run_main(build.main, "--check")
+    assert r.returncode == 0 and r.stdout.strip() == "SHA256SUMS ok", r.stderr
     (root / "a.json").write_text("changed")
     (root / "d.txt").unlink()
     (root / "b" / ".DS_Store").write_text("extra")
     assert build.check_eval(root) == ["a.json", "b/.DS_Store", "d.txt"]
-    with pytest.raises(SystemExit) as e:
-        build.main(["--check"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 1 and len(err) == 1 and "a.json, b/.DS_Store, d.txt differ" in err[0], err
+    r = run_main(build.main, "--check")
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(err) == 1 and "a.json, b/.DS_Store, d.txt differ" in err[0], err

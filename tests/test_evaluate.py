@@ -340,15 +340,14 @@ def test_killed_run_resumes(tmp_path, tiny_model):
     assert res['n'] == 24 and res['new_predictions'] == 24 - done_before
     assert sorted(r['qid'] for r in predicted(t + '/r.jsonl').values()) == list(range(100, 124))
 
-def test_bad_image_file(tmp_path, tiny_model, capsys):
-    # in-process (torch is loaded already): same main() and exit code as the CLI
+def test_bad_image_file(tmp_path, tiny_model):
     t = str(tmp_path)
     docvqa_fixture(t + '/d', n=1)
     open(t + '/d/documents/doc0_1.png', 'w').write('not a png')
-    rc = E.main(['--task', 'docvqa', '--model', tiny_model, '--data', t + '/d', '--out', t + '/r.jsonl',
-                 '--device', 'cpu'])
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert rc == 2 and err.startswith('evaluate.py: error: ') and 'doc0_1.png' in err and 'cannot read image' in err
+    r = run_main(E.main, '--task', 'docvqa', '--model', tiny_model, '--data', t + '/d', '--out', t + '/r.jsonl',
+                 '--device', 'cpu')
+    err = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and err.startswith('evaluate.py: error: ') and 'doc0_1.png' in err and 'cannot read image' in err
 
 def test_final_answer_of_a_chain_of_thought():
     assert E.final_answer('12 + 30 = 42\nAnswer: 42') == '42'
