@@ -183,6 +183,19 @@ def test_more_fonts_draw_in_the_training_family_only():
     assert held["image"].tobytes() == sample("doc", 5, "heldout")["image"].tobytes()
 
 
+def assert_unchanged(seed, cases, **flag):
+    """The samples of `cases` ((kind, family) pairs) at `seed` are the same with the opt-in `flag` as without it."""
+    for kind, family in cases:
+        a, b = sample(kind, seed, family, **flag), sample(kind, seed, family)
+        assert a["image"].tobytes() == b["image"].tobytes() and a["qa"] == b["qa"], (kind, family, seed)
+
+
+def assert_all_four(seen):
+    """Each of the four (bool, bool) readings of 30 or more charts makes at least a tenth of them."""
+    total = sum(seen.values())
+    assert total >= 30 and all(seen[a, b] / total >= 0.1 for a in (True, False) for b in (True, False)), seen
+
+
 def test_arrangements_draw_their_layouts_in_the_training_family_only():
     """Config(arrangements=True) also draws ARRANGEMENTS' chart and infographic layouts, each asked at every position
     (as above); the other kinds, the held-out family and a training draw without it stay as they were."""
@@ -192,9 +205,8 @@ def test_arrangements_draw_their_layouts_in_the_training_family_only():
             s = sample(kind, seed, "train", arrangements=True)
             seen[s["layout"]] += 1
             assert s["layout"] not in wide.LAYOUTS[kind]["heldout"], s["layout"]
-        for kind, family in (("doc", "train"), ("table", "train"), ("scene", "train"), ("chart", "heldout")):
-            a, b = sample(kind, seed, family, arrangements=True), sample(kind, seed, family)
-            assert a["image"].tobytes() == b["image"].tobytes() and a["qa"] == b["qa"], (kind, family, seed)
+        assert_unchanged(seed, (("doc", "train"), ("table", "train"), ("scene", "train"), ("chart", "heldout")),
+                         arrangements=True)
     assert set(seen) == {lay for kind in ("chart", "info") for lay in wide.training_layouts(kind, arrangements=True)}
     assert all(seen[lay] >= 3 for kind in wide.ARRANGEMENTS for lay in wide.ARRANGEMENTS[kind]), seen
 
@@ -218,12 +230,9 @@ def test_legends_run_against_the_bars_and_in_columns_in_the_training_family_only
             s = sample("chart", seed, "train", legends=legends, arrangements=True)
             if s["layout"] in ("vgroup", "vstack", "hstack"):
                 seen[legends][legend_reading(s)] += 1
-        for kind, family in (("doc", "train"), ("info", "train"), ("chart", "heldout")):
-            a, b = sample(kind, seed, family, legends=True), sample(kind, seed, family)
-            assert a["image"].tobytes() == b["image"].tobytes() and a["qa"] == b["qa"], (kind, family, seed)
+        assert_unchanged(seed, (("doc", "train"), ("info", "train"), ("chart", "heldout")), legends=True)
     assert set(seen[False]) == {(True, False)}, seen[False]
-    total = sum(seen[True].values())
-    assert total >= 30 and all(seen[True][k] / total >= 0.1 for k in [(a, b) for a in (True, False) for b in (True, False)]), seen
+    assert_all_four(seen[True])
 
 
 def test_series_order_turns_names_and_colours_in_the_training_family_only(monkeypatch):
@@ -247,12 +256,9 @@ def test_series_order_turns_names_and_colours_in_the_training_family_only(monkey
             if s["layout"] in ("vgroup", "vstack", "hstack"):  # a legend in the bars' order, drawn before them
                 first_named, _ = legend_reading(s)
                 seen[turned][first_named, next(f for f in fills if f in (accent, other)) == accent] += 1
-        for kind, family in (("doc", "train"), ("info", "train"), ("chart", "heldout")):
-            a, b = sample(kind, seed, family, series_order=True), sample(kind, seed, family)
-            assert a["image"].tobytes() == b["image"].tobytes() and a["qa"] == b["qa"], (kind, family, seed)
+        assert_unchanged(seed, (("doc", "train"), ("info", "train"), ("chart", "heldout")), series_order=True)
     assert set(seen[False]) == {(True, True)}, seen[False]
-    total = sum(seen[True].values())
-    assert total >= 30 and all(seen[True][k] / total >= 0.1 for k in [(a, b) for a in (True, False) for b in (True, False)]), seen
+    assert_all_four(seen[True])
 
 
 def test_reshaped_boxes_follow_the_ink():
