@@ -476,7 +476,7 @@ def make_sample(kind, seed, cfg=None):
     else:
         from data import wide
         rng = random.Random(f"{cfg.family}:{kind}:{seed}")
-        cv, qa, reas, style, layout = wide.draw(kind, rng, cfg)
+        cv, qa, reas, style, layout = wide.draw(kind, rng, cfg, seed)
         extra = {"family": cfg.family, "layout": layout, "font": style.font_path or "built-in"}
         if cfg.family == "train":  # its added phrasings, from their own stream: the images stay as drawn before them
             qa = wide.widen_phrasings(random.Random(f"phrasing:{kind}:{seed}"), qa, cfg.synonyms)

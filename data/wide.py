@@ -14,6 +14,8 @@ What the held-out family never shares with training (a seed range alone is not a
 - phrasings: every question also carries `reworded`, a phrasing no training question uses, and build.py writes
   each held-out DocVQA question in a second and a third such phrasing (reworded2 and reworded3, FRESH_PHRASES and
   FRESH3_PHRASES).
+The held-out family also draws each two-series chart's pair of names in either order, from a stream of its own, so
+that its sets do not reward a reader that finds a series by its name's usual place ("2022" before "2023").
 Both families draw every layout's answers at every position (a test checks it), and the training family
 also draws synth.py's own layouts in its fonts, stacked bars and legends placed right or below (MORE_LAYOUTS),
 and, with Config(glyph_vary=S) (teacher.py --glyph-vary), a share S of its images with reshaped glyphs (vary_glyphs),
@@ -244,6 +246,7 @@ class Style:
             [(255, 255, 255), S._light(rng), (rng.randint(235, 250), rng.randint(228, 242), rng.randint(205, 225))])
         self.ink = (rng.randint(215, 250),) * 3 if self.dark else S._dark(rng)
         self.accent = S._vivid(rng)
+        self.name_turns = None  # the held-out family's own stream that turns a pair of series names (draw)
 
     def font_file(self):
         return None if self.font_path is None else str(FONT_DIR / self.font_path)
@@ -488,6 +491,8 @@ def _chart(rng, st, layout):
     turn_names = turn_colours = False  # with Config(series_order=True) only
     if st.series_order and series > 1:
         turn_names, turn_colours = rng.random() < 0.5, rng.random() < 0.5
+    elif st.name_turns and series > 1:  # the held-out family: a set must not reward reading a name by its usual place
+        turn_names = st.name_turns.random() < 0.5
     n = rng.randint(3, 5 if series == 2 else 6)
     kind = rng.choice(["years", "months", "regions", "products"])
     if kind == "years":
@@ -823,9 +828,11 @@ def choose_layout(rng, kind, family, arrangements=False):
     return rng.choice(training_layouts(kind, arrangements) if family == "train" else LAYOUTS[kind]["train"])
 
 
-def draw(kind, rng, cfg):
+def draw(kind, rng, cfg, seed):
     """(canvas, qa, reasoning, style, layout) of one sample of cfg's wide family; synth.make_sample finishes it."""
     st = Style(rng, cfg)
+    if cfg.family == "heldout":  # its own stream: each chart is drawn as before it, but for which name comes first
+        st.name_turns = random.Random(f"names:{kind}:{seed}")
     layout = choose_layout(rng, kind, cfg.family, arrangements=cfg.arrangements)
     if layout == "shipped":  # synth.py's own layout in this family's fonts, with its own phrasings
         cv, qa, reas = S.DRAW[kind](rng, S.Config(fonts=(st.font_file(),)))
