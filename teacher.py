@@ -81,7 +81,8 @@ import posttrain as P
 from cli import Error
 from data.build import CROP_QUESTION, KIE_SUFFIX, OCRB_TYPES, crop_run
 from tokenizer import load_tokenizer
-from data.synth import KINDS, Config, make_sample
+from data.synth import KINDS, Config
+from data.wide import make_sample
 from evaluate import PROMPT, TASKS
 
 CHARS = string.printable[:95]  # digits, letters, punctuation, space; class 0 = no glyph centre here

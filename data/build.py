@@ -46,7 +46,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from data import wide  # noqa: E402
-from data.synth import Config, KINDS, make_sample, meta  # noqa: E402
+from data.synth import Config, KINDS, meta  # noqa: E402
+from data.wide import make_sample  # noqa: E402
 from evaluate import KIE_SUFFIX, PROMPT as EVAL_PROMPT  # noqa: E402
 from model import SYSTEM_MESSAGE  # noqa: E402
 

@@ -465,34 +465,26 @@ DRAW = {"doc": _doc, "table": _table, "chart": _chart, "info": _info, "scene": _
 
 
 def make_sample(kind, seed, cfg=None):
-    """Render one sample; deterministic in (kind, seed, cfg)."""
+    """Render one sample of the shipped family; deterministic in (kind, seed, cfg). data/wide.py's make_sample
+    draws every family, this one included."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
     cfg = cfg or Config()
-    extra = {}
-    if cfg.family == "shipped":
-        rng = random.Random(f"{kind}:{seed}")  # str seeds hash with sha512: stable across runs and machines
-        cv, qa, reas = DRAW[kind](rng, cfg)
-    else:
-        from data import wide
-        rng = random.Random(f"{cfg.family}:{kind}:{seed}")
-        cv, qa, reas, style, layout = wide.draw(kind, rng, cfg, seed)
-        extra = {"family": cfg.family, "layout": layout, "font": style.font_path or "built-in"}
-        if cfg.family == "train":  # its added phrasings, from their own stream: the images stay as drawn before them
-            qa = wide.widen_phrasings(random.Random(f"phrasing:{kind}:{seed}"), qa, cfg.synonyms)
+    if cfg.family != "shipped":
+        raise ValueError(f"family {cfg.family!r} is data/wide.py's: draw it with data.wide.make_sample")
+    rng = random.Random(f"{kind}:{seed}")  # str seeds hash with sha512: stable across runs and machines
+    cv, qa, reas = DRAW[kind](rng, cfg)
+    return finish(kind, seed, cv, qa, reas, rng, cfg)
+
+
+def finish(kind, seed, cv, qa, reas, rng, cfg):
+    """A drawn canvas as a sample: specks (from rng, which drew it), the transcription and the boxes."""
     if cfg.noise > 0:
         _speckle(cv.img, rng, cfg.noise)
     text, char_index = _transcribe(cv.runs)
     words, chars, image = [w for r in cv.runs for w in r["words"]], [c for r in cv.runs for c in r["chars"]], cv.img
-    if cfg.family == "train" and cfg.glyph_vary > 0:  # its own stream: the images stay as drawn otherwise
-        image = wide.vary_glyphs(image, random.Random(f"glyphs:{kind}:{seed}"), cfg.glyph_vary, style, words + chars)
-    if extra:  # rotation, blur, JPEG, noise; boxes follow the rotation
-        image, angle = wide.damage(image, rng, style.paper)
-        for item in words + chars if angle else []:
-            b = wide.rotate_box(item["box"], angle, image.width, image.height)
-            item["box"] = [max(0, round(b[0])), max(0, round(b[1])), min(image.width, round(b[2])), min(image.height, round(b[3]))]
     return {"kind": kind, "seed": seed, "image": image, "width": image.width, "height": image.height,
-            "words": words, "chars": chars, "transcription": text, "char_index": char_index, "qa": qa, "reasoning": reas, **extra}
+            "words": words, "chars": chars, "transcription": text, "char_index": char_index, "qa": qa, "reasoning": reas}
 
 
 def meta(sample):

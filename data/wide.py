@@ -4,8 +4,8 @@ asked in many phrasings, split into a training family and a held-out family.
     python data/wide.py --kind chart --family heldout --seed 3 --out /tmp/chart.png   # one sample
     python data/build.py --heldout-family    # writes data/eval-heldout/ (the held-out family's sets)
 
-From code: make_sample(kind, seed, Config(family="train")) in data/synth.py calls draw() here, then, for the
-training family, widen_phrasings.
+From code: make_sample(kind, seed, Config(family="train")) here draws a sample of any family (the shipped one is
+synth.py's).
 
 What the held-out family never shares with training (a seed range alone is not a held-out split):
 - fonts: the DejaVu families (training: Pillow's built-in font and eight others, data/fonts/);
@@ -829,7 +829,7 @@ def choose_layout(rng, kind, family, arrangements=False):
 
 
 def draw(kind, rng, cfg, seed):
-    """(canvas, qa, reasoning, style, layout) of one sample of cfg's wide family; synth.make_sample finishes it."""
+    """(canvas, qa, reasoning, style, layout) of one sample of cfg's wide family; make_sample finishes it."""
     st = Style(rng, cfg)
     if cfg.family == "heldout":  # its own stream: each chart is drawn as before it, but for which name comes first
         st.name_turns = random.Random(f"names:{kind}:{seed}")
@@ -842,6 +842,30 @@ def draw(kind, rng, cfg, seed):
     return cv, qa, reas, st, layout
 
 
+def make_sample(kind, seed, cfg=None):
+    """One sample of cfg's family, deterministic in (kind, seed, cfg): the shipped family's from synth.py, the
+    wide families' drawn here, with their phrasings, glyphs and damage (rotation, blur, JPEG, noise)."""
+    cfg = cfg or S.Config()
+    if cfg.family == "shipped":
+        return S.make_sample(kind, seed, cfg)
+    if kind not in S.KINDS:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {S.KINDS}")
+    rng = random.Random(f"{cfg.family}:{kind}:{seed}")
+    cv, qa, reas, st, layout = draw(kind, rng, cfg, seed)
+    if cfg.family == "train":  # its added phrasings, from their own stream: the images stay as drawn before them
+        qa = widen_phrasings(random.Random(f"phrasing:{kind}:{seed}"), qa, cfg.synonyms)
+    s = S.finish(kind, seed, cv, qa, reas, rng, cfg)
+    boxes = s["words"] + s["chars"]
+    if cfg.family == "train" and cfg.glyph_vary > 0:  # its own stream: the images stay as drawn otherwise
+        s["image"] = vary_glyphs(s["image"], random.Random(f"glyphs:{kind}:{seed}"), cfg.glyph_vary, st, boxes)
+    image, angle = damage(s["image"], rng, st.paper)
+    for item in boxes if angle else []:  # the boxes follow the rotation
+        b = rotate_box(item["box"], angle, image.width, image.height)
+        item["box"] = [max(0, round(b[0])), max(0, round(b[1])), min(image.width, round(b[2])), min(image.height, round(b[3]))]
+    return dict(s, image=image, width=image.width, height=image.height, family=cfg.family, layout=layout,
+                font=st.font_path or "built-in")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--kind", default="doc", choices=S.KINDS)
@@ -849,7 +873,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="")
     a = ap.parse_args(argv)
-    s = S.make_sample(a.kind, a.seed, S.Config(family=a.family))
+    s = make_sample(a.kind, a.seed, S.Config(family=a.family))
     if a.out:
         s["image"].save(a.out)
     print(json.dumps({k: s[k] for k in ("kind", "seed", "layout", "font", "transcription", "qa")}, indent=1))
