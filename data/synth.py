@@ -10,6 +10,7 @@ Commands (from the repo root, venv active):
 From code:
   from data.synth import Config, make_sample, KINDS
   s = make_sample("table", seed=123)          # dict: image (PIL), words, chars, transcription, qa, reasoning
+The wide families (Config(family="train" or "heldout")) are data/wide.py's: its make_sample draws them.
 Seeds: training uses seeds in [0, 10**9); the shipped eval sets use seeds >= 10**9 (data/build.py).
 Same (kind, seed, Config) -> identical pixels/metadata (same Pillow version -> identical PNG bytes).
 Only Pillow's built-in scalable font is used unless Config.truetype=True (then fonts under
@@ -35,7 +36,7 @@ class Config:
     max_items: int = 6
     noise: float = 0.5           # 0 = clean; scales speckle density and scene background texture
     truetype: bool = False       # also use system TrueType fonts (not machine-independent)
-    family: str = "shipped"      # "shipped": the layouts below; "train" / "heldout": data/wide.py's families
+    family: str = "shipped"      # "shipped": the layouts below; "train" / "heldout": data/wide.py's (wide.make_sample)
     fonts: tuple = ()            # font files to draw in instead (None: the built-in font); set by data/wide.py
     glyph_vary: float = 0.0      # training family only: share of images whose glyphs are reshaped (wide.vary_glyphs)
     more_fonts: bool = False     # training family only: also draw in wide.MORE_FONTS

@@ -4,8 +4,8 @@ asked in many phrasings, split into a training family and a held-out family.
     python data/wide.py --kind chart --family heldout --seed 3 --out /tmp/chart.png   # one sample
     python data/build.py --heldout-family    # writes data/eval-heldout/ (the held-out family's sets)
 
-From code: make_sample(kind, seed, Config(family="train")) here draws a sample of any family (the shipped one is
-synth.py's).
+From code: make_sample(kind, seed, Config(family=F)) here draws every family: "train" and "heldout" here, "shipped"
+through synth.make_sample.
 
 What the held-out family never shares with training (a seed range alone is not a held-out split):
 - fonts: the DejaVu families (training: Pillow's built-in font and eight others, data/fonts/);
@@ -15,7 +15,8 @@ What the held-out family never shares with training (a seed range alone is not a
   each held-out DocVQA question in a second and a third such phrasing (reworded2 and reworded3, FRESH_PHRASES and
   FRESH3_PHRASES).
 The held-out family also draws each two-series chart's pair of names in either order, from a stream of its own, so
-that its sets do not reward a reader that finds a series by its name's usual place ("2022" before "2023").
+that its sets do not reward a reader that finds a series by its name's usual place ("2022" before "2023"); unlike
+--series-order it leaves the colours, the accent on the first bar.
 Both families draw every layout's answers at every position (a test checks it), and the training family
 also draws synth.py's own layouts in its fonts, stacked bars and legends placed right or below (MORE_LAYOUTS),
 and, with Config(glyph_vary=S) (teacher.py --glyph-vary), a share S of its images with reshaped glyphs (vary_glyphs),
@@ -246,7 +247,7 @@ class Style:
             [(255, 255, 255), S._light(rng), (rng.randint(235, 250), rng.randint(228, 242), rng.randint(205, 225))])
         self.ink = (rng.randint(215, 250),) * 3 if self.dark else S._dark(rng)
         self.accent = S._vivid(rng)
-        self.name_turns = None  # the held-out family's own stream that turns a pair of series names (draw)
+        self.name_turns = None  # set by draw() in the held-out family: the stream that turns a pair of series names
 
     def font_file(self):
         return None if self.font_path is None else str(FONT_DIR / self.font_path)
@@ -831,7 +832,7 @@ def choose_layout(rng, kind, family, arrangements=False):
 def draw(kind, rng, cfg, seed):
     """(canvas, qa, reasoning, style, layout) of one sample of cfg's wide family; make_sample finishes it."""
     st = Style(rng, cfg)
-    if cfg.family == "heldout":  # its own stream: each chart is drawn as before it, but for which name comes first
+    if cfg.family == "heldout":  # its own stream, so every other draw is unchanged: only which name comes first
         st.name_turns = random.Random(f"names:{kind}:{seed}")
     layout = choose_layout(rng, kind, cfg.family, arrangements=cfg.arrangements)
     if layout == "shipped":  # synth.py's own layout in this family's fonts, with its own phrasings

@@ -137,6 +137,27 @@ def names_turned(monkeypatch, turned):
         Random=lambda seed=None: fixed if str(seed).startswith("names:") else real(seed)))
 
 
+def first_swatch_recorder(monkeypatch):
+    """From the call on, every chart's accent is one known colour and rectangles are recorded: the returned
+    function draws a sample and tells whether the first fill in a series colour (the legend's first swatch, drawn
+    before the bars) was the accent (None: no series colour drawn)."""
+    accent, vivid, rectangle = (201, 13, 77), synth._vivid, ImageDraw.ImageDraw.rectangle
+    other, fills = tuple(255 - c // 2 for c in accent[::-1]), []  # _chart's second colour
+    monkeypatch.setattr(synth, "_vivid", lambda rng: (vivid(rng), accent)[1])  # the same draws, a known accent
+
+    def recording(self, xy, fill=None, **kw):
+        fills.append(fill)
+        return rectangle(self, xy, fill=fill, **kw)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "rectangle", recording)
+
+    def drawn(kind, seed, family, **kw):
+        fills.clear()
+        s = sample(kind, seed, family, **kw)
+        return s, next((f == accent for f in fills if f in (accent, other)), None)
+    return drawn
+
+
 def test_heldout_family_draws_each_pair_of_series_names_in_either_order(monkeypatch):
     """The held-out family draws a two-series chart's pair of names in either order ("2023" first about half the
     time), so that its sets do not reward finding a series by its name's usual place. The order comes from a stream
@@ -156,6 +177,14 @@ def test_heldout_family_draws_each_pair_of_series_names_in_either_order(monkeypa
                 assert legend_reading(held)[0] == (not turned), seed  # the pair's first name listed first
             if not two or legend_reading(s)[0] == (not turned):  # drawn the same way: the same chart
                 assert held["image"].tobytes() == s["image"].tobytes() and held["qa"] == s["qa"], (seed, turned)
+    drawn_recorded = first_swatch_recorder(monkeypatch)
+    for seed in (seed for seed, s in drawn.items() if s["layout"] in ("vgroup", "hgroup")):
+        (a, accent_a), (b, accent_b) = [(names_turned(monkeypatch, turned), drawn_recorded("chart", seed, "heldout"))[1]
+                                        for turned in (False, True)]
+        assert accent_a and accent_b, seed  # only the names turn: the accent stays the first bar's colour
+        assert a["image"].size == b["image"].size, seed  # and no other draw moves: the same size and words
+        assert sorted(w["text"] for w in a["words"]) == sorted(w["text"] for w in b["words"]), seed
+    monkeypatch.undo()  # the real colours again
     names_turned(monkeypatch, False)
     assert draws_digest(monkeypatch, "heldout") == HELDOUT_DRAWS_NAMES_AS_LISTED
 
@@ -281,23 +310,13 @@ def test_series_order_turns_names_and_colours_in_the_training_family_only(monkey
     """Config(series_order=True) draws a two-series chart's first bar under either name of its pair and in either
     colour, so that a name gives neither its bar's place nor its colour; without it the pair's first name and the
     accent colour always go to the first bar. The other kinds and the held-out family stay as they were."""
-    accent, vivid, rectangle = (201, 13, 77), synth._vivid, ImageDraw.ImageDraw.rectangle
-    other, fills = tuple(255 - c // 2 for c in accent[::-1]), []  # _chart's second colour
-    monkeypatch.setattr(synth, "_vivid", lambda rng: (vivid(rng), accent)[1])  # the same draws, a known accent
-
-    def recording(self, xy, fill=None, **kw):
-        fills.append(fill)
-        return rectangle(self, xy, fill=fill, **kw)
-
-    monkeypatch.setattr(ImageDraw.ImageDraw, "rectangle", recording)
+    drawn_recorded = first_swatch_recorder(monkeypatch)
     seen = {True: collections.Counter(), False: collections.Counter()}
     for seed in range(120):
         for turned in (True, False):
-            fills.clear()
-            s = sample("chart", seed, "train", series_order=turned)
+            s, accent_first = drawn_recorded("chart", seed, "train", series_order=turned)
             if s["layout"] in ("vgroup", "vstack", "hstack"):  # a legend in the bars' order, drawn before them
-                first_named, _ = legend_reading(s)
-                seen[turned][first_named, next(f for f in fills if f in (accent, other)) == accent] += 1
+                seen[turned][legend_reading(s)[0], accent_first] += 1
         assert_unchanged(seed, (("doc", "train"), ("info", "train"), ("chart", "heldout")), series_order=True)
     assert set(seen[False]) == {(True, True)}, seen[False]
     assert_all_four(seen[True])
