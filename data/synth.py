@@ -465,11 +465,15 @@ def _transcribe(runs):
 DRAW = {"doc": _doc, "table": _table, "chart": _chart, "info": _info, "scene": _scene}
 
 
+def check_kind(kind):
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+
+
 def make_sample(kind, seed, cfg=None):
     """Render one sample of the shipped family; deterministic in (kind, seed, cfg). data/wide.py's make_sample
     draws every family, this one included."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+    check_kind(kind)
     cfg = cfg or Config()
     if cfg.family != "shipped":
         raise ValueError(f"family {cfg.family!r} is data/wide.py's: draw it with data.wide.make_sample")

@@ -237,7 +237,7 @@ FOOTERS = ["Thank you!", "Page 1 of 1", "Signed: ________", "Keep this copy", "Q
 class Style:
     """One sample's look: a font file at a cap height, paper and ink colours, and the post-render damage."""
 
-    def __init__(self, rng, cfg):
+    def __init__(self, rng, cfg, name_turns=None):
         family, train = cfg.family, cfg.family == "train"
         self.rng, self.family = rng, family
         self.legends, self.series_order = cfg.legends and train, cfg.series_order and train  # opt-ins: training only
@@ -247,7 +247,7 @@ class Style:
             [(255, 255, 255), S._light(rng), (rng.randint(235, 250), rng.randint(228, 242), rng.randint(205, 225))])
         self.ink = (rng.randint(215, 250),) * 3 if self.dark else S._dark(rng)
         self.accent = S._vivid(rng)
-        self.name_turns = None  # set by draw() in the held-out family: the stream that turns a pair of series names
+        self.name_turns = name_turns  # the held-out family's stream that turns a pair of series names (make_sample)
 
     def font_file(self):
         return None if self.font_path is None else str(FONT_DIR / self.font_path)
@@ -829,11 +829,9 @@ def choose_layout(rng, kind, family, arrangements=False):
     return rng.choice(training_layouts(kind, arrangements) if family == "train" else LAYOUTS[kind]["train"])
 
 
-def draw(kind, rng, cfg, seed):
+def draw(kind, rng, cfg, name_turns=None):
     """(canvas, qa, reasoning, style, layout) of one sample of cfg's wide family; make_sample finishes it."""
-    st = Style(rng, cfg)
-    if cfg.family == "heldout":  # its own stream, so every other draw is unchanged: only which name comes first
-        st.name_turns = random.Random(f"names:{kind}:{seed}")
+    st = Style(rng, cfg, name_turns)
     layout = choose_layout(rng, kind, cfg.family, arrangements=cfg.arrangements)
     if layout == "shipped":  # synth.py's own layout in this family's fonts, with its own phrasings
         cv, qa, reas = S.DRAW[kind](rng, S.Config(fonts=(st.font_file(),)))
@@ -849,10 +847,11 @@ def make_sample(kind, seed, cfg=None):
     cfg = cfg or S.Config()
     if cfg.family == "shipped":
         return S.make_sample(kind, seed, cfg)
-    if kind not in S.KINDS:
-        raise ValueError(f"unknown kind {kind!r}; expected one of {S.KINDS}")
+    S.check_kind(kind)
     rng = random.Random(f"{cfg.family}:{kind}:{seed}")
-    cv, qa, reas, st, layout = draw(kind, rng, cfg, seed)
+    # the held-out family's series-name order comes from its own stream, so every other draw is unchanged
+    names = random.Random(f"names:{kind}:{seed}") if cfg.family == "heldout" else None
+    cv, qa, reas, st, layout = draw(kind, rng, cfg, names)
     if cfg.family == "train":  # its added phrasings, from their own stream: the images stay as drawn before them
         qa = widen_phrasings(random.Random(f"phrasing:{kind}:{seed}"), qa, cfg.synonyms)
     s = S.finish(kind, seed, cv, qa, reas, rng, cfg)
