@@ -12,6 +12,9 @@ supervision that the generator's glyph boxes make possible:
           key printed after its value: the layers before the last to the key, the last to the value).
           Optionally (--pair-layer L) a pair loss: head 0 of layer L, from the token of each such key's
           last glyph, must attend to its value's tokens, so that the key's token holds the value.
+          Optionally (--table-frac) chart conversations that write the chart's values as a table, a row per
+          category and a column per series: each value bound to both (chart derendering, as DePlot and MatCha
+          pretrain).
 
 The commands that make the shipped checkpoint. First the shipped family's chain, docs/teacher.md's first block
 (glyphs, then read six times, the last on one H100), whose result was checkpoints/tiny until 2026-12-05 (`git show
@@ -82,6 +85,7 @@ from cli import Error
 from data.build import CROP_QUESTION, KIE_SUFFIX, OCRB_TYPES, crop_run
 from tokenizer import load_tokenizer
 from data.synth import KINDS, Config
+from data import wide
 from data.wide import make_sample
 from evaluate import PROMPT, TASKS
 
@@ -122,11 +126,12 @@ class TeacherConfig(P.TrainConfig):
     arrangements: bool = False  # the training family also draws data/wide.py's ARRANGEMENTS (chart, info layouts)
     legends: bool = False  # the training family's two-series legends also run against the bars' order, or in a column
     series_order: bool = False  # the training family's pairs of series names also in the other order and colours
+    table_frac: float = 0.0  # share of chart conversations that write the chart's values as a table (read)
     grow_layers: int = 0  # decoder layers added to --init's, outputs unchanged (grow_decoder); --pair-layer counts them
 
 
 READ_STAGE_FLAGS = ("tokenizer", "trainable", "kinds", "qa_turns", "max_len", "transcribe_frac", "crop_frac",
-                    "pointer_weight", "pointer_layers", "pair_layer", "pair_weight", "synonyms",
+                    "table_frac", "pointer_weight", "pointer_layers", "pair_layer", "pair_weight", "synonyms",
                     "grow_layers")  # glyphs: the whole ViT, every kind
 GLYPH_STAGE_FLAGS = ("glyph_tiles", "glyph_crops")
 
@@ -137,7 +142,7 @@ def parse_args(argv=None):
     skip = ("data", "image_root", "p_transcribe", "p_qa", "p_reason", "cot_frac", "image_size", "model_config")
     cfg = cli.parse(TeacherConfig, argv, "teacher.py", __doc__, skip, choices=dict(stage=["glyphs", "read"]), **P.BOUNDS,
                     eval_every=1, qa_turns=1, glyph_tiles=1, glyph_crops=0, pointer_layers=1, pair_layer=-1,
-                    grow_layers=0, transcribe_frac=0, crop_frac=0, pointer_weight=0, pair_weight=0, glyph_vary=0)
+                    grow_layers=0, transcribe_frac=0, crop_frac=0, table_frac=0, pointer_weight=0, pair_weight=0, glyph_vary=0)
     if not cfg.stage:
         raise Error("the following arguments are required: --stage (see python teacher.py --help)")
     if cfg.stage == "glyphs" and cfg.init != TeacherConfig.init:
@@ -316,14 +321,40 @@ def short_answer(question, rng):
     return question + ("\n" if rng.random() < 0.25 else " ") + PROMPT
 
 
-def read_conversation(seed, transcribe_frac, qa_turns, kinds=KINDS, crop_frac=0.0, images=SHIPPED):
+TABLE_QUESTION = "Write the chart's data as a table."
+SERIES_REWORDED = wide.PHRASES["series"][1][0]  # "In {c}, what is {s}?": every series question's rewording
+
+
+def chart_table(qa):
+    """[(cell, is_printed)] of a chart's values as a table, a header row and a row per category in its drawn order,
+    a column per series in its bars' order; None where the chart has no value question per bar (synth.py's charts)."""
+    cells = {}  # (category's place, series) -> (category, value)
+    for q in qa:
+        if q.get("form") not in ("value", "series"):
+            continue
+        if q["pos"] is None:  # synth.py's chart in a wide family's fonts
+            return None
+        series = wide.phrased(SERIES_REWORDED, q["reworded"])["s"] if q["form"] == "series" else "Value"
+        cells[q["pos"][0], series] = q["key"], q["answer"]
+    if not cells:
+        return None
+    names = list(dict.fromkeys(s for _, s in cells))  # first asked, first bar
+    places = sorted({i for i, _ in cells})
+    rows = [[("Category", False)] + [(s, s != "Value") for s in names]]
+    rows += [[(cells[i, names[0]][0], True)] + [(cells[i, s][1], True) for s in names] for i in places]
+    return rows
+
+
+def read_conversation(seed, transcribe_frac, qa_turns, kinds=KINDS, crop_frac=0.0, images=SHIPPED, table_frac=0.0):
     """A conversation about one synthetic image, and for each answer two glyph indices per character:
     where the last pointer layer must look (the glyph itself) and where the layers before it must
     (the same glyph, or the key's last glyph when the question names one, see KEY_QUESTION: its token has
     seen the whole key, where a first glyph like the "2" of "2013" is on every year of a chart);
     -1: a space, or a text that occurs twice on the page, so where to look is unclear.
     kinds: the image kinds cycled through by seed; repeat a kind to see more of it.
-    crop_frac: the share of conversations that are OCRBench's word-recognition question on a word crop."""
+    crop_frac: the share of conversations that are OCRBench's word-recognition question on a word crop.
+    table_frac: the share of chart conversations that write the chart's values as a table, each bound to its category
+    and series (decided by a stream of its own, so that the other conversations are those of a run without it)."""
     rng = random.Random(seed)
     if crop_frac and rng.random() < crop_frac:
         return crop_conversation(seed, rng, images)
@@ -348,6 +379,15 @@ def read_conversation(seed, transcribe_frac, qa_turns, kinds=KINDS, crop_frac=0.
             if kind in ("doc", "table") and rng.random() < 0.25:
                 q += KIE_SUFFIX  # OCRBench's key-information prompt
             turns.append((short_answer(q, rng), a, glyphs(a), hop1))
+    if table_frac and kind == "chart" and random.Random(f"table:{seed}").random() < table_frac \
+            and (rows := chart_table(s["qa"])):
+        answer, where = "", []
+        for r, row in enumerate(rows):
+            for c, (cell, printed) in enumerate(row):
+                sep = "\n" if r and not c else " | " if c else ""
+                answer += sep + cell
+                where += [-1] * len(sep) + (glyphs(cell) if printed else [-1] * len(cell))
+        turns = [(TABLE_QUESTION, answer, where, where)]
     turns[0] = ("<image>\n" + turns[0][0], *turns[0][1:])
     pairs = [(key[-1], value) for qa in s["qa"] if (m := KEY_QUESTION.match(qa["question"]))
              for key, value in [(glyphs(m.group(1)), glyphs(qa["answer"]))] if key[-1] >= 0 and min(value) >= 0]
@@ -664,7 +704,7 @@ def run(cfg):
                             "this teacher's glyph stage") from None
         batches = lambda step: [read_batch([read_conversation(first_seed(step) + a * cfg.micro_batch + i,
                                                               cfg.transcribe_frac, cfg.qa_turns, kinds, cfg.crop_frac,
-                                                              images)
+                                                              images, cfg.table_frac)
                                             for i in range(cfg.micro_batch)], tok, model, cfg, cfg.pair_layer >= 0)
                                 for a in range(cfg.grad_accum)]
         step = P.train(cfg, model, tok, batches, make_read_loss(model, cfg.pointer_weight, cfg.pointer_layers,

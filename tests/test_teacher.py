@@ -203,6 +203,8 @@ def test_kinds_choose_the_images_and_bad_kinds_are_refused():
     (["--stage", "glyphs", "--synonyms", "--family", "mix"], "--synonyms is the read stage's, unused by --stage glyphs"),
     (["--stage", "read", "--seed-offset", "999997999"], "past 999998000"),
     (["--stage", "glyphs", "--kinds", "chart"], "--kinds is the read stage's, unused by --stage glyphs"),
+    (["--stage", "glyphs", "--table-frac", "0.5"], "--table-frac is the read stage's, unused by --stage glyphs"),
+    (["--stage", "read", "--table-frac", "-1"], "--table-frac -1: must be >= 0"),
     (["--stage", "glyphs", "--trainable", "llm"], "--trainable is the read stage's"),
     (["--stage", "read", "--glyph-tiles", "2"], "--glyph-tiles is the glyph stage's, unused by --stage read"),
     (["--stage", "read", "--grow-layers", "-1"], "--grow-layers -1: must be >= 0"),
@@ -309,3 +311,53 @@ def test_a_resumed_stage_keeps_the_evaluations_before_its_checkpoint_once(tmp_pa
         assert r.returncode == code, r.stderr[-2000:]
     evals = [json.loads(line) for line in open(tmp_path / "o" / "eval.jsonl")]
     assert [r["step"] for r in evals] == [1, 2, 3, 4, 5] and evals[2]["eval_call"] == 3  # step 3's second evaluation
+
+
+@pytest.mark.parametrize("layout", ["vgroup", "hgroup"])
+def test_chart_tables_bind_each_value_to_its_category_and_series(monkeypatch, layout):
+    """Where the table says a value is series j's for category c, it is drawn there: nearest to c's label along the
+    category axis, and in the j-th bar of c's group; its pointers spell it."""
+    monkeypatch.setattr(T.wide, "choose_layout", lambda rng, kind, family, **_: (rng.random(), layout)[1])
+    images, axis = T.Images("train", widen=(("series_order", True),)), 0 if layout == "vgroup" else 1
+    centre = lambda glyphs, chars: sum(chars[g]["box"][axis] + chars[g]["box"][axis + 2] for g in glyphs) / 2 / len(glyphs)
+    checked, turned = 0, 0
+    for seed in range(30):
+        conv = T.read_conversation(seed, 0.0, 3, ["chart"], images=images, table_frac=1.0)
+        answer, where, chars = conv["conversations"][1]["value"], conv["glyphs"][0], conv["sample"]["chars"]
+        assert conv["conversations"][0]["value"] == "<image>\n" + T.TABLE_QUESTION
+        assert all(chars[g]["char"] == a for a, g in zip(answer, where) if g >= 0)
+        lines, at = answer.split("\n"), 0
+        header = lines[0].split(" | ")
+        turned += header[1:] != [n for pair in T.wide.SERIES for n in pair if n in header[1:]]
+        spans = []  # per line, per cell: its glyph indices
+        for line in lines:
+            spans.append([where[at + b:at + b + len(cell)] for b, cell in
+                          zip(np.cumsum([0] + [len(c) + 3 for c in line.split(" | ")[:-1]]), line.split(" | "))])
+            at += len(line) + 1
+        cats = {line.split(" | ")[0]: centre(cells[0], chars) for line, cells in zip(lines[1:], spans[1:])
+                if min(cells[0]) >= 0}
+        for line, cells in zip(lines[1:], spans[1:]):
+            values = [centre(g, chars) if min(g) >= 0 else None for g in cells[1:]]
+            for v in values:
+                if v is not None and len(cats) == len(lines) - 1:
+                    assert min(cats, key=lambda c: abs(cats[c] - v)) == line.split(" | ")[0], (seed, line)
+                    checked += 1
+            if None not in values:
+                assert values[0] < values[1], (seed, line)  # the first column is the first bar
+    assert checked > 100 and turned > 3
+
+
+def test_table_conversations_replace_chart_conversations_only():
+    """--table-frac draws from a stream of its own: every other conversation is the one drawn without it."""
+    kinds, images = ["doc", "chart", "info", "chart"], T.Images("mix")
+    tables = 0
+    for seed in range(40):
+        plain = T.read_conversation(seed, 0.2, 3, kinds, 0.15, images)
+        conv = T.read_conversation(seed, 0.2, 3, kinds, 0.15, images, table_frac=0.5)
+        assert conv["max_num"] == plain["max_num"] and conv["image"].tobytes() == plain["image"].tobytes()
+        if conv["conversations"][0]["value"].endswith(T.TABLE_QUESTION):
+            tables += 1
+            assert kinds[seed % len(kinds)] == "chart" and T.chart_table(conv["sample"]["qa"])
+        else:
+            assert conv["conversations"] == plain["conversations"] and conv["glyphs"] == plain["glyphs"]
+    assert 3 <= tables <= 12
