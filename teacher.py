@@ -142,7 +142,8 @@ def parse_args(argv=None):
     skip = ("data", "image_root", "p_transcribe", "p_qa", "p_reason", "cot_frac", "image_size", "model_config")
     cfg = cli.parse(TeacherConfig, argv, "teacher.py", __doc__, skip, choices=dict(stage=["glyphs", "read"]), **P.BOUNDS,
                     eval_every=1, qa_turns=1, glyph_tiles=1, glyph_crops=0, pointer_layers=1, pair_layer=-1,
-                    grow_layers=0, transcribe_frac=0, crop_frac=0, table_frac=0, pointer_weight=0, pair_weight=0, glyph_vary=0)
+                    grow_layers=0, transcribe_frac=0, crop_frac=0, table_frac=0, pointer_weight=0, pair_weight=0,
+                    glyph_vary=0)
     if not cfg.stage:
         raise Error("the following arguments are required: --stage (see python teacher.py --help)")
     if cfg.stage == "glyphs" and cfg.init != TeacherConfig.init:
