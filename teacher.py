@@ -380,6 +380,7 @@ def read_conversation(seed, transcribe_frac, qa_turns, kinds=KINDS, crop_frac=0.
             if kind in ("doc", "table") and rng.random() < 0.25:
                 q += KIE_SUFFIX  # OCRBench's key-information prompt
             turns.append((short_answer(q, rng), a, glyphs(a), hop1))
+    # a table replaces the turns drawn above, not their draws: rng's later ones (max_num) stay a run's without it
     if table_frac and kind == "chart" and random.Random(f"table:{seed}").random() < table_frac \
             and (rows := chart_table(s["qa"])):
         answer, where = "", []
