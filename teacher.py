@@ -15,6 +15,9 @@ supervision that the generator's glyph boxes make possible:
           Optionally (--table-frac) chart conversations that write the chart's values as a table, a row per
           category and a column per series: each value bound to both (chart derendering, as DePlot and MatCha
           pretrain).
+          Optionally (--colour-weight) a colour term: a fixed linear readout of each projector token must give the
+          mean colour of the pixels it covers, so that a bar's colour reaches the LLM (the series of a grouped bar
+          is told only by it).
 
 The commands that make the shipped checkpoint. First the shipped family's chain, docs/teacher.md's first block
 (glyphs, then read six times, the last on one H100), whose result was checkpoints/tiny until 2026-12-05 (`git show
@@ -127,12 +130,13 @@ class TeacherConfig(P.TrainConfig):
     legends: bool = False  # the training family's two-series legends also run against the bars' order, or in a column
     series_order: bool = False  # the training family's pairs of series names also in the other order and colours
     table_frac: float = 0.0  # share of chart conversations that write the chart's values as a table (read)
+    colour_weight: float = 0.0  # weight of the colour term on the projector's tokens (read; colour_readout)
     grow_layers: int = 0  # decoder layers added to --init's, outputs unchanged (grow_decoder); --pair-layer counts them
 
 
 READ_STAGE_FLAGS = ("tokenizer", "trainable", "kinds", "qa_turns", "max_len", "transcribe_frac", "crop_frac",
-                    "table_frac", "pointer_weight", "pointer_layers", "pair_layer", "pair_weight", "synonyms",
-                    "grow_layers")  # glyphs: the whole ViT, every kind
+                    "table_frac", "colour_weight", "pointer_weight", "pointer_layers", "pair_layer", "pair_weight",
+                    "synonyms", "grow_layers")  # glyphs: the whole ViT, every kind
 GLYPH_STAGE_FLAGS = ("glyph_tiles", "glyph_crops")
 
 
@@ -142,8 +146,8 @@ def parse_args(argv=None):
     skip = ("data", "image_root", "p_transcribe", "p_qa", "p_reason", "cot_frac", "image_size", "model_config")
     cfg = cli.parse(TeacherConfig, argv, "teacher.py", __doc__, skip, choices=dict(stage=["glyphs", "read"]), **P.BOUNDS,
                     eval_every=1, qa_turns=1, glyph_tiles=1, glyph_crops=0, pointer_layers=1, pair_layer=-1,
-                    grow_layers=0, transcribe_frac=0, crop_frac=0, table_frac=0, pointer_weight=0, pair_weight=0,
-                    glyph_vary=0)
+                    grow_layers=0, transcribe_frac=0, crop_frac=0, table_frac=0, colour_weight=0, pointer_weight=0,
+                    pair_weight=0, glyph_vary=0)
     if not cfg.stage:
         raise Error("the following arguments are required: --stage (see python teacher.py --help)")
     if cfg.stage == "glyphs" and cfg.init != TeacherConfig.init:
@@ -535,17 +539,36 @@ def pair_nll(seen, pairs):
     return nll, on.gather(1, logp.argmax(-1, keepdim=True)).sum().item()
 
 
-def make_read_loss(model, pointer_weight, layers, pair_layer=-1, pair_weight=1.0):
-    """LM loss + pointer loss on the last `layers` decoder layers; with pair_layer >= 0, also a pair loss there."""
+def colour_readout(width):
+    """[width, 3]: fixed orthonormal directions (seeded) along which the colour term reads a projector token's colour.
+    Fixed, so the term adds no weight to train or save: the projector must lay the colour along them."""
+    return torch.linalg.qr(torch.randn(width, 3, generator=torch.Generator().manual_seed(0)))[0]
+
+
+def token_colours(pixel_values, token_px):
+    """[tiles, 3, S, S] normalised pixels -> [tiles x tokens, 3]: the mean of the pixels each visual token covers
+    (token_px square), in the projector's token order (tile, row, column)."""
+    return F.avg_pool2d(pixel_values.float(), token_px).permute(0, 2, 3, 1).flatten(0, 2)
+
+
+def make_read_loss(model, pointer_weight, layers, pair_layer=-1, pair_weight=1.0, colour_weight=0.0):
+    """LM loss + pointer loss on the last `layers` decoder layers; with pair_layer >= 0, also a pair loss there;
+    with colour_weight, also the colour term on the projector's tokens (their mean squared error per channel)."""
     n_layers = model.config.llm.num_hidden_layers
     if layers > n_layers:
         raise Error(f"--pointer-layers {layers}: must be at most the decoder's {n_layers} layers")
     if pair_layer >= n_layers - layers:
         raise Error(f"--pair-layer {pair_layer}: must be below the {layers} pointer layers (0..{n_layers - layers - 1})")
     probe = AttentionInputs(model, [*([pair_layer] if pair_layer >= 0 else []), *range(n_layers - layers, n_layers)])
+    projected = []  # mlp1's output of this forward: the visual tokens the LLM reads
+    if colour_weight:
+        model.mlp1.register_forward_hook(lambda mod, args, out: projected.append(out))
+        readout = colour_readout(model.config.llm.hidden_size).to(next(model.parameters()).device)
+        token_px = round(model.config.vision.patch_size / model.config.downsample_ratio)
 
     def read_loss(net, batch):
         probe.seen.clear()
+        projected.clear()
         logits = net(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
         n = batch["n_labels_global"]
         lm = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), reduction="sum") / n
@@ -561,6 +584,11 @@ def make_read_loss(model, pointer_weight, layers, pair_layer=-1, pair_weight=1.0
             ptr, hits = pointer_nll(seen, batch["pointers"])
             loss = loss + pointer_weight * ptr / n
             stats.update(ptr=ptr.item() / n, ptr_hits=hits / n)
+        if colour_weight:  # a sample's mean over its tokens; the step's micro-batches sum to the mean over samples
+            err = (projected[0].float() @ readout - token_colours(batch["pixel_values"], token_px)).pow(2).mean()
+            colour = err * len(batch["convs"]) / batch["n_samples_global"]
+            loss = loss + colour_weight * colour
+            stats.update(colour=colour.item())
         return loss, stats
 
     return read_loss
@@ -710,7 +738,7 @@ def run(cfg):
                                             for i in range(cfg.micro_batch)], tok, model, cfg, cfg.pair_layer >= 0)
                                 for a in range(cfg.grad_accum)]
         step = P.train(cfg, model, tok, batches, make_read_loss(model, cfg.pointer_weight, cfg.pointer_layers,
-                                                                cfg.pair_layer, cfg.pair_weight),
+                                                                cfg.pair_layer, cfg.pair_weight, cfg.colour_weight),
                        lambda s, r: after_step(s, r, lambda: read_eval(model, tok, images)))
         if rank == 0 and step >= cfg.steps:
             M.save_model(model, cfg.out, tokenizer_dir=cfg.tokenizer)

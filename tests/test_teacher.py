@@ -205,6 +205,8 @@ def test_kinds_choose_the_images_and_bad_kinds_are_refused():
     (["--stage", "glyphs", "--kinds", "chart"], "--kinds is the read stage's, unused by --stage glyphs"),
     (["--stage", "glyphs", "--table-frac", "0.5"], "--table-frac is the read stage's, unused by --stage glyphs"),
     (["--stage", "read", "--table-frac", "-1"], "--table-frac -1: must be >= 0"),
+    (["--stage", "glyphs", "--colour-weight", "1"], "--colour-weight is the read stage's, unused by --stage glyphs"),
+    (["--stage", "read", "--colour-weight", "-1"], "--colour-weight -1: must be >= 0"),
     (["--stage", "glyphs", "--trainable", "llm"], "--trainable is the read stage's"),
     (["--stage", "read", "--glyph-tiles", "2"], "--glyph-tiles is the glyph stage's, unused by --stage read"),
     (["--stage", "read", "--grow-layers", "-1"], "--grow-layers -1: must be >= 0"),
@@ -361,3 +363,35 @@ def test_table_conversations_replace_chart_conversations_only():
         else:
             assert conv["conversations"] == plain["conversations"] and conv["glyphs"] == plain["glyphs"]
     assert 3 <= tables <= 12
+
+
+def test_token_colours_follow_the_projectors_token_order():
+    """Each visual token's colour is the mean of its pixels, in the order pixel_shuffle lays the tokens out."""
+    torch.manual_seed(0)
+    pixels = torch.randn(3, 3, 56, 56)
+    patches = torch.nn.functional.avg_pool2d(pixels, 14).permute(0, 2, 3, 1)  # [tiles, 4, 4, 3]: the ViT's patch grid
+    shuffled = M.pixel_shuffle(patches)  # [tiles, 2, 2, 4 x 3]: a token's four patches, each its three channels
+    want = shuffled.unflatten(-1, (4, 3)).mean(-2).flatten(0, 2)
+    assert torch.allclose(T.token_colours(pixels, 28), want, atol=1e-6)
+
+
+def test_colour_term_is_the_readouts_squared_error(tok):
+    """The colour term: mlp1's tokens read along fixed orthonormal directions, against their pixels' mean colour."""
+    torch.manual_seed(0)
+    model = M.InternVLChat(M.tiny_config(vocab_size=tok.vocab_size, image_size=56)).eval()
+    model.img_context_token_id = 7
+    pixels = torch.randn(2, 3, 56, 56)
+    ids = torch.tensor([[11, *[7] * 8, 12, 13, 14]])  # two tiles of four tokens
+    batch = dict(pixel_values=pixels, input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids,
+                 n_labels_global=4.0, n_samples_global=4.0, convs=[{}], pointers=torch.zeros(0, 4, dtype=torch.long))
+    loss_fn = T.make_read_loss(model, 1.0, 2, colour_weight=3.0)
+    with torch.no_grad():
+        loss, stats = loss_fn(model, batch)
+        plain, _ = T.make_read_loss(model, 1.0, 2)(model, batch)
+        tokens = model.mlp1(model.visual_grid(pixels).flatten(0, 2))
+    readout = T.colour_readout(model.config.llm.hidden_size)
+    assert torch.allclose(readout.T @ readout, torch.eye(3), atol=1e-5)
+    colours = torch.stack([pixels[t, :, 28 * r:28 * r + 28, 28 * c:28 * c + 28].mean((1, 2))
+                           for t in range(2) for r in range(2) for c in range(2)])
+    want = ((tokens @ readout - colours) ** 2).mean().item() / 4  # one sample of the global batch's four
+    assert abs(stats["colour"] - want) < 1e-5 and abs(loss.item() - plain.item() - 3 * want) < 1e-4
