@@ -18,6 +18,8 @@ supervision that the generator's glyph boxes make possible:
           Optionally (--colour-weight) a colour term: a fixed linear readout of each projector token must give the
           mean colour of the pixels it covers, so that a bar's colour reaches the LLM (the series of a grouped bar
           is told only by it).
+          Optionally (--legend-hop) a series question's first hop is its series' name in the legend, whose swatch
+          gives the colour of the bars to look for.
 
 The commands that make the shipped checkpoint. First the shipped family's chain, docs/teacher.md's first block
 (glyphs, then read six times, the last on one H100), whose result was checkpoints/tiny until 2026-12-05 (`git show
@@ -131,12 +133,13 @@ class TeacherConfig(P.TrainConfig):
     series_order: bool = False  # the training family's pairs of series names also in the other order and colours
     table_frac: float = 0.0  # share of chart conversations that write the chart's values as a table (read)
     colour_weight: float = 0.0  # weight of the colour term on the projector's tokens (read; colour_readout)
+    legend_hop: bool = False  # a series question's first hop is its series' name in the legend, not the category (read)
     grow_layers: int = 0  # decoder layers added to --init's, outputs unchanged (grow_decoder); --pair-layer counts them
 
 
 READ_STAGE_FLAGS = ("tokenizer", "trainable", "kinds", "qa_turns", "max_len", "transcribe_frac", "crop_frac",
-                    "table_frac", "colour_weight", "pointer_weight", "pointer_layers", "pair_layer", "pair_weight",
-                    "synonyms", "grow_layers")  # glyphs: the whole ViT, every kind
+                    "table_frac", "colour_weight", "legend_hop", "pointer_weight", "pointer_layers", "pair_layer",
+                    "pair_weight", "synonyms", "grow_layers")  # glyphs: the whole ViT, every kind
 GLYPH_STAGE_FLAGS = ("glyph_tiles", "glyph_crops")
 
 
@@ -350,7 +353,8 @@ def chart_table(qa):
     return rows
 
 
-def read_conversation(seed, transcribe_frac, qa_turns, kinds=KINDS, crop_frac=0.0, images=SHIPPED, table_frac=0.0):
+def read_conversation(seed, transcribe_frac, qa_turns, kinds=KINDS, crop_frac=0.0, images=SHIPPED, table_frac=0.0,
+                      legend_hop=False):
     """A conversation about one synthetic image, and for each answer two glyph indices per character:
     where the last pointer layer must look (the glyph itself) and where the layers before it must
     (the same glyph, or the key's last glyph when the question names one, see KEY_QUESTION: its token has
@@ -359,7 +363,10 @@ def read_conversation(seed, transcribe_frac, qa_turns, kinds=KINDS, crop_frac=0.
     kinds: the image kinds cycled through by seed; repeat a kind to see more of it.
     crop_frac: the share of conversations that are OCRBench's word-recognition question on a word crop.
     table_frac: the share of chart conversations that write the chart's values as a table, each bound to its category
-    and series (decided by a stream of its own, so that the other conversations are those of a run without it)."""
+    and series (decided by a stream of its own, so that the other conversations are those of a run without it).
+    legend_hop: a series question's first hop is the first glyph of its series' name where the legend prints it, beside
+    the swatch whose colour marks the series' bars, kept even where the legend comes first in the token sequence
+    (hop_kept): the value's token must fetch the colour before it can find the bar."""
     rng = random.Random(seed)
     if crop_frac and rng.random() < crop_frac:
         return crop_conversation(seed, rng, images)
@@ -372,7 +379,7 @@ def read_conversation(seed, transcribe_frac, qa_turns, kinds=KINDS, crop_frac=0.
         return index[at:at + len(span)] if at >= 0 and text.find(span, at + 1) < 0 else [-1] * len(span)
 
     if rng.random() < transcribe_frac or not s["qa"]:
-        turns = [(P.TRANSCRIBE, text, index, index)]
+        turns = [(P.TRANSCRIBE, text, index, index, False)]
     else:
         turns = []
         for qa in rng.sample(s["qa"], min(qa_turns, len(s["qa"]))):
@@ -381,9 +388,13 @@ def read_conversation(seed, transcribe_frac, qa_turns, kinds=KINDS, crop_frac=0.
             # the causal decoder can carry a value into its key's token, never a key into its value's.
             key = qa.get("key") or (m.group(1) if (m := KEY_QUESTION.match(q)) else None)  # pointers() keeps the hop
             hop1 = [next((g for g in reversed(glyphs(key)) if g >= 0), -1)] * len(a) if key else glyphs(a)  # if needed
+            kept = False
+            if legend_hop and qa.get("form") == "series" and qa.get("pos") is not None:
+                name = glyphs(wide.phrased(SERIES_REWORDED, qa["reworded"])["s"])
+                hop1, kept = ([name[0]] * len(a), True) if name[0] >= 0 else (hop1, False)
             if kind in ("doc", "table") and rng.random() < 0.25:
                 q += KIE_SUFFIX  # OCRBench's key-information prompt
-            turns.append((short_answer(q, rng), a, glyphs(a), hop1))
+            turns.append((short_answer(q, rng), a, glyphs(a), hop1, kept))
     # a table replaces the turns drawn above, not their draws: rng's later ones (max_num) stay a run's without it
     if table_frac and kind == "chart" and random.Random(f"table:{seed}").random() < table_frac \
             and (rows := chart_table(s["qa"])):
@@ -393,13 +404,13 @@ def read_conversation(seed, transcribe_frac, qa_turns, kinds=KINDS, crop_frac=0.
                 sep = "\n" if r and not c else " | " if c else ""
                 answer += sep + cell
                 where += [-1] * len(sep) + (glyphs(cell) if printed else [-1] * len(cell))
-        turns = [(TABLE_QUESTION, answer, where, where)]
+        turns = [(TABLE_QUESTION, answer, where, where, False)]
     turns[0] = ("<image>\n" + turns[0][0], *turns[0][1:])
     pairs = [(key[-1], value) for qa in s["qa"] if (m := KEY_QUESTION.match(qa["question"]))
              for key, value in [(glyphs(m.group(1)), glyphs(qa["answer"]))] if key[-1] >= 0 and min(value) >= 0]
     return dict(image=s["image"].convert("RGB"), sample=s, max_num=rng.choice([*TRAIN_MAX_NUM, TASK_MAX_NUM[kind]]),
                 conversations=[{"from": w, "value": v} for q, a, *_ in turns for w, v in (("human", q), ("gpt", a))],
-                glyphs=[g for _, _, g, _ in turns], hop1=[h for *_, h in turns], pairs=pairs)
+                glyphs=[t[2] for t in turns], hop1=[t[3] for t in turns], hop_kept=[t[4] for t in turns], pairs=pairs)
 
 
 def crop_conversation(seed, rng, images=SHIPPED):
@@ -413,7 +424,7 @@ def crop_conversation(seed, rng, images=SHIPPED):
     question = "<image>\n" + short_answer(CROP_QUESTION, rng)
     return dict(image=crop, sample=dict(chars=chars), max_num=rng.choice([*TRAIN_MAX_NUM, TASKS["ocrbench"].max_num]),
                 thumbnail=True, conversations=[{"from": "human", "value": question}, {"from": "gpt", "value": word}],
-                glyphs=[glyph], hop1=[glyph], pairs=[])
+                glyphs=[glyph], hop1=[glyph], hop_kept=[False], pairs=[])
 
 
 def piece_spans(tok, ids):
@@ -450,7 +461,7 @@ def pointers(conv, ids, labels, tok, img_context):
     the position that predicts an answer token, and the visual tokens holding the glyphs it must look at."""
     visual_position = glyph_place(conv, ids, img_context)
     out, pos, end = [], 0, tok.token_to_id(M.STOP_TOKEN)
-    for glyphs, hop1 in zip(conv["glyphs"], conv["hop1"]):
+    for glyphs, hop1, kept in zip(conv["glyphs"], conv["hop1"], conv["hop_kept"]):
         while labels[pos] == -100:
             pos += 1
         start = pos
@@ -460,7 +471,7 @@ def pointers(conv, ids, labels, tok, img_context):
             g = next((g for g in glyphs[b:e] if g >= 0), -1)
             h = next((h for h in hop1[b:e] if h >= 0), -1)
             k, k1 = visual_position(g) if g >= 0 else -1, visual_position(h) if h >= 0 else -1
-            if 0 <= k1 < k:  # the key is printed before its value: the value's token has seen it, one hop will do
+            if 0 <= k1 < k and not kept:  # a key printed before its value: the value's token has seen it, one hop will do
                 k1 = k
             if k >= 0 and k1 >= 0:
                 out.append((p - 1, k, k1))
@@ -734,7 +745,7 @@ def run(cfg):
                             "this teacher's glyph stage") from None
         batches = lambda step: [read_batch([read_conversation(first_seed(step) + a * cfg.micro_batch + i,
                                                               cfg.transcribe_frac, cfg.qa_turns, kinds, cfg.crop_frac,
-                                                              images, cfg.table_frac)
+                                                              images, cfg.table_frac, cfg.legend_hop)
                                             for i in range(cfg.micro_batch)], tok, model, cfg, cfg.pair_layer >= 0)
                                 for a in range(cfg.grad_accum)]
         step = P.train(cfg, model, tok, batches, make_read_loss(model, cfg.pointer_weight, cfg.pointer_layers,

@@ -207,6 +207,7 @@ def test_kinds_choose_the_images_and_bad_kinds_are_refused():
     (["--stage", "read", "--table-frac", "-1"], "--table-frac -1: must be >= 0"),
     (["--stage", "glyphs", "--colour-weight", "1"], "--colour-weight is the read stage's, unused by --stage glyphs"),
     (["--stage", "read", "--colour-weight", "-1"], "--colour-weight -1: must be >= 0"),
+    (["--stage", "glyphs", "--legend-hop"], "--legend-hop is the read stage's, unused by --stage glyphs"),
     (["--stage", "glyphs", "--trainable", "llm"], "--trainable is the read stage's"),
     (["--stage", "read", "--glyph-tiles", "2"], "--glyph-tiles is the glyph stage's, unused by --stage read"),
     (["--stage", "read", "--grow-layers", "-1"], "--grow-layers -1: must be >= 0"),
@@ -395,3 +396,32 @@ def test_colour_term_is_the_readouts_squared_error(tok):
                            for t in range(2) for r in range(2) for c in range(2)])
     want = ((tokens @ readout - colours) ** 2).mean().item() / 4  # one sample of the global batch's four
     assert abs(stats["colour"] - want) < 1e-5 and abs(loss.item() - plain.item() - 3 * want) < 1e-4
+
+
+def test_legend_hop_points_series_questions_at_the_series_name_first(tok, monkeypatch):
+    """--legend-hop: a series question's layers before the last look at its series' name, printed in the legend before
+    the bars, and keep looking there though it comes first in the sequence; the conversation itself is unchanged."""
+    monkeypatch.setattr(T.wide, "choose_layout", lambda rng, kind, family, **_: (rng.random(), "vgroup")[1])
+    images = T.Images("train", widen=(("series_order", True),))
+    model = M.InternVLChat(T.teacher_config(tok.vocab_size))
+    model.img_context_token_id = tok.token_to_id(M.IMG_CONTEXT)
+    cfg = T.TeacherConfig(max_len=4096)
+    hops, before = 0, {"plain": 0, "hop": 0}
+    for seed in range(12):
+        plain = T.read_conversation(seed, 0.0, 4, ["chart"], images=images)
+        conv = T.read_conversation(seed, 0.0, 4, ["chart"], images=images, legend_hop=True)
+        assert conv["conversations"] == plain["conversations"] and conv["glyphs"] == plain["glyphs"]
+        chars, text = conv["sample"]["chars"], conv["sample"]["transcription"]
+        questions = [m["value"].removeprefix("<image>\n") for m in conv["conversations"] if m["from"] == "human"]
+        for q, hop, kept, plain_hop in zip(questions, conv["hop1"], conv["hop_kept"], plain["hop1"]):
+            series = next((n for pair in T.wide.SERIES for n in pair if f" {n} " in f" {q} ".replace("?", " ")), None)
+            if not kept:
+                assert hop == plain_hop
+                continue
+            at = conv["sample"]["char_index"][text.find(series)]
+            assert set(hop) == {at} and chars[at]["char"] == series[0]
+            hops += 1
+        for c, n in ((plain, "plain"), (conv, "hop")):  # first hops printed before their value: only kept ones
+            ptr = T.read_batch([c], tok, model, cfg)["pointers"]
+            before[n] += int((ptr[:, 3] < ptr[:, 2]).sum())
+    assert hops > 10 and before["plain"] == 0 and before["hop"] > 10
