@@ -333,6 +333,11 @@ TABLE_QUESTION = "Write the chart's data as a table."
 SERIES_REWORDED = wide.PHRASES["series"][1][0]  # "In {c}, what is {s}?": every series question's rewording
 
 
+def series_name(qa):
+    """The series a data/wide.py series question asks about, as its legend prints it."""
+    return wide.phrased(SERIES_REWORDED, qa["reworded"])["s"]
+
+
 def chart_table(qa):
     """[(cell, is_printed)] of a chart's values as a table, a header row and a row per category in its drawn order,
     a column per series in its bars' order; None where the chart has no value question per bar (synth.py's charts)."""
@@ -342,7 +347,7 @@ def chart_table(qa):
             continue
         if q["pos"] is None:  # synth.py's chart in a wide family's fonts
             return None
-        series = wide.phrased(SERIES_REWORDED, q["reworded"])["s"] if q["form"] == "series" else "Value"
+        series = series_name(q) if q["form"] == "series" else "Value"
         cells[q["pos"][0], series] = q["key"], q["answer"]
     if not cells:
         return None
@@ -389,9 +394,9 @@ def read_conversation(seed, transcribe_frac, qa_turns, kinds=KINDS, crop_frac=0.
             key = qa.get("key") or (m.group(1) if (m := KEY_QUESTION.match(q)) else None)  # pointers() keeps the hop
             hop1 = [next((g for g in reversed(glyphs(key)) if g >= 0), -1)] * len(a) if key else glyphs(a)  # if needed
             kept = False
-            if legend_hop and qa.get("form") == "series" and qa.get("pos") is not None:
-                name = glyphs(wide.phrased(SERIES_REWORDED, qa["reworded"])["s"])
-                hop1, kept = ([name[0]] * len(a), True) if name[0] >= 0 else (hop1, False)
+            if legend_hop and qa.get("form") == "series" and qa.get("pos") is not None \
+                    and (first := glyphs(series_name(qa))[0]) >= 0:
+                hop1, kept = [first] * len(a), True
             if kind in ("doc", "table") and rng.random() < 0.25:
                 q += KIE_SUFFIX  # OCRBench's key-information prompt
             turns.append((short_answer(q, rng), a, glyphs(a), hop1, kept))
@@ -571,15 +576,14 @@ def make_read_loss(model, pointer_weight, layers, pair_layer=-1, pair_weight=1.0
     if pair_layer >= n_layers - layers:
         raise Error(f"--pair-layer {pair_layer}: must be below the {layers} pointer layers (0..{n_layers - layers - 1})")
     probe = AttentionInputs(model, [*([pair_layer] if pair_layer >= 0 else []), *range(n_layers - layers, n_layers)])
-    projected = []  # mlp1's output of this forward: the visual tokens the LLM reads
+    projected = {}  # mlp1's output of the last forward: the visual tokens the LLM reads
     if colour_weight:
-        model.mlp1.register_forward_hook(lambda mod, args, out: projected.append(out))
+        model.mlp1.register_forward_hook(lambda mod, args, out: projected.update(tokens=out))
         readout = colour_readout(model.config.llm.hidden_size).to(next(model.parameters()).device)
         token_px = round(model.config.vision.patch_size / model.config.downsample_ratio)
 
     def read_loss(net, batch):
         probe.seen.clear()
-        projected.clear()
         logits = net(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
         n = batch["n_labels_global"]
         lm = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), reduction="sum") / n
@@ -596,7 +600,7 @@ def make_read_loss(model, pointer_weight, layers, pair_layer=-1, pair_weight=1.0
             loss = loss + pointer_weight * ptr / n
             stats.update(ptr=ptr.item() / n, ptr_hits=hits / n)
         if colour_weight:  # a sample's mean over its tokens; the step's micro-batches sum to the mean over samples
-            err = (projected[0].float() @ readout - token_colours(batch["pixel_values"], token_px)).pow(2).mean()
+            err = (projected["tokens"].float() @ readout - token_colours(batch["pixel_values"], token_px)).pow(2).mean()
             colour = err * len(batch["convs"]) / batch["n_samples_global"]
             loss = loss + colour_weight * colour
             stats.update(colour=colour.item())
